@@ -1,0 +1,1 @@
+"""YouTube-8M Gated NetVLAD ensemble (10th place, 2nd YouTube-8M challenge), tf.compat.v1 rebuild."""

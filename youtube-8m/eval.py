@@ -1,0 +1,265 @@
+"""Evaluates checkpoints (GAP@20, Hit@1, PERR, mAP, loss) and writes inference checkpoints.
+
+    python -m youtube-8m.eval --train_dir=DIR --eval_data_pattern='.../validate*.tfrecord' \
+        --batch_size=1024 --run_once=True [--checkpoint_file=NAME | --checkpoint=NAME.index]
+
+The model is rebuilt from DIR/model_flags.json (flags given here must agree with it). By
+default the 60 held-out validate files of the pattern are evaluated (as the original);
+--noeval_holdout_only evaluates every file the glob matches. Frame sampling is seeded, so a
+checkpoint always gets the same GAP. Each evaluated checkpoint is also saved as an inference
+checkpoint in DIR (``inference_model_<step>``, ``inference_model_avg...``, the
+weights-tagged ``inference_model_ensemble_<weights>...`` or, with
+--force_output_model_name, ``inference_model``), with a meta graph that holds only the model.
+"""
+
+import json
+import os
+import time
+
+import tensorflow as tf
+from absl import app
+from absl import logging
+
+from . import checkpoint_utils
+from . import eval_util
+from . import losses
+from . import model_graph
+from . import readers
+from . import utils
+
+tf1 = tf.compat.v1
+flags = tf1.flags
+FLAGS = flags.FLAGS
+
+model_graph.define_flags()
+flags.DEFINE_string("train_dir", "/tmp/yt8m_model/",
+                    "Directory with model_flags.json and the checkpoints; outputs go here.")
+flags.DEFINE_string("checkpoint_file", "",
+                    "Checkpoint to evaluate, relative to train_dir (prefix, or one of its files). "
+                    "Empty: the newest model.ckpt-<step>.")
+flags.DEFINE_string("checkpoint", "",
+                    "Same as --checkpoint_file (the seed README's spelling, e.g. "
+                    "model.ckpt-170010.index).")
+flags.DEFINE_string("eval_data_pattern", "", "Glob of the validation files.")
+flags.DEFINE_bool("eval_holdout_only", True,
+                  "Evaluate only the 60 held-out validate files named from the pattern (as "
+                  "the original). False: every file the glob matches.")
+flags.DEFINE_integer("batch_size", 1024, "Examples per evaluation batch.")
+flags.DEFINE_integer("num_readers", 8,
+                     "Files read in parallel (interleaved in a fixed order).")
+flags.DEFINE_bool("run_once", False, "Evaluate one checkpoint and exit; else keep polling.")
+flags.DEFINE_integer("eval_interval_secs", 60, "Seconds between polls for new checkpoints.")
+flags.DEFINE_integer("top_k", 20, "k of GAP@k and of the mAP pools.")
+flags.DEFINE_bool("force_output_model_name", False,
+                  "Save the evaluated model as inference_model.{data-00000-of-00001,index,meta} "
+                  "(the names a submission tgz needs).")
+flags.DEFINE_bool("create_meta_only", False,
+                  "Only write the inference checkpoint and its meta graph; read no data.")
+flags.DEFINE_string("results_json", "",
+                    "If set, also write the final metrics of each evaluation to this JSON file.")
+# The seed's eval commands pass these training flags; they cannot change an evaluation, so
+# they are compared with the training run's values (a difference is reported).
+flags.DEFINE_float("base_learning_rate", None, "Training flag; checked, no effect on eval.")
+flags.DEFINE_float("learning_rate_decay", None, "Training flag; checked, no effect on eval.")
+
+INFERENCE_MODEL = "inference_model"
+
+
+def weights_tag(ensemble_wts):
+  """The original's tag of mixing weights: [0.39, 0.26, 0.21, 0.14] -> '039_026_021_014'."""
+  text = str([float(w) for w in ensemble_wts])
+  for char in ",.[]":
+    text = text.replace(char, "")
+  return text.replace(" ", "_")
+
+
+def inference_checkpoint_name(checkpoint_name, loaded_prefix, config):
+  """Name of the inference checkpoint eval.py saves (behavior.md 4.5), or None."""
+  if FLAGS.force_output_model_name:
+    return INFERENCE_MODEL
+  name = os.path.basename(checkpoint_name) if checkpoint_name else ""
+  if INFERENCE_MODEL in name:
+    if "ensemble" in name:
+      return name.replace("ensemble", "ensemble_" + weights_tag(config.ensemble_wts))
+    return None
+  if "avg" not in name:
+    return "%s_%s" % (INFERENCE_MODEL, loaded_prefix.rsplit("-", 1)[-1])
+  return "%s_%s" % (INFERENCE_MODEL, name)
+
+
+def global_step_label(prefix):
+  return os.path.basename(prefix).rsplit("-", 1)[-1].rsplit("_", 1)[-1]
+
+
+def requested_checkpoint():
+  """The checkpoint named by --checkpoint_file / --checkpoint (prefix), or None."""
+  names = {checkpoint_utils.strip_checkpoint_suffix(value)
+           for value in (FLAGS.checkpoint_file, FLAGS.checkpoint) if value}
+  if len(names) > 1:
+    raise ValueError("--checkpoint_file=%r and --checkpoint=%r name different checkpoints"
+                     % (FLAGS.checkpoint_file, FLAGS.checkpoint))
+  return names.pop() if names else None
+
+
+def save_inference_checkpoint(sess, saver, config, name):
+  """Saves the restored model under train_dir/name (files renamed into place at the end)."""
+  prefix = os.path.join(FLAGS.train_dir, name)
+  checkpoint_utils.save_atomically(
+      prefix, lambda tmp: saver.save(sess, tmp, write_meta_graph=False, write_state=False),
+      lambda tmp: model_graph.export_inference_meta(tmp + ".meta", config))
+  logging.info("Saved inference checkpoint %s (+ .meta)", prefix)
+  return prefix
+
+
+def check_checkpoint_matches(prefix, graph_vars, config):
+  stored = dict(tf.train.list_variables(prefix))
+  problems = []
+  for variable in graph_vars:
+    name = variable.op.name
+    if name not in stored:
+      problems.append("%s missing" % name)
+    elif list(stored[name]) != variable.shape.as_list():
+      problems.append("%s has shape %s, model expects %s" % (name, stored[name],
+                                                           variable.shape.as_list()))
+  if problems:
+    raise ValueError("Checkpoint %s does not match the model %s: %s%s" % (
+        prefix, config.describe(), "; ".join(problems[:5]),
+        " (and %d more)" % (len(problems) - 5) if len(problems) > 5 else ""))
+
+
+def build_eval_graph(config, files):
+  global_step = model_graph.create_global_step()
+  tensors = {"global_step": global_step}
+  if files is not None:
+    reader = config.make_reader()
+    with tf.device("/cpu:0"), tf1.name_scope("eval_input"):
+      dataset = reader.dataset(files, FLAGS.batch_size, num_epochs=1, shuffle=False,
+                               num_readers=FLAGS.num_readers)
+      iterator = tf1.data.make_initializable_iterator(dataset)
+      batch = iterator.get_next()
+    model_input_raw, num_frames = batch["video_matrix"], batch["num_frames"]
+    tensors.update(iterator=iterator, labels=batch["labels"])
+  else:
+    model_input_raw = tf1.placeholder(tf.float32, model_graph.input_shape(config),
+                                      name="input_batch_raw")
+    num_frames = tf1.placeholder(tf.int32, [None], name="num_frames")
+  predictions, _ = model_graph.build_model(config, model_input_raw, num_frames,
+                                           is_training=False)
+  tensors["predictions"] = predictions
+  if files is not None:
+    tensors["loss"] = losses.get_loss(config.label_loss).calculate_loss(predictions,
+                                                                        batch["labels"])
+  return tensors
+
+
+def evaluate_batches(sess, tensors, config, step_label, writer, files):
+  metrics = eval_util.EvaluationMetrics(config.num_classes, FLAGS.top_k)
+  sess.run(tensors["iterator"].initializer)
+  examples = 0
+  start = time.time()
+  fetches = {k: tensors[k] for k in ("predictions", "labels", "loss")}
+  try:
+    while True:
+      batch_start = time.time()
+      result = sess.run(fetches)
+      batch_metrics = metrics.accumulate(result["predictions"], result["labels"],
+                                         result["loss"])
+      examples += len(result["labels"])
+      logging.info("examples_processed: %d | global_step %s | Batch Hit@1: %.3f | Batch "
+                   "PERR: %.3f | Batch Loss: %.3f | Examples_per_sec: %.3f", examples,
+                   step_label, batch_metrics["hit_at_one"], batch_metrics["perr"],
+                   batch_metrics["loss"], len(result["labels"]) / (time.time() - batch_start))
+  except tf.errors.OutOfRangeError:
+    pass
+  except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
+    raise readers.InputDataError(readers.input_error_message(error, files))
+  if examples == 0:
+    raise IOError("--eval_data_pattern: the evaluation files hold no videos")
+  final = metrics.get()
+  final["map"] = float(sum(final["aps"]) / len(final["aps"])) if final["aps"] else 0.0
+  logging.info("epoch/eval number %s | Avg_Hit@1: %.3f | Avg_PERR: %.3f | MAP: %.3f | "
+               "GAP: %.5f | Avg_Loss: %f", step_label, final["avg_hit_at_one"],
+               final["avg_perr"], final["map"], final["gap"], final["avg_loss"])
+  logging.info("Evaluated %d videos in %.1f s", examples, time.time() - start)
+  try:
+    step_number = int(step_label)
+  except ValueError:
+    step_number = 0
+  summary = tf1.Summary(value=[
+      tf1.Summary.Value(tag="Epoch/Eval_Avg_Hit@1", simple_value=final["avg_hit_at_one"]),
+      tf1.Summary.Value(tag="Epoch/Eval_Avg_Perr", simple_value=final["avg_perr"]),
+      tf1.Summary.Value(tag="Epoch/Eval_Avg_Loss", simple_value=final["avg_loss"]),
+      tf1.Summary.Value(tag="Epoch/Eval_MAP", simple_value=final["map"]),
+      tf1.Summary.Value(tag="Epoch/Eval_GAP", simple_value=final["gap"])])
+  writer.add_summary(summary, step_number)
+  writer.flush()
+  return {"examples": examples, "gap": final["gap"], "hit_at_one": final["avg_hit_at_one"],
+          "perr": final["avg_perr"], "map": final["map"], "loss": final["avg_loss"]}
+
+
+def evaluate():
+  train_dir = FLAGS.train_dir
+  config = model_graph.config_for_evaluation(
+      train_dir, explicit_checks=("base_learning_rate", "learning_rate_decay"))
+  files = None
+  if not FLAGS.create_meta_only:
+    files = readers.eval_files(FLAGS.eval_data_pattern, FLAGS.eval_holdout_only)
+    logging.info("Evaluating %s on %d files", config.describe(), len(files))
+  requested = requested_checkpoint()
+
+  graph = tf.Graph()
+  with graph.as_default():
+    tensors = build_eval_graph(config, files)
+    graph_vars = tf1.global_variables()
+    saver = tf1.train.Saver(graph_vars)
+  writer = tf1.summary.FileWriter(train_dir)
+  last_evaluated = None
+  results = None
+  with tf1.Session(graph=graph, config=tf1.ConfigProto(allow_soft_placement=True)) as sess:
+    while True:
+      if requested:
+        prefix = checkpoint_utils.resolve_checkpoint(train_dir, requested)
+        if not checkpoint_utils.checkpoint_exists(prefix):
+          raise IOError("--checkpoint_file: no checkpoint %s (missing %s.index)" % (prefix,
+                                                                                   prefix))
+      else:
+        newest = checkpoint_utils.newest_checkpoint(train_dir)
+        prefix = newest[1] if newest else None
+      if prefix is None or prefix == last_evaluated:
+        if prefix is None:
+          logging.info("No checkpoint file found.")
+          if FLAGS.run_once:
+            raise IOError("No model.ckpt-<step> checkpoint in %s" % train_dir)
+        time.sleep(FLAGS.eval_interval_secs)
+        continue
+      check_checkpoint_matches(prefix, graph_vars, config)
+      saver.restore(sess, prefix)
+      step_label = global_step_label(prefix)
+      logging.info("Restored %s (global step %s)", prefix, step_label)
+      name = inference_checkpoint_name(requested, prefix, config)
+      if name:
+        save_inference_checkpoint(sess, saver, config, name)
+      last_evaluated = prefix
+      if FLAGS.create_meta_only:
+        break
+      results = evaluate_batches(sess, tensors, config, step_label, writer, files)
+      results.update(checkpoint=prefix, global_step=step_label)
+      if FLAGS.results_json:
+        utils.write_atomically(FLAGS.results_json, json.dumps(results, indent=1) + "\n")
+      if FLAGS.run_once or requested:
+        break
+  writer.close()
+  return results
+
+
+@utils.tool_main
+def main(unused_argv):
+  if FLAGS.batch_size < 1:
+    raise ValueError("--batch_size must be >= 1, got %d" % FLAGS.batch_size)
+  if FLAGS.top_k < 1:
+    raise ValueError("--top_k must be >= 1, got %d" % FLAGS.top_k)
+  evaluate()
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,151 @@
+"""Frame-level models: the Gated NetVLAD model of the 10th-place solution (NetVLADModelLF).
+
+Graph and variable names follow the original exactly (behavior.md section 3): 32 variables
+per model, e.g. ``video_VLAD/conv2/cluster_weights``, ``hidden1_weights/hidden1_weights``,
+``gates/weights``, ``gating_prob_weights``. Module flags are defined at import.
+"""
+
+import math
+
+import tensorflow as tf
+
+from . import fp16_layers
+from . import model_utils
+from . import models
+from . import video_level_models
+
+tf1 = tf.compat.v1
+flags = tf1.flags
+FLAGS = flags.FLAGS
+
+flags.DEFINE_integer("iterations", 30, "Number of frames sampled per video.")
+flags.DEFINE_bool("sample_random_frames", True,
+                  "True: sample frames uniformly with replacement; False: a random window of "
+                  "consecutive frames.")
+flags.DEFINE_bool("netvlad_add_batch_norm", True,
+                  "Batch-normalize the NetVLAD cluster assignments (the original's NetVLAD has "
+                  "no working alternative; False is refused).")
+flags.DEFINE_bool("netvlad_relu", True,
+                  "Apply relu6 after hidden1's batch norm. NOTE: the original ignored this flag "
+                  "and always applied relu6; pass --netvlad_relu=True to rebuild its network "
+                  "exactly (e.g. to evaluate checkpoints trained by the original code).")
+flags.DEFINE_bool("gating", False, "Context gating on the output of hidden2.")
+flags.DEFINE_string("video_level_classifier_model", "MoeModel",
+                    "Classifier on top of the NetVLAD features (a video_level_models class).")
+flags.DEFINE_bool("float16_flag", False,
+                  "Store the four large kernels of each model (hidden1, MoE gates, MoE experts, "
+                  "probability gating) as float16 variables; compute stays float32.")
+
+
+class NetVLAD(object):
+  """NetVLAD pooling of [batch*frames, feature_size] into [batch, feature_size*cluster_size]."""
+
+  def __init__(self, feature_size, max_frames, cluster_size, is_training):
+    self.feature_size = feature_size
+    self.max_frames = max_frames
+    self.cluster_size = cluster_size
+    self.is_training = is_training
+
+  def forward(self, reshaped_input):
+    stddev = 1 / math.sqrt(self.feature_size)
+    with tf1.variable_scope("conv2"):
+      cluster_weights = fp16_layers.model_variable(
+          "cluster_weights", [self.feature_size, self.cluster_size],
+          initializer=tf1.random_normal_initializer(stddev=stddev))
+    activation = tf.matmul(reshaped_input, cluster_weights)
+    activation = fp16_layers.batch_norm(activation, is_training=self.is_training,
+                                        scope="cluster_bn")
+    activation = tf.nn.softmax(activation)
+    activation = tf.reshape(activation, [-1, self.max_frames, self.cluster_size])
+    a_sum = tf.reduce_sum(activation, -2, keepdims=True)
+    with tf1.variable_scope("cluster_weights2"):
+      cluster_weights2 = fp16_layers.model_variable(
+          "cluster_weights2", [1, self.feature_size, self.cluster_size],
+          initializer=tf1.random_normal_initializer(stddev=stddev))
+    anchors = tf.multiply(a_sum, cluster_weights2)
+
+    activation = tf.transpose(activation, perm=[0, 2, 1])
+    frames = tf.reshape(reshaped_input, [-1, self.max_frames, self.feature_size])
+    vlad = tf.matmul(activation, frames)
+    vlad = tf.transpose(vlad, perm=[0, 2, 1])
+    vlad = tf.subtract(vlad, anchors)
+    vlad = tf.nn.l2_normalize(vlad, 1)
+    vlad = tf.reshape(vlad, [-1, self.cluster_size * self.feature_size])
+    return tf.nn.l2_normalize(vlad, 1)
+
+
+class NetVLADModelLF(models.BaseModel):
+  """Gated NetVLAD: video and audio NetVLAD -> hidden1 (BN, relu6) -> hidden2 (2H) ->
+  context gating -> MoE with probability gating.
+
+  model_input: [batch, max_frames, 1024 + 128] (rgb columns first, then audio).
+  """
+
+  def create_model(self, model_input, vocab_size, num_frames, cluster_size, hidden_size,
+                   is_training=True, iterations=None, sample_random_frames=None,
+                   add_batch_norm=None, relu=None, gating=None, float16_flag=None,
+                   sampling_seed=None, **unused_params):
+    # Explicit arguments win over flags (the original's "arg or flag" could not pass False).
+    iterations = FLAGS.iterations if iterations is None else iterations
+    sample_random_frames = (FLAGS.sample_random_frames if sample_random_frames is None
+                            else sample_random_frames)
+    add_batch_norm = FLAGS.netvlad_add_batch_norm if add_batch_norm is None else add_batch_norm
+    relu = FLAGS.netvlad_relu if relu is None else relu
+    gating = FLAGS.gating if gating is None else gating
+    float16_flag = FLAGS.float16_flag if float16_flag is None else float16_flag
+    if not add_batch_norm:
+      raise ValueError("--netvlad_add_batch_norm=False is not supported: NetVLADModelLF "
+                       "always batch-normalizes (the original's other branch was broken).")
+    kernel_dtype = tf.float16 if float16_flag else tf.float32
+
+    sampler = (model_utils.sample_random_frames if sample_random_frames
+               else model_utils.sample_random_sequence)
+    model_input = sampler(model_input, num_frames, iterations, seed=sampling_seed)
+    max_frames = iterations
+    feature_size = int(model_input.shape[2])
+    if feature_size <= 1024:
+      raise ValueError("NetVLADModelLF needs rgb (1024) + audio features, got %d columns"
+                       % feature_size)
+    reshaped_input = tf.reshape(model_input, [-1, feature_size])
+
+    audio_cluster_size = int(cluster_size / 2)
+    video_netvlad = NetVLAD(1024, max_frames, cluster_size, is_training)
+    audio_netvlad = NetVLAD(feature_size - 1024, max_frames, audio_cluster_size, is_training)
+    with tf1.variable_scope("video_VLAD"):
+      vlad_video = video_netvlad.forward(reshaped_input[:, 0:1024])
+    with tf1.variable_scope("audio_VLAD"):
+      vlad_audio = audio_netvlad.forward(reshaped_input[:, 1024:])
+    vlad = tf.concat([vlad_video, vlad_audio], 1)
+
+    vlad_dim = int(vlad.shape[1])
+    with tf1.variable_scope("hidden1_weights"):
+      hidden1_weights = fp16_layers.model_variable(
+          "hidden1_weights", [vlad_dim, hidden_size], dtype=kernel_dtype,
+          initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vlad_dim)))
+    activation = tf.matmul(vlad, fp16_layers.as_float32(hidden1_weights))
+    activation = fp16_layers.batch_norm(activation, is_training=is_training, scope="hidden1_bn")
+    if relu:
+      activation = tf.nn.relu6(activation)
+
+    with tf1.variable_scope("hidden2_weights"):
+      hidden2_weights = fp16_layers.model_variable(
+          "hidden2_weights", [hidden_size, 2 * hidden_size],
+          initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(hidden_size)))
+    hidden2_biases = fp16_layers.model_variable(
+        "hidden2_biases", [2 * hidden_size],
+        initializer=tf1.random_normal_initializer(stddev=0.01))
+    activation = tf.matmul(activation, hidden2_weights) + hidden2_biases
+
+    if gating:
+      with tf1.variable_scope("gating_weights"):
+        gating_weights = fp16_layers.model_variable(
+            "gating_weights", [2 * hidden_size, 2 * hidden_size],
+            initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(2 * hidden_size)))
+      gates = tf.matmul(activation, gating_weights)
+      gates = fp16_layers.batch_norm(gates, is_training=is_training, scope="gating_bn")
+      activation = tf.multiply(activation, tf.sigmoid(gates))
+
+    classifier = getattr(video_level_models, FLAGS.video_level_classifier_model)()
+    return classifier.create_model(model_input=activation, vocab_size=vocab_size,
+                                   is_training=is_training, float16_flag=float16_flag,
+                                   **unused_params)

@@ -1,0 +1,210 @@
+"""Writes a Kaggle submission CSV (VideoId,LabelConfidencePairs) from an inference model.
+
+    python -m youtube-8m.inference --input_model_tgz=SUB.tgz \
+        --input_data_pattern='.../test*.tfrecord' --output_file=sub.csv --batch_size=512
+    python -m youtube-8m.inference --train_dir=DIR [--inference_model_file=inference_model] ...
+
+The model is the meta graph + checkpoint ``<inference_model_file>`` (as written by eval.py)
+with model_flags.json next to it, from --train_dir or from a submission tgz. The CSV is
+written under a temporary name and renamed when complete. --output_model_tgz packs the
+model files and model_flags.json (at the archive root) into a submission tgz.
+"""
+
+import os
+import tarfile
+import tempfile
+import time
+import uuid
+
+import numpy as np
+import tensorflow as tf
+from absl import app
+from absl import logging
+
+from . import readers
+from . import utils
+
+tf1 = tf.compat.v1
+flags = tf1.flags
+FLAGS = flags.FLAGS
+
+flags.DEFINE_string("train_dir", "",
+                    "Directory with <inference_model_file>.{meta,index,data-*} and "
+                    "model_flags.json. Leave empty with --input_model_tgz.")
+flags.DEFINE_string("inference_model_file", "inference_model",
+                    "Checkpoint prefix of the inference model inside train_dir / the tgz.")
+flags.DEFINE_string("input_data_pattern", "", "Glob of the TFRecords to predict.")
+flags.DEFINE_string("input_model_tgz", "", "Submission tgz holding the inference model.")
+flags.DEFINE_string("untar_model_dir", "/tmp/yt8m-model",
+                    "Where --input_model_tgz is extracted (into a fresh subdirectory).")
+flags.DEFINE_string("output_file", "", "The CSV file to write.")
+flags.DEFINE_string("output_model_tgz", "",
+                    "If set, also write the inference model + model_flags.json as this tgz.")
+flags.DEFINE_integer("top_k", 20, "Labels (with scores) per video in the CSV.")
+flags.DEFINE_integer("batch_size", 512, "Videos per inference batch.")
+flags.DEFINE_integer("num_readers", 1,
+                     "Files read in parallel; 1 keeps the CSV rows in file order.")
+
+CSV_HEADER = "VideoId,LabelConfidencePairs\n"
+
+
+def format_row(video_id, scores, top_k):
+  """'<id>,<label> <score> ...' with the top_k labels by descending score (%i %g)."""
+  top_k = min(top_k, len(scores))
+  top = np.argpartition(scores, -top_k)[-top_k:]
+  top = top[np.argsort(-scores[top], kind="stable")]
+  pairs = " ".join("%i %g" % (label, scores[label]) for label in top)
+  if isinstance(video_id, bytes):
+    video_id = video_id.decode("utf-8")
+  return "%s,%s\n" % (video_id, pairs)
+
+
+def _safe_extract(archive, directory, tgz_path):
+  for member in archive.getmembers():
+    target = os.path.realpath(os.path.join(directory, member.name))
+    if not target.startswith(os.path.realpath(directory) + os.sep):
+      raise ValueError("--input_model_tgz %s: member %r points outside the archive"
+                       % (tgz_path, member.name))
+  archive.extractall(directory, filter="data")
+
+
+def extract_model_tgz(tgz_path, untar_model_dir):
+  """Extracts the tgz into a fresh subdirectory; returns the directory of the model files."""
+  if not tf.io.gfile.exists(tgz_path):
+    raise IOError("--input_model_tgz: %s does not exist" % tgz_path)
+  tf.io.gfile.makedirs(untar_model_dir)
+  directory = tempfile.mkdtemp(prefix="model-", dir=untar_model_dir)
+  try:
+    with tf.io.gfile.GFile(tgz_path, "rb") as handle, tarfile.open(fileobj=handle,
+                                                                   mode="r:*") as archive:
+      _safe_extract(archive, directory, tgz_path)
+  except tarfile.TarError as error:
+    raise ValueError("--input_model_tgz %s is not a readable tgz: %s" % (tgz_path, error))
+  for root, _, names in os.walk(directory):
+    if utils.MODEL_FLAGS_FILE in names:
+      return root
+  raise IOError("--input_model_tgz %s holds no %s" % (tgz_path, utils.MODEL_FLAGS_FILE))
+
+
+def model_files(train_dir, model_name):
+  """The checkpoint files of train_dir/model_name, checked to be complete."""
+  prefix = os.path.join(train_dir, model_name)
+  missing = [suffix for suffix in (".meta", ".index")
+             if not tf.io.gfile.exists(prefix + suffix)]
+  data = tf.io.gfile.glob(prefix + ".data-*")
+  if missing or not data:
+    others = sorted({os.path.basename(p).split(".")[0] for p in
+                     tf.io.gfile.glob(os.path.join(train_dir, "inference_model*.meta"))})
+    raise IOError("Inference model %s is incomplete (missing %s). Did you run eval.py? "
+                  "Inference models found in %s: %s" % (
+                      prefix, ", ".join(missing + ([] if data else [".data-*"])), train_dir,
+                      ", ".join(others) or "none"))
+  return prefix, [prefix + ".meta", prefix + ".index"] + sorted(data)
+
+
+def write_model_tgz(output_tgz, files):
+  """A gzip tar with each file at the archive root (the submission layout)."""
+  tmp = "%s.tmp-%s" % (output_tgz, uuid.uuid4().hex[:8])
+  with tf.io.gfile.GFile(tmp, "wb") as handle:
+    with tarfile.open(fileobj=handle, mode="w:gz") as archive:
+      for path in files:
+        archive.add(path, arcname=os.path.basename(path))
+  tf.io.gfile.rename(tmp, output_tgz, overwrite=True)
+  logging.info("Wrote %s (%s)", output_tgz, ", ".join(os.path.basename(f) for f in files))
+
+
+def _collection_tensor_name(meta_graph_def, key):
+  values = meta_graph_def.collection_def[key].node_list.value
+  if not values:
+    raise ValueError("The inference meta graph has no %r collection" % key)
+  return values[0]
+
+
+def predict(train_dir, model_name, files, output_file):
+  model_flags = utils.read_model_flags(train_dir)
+  feature_names, feature_sizes = utils.parse_feature_flags(model_flags["feature_names"],
+                                                           model_flags["feature_sizes"])
+  reader = readers.make_reader(model_flags["frame_features"], feature_names, feature_sizes,
+                               model_flags.get("num_classes", readers.NUM_CLASSES))
+  prefix, _ = model_files(train_dir, model_name)
+  meta_graph_def = tf1.MetaGraphDef()
+  with tf.io.gfile.GFile(prefix + ".meta", "rb") as handle:
+    meta_graph_def.ParseFromString(handle.read())
+
+  graph = tf.Graph()
+  with graph.as_default():
+    with tf.device("/cpu:0"), tf1.name_scope("inference_input"):
+      dataset = reader.dataset(files, FLAGS.batch_size, num_epochs=1, shuffle=False,
+                               num_readers=FLAGS.num_readers)
+      iterator = tf1.data.make_initializable_iterator(dataset)
+      batch = iterator.get_next()
+    # The model reads the reader's tensors directly (no feed copies).
+    input_map = {_collection_tensor_name(meta_graph_def, "input_batch_raw"):
+                 batch["video_matrix"],
+                 _collection_tensor_name(meta_graph_def, "num_frames"): batch["num_frames"]}
+    saver = tf1.train.import_meta_graph(meta_graph_def, clear_devices=True,
+                                        input_map=input_map)
+    predictions = tf1.get_collection("predictions")[0]
+
+  tmp_output = "%s.tmp-%s" % (output_file, uuid.uuid4().hex[:8])
+  count = 0
+  start = time.time()
+  try:
+    with tf1.Session(graph=graph) as sess, tf.io.gfile.GFile(tmp_output, "w") as out:
+      saver.restore(sess, prefix)
+      sess.run([tf1.local_variables_initializer(), iterator.initializer])
+      out.write(CSV_HEADER)
+      while True:
+        try:
+          video_ids, scores = sess.run([batch["video_id"], predictions])
+        except tf.errors.OutOfRangeError:
+          break
+        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
+          raise readers.InputDataError(readers.input_error_message(error, files))
+        out.write("".join(format_row(video_id, row, FLAGS.top_k)
+                          for video_id, row in zip(video_ids, scores)))
+        count += len(video_ids)
+        elapsed = time.time() - start
+        logging.info("num examples processed: %d elapsed seconds: %.2f (%.1f videos/sec)",
+                     count, elapsed, count / max(elapsed, 1e-9))
+    tf.io.gfile.rename(tmp_output, output_file, overwrite=True)
+  finally:
+    if tf.io.gfile.exists(tmp_output):
+      tf.io.gfile.remove(tmp_output)
+  logging.info("Wrote %d predictions to %s", count, output_file)
+  return count
+
+
+def run():
+  if not FLAGS.output_file:
+    raise ValueError("--output_file is required")
+  if not FLAGS.input_data_pattern:
+    raise ValueError("--input_data_pattern is required")
+  if FLAGS.top_k < 1 or FLAGS.batch_size < 1 or FLAGS.num_readers < 1:
+    raise ValueError("--top_k, --batch_size and --num_readers must be >= 1")
+  if FLAGS.input_model_tgz:
+    if FLAGS.train_dir:
+      raise ValueError("--train_dir must be empty when --input_model_tgz is given (got %r)"
+                       % FLAGS.train_dir)
+    train_dir = extract_model_tgz(FLAGS.input_model_tgz, FLAGS.untar_model_dir)
+  elif FLAGS.train_dir:
+    train_dir = FLAGS.train_dir
+  else:
+    raise ValueError("Give --train_dir or --input_model_tgz")
+  files = sorted(tf.io.gfile.glob(FLAGS.input_data_pattern))
+  if not files:
+    raise IOError("--input_data_pattern: no file matches %r" % FLAGS.input_data_pattern)
+  _, checkpoint_files = model_files(train_dir, FLAGS.inference_model_file)
+  if FLAGS.output_model_tgz:
+    write_model_tgz(FLAGS.output_model_tgz,
+                    checkpoint_files + [utils.model_flags_path(train_dir)])
+  return predict(train_dir, FLAGS.inference_model_file, files, FLAGS.output_file)
+
+
+@utils.tool_main
+def main(unused_argv):
+  run()
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,348 @@
+"""The model graph shared by train.py, eval.py and the ensemble tools.
+
+* ``define_flags()``: the model/ensemble flags of train.py and eval.py (not of inference.py).
+* ``ModelConfig``: every setting that shapes the graph, built from flags and/or
+  model_flags.json, with the consistency checks (counts of the repeated flags, a changed
+  architecture in an existing train_dir, ...).
+* ``build_model()``: the (ensemble) graph under variable scope ``tower``: model 0 in
+  ``tower/``, model i in ``tower/model{i}/``; predictions = sum_i ensemble_wts[i] * p_i.
+* ``build_inference_graph()`` / ``export_inference_meta()``: a clean graph holding only the
+  model behind two placeholders (``input_batch_raw``, ``num_frames``), whose meta graph goes
+  next to inference checkpoints (no input pipeline inside; inference.py feeds it).
+"""
+
+import dataclasses
+from typing import List
+
+import tensorflow as tf
+from absl import logging
+
+from . import frame_level_models
+from . import losses
+from . import readers
+from . import utils
+from . import video_level_models
+
+tf1 = tf.compat.v1
+flags = tf1.flags
+FLAGS = flags.FLAGS
+
+FRAME_LEVEL_MODELS = ("NetVLADModelLF",)
+VIDEO_LEVEL_MODELS = ("LogisticModel", "MoeModel")
+
+# model_flags.json keys. The first five are the original's; the rest record the
+# architecture so that eval.py and resumed training rebuild exactly the trained graph.
+ORIGINAL_KEYS = ("model", "feature_sizes", "feature_names", "frame_features", "label_loss")
+# A different value would build different variables or different predictions: refused.
+STRICT_KEYS = ORIGINAL_KEYS + (
+    "num_classes", "ensemble_num", "netvlad_cluster_size", "netvlad_hidden_size",
+    "float16_flag", "gating", "netvlad_relu", "gating_remove_diag", "moe_num_mixtures",
+    "moe_prob_gating", "moe_prob_gating_input", "video_level_classifier_model")
+# May legitimately differ between training and evaluation (e.g. tuning mixing weights).
+SOFT_KEYS = ("iterations", "sample_random_frames", "ensemble_wts", "moe_l2")
+TRAINING_KEY = "training"
+
+
+def define_flags():
+  """Flags shared by train.py and eval.py (the model modules define theirs at import)."""
+  flags.DEFINE_string("model", "",
+                      "Model class: NetVLADModelLF (frame level) or LogisticModel / MoeModel "
+                      "(video level). Empty: NetVLADModelLF with --frame_features, else "
+                      "LogisticModel.")
+  flags.DEFINE_bool("frame_features", False,
+                    "True: frame-level SequenceExample data; False: video-level Example data.")
+  flags.DEFINE_string("feature_names", "mean_rgb", "Comma list of feature names.")
+  flags.DEFINE_string("feature_sizes", "1024", "Comma list of feature sizes.")
+  flags.DEFINE_integer("num_classes", readers.NUM_CLASSES,
+                       "Vocabulary size (3862 in the 2018 data).")
+  flags.DEFINE_string("label_loss", "CrossEntropyLoss",
+                      "Loss: CrossEntropyLoss, HingeLoss or SoftmaxLoss.")
+  flags.DEFINE_integer("ensemble_num", 1, "Number of NetVLADModelLF models in one graph.")
+  flags.DEFINE_multi_integer("netvlad_cluster_size", [64],
+                             "NetVLAD cluster size K; repeat once per model, in model order.")
+  flags.DEFINE_multi_integer("netvlad_hidden_size", [1024],
+                             "Hidden size H; repeat once per model, in model order.")
+  flags.DEFINE_multi_float("ensemble_wts", [1.0],
+                           "Mixing weight of each model (ensembles only); repeat once per "
+                           "model, in model order.")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  model: str
+  frame_features: bool
+  feature_names: str
+  feature_sizes: str
+  num_classes: int
+  label_loss: str
+  ensemble_num: int
+  netvlad_cluster_size: List[int]
+  netvlad_hidden_size: List[int]
+  ensemble_wts: List[float]
+  float16_flag: bool
+  gating: bool
+  netvlad_relu: bool
+  netvlad_add_batch_norm: bool
+  gating_remove_diag: bool
+  iterations: int
+  sample_random_frames: bool
+  video_level_classifier_model: str
+  moe_num_mixtures: int
+  moe_l2: float
+  moe_prob_gating: bool
+  moe_prob_gating_input: str
+
+  @property
+  def feature_name_list(self):
+    return utils.parse_feature_flags(self.feature_names, self.feature_sizes)[0]
+
+  @property
+  def feature_size_list(self):
+    return utils.parse_feature_flags(self.feature_names, self.feature_sizes)[1]
+
+  def validate(self):
+    """Checks that name the flag at fault."""
+    names, sizes = utils.parse_feature_flags(self.feature_names, self.feature_sizes)
+    if self.model not in FRAME_LEVEL_MODELS + VIDEO_LEVEL_MODELS:
+      raise ValueError("--model=%r is not one of %s" % (
+          self.model, ", ".join(FRAME_LEVEL_MODELS + VIDEO_LEVEL_MODELS)))
+    if self.model in FRAME_LEVEL_MODELS and not self.frame_features:
+      raise ValueError("--model=%s is a frame-level model: pass --frame_features (with "
+                       "--feature_names='rgb,audio' --feature_sizes='1024,128')" % self.model)
+    if self.model in VIDEO_LEVEL_MODELS and self.frame_features:
+      raise ValueError("--model=%s is a video-level model: it reads video-level data "
+                       "(--noframe_features, --feature_names='mean_rgb,mean_audio')"
+                       % self.model)
+    if self.model == "NetVLADModelLF" and (len(sizes) < 2 or sizes[0] != 1024):
+      raise ValueError("NetVLADModelLF reads rgb (1024) then audio columns: "
+                       "--feature_names/--feature_sizes are %r/%r, expected 'rgb,audio'/"
+                       "'1024,128'" % (self.feature_names, self.feature_sizes))
+    if self.num_classes < 1:
+      raise ValueError("--num_classes must be positive, got %d" % self.num_classes)
+    losses.get_loss(self.label_loss)
+    if self.ensemble_num < 1:
+      raise ValueError("--ensemble_num must be >= 1, got %d" % self.ensemble_num)
+    if self.ensemble_num > 1 and self.model != "NetVLADModelLF":
+      raise ValueError("--ensemble_num=%d: ensembles are built of NetVLADModelLF models, "
+                       "not %s" % (self.ensemble_num, self.model))
+    for name in ("netvlad_cluster_size", "netvlad_hidden_size"):
+      values = getattr(self, name)
+      if len(values) != self.ensemble_num:
+        raise ValueError("--%s was given %d time(s) (%s) but --ensemble_num=%d: give it once "
+                         "per model" % (name, len(values), values, self.ensemble_num))
+      if any(v < 1 for v in values):
+        raise ValueError("--%s values must be positive, got %s" % (name, values))
+    if self.ensemble_num > 1 and len(self.ensemble_wts) != self.ensemble_num:
+      raise ValueError("--ensemble_wts was given %d time(s) (%s) but --ensemble_num=%d: give "
+                       "it once per model" % (len(self.ensemble_wts), self.ensemble_wts,
+                                             self.ensemble_num))
+    if self.iterations < 1:
+      raise ValueError("--iterations must be >= 1, got %d" % self.iterations)
+    if not self.netvlad_add_batch_norm:
+      raise ValueError("--netvlad_add_batch_norm=False is not supported (NetVLADModelLF "
+                       "always batch-normalizes the cluster assignments)")
+    if self.video_level_classifier_model not in VIDEO_LEVEL_MODELS:
+      raise ValueError("--video_level_classifier_model=%r is not one of %s" % (
+          self.video_level_classifier_model, ", ".join(VIDEO_LEVEL_MODELS)))
+    if self.moe_prob_gating_input not in ("prob", "input"):
+      raise ValueError("--moe_prob_gating_input must be 'prob' or 'input', got %r"
+                       % self.moe_prob_gating_input)
+    if self.moe_num_mixtures < 1:
+      raise ValueError("--moe_num_mixtures must be >= 1, got %d" % self.moe_num_mixtures)
+    return self
+
+  def to_json_dict(self):
+    return dataclasses.asdict(self)
+
+  def describe(self):
+    if self.model != "NetVLADModelLF":
+      return self.model
+    parts = ["c%dh%d" % (c, h) for c, h in zip(self.netvlad_cluster_size,
+                                               self.netvlad_hidden_size)]
+    text = "NetVLADModelLF " + "+".join(parts)
+    if self.ensemble_num > 1:
+      text += " weights %s" % self.ensemble_wts
+    if self.float16_flag:
+      text += " (float16 kernels)"
+    return text
+
+  def make_reader(self):
+    return readers.make_reader(self.frame_features, self.feature_name_list,
+                               self.feature_size_list, self.num_classes)
+
+
+CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(ModelConfig))
+
+
+def _default_model(frame_features):
+  return "NetVLADModelLF" if frame_features else "LogisticModel"
+
+
+def config_from_flags():
+  """The configuration given by this run's flags (train.py)."""
+  values = {name: FLAGS[name].value for name in CONFIG_FIELDS}
+  values["model"] = values["model"] or _default_model(values["frame_features"])
+  for name in ("netvlad_cluster_size", "netvlad_hidden_size", "ensemble_wts"):
+    values[name] = list(values[name])
+  if values["ensemble_num"] == 1:
+    values["ensemble_wts"] = [1.0]
+  return ModelConfig(**values).validate()
+
+
+def _normalized(name, value):
+  if name in ("netvlad_cluster_size", "netvlad_hidden_size"):
+    return [int(v) for v in value]
+  if name == "ensemble_wts":
+    return [float(v) for v in value]
+  return value
+
+
+def check_same_architecture(stored, config, source):
+  """Raises naming every strict key whose stored value differs from config's."""
+  differences = []
+  for name in STRICT_KEYS:
+    if name in stored and _normalized(name, stored[name]) != _normalized(
+        name, getattr(config, name)):
+      differences.append("--%s: %r in %s, %r now" % (name, stored[name], source,
+                                                     getattr(config, name)))
+  if differences:
+    raise ValueError("The model configuration differs from %s (use another --train_dir, or "
+                     "--start_new_model to start over): %s"
+                     % (source, "; ".join(differences)))
+
+
+def config_for_evaluation(train_dir, explicit_checks=()):
+  """The configuration of the model stored in train_dir, with this run's explicit flags.
+
+  Flags not given on the command line come from model_flags.json (original jsons without
+  the architecture keys fall back to the flag defaults). A given flag must match a strict
+  key of the json; soft keys (iterations, ensemble_wts, ...) may differ. Training-only
+  flags in ``explicit_checks`` (base_learning_rate, ...) are compared and only warned about.
+  """
+  stored = utils.read_model_flags(train_dir)
+  source = utils.model_flags_path(train_dir)
+  values = {}
+  for name in CONFIG_FIELDS:
+    flag = FLAGS[name]
+    if name in stored and not flag.present:
+      values[name] = _normalized(name, stored[name])
+    else:
+      values[name] = flag.value
+  values["model"] = values["model"] or _default_model(values["frame_features"])
+  for name in ("netvlad_cluster_size", "netvlad_hidden_size", "ensemble_wts"):
+    values[name] = list(values[name])
+  if values["ensemble_num"] == 1:
+    values["ensemble_wts"] = [1.0]
+  config = ModelConfig(**values)
+  check_same_architecture(stored, config, source)
+  training = stored.get(TRAINING_KEY, {})
+  for name in explicit_checks:
+    if FLAGS[name].present and name in training and training[name] != FLAGS[name].value:
+      logging.warning("--%s=%r has no effect on evaluation (the checkpoints were trained with "
+                      "%r)", name, FLAGS[name].value, training[name])
+  for name in SOFT_KEYS:
+    if FLAGS[name].present and name in stored and _normalized(name, stored[name]) != values[
+        name]:
+      logging.info("--%s=%r (training used %r)", name, values[name], stored[name])
+  return config.validate()
+
+
+def create_global_step():
+  """The original's int32 `global_step` variable (non-trainable, GLOBAL_STEP collection)."""
+  return tf1.get_variable(
+      "global_step", shape=[], dtype=tf.int32, initializer=tf.zeros_initializer(),
+      trainable=False,
+      collections=[tf1.GraphKeys.GLOBAL_VARIABLES, tf1.GraphKeys.GLOBAL_STEP])
+
+
+def sampling_seed(model_index):
+  """Fixed frame-sampling seed of model i at evaluation/inference (training is random)."""
+  return (0, model_index)
+
+
+def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
+  """Builds the (ensemble) model under scope `tower`; returns (predictions, model_input).
+
+  The raw input is L2-normalized along the feature axis (each frame's rgb+audio vector as a
+  whole) inside the graph, so inference feeds raw dequantized features.
+  """
+  feature_dim = len(model_input_raw.shape) - 1
+  model_input = tf.nn.l2_normalize(model_input_raw, feature_dim)
+  with tf1.variable_scope("tower", reuse=reuse):
+    if config.model == "NetVLADModelLF":
+      predictions = []
+      for index in range(config.ensemble_num):
+        scope = "model%d" % index if index else tf1.get_variable_scope()
+        with tf1.variable_scope(scope):
+          result = frame_level_models.NetVLADModelLF().create_model(
+              model_input, config.num_classes, num_frames=num_frames,
+              cluster_size=config.netvlad_cluster_size[index],
+              hidden_size=config.netvlad_hidden_size[index], is_training=is_training,
+              iterations=config.iterations,
+              sample_random_frames=config.sample_random_frames,
+              add_batch_norm=config.netvlad_add_batch_norm, relu=config.netvlad_relu,
+              gating=config.gating, float16_flag=config.float16_flag,
+              sampling_seed=None if is_training else sampling_seed(index),
+              num_mixtures=config.moe_num_mixtures, l2_penalty=config.moe_l2,
+              prob_gating=config.moe_prob_gating,
+              prob_gating_input=config.moe_prob_gating_input,
+              remove_diag=config.gating_remove_diag)
+        predictions.append(result["predictions"])
+      if config.ensemble_num == 1:
+        mixed = predictions[0]
+      else:
+        mixed = tf.add_n([weight * p for weight, p in zip(config.ensemble_wts, predictions)])
+    else:
+      model = getattr(video_level_models, config.model)()
+      mixed = model.create_model(
+          model_input, config.num_classes, is_training=is_training,
+          l2_penalty=config.moe_l2, num_mixtures=config.moe_num_mixtures,
+          float16_flag=config.float16_flag, prob_gating=config.moe_prob_gating,
+          prob_gating_input=config.moe_prob_gating_input,
+          remove_diag=config.gating_remove_diag)["predictions"]
+  return tf.identity(mixed, name="predictions"), model_input
+
+
+def input_shape(config):
+  """Shape of one raw input batch: [None, 300, D] (frame level) or [None, D]."""
+  feature_dim = sum(config.feature_size_list)
+  if config.frame_features:
+    return [None, readers.MAX_FRAMES, feature_dim]
+  return [None, feature_dim]
+
+
+def build_inference_graph(config):
+  """(graph, saver): the model behind placeholders, for inference checkpoints' meta graphs.
+
+  Collections as the original's submission meta: global_step, input_batch_raw, input_batch,
+  num_frames, predictions (and the standard variable collections).
+  """
+  graph = tf.Graph()
+  with graph.as_default():
+    global_step = create_global_step()
+    model_input_raw = tf1.placeholder(tf.float32, input_shape(config), name="input_batch_raw")
+    num_frames = tf1.placeholder(tf.int32, [None], name="num_frames")
+    predictions, model_input = build_model(config, model_input_raw, num_frames,
+                                           is_training=False)
+    tf1.add_to_collection("global_step", global_step)
+    tf1.add_to_collection("input_batch_raw", model_input_raw)
+    tf1.add_to_collection("input_batch", model_input)
+    tf1.add_to_collection("num_frames", num_frames)
+    tf1.add_to_collection("predictions", predictions)
+    saver = tf1.train.Saver(tf1.global_variables(), sharded=False)
+  return graph, saver
+
+
+def export_inference_meta(meta_path, config):
+  """Writes the inference graph's MetaGraphDef (with its saver_def) to meta_path."""
+  graph, saver = build_inference_graph(config)
+  with graph.as_default():
+    tf1.train.export_meta_graph(filename=meta_path, graph=graph,
+                                saver_def=saver.as_saver_def(), clear_devices=True)
+  return meta_path
+
+
+def model_variable_count(config):
+  """Number of global variables the model graph of config holds (32 per NetVLAD model + 1)."""
+  graph, _ = build_inference_graph(config)
+  return len(graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES))

@@ -1,0 +1,46 @@
+"""Frame sampling used by the frame-level models."""
+
+import tensorflow as tf
+
+tf1 = tf.compat.v1
+
+
+def _uniform(batch_size, num_samples, seed):
+  """U[0,1) of shape [batch, num_samples].
+
+  Training (seed None) draws fresh values per video and step. Evaluation and inference pass
+  a fixed (int, int) seed: one stateless row of offsets is shared by every video, so a
+  video's sampled frames depend only on its own frame count, never on the batch it lands in,
+  the batch size or the run (the original sampled randomly at eval too, so its GAP varied).
+  """
+  if seed is None:
+    return tf1.random_uniform(tf.stack([batch_size, num_samples]), 0, 1, dtype=tf.float32)
+  row = tf.random.stateless_uniform([1, num_samples], seed=tf.constant(seed, tf.int64),
+                                    dtype=tf.float32)
+  return tf.tile(row, tf.stack([batch_size, 1]))
+
+
+def sample_random_frames(model_input, num_frames, num_samples, seed=None):
+  """Samples num_samples frames per video uniformly with replacement among its valid frames.
+
+  model_input: [batch, max_frames, features]; num_frames: [batch] int. A video with 0 frames
+  gets index 0 (a zero row). Returns [batch, num_samples, features].
+  """
+  batch_size = tf.shape(model_input)[0]
+  frames = tf.cast(tf.expand_dims(num_frames, 1), tf.float32)
+  frame_index = tf.cast(_uniform(batch_size, num_samples, seed) * frames, tf.int32)
+  frame_index = tf.minimum(frame_index, tf.maximum(tf.cast(frames, tf.int32) - 1, 0))
+  return tf.gather(model_input, frame_index, batch_dims=1)
+
+
+def sample_random_sequence(model_input, num_frames, num_samples, seed=None):
+  """A random window of num_samples consecutive frames per video (short videos repeat the
+  last frame). Returns [batch, num_samples, features]."""
+  batch_size = tf.shape(model_input)[0]
+  frames = tf.cast(tf.expand_dims(num_frames, 1), tf.float32)
+  max_start = tf.maximum(frames - num_samples, 0.0)
+  offsets = _uniform(batch_size, 1, None if seed is None else seed)
+  start = tf.cast(offsets * (max_start + 1.0), tf.int32)
+  frame_index = start + tf.expand_dims(tf.range(num_samples), 0)
+  frame_index = tf.minimum(frame_index, tf.maximum(tf.cast(frames, tf.int32) - 1, 0))
+  return tf.gather(model_input, frame_index, batch_dims=1)

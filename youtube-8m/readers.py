@@ -1,0 +1,268 @@
+"""Readers of YouTube-8M TFRecords (2018 format) as tf.data pipelines for tf.compat.v1 graphs.
+
+Frame level (SequenceExample): context ``id`` (bytes) and ``labels`` (int64 list); feature
+lists (``rgb`` 1024 and ``audio`` 128 bytes per frame, uint8-quantized). Each video becomes
+``video_matrix`` [max_frames, sum(feature_sizes)] float32 (dequantized, truncated or
+zero-padded to max_frames=300), ``num_frames`` = min(frames, max_frames), ``labels`` a dense
+bool vector of num_classes and ``video_id``.
+
+Video level (Example): ``id``, ``labels`` and one float list per feature (``mean_rgb`` 1024,
+``mean_audio`` 128); ``video_matrix`` is [sum(feature_sizes)] and ``num_frames`` is 1.
+
+Every record is validated; a malformed one (wrong feature size, label outside the
+vocabulary, unparsable proto, corrupted TFRecord framing) fails with an error naming its
+file and record index (see ``input_error_message``).
+"""
+
+import tensorflow as tf
+
+tf1 = tf.compat.v1
+
+MAX_FRAMES = 300
+NUM_CLASSES = 3862
+
+# The 60 held-out validate files of the 10th-place solution (its 2-char GCS file codes):
+# the training set is train + validate minus these, and eval uses exactly these.
+HOLDOUT_VALIDATE_CODES = (
+    "0t", "1Y", "2J", "45", "5K", "5u", "63", "6f", "8F", "8f", "9y", "Ap", "BN", "CH", "CI",
+    "Dz", "Er", "GY", "I6", "JP", "JV", "K0", "MJ", "Mv", "Og", "Om", "PL", "QK", "Qh", "Ql",
+    "T4", "UF", "Uy", "Vo", "X6", "XX", "Zq", "aR", "cU", "fr", "hw", "k3", "lw", "nX", "nl",
+    "o6", "p7", "pL", "pg", "rx", "sZ", "sd", "uS", "uf", "y1", "y5", "yK", "yU", "z8", "zE")
+
+
+class InputDataError(ValueError):
+  """Malformed input data; the message names the file and record at fault."""
+
+
+def dequantize(feat_vector, max_quantized_value=2.0, min_quantized_value=-2.0):
+  """uint8-quantized values (as float) -> floats: q * 4/255 + (4/512 - 2)."""
+  quantized_range = max_quantized_value - min_quantized_value
+  scalar = quantized_range / 255.0
+  bias = (quantized_range / 512.0) + min_quantized_value
+  return feat_vector * scalar + bias
+
+
+def holdout_validate_files(validate_pattern):
+  """The 60 held-out file names built from a validate pattern (text before its first '*')."""
+  stem = validate_pattern.split("*")[0]
+  return [stem + code + ".tfrecord" for code in HOLDOUT_VALIDATE_CODES]
+
+
+def _glob(pattern, flag_name):
+  files = sorted(tf.io.gfile.glob(pattern))
+  if not files:
+    raise IOError("--%s: no file matches %r" % (flag_name, pattern))
+  return files
+
+
+def training_files(train_data_pattern, flag_name="train_data_pattern"):
+  """Files of "TRAIN,VALIDATE" (train + validate minus the 60 held-out) or of one pattern."""
+  parts = [p.strip() for p in train_data_pattern.split(",")]
+  if len(parts) == 1:
+    return _glob(parts[0], flag_name)
+  if len(parts) != 2 or not all(parts):
+    raise ValueError("--%s must be one glob or 'TRAIN_GLOB,VALIDATE_GLOB', got %r"
+                     % (flag_name, train_data_pattern))
+  train, validate = parts
+  holdout = set(holdout_validate_files(validate))
+  files = _glob(train, flag_name) + [f for f in _glob(validate, flag_name)
+                                     if f not in holdout]
+  return files
+
+
+def eval_files(eval_data_pattern, holdout_only=True, flag_name="eval_data_pattern"):
+  """The 60 held-out validate files of the pattern, or every file the glob matches."""
+  if not eval_data_pattern:
+    raise IOError("--%s is required" % flag_name)
+  if not holdout_only:
+    return _glob(eval_data_pattern, flag_name)
+  files = holdout_validate_files(eval_data_pattern)
+  missing = [f for f in files if not tf.io.gfile.exists(f)]
+  if len(missing) == len(files):
+    raise IOError("--%s=%r: none of the 60 held-out validate files exists (e.g. %s). Pass "
+                  "--noeval_holdout_only to evaluate every file the glob matches."
+                  % (flag_name, eval_data_pattern, files[0]))
+  if missing:
+    raise IOError("--%s=%r: %d of the 60 held-out validate files are missing: %s"
+                  % (flag_name, eval_data_pattern, len(missing), ", ".join(missing[:5])))
+  return files
+
+
+def find_corrupt_record(files):
+  """(file, record index, error text) of the first record whose TFRecord framing is broken."""
+  for path in files:
+    index = 0
+    try:
+      for _ in tf1.io.tf_record_iterator(path):
+        index += 1
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as error:
+      return path, index, error.message
+  return None
+
+
+def input_error_message(error, files):
+  """A message naming the file and record of a tf.errors.OpError raised by a reader dataset."""
+  if isinstance(error, tf.errors.DataLossError):
+    corrupt = find_corrupt_record(files)
+    if corrupt:
+      return "%s: record %d: corrupted TFRecord (%s)" % corrupt
+  text = error.message
+  # Assertion messages of the validation ops already start with "<file>: record <i>: ...".
+  marker = "assertion failed: ["
+  if marker in text:
+    text = text.split(marker, 1)[1].split("]")[0]
+  return text
+
+
+def _record_origin(filename, index):
+  return tf.strings.join([filename, ": record ", tf.strings.as_string(index)])
+
+
+def _check(condition, message_parts):
+  """An assertion whose message is the joined string of message_parts."""
+  return tf.debugging.Assert(condition, [tf.strings.join(message_parts)])
+
+
+def _dense_labels(labels, num_classes, origin):
+  labels = tf.cast(labels, tf.int64)
+  in_range = tf.logical_and(labels >= 0, labels < num_classes)
+  first_bad = tf.strings.as_string(tf.reduce_min(
+      tf.where(in_range, tf.fill(tf.shape(labels), tf.int64.max), labels)))
+  check = _check(tf.reduce_all(in_range),
+                 [origin, ": label id ", first_bad, " outside the vocabulary [0, %d)"
+                  % num_classes])
+  with tf.control_dependencies([check]):
+    safe = tf.clip_by_value(labels, 0, num_classes - 1)
+  counts = tf.reduce_sum(tf.one_hot(safe, num_classes, dtype=tf.int32), 0)
+  return counts > 0
+
+
+class BaseReader(object):
+  """Builds a tf.data.Dataset of parsed videos from a list of files."""
+
+  def __init__(self, num_classes=NUM_CLASSES, feature_names=("rgb", "audio"),
+               feature_sizes=(1024, 128)):
+    feature_names, feature_sizes = list(feature_names), [int(s) for s in feature_sizes]
+    if len(feature_names) != len(feature_sizes):
+      raise ValueError("length of feature_names (%d: %s) != length of feature_sizes (%d: %s)"
+                       % (len(feature_names), feature_names, len(feature_sizes),
+                          feature_sizes))
+    self.num_classes = num_classes
+    self.feature_names = feature_names
+    self.feature_sizes = feature_sizes
+    self.feature_dim = sum(feature_sizes)
+
+  def parse(self, filename, index, serialized):
+    raise NotImplementedError()
+
+  def dataset(self, files, batch_size, num_epochs=1, shuffle=False, num_readers=4,
+              seed=None, shuffle_buffer=None):
+    """Batches of {video_id, video_matrix, labels, num_frames}.
+
+    num_readers files are interleaved (in a fixed order unless shuffling); num_readers=1
+    reads one file after the other, as the original inference pipeline. Training shuffles
+    files and serialized records (before parsing, so the buffer holds compact bytes).
+    A smaller final batch is kept.
+    """
+    files = list(files)
+    if not files:
+      raise IOError("no input files")
+    file_names = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string))
+    if shuffle:
+      file_names = file_names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    file_names = file_names.repeat(num_epochs)  # None repeats forever
+
+    def records_of(filename):
+      return tf.data.TFRecordDataset(filename).enumerate().map(
+          lambda index, record: (filename, index, record))
+
+    if num_readers > 1:
+      records = file_names.interleave(records_of, cycle_length=num_readers, block_length=1,
+                                      num_parallel_calls=tf.data.AUTOTUNE,
+                                      deterministic=not shuffle or seed is not None)
+    else:
+      records = file_names.flat_map(records_of)
+    if shuffle:
+      records = records.shuffle(shuffle_buffer or 5 * batch_size, seed=seed)
+    parsed = records.map(self.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return parsed.batch(batch_size).prefetch(2)
+
+
+class YT8MFrameFeatureReader(BaseReader):
+  """Frame-level SequenceExample reader (the one every seed command uses)."""
+
+  def __init__(self, num_classes=NUM_CLASSES, feature_names=("rgb", "audio"),
+               feature_sizes=(1024, 128), max_frames=MAX_FRAMES):
+    super(YT8MFrameFeatureReader, self).__init__(num_classes, feature_names, feature_sizes)
+    self.max_frames = max_frames
+
+  def _frames(self, frame_bytes, name, size, origin):
+    lengths = tf.strings.length(frame_bytes)
+    good = tf.equal(lengths, size)
+    bad_length = tf.strings.as_string(tf.reduce_max(tf.where(good, tf.zeros_like(lengths),
+                                                             lengths)))
+    check = _check(tf.reduce_all(good),
+                   [origin, ": feature '%s' has a frame of " % name, bad_length,
+                    " bytes, expected %d" % size])
+    with tf.control_dependencies([check]):
+      quantized = tf.reshape(tf.io.decode_raw(frame_bytes, tf.uint8), [-1, size])
+    return dequantize(tf.cast(quantized, tf.float32))
+
+  def parse(self, filename, index, serialized):
+    origin = _record_origin(filename, index)
+    context, sequences = tf.io.parse_single_sequence_example(
+        serialized,
+        context_features={"id": tf.io.FixedLenFeature([], tf.string),
+                          "labels": tf.io.VarLenFeature(tf.int64)},
+        sequence_features={name: tf.io.FixedLenSequenceFeature([], dtype=tf.string)
+                           for name in self.feature_names},
+        example_name=origin)
+    features = []
+    frame_counts = []
+    for name, size in zip(self.feature_names, self.feature_sizes):
+      features.append(self._frames(sequences[name], name, size, origin))
+      frame_counts.append(tf.shape(sequences[name])[0])
+    checks = []
+    for name, count in zip(self.feature_names[1:], frame_counts[1:]):
+      checks.append(_check(tf.equal(count, frame_counts[0]),
+                           [origin, ": feature '%s' has " % name, tf.strings.as_string(count),
+                            " frames but '%s' has " % self.feature_names[0],
+                            tf.strings.as_string(frame_counts[0])]))
+    with tf.control_dependencies(checks):
+      video = tf.concat(features, 1)[:self.max_frames]
+    num_frames = tf.minimum(frame_counts[0], self.max_frames)
+    video = tf.pad(video, [[0, self.max_frames - num_frames], [0, 0]])
+    video.set_shape([self.max_frames, self.feature_dim])
+    return {"video_id": context["id"],
+            "video_matrix": video,
+            "labels": _dense_labels(context["labels"].values, self.num_classes, origin),
+            "num_frames": tf.cast(num_frames, tf.int32)}
+
+
+class YT8MAggregatedFeatureReader(BaseReader):
+  """Video-level Example reader (mean_rgb, mean_audio)."""
+
+  def __init__(self, num_classes=NUM_CLASSES, feature_names=("mean_rgb", "mean_audio"),
+               feature_sizes=(1024, 128)):
+    super(YT8MAggregatedFeatureReader, self).__init__(num_classes, feature_names,
+                                                      feature_sizes)
+
+  def parse(self, filename, index, serialized):
+    origin = _record_origin(filename, index)
+    spec = {"id": tf.io.FixedLenFeature([], tf.string),
+            "labels": tf.io.VarLenFeature(tf.int64)}
+    for name, size in zip(self.feature_names, self.feature_sizes):
+      spec[name] = tf.io.FixedLenFeature([size], tf.float32)
+    example = tf.io.parse_single_example(serialized, spec, example_names=origin)
+    video = tf.concat([example[name] for name in self.feature_names], 0)
+    video.set_shape([self.feature_dim])
+    return {"video_id": example["id"],
+            "video_matrix": video,
+            "labels": _dense_labels(example["labels"].values, self.num_classes, origin),
+            "num_frames": tf.constant(1, tf.int32)}
+
+
+def make_reader(frame_features, feature_names, feature_sizes, num_classes=NUM_CLASSES):
+  if frame_features:
+    return YT8MFrameFeatureReader(num_classes, feature_names, feature_sizes)
+  return YT8MAggregatedFeatureReader(num_classes, feature_names, feature_sizes)

@@ -1,0 +1,363 @@
+"""Trains a (Gated NetVLAD ensemble) video classifier on YouTube-8M TFRecords.
+
+    python -m youtube-8m.train --train_data_pattern='TRAIN_GLOB,VALIDATE_GLOB' \
+        --train_dir=DIR --frame_features --feature_names='rgb,audio' \
+        --feature_sizes='1024,128' --netvlad_cluster_size=32 --netvlad_hidden_size=512 ...
+
+Checkpoints ``DIR/model.ckpt-<step>`` are exported at steps 10, 10+E, 10+2E, ... (E =
+--export_model_steps), every --save_model_secs, and when training ends or is interrupted
+(SIGTERM/SIGINT). Running the same command again resumes from the newest model.ckpt-<step>
+(weights, optimizer state and global_step); a changed architecture is refused.
+"""
+
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import app
+from absl import logging
+
+from . import checkpoint_utils
+from . import eval_util
+from . import fp16_layers
+from . import losses
+from . import model_graph
+from . import readers
+from . import utils
+
+tf1 = tf.compat.v1
+flags = tf1.flags
+FLAGS = flags.FLAGS
+
+model_graph.define_flags()
+flags.DEFINE_string("train_dir", "/tmp/yt8m_model/",
+                    "Directory for checkpoints, event files and model_flags.json.")
+flags.DEFINE_string("train_data_pattern", "",
+                    "'TRAIN_GLOB,VALIDATE_GLOB' (train files + validate files minus the 60 "
+                    "held-out ones) or a single glob.")
+flags.DEFINE_string("checkpoint_file", "",
+                    "Start from this checkpoint (prefix relative to train_dir, e.g. an averaged "
+                    "one) instead of the newest model.ckpt-<step>; variables it lacks (e.g. "
+                    "optimizer slots) start fresh.")
+flags.DEFINE_bool("start_new_model", False,
+                  "Delete this train_dir's checkpoints, events and model_flags.json and start "
+                  "over (other files in train_dir are kept).")
+flags.DEFINE_integer("num_gpu", 1, "Maximum number of GPUs (towers) to use.")
+flags.DEFINE_integer("batch_size", 1024, "Examples per tower per step.")
+flags.DEFINE_float("regularization_penalty", 1.0, "Weight of the regularization losses.")
+flags.DEFINE_float("base_learning_rate", 0.01, "Initial learning rate.")
+flags.DEFINE_float("learning_rate_decay", 0.95,
+                   "Learning-rate factor per --learning_rate_decay_examples (staircase).")
+flags.DEFINE_float("learning_rate_decay_examples", 4000000, "Decay period in examples.")
+flags.DEFINE_integer("num_epochs", 5, "Passes over the training files.")
+flags.DEFINE_integer("max_steps", None, "Stop once global_step reaches this value.")
+flags.DEFINE_integer("export_model_steps", 1000,
+                     "Export model.ckpt-<step> at steps 10, 10+E, 10+2E, ...")
+flags.DEFINE_integer("save_model_secs", 900,
+                     "Also export a checkpoint every this many seconds (0: never), as the "
+                     "original's Supervisor did.")
+flags.DEFINE_integer("num_readers", 8, "Files read in parallel.")
+flags.DEFINE_string("optimizer", "AdamOptimizer",
+                    "AdamOptimizer, GradientDescentOptimizer, AdagradOptimizer or "
+                    "RMSPropOptimizer (tf.compat.v1.train).")
+flags.DEFINE_float("clip_gradient_norm", 1.0,
+                   "Clip each gradient tensor to this L2 norm (<= 0: no clipping).")
+flags.DEFINE_bool("log_device_placement", False, "Log the device of every op.")
+flags.DEFINE_bool("batch_norm_warmup", True,
+                  "Batch-norm moving averages use decay min(0.999, (1+step)/(10+step)), so short "
+                  "runs evaluate well; False: the original's constant 0.999 from step 0.")
+flags.DEFINE_integer("shuffle_seed", None,
+                     "Seed of file/record shuffling (default: random each run).")
+
+OPTIMIZERS = ("AdamOptimizer", "GradientDescentOptimizer", "AdagradOptimizer",
+              "RMSPropOptimizer")
+# Hyper-parameters recorded in model_flags.json["training"] (informational).
+TRAINING_FLAGS = ("batch_norm_warmup", "batch_size", "base_learning_rate", "learning_rate_decay",
+                  "learning_rate_decay_examples", "regularization_penalty", "optimizer",
+                  "clip_gradient_norm", "num_epochs", "max_steps", "export_model_steps")
+
+
+class StopRequest(object):
+  """Turns SIGTERM/SIGINT into a clean stop after the current step (then a checkpoint)."""
+
+  def __init__(self):
+    self.signal_name = None
+    for signum in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(signum, self._handle)
+
+  def _handle(self, signum, unused_frame):
+    if self.signal_name is not None:  # a second signal: stop now
+      raise KeyboardInterrupt()
+    self.signal_name = signal.Signals(signum).name
+
+
+def check_flags():
+  if FLAGS.batch_size < 1:
+    raise ValueError("--batch_size must be >= 1, got %d" % FLAGS.batch_size)
+  if FLAGS.export_model_steps < 1:
+    raise ValueError("--export_model_steps must be >= 1, got %d" % FLAGS.export_model_steps)
+  if FLAGS.num_epochs < 1:
+    raise ValueError("--num_epochs must be >= 1, got %d" % FLAGS.num_epochs)
+  if FLAGS.max_steps is not None and FLAGS.max_steps < 1:
+    raise ValueError("--max_steps must be >= 1, got %d" % FLAGS.max_steps)
+  if FLAGS.optimizer not in OPTIMIZERS:
+    raise ValueError("--optimizer=%r is not one of %s" % (FLAGS.optimizer,
+                                                          ", ".join(OPTIMIZERS)))
+  if FLAGS.learning_rate_decay_examples <= 0:
+    raise ValueError("--learning_rate_decay_examples must be > 0")
+  if not FLAGS.train_data_pattern:
+    raise ValueError("--train_data_pattern is required")
+
+
+def check_cluster():
+  """Single-process training; a TF_CONFIG cluster of more than one task is refused."""
+  tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+  cluster = tf_config.get("cluster", {})
+  tasks = sum(len(addresses) for addresses in cluster.values())
+  if tasks > 1:
+    raise ValueError("TF_CONFIG describes a cluster of %d tasks; distributed training is not "
+                     "supported by this version of train.py (run one process)" % tasks)
+
+
+def number_of_towers():
+  gpus = len(tf.config.list_physical_devices("GPU"))
+  towers = min(FLAGS.num_gpu, gpus) if FLAGS.num_gpu > 0 else 0
+  if towers > 1:
+    raise ValueError("--num_gpu=%d with %d GPUs: multi-tower training is not supported yet; "
+                     "pass --num_gpu=1" % (FLAGS.num_gpu, gpus))
+  return max(towers, 1), "/gpu:0" if towers == 1 else "/cpu:0"
+
+
+def remove_training_artifacts(train_dir):
+  """--start_new_model: delete what train.py wrote (not the whole directory)."""
+  if not tf.io.gfile.isdir(train_dir):
+    return
+  removed = 0
+  for name in tf.io.gfile.listdir(train_dir):
+    name = name.rstrip("/")
+    if (name.startswith(checkpoint_utils.TRAIN_CHECKPOINT_BASENAME + "-")
+        or name == "checkpoint" or name.startswith("events.out.tfevents")
+        or name == utils.MODEL_FLAGS_FILE):
+      tf.io.gfile.remove(os.path.join(train_dir, name))
+      removed += 1
+  logging.info("--start_new_model: removed %d files of the previous run in %s", removed,
+               train_dir)
+
+
+def record_model_flags(train_dir, config):
+  """Writes model_flags.json, or checks the architecture against an existing one."""
+  stored = utils.read_model_flags(train_dir, required=False)
+  if stored is not None:
+    model_graph.check_same_architecture(stored, config, utils.model_flags_path(train_dir))
+  model_flags = config.to_json_dict()
+  model_flags[model_graph.TRAINING_KEY] = {name: FLAGS[name].value for name in TRAINING_FLAGS}
+  utils.write_model_flags(train_dir, model_flags)
+
+
+def build_training_graph(config, files, towers, device):
+  """The input pipeline, model, loss and train op; returns a dict of the tensors to run."""
+  global_step = model_graph.create_global_step()
+  if FLAGS.batch_norm_warmup:
+    tf1.add_to_collection(fp16_layers.BATCH_NORM_WARMUP_STEP, global_step)
+  reader = config.make_reader()
+  with tf.device("/cpu:0"), tf1.name_scope("train_input"):
+    dataset = reader.dataset(files, FLAGS.batch_size * towers, num_epochs=FLAGS.num_epochs,
+                             shuffle=True, num_readers=FLAGS.num_readers,
+                             seed=FLAGS.shuffle_seed)
+    iterator = tf1.data.make_initializable_iterator(dataset)
+    batch = iterator.get_next()
+  with tf.device(device):
+    predictions, model_input = model_graph.build_model(
+        config, batch["video_matrix"], batch["num_frames"], is_training=True)
+    label_loss = losses.get_loss(config.label_loss).calculate_loss(predictions,
+                                                                   batch["labels"])
+    regularization_losses = tf1.get_collection(tf1.GraphKeys.REGULARIZATION_LOSSES)
+    reg_loss = tf.add_n(regularization_losses) if regularization_losses else tf.constant(0.0)
+    update_ops = tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
+    with tf.control_dependencies(update_ops):
+      label_loss = tf.identity(label_loss, name="label_loss")
+    total_loss = label_loss + FLAGS.regularization_penalty * reg_loss
+
+    learning_rate = tf1.train.exponential_decay(
+        FLAGS.base_learning_rate, tf.cast(global_step, tf.float32) * FLAGS.batch_size * towers,
+        FLAGS.learning_rate_decay_examples, FLAGS.learning_rate_decay, staircase=True)
+    optimizer = getattr(tf1.train, FLAGS.optimizer)(learning_rate)
+    trainable = tf1.trainable_variables()
+    frozen = [v for v in trainable if v.dtype.base_dtype == tf.float16]
+    if frozen:
+      # Adam's epsilon (1e-8) underflows in float16 and turns the kernels into NaN after one
+      # step; the float16 kernels are storage for packed ensembles, filled afterwards from
+      # float32 single models (overwrite_float16_ckpt), so they are not trained here.
+      logging.warning("--float16_flag: %d float16 kernels are not updated by training",
+                      len(frozen))
+    gradients = optimizer.compute_gradients(
+        total_loss, var_list=[v for v in trainable if v.dtype.base_dtype != tf.float16])
+    gradients = [(g, v) for g, v in gradients if g is not None]
+    if FLAGS.clip_gradient_norm > 0:
+      gradients = [(tf.clip_by_norm(g, FLAGS.clip_gradient_norm), v) for g, v in gradients]
+    train_op = optimizer.apply_gradients(gradients, global_step=global_step)
+    with tf.control_dependencies([train_op]):
+      step_after = tf.identity(global_step.read_value(), name="global_step_after")
+
+  for name, tensor in (("global_step", global_step), ("loss", label_loss),
+                       ("predictions", predictions), ("input_batch_raw", batch["video_matrix"]),
+                       ("input_batch", model_input), ("num_frames", batch["num_frames"]),
+                       ("labels", tf.cast(batch["labels"], tf.float32)),
+                       ("train_op", train_op)):
+    tf1.add_to_collection(name, tensor)
+  return {"global_step": global_step, "step_after": step_after, "label_loss": label_loss,
+          "reg_loss": reg_loss, "learning_rate": learning_rate, "predictions": predictions,
+          "labels": batch["labels"], "iterator": iterator}
+
+
+def restore_or_initialize(sess, saver, graph_vars, train_dir):
+  """Restores the newest model.ckpt-<step> (or --checkpoint_file), else initializes."""
+  if FLAGS.checkpoint_file:
+    prefix = checkpoint_utils.resolve_checkpoint(train_dir, FLAGS.checkpoint_file)
+    if not checkpoint_utils.checkpoint_exists(prefix):
+      raise IOError("--checkpoint_file: checkpoint %s not found (no %s.index)" % (prefix,
+                                                                                prefix))
+    newest = checkpoint_utils.newest_checkpoint(train_dir)
+    if newest is not None:
+      raise ValueError("--checkpoint_file=%s: %s already holds training checkpoints (newest "
+                       "%s); warm-starting would mix two runs. Use an empty --train_dir."
+                       % (FLAGS.checkpoint_file, train_dir, newest[1]))
+    stored = dict(tf.train.list_variables(prefix))
+    present = [v for v in graph_vars if v.op.name in stored]
+    for variable in present:
+      if list(stored[variable.op.name]) != variable.shape.as_list():
+        raise ValueError("--checkpoint_file=%s: variable %s has shape %s there but %s in the "
+                         "model" % (prefix, variable.op.name, stored[variable.op.name],
+                                    variable.shape.as_list()))
+    sess.run(tf1.global_variables_initializer())
+    tf1.train.Saver(present).restore(sess, prefix)
+    logging.info("Warm start from %s: restored %d variables, %d start fresh", prefix,
+                 len(present), len(graph_vars) - len(present))
+    return
+  newest = checkpoint_utils.newest_checkpoint(train_dir)
+  if newest is None:
+    sess.run(tf1.global_variables_initializer())
+    logging.info("No checkpoint in %s: starting a new model", train_dir)
+    return
+  step, prefix = newest
+  stored = dict(tf.train.list_variables(prefix))
+  missing = [v.op.name for v in graph_vars if v.op.name not in stored]
+  if missing:
+    raise ValueError("Cannot resume from %s: it lacks %d variables of this model (e.g. %s). "
+                     "Use --start_new_model or another --train_dir." % (prefix, len(missing),
+                                                                        missing[0]))
+  saver.restore(sess, prefix)
+  logging.info("Resumed from %s (step %d)", prefix, step)
+
+
+def write_scalars(writer, step, values):
+  summary = tf1.Summary(value=[tf1.Summary.Value(tag=tag, simple_value=float(value))
+                               for tag, value in values.items()])
+  writer.add_summary(summary, step)
+
+
+def train(config):
+  train_dir = FLAGS.train_dir
+  files = readers.training_files(FLAGS.train_data_pattern)
+  towers, device = number_of_towers()
+  if FLAGS.start_new_model:
+    remove_training_artifacts(train_dir)
+  tf.io.gfile.makedirs(train_dir)
+  record_model_flags(train_dir, config)
+  logging.info("Training %s on %d files, batch %d x %d tower(s), into %s", config.describe(),
+               len(files), FLAGS.batch_size, towers, train_dir)
+
+  graph = tf.Graph()
+  with graph.as_default():
+    tensors = build_training_graph(config, files, towers, device)
+    graph_vars = tf1.global_variables()
+    saver = tf1.train.Saver(graph_vars, max_to_keep=None)
+    parameter_count = sum(int(np.prod(v.shape.as_list())) for v in tf1.trainable_variables())
+    logging.info("%d variables, %d trainable parameters", len(graph_vars), parameter_count)
+  session_config = tf1.ConfigProto(allow_soft_placement=True,
+                                   log_device_placement=FLAGS.log_device_placement)
+  stop = StopRequest()
+  writer = tf1.summary.FileWriter(train_dir, graph=graph)
+  with tf1.Session(graph=graph, config=session_config) as sess:
+    restore_or_initialize(sess, saver, graph_vars, train_dir)
+    sess.run(tensors["iterator"].initializer)
+    step = int(sess.run(tensors["global_step"]))
+    last_export = step if checkpoint_utils.newest_checkpoint(train_dir) else None
+    last_save_time = time.time()
+    examples_per_step = FLAGS.batch_size * towers
+
+    def export(step_to_save):
+      path = saver.save(sess, os.path.join(train_dir, checkpoint_utils.TRAIN_CHECKPOINT_BASENAME),
+                        global_step=step_to_save)
+      logging.info("Exported %s", path)
+      return step_to_save
+
+    reason = "max_steps reached"
+    try:
+      while True:
+        if FLAGS.max_steps is not None and step >= FLAGS.max_steps:
+          break
+        if stop.signal_name:
+          reason = "stopped by %s" % stop.signal_name
+          break
+        with_metrics = (step + 1) % 10 == 0
+        fetches = {"step": tensors["step_after"], "loss": tensors["label_loss"]}
+        if with_metrics:
+          fetches.update(predictions=tensors["predictions"], labels=tensors["labels"],
+                         reg_loss=tensors["reg_loss"], learning_rate=tensors["learning_rate"])
+        start = time.time()
+        result = sess.run(fetches)
+        seconds = time.time() - start
+        step = int(result["step"])
+        examples = len(result["labels"]) if with_metrics else examples_per_step
+        examples_per_sec = examples / seconds
+        if step % 10 == 0 and with_metrics:
+          predictions, labels = result["predictions"], result["labels"]
+          hit_at_one = eval_util.calculate_hit_at_one(predictions, labels)
+          perr = eval_util.calculate_precision_at_equal_recall_rate(predictions, labels)
+          gap = eval_util.calculate_gap(predictions, labels)
+          logging.info("training step %d | Loss: %.2f Examples/sec: %.2f | Hit@1: %.2f "
+                       "PERR: %.2f GAP: %.2f", step, result["loss"], examples_per_sec,
+                       hit_at_one, perr, gap)
+          write_scalars(writer, step, {
+              "model/Training_Hit@1": hit_at_one, "model/Training_Perr": perr,
+              "model/Training_GAP": gap, "global_step/Examples/Second": examples_per_sec,
+              "label_loss": result["loss"], "reg_loss": result["reg_loss"],
+              "learning_rate": result["learning_rate"]})
+          if last_export is None or step - last_export >= FLAGS.export_model_steps:
+            last_export = export(step)
+            last_save_time = time.time()
+        else:
+          logging.info("training step %d | Loss: %.2f Examples/sec: %.2f", step,
+                       result["loss"], examples_per_sec)
+        if FLAGS.save_model_secs and time.time() - last_save_time >= FLAGS.save_model_secs:
+          # Time-based checkpoints do not move the export cadence (10, 10+E, ...).
+          export(step)
+          last_save_time = time.time()
+    except tf.errors.OutOfRangeError:
+      reason = "Done training -- epoch limit reached."
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
+      if last_export != step and step > 0:
+        export(step)
+      raise readers.InputDataError(readers.input_error_message(error, files))
+    logging.info("%s (step %d)", reason, step)
+    if step > 0 and not checkpoint_utils.checkpoint_exists(os.path.join(
+        train_dir, "%s-%d" % (checkpoint_utils.TRAIN_CHECKPOINT_BASENAME, step))):
+      export(step)
+  writer.close()
+  return step
+
+
+@utils.tool_main
+def main(unused_argv):
+  check_flags()
+  check_cluster()
+  config = model_graph.config_from_flags()
+  train(config)
+
+
+if __name__ == "__main__":
+  app.run(main)

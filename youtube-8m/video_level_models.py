@@ -1,0 +1,98 @@
+"""Video-level classifiers: LogisticModel and MoeModel (with probability gating).
+
+MoeModel is also the classifier on top of NetVLADModelLF. Module flags are defined at import,
+as in the original, so every binary importing this module accepts them.
+"""
+
+import math
+
+import tensorflow as tf
+
+from . import fp16_layers
+from . import models
+
+tf1 = tf.compat.v1
+flags = tf1.flags
+FLAGS = flags.FLAGS
+
+flags.DEFINE_integer("moe_num_mixtures", 5,
+                     "Number of experts per class in MoeModel (excluding the dummy expert).")
+flags.DEFINE_float("moe_l2", 1e-8, "L2 penalty on the MoE gate and expert kernels.")
+flags.DEFINE_bool("moe_prob_gating", False,
+                  "Probability (label-correlation) gating on the MoE output.")
+flags.DEFINE_string("moe_prob_gating_input", "prob",
+                    "Input of the probability gating: 'prob' (the MoE probabilities, V x V "
+                    "weights) or 'input' (the MoE input, D x V weights).")
+flags.DEFINE_bool("gating_remove_diag", False,
+                  "In 'prob' gating, remove each class's own contribution (diag of the weights).")
+
+
+class LogisticModel(models.BaseModel):
+  """Logistic regression over the (L2-normalized) video-level features."""
+
+  def create_model(self, model_input, vocab_size, l2_penalty=1e-8, float16_flag=False,
+                   **unused_params):
+    output = fp16_layers.fully_connected(
+        model_input, vocab_size, activation_fn=tf.nn.sigmoid,
+        weights_regularizer=fp16_layers.l2_regularizer(l2_penalty),
+        dtype=tf.float16 if float16_flag else tf.float32)
+    return {"predictions": output}
+
+
+class MoeModel(models.BaseModel):
+  """Mixture of (num_mixtures + 1 dummy) logistic experts per class, optionally followed by
+  probability gating: predictions = p * sigmoid(BN(p W)).
+
+  Variables (relative to the calling scope): gates/weights [D, V*(M+1)], experts/weights
+  [D, V*M], experts/biases [V*M], and with prob gating gating_prob_weights [V, V] (or
+  [D, V] for input gating) plus gating_prob_bn/*. Columns are class-major (v*(M+1)+m).
+  """
+
+  def create_model(self, model_input, vocab_size, num_mixtures=None, l2_penalty=None,
+                   is_training=True, float16_flag=False, prob_gating=None,
+                   prob_gating_input=None, remove_diag=None, **unused_params):
+    num_mixtures = FLAGS.moe_num_mixtures if num_mixtures is None else num_mixtures
+    l2_penalty = FLAGS.moe_l2 if l2_penalty is None else l2_penalty
+    prob_gating = FLAGS.moe_prob_gating if prob_gating is None else prob_gating
+    prob_gating_input = (FLAGS.moe_prob_gating_input if prob_gating_input is None
+                         else prob_gating_input)
+    remove_diag = FLAGS.gating_remove_diag if remove_diag is None else remove_diag
+    kernel_dtype = tf.float16 if float16_flag else tf.float32
+    regularizer = fp16_layers.l2_regularizer(l2_penalty)
+
+    gate_activations = fp16_layers.fully_connected(
+        model_input, vocab_size * (num_mixtures + 1), activation_fn=None,
+        biases_initializer=None, weights_regularizer=regularizer, scope="gates",
+        dtype=kernel_dtype)
+    expert_activations = fp16_layers.fully_connected(
+        model_input, vocab_size * num_mixtures, activation_fn=None,
+        weights_regularizer=regularizer, scope="experts", dtype=kernel_dtype)
+
+    gating_distribution = tf.nn.softmax(
+        tf.reshape(gate_activations, [-1, num_mixtures + 1]))
+    expert_distribution = tf.nn.sigmoid(tf.reshape(expert_activations, [-1, num_mixtures]))
+    probabilities_by_class_and_batch = tf.reduce_sum(
+        gating_distribution[:, :num_mixtures] * expert_distribution, 1)
+    probabilities = tf.reshape(probabilities_by_class_and_batch, [-1, vocab_size])
+
+    if prob_gating:
+      if prob_gating_input == "prob":
+        gating_weights = fp16_layers.model_variable(
+            "gating_prob_weights", [vocab_size, vocab_size], dtype=kernel_dtype,
+            initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vocab_size)))
+        weights = fp16_layers.as_float32(gating_weights)
+        gates = tf.matmul(probabilities, weights)
+        if remove_diag:
+          gates -= probabilities * tf.linalg.diag_part(weights)
+      elif prob_gating_input == "input":
+        input_size = int(model_input.shape[-1])
+        gating_weights = fp16_layers.model_variable(
+            "gating_prob_weights", [input_size, vocab_size], dtype=kernel_dtype,
+            initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vocab_size)))
+        gates = tf.matmul(model_input, fp16_layers.as_float32(gating_weights))
+      else:
+        raise ValueError("--moe_prob_gating_input must be 'prob' or 'input', got %r"
+                         % prob_gating_input)
+      gates = fp16_layers.batch_norm(gates, is_training=is_training, scope="gating_prob_bn")
+      probabilities = tf.multiply(probabilities, tf.sigmoid(gates))
+    return {"predictions": probabilities}
