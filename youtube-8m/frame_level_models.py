@@ -84,7 +84,7 @@ class NetVLADModelLF(models.BaseModel):
   def create_model(self, model_input, vocab_size, num_frames, cluster_size, hidden_size,
                    is_training=True, iterations=None, sample_random_frames=None,
                    add_batch_norm=None, relu=None, gating=None, float16_flag=None,
-                   sampling_seed=None, **unused_params):
+                   sampling_seed=None, classifier_model=None, **unused_params):
     # Explicit arguments win over flags (the original's "arg or flag" could not pass False).
     iterations = FLAGS.iterations if iterations is None else iterations
     sample_random_frames = (FLAGS.sample_random_frames if sample_random_frames is None
@@ -93,6 +93,8 @@ class NetVLADModelLF(models.BaseModel):
     relu = FLAGS.netvlad_relu if relu is None else relu
     gating = FLAGS.gating if gating is None else gating
     float16_flag = FLAGS.float16_flag if float16_flag is None else float16_flag
+    classifier_model = (FLAGS.video_level_classifier_model if classifier_model is None
+                        else classifier_model)
     if not add_batch_norm:
       raise ValueError("--netvlad_add_batch_norm=False is not supported: NetVLADModelLF "
                        "always batch-normalizes (the original's other branch was broken).")
@@ -145,7 +147,7 @@ class NetVLADModelLF(models.BaseModel):
       gates = fp16_layers.batch_norm(gates, is_training=is_training, scope="gating_bn")
       activation = tf.multiply(activation, tf.sigmoid(gates))
 
-    classifier = getattr(video_level_models, FLAGS.video_level_classifier_model)()
+    classifier = getattr(video_level_models, classifier_model)()
     return classifier.create_model(model_input=activation, vocab_size=vocab_size,
                                    is_training=is_training, float16_flag=float16_flag,
                                    **unused_params)

@@ -286,7 +286,8 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
               num_mixtures=config.moe_num_mixtures, l2_penalty=config.moe_l2,
               prob_gating=config.moe_prob_gating,
               prob_gating_input=config.moe_prob_gating_input,
-              remove_diag=config.gating_remove_diag)
+              remove_diag=config.gating_remove_diag,
+              classifier_model=config.video_level_classifier_model)
         predictions.append(result["predictions"])
       if config.ensemble_num == 1:
         mixed = predictions[0]

@@ -110,7 +110,7 @@ def input_error_message(error, files):
   # Assertion messages of the validation ops already start with "<file>: record <i>: ...".
   marker = "assertion failed: ["
   if marker in text:
-    text = text.split(marker, 1)[1].split("]")[0]
+    text = text.split(marker, 1)[1].split("\n")[0].rsplit("]", 1)[0].replace("\\'", "'")
   return text
 
 

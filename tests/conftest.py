@@ -1,0 +1,63 @@
+"""Shared fixtures: the package importer, CLI runner and tiny synthetic datasets."""
+
+import importlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+  sys.path.insert(0, REPO_ROOT)
+
+# Tiny model settings used by CLI tests: few classes, few clusters, small hidden size.
+TINY_NUM_CLASSES = 40
+TINY_FLAGS = ["--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,128",
+              "--num_classes=%d" % TINY_NUM_CLASSES, "--iterations=20", "--moe_l2=1e-6",
+              "--netvlad_relu=False", "--gating=True", "--moe_prob_gating=True"]
+
+
+def yt8m(module):
+  """Imports youtube-8m.<module> (the package name has a dash)."""
+  return importlib.import_module("youtube-8m." + module)
+
+
+def run_cli(module, *args, check=True, timeout=600, env=None):
+  """Runs `python -m youtube-8m.<module> args...` from the repo root; returns the result."""
+  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  full_env.update(env or {})
+  result = subprocess.run([sys.executable, "-m", "youtube-8m." + module] + list(args),
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+  if check and result.returncode != 0:
+    raise AssertionError("%s failed (exit %d):\n%s" % (module, result.returncode,
+                                                      result.stderr[-4000:]))
+  return result
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+  """A small frame-level dataset: 4 train files, the 60 held-out validate files + 2 more,
+  2 test files, labels among the first TINY_NUM_CLASSES classes, some videos > 300 frames."""
+  output_dir = str(tmp_path_factory.mktemp("yt8m_data"))
+  yt8m("synthetic_data").generate(
+      output_dir, num_train_files=4, num_validate_files=62, num_test_files=2,
+      videos_per_file=40, validate_videos_per_file=4, test_videos_per_file=10,
+      num_classes=TINY_NUM_CLASSES, seed=7, difficulty=0.2, min_frames=40, max_frames=330,
+      levels="both")
+  frame = os.path.join(output_dir, "frame")
+  return {"dir": output_dir,
+          "train_pattern": "%s/train*.tfrecord,%s/validate*.tfrecord" % (frame, frame),
+          "validate_pattern": "%s/validate*.tfrecord" % frame,
+          "test_pattern": "%s/test*.tfrecord" % frame,
+          "video_dir": os.path.join(output_dir, "video")}
+
+
+def pytest_configure(config):
+  # In-process tests build graphs from explicit configs; flags keep their defaults and must
+  # not try to parse pytest's own command line.
+  from absl import flags
+  for module in ("frame_level_models", "video_level_models", "model_graph"):
+    yt8m(module)
+  flags.FLAGS.mark_as_parsed()

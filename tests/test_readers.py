@@ -1,0 +1,155 @@
+"""Readers: exact parsing, dequantization, padding, file selection and malformed records."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import yt8m
+
+tf1 = tf.compat.v1
+readers = yt8m("readers")
+
+
+def frame_example(video_id, labels, rgb, audio):
+  """A SequenceExample in the 2018 frame-level format from uint8 arrays [frames, size]."""
+  example = tf.train.SequenceExample()
+  example.context.feature["id"].bytes_list.value.append(video_id.encode())
+  example.context.feature["labels"].int64_list.value.extend(labels)
+  for name, frames in (("rgb", rgb), ("audio", audio)):
+    feature_list = example.feature_lists.feature_list[name]
+    for frame in frames:
+      feature_list.feature.add().bytes_list.value.append(bytes(bytearray(frame)))
+  return example.SerializeToString()
+
+
+def write_records(path, records):
+  with tf.io.TFRecordWriter(path) as writer:
+    for record in records:
+      writer.write(record)
+  return path
+
+
+def read_all(reader, files, batch_size=4):
+  """Every batch of the reader's dataset, concatenated; input errors as InputDataError."""
+  graph = tf.Graph()
+  with graph.as_default():
+    batch = tf1.data.make_one_shot_iterator(
+        reader.dataset(files, batch_size, num_readers=1)).get_next()
+    out = {key: [] for key in batch}
+    with tf1.Session() as sess:
+      while True:
+        try:
+          values = sess.run(batch)
+        except tf.errors.OutOfRangeError:
+          break
+        except tf.errors.OpError as error:
+          raise readers.InputDataError(readers.input_error_message(error, files))
+        for key, value in values.items():
+          out[key].append(value)
+  return {key: np.concatenate(value) for key, value in out.items()}
+
+
+def test_dequantize_constants():
+  q = np.array([0.0, 128.0, 255.0])
+  np.testing.assert_allclose(readers.dequantize(q),
+                             [-1.9921875, 128 * 4 / 255 + 4 / 512 - 2, 2.0078125])
+
+
+def test_frame_reader_dequantizes_pads_and_truncates(tmp_path):
+  rng = np.random.default_rng(0)
+  short_rgb = rng.integers(0, 256, (3, 1024), dtype=np.uint8)
+  short_audio = rng.integers(0, 256, (3, 128), dtype=np.uint8)
+  long_rgb = rng.integers(0, 256, (310, 1024), dtype=np.uint8)
+  long_audio = rng.integers(0, 256, (310, 128), dtype=np.uint8)
+  path = write_records(str(tmp_path / "train00.tfrecord"), [
+      frame_example("aaaa", [5, 1, 5], short_rgb, short_audio),
+      frame_example("bbbb", [], long_rgb, long_audio),
+      frame_example("cccc", [0], np.zeros((0, 1024), np.uint8), np.zeros((0, 128), np.uint8)),
+  ])
+  out = read_all(readers.YT8MFrameFeatureReader(num_classes=10), [path])
+  assert list(out["video_id"]) == [b"aaaa", b"bbbb", b"cccc"]
+  assert out["video_matrix"].shape == (3, 300, 1152)
+  assert list(out["num_frames"]) == [3, 300, 0]
+  expected = readers.dequantize(np.concatenate([short_rgb, short_audio], 1).astype(np.float32))
+  np.testing.assert_allclose(out["video_matrix"][0, :3], expected, rtol=1e-6)
+  assert not out["video_matrix"][0, 3:].any()  # zero padding after dequantization
+  np.testing.assert_allclose(
+      out["video_matrix"][1],
+      readers.dequantize(np.concatenate([long_rgb, long_audio], 1)[:300].astype(np.float32)),
+      rtol=1e-6)
+  assert not out["video_matrix"][2].any()
+  assert out["labels"].dtype == bool
+  assert list(np.nonzero(out["labels"][0])[0]) == [1, 5]
+  assert not out["labels"][1].any()
+
+
+def test_video_level_reader(tmp_path):
+  example = tf.train.Example()
+  example.features.feature["id"].bytes_list.value.append(b"vvvv")
+  example.features.feature["labels"].int64_list.value.extend([2, 7])
+  example.features.feature["mean_rgb"].float_list.value.extend(np.linspace(-1, 1, 1024))
+  example.features.feature["mean_audio"].float_list.value.extend(np.linspace(0, 1, 128))
+  path = write_records(str(tmp_path / "v.tfrecord"), [example.SerializeToString()])
+  out = read_all(readers.YT8MAggregatedFeatureReader(num_classes=10), [path])
+  assert out["video_matrix"].shape == (1, 1152)
+  np.testing.assert_allclose(out["video_matrix"][0, :1024], np.linspace(-1, 1, 1024),
+                             rtol=1e-6)
+  assert list(np.nonzero(out["labels"][0])[0]) == [2, 7]
+  assert list(out["num_frames"]) == [1]
+
+
+def good(index):
+  return frame_example("id%02d" % index, [1], np.full((4, 1024), index, np.uint8),
+                       np.full((4, 128), index, np.uint8))
+
+
+@pytest.mark.parametrize("bad,message", [
+    (frame_example("bad0", [1], np.zeros((4, 1000), np.uint8), np.zeros((4, 128), np.uint8)),
+     "record 2: feature 'rgb' has a frame of 1000 bytes, expected 1024"),
+    (frame_example("bad1", [3, 4000], np.zeros((4, 1024), np.uint8),
+                   np.zeros((4, 128), np.uint8)),
+     "record 2: label id 4000 outside the vocabulary [0, 3862)"),
+    (frame_example("bad2", [1], np.zeros((4, 1024), np.uint8), np.zeros((3, 128), np.uint8)),
+     "record 2: feature 'audio' has 3 frames but 'rgb' has 4"),
+    (b"this is not a protocol buffer", "record 2"),
+])
+def test_malformed_record_names_file_and_record(tmp_path, bad, message):
+  first = write_records(str(tmp_path / "a.tfrecord"), [good(0), good(1)])
+  second = write_records(str(tmp_path / "b.tfrecord"), [good(2), good(3), bad, good(4)])
+  with pytest.raises(readers.InputDataError) as error:
+    read_all(readers.YT8MFrameFeatureReader(), [first, second])
+  assert second in str(error.value)
+  assert message in str(error.value)
+
+
+def test_corrupted_tfrecord_names_file_and_record(tmp_path):
+  path = write_records(str(tmp_path / "c.tfrecord"), [good(i) for i in range(5)])
+  data = bytearray(open(path, "rb").read())
+  record_size = len(data) // 5
+  data[3 * record_size + 40] ^= 0xFF  # inside the 4th record's payload: its CRC fails
+  open(path, "wb").write(bytes(data))
+  with pytest.raises(readers.InputDataError) as error:
+    read_all(readers.YT8MFrameFeatureReader(), [path])
+  assert "%s: record 3: corrupted TFRecord" % path in str(error.value)
+
+
+def test_training_files_exclude_the_60_holdout_files(tmp_path):
+  for name in ["train00", "train01"] + ["validate" + c for c in
+                                         readers.HOLDOUT_VALIDATE_CODES] + ["validateAA"]:
+    open(str(tmp_path / (name + ".tfrecord")), "w").close()
+  train = readers.training_files("%s/train*.tfrecord,%s/validate*.tfrecord" % (tmp_path,
+                                                                               tmp_path))
+  assert [os.path.basename(f) for f in train] == ["train00.tfrecord", "train01.tfrecord",
+                                                  "validateAA.tfrecord"]
+  holdout = readers.eval_files("%s/validate*.tfrecord" % tmp_path)
+  assert len(holdout) == 60 and os.path.basename(holdout[0]) == "validate0t.tfrecord"
+  assert len(readers.eval_files("%s/validate*.tfrecord" % tmp_path, holdout_only=False)) == 61
+  os.remove(str(tmp_path / "validatezE.tfrecord"))
+  with pytest.raises(IOError, match="1 of the 60 held-out validate files are missing"):
+    readers.eval_files("%s/validate*.tfrecord" % tmp_path)
+  with pytest.raises(IOError, match="no file matches"):
+    readers.training_files("%s/nothing*.tfrecord" % tmp_path)
+  with pytest.raises(ValueError, match="TRAIN_GLOB,VALIDATE_GLOB"):
+    readers.training_files("a,b,c")
