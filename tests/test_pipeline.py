@@ -1,0 +1,334 @@
+"""End to end: train, eval, inference as real subprocesses on real TFRecords/checkpoints."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO_ROOT, TINY_FLAGS, TINY_NUM_CLASSES, run_cli, yt8m
+
+eval_util = yt8m("eval_util")
+readers = yt8m("readers")
+
+MODEL_FLAGS = TINY_FLAGS + ["--netvlad_cluster_size=4", "--netvlad_hidden_size=16"]
+
+
+def train_args(data, train_dir, *extra):
+  return ["--train_data_pattern=" + data["train_pattern"], "--train_dir=" + train_dir,
+          "--batch_size=32", "--base_learning_rate=0.01", "--learning_rate_decay=0.8",
+          "--num_epochs=100", "--export_model_steps=20"] + MODEL_FLAGS + list(extra)
+
+
+def eval_args(data, train_dir, *extra):
+  return ["--eval_data_pattern=" + data["validate_pattern"], "--train_dir=" + train_dir,
+          "--batch_size=64", "--run_once=True"] + list(extra)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+  train_dir = str(tmp_path_factory.mktemp("trained"))
+  result = run_cli("train", *train_args(tiny_data, train_dir, "--max_steps=60"))
+  return {"dir": train_dir, "log": result.stderr}
+
+
+def run_eval(data, train_dir, tmp_path, *extra):
+  results = str(tmp_path / ("results-%d.json" % time.time_ns()))
+  result = run_cli("eval", *eval_args(data, train_dir, "--results_json=" + results, *extra))
+  with open(results) as handle:
+    return json.load(handle), result.stderr
+
+
+def label_prior_gap(data):
+  """GAP of predicting each class's training frequency for every held-out video."""
+  def labels_of(files):
+    rows = []
+    for path in files:
+      for record in tf.compat.v1.io.tf_record_iterator(path):
+        example = tf.train.SequenceExample.FromString(record)
+        row = np.zeros(TINY_NUM_CLASSES)
+        row[list(example.context.feature["labels"].int64_list.value)] = 1
+        rows.append(row)
+    return np.array(rows)
+
+  train = labels_of(readers.training_files(data["train_pattern"]))
+  holdout = labels_of(readers.eval_files(data["validate_pattern"]))
+  prior = np.tile(train.mean(0), (len(holdout), 1))
+  return eval_util.calculate_gap(prior, holdout)
+
+
+def test_training_exports_on_the_original_cadence(trained):
+  steps = sorted(int(m) for m in re.findall(r"model\.ckpt-(\d+)\.index",
+                                            " ".join(os.listdir(trained["dir"]))))
+  assert steps == [10, 30, 50, 60]
+  assert re.search(r"training step 10 \| Loss: [\d.]+ Examples/sec: [\d.]+ \| Hit@1: [\d.]+ "
+                   r"PERR: [\d.]+ GAP: [\d.]+", trained["log"])
+  assert "training step 11 | Loss:" in trained["log"]
+  model_flags = json.load(open(os.path.join(trained["dir"], "model_flags.json")))
+  assert model_flags["model"] == "NetVLADModelLF"
+  assert model_flags["feature_names"] == "rgb,audio"
+  assert model_flags["feature_sizes"] == "1024,128"
+  assert model_flags["frame_features"] is True
+  assert model_flags["netvlad_cluster_size"] == [4]
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(trained["dir"]))
+  variables = dict(tf.train.list_variables(os.path.join(trained["dir"], "model.ckpt-60")))
+  assert len(variables) == 22 * 3 + 10 + 3  # weights + 2 Adam slots, BN stats, powers, step
+  reader = tf.train.load_checkpoint(os.path.join(trained["dir"], "model.ckpt-60"))
+  assert reader.get_tensor("global_step") == 60
+
+
+def test_eval_beats_label_prior_and_is_deterministic(trained, tiny_data, tmp_path):
+  first, log = run_eval(tiny_data, trained["dir"], tmp_path,
+                        "--checkpoint=model.ckpt-60.index")
+  second, _ = run_eval(tiny_data, trained["dir"], tmp_path, "--checkpoint_file=model.ckpt-60")
+  prior = label_prior_gap(tiny_data)
+  assert first["examples"] == 240  # the 60 held-out files x 4 videos, not the 2 extra files
+  assert first["gap"] == second["gap"]
+  assert first["gap"] > prior + 0.1, (first["gap"], prior)
+  assert re.search(r"epoch/eval number 60 \| Avg_Hit@1: [\d.]+ \| Avg_PERR: [\d.]+ \| "
+                   r"MAP: [\d.]+ \| GAP: \d\.\d{5} \| Avg_Loss: [\d.]+", log)
+  assert os.path.exists(os.path.join(trained["dir"], "inference_model_60.index"))
+
+
+def test_eval_selects_the_requested_checkpoint(trained, tiny_data, tmp_path):
+  at10, log = run_eval(tiny_data, trained["dir"], tmp_path, "--checkpoint=model.ckpt-10.index")
+  assert at10["global_step"] == "10" and "global_step 10" in log
+  newest, _ = run_eval(tiny_data, trained["dir"], tmp_path)
+  assert newest["global_step"] == "60"
+  assert at10["gap"] != newest["gap"]
+  assert os.path.exists(os.path.join(trained["dir"], "inference_model_10.meta"))
+  every, _ = run_eval(tiny_data, trained["dir"], tmp_path, "--noeval_holdout_only")
+  assert every["examples"] == 248
+  bad = run_cli("eval", *eval_args(tiny_data, trained["dir"], "--checkpoint=model.ckpt-10",
+                                   "--checkpoint_file=model.ckpt-30"), check=False)
+  assert bad.returncode != 0 and "name different checkpoints" in bad.stderr
+  missing = run_cli("eval", *eval_args(tiny_data, trained["dir"],
+                                       "--checkpoint=model.ckpt-70.index"), check=False)
+  assert missing.returncode != 0 and "model.ckpt-70" in missing.stderr
+
+
+def test_eval_checks_the_seed_flags_against_model_flags(trained, tiny_data, tmp_path):
+  seed_style, log = run_eval(
+      tiny_data, trained["dir"], tmp_path, "--model=NetVLADModelLF", *MODEL_FLAGS,
+      "--base_learning_rate=0.0001", "--learning_rate_decay=0.8",
+      "--checkpoint=model.ckpt-60.index")
+  assert "--base_learning_rate=0.0001 has no effect on evaluation" in log
+  for flag, fragment in (("--netvlad_cluster_size=8", "--netvlad_cluster_size"),
+                         ("--feature_sizes=1024,127", "--feature_sizes"),
+                         ("--model=LogisticModel", "--model"),
+                         ("--noframe_features", "--frame_features")):
+    bad = run_cli("eval", *eval_args(tiny_data, trained["dir"], flag), check=False)
+    assert bad.returncode != 0, flag
+    assert fragment in bad.stderr.splitlines()[-1], bad.stderr[-500:]
+  unknown = run_cli("eval", *eval_args(tiny_data, trained["dir"], "--no_such_flag=1"),
+                    check=False)
+  assert unknown.returncode != 0 and "no_such_flag" in unknown.stderr
+
+
+def read_csv(path):
+  with open(path) as handle:
+    lines = handle.read().split("\n")
+  assert lines[-1] == ""
+  return lines[0], lines[1:-1]
+
+
+def test_inference_csv_tgz_and_inference_from_tgz(trained, tiny_data, tmp_path):
+  run_cli("eval", *eval_args(tiny_data, trained["dir"], "--checkpoint_file=model.ckpt-60",
+                             "--force_output_model_name"))
+  for suffix in (".index", ".meta", ".data-00000-of-00001"):
+    assert os.path.exists(os.path.join(trained["dir"], "inference_model" + suffix))
+  csv_path, tgz_path = str(tmp_path / "sub.csv"), str(tmp_path / "sub.tgz")
+  result = run_cli("inference", "--train_dir=" + trained["dir"],
+                   "--input_data_pattern=" + tiny_data["test_pattern"],
+                   "--output_file=" + csv_path, "--output_model_tgz=" + tgz_path,
+                   "--batch_size=7")
+  assert re.search(r"num examples processed: 20 elapsed seconds: [\d.]+", result.stderr)
+  header, rows = read_csv(csv_path)
+  assert header == "VideoId,LabelConfidencePairs"
+  assert len(rows) == 20
+  ids = []
+  for row in rows:
+    video_id, pairs = row.split(",")
+    ids.append(video_id)
+    tokens = pairs.split(" ")
+    assert len(tokens) == 40
+    labels, scores = [int(t) for t in tokens[::2]], [float(t) for t in tokens[1::2]]
+    assert len(set(labels)) == 20 and all(0 <= l < TINY_NUM_CLASSES for l in labels)
+    assert scores == sorted(scores, reverse=True)
+    assert all(t == "%g" % float(t) for t in tokens[1::2])
+  assert len(set(ids)) == 20 and all(len(i) == 4 for i in ids)
+  with tarfile.open(tgz_path) as archive:
+    assert sorted(archive.getnames()) == sorted([
+        "inference_model.data-00000-of-00001", "inference_model.index",
+        "inference_model.meta", "model_flags.json"])
+  from_tgz = str(tmp_path / "from_tgz.csv")
+  run_cli("inference", "--input_model_tgz=" + tgz_path,
+          "--untar_model_dir=" + str(tmp_path / "untar"),
+          "--input_data_pattern=" + tiny_data["test_pattern"], "--output_file=" + from_tgz,
+          "--batch_size=7")
+  assert open(from_tgz).read() == open(csv_path).read()
+  both = run_cli("inference", "--input_model_tgz=" + tgz_path, "--train_dir=" + trained["dir"],
+                 "--input_data_pattern=" + tiny_data["test_pattern"],
+                 "--output_file=" + str(tmp_path / "x.csv"), check=False)
+  assert both.returncode != 0 and "--train_dir must be empty" in both.stderr
+
+
+def test_inference_on_a_corrupted_file_writes_no_csv(trained, tiny_data, tmp_path):
+  source = sorted(readers.tf.io.gfile.glob(tiny_data["test_pattern"]))[0]
+  data = bytearray(open(source, "rb").read())
+  data[len(data) // 2] ^= 0xFF
+  bad_dir = tmp_path / "bad"
+  bad_dir.mkdir()
+  bad_file = str(bad_dir / "test00.tfrecord")
+  open(bad_file, "wb").write(bytes(data))
+  output = str(tmp_path / "out.csv")
+  result = run_cli("inference", "--train_dir=" + trained["dir"],
+                   "--inference_model_file=inference_model_60",
+                   "--input_data_pattern=" + str(bad_dir / "test*.tfrecord"),
+                   "--output_file=" + output, "--batch_size=2", check=False)
+  assert result.returncode != 0
+  assert re.search(re.escape(bad_file) + r": record \d+: corrupted TFRecord", result.stderr)
+  assert os.listdir(str(tmp_path)) == ["bad"] or not os.path.exists(output)
+  assert not [n for n in os.listdir(str(tmp_path)) if n.startswith("out.csv")]
+  missing = run_cli("inference", "--train_dir=" + trained["dir"],
+                    "--inference_model_file=inference_model_12345",
+                    "--input_data_pattern=" + tiny_data["test_pattern"],
+                    "--output_file=" + output, check=False)
+  assert missing.returncode != 0 and "inference_model_12345" in missing.stderr
+
+
+def wait_for(path, timeout=240):
+  deadline = time.time() + timeout
+  while not os.path.exists(path):
+    assert time.time() < deadline, "timed out waiting for %s" % path
+    time.sleep(0.2)
+
+
+def test_resume_after_kill_and_architecture_check(tiny_data, tmp_path):
+  train_dir = str(tmp_path / "run")
+  args = train_args(tiny_data, train_dir)
+  process = subprocess.Popen([sys.executable, "-m", "youtube-8m.train", "--max_steps=100000"]
+                             + args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  try:
+    wait_for(os.path.join(train_dir, "model.ckpt-30.index"))
+  finally:
+    process.kill()  # SIGKILL: no chance to save anything more
+    process.wait()
+  newest = max(int(m) for m in re.findall(r"model\.ckpt-(\d+)\.index",
+                                          " ".join(os.listdir(train_dir))))
+  before = tf.train.load_checkpoint(os.path.join(train_dir, "model.ckpt-%d" % newest))
+  resumed = run_cli("train", "--max_steps=%d" % (newest + 5), *args)
+  assert "Resumed from %s/model.ckpt-%d (step %d)" % (train_dir, newest, newest) in (
+      resumed.stderr)
+  assert "training step %d |" % (newest + 1) in resumed.stderr
+  after = tf.train.load_checkpoint(os.path.join(train_dir, "model.ckpt-%d" % (newest + 5)))
+  assert after.get_tensor("global_step") == newest + 5
+  name = "tower/hidden2_biases"
+  assert not np.array_equal(before.get_tensor(name), after.get_tensor(name))
+
+  # SIGTERM: finishes the step, exports, exits 0
+  process = subprocess.Popen([sys.executable, "-m", "youtube-8m.train", "--max_steps=100000"]
+                             + args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+  # the export cadence continues E=20 steps after the newest checkpoint (at a multiple of 10)
+  next_export = (newest + 5 + 20 + 9) // 10 * 10
+  wait_for(os.path.join(train_dir, "model.ckpt-%d.index" % next_export))
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr[-2000:]
+  stopped = int(re.search(r"stopped by SIGTERM \(step (\d+)\)", stderr).group(1))
+  assert os.path.exists(os.path.join(train_dir, "model.ckpt-%d.index" % stopped))
+
+  files_before = sorted(os.listdir(train_dir))
+  changed = run_cli("train", "--max_steps=100000",
+                    *[a for a in args if not a.startswith("--netvlad_hidden_size")],
+                    "--netvlad_hidden_size=32", check=False)
+  assert changed.returncode != 0
+  assert "--netvlad_hidden_size: [16]" in changed.stderr
+  assert sorted(os.listdir(train_dir)) == files_before
+
+  restarted = run_cli("train", "--max_steps=10", "--start_new_model",
+                      *[a for a in args if not a.startswith("--netvlad_hidden_size")],
+                      "--netvlad_hidden_size=32")
+  assert "starting a new model" in restarted.stderr
+  assert sorted(n for n in os.listdir(train_dir) if n.endswith(".index")) == [
+      "model.ckpt-10.index"]
+
+
+def test_train_rejects_bad_flags(tiny_data, tmp_path):
+  train_dir = str(tmp_path / "bad")
+  cases = [
+      (["--pruning_hparams=x"], "pruning_hparams"),
+      (["--optimizer=FooOptimizer"], "--optimizer"),
+      (["--ensemble_num=2"], "--netvlad_cluster_size was given 1 time"),
+      (["--model=LogisticModel"], "video-level model"),
+      (["--feature_sizes=1024"], "--feature_names (2 names: rgb,audio) and --feature_sizes"),
+      (["--train_data_pattern=/nonexistent/train*.tfrecord"], "no file matches"),
+  ]
+  for extra, message in cases:
+    result = run_cli("train", *train_args(tiny_data, train_dir, "--max_steps=1", *extra),
+                     check=False)
+    assert result.returncode != 0, extra
+    assert message in result.stderr, (extra, result.stderr[-800:])
+  assert not os.path.exists(os.path.join(train_dir, "model.ckpt-1.index"))
+
+
+def test_video_level_model_is_really_selected(tiny_data, tmp_path):
+  train_dir = str(tmp_path / "video")
+  video = tiny_data["video_dir"]
+  common = ["--feature_names=mean_rgb,mean_audio", "--feature_sizes=1024,128",
+            "--num_classes=%d" % TINY_NUM_CLASSES]
+  run_cli("train", "--train_data_pattern=%s/train*.tfrecord,%s/validate*.tfrecord" % (video,
+                                                                                      video),
+          "--train_dir=" + train_dir, "--model=MoeModel", "--batch_size=32",
+          "--base_learning_rate=0.01", "--max_steps=20", "--export_model_steps=10", *common)
+  names = dict(tf.train.list_variables(os.path.join(train_dir, "model.ckpt-20")))
+  assert "tower/gates/weights" in names and "tower/experts/weights" in names
+  assert not any("VLAD" in name for name in names)
+  results = str(tmp_path / "r.json")
+  run_cli("eval", "--train_dir=" + train_dir, "--eval_data_pattern=%s/validate*.tfrecord"
+          % video, "--run_once", "--results_json=" + results)
+  assert json.load(open(results))["examples"] == 240
+
+
+def test_eval_polling_loop_evaluates_each_new_checkpoint_once(trained, tiny_data, tmp_path):
+  poll_dir = str(tmp_path / "poll")
+  os.makedirs(poll_dir)
+  for name in os.listdir(trained["dir"]):
+    if name.startswith("model.ckpt-10.") or name == "model_flags.json":
+      shutil.copy(os.path.join(trained["dir"], name), poll_dir)
+  log_path = str(tmp_path / "eval.log")
+  with open(log_path, "w") as log:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "youtube-8m.eval", "--eval_interval_secs=1", "--run_once=False"]
+        + eval_args(tiny_data, poll_dir)[:-1], cwd=REPO_ROOT, stdout=log, stderr=log)
+  try:
+    deadline = time.time() + 240
+
+    def evaluated():
+      return re.findall(r"epoch/eval number (\d+) ", open(log_path).read())
+
+    while len(evaluated()) < 1:
+      assert time.time() < deadline and process.poll() is None, open(log_path).read()[-2000:]
+      time.sleep(0.5)
+    for name in os.listdir(trained["dir"]):
+      if name.startswith("model.ckpt-30."):
+        shutil.copy(os.path.join(trained["dir"], name), poll_dir)
+    while len(evaluated()) < 2:
+      assert time.time() < deadline and process.poll() is None, open(log_path).read()[-2000:]
+      time.sleep(0.5)
+    time.sleep(3)  # several more polls: nothing new, nothing re-evaluated
+  finally:
+    process.terminate()
+    process.wait()
+  assert evaluated() == ["10", "30"]
+  assert open(log_path).read().count("Restored ") == 2
