@@ -41,6 +41,7 @@ STRICT_KEYS = ORIGINAL_KEYS + (
 # May legitimately differ between training and evaluation (e.g. tuning mixing weights).
 SOFT_KEYS = ("iterations", "sample_random_frames", "ensemble_wts", "moe_l2")
 TRAINING_KEY = "training"
+MEMBER_PREDICTIONS = "member_predictions"
 
 
 def define_flags():
@@ -289,6 +290,8 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
               remove_diag=config.gating_remove_diag,
               classifier_model=config.video_level_classifier_model)
         predictions.append(result["predictions"])
+        # Each member's own predictions, for mixing-weight search.
+        tf1.add_to_collection(MEMBER_PREDICTIONS, result["predictions"])
       if config.ensemble_num == 1:
         mixed = predictions[0]
       else:
