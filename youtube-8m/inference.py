@@ -102,15 +102,22 @@ def model_files(train_dir, model_name):
   return prefix, [prefix + ".meta", prefix + ".index"] + sorted(data)
 
 
-def write_model_tgz(output_tgz, files):
-  """A gzip tar with each file at the archive root (the submission layout)."""
+def write_model_tgz(output_tgz, prefix, files):
+  """A gzip tar with each file at the archive root (the submission layout).
+
+  Checkpoint files of ``prefix`` are stored as inference_model.* whatever their name here
+  (the name the competition's inference.py loads; the meta graph does not depend on it).
+  """
   tmp = "%s.tmp-%s" % (output_tgz, uuid.uuid4().hex[:8])
   with tf.io.gfile.GFile(tmp, "wb") as handle:
     with tarfile.open(fileobj=handle, mode="w:gz") as archive:
       for path in files:
-        archive.add(path, arcname=os.path.basename(path))
+        name = os.path.basename(path)
+        if path.startswith(prefix + "."):
+          name = "inference_model" + path[len(prefix):]
+        archive.add(path, arcname=name)
   tf.io.gfile.rename(tmp, output_tgz, overwrite=True)
-  logging.info("Wrote %s (%s)", output_tgz, ", ".join(os.path.basename(f) for f in files))
+  logging.info("Wrote %s", output_tgz)
 
 
 def _collection_tensor_name(meta_graph_def, key):
@@ -194,9 +201,9 @@ def run():
   files = sorted(tf.io.gfile.glob(FLAGS.input_data_pattern))
   if not files:
     raise IOError("--input_data_pattern: no file matches %r" % FLAGS.input_data_pattern)
-  _, checkpoint_files = model_files(train_dir, FLAGS.inference_model_file)
+  prefix, checkpoint_files = model_files(train_dir, FLAGS.inference_model_file)
   if FLAGS.output_model_tgz:
-    write_model_tgz(FLAGS.output_model_tgz,
+    write_model_tgz(FLAGS.output_model_tgz, prefix,
                     checkpoint_files + [utils.model_flags_path(train_dir)])
   return predict(train_dir, FLAGS.inference_model_file, files, FLAGS.output_file)
 
