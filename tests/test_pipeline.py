@@ -332,3 +332,50 @@ def test_eval_polling_loop_evaluates_each_new_checkpoint_once(trained, tiny_data
     process.wait()
   assert evaluated() == ["10", "30"]
   assert open(log_path).read().count("Restored ") == 2
+
+
+def run_script(name, *args):
+  env = dict(os.environ, EXTRA_FLAGS="--num_classes=%d --iterations=20" % TINY_NUM_CLASSES,
+             PYTHON=sys.executable)
+  result = subprocess.run(["bash", os.path.join(REPO_ROOT, "scripts", name)] + list(args),
+                          cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def test_seed_checkpoint_workflow_scripts(trained, tiny_data, tmp_path):
+  """The seed's loop / range / select / evaluate-average commands, then resume training."""
+  train_dir = str(tmp_path / "c4h16_32")
+  shutil.copytree(trained["dir"], train_dir)
+  state_file = os.path.join(train_dir, "checkpoint")
+  state_before = open(state_file).read()
+
+  table = run_script("eval_checkpoints.sh", train_dir, tiny_data["validate_pattern"], "4", "16",
+                     "64", "10", "30", "60")
+  rows = open(os.path.join(train_dir, "eval_checkpoints.csv")).read().split("\n")
+  assert rows[0] == "step,gap,hit_at_one,perr,videos"
+  assert [r.split(",")[0] for r in rows[1:4]] == ["10", "30", "60"]
+  gaps = {r.split(",")[0]: float(r.split(",")[1]) for r in rows[1:4]}
+  assert len(set(gaps.values())) == 3  # each step really is its own checkpoint
+  assert "--checkpoint=model.ckpt-30.index" in table.stderr
+
+  run_script("avg_range.sh", train_dir, "4", "16", "30", "60")
+  run_script("avg_select.sh", train_dir, "4", "16", "10_etc_3", "10,50,60")
+  for name in ("avg_c4h16_30_60.ckpt-0", "avg_c4h16_10_etc_3.ckpt-0"):
+    for suffix in (".index", ".data-00000-of-00001", ".meta"):
+      assert os.path.exists(os.path.join(train_dir, name + suffix)), name + suffix
+  assert open(state_file).read() == state_before
+
+  run_script("eval_average.sh", train_dir, tiny_data["validate_pattern"], "4", "16", "64",
+             "30_60")
+  assert os.path.exists(os.path.join(train_dir,
+                                     "inference_model_avg_c4h16_30_60.ckpt-0.index"))
+  averaged = json.load(open(os.path.join(train_dir,
+                                         "eval_results_avg_c4h16_30_60.json")))
+  assert averaged["checkpoint"].endswith("avg_c4h16_30_60.ckpt-0")
+  assert averaged["gap"] > 0.3
+
+  resumed = run_cli("train", "--max_steps=62", *train_args(tiny_data, train_dir))
+  assert "Resumed from %s/model.ckpt-60 (step 60)" % train_dir in resumed.stderr
+  assert tf.train.load_checkpoint(os.path.join(train_dir, "model.ckpt-62")).get_tensor(
+      "global_step") == 62
