@@ -16,18 +16,13 @@ file and record index (see ``input_error_message``).
 
 import tensorflow as tf
 
+from . import dataset_layout
+
 tf1 = tf.compat.v1
 
-MAX_FRAMES = 300
-NUM_CLASSES = 3862
-
-# The 60 held-out validate files of the 10th-place solution (its 2-char GCS file codes):
-# the training set is train + validate minus these, and eval uses exactly these.
-HOLDOUT_VALIDATE_CODES = (
-    "0t", "1Y", "2J", "45", "5K", "5u", "63", "6f", "8F", "8f", "9y", "Ap", "BN", "CH", "CI",
-    "Dz", "Er", "GY", "I6", "JP", "JV", "K0", "MJ", "Mv", "Og", "Om", "PL", "QK", "Qh", "Ql",
-    "T4", "UF", "Uy", "Vo", "X6", "XX", "Zq", "aR", "cU", "fr", "hw", "k3", "lw", "nX", "nl",
-    "o6", "p7", "pL", "pg", "rx", "sZ", "sd", "uS", "uf", "y1", "y5", "yK", "yU", "z8", "zE")
+MAX_FRAMES = dataset_layout.MAX_FRAMES
+NUM_CLASSES = dataset_layout.NUM_CLASSES
+HOLDOUT_VALIDATE_CODES = dataset_layout.HOLDOUT_VALIDATE_CODES
 
 
 class InputDataError(ValueError):

@@ -112,15 +112,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-# Held-out validation file codes used by the original evaluation code.
-HOLDOUT_VALIDATE_CODES = (
-    '0t', '1Y', '2J', '45', '5K', '5u', '63', '6f', '8F', '8f',
-    '9y', 'Ap', 'BN', 'CH', 'CI', 'Dz', 'Er', 'GY', 'I6', 'JP',
-    'JV', 'K0', 'MJ', 'Mv', 'Og', 'Om', 'PL', 'QK', 'Qh', 'Ql',
-    'T4', 'UF', 'Uy', 'Vo', 'X6', 'XX', 'Zq', 'aR', 'cU', 'fr',
-    'hw', 'k3', 'lw', 'nX', 'nl', 'o6', 'p7', 'pL', 'pg', 'rx',
-    'sZ', 'sd', 'uS', 'uf', 'y1', 'y5', 'yK', 'yU', 'z8', 'zE',
-)
+from .dataset_layout import HOLDOUT_VALIDATE_CODES, NUM_CLASSES
 
 ALPHABET = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz'
 ALL_CODES = tuple(a + b for a in ALPHABET for b in ALPHABET)  # sorted, 3844
@@ -130,7 +122,7 @@ MAX_VIDEOS = len(ALPHABET) ** ID_LENGTH
 
 SPLITS = ('train', 'validate', 'test')
 LEVELS = ('frame', 'video', 'both')
-TOTAL_CLASSES = 3862
+TOTAL_CLASSES = NUM_CLASSES
 RGB_DIM = 1024
 AUDIO_DIM = 128
 FEATURE_DIM = RGB_DIM + AUDIO_DIM

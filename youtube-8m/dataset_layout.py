@@ -1,0 +1,15 @@
+"""Facts about the YouTube-8M 2018 data shared by the readers and the synthetic generator.
+
+No TensorFlow import here, so that tools can validate flags before loading TF.
+"""
+
+NUM_CLASSES = 3862  # vocabulary size of the 2018 release
+MAX_FRAMES = 300  # frames kept per video by the frame-level reader
+
+# The 60 held-out validate files of the 10th-place solution (its 2-char GCS file codes):
+# the training set is train + validate minus these, and eval uses exactly these.
+HOLDOUT_VALIDATE_CODES = (
+    "0t", "1Y", "2J", "45", "5K", "5u", "63", "6f", "8F", "8f", "9y", "Ap", "BN", "CH", "CI",
+    "Dz", "Er", "GY", "I6", "JP", "JV", "K0", "MJ", "Mv", "Og", "Om", "PL", "QK", "Qh", "Ql",
+    "T4", "UF", "Uy", "Vo", "X6", "XX", "Zq", "aR", "cU", "fr", "hw", "k3", "lw", "nX", "nl",
+    "o6", "p7", "pL", "pg", "rx", "sZ", "sd", "uS", "uf", "y1", "y5", "yK", "yU", "z8", "zE")
