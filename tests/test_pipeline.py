@@ -379,3 +379,15 @@ def test_seed_checkpoint_workflow_scripts(trained, tiny_data, tmp_path):
   assert "Resumed from %s/model.ckpt-60 (step 60)" % train_dir in resumed.stderr
   assert tf.train.load_checkpoint(os.path.join(train_dir, "model.ckpt-62")).get_tensor(
       "global_step") == 62
+
+  # warm start a new run from the average (its global_step is 0, optimizer slots included)
+  warm_dir = str(tmp_path / "warm")
+  warm = run_cli("train", "--max_steps=2",
+                 "--checkpoint_file=" + os.path.join(train_dir, "avg_c4h16_30_60.ckpt-0"),
+                 *train_args(tiny_data, warm_dir))
+  assert re.search(r"Warm start from .*avg_c4h16_30_60.ckpt-0: restored 79 variables, 0 start "
+                   r"fresh", warm.stderr), warm.stderr[-2000:]
+  assert os.path.exists(os.path.join(warm_dir, "model.ckpt-2.index"))
+  refused = run_cli("train", "--max_steps=4", "--checkpoint_file=model.ckpt-30",
+                    *train_args(tiny_data, train_dir), check=False)
+  assert refused.returncode != 0 and "already holds training checkpoints" in refused.stderr
