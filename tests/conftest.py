@@ -61,3 +61,7 @@ def pytest_configure(config):
   for module in ("frame_level_models", "video_level_models", "model_graph"):
     yt8m(module)
   flags.FLAGS.mark_as_parsed()
+
+
+# GCS emulator fixtures (a real gcp-storage-emulator process on 127.0.0.1).
+from gcs_emulator import gcs_bucket, gcs_emulator  # noqa: E402,F401
