@@ -45,7 +45,11 @@ flags.DEFINE_string("checkpoint_file", "",
 flags.DEFINE_bool("start_new_model", False,
                   "Delete this train_dir's checkpoints, events and model_flags.json and start "
                   "over (other files in train_dir are kept).")
-flags.DEFINE_integer("num_gpu", 1, "Maximum number of GPUs (towers) to use.")
+flags.DEFINE_integer("num_gpu", 1,
+                     "Maximum number of GPUs (towers) to use; the batch is batch_size x towers.")
+flags.DEFINE_bool("cpu_towers", False,
+                  "Use --num_gpu CPU devices as the towers (multi-tower training on a machine "
+                  "without GPUs).")
 flags.DEFINE_integer("batch_size", 1024, "Examples per tower per step.")
 flags.DEFINE_float("regularization_penalty", 1.0, "Weight of the regularization losses.")
 flags.DEFINE_float("base_learning_rate", 0.01, "Initial learning rate.")
@@ -112,23 +116,117 @@ def check_flags():
     raise ValueError("--train_data_pattern is required")
 
 
-def check_cluster():
-  """Single-process training; a TF_CONFIG cluster of more than one task is refused."""
-  tf_config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
-  cluster = tf_config.get("cluster", {})
-  tasks = sum(len(addresses) for addresses in cluster.values())
-  if tasks > 1:
-    raise ValueError("TF_CONFIG describes a cluster of %d tasks; distributed training is not "
-                     "supported by this version of train.py (run one process)" % tasks)
+# TF_CONFIG task types, normalized: the original's "master", TF's "chief" and Vertex AI's
+# worker-pool names all mean the same roles.
+TASK_TYPE_ALIASES = {"master": "chief", "chief": "chief", "workerpool0": "chief",
+                     "worker": "worker", "workerpool1": "worker", "ps": "ps",
+                     "workerpool2": "ps", "evaluator": "evaluator", "workerpool3": "evaluator"}
 
 
-def number_of_towers():
+class ClusterTask(object):
+  """This process's role in a TF_CONFIG cluster (a lone process is the chief)."""
+
+  def __init__(self, cluster=None, task_type="chief", task_index=0):
+    self.cluster = cluster or {}
+    self.task_type = task_type
+    self.task_index = task_index
+    self.trainers = ([("chief", i) for i in range(len(self.cluster.get("chief", [])))]
+                     + [("worker", i) for i in range(len(self.cluster.get("worker", [])))])
+
+  @property
+  def distributed(self):
+    return sum(len(addresses) for addresses in self.cluster.values()) > 1
+
+  @property
+  def is_chief(self):
+    return self.task_type == "chief" and self.task_index == 0
+
+  @property
+  def num_ps(self):
+    return len(self.cluster.get("ps", []))
+
+  @property
+  def trainer_index(self):
+    return self.trainers.index((self.task_type, self.task_index))
+
+  @property
+  def device(self):
+    return "/job:%s/task:%d" % (self.task_type, self.task_index)
+
+
+def cluster_task():
+  """Parses TF_CONFIG ({"cluster": {...}, "task": {"type", "index"}}) with clear errors."""
+  text = os.environ.get("TF_CONFIG", "")
+  if not text.strip():
+    return ClusterTask()
+  try:
+    tf_config = json.loads(text)
+  except ValueError as error:
+    raise ValueError("TF_CONFIG is not valid JSON: %s" % error)
+  cluster = {}
+  for name, addresses in (tf_config.get("cluster") or {}).items():
+    if name not in TASK_TYPE_ALIASES:
+      raise ValueError("TF_CONFIG: unknown job %r in the cluster (known: %s)"
+                       % (name, ", ".join(sorted(TASK_TYPE_ALIASES))))
+    cluster.setdefault(TASK_TYPE_ALIASES[name], []).extend(addresses)
+  task = tf_config.get("task") or {}
+  task_type = TASK_TYPE_ALIASES.get(task.get("type", "chief"))
+  task_index = int(task.get("index", 0))
+  if task_type is None:
+    raise ValueError("TF_CONFIG: unknown task type %r" % task.get("type"))
+  if task_type == "evaluator":
+    raise ValueError("TF_CONFIG task type 'evaluator': train.py does not evaluate; run "
+                     "python -m youtube-8m.eval on the chief's train_dir instead")
+  if cluster and task_index >= len(cluster.get(task_type, [])):
+    raise ValueError("TF_CONFIG: task %s:%d is not in the cluster %s" % (task_type, task_index,
+                                                                        cluster))
+  if cluster and "chief" not in cluster:
+    raise ValueError("TF_CONFIG: the cluster has no chief/master task: %s" % cluster)
+  if len(cluster.get("chief", [])) > 1:
+    raise ValueError("TF_CONFIG: more than one chief/master task: %s" % cluster["chief"])
+  return ClusterTask(cluster, task_type, task_index)
+
+
+def done_queues(task):
+  """One queue per parameter server: each trainer puts a token when it ends, so that the
+  parameter servers can exit instead of joining forever."""
+  queues = []
+  for index in range(task.num_ps):
+    with tf.device("/job:ps/task:%d" % index):
+      queues.append(tf1.FIFOQueue(len(task.trainers), tf.int32,
+                                  shared_name="done_queue_%d" % index,
+                                  name="done_queue_%d" % index))
+  return queues
+
+
+def run_parameter_server(task, server):
+  """Serves variables until every trainer has signalled the end of training."""
+  graph = tf.Graph()
+  with graph.as_default():
+    queue = done_queues(task)[task.task_index]
+    dequeue = queue.dequeue()
+  logging.info("Parameter server %d serving; waiting for %d trainers", task.task_index,
+               len(task.trainers))
+  with tf1.Session(server.target, graph=graph) as sess:
+    for done in range(len(task.trainers)):
+      sess.run(dequeue)
+      logging.info("Parameter server %d: %d/%d trainers done", task.task_index, done + 1,
+                   len(task.trainers))
+  logging.info("Parameter server %d exits", task.task_index)
+
+
+def tower_devices():
+  """The devices of the towers: min(--num_gpu, GPUs) GPUs, else one CPU tower; with
+  --cpu_towers, --num_gpu CPU devices (multi-tower training without GPUs, e.g. tests)."""
+  if FLAGS.num_gpu < 0:
+    raise ValueError("--num_gpu must be >= 0, got %d" % FLAGS.num_gpu)
+  if FLAGS.cpu_towers:
+    return ["/cpu:%d" % i for i in range(max(FLAGS.num_gpu, 1))]
   gpus = len(tf.config.list_physical_devices("GPU"))
-  towers = min(FLAGS.num_gpu, gpus) if FLAGS.num_gpu > 0 else 0
-  if towers > 1:
-    raise ValueError("--num_gpu=%d with %d GPUs: multi-tower training is not supported yet; "
-                     "pass --num_gpu=1" % (FLAGS.num_gpu, gpus))
-  return max(towers, 1), "/gpu:0" if towers == 1 else "/cpu:0"
+  towers = min(FLAGS.num_gpu, gpus)
+  if towers == 0:
+    return ["/cpu:0"]
+  return ["/gpu:%d" % i for i in range(towers)]
 
 
 def remove_training_artifacts(train_dir):
@@ -157,8 +255,38 @@ def record_model_flags(train_dir, config):
   utils.write_model_flags(train_dir, model_flags)
 
 
-def build_training_graph(config, files, towers, device):
-  """The input pipeline, model, loss and train op; returns a dict of the tensors to run."""
+def split_batch(batch, num_towers):
+  """Splits every tensor of a batch into num_towers parts of nearly equal size (the last,
+  smaller batch of an epoch included: sizes differ by at most one row)."""
+  if num_towers == 1:
+    return [batch]
+  rows = tf.shape(batch["labels"])[0]
+  index = tf.range(num_towers)
+  sizes = rows // num_towers + tf.cast(index < rows % num_towers, tf.int32)
+  parts = {key: tf.split(value, sizes, num=num_towers) for key, value in batch.items()}
+  return [{key: parts[key][i] for key in batch} for i in range(num_towers)]
+
+
+def average_gradients(tower_gradients):
+  """Mean over towers of each variable's gradient (the original summed them)."""
+  if len(tower_gradients) == 1:
+    return tower_gradients[0]
+  averaged = []
+  for pairs in zip(*tower_gradients):
+    grads = [g for g, _ in pairs if g is not None]
+    if grads:
+      averaged.append((tf.add_n(grads) / float(len(grads)), pairs[0][1]))
+  return averaged
+
+
+def build_training_graph(config, files, devices):
+  """The input pipeline, the model on each tower device, the loss and the train op.
+
+  Towers share variables (scope `tower` reused); each gets 1/len(devices) of the batch
+  of batch_size * towers examples; gradients are averaged over towers, then each gradient
+  tensor is clipped to --clip_gradient_norm. Returns a dict of the tensors to run.
+  """
+  towers = len(devices)
   global_step = model_graph.create_global_step()
   if FLAGS.batch_norm_warmup:
     tf1.add_to_collection(fp16_layers.BATCH_NORM_WARMUP_STEP, global_step)
@@ -167,40 +295,54 @@ def build_training_graph(config, files, towers, device):
     dataset = reader.dataset(files, FLAGS.batch_size * towers, num_epochs=FLAGS.num_epochs,
                              shuffle=True, num_readers=FLAGS.num_readers,
                              seed=FLAGS.shuffle_seed)
+    if towers > 1:  # every tower needs at least one example
+      dataset = dataset.filter(lambda batch: tf.shape(batch["labels"])[0] >= towers)
     iterator = tf1.data.make_initializable_iterator(dataset)
     batch = iterator.get_next()
-  with tf.device(device):
-    predictions, model_input = model_graph.build_model(
-        config, batch["video_matrix"], batch["num_frames"], is_training=True)
-    label_loss = losses.get_loss(config.label_loss).calculate_loss(predictions,
-                                                                   batch["labels"])
-    regularization_losses = tf1.get_collection(tf1.GraphKeys.REGULARIZATION_LOSSES)
-    reg_loss = tf.add_n(regularization_losses) if regularization_losses else tf.constant(0.0)
-    update_ops = tf1.get_collection(tf1.GraphKeys.UPDATE_OPS)
-    with tf.control_dependencies(update_ops):
-      label_loss = tf.identity(label_loss, name="label_loss")
-    total_loss = label_loss + FLAGS.regularization_penalty * reg_loss
 
-    learning_rate = tf1.train.exponential_decay(
-        FLAGS.base_learning_rate, tf.cast(global_step, tf.float32) * FLAGS.batch_size * towers,
-        FLAGS.learning_rate_decay_examples, FLAGS.learning_rate_decay, staircase=True)
-    optimizer = getattr(tf1.train, FLAGS.optimizer)(learning_rate)
-    trainable = tf1.trainable_variables()
-    frozen = [v for v in trainable if v.dtype.base_dtype == tf.float16]
-    if frozen:
-      # Adam's epsilon (1e-8) underflows in float16 and turns the kernels into NaN after one
-      # step; the float16 kernels are storage for packed ensembles, filled afterwards from
-      # float32 single models (overwrite_float16_ckpt), so they are not trained here.
-      logging.warning("--float16_flag: %d float16 kernels are not updated by training",
-                      len(frozen))
-    gradients = optimizer.compute_gradients(
-        total_loss, var_list=[v for v in trainable if v.dtype.base_dtype != tf.float16])
-    gradients = [(g, v) for g, v in gradients if g is not None]
-    if FLAGS.clip_gradient_norm > 0:
-      gradients = [(tf.clip_by_norm(g, FLAGS.clip_gradient_norm), v) for g, v in gradients]
-    train_op = optimizer.apply_gradients(gradients, global_step=global_step)
-    with tf.control_dependencies([train_op]):
-      step_after = tf.identity(global_step.read_value(), name="global_step_after")
+  learning_rate = tf1.train.exponential_decay(
+      FLAGS.base_learning_rate, tf.cast(global_step, tf.float32) * FLAGS.batch_size * towers,
+      FLAGS.learning_rate_decay_examples, FLAGS.learning_rate_decay, staircase=True)
+  optimizer = getattr(tf1.train, FLAGS.optimizer)(learning_rate)
+  loss_fn = losses.get_loss(config.label_loss)
+  tower_gradients, tower_predictions, tower_losses, tower_inputs = [], [], [], []
+  reg_loss = None
+  for index, (device, part) in enumerate(zip(devices, split_batch(batch, towers))):
+    with tf.device(device), tf1.name_scope("tower_%d" % index) as scope:
+      predictions, model_input = model_graph.build_model(
+          config, part["video_matrix"], part["num_frames"], is_training=True,
+          reuse=True if index else None)
+      label_loss = loss_fn.calculate_loss(predictions, part["labels"])
+      if reg_loss is None:  # regularizers are registered once, by the first tower
+        regularization_losses = tf1.get_collection(tf1.GraphKeys.REGULARIZATION_LOSSES)
+        reg_loss = (tf.add_n(regularization_losses) if regularization_losses
+                    else tf.constant(0.0))
+      with tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS, scope)):
+        label_loss = tf.identity(label_loss, name="label_loss")
+      total_loss = label_loss + FLAGS.regularization_penalty * reg_loss
+      trainable = tf1.trainable_variables()
+      frozen = [v for v in trainable if v.dtype.base_dtype == tf.float16]
+      if frozen and index == 0:
+        # Adam's epsilon (1e-8) underflows in float16 and turns the kernels into NaN after
+        # one step; the float16 kernels are storage for packed ensembles, filled afterwards
+        # from float32 single models (overwrite_float16_ckpt), so they are not trained here.
+        logging.warning("--float16_flag: %d float16 kernels are not updated by training",
+                        len(frozen))
+      tower_gradients.append(optimizer.compute_gradients(
+          total_loss, var_list=[v for v in trainable if v.dtype.base_dtype != tf.float16]))
+      tower_predictions.append(predictions)
+      tower_losses.append(label_loss)
+      tower_inputs.append(model_input)
+
+  gradients = [(g, v) for g, v in average_gradients(tower_gradients) if g is not None]
+  if FLAGS.clip_gradient_norm > 0:
+    gradients = [(tf.clip_by_norm(g, FLAGS.clip_gradient_norm), v) for g, v in gradients]
+  train_op = optimizer.apply_gradients(gradients, global_step=global_step)
+  with tf.control_dependencies([train_op]):
+    step_after = tf.identity(global_step.read_value(), name="global_step_after")
+  label_loss = tf.add_n(tower_losses) / float(towers)
+  predictions = tf.concat(tower_predictions, 0) if towers > 1 else tower_predictions[0]
+  model_input = tf.concat(tower_inputs, 0) if towers > 1 else tower_inputs[0]
 
   for name, tensor in (("global_step", global_step), ("loss", label_loss),
                        ("predictions", predictions), ("input_batch_raw", batch["video_matrix"]),
@@ -259,104 +401,152 @@ def write_scalars(writer, step, values):
   writer.add_summary(summary, step)
 
 
-def train(config):
+def train(config, task):
+  """Trains on this process's share; the chief alone writes model_flags.json, checkpoints
+  and summaries. Returns the last global step."""
   train_dir = FLAGS.train_dir
+  server = None
+  if task.distributed:
+    server = tf1.train.Server(tf.train.ClusterSpec(task.cluster), job_name=task.task_type,
+                              task_index=task.task_index)
+    if task.task_type == "ps":
+      run_parameter_server(task, server)
+      return None
   files = readers.training_files(FLAGS.train_data_pattern)
-  towers, device = number_of_towers()
-  if FLAGS.start_new_model:
-    remove_training_artifacts(train_dir)
-  tf.io.gfile.makedirs(train_dir)
-  record_model_flags(train_dir, config)
-  logging.info("Training %s on %d files, batch %d x %d tower(s), into %s", config.describe(),
-               len(files), FLAGS.batch_size, towers, train_dir)
+  if task.distributed and len(files) >= len(task.trainers):
+    files = files[task.trainer_index::len(task.trainers)]  # each trainer its own files
+  devices = tower_devices()
+  towers = len(devices)
+  if task.is_chief:
+    if FLAGS.start_new_model:
+      remove_training_artifacts(train_dir)
+    tf.io.gfile.makedirs(train_dir)
+    record_model_flags(train_dir, config)
+  logging.info("Training %s on %d files, batch %d x %d tower(s), into %s%s", config.describe(),
+               len(files), FLAGS.batch_size, towers, train_dir,
+               " as %s (%d trainers, %d ps)" % (task.device, len(task.trainers), task.num_ps)
+               if task.distributed else "")
 
   graph = tf.Graph()
   with graph.as_default():
-    tensors = build_training_graph(config, files, towers, device)
+    if task.distributed:
+      with tf1.device(tf1.train.replica_device_setter(
+          ps_tasks=task.num_ps, worker_device=task.device,
+          cluster=tf.train.ClusterSpec(task.cluster))):
+        tensors = build_training_graph(config, files, devices)
+      signal_done = [queue.enqueue(1) for queue in done_queues(task)]
+      if not task.is_chief:
+        ready_op = tf1.report_uninitialized_variables()
+    else:
+      tensors = build_training_graph(config, files, devices)
     graph_vars = tf1.global_variables()
     saver = tf1.train.Saver(graph_vars, max_to_keep=None)
     parameter_count = sum(int(np.prod(v.shape.as_list())) for v in tf1.trainable_variables())
     logging.info("%d variables, %d trainable parameters", len(graph_vars), parameter_count)
   session_config = tf1.ConfigProto(allow_soft_placement=True,
                                    log_device_placement=FLAGS.log_device_placement)
+  if FLAGS.cpu_towers:
+    session_config.device_count["CPU"] = towers
+  if task.distributed:
+    session_config.device_filters.extend(["/job:ps", task.device])
   stop = StopRequest()
-  writer = tf1.summary.FileWriter(train_dir, graph=graph)
-  with tf1.Session(graph=graph, config=session_config) as sess:
-    restore_or_initialize(sess, saver, graph_vars, train_dir)
-    sess.run(tensors["iterator"].initializer)
-    step = int(sess.run(tensors["global_step"]))
-    last_export = step if checkpoint_utils.newest_checkpoint(train_dir) else None
-    last_save_time = time.time()
-    examples_per_step = FLAGS.batch_size * towers
-
-    def export(step_to_save):
-      path = saver.save(sess, os.path.join(train_dir, checkpoint_utils.TRAIN_CHECKPOINT_BASENAME),
-                        global_step=step_to_save)
-      logging.info("Exported %s", path)
-      return step_to_save
-
-    reason = "max_steps reached"
+  writer = tf1.summary.FileWriter(train_dir, graph=graph) if task.is_chief else None
+  target = server.target if server else ""
+  with graph.as_default():
+    if task.is_chief:
+      sess = tf1.Session(target, graph=graph, config=session_config)
+      restore_or_initialize(sess, saver, graph_vars, train_dir)
+    else:  # workers wait until the chief has initialized or restored the variables
+      sess = tf1.train.SessionManager(ready_op=ready_op, graph=graph,
+                                      recovery_wait_secs=1).wait_for_session(
+                                          target, config=session_config)
     try:
-      while True:
-        if FLAGS.max_steps is not None and step >= FLAGS.max_steps:
-          break
-        if stop.signal_name:
-          reason = "stopped by %s" % stop.signal_name
-          break
-        with_metrics = (step + 1) % 10 == 0
-        fetches = {"step": tensors["step_after"], "loss": tensors["label_loss"]}
-        if with_metrics:
-          fetches.update(predictions=tensors["predictions"], labels=tensors["labels"],
-                         reg_loss=tensors["reg_loss"], learning_rate=tensors["learning_rate"])
-        start = time.time()
-        result = sess.run(fetches)
-        seconds = time.time() - start
-        step = int(result["step"])
-        examples = len(result["labels"]) if with_metrics else examples_per_step
-        examples_per_sec = examples / seconds
-        if step % 10 == 0 and with_metrics:
-          predictions, labels = result["predictions"], result["labels"]
-          hit_at_one = eval_util.calculate_hit_at_one(predictions, labels)
-          perr = eval_util.calculate_precision_at_equal_recall_rate(predictions, labels)
-          gap = eval_util.calculate_gap(predictions, labels)
-          logging.info("training step %d | Loss: %.2f Examples/sec: %.2f | Hit@1: %.2f "
-                       "PERR: %.2f GAP: %.2f", step, result["loss"], examples_per_sec,
-                       hit_at_one, perr, gap)
-          write_scalars(writer, step, {
-              "model/Training_Hit@1": hit_at_one, "model/Training_Perr": perr,
-              "model/Training_GAP": gap, "global_step/Examples/Second": examples_per_sec,
-              "label_loss": result["loss"], "reg_loss": result["reg_loss"],
-              "learning_rate": result["learning_rate"]})
-          if last_export is None or step - last_export >= FLAGS.export_model_steps:
-            last_export = export(step)
-            last_save_time = time.time()
-        else:
-          logging.info("training step %d | Loss: %.2f Examples/sec: %.2f", step,
-                       result["loss"], examples_per_sec)
-        if FLAGS.save_model_secs and time.time() - last_save_time >= FLAGS.save_model_secs:
-          # Time-based checkpoints do not move the export cadence (10, 10+E, ...).
-          export(step)
+      step = train_loop(sess, tensors, saver, writer, task, files, stop, towers)
+    finally:
+      if task.distributed:
+        sess.run(signal_done)
+      sess.close()
+      if writer:
+        writer.close()
+  return step
+
+
+def train_loop(sess, tensors, saver, writer, task, files, stop, towers):
+  train_dir = FLAGS.train_dir
+  sess.run(tensors["iterator"].initializer)
+  step = int(sess.run(tensors["global_step"]))
+  last_export = step if checkpoint_utils.newest_checkpoint(train_dir) else None
+  last_save_time = time.time()
+  examples_per_step = FLAGS.batch_size * towers
+
+  def export(step_to_save):
+    path = saver.save(sess, os.path.join(train_dir, checkpoint_utils.TRAIN_CHECKPOINT_BASENAME),
+                      global_step=step_to_save)
+    logging.info("Exported %s", path)
+    return step_to_save
+
+  reason = "max_steps reached"
+  try:
+    while True:
+      if FLAGS.max_steps is not None and step >= FLAGS.max_steps:
+        break
+      if stop.signal_name:
+        reason = "stopped by %s" % stop.signal_name
+        break
+      with_metrics = task.is_chief and (step + 1) % 10 == 0
+      fetches = {"step": tensors["step_after"], "loss": tensors["label_loss"]}
+      if with_metrics:
+        fetches.update(predictions=tensors["predictions"], labels=tensors["labels"],
+                       reg_loss=tensors["reg_loss"], learning_rate=tensors["learning_rate"])
+      start = time.time()
+      result = sess.run(fetches)
+      seconds = time.time() - start
+      step = int(result["step"])
+      examples = len(result["labels"]) if with_metrics else examples_per_step
+      examples_per_sec = examples / seconds
+      if step % 10 == 0 and with_metrics:
+        predictions, labels = result["predictions"], result["labels"]
+        hit_at_one = eval_util.calculate_hit_at_one(predictions, labels)
+        perr = eval_util.calculate_precision_at_equal_recall_rate(predictions, labels)
+        gap = eval_util.calculate_gap(predictions, labels)
+        logging.info("training step %d | Loss: %.2f Examples/sec: %.2f | Hit@1: %.2f "
+                     "PERR: %.2f GAP: %.2f", step, result["loss"], examples_per_sec,
+                     hit_at_one, perr, gap)
+        write_scalars(writer, step, {
+            "model/Training_Hit@1": hit_at_one, "model/Training_Perr": perr,
+            "model/Training_GAP": gap, "global_step/Examples/Second": examples_per_sec,
+            "label_loss": result["loss"], "reg_loss": result["reg_loss"],
+            "learning_rate": result["learning_rate"]})
+        if last_export is None or step - last_export >= FLAGS.export_model_steps:
+          last_export = export(step)
           last_save_time = time.time()
-    except tf.errors.OutOfRangeError:
-      reason = "Done training -- epoch limit reached."
-    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
-      if last_export != step and step > 0:
+      else:
+        logging.info("training step %d | Loss: %.2f Examples/sec: %.2f", step,
+                     result["loss"], examples_per_sec)
+      if (task.is_chief and FLAGS.save_model_secs
+          and time.time() - last_save_time >= FLAGS.save_model_secs):
+        # Time-based checkpoints do not move the export cadence (10, 10+E, ...).
         export(step)
-      raise readers.InputDataError(readers.input_error_message(error, files))
-    logging.info("%s (step %d)", reason, step)
-    if step > 0 and not checkpoint_utils.checkpoint_exists(os.path.join(
-        train_dir, "%s-%d" % (checkpoint_utils.TRAIN_CHECKPOINT_BASENAME, step))):
+        last_save_time = time.time()
+  except tf.errors.OutOfRangeError:
+    reason = "Done training -- epoch limit reached."
+  except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
+    if task.is_chief and last_export != step and step > 0:
       export(step)
-  writer.close()
+    raise readers.InputDataError(readers.input_error_message(error, files))
+  logging.info("%s (step %d)", reason, step)
+  if task.is_chief and step > 0 and not checkpoint_utils.checkpoint_exists(os.path.join(
+      train_dir, "%s-%d" % (checkpoint_utils.TRAIN_CHECKPOINT_BASENAME, step))):
+    export(step)
   return step
 
 
 @utils.tool_main
 def main(unused_argv):
   check_flags()
-  check_cluster()
+  task = cluster_task()
   config = model_graph.config_from_flags()
-  train(config)
+  train(config, task)
 
 
 if __name__ == "__main__":
