@@ -40,6 +40,14 @@ def trained(tiny_data, tmp_path_factory):
   return {"dir": train_dir, "log": result.stderr}
 
 
+@pytest.fixture(scope="module")
+def exported(trained, tiny_data):
+  """trained["dir"]/inference_model.* from model.ckpt-60 (eval --force_output_model_name)."""
+  run_cli("eval", *eval_args(tiny_data, trained["dir"], "--checkpoint_file=model.ckpt-60",
+                             "--force_output_model_name"))
+  return trained
+
+
 def run_eval(data, train_dir, tmp_path, *extra):
   results = str(tmp_path / ("results-%d.json" % time.time_ns()))
   result = run_cli("eval", *eval_args(data, train_dir, "--results_json=" + results, *extra))
@@ -140,9 +148,8 @@ def read_csv(path):
   return lines[0], lines[1:-1]
 
 
-def test_inference_csv_tgz_and_inference_from_tgz(trained, tiny_data, tmp_path):
-  run_cli("eval", *eval_args(tiny_data, trained["dir"], "--checkpoint_file=model.ckpt-60",
-                             "--force_output_model_name"))
+def test_inference_csv_tgz_and_inference_from_tgz(exported, tiny_data, tmp_path):
+  trained = exported
   for suffix in (".index", ".meta", ".data-00000-of-00001"):
     assert os.path.exists(os.path.join(trained["dir"], "inference_model" + suffix))
   csv_path, tgz_path = str(tmp_path / "sub.csv"), str(tmp_path / "sub.tgz")
@@ -181,7 +188,8 @@ def test_inference_csv_tgz_and_inference_from_tgz(trained, tiny_data, tmp_path):
   assert both.returncode != 0 and "--train_dir must be empty" in both.stderr
 
 
-def test_inference_on_a_corrupted_file_writes_no_csv(trained, tiny_data, tmp_path):
+def test_inference_on_a_corrupted_file_writes_no_csv(exported, tiny_data, tmp_path):
+  trained = exported
   source = sorted(readers.tf.io.gfile.glob(tiny_data["test_pattern"]))[0]
   data = bytearray(open(source, "rb").read())
   data[len(data) // 2] ^= 0xFF
@@ -191,7 +199,6 @@ def test_inference_on_a_corrupted_file_writes_no_csv(trained, tiny_data, tmp_pat
   open(bad_file, "wb").write(bytes(data))
   output = str(tmp_path / "out.csv")
   result = run_cli("inference", "--train_dir=" + trained["dir"],
-                   "--inference_model_file=inference_model_60",
                    "--input_data_pattern=" + str(bad_dir / "test*.tfrecord"),
                    "--output_file=" + output, "--batch_size=2", check=False)
   assert result.returncode != 0

@@ -10,6 +10,7 @@ written under a temporary name and renamed when complete. --output_model_tgz pac
 model files and model_flags.json (at the archive root) into a submission tgz.
 """
 
+import contextlib
 import os
 import tarfile
 import tempfile
@@ -22,6 +23,7 @@ from absl import app
 from absl import logging
 
 from . import readers
+from . import storage
 from . import utils
 
 tf1 = tf.compat.v1
@@ -70,13 +72,12 @@ def _safe_extract(archive, directory, tgz_path):
 
 def extract_model_tgz(tgz_path, untar_model_dir):
   """Extracts the tgz into a fresh subdirectory; returns the directory of the model files."""
-  if not tf.io.gfile.exists(tgz_path):
+  if not storage.exists(tgz_path):
     raise IOError("--input_model_tgz: %s does not exist" % tgz_path)
-  tf.io.gfile.makedirs(untar_model_dir)
+  os.makedirs(untar_model_dir, exist_ok=True)
   directory = tempfile.mkdtemp(prefix="model-", dir=untar_model_dir)
   try:
-    with tf.io.gfile.GFile(tgz_path, "rb") as handle, tarfile.open(fileobj=handle,
-                                                                   mode="r:*") as archive:
+    with tarfile.open(storage.stage_file(tgz_path), mode="r:*") as archive:
       _safe_extract(archive, directory, tgz_path)
   except tarfile.TarError as error:
     raise ValueError("--input_model_tgz %s is not a readable tgz: %s" % (tgz_path, error))
@@ -89,12 +90,11 @@ def extract_model_tgz(tgz_path, untar_model_dir):
 def model_files(train_dir, model_name):
   """The checkpoint files of train_dir/model_name, checked to be complete."""
   prefix = os.path.join(train_dir, model_name)
-  missing = [suffix for suffix in (".meta", ".index")
-             if not tf.io.gfile.exists(prefix + suffix)]
-  data = tf.io.gfile.glob(prefix + ".data-*")
+  missing = [suffix for suffix in (".meta", ".index") if not storage.exists(prefix + suffix)]
+  data = storage.glob(prefix + ".data-*")
   if missing or not data:
     others = sorted({os.path.basename(p).split(".")[0] for p in
-                     tf.io.gfile.glob(os.path.join(train_dir, "inference_model*.meta"))})
+                     storage.glob(os.path.join(train_dir, "inference_model*.meta"))})
     raise IOError("Inference model %s is incomplete (missing %s). Did you run eval.py? "
                   "Inference models found in %s: %s" % (
                       prefix, ", ".join(missing + ([] if data else [".data-*"])), train_dir,
@@ -108,16 +108,34 @@ def write_model_tgz(output_tgz, prefix, files):
   Checkpoint files of ``prefix`` are stored as inference_model.* whatever their name here
   (the name the competition's inference.py loads; the meta graph does not depend on it).
   """
-  tmp = "%s.tmp-%s" % (output_tgz, uuid.uuid4().hex[:8])
-  with tf.io.gfile.GFile(tmp, "wb") as handle:
-    with tarfile.open(fileobj=handle, mode="w:gz") as archive:
+  with local_output(output_tgz) as tmp:
+    with tarfile.open(tmp, mode="w:gz") as archive:
       for path in files:
         name = os.path.basename(path)
         if path.startswith(prefix + "."):
           name = "inference_model" + path[len(prefix):]
         archive.add(path, arcname=name)
-  tf.io.gfile.rename(tmp, output_tgz, overwrite=True)
   logging.info("Wrote %s", output_tgz)
+
+
+@contextlib.contextmanager
+def local_output(path):
+  """A local temporary file that becomes `path` (local or gs://) only if the block succeeds;
+  a failure leaves nothing under `path`."""
+  directory = tempfile.mkdtemp(prefix="output-") if storage.is_gcs(path) else (
+      os.path.dirname(os.path.abspath(path)))
+  tmp = os.path.join(directory, ".%s.tmp-%s" % (os.path.basename(path), uuid.uuid4().hex[:8]))
+  try:
+    yield tmp
+    if storage.is_gcs(path):
+      storage.copy(tmp, path)
+    else:
+      os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    if storage.is_gcs(path):
+      os.rmdir(directory)
 
 
 def _collection_tensor_name(meta_graph_def, key):
@@ -135,8 +153,7 @@ def predict(train_dir, model_name, files, output_file):
                                model_flags.get("num_classes", readers.NUM_CLASSES))
   prefix, _ = model_files(train_dir, model_name)
   meta_graph_def = tf1.MetaGraphDef()
-  with tf.io.gfile.GFile(prefix + ".meta", "rb") as handle:
-    meta_graph_def.ParseFromString(handle.read())
+  meta_graph_def.ParseFromString(storage.read_bytes(prefix + ".meta"))
 
   graph = tf.Graph()
   with graph.as_default():
@@ -153,11 +170,10 @@ def predict(train_dir, model_name, files, output_file):
                                         input_map=input_map)
     predictions = tf1.get_collection("predictions")[0]
 
-  tmp_output = "%s.tmp-%s" % (output_file, uuid.uuid4().hex[:8])
   count = 0
   start = time.time()
-  try:
-    with tf1.Session(graph=graph) as sess, tf.io.gfile.GFile(tmp_output, "w") as out:
+  with local_output(output_file) as tmp_output:
+    with tf1.Session(graph=graph) as sess, open(tmp_output, "w") as out:
       saver.restore(sess, prefix)
       sess.run([tf1.local_variables_initializer(), iterator.initializer])
       out.write(CSV_HEADER)
@@ -174,10 +190,6 @@ def predict(train_dir, model_name, files, output_file):
         elapsed = time.time() - start
         logging.info("num examples processed: %d elapsed seconds: %.2f (%.1f videos/sec)",
                      count, elapsed, count / max(elapsed, 1e-9))
-    tf.io.gfile.rename(tmp_output, output_file, overwrite=True)
-  finally:
-    if tf.io.gfile.exists(tmp_output):
-      tf.io.gfile.remove(tmp_output)
   logging.info("Wrote %d predictions to %s", count, output_file)
   return count
 
@@ -196,9 +208,13 @@ def run():
     train_dir = extract_model_tgz(FLAGS.input_model_tgz, FLAGS.untar_model_dir)
   elif FLAGS.train_dir:
     train_dir = FLAGS.train_dir
+    if storage.is_gcs(train_dir):  # TF restores from local files: download the model
+      synced = storage.SyncedDir(train_dir)
+      synced.pull([FLAGS.inference_model_file + ".*", utils.MODEL_FLAGS_FILE])
+      train_dir = synced.local
   else:
     raise ValueError("Give --train_dir or --input_model_tgz")
-  files = sorted(tf.io.gfile.glob(FLAGS.input_data_pattern))
+  files = storage.glob(FLAGS.input_data_pattern)
   if not files:
     raise IOError("--input_data_pattern: no file matches %r" % FLAGS.input_data_pattern)
   prefix, checkpoint_files = model_files(train_dir, FLAGS.inference_model_file)

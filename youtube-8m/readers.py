@@ -17,6 +17,7 @@ file and record index (see ``input_error_message``).
 import tensorflow as tf
 
 from . import dataset_layout
+from . import storage
 
 tf1 = tf.compat.v1
 
@@ -43,8 +44,13 @@ def holdout_validate_files(validate_pattern):
   return [stem + code + ".tfrecord" for code in HOLDOUT_VALIDATE_CODES]
 
 
+def holdout_pattern(validate_pattern):
+  """A glob matching (at least) the held-out files, for one listing instead of 60 lookups."""
+  return validate_pattern.split("*")[0] + "*.tfrecord"
+
+
 def _glob(pattern, flag_name):
-  files = sorted(tf.io.gfile.glob(pattern))
+  files = storage.glob(pattern)
   if not files:
     raise IOError("--%s: no file matches %r" % (flag_name, pattern))
   return files
@@ -72,7 +78,8 @@ def eval_files(eval_data_pattern, holdout_only=True, flag_name="eval_data_patter
   if not holdout_only:
     return _glob(eval_data_pattern, flag_name)
   files = holdout_validate_files(eval_data_pattern)
-  missing = [f for f in files if not tf.io.gfile.exists(f)]
+  present = set(storage.glob(holdout_pattern(eval_data_pattern)))
+  missing = [f for f in files if f not in present]
   if len(missing) == len(files):
     raise IOError("--%s=%r: none of the 60 held-out validate files exists (e.g. %s). Pass "
                   "--noeval_holdout_only to evaluate every file the glob matches."
@@ -88,7 +95,7 @@ def find_corrupt_record(files):
   for path in files:
     index = 0
     try:
-      for _ in tf1.io.tf_record_iterator(path):
+      for _ in tf1.io.tf_record_iterator(storage.stage_file(path)):
         index += 1
     except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as error:
       return path, index, error.message
@@ -150,6 +157,27 @@ class BaseReader(object):
   def parse(self, filename, index, serialized):
     raise NotImplementedError()
 
+  @staticmethod
+  def _staged_files(files, num_epochs, shuffle, seed, num_readers):
+    """(local copy, gs:// name) pairs: shards are downloaded ahead into a bounded local cache
+    (storage.ShardStager) while earlier ones are read, and deleted once read."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+
+    def pairs():
+      rng = np.random.default_rng(seed)
+      epoch = 0
+      while num_epochs is None or epoch < num_epochs:
+        order = list(rng.permutation(len(files))) if shuffle else range(len(files))
+        epoch_files = [files[i] for i in order]
+        with storage.ShardStager(epoch_files, prefetch=max(2, num_readers),
+                                 keep_yielded=max(1, num_readers)) as stager:
+          for remote, local in zip(epoch_files, stager):
+            yield local, remote
+        epoch += 1
+
+    spec = tf.TensorSpec([], tf.string)
+    return tf.data.Dataset.from_generator(pairs, output_signature=(spec, spec))
+
   def dataset(self, files, batch_size, num_epochs=1, shuffle=False, num_readers=4,
               seed=None, shuffle_buffer=None):
     """Batches of {video_id, video_matrix, labels, num_frames}.
@@ -162,13 +190,17 @@ class BaseReader(object):
     files = list(files)
     if not files:
       raise IOError("no input files")
-    file_names = tf.data.Dataset.from_tensor_slices(tf.constant(files, tf.string))
-    if shuffle:
-      file_names = file_names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    file_names = file_names.repeat(num_epochs)  # None repeats forever
+    if any(storage.is_gcs(f) for f in files):
+      file_names = self._staged_files(files, num_epochs, shuffle, seed, num_readers)
+    else:
+      local = tf.constant(files, tf.string)
+      file_names = tf.data.Dataset.from_tensor_slices((local, local))
+      if shuffle:
+        file_names = file_names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+      file_names = file_names.repeat(num_epochs)  # None repeats forever
 
-    def records_of(filename):
-      return tf.data.TFRecordDataset(filename).enumerate().map(
+    def records_of(local_name, filename):
+      return tf.data.TFRecordDataset(local_name).enumerate().map(
           lambda index, record: (filename, index, record))
 
     if num_readers > 1:

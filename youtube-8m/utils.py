@@ -2,10 +2,11 @@
 
 import json
 import os
-import uuid
 
 import tensorflow as tf
 from absl import logging
+
+from . import storage
 
 MODEL_FLAGS_FILE = "model_flags.json"
 
@@ -31,11 +32,9 @@ def parse_feature_flags(feature_names, feature_sizes):
 
 def write_atomically(path, data):
   """Writes bytes or str to path via a temporary file + rename: never a half-written file."""
-  mode = "wb" if isinstance(data, bytes) else "w"
-  tmp = "%s.tmp-%s" % (path, uuid.uuid4().hex[:8])
-  with tf.io.gfile.GFile(tmp, mode) as handle:
-    handle.write(data)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
+  if isinstance(data, str):
+    data = data.encode("utf-8")
+  storage.write_bytes(path, data)  # temp + rename locally, one upload on gs://
 
 
 def model_flags_path(train_dir):
@@ -45,20 +44,19 @@ def model_flags_path(train_dir):
 def read_model_flags(train_dir, required=True):
   """The dict of train_dir/model_flags.json (None if absent and not required)."""
   path = model_flags_path(train_dir)
-  if not tf.io.gfile.exists(path):
+  if not storage.exists(path):
     if required:
       raise IOError("Cannot find %s. Did you run train.py (or eval.py) on this train_dir?"
                     % path)
     return None
-  with tf.io.gfile.GFile(path) as handle:
-    try:
-      return json.load(handle)
-    except ValueError as error:
-      raise ValueError("%s is not valid JSON: %s" % (path, error))
+  try:
+    return json.loads(storage.read_text(path))
+  except ValueError as error:
+    raise ValueError("%s is not valid JSON: %s" % (path, error))
 
 
 def write_model_flags(train_dir, model_flags):
-  tf.io.gfile.makedirs(train_dir)
+  storage.makedirs(train_dir)
   write_atomically(model_flags_path(train_dir), json.dumps(model_flags, indent=1,
                                                            sort_keys=True) + "\n")
 
@@ -72,7 +70,7 @@ def tool_main(main_function):
     logging.set_verbosity(logging.INFO)
     try:
       return main_function(argv)
-    except (ValueError, IOError, OSError, KeyError) as error:
+    except (ValueError, IOError, OSError, KeyError) as error:  # StorageError is an OSError
       logging.error("%s", error)
       raise SystemExit("ERROR: %s" % (error,))
 
