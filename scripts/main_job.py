@@ -94,7 +94,7 @@ def train_single_model(args, data, cluster, hidden, logs):
                      "--base_learning_rate=%g" % args.base_learning_rate,
                      "--learning_rate_decay=0.8", "--max_steps=%d" % args.max_steps,
                      "--export_model_steps=%d" % args.export_model_steps,
-                     "--num_epochs=1000", "--shuffle_seed=%d" % args.seed), log)
+                     "--num_epochs=1000", "--random_seed=%d" % args.seed), log)
   speeds = [float(line.split("Examples/sec: ")[1].split()[0]) for line in open(log)
             if "Examples/sec: " in line]
   steps = sorted(int(n[len("model.ckpt-"):-len(".index")]) for n in os.listdir(train_dir)

@@ -73,8 +73,10 @@ flags.DEFINE_bool("log_device_placement", False, "Log the device of every op.")
 flags.DEFINE_bool("batch_norm_warmup", True,
                   "Batch-norm moving averages use decay min(0.999, (1+step)/(10+step)), so short "
                   "runs evaluate well; False: the original's constant 0.999 from step 0.")
-flags.DEFINE_integer("shuffle_seed", None,
-                     "Seed of file/record shuffling (default: random each run).")
+flags.DEFINE_integer("random_seed", None,
+                     "Seed of the file/record shuffling, the initial weights and the training "
+                     "frame sampling: the same command then trains the same model (on one "
+                     "process). Default: random each run.")
 
 OPTIMIZERS = ("AdamOptimizer", "GradientDescentOptimizer", "AdagradOptimizer",
               "RMSPropOptimizer")
@@ -294,7 +296,7 @@ def build_training_graph(config, files, devices):
   with tf.device("/cpu:0"), tf1.name_scope("train_input"):
     dataset = reader.dataset(files, FLAGS.batch_size * towers, num_epochs=FLAGS.num_epochs,
                              shuffle=True, num_readers=FLAGS.num_readers,
-                             seed=FLAGS.shuffle_seed)
+                             seed=FLAGS.random_seed)
     if towers > 1:  # every tower needs at least one example
       dataset = dataset.filter(lambda batch: tf.shape(batch["labels"])[0] >= towers)
     iterator = tf1.data.make_initializable_iterator(dataset)
@@ -429,6 +431,8 @@ def train(config, task):
 
   graph = tf.Graph()
   with graph.as_default():
+    if FLAGS.random_seed is not None:
+      tf1.set_random_seed(FLAGS.random_seed)
     if task.distributed:
       with tf1.device(tf1.train.replica_device_setter(
           ps_tasks=task.num_ps, worker_device=task.device,
