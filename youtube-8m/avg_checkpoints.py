@@ -99,7 +99,6 @@ flags.DEFINE_bool(
 
 GLOBAL_STEP = "global_step"
 DATA_SUFFIX = ".data-00000-of-00001"
-_ALIGNMENT = 64  # >= EIGEN_MAX_ALIGN_BYTES, so TF can wrap fed numpy arrays without a copy.
 
 # A checkpoint entry given as one of its files is reduced to the prefix.
 _FILE_SUFFIX_RE = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
@@ -395,13 +394,14 @@ def check_compatible(checkpoint_prefixes, readers):
   return specs
 
 
+def _checkpoint_utils():
+  from . import checkpoint_utils  # pylint: disable=g-import-not-at-top  # imports TensorFlow
+  return checkpoint_utils
+
+
 def _aligned_empty(shape, dtype):
-  """np.empty(shape, dtype) whose data is _ALIGNMENT-byte aligned (zero-copy TF feeds)."""
-  dtype = np.dtype(dtype)
-  nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-  buf = np.empty(nbytes + _ALIGNMENT, dtype=np.uint8)
-  offset = (-buf.ctypes.data) % _ALIGNMENT
-  return buf[offset:offset + nbytes].view(dtype).reshape(shape)
+  """np.empty(shape, dtype) whose data is 64-byte aligned (zero-copy TF feeds)."""
+  return _checkpoint_utils().aligned_empty(shape, dtype)
 
 
 def _nbytes(shape, dtype):
@@ -440,21 +440,10 @@ def _average_variable(name, shape, dtype, readers, checkpoint_prefixes):
 def _write_data_and_index(tmp_prefix, tensors):
   """Saves {name: ndarray} as a single-shard V2 checkpoint '<tmp_prefix>.{index,data-*}'.
 
-  One SaveV2 op fed through placeholders: aligned numpy feeds are wrapped, not copied, and
-  SaveV2 writes the tensors one after the other into one data file.
+  The streaming writer shared with the ensemble tools (checkpoint_utils): one SaveV2 op fed
+  through placeholders; aligned numpy feeds are wrapped, not copied.
   """
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  names = sorted(tensors)
-  graph = tf.Graph()
-  with graph.as_default():
-    placeholders = [
-        tf.compat.v1.placeholder(tf.as_dtype(tensors[name].dtype), shape=tensors[name].shape,
-                                 name="value_%d" % i)
-        for i, name in enumerate(names)]
-    save_op = tf.raw_ops.SaveV2(prefix=tmp_prefix, tensor_names=names,
-                                shape_and_slices=[""] * len(names), tensors=placeholders)
-  with tf.compat.v1.Session(graph=graph) as sess:
-    sess.run(save_op, feed_dict={ph: tensors[name] for ph, name in zip(placeholders, names)})
+  _checkpoint_utils().write_checkpoint_tensors(tmp_prefix, tensors)
 
 
 def _write_meta(meta_path, specs):

@@ -8,15 +8,24 @@ directory names (``c32h512_160``) or in the prefix (``avg_c10h400.ckpt-0``) neve
 
 import os
 import re
+import resource
+import sys
 import uuid
 
+import numpy as np
 import tensorflow as tf
+
+from . import storage
 
 # A prefix given with one of the checkpoint file suffixes is reduced to the prefix itself.
 _SUFFIX_RE = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 _STEP_RE = re.compile(r"^(?P<base>.+)-(?P<step>\d+)$")
 
 TRAIN_CHECKPOINT_BASENAME = "model.ckpt"
+# The single data shard that SaveV2 / tf1.train.Saver(sharded=False) write.
+DATA_SUFFIX = ".data-00000-of-00001"
+# >= EIGEN_MAX_ALIGN_BYTES, so TF can wrap fed numpy arrays without a copy.
+FEED_ALIGNMENT = 64
 
 
 def strip_checkpoint_suffix(name):
@@ -40,14 +49,14 @@ def parse_step(prefix, basename=None):
 
 def checkpoint_exists(prefix):
   """True if the V2 checkpoint's index file exists (the file TF writes last)."""
-  return tf.io.gfile.exists(prefix + ".index")
+  return storage.exists(prefix + ".index")
 
 
 def list_checkpoints(directory, basename=TRAIN_CHECKPOINT_BASENAME):
   """[(step, prefix)] of every '<directory>/<basename>-<step>' with an index file, by step."""
   pattern = os.path.join(directory, basename + "-*.index")
   found = []
-  for index_file in tf.io.gfile.glob(pattern):
+  for index_file in storage.glob(pattern):
     prefix = index_file[:-len(".index")]
     step = parse_step(prefix, basename)
     if step is not None:
@@ -91,9 +100,77 @@ def save_atomically(prefix, save_fn, meta_fn=None):
       meta_fn(tmp_prefix)
     written = tf.io.gfile.glob(tmp_prefix + ".*")
     written.sort(key=lambda path: path.endswith(".index"))
+    if tf.io.gfile.exists(prefix + ".index"):
+      # Replacing a checkpoint: drop its index first, so an interruption between the
+      # renames below can never pair the old index with new data (or vice versa).
+      tf.io.gfile.remove(prefix + ".index")
     for path in written:
       tf.io.gfile.rename(path, prefix + path[len(tmp_prefix):], overwrite=True)
   finally:
     for path in tf.io.gfile.glob(tmp_prefix + "*"):
       tf.io.gfile.remove(path)
   return prefix
+
+
+def aligned_empty(shape, dtype):
+  """np.empty(shape, dtype) whose data is FEED_ALIGNMENT-byte aligned.
+
+  TensorFlow wraps an aligned numpy array fed to a placeholder without copying it (an
+  unaligned one is copied), so write_checkpoint_tensors holds each tensor only once.
+  """
+  dtype = np.dtype(dtype)
+  nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  buf = np.empty(nbytes + FEED_ALIGNMENT, dtype=np.uint8)
+  offset = (-buf.ctypes.data) % FEED_ALIGNMENT
+  return buf[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def write_checkpoint_tensors(prefix, tensors):
+  """Saves {name: ndarray} as the single-shard V2 checkpoint '<prefix>.{index,data-*}'.
+
+  One SaveV2 op fed through placeholders: aligned numpy arrays (aligned_empty) are
+  wrapped, not copied, and SaveV2 streams the tensors one after the other into one data
+  file, so the peak memory is the arrays themselves plus the TensorFlow runtime. Nothing
+  is renamed: use save_atomically (or a temporary prefix) for an atomic result.
+  """
+  names = sorted(tensors)
+  graph = tf.Graph()
+  with graph.as_default():
+    placeholders = [
+        tf.compat.v1.placeholder(tf.as_dtype(tensors[name].dtype), shape=tensors[name].shape,
+                                 name="value_%d" % i)
+        for i, name in enumerate(names)]
+    save_op = tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
+                                shape_and_slices=[""] * len(names), tensors=placeholders)
+  with tf.compat.v1.Session(graph=graph) as sess:
+    sess.run(save_op, feed_dict={ph: tensors[name] for ph, name in zip(placeholders, names)})
+
+
+def peak_rss_mib():
+  """Peak resident set size of this process in MiB (VmHWM, else ru_maxrss)."""
+  try:
+    with open("/proc/self/status") as status:
+      for line in status:
+        if line.startswith("VmHWM:"):
+          return int(line.split()[1]) / 1024.0
+  except (OSError, IOError, ValueError, IndexError):
+    pass
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
+
+
+def stage_checkpoint(prefix, local_dir):
+  """A local copy of a gs:// checkpoint's files (same basenames) for TF to read; a local
+  prefix is returned unchanged."""
+  if not storage.is_gcs(prefix):
+    return prefix
+  files = [path for path in storage.glob(prefix + ".*")
+           if _SUFFIX_RE.search(path) and path[:path.rindex(".")] == prefix
+           or path.startswith(prefix + ".data-")]
+  if not any(path.endswith(".index") for path in files):
+    raise IOError("checkpoint %s not found (no %s.index)" % (prefix, prefix))
+  os.makedirs(local_dir, exist_ok=True)
+  local_prefix = os.path.join(local_dir, os.path.basename(prefix))
+  for path in sorted(files, key=lambda p: p.endswith(".index")):
+    storage.copy(path, local_prefix + path[len(prefix):])
+  return local_prefix

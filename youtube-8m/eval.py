@@ -25,6 +25,7 @@ from . import eval_util
 from . import losses
 from . import model_graph
 from . import readers
+from . import storage
 from . import utils
 
 tf1 = tf.compat.v1
@@ -101,13 +102,15 @@ def requested_checkpoint():
   return names.pop() if names else None
 
 
-def save_inference_checkpoint(sess, saver, config, name):
-  """Saves the restored model under train_dir/name (files renamed into place at the end)."""
-  prefix = os.path.join(FLAGS.train_dir, name)
+def save_inference_checkpoint(sess, saver, config, name, synced):
+  """Saves the restored model as train_dir/name (files renamed into place at the end, then
+  uploaded if train_dir is on gs://)."""
+  prefix = os.path.join(synced.local, name)
   checkpoint_utils.save_atomically(
       prefix, lambda tmp: saver.save(sess, tmp, write_meta_graph=False, write_state=False),
       lambda tmp: model_graph.export_inference_meta(tmp + ".meta", config))
-  logging.info("Saved inference checkpoint %s (+ .meta)", prefix)
+  synced.push([name + ".*"])
+  logging.info("Saved inference checkpoint %s (+ .meta)", synced.remote_path(name))
   return prefix
 
 
@@ -212,7 +215,8 @@ def evaluate():
     tensors = build_eval_graph(config, files)
     graph_vars = tf1.global_variables()
     saver = tf1.train.Saver(graph_vars)
-  writer = tf1.summary.FileWriter(train_dir)
+  synced = storage.SyncedDir(train_dir)  # TF reads and writes local files only
+  writer = tf1.summary.FileWriter(synced.local)
   last_evaluated = None
   results = None
   with tf1.Session(graph=graph, config=tf1.ConfigProto(allow_soft_placement=True)) as sess:
@@ -232,18 +236,25 @@ def evaluate():
             raise IOError("No model.ckpt-<step> checkpoint in %s" % train_dir)
         time.sleep(FLAGS.eval_interval_secs)
         continue
-      check_checkpoint_matches(prefix, graph_vars, config)
-      saver.restore(sess, prefix)
+      local_prefix = checkpoint_utils.stage_checkpoint(
+          prefix, os.path.join(synced.local, ".staged"))
+      check_checkpoint_matches(local_prefix, graph_vars, config)
+      saver.restore(sess, local_prefix)
+      if local_prefix != prefix:  # a staged copy of a gs:// checkpoint
+        for path in storage.glob(local_prefix + ".*"):
+          storage.remove(path)
       step_label = global_step_label(prefix)
       logging.info("Restored %s (global step %s)", prefix, step_label)
       name = inference_checkpoint_name(requested, prefix, config)
       if name:
-        save_inference_checkpoint(sess, saver, config, name)
+        save_inference_checkpoint(sess, saver, config, name, synced)
       last_evaluated = prefix
       if FLAGS.create_meta_only:
         break
       results = evaluate_batches(sess, tensors, config, step_label, writer, files)
       results.update(checkpoint=prefix, global_step=step_label)
+      writer.flush()
+      synced.push_new()
       if FLAGS.results_json:
         utils.write_atomically(FLAGS.results_json, json.dumps(results, indent=1) + "\n")
       if FLAGS.run_once or requested:

@@ -26,6 +26,7 @@ from . import fp16_layers
 from . import losses
 from . import model_graph
 from . import readers
+from . import storage
 from . import utils
 
 tf1 = tf.compat.v1
@@ -233,15 +234,15 @@ def tower_devices():
 
 def remove_training_artifacts(train_dir):
   """--start_new_model: delete what train.py wrote (not the whole directory)."""
-  if not tf.io.gfile.isdir(train_dir):
+  if not storage.isdir(train_dir):
     return
   removed = 0
-  for name in tf.io.gfile.listdir(train_dir):
+  for name in storage.listdir(train_dir):
     name = name.rstrip("/")
     if (name.startswith(checkpoint_utils.TRAIN_CHECKPOINT_BASENAME + "-")
         or name == "checkpoint" or name.startswith("events.out.tfevents")
         or name == utils.MODEL_FLAGS_FILE):
-      tf.io.gfile.remove(os.path.join(train_dir, name))
+      storage.remove(os.path.join(train_dir, name))
       removed += 1
   logging.info("--start_new_model: removed %d files of the previous run in %s", removed,
                train_dir)
@@ -360,7 +361,7 @@ def build_training_graph(config, files, devices):
 def restore_or_initialize(sess, saver, graph_vars, train_dir):
   """Restores the newest model.ckpt-<step> (or --checkpoint_file), else initializes."""
   if FLAGS.checkpoint_file:
-    prefix = checkpoint_utils.resolve_checkpoint(train_dir, FLAGS.checkpoint_file)
+    prefix = checkpoint_utils.resolve_checkpoint(FLAGS.train_dir, FLAGS.checkpoint_file)
     if not checkpoint_utils.checkpoint_exists(prefix):
       raise IOError("--checkpoint_file: checkpoint %s not found (no %s.index)" % (prefix,
                                                                                 prefix))
@@ -369,6 +370,7 @@ def restore_or_initialize(sess, saver, graph_vars, train_dir):
       raise ValueError("--checkpoint_file=%s: %s already holds training checkpoints (newest "
                        "%s); warm-starting would mix two runs. Use an empty --train_dir."
                        % (FLAGS.checkpoint_file, train_dir, newest[1]))
+    prefix = checkpoint_utils.stage_checkpoint(prefix, os.path.join(train_dir, ".warm_start"))
     stored = dict(tf.train.list_variables(prefix))
     present = [v for v in graph_vars if v.op.name in stored]
     for variable in present:
@@ -419,11 +421,20 @@ def train(config, task):
     files = files[task.trainer_index::len(task.trainers)]  # each trainer its own files
   devices = tower_devices()
   towers = len(devices)
+  synced = None
   if task.is_chief:
     if FLAGS.start_new_model:
       remove_training_artifacts(train_dir)
-    tf.io.gfile.makedirs(train_dir)
+    # TF writes locally; for a gs:// train_dir, a local mirror holds what is needed to resume
+    # and every new file is uploaded after each export.
+    synced = storage.SyncedDir(train_dir)
+    newest = checkpoint_utils.newest_checkpoint(train_dir)
+    synced.pull([utils.MODEL_FLAGS_FILE] + (
+        [os.path.basename(newest[1]) + ".*"] if newest else []))
+    train_dir = synced.local
+    storage.makedirs(train_dir)
     record_model_flags(train_dir, config)
+    synced.push([utils.MODEL_FLAGS_FILE])
   logging.info("Training %s on %d files, batch %d x %d tower(s), into %s%s", config.describe(),
                len(files), FLAGS.batch_size, towers, train_dir,
                " as %s (%d trainers, %d ps)" % (task.device, len(task.trainers), task.num_ps)
@@ -465,8 +476,13 @@ def train(config, task):
                                       recovery_wait_secs=1).wait_for_session(
                                           target, config=session_config)
     try:
-      step = train_loop(sess, tensors, saver, writer, task, files, stop, towers)
+      step = train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_dir,
+                        synced)
     finally:
+      if writer:
+        writer.flush()
+      if synced:
+        synced.push_new()
       if task.distributed:
         sess.run(signal_done)
       sess.close()
@@ -475,8 +491,7 @@ def train(config, task):
   return step
 
 
-def train_loop(sess, tensors, saver, writer, task, files, stop, towers):
-  train_dir = FLAGS.train_dir
+def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_dir, synced):
   sess.run(tensors["iterator"].initializer)
   step = int(sess.run(tensors["global_step"]))
   last_export = step if checkpoint_utils.newest_checkpoint(train_dir) else None
@@ -486,6 +501,9 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers):
   def export(step_to_save):
     path = saver.save(sess, os.path.join(train_dir, checkpoint_utils.TRAIN_CHECKPOINT_BASENAME),
                       global_step=step_to_save)
+    if synced:
+      writer.flush()
+      synced.push_new()
     logging.info("Exported %s", path)
     return step_to_save
 

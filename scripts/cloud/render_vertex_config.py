@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Writes the Vertex AI CustomJobSpec (YAML) of one job from a template (cloud/vertex-*.yaml).
+
+    render_vertex_config.py TEMPLATE --package-uri=gs://... --python-module=youtube-8m.train \
+        [--executor-image-uri=URI] [--replica-count=POOL:N ...] -- MODULE_FLAG ... \
+        [@@pool=N @@python-module=MODULE MODULE_FLAG ...]
+
+prints the job config on stdout. In every worker pool of the template the one-line values of
+``packageUris``, ``pythonModule`` and ``args`` (and ``executorImageUri`` when given) are
+replaced - by the module and flags after ``@@pool=N`` for pool N (e.g. an evaluator running
+another module), else by the first ones. Values are written as JSON, which is valid YAML, so a
+flag value containing commas, quotes or spaces stays one list item, exactly as given. Pools
+whose replicaCount ends up 0 are left out (only at the end of the list: gcloud wants a
+pythonPackageSpec or containerSpec in every pool it is given). Comment lines are dropped.
+Standard library only (the scripts must run where PyYAML is not installed), so the template's
+layout is restricted: ``workerPoolSpecs:`` at column 0, as the last top-level key; pools as
+``- `` items at column 0; the keys above on one line each.
+"""
+
+import argparse
+import json
+import re
+import sys
+
+_KEY_RE = re.compile(r"^(?P<indent>\s*(?:- )?)(?P<key>[A-Za-z0-9]+):(?P<value>.*)$")
+_REPLACED = ("packageUris", "pythonModule", "args")
+
+
+def fail(message):
+  sys.stderr.write("render_vertex_config.py: %s\n" % message)
+  sys.exit(2)
+
+
+def split_pools(lines, template):
+  """Returns (header lines, [lines of pool 0, lines of pool 1, ...])."""
+  header, pools, in_specs = [], [], False
+  for line in lines:
+    if not line.strip() or line.lstrip().startswith("#"):
+      continue
+    if not in_specs:
+      header.append(line)
+      if line.rstrip() == "workerPoolSpecs:":
+        in_specs = True
+      continue
+    if line.startswith("- "):
+      pools.append([line])
+    elif line.startswith(" ") and pools:
+      pools[-1].append(line)
+    else:
+      fail("%s: unexpected line after the worker pools (workerPoolSpecs must be the last "
+           "top-level key): %r" % (template, line))
+  if not in_specs:
+    fail("%s: no 'workerPoolSpecs:' line at column 0 (is it a Vertex AI CustomJobSpec? "
+         "AI Platform configs such as cloudml-gpu.yaml go with --backend=ai-platform)" % template)
+  if not pools:
+    fail("%s: workerPoolSpecs has no '- ' items at column 0" % template)
+  return header, pools
+
+
+def render(template, package_uri, python_module, module_args, executor_image_uri=None,
+           replica_counts=None, pool_overrides=None):
+  """pool_overrides: {pool index: (python module, [module flags])}."""
+  with open(template) as f:
+    lines = f.read().splitlines()
+  header, pools = split_pools(lines, template)
+  replica_counts = dict(replica_counts or {})
+  pool_overrides = dict(pool_overrides or {})
+  for pool_index in list(replica_counts) + list(pool_overrides):
+    if not 0 <= pool_index < len(pools):
+      fail("pool %d: %s has pools 0..%d" % (pool_index, template, len(pools) - 1))
+  kept = []
+  for index, pool in enumerate(pools):
+    module, flags = pool_overrides.get(index, (python_module, module_args))
+    values = {"packageUris": json.dumps([package_uri]),
+              "pythonModule": json.dumps(module),
+              "args": json.dumps(list(flags))}
+    if executor_image_uri:
+      values["executorImageUri"] = json.dumps(executor_image_uri)
+    seen, replicas, out = set(), 1, []
+    for line in pool:
+      match = _KEY_RE.match(line)
+      key = match.group("key") if match else None
+      if key in values:
+        line = "%s%s: %s" % (match.group("indent"), key, values[key])
+        seen.add(key)
+      elif key == "replicaCount":
+        value = match.group("value").split("#")[0].strip()
+        if index in replica_counts:
+          value = str(replica_counts[index])
+          line = "%sreplicaCount: %s" % (match.group("indent"), value)
+        try:
+          replicas = int(value)
+        except ValueError:
+          fail("%s: pool %d: replicaCount %r is not an integer" % (template, index, value))
+      out.append(line)
+    missing = [key for key in _REPLACED if key not in seen]
+    if missing:
+      fail("%s: pool %d has no one-line %s (each pool needs a pythonPackageSpec with "
+           "packageUris, pythonModule and args)" % (template, index, ", ".join(missing)))
+    if index in replica_counts and not any(_KEY_RE.match(l) and
+                                           _KEY_RE.match(l).group("key") == "replicaCount"
+                                           for l in pool):
+      fail("%s: pool %d has no replicaCount line to set" % (template, index))
+    kept.append((index, replicas, out))
+  while kept and kept[-1][1] == 0:
+    kept.pop()
+  for index, replicas, _ in kept:
+    if replicas < 1:
+      fail("%s: pool %d has replicaCount %d but a later pool is used; only pools at the end "
+           "of the list can be left out" % (template, index, replicas))
+  if not kept:
+    fail("%s: every pool has replicaCount 0" % template)
+  body = header + [line for _, _, out in kept for line in out]
+  return "\n".join(body) + "\n"
+
+
+def main(argv):
+  if "--" in argv:
+    split = argv.index("--")
+    argv, module_args = argv[:split], argv[split + 1:]
+  else:
+    module_args = []
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("template")
+  parser.add_argument("--package-uri", required=True)
+  parser.add_argument("--python-module", required=True)
+  parser.add_argument("--executor-image-uri", default="")
+  parser.add_argument("--replica-count", action="append", default=[], metavar="POOL:N")
+  args = parser.parse_args(argv)
+  overrides, current = {}, None
+  default_args = []
+  for token in module_args:
+    if token.startswith("@@pool="):
+      if not token[len("@@pool="):].isdigit():
+        fail("%r: the pool must be a number" % token)
+      current = int(token[len("@@pool="):])
+      overrides[current] = (None, [])
+    elif token.startswith("@@python-module="):
+      if current is None:
+        fail("@@python-module= before any @@pool=")
+      overrides[current] = (token[len("@@python-module="):], overrides[current][1])
+    elif token.startswith("@@"):
+      fail("unknown control token %r" % token)
+    elif current is None:
+      default_args.append(token)
+    else:
+      overrides[current][1].append(token)
+  for pool_index, (module, _) in overrides.items():
+    if not module:
+      fail("@@pool=%d has no @@python-module=" % pool_index)
+  counts = {}
+  for item in args.replica_count:
+    match = re.match(r"^(\d+):(\d+)$", item)
+    if not match:
+      fail("--replica-count=%r is not POOL:N" % item)
+    counts[int(match.group(1))] = int(match.group(2))
+  sys.stdout.write(render(args.template, args.package_uri, args.python_module, default_args,
+                          args.executor_image_uri, counts, overrides))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

@@ -1,0 +1,764 @@
+"""Cloud job submission: scripts/cloud/*.sh dry runs, the job configs, the shipped package.
+
+There is no cloud access here, so every script runs with --dry-run and the printed commands are
+parsed (shlex) and compared with the seed README's commands: the gcloud command and its flags,
+the job name pattern, and the module flags, which must be exactly the seed's (after the `--` of
+`gcloud ai-platform jobs submit training`, or the `args` list of the Vertex AI job config the
+script writes). The module flags are also parsed by the real modules' absl flag definitions, and
+the package built from setup.py is installed outside the repo and run.
+"""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLOUD_DIR = os.path.join(REPO_ROOT, "scripts", "cloud")
+BUCKET = "gs://tester_yt8m_train_bucket"
+PACKAGE_URI = BUCKET + "/packages/given/yt8m-netvlad-ensemble-0.1.0.tar.gz"
+BACKENDS = ("ai-platform", "vertex")
+TRAIN_PATTERN = ("gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord,"
+                 "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord")
+EVAL_PATTERN = "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord"
+VERTEX_IMAGE = "us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest"
+
+# The seed README's module flags (the text after `--`), with its shell variables as {names}.
+SEED_TRAIN = (
+    "--train_data_pattern='gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord,"
+    "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' "
+    "--train_dir={BUCKET_NAME}/c{cs}h{hs}_{batch_size} "
+    "--frame_features --feature_names='rgb,audio' --feature_sizes='1024,128' "
+    "--batch_size={batch_size} --base_learning_rate=0.0001 --netvlad_cluster_size={cs} "
+    "--netvlad_hidden_size={hs} --moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 "
+    "--netvlad_relu=False --gating=True --moe_prob_gating=True --max_steps=500000 "
+    "--export_model_steps=5000 --num_epochs=10")
+SEED_EVAL_LOOP = (
+    "--eval_data_pattern='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' "
+    "--model=NetVLADModelLF "
+    "--train_dir={BUCKET_NAME}/c{cs}h{hs}_{batch_size} --frame_features "
+    "--feature_names='rgb,audio' --feature_sizes='1024,128' --batch_size=1024 "
+    "--base_learning_rate=0.0001 --netvlad_cluster_size={cs} --netvlad_hidden_size={hs} "
+    "--moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 --netvlad_relu=False "
+    "--gating=True --moe_prob_gating=True --run_once=True --checkpoint=model.ckpt-{CKPT}.index")
+SEED_AVG_RANGE = (
+    '--checkpoints_start_end="{ckpt_start},{ckpt_end}" '
+    '--prefix="{BUCKET_NAME}/c{cs}h{hs}_{batch_size}/model.ckpt-" '
+    '--output_path="{BUCKET_NAME}/c{cs}h{hs}_{batch_size}/avg_c{cs}h{hs}_{ckpt_start}_{ckpt_end}'
+    '.ckpt"')
+SEED_AVG_SELECT = (
+    '--prefix="{BUCKET_NAME}/c{cs}h{hs}_{batch_size}/model.ckpt-" '
+    '--output_path="{BUCKET_NAME}/c{cs}h{hs}_{batch_size}/avg_c{cs}h{hs}_{RANGE_NAME}.ckpt" '
+    "--checkpoints=122304,125397,133210,137879,140959,145600,150210,153324,156475,159900,"
+    "164900,168029,172960,176234,181138,186032,189900,202410,207267")
+SEED_EVAL_AVERAGE = (
+    "--eval_data_pattern='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' "
+    "--train_dir={BUCKET_NAME}/c{cs}h{hs}_{batch_size} "
+    "--frame_features --feature_names='rgb,audio' --feature_sizes='1024,128' --batch_size=1024 "
+    "--base_learning_rate=0.0001 --netvlad_cluster_size={cs} --netvlad_hidden_size={hs} "
+    "--moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 --netvlad_relu=False "
+    "--gating=True --moe_prob_gating=True --run_once=True "
+    "--checkpoint=avg_c{cs}h{hs}_{checkpoint}.ckpt-0.index")
+_SEED_REPEATED = "".join(
+    "--netvlad_cluster_size={MODEL%d_PARAM[0]} --netvlad_hidden_size={MODEL%d_PARAM[1]} "
+    "--ensemble_wts={MIXING_WEIGHTS[%d]} " % (i, i, i - 1) for i in range(1, 5))
+SEED_ENSEMBLE = {
+    1: ("--train_data_pattern='gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord,"
+        "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' --model=NetVLADModelLF "
+        "--train_dir={BUCKET_NAME}/{ENSEMBLE_DIR} --frame_features --feature_names='rgb,audio' "
+        "--feature_sizes='1024,128' --batch_size=10 --base_learning_rate=0.00003 "
+        + _SEED_REPEATED +
+        "--moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 --netvlad_relu=False "
+        "--gating=True --moe_prob_gating=True --max_steps=10 --export_model_steps=2000 "
+        "--ensemble_num=4 --float16_flag=True"),
+    2: ("--eval_data_pattern='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' "
+        "--model=NetVLADModelLF --train_dir={BUCKET_NAME}/{ENSEMBLE_DIR} --frame_features "
+        "--feature_names='rgb,audio' --feature_sizes='1024,128' --batch_size=500 "
+        "--base_learning_rate=0.0001 " + _SEED_REPEATED +
+        "--moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 --netvlad_relu=False "
+        "--gating=True --moe_prob_gating=True --run_once=True --ensemble_num=4 "
+        "--float16_flag=True --create_meta_only"),
+    3: ("--train_dir={BUCKET_NAME}/{ENSEMBLE_DIR} --inference_model=inference_model_10 "
+        "--out_name={INFERENCE_MODEL_NAME} "
+        '--checkpoints="{MODEL1_CKPT},{MODEL2_CKPT},{MODEL3_CKPT},{MODEL4_CKPT}"'),
+    4: ("--eval_data_pattern='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' "
+        "--model=NetVLADModelLF --train_dir={BUCKET_NAME}/{ENSEMBLE_DIR} --frame_features "
+        "--feature_names='rgb,audio' --feature_sizes='1024,128' --batch_size=1024 "
+        "--base_learning_rate=0.0001 " + _SEED_REPEATED +
+        "--moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 --netvlad_relu=False "
+        "--gating=True --moe_prob_gating=True --run_once=True --ensemble_num=4 "
+        '--float16_flag=True --checkpoint_file="{INFERENCE_MODEL_NAME}-0"'),
+}
+SEED_ENSEMBLE[5] = SEED_ENSEMBLE[4] + " --force_output_model_name=True"
+SEED_ENSEMBLE_MODULES = {1: "train", 2: "eval", 3: "overwrite_float16_ckpt", 4: "eval", 5: "eval"}
+
+# The seed's step-0 variables (MIXING_WEIGHTS as tuned in its steps 4-5).
+ENSEMBLE_VARS = {
+    "BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "ensemble_YHLS",
+    "MODEL1_PARAM": ("24", "1440"), "MODEL2_PARAM": ("32", "1024"),
+    "MODEL3_PARAM": ("16", "800"), "MODEL4_PARAM": ("32", "512"),
+    "MODEL1_CKPT": BUCKET + "/single_models/c24h1440-inference_model_0",
+    "MODEL2_CKPT": BUCKET + "/single_models/c32h1024-inference_model_0",
+    "MODEL3_CKPT": BUCKET + "/single_models/c16h800-inference_model_0",
+    "MODEL4_CKPT": BUCKET + "/single_models/c32h512-inference_model_0",
+    "MIXING_WEIGHTS": ("0.39", "0.26", "0.21", "0.14"),
+    "INFERENCE_MODEL_NAME": "inference_model_ensemble_YHLS",
+}
+
+
+def seed_flags(template, **variables):
+  """The seed's module flags as the shell would pass them (its quotes removed)."""
+  return shlex.split(template.format(**variables))
+
+
+def script_args(variables):
+  """VAR=value arguments; tuples become the space-separated lists the scripts take."""
+  return ["%s=%s" % (name, " ".join(value) if isinstance(value, tuple) else value)
+          for name, value in variables.items()]
+
+
+def run_script(script, *args, tmp_path, env=None, path=None):
+  """Runs `bash scripts/cloud/SCRIPT args` from the repo root with a clean environment."""
+  full_env = {"PATH": path or os.environ.get("PATH", "/usr/bin:/bin"),
+              "HOME": str(tmp_path), "TMPDIR": str(tmp_path), "LC_ALL": "C.UTF-8"}
+  full_env.update(env or {})
+  return subprocess.run(["bash", os.path.join(CLOUD_DIR, script)] + list(args), cwd=REPO_ROOT,
+                        env=full_env, capture_output=True, text=True, timeout=120)
+
+
+def dry_run(script, *args, tmp_path, backend, env=None, package_uri=True):
+  extra = ["--package-uri=" + PACKAGE_URI] if backend == "vertex" and package_uri else []
+  result = run_script(script, "--dry-run", "--backend=" + backend, *(extra + list(args)),
+                      tmp_path=tmp_path, env=env)
+  assert result.returncode == 0, result.stderr
+  return parse_dry_run(result.stdout)
+
+
+# ---------------------------------------------------------------------------------------------
+# A YAML reader for the subset the job configs use (block mappings and lists, JSON / plain
+# scalars), so that the tests need no PyYAML; when PyYAML is installed it must agree.
+
+def _yaml_scalar(text):
+  text = text.strip()
+  if text[:1] in ('"', "[", "{"):
+    return json.loads(text)
+  if text[:1] == "'":
+    return text[1:-1].replace("''", "'")
+  if re.fullmatch(r"-?\d+", text):
+    return int(text)
+  if text in ("true", "false"):
+    return text == "true"
+  return text
+
+
+def _yaml_block(lines, pos, indent):
+  if lines[pos][1].startswith("- "):
+    items = []
+    while pos < len(lines) and lines[pos][0] == indent and lines[pos][1].startswith("- "):
+      rest = lines[pos][1][2:]
+      if ":" not in rest:
+        items.append(_yaml_scalar(rest))
+        pos += 1
+        continue
+      lines[pos] = (indent + 2, rest)
+      value, pos = _yaml_block(lines, pos, indent + 2)
+      items.append(value)
+    return items, pos
+  result = {}
+  while pos < len(lines) and lines[pos][0] == indent and not lines[pos][1].startswith("- "):
+    key, _, rest = lines[pos][1].partition(":")
+    assert key and " " not in key, "unsupported YAML line %r" % lines[pos][1]
+    pos += 1
+    if rest.strip():
+      result[key] = _yaml_scalar(rest)
+    elif pos < len(lines) and (lines[pos][0] > indent or (
+        lines[pos][0] == indent and lines[pos][1].startswith("- "))):
+      result[key], pos = _yaml_block(lines, pos, lines[pos][0])
+    else:
+      result[key] = None
+  return result, pos
+
+
+def load_yaml(text):
+  lines = [(len(line) - len(line.lstrip(" ")), line.strip()) for line in text.splitlines()
+           if line.strip() and not line.lstrip().startswith("#")]
+  value, pos = _yaml_block(lines, 0, lines[0][0])
+  assert pos == len(lines), "unparsed YAML from %r" % (lines[pos],)
+  try:
+    import yaml  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return value
+  assert yaml.safe_load(text) == value
+  return value
+
+
+# ---------------------------------------------------------------------------------------------
+# The dry-run output: shell lines, and `cat > FILE <<'YT8M_EOF'` here-documents.
+
+def parse_dry_run(stdout):
+  """-> {"lines": [argv, ...], "raw": [line, ...], "files": {path: text}, "jobs": [job, ...]}
+  where a job is {"backend", "name", "module", "module_flags", "argv", "options", ["config"
+  (vertex)]}."""
+  lines, raw, files, jobs = [], [], {}, []
+  text_lines = stdout.splitlines()
+  i = 0
+  while i < len(text_lines):
+    match = re.match(r"^cat > (\S+) <<'YT8M_EOF'$", text_lines[i])
+    if match:
+      end = text_lines.index("YT8M_EOF", i + 1)
+      files[shlex.split(match.group(1))[0]] = "\n".join(text_lines[i + 1:end]) + "\n"
+      i = end + 1
+      continue
+    lines.append(shlex.split(text_lines[i]))
+    raw.append(text_lines[i])
+    i += 1
+  for argv in lines:
+    if argv[:6] == ["gcloud", "--verbosity=debug", "ai-platform", "jobs", "submit", "training"]:
+      split = argv.index("--")
+      options = dict(option.split("=", 1) for option in argv[7:split])
+      jobs.append({"backend": "ai-platform", "name": argv[6], "argv": argv, "options": options,
+                   "module": options["--module-name"], "module_flags": argv[split + 1:]})
+    elif argv[:5] == ["gcloud", "--verbosity=debug", "ai", "custom-jobs", "create"]:
+      options = dict(option.split("=", 1) for option in argv[5:])
+      assert set(options) == {"--region", "--display-name", "--config"}, argv
+      config = load_yaml(files[options["--config"]])
+      spec = config["workerPoolSpecs"][0]["pythonPackageSpec"]
+      jobs.append({"backend": "vertex", "name": options["--display-name"], "argv": argv,
+                   "options": options, "config": config, "module": spec["pythonModule"],
+                   "module_flags": spec["args"]})
+  return {"lines": lines, "raw": raw, "files": files, "jobs": jobs}
+
+
+def check_job(job, backend, module, config=None, region="us-central1"):
+  """The backend's command around the module flags."""
+  assert job["backend"] == backend
+  if backend == "ai-platform":
+    options = job["options"]
+    assert options["--module-name"] == "youtube-8m." + module
+    assert options["--package-path"] == os.path.join(REPO_ROOT, "youtube-8m")
+    # gcloud builds the package with the setup.py next to --package-path.
+    assert os.path.isfile(os.path.join(os.path.dirname(options["--package-path"]), "setup.py"))
+    assert options["--staging-bucket"] == BUCKET
+    assert options["--region"] == region
+    assert options["--config"] == os.path.join(REPO_ROOT, config or "cloudml-gpu.yaml")
+    assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", job["name"])
+  else:
+    assert job["options"]["--region"] == region
+    pools = job["config"]["workerPoolSpecs"]
+    template = load_yaml(open(os.path.join(REPO_ROOT, config or "cloud/vertex-gpu.yaml")).read())
+    assert len(pools) <= len(template["workerPoolSpecs"])
+    for pool, template_pool in zip(pools, template["workerPoolSpecs"]):
+      assert pool["machineSpec"] == template_pool["machineSpec"]
+      spec = pool["pythonPackageSpec"]
+      assert spec["executorImageUri"] == VERTEX_IMAGE
+      assert spec["packageUris"] == [PACKAGE_URI]
+      assert pool["replicaCount"] >= 1
+    assert job["module"] == "youtube-8m." + module
+
+
+# ---------------------------------------------------------------------------------------------
+# Job configs
+
+def test_ai_platform_configs():
+  single = load_yaml(open(os.path.join(REPO_ROOT, "cloudml-gpu.yaml")).read())
+  # As the original: one standard_gpu machine; the runtime versions are kept as strings.
+  assert single == {"trainingInput": {"scaleTier": "CUSTOM", "masterType": "standard_gpu",
+                                      "runtimeVersion": "1.8", "pythonVersion": "3.5"}}
+  distributed = load_yaml(open(os.path.join(REPO_ROOT, "cloud", "cloudml-distributed.yaml"))
+                          .read())["trainingInput"]
+  assert distributed["scaleTier"] == "CUSTOM"
+  for key in ("masterType", "workerType", "parameterServerType"):
+    assert isinstance(distributed[key], str) and distributed[key]
+  assert distributed["workerCount"] >= 1 and distributed["parameterServerCount"] >= 1
+  assert isinstance(distributed["runtimeVersion"], str)
+  assert isinstance(distributed["pythonVersion"], str)
+
+
+@pytest.mark.parametrize("name,pools", [("vertex-gpu.yaml", 1), ("vertex-distributed.yaml", 4)])
+def test_vertex_configs(name, pools):
+  config = load_yaml(open(os.path.join(REPO_ROOT, "cloud", name)).read())
+  assert list(config) == ["workerPoolSpecs"]
+  specs = config["workerPoolSpecs"]
+  assert len(specs) == pools
+  for index, pool in enumerate(specs):
+    assert set(pool) == {"machineSpec", "replicaCount", "pythonPackageSpec"}
+    assert pool["machineSpec"]["machineType"]
+    if "acceleratorType" in pool["machineSpec"]:
+      assert pool["machineSpec"]["acceleratorType"].startswith("NVIDIA_")
+      assert pool["machineSpec"]["acceleratorCount"] >= 1
+    assert set(pool["pythonPackageSpec"]) == {"executorImageUri", "packageUris", "pythonModule",
+                                              "args"}
+    assert pool["pythonPackageSpec"]["executorImageUri"] == VERTEX_IMAGE
+    assert pool["pythonPackageSpec"]["pythonModule"] == "youtube-8m.train"
+    # chief: exactly one replica; the optional evaluator (pool 3) is off by default.
+    assert pool["replicaCount"] == {0: 1, 3: 0}.get(index, pool["replicaCount"])
+  assert "acceleratorType" in specs[0]["machineSpec"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The seed's jobs
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train(tmp_path, backend):
+  variables = {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800", "batch_size": "160"}
+  out = dry_run("submit_train.sh", *script_args(variables), tmp_path=tmp_path, backend=backend)
+  [job] = out["jobs"]
+  check_job(job, backend, "train")
+  assert job["name"] == "yt8m_train_c100h800_160"
+  assert job["module_flags"] == seed_flags(SEED_TRAIN, **variables)
+  # The two globs stay one flag value (a list item on Vertex AI, not split on the comma).
+  assert job["module_flags"][0] == "--train_data_pattern=" + TRAIN_PATTERN
+  if backend == "vertex":
+    assert len(out["lines"]) == 2  # mkdir of the job-config directory, gcloud
+    assert out["lines"][0] == ["mkdir", "-p", os.path.dirname(job["options"]["--config"])]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eval_loop_one_job_per_checkpoint(tmp_path, backend):
+  variables = {"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400", "batch_size": "160"}
+  ckpts = ["170010", "180010", "190010", "200010", "210010", "220010"]
+  out = dry_run("submit_eval_loop.sh", *script_args(variables), "CKPTS=" + " ".join(ckpts),
+                tmp_path=tmp_path, backend=backend)
+  assert len(out["jobs"]) == len(ckpts)
+  for job, ckpt in zip(out["jobs"], ckpts):
+    check_job(job, backend, "eval")
+    assert re.fullmatch(r"yt8m_eval_c10h400_%s_\d\dH\d\dM\d\dS" % ckpt, job["name"])
+    assert job["module_flags"] == seed_flags(SEED_EVAL_LOOP, CKPT=ckpt, **variables)
+  if backend == "vertex":  # one config file per job
+    assert len({job["options"]["--config"] for job in out["jobs"]}) == len(ckpts)
+  # Commas work as separators too (the seed writes a bash array).
+  out = dry_run("submit_eval_loop.sh", *script_args(variables), "CKPTS=(170010,180010)",
+                tmp_path=tmp_path, backend=backend)
+  assert [job["module_flags"][-1] for job in out["jobs"]] == [
+      "--checkpoint=model.ckpt-170010.index", "--checkpoint=model.ckpt-180010.index"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_avg_range(tmp_path, backend):
+  variables = {"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400", "batch_size": "160",
+               "ckpt_start": "150010", "ckpt_end": "220010"}
+  out = dry_run("submit_avg_range.sh", *script_args(variables), tmp_path=tmp_path,
+                backend=backend)
+  [job] = out["jobs"]
+  check_job(job, backend, "avg_checkpoints")
+  assert job["name"] == "yt8m_avgckpt_c10h400_150010_220010"
+  assert job["module_flags"] == seed_flags(SEED_AVG_RANGE, **variables)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_avg_select(tmp_path, backend):
+  variables = {"BUCKET_NAME": BUCKET, "cs": "32", "hs": "512", "batch_size": "160",
+               "RANGE_NAME": "122304_etc_19"}
+  steps = ("122304,125397,133210,137879,140959,145600,150210,153324,156475,159900,164900,"
+           "168029,172960,176234,181138,186032,189900,202410,207267")
+  out = dry_run("submit_avg_select.sh", *script_args(variables), "CHECKPOINTS=" + steps,
+                tmp_path=tmp_path, backend=backend)
+  [job] = out["jobs"]
+  check_job(job, backend, "avg_checkpoints")
+  assert job["name"] == "yt8m_avgckpt_c32h512_122304_etc_19"
+  assert job["module_flags"] == seed_flags(SEED_AVG_SELECT, **variables)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_eval_average(tmp_path, backend):
+  variables = {"BUCKET_NAME": BUCKET, "cs": "32", "hs": "512", "batch_size": "160",
+               "checkpoint": "122304_etc_19"}
+  out = dry_run("submit_eval_average.sh", *script_args(variables), tmp_path=tmp_path,
+                backend=backend)
+  [job] = out["jobs"]
+  check_job(job, backend, "eval")
+  assert job["name"] == "yt8m_eval_c32h512_122304_etc_19"
+  assert job["module_flags"] == seed_flags(SEED_EVAL_AVERAGE, **variables)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("step", [1, 2, 3, 4, 5])
+def test_ensemble_steps(tmp_path, backend, step):
+  out = dry_run("submit_ensemble.sh", str(step), *script_args(ENSEMBLE_VARS), tmp_path=tmp_path,
+                backend=backend)
+  [job] = out["jobs"]
+  check_job(job, backend, SEED_ENSEMBLE_MODULES[step])
+  assert re.fullmatch(r"yt8m_train_ensemble_ensemble_YHLS_\d{8}_\d{6}", job["name"])
+  assert job["module_flags"] == seed_flags(SEED_ENSEMBLE[step], **ENSEMBLE_VARS)
+  if step != 3:  # the repeated flags, in model order
+    flags = job["module_flags"]
+    assert [f for f in flags if f.startswith("--netvlad_cluster_size=")] == [
+        "--netvlad_cluster_size=%s" % c for c in ("24", "32", "16", "32")]
+    assert [f for f in flags if f.startswith("--ensemble_wts=")] == [
+        "--ensemble_wts=%s" % w for w in ENSEMBLE_VARS["MIXING_WEIGHTS"]]
+
+
+def test_ensemble_model_count_follows_the_variables(tmp_path):
+  variables = {"BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "e2", "MODEL1_PARAM": "8,64",
+               "MODEL2_PARAM": "(16 128)", "MIXING_WEIGHTS": "0.6,0.4"}
+  out = dry_run("submit_ensemble.sh", "1", *script_args(variables), tmp_path=tmp_path,
+                backend="ai-platform")
+  flags = out["jobs"][0]["module_flags"]
+  assert "--ensemble_num=2" in flags
+  start = flags.index("--netvlad_cluster_size=8")
+  assert flags[start:start + 6] == [
+      "--netvlad_cluster_size=8", "--netvlad_hidden_size=64", "--ensemble_wts=0.6",
+      "--netvlad_cluster_size=16", "--netvlad_hidden_size=128", "--ensemble_wts=0.4"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_distributed_train(tmp_path, backend):
+  variables = {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800", "batch_size": "160"}
+  config = {"ai-platform": "cloud/cloudml-distributed.yaml",
+            "vertex": "cloud/vertex-distributed.yaml"}[backend]
+  out = dry_run("submit_distributed_train.sh", *script_args(variables), tmp_path=tmp_path,
+                backend=backend)
+  [job] = out["jobs"]
+  check_job(job, backend, "train", config=config)
+  assert job["name"] == "yt8m_train_c100h800_160_dist"
+  assert job["module_flags"] == seed_flags(SEED_TRAIN, **variables)
+  if backend == "vertex":
+    pools = job["config"]["workerPoolSpecs"]
+    assert [pool["replicaCount"] for pool in pools] == [1, 2, 1]  # evaluator left out
+    for pool in pools:
+      assert pool["pythonPackageSpec"]["pythonModule"] == "youtube-8m.train"
+      assert pool["pythonPackageSpec"]["args"] == job["module_flags"]
+
+
+def test_distributed_train_with_evaluator(tmp_path):
+  variables = {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800", "batch_size": "160"}
+  out = dry_run("submit_distributed_train.sh", *script_args(variables), "--evaluator-count=1",
+                tmp_path=tmp_path, backend="vertex")
+  pools = out["jobs"][0]["config"]["workerPoolSpecs"]
+  assert [pool["replicaCount"] for pool in pools] == [1, 2, 1, 1]
+  evaluator = pools[3]["pythonPackageSpec"]
+  assert evaluator["pythonModule"] == "youtube-8m.eval"
+  # The seed's evaluation flags for this train_dir, polling (no --run_once / --checkpoint).
+  expected = seed_flags(SEED_EVAL_LOOP, CKPT="0", **variables)
+  assert evaluator["args"] == expected[:expected.index("--run_once=True")]
+  result = run_script("submit_distributed_train.sh", "--dry-run", "--backend=ai-platform",
+                      "--evaluator-count=1", *script_args(variables), tmp_path=tmp_path)
+  assert result.returncode != 0 and "--evaluator-count" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+
+def test_options(tmp_path):
+  variables = script_args({"BUCKET_NAME": BUCKET + "/", "cs": "16", "hs": "128",
+                           "batch_size": "80"})
+  pattern = "/data/frame/train*.tfrecord,/data/frame/validate*.tfrecord"
+  out = dry_run("submit_train.sh", *variables, "--region=europe-west4",
+                "--runtime-version=2.11", "--python-version=3.7", "--config=cloudml-gpu.yaml",
+                tmp_path=tmp_path, backend="ai-platform", env={"DATA_PATTERN": pattern})
+  [job] = out["jobs"]
+  check_job(job, "ai-platform", "train", region="europe-west4")
+  assert job["options"]["--runtime-version"] == "2.11"
+  assert job["options"]["--python-version"] == "3.7"
+  assert job["module_flags"][:2] == ["--train_data_pattern=" + pattern,
+                                     "--train_dir=%s/c16h128_80" % BUCKET]
+  # --VAR=value, environment variables, the seed's config path and --job-name.
+  out = dry_run("submit_train.sh", "--cs=16", "--hs=128", "--batch_size=80",
+                "--config=youtube-8m/cloudml-gpu.yaml", "--job-name=my_job",
+                tmp_path=tmp_path, backend="ai-platform", env={"BUCKET_NAME": BUCKET})
+  check_job(out["jobs"][0], "ai-platform", "train")
+  assert out["jobs"][0]["name"] == "my_job"
+  # Vertex AI: the executor image.
+  out = dry_run("submit_train.sh", *variables, "--executor-image-uri=example.com/image:1",
+                tmp_path=tmp_path, backend="vertex", env={"REGION": "us-east1"})
+  spec = out["jobs"][0]["config"]["workerPoolSpecs"][0]["pythonPackageSpec"]
+  assert spec["executorImageUri"] == "example.com/image:1"
+  assert out["jobs"][0]["options"]["--region"] == "us-east1"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--backend=aws"], "--backend must be"),
+    (["--backend=vertex", "--config=cloudml-gpu.yaml"], "workerPoolSpecs"),
+    (["--backend=ai-platform", "--config=cloud/vertex-gpu.yaml"], "trainingInput"),
+    (["--backend=ai-platform", "--config=missing.yaml"], "not found"),
+    (["--backend=vertex", "--runtime-version=2.11"], "--runtime-version"),
+    (["--backend=vertex", "--package-uri=/local/file.tar.gz"], "gs://"),
+    (["--bogus=1"], "unknown option"),
+    (["cs=x"], "cs must be"),
+    (["BUCKET_NAME=bucket"], "gs://"),
+    (["--job-name=bad-name", "--backend=ai-platform"], "not a valid AI Platform job id"),
+])
+def test_bad_options(tmp_path, args, message):
+  base = {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3"}
+  result = run_script("submit_train.sh", "--dry-run", *(script_args(base) + args),
+                      tmp_path=tmp_path)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr
+  assert result.stdout == ""
+
+
+def test_help(tmp_path):
+  for script in sorted(os.listdir(CLOUD_DIR)):
+    if script.startswith("submit_"):
+      result = run_script(script, "--help", tmp_path=tmp_path)
+      assert result.returncode == 0 and "--dry-run" in result.stdout, script
+      assert "scripts/cloud/" + script in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Missing variables
+
+MISSING_CASES = [
+    ("submit_train.sh", [], {"cs": "1", "hs": "2", "batch_size": "3"}, "BUCKET_NAME"),
+    ("submit_train.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2"}, "batch_size"),
+    ("submit_eval_loop.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2",
+                                 "batch_size": "3"}, "CKPTS"),
+    ("submit_avg_range.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3",
+                                 "ckpt_start": "5"}, "ckpt_end"),
+    ("submit_avg_select.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2",
+                                  "batch_size": "3", "CHECKPOINTS": "5,6"}, "RANGE_NAME"),
+    ("submit_avg_select.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2",
+                                  "batch_size": "3", "RANGE_NAME": "r"}, "CHECKPOINTS"),
+    ("submit_eval_average.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2",
+                                    "batch_size": "3"}, "checkpoint"),
+    ("submit_distributed_train.sh", [], {"BUCKET_NAME": BUCKET, "hs": "2", "batch_size": "3"},
+     "cs"),
+    ("submit_ensemble.sh", ["1"], {"BUCKET_NAME": BUCKET, "MODEL1_PARAM": "1 2",
+                                   "MIXING_WEIGHTS": "1"}, "ENSEMBLE_DIR"),
+    ("submit_ensemble.sh", ["2"], {"BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "e",
+                                   "MODEL1_PARAM": "1 2"}, "MIXING_WEIGHTS"),
+    ("submit_ensemble.sh", ["2"], {"BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "e",
+                                   "MIXING_WEIGHTS": "1"}, "MODEL1_PARAM"),
+    ("submit_ensemble.sh", ["1"], {"BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "e",
+                                   "MODEL1_PARAM": "1 2", "MODEL3_PARAM": "3 4",
+                                   "MIXING_WEIGHTS": "1 1"}, "MODEL2_PARAM"),
+    ("submit_ensemble.sh", ["1"], {"BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "e",
+                                   "MODEL1_PARAM": "1 2", "MODEL2_PARAM": "3 4",
+                                   "MIXING_WEIGHTS": "1"}, "MIXING_WEIGHTS"),
+    ("submit_ensemble.sh", ["3"], {"BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "e",
+                                   "MODEL1_CKPT": "gs://b/m1"}, "INFERENCE_MODEL_NAME"),
+    ("submit_ensemble.sh", ["3"], {"BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "e",
+                                   "INFERENCE_MODEL_NAME": "i"}, "MODEL1_CKPT"),
+    ("submit_ensemble.sh", ["4"], {"BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "e",
+                                   "MODEL1_PARAM": "1 2", "MIXING_WEIGHTS": "1"},
+     "INFERENCE_MODEL_NAME"),
+    ("submit_ensemble.sh", [], dict(ENSEMBLE_VARS), "STEP"),
+    ("submit_ensemble.sh", ["6"], dict(ENSEMBLE_VARS), "STEP"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("script,positional,variables,missing", MISSING_CASES)
+def test_missing_variables(tmp_path, backend, script, positional, variables, missing):
+  result = run_script(script, *positional, "--dry-run", "--backend=" + backend,
+                      *script_args(variables), tmp_path=tmp_path)
+  assert result.returncode != 0
+  assert re.search(r"\b%s\b" % re.escape(missing), result.stderr), result.stderr
+  assert "gcloud" not in result.stdout
+
+
+def test_real_run_needs_gcloud(tmp_path):
+  """Without --dry-run the scripts look for gcloud first and say so when it is missing."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  for tool in ("bash", "dirname", "basename", "tr", "grep", "cat", "date", "mktemp", "awk"):
+    found = shutil.which(tool)
+    if found:
+      os.symlink(found, str(bin_dir / tool))
+  variables = script_args({"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3"})
+  for backend in BACKENDS:
+    result = run_script("submit_train.sh", "--backend=" + backend, *variables,
+                        tmp_path=tmp_path, path=str(bin_dir))
+    assert result.returncode != 0
+    assert "gcloud is not on PATH" in result.stderr, result.stderr
+    assert result.stdout == ""
+  result = run_script("submit_train.sh", "--backend=vertex", "cs=1", "hs=2", "batch_size=3",
+                      tmp_path=tmp_path, path=str(bin_dir))
+  assert result.returncode != 0 and "BUCKET_NAME" in result.stderr
+
+
+GCLOUD_STUB = """#!/usr/bin/env python3
+# Records its arguments (and whether an uploaded file exists) instead of calling Google Cloud.
+import json, os, sys
+args = sys.argv[1:]
+record = {"argv": args}
+if args[:2] == ["storage", "cp"]:
+  record["source_exists"] = os.path.isfile(args[2])
+for arg in args:
+  if arg.startswith("--config="):
+    record["config_text"] = open(arg.split("=", 1)[1]).read()
+with open(os.environ["GCLOUD_LOG"], "a") as log:
+  log.write(json.dumps(record) + "\\n")
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_real_run_runs_the_dry_run_commands(tmp_path, backend):
+  """Without --dry-run (gcloud replaced by a recording stub) the scripts run the commands that
+  their dry run prints: same gcloud arguments, same job config, the sdist really uploaded."""
+  stub_dir = tmp_path / "stub"
+  stub_dir.mkdir()
+  (stub_dir / "gcloud").write_text(GCLOUD_STUB)
+  os.chmod(str(stub_dir / "gcloud"), 0o755)
+  log = tmp_path / "gcloud.log"
+  variables = script_args({"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400", "batch_size": "160",
+                           "CKPTS": "170010 180010"})
+  result = run_script("submit_eval_loop.sh", "--backend=" + backend, *variables,
+                      tmp_path=tmp_path, env={"GCLOUD_LOG": str(log)},
+                      path="%s:%s" % (stub_dir, os.environ.get("PATH", "/usr/bin:/bin")))
+  assert result.returncode == 0, result.stderr
+  assert result.stdout == ""
+  calls = [json.loads(line) for line in log.read_text().splitlines()]
+  dry = dry_run("submit_eval_loop.sh", *variables, tmp_path=tmp_path, backend=backend,
+                package_uri=False)
+  dry_calls = [argv[1:] for argv in dry["lines"] if argv[0] == "gcloud"]
+  assert len(calls) == len(dry_calls) == (2 if backend == "ai-platform" else 3)
+
+  def normalized(argv):  # temporary paths, upload timestamps and job-name times vary
+    text = " ".join(argv)
+    text = re.sub(r"/yt8m-(sdist|vertex)\.\w+", r"/yt8m-\1.X", text)
+    text = re.sub(r"/packages/\d{8}_\d{6}/", "/packages/T/", text)
+    return re.sub(r"_\d\dH\d\dM\d\dS", "_T", text).replace(str(tmp_path), "TMP")
+
+  assert [normalized(call["argv"]) for call in calls] == [normalized(a) for a in dry_calls]
+  if backend == "vertex":
+    assert calls[0]["argv"][:2] == ["storage", "cp"] and calls[0]["source_exists"]
+    for call, job in zip(calls[1:], dry["jobs"]):
+      real_config = load_yaml(call["config_text"])
+      assert real_config["workerPoolSpecs"][0]["pythonPackageSpec"]["args"] == \
+          job["module_flags"]
+      assert real_config["workerPoolSpecs"][0]["pythonPackageSpec"]["packageUris"] == [
+          calls[0]["argv"][3]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The shipped package and the module flags
+
+# Parses flag lists with the modules' own absl flag definitions, all modules in one process
+# (TensorFlow is imported once): after each module, the flags and the project modules it
+# brought in are dropped, so that the next module defines its flags afresh.
+FLAG_CHECKER = """
+import importlib, json, sys
+from absl import app, flags
+import tensorflow
+FLAGS = flags.FLAGS
+results = {}
+for name, arg_lists in json.loads(sys.argv[1]):
+  flags_before, modules_before = set(FLAGS), set(sys.modules)
+  module = importlib.import_module(name)
+  if callable(getattr(module, "define_flags", None)):  # flags defined under __main__
+    module.define_flags()
+  results[name] = {"file": module.__file__, "parsed": []}
+  for argv in arg_lists:
+    FLAGS.unparse_flags()
+    FLAGS(["prog"] + argv)
+    results[name]["parsed"].append({flag: FLAGS[flag].value for flag in
+                                    ("netvlad_cluster_size", "ensemble_wts") if flag in FLAGS})
+  for flag in set(FLAGS) - flags_before:
+    delattr(FLAGS, flag)
+  for loaded in set(sys.modules) - modules_before:
+    if loaded.split(".")[0] == "youtube-8m":
+      del sys.modules[loaded]
+print(json.dumps(results))
+"""
+
+
+def seed_module_flags(tmp_path):
+  """{module: [module flags of each job the scripts submit]}, evaluator pool included."""
+  runs = [("submit_train.sh", [], {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800",
+                                   "batch_size": "160"}),
+          ("submit_eval_loop.sh", [], {"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400",
+                                       "batch_size": "160", "CKPTS": "170010"}),
+          ("submit_avg_range.sh", [], {"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400",
+                                       "batch_size": "160", "ckpt_start": "1",
+                                       "ckpt_end": "2"}),
+          ("submit_avg_select.sh", [], {"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400",
+                                        "batch_size": "160", "RANGE_NAME": "r",
+                                        "CHECKPOINTS": "1,2"}),
+          ("submit_eval_average.sh", [], {"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400",
+                                          "batch_size": "160", "checkpoint": "1_2"})]
+  runs += [("submit_ensemble.sh", [str(step)], ENSEMBLE_VARS) for step in range(1, 6)]
+  by_module = {}
+  for script, extra, variables in runs:
+    for job in dry_run(script, *(extra + script_args(variables)), tmp_path=tmp_path,
+                       backend="ai-platform")["jobs"]:
+      by_module.setdefault(job["module"], []).append(job["module_flags"])
+  out = dry_run("submit_distributed_train.sh", "--evaluator-count=1",
+                *script_args({"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400",
+                              "batch_size": "160"}), tmp_path=tmp_path, backend="vertex")
+  for pool in out["jobs"][0]["config"]["workerPoolSpecs"]:
+    spec = pool["pythonPackageSpec"]
+    by_module.setdefault(spec["pythonModule"], []).append(spec["args"])
+  assert sorted(by_module) == ["youtube-8m." + m for m in (
+      "avg_checkpoints", "eval", "overwrite_float16_ckpt", "train")]
+  return by_module
+
+
+def test_shipped_package_runs_and_takes_the_seed_flags(tmp_path):
+  """The Vertex dry run's build line, pasted, builds the sdist that its upload line names (from
+  setup.py, as gcloud does for --package-path); installed outside the repo, the package runs
+  `python -m youtube-8m.train --help`, ships vocabulary.csv, and its modules accept every
+  module flag list the scripts pass."""
+  variables = {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800", "batch_size": "160"}
+  out = dry_run("submit_train.sh", *script_args(variables), tmp_path=tmp_path,
+                backend="vertex", package_uri=False)
+  build, upload = out["lines"][:2]
+  [job] = out["jobs"]
+  # mkdir -p DIR && cd REPO && PYTHON setup.py -q egg_info --egg-base DIR sdist --dist-dir DIR
+  assert build[:3] == ["mkdir", "-p", build[2]] and build[3:6] == ["&&", "cd", REPO_ROOT]
+  assert build[6] == "&&" and build[8:] == ["setup.py", "-q", "egg_info", "--egg-base",
+                                            build[2], "sdist", "--dist-dir", build[2]]
+  assert upload[:3] == ["gcloud", "storage", "cp"] and len(upload) == 5
+  sdist, package_uri = upload[3], upload[4]
+  assert re.fullmatch(re.escape(BUCKET) + r"/packages/\d{8}_\d{6}/" +
+                      re.escape(os.path.basename(sdist)), package_uri)
+  spec = job["config"]["workerPoolSpecs"][0]["pythonPackageSpec"]
+  assert spec["packageUris"] == [package_uri]
+  assert os.path.dirname(sdist) == build[2] and build[2].startswith(str(tmp_path))
+
+  before = set(os.listdir(REPO_ROOT))
+  result = subprocess.run(out["raw"][0], shell=True, executable="/bin/bash",
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  new = set(os.listdir(REPO_ROOT)) - before  # the build leaves nothing in the repo
+  assert not [name for name in new if name.endswith(".egg-info") or name in ("build", "dist")]
+  assert os.path.isfile(sdist), os.listdir(build[2])
+  with tarfile.open(sdist) as archive:
+    names = archive.getnames()
+  root = os.path.basename(sdist)[:-len(".tar.gz")]
+  for name in ("setup.py", "youtube-8m/__init__.py", "youtube-8m/train.py",
+               "youtube-8m/vocabulary.csv", "youtube-8m/overwrite_float16_ckpt.py"):
+    assert "%s/%s" % (root, name) in names
+
+  # What Vertex AI does with packageUris (and AI Platform with gcloud's sdist): pip install it.
+  # Offline with this venv's setuptools (+ wheel); if they cannot build it, as pip normally
+  # does, with build isolation (which fetches setuptools from the package index).
+  target = tmp_path / "site"
+  for isolation in (["--no-build-isolation", "--no-index"], []):
+    shutil.rmtree(str(target), ignore_errors=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+         str(target)] + isolation + [sdist],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+    if result.returncode == 0:
+      break
+  assert result.returncode == 0, result.stderr
+  assert os.path.getsize(str(target / "youtube-8m" / "vocabulary.csv")) > 100000
+
+  by_module = seed_module_flags(tmp_path)
+  env = dict(os.environ, PYTHONPATH=str(target), TF_CPP_MIN_LOG_LEVEL="3")
+  help_run = subprocess.Popen([sys.executable, "-m", "youtube-8m.train", "--help"],
+                              cwd=str(tmp_path), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+  flag_run = subprocess.Popen(
+      [sys.executable, "-c", FLAG_CHECKER, json.dumps(sorted(by_module.items()))],
+      cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  help_out, help_err = help_run.communicate(timeout=300)
+  flag_out, flag_err = flag_run.communicate(timeout=300)
+  assert "--train_data_pattern" in help_out, help_err[-3000:]
+  assert str(target) in help_out  # the installed copy, not the repo's
+  assert flag_run.returncode == 0, "a module rejects the scripts' flags:\n" + flag_err[-3000:]
+  results = json.loads(flag_out.strip().splitlines()[-1])
+  for module, result in results.items():
+    assert result["file"].startswith(str(target)), module
+    assert len(result["parsed"]) == len(by_module[module])
+  # The ensemble's repeated flags arrive in model order.
+  ensemble = {"netvlad_cluster_size": [24, 32, 16, 32], "ensemble_wts": [0.39, 0.26, 0.21, 0.14]}
+  assert ensemble in results["youtube-8m.train"]["parsed"]
+  assert ensemble in results["youtube-8m.eval"]["parsed"]

@@ -1,0 +1,260 @@
+r"""One command from single-model checkpoints to a (float16) in-graph ensemble inference model.
+
+    python -m youtube-8m.build_ensemble --train_dir=ensemble_YHLS \
+        --checkpoints="single/c24h1440-inference_model_0,single/c32h1024-inference_model_0,..." \
+        --netvlad_cluster_size=24 --netvlad_hidden_size=1440 --ensemble_wts=0.39 \
+        --netvlad_cluster_size=32 --netvlad_hidden_size=1024 --ensemble_wts=0.26 ... \
+        --iterations=300 --netvlad_relu=False --gating=True --moe_prob_gating=True
+
+writes into --train_dir, without the seed's 10-step dummy training and create_meta_only pass:
+
+* ``<output_name>.{data-00000-of-00001,index}``: the 32*n+1 tensors of the n-model ensemble
+  graph (float16 kernels unless --nofloat16_flag), filled from the checkpoints exactly as
+  overwrite_float16_ckpt does (each value rounded once; global_step = 0);
+* ``<output_name>.meta``: the clean inference meta graph (model_graph.export_inference_meta,
+  mixing weights baked in as constants), as eval.py --force_output_model_name writes it;
+* ``model_flags.json``: the ensemble's ModelConfig (as train.py writes it), so eval.py and
+  inference.py work in that directory.
+
+With the default --output_name=inference_model the directory is ready for a submission tgz
+(``inference.py --train_dir=DIR --output_model_tgz=...``). The result is identical (tensor
+values and dtypes, predictions) to the seed's path train 10 steps -> eval --create_meta_only ->
+overwrite_float16_ckpt -> eval --force_output_model_name with the same flags.
+
+Model settings: the repeated --netvlad_cluster_size / --netvlad_hidden_size / --ensemble_wts
+give one value per checkpoint, in order. When omitted, K and H are read from the checkpoints'
+shapes and the weights are equal (1/n). Every other model flag (--gating, --iterations, ...)
+not given on the command line is taken from the members' model_flags.json (next to each
+checkpoint, when present; strict architecture keys must agree) or its default. Explicit
+values are checked against the members' json files and against the checkpoint shapes; errors
+name the model index, the flag and the variable. Nothing is written on error.
+"""
+
+import os
+
+import tensorflow as tf
+from absl import app
+from absl import flags
+from absl import logging
+
+from . import checkpoint_utils
+from . import model_graph
+from . import overwrite_float16_ckpt as overwrite_lib
+from . import utils
+
+FLAGS = flags.FLAGS
+
+# Defaults that differ from train.py / eval.py: an ensemble of frame-level NetVLAD models
+# with float16 kernels.
+DEFAULTS = {"float16_flag": True, "frame_features": True, "feature_names": "rgb,audio",
+            "feature_sizes": "1024,128", "model": "NetVLADModelLF"}
+CLUSTER_VARIABLE = "tower/video_VLAD/conv2/cluster_weights"
+HIDDEN_VARIABLE = "tower/hidden1_weights/hidden1_weights"
+# Set per member / by this tool, not taken from a member's model_flags.json.
+PER_MODEL_KEYS = ("ensemble_num", "netvlad_cluster_size", "netvlad_hidden_size",
+                  "ensemble_wts", "float16_flag", "model")
+SOURCES_KEY = "ensemble_sources"
+
+
+def define_flags():
+  model_graph.define_flags()
+  flags.DEFINE_string("train_dir", None,
+                      "Output directory of the ensemble (created if missing).")
+  flags.DEFINE_string("checkpoints", None,
+                      "Comma list of the single-model checkpoint prefixes (a '.index' suffix is "
+                      "accepted), one per model, in model order.")
+  flags.DEFINE_string("output_name", "inference_model",
+                      "Checkpoint prefix of the result inside --train_dir.")
+  flags.DEFINE_bool("use_member_model_flags", True,
+                    "Take model flags not given here from the model_flags.json next to each "
+                    "checkpoint (and check given ones against it).")
+  for name, value in DEFAULTS.items():
+    FLAGS.set_default(name, value)
+
+
+class BuildEnsembleError(ValueError):
+  """Bad flags or inputs; nothing has been written."""
+
+
+def member_model_flags(checkpoint):
+  """(path, dict) of the single-model model_flags.json next to a checkpoint, or (path, None)."""
+  path = utils.model_flags_path(os.path.dirname(checkpoint) or ".")
+  stored = utils.read_model_flags(os.path.dirname(checkpoint) or ".", required=False)
+  if stored is None:
+    return path, None
+  if int(stored.get("ensemble_num", 1)) != 1:
+    logging.warning("%s describes an ensemble (ensemble_num=%s), not the single model %s: "
+                    "ignored", path, stored.get("ensemble_num"), checkpoint)
+    return path, None
+  return path, stored
+
+
+def _per_model_values(name, explicit, count, from_shapes):
+  """The per-model list of a repeated flag: explicit (checked count) or from the shapes."""
+  if name not in explicit:
+    return list(from_shapes)
+  values = list(explicit[name])
+  if len(values) != count:
+    raise BuildEnsembleError(
+        "--%s was given %d time(s) (%s) but --checkpoints lists %d models: give it once per "
+        "model, in model order" % (name, len(values), values, count))
+  return values
+
+
+def assemble_config(checkpoints, explicit, defaults, member_jsons, source_specs):
+  """The ensemble's ModelConfig from flags, member model_flags.json files and shapes.
+
+  Args:
+    checkpoints: the source checkpoint prefixes, in model order.
+    explicit: {flag name: value} of the flags given on the command line.
+    defaults: {flag name: value} for every ModelConfig field (flag defaults).
+    member_jsons: per model, (json path, dict or None).
+    source_specs: per model, {variable name: (shape, dtype)} of the checkpoint.
+  """
+  count = len(checkpoints)
+  if "ensemble_num" in explicit and explicit["ensemble_num"] != count:
+    raise BuildEnsembleError("--ensemble_num=%d but --checkpoints lists %d checkpoints (one "
+                             "per model)" % (explicit["ensemble_num"], count))
+  shape_k, shape_h = [], []
+  for index, (prefix, specs) in enumerate(zip(checkpoints, source_specs)):
+    for variable, out in ((CLUSTER_VARIABLE, shape_k), (HIDDEN_VARIABLE, shape_h)):
+      if variable not in specs or len(specs[variable][0]) != 2:
+        raise BuildEnsembleError(
+            "model %d: checkpoint %s has no 2-D variable %r; is it a single NetVLADModelLF "
+            "checkpoint (variables named tower/...)?" % (index, prefix, variable))
+      out.append(specs[variable][0][1])
+  values = {}
+  values["netvlad_cluster_size"] = _per_model_values("netvlad_cluster_size", explicit, count,
+                                                     shape_k)
+  values["netvlad_hidden_size"] = _per_model_values("netvlad_hidden_size", explicit, count,
+                                                    shape_h)
+  for index in range(count):
+    for name, variable, from_shape in (("netvlad_cluster_size", CLUSTER_VARIABLE, shape_k),
+                                       ("netvlad_hidden_size", HIDDEN_VARIABLE, shape_h)):
+      given = values[name][index]
+      if given != from_shape[index]:
+        raise BuildEnsembleError(
+            "model %d: --%s=%d (occurrence %d) but checkpoint %s has %s of shape %s, i.e. "
+            "%s=%d" % (index, name, given, index + 1, checkpoints[index], variable,
+                       list(source_specs[index][variable][0]), name, from_shape[index]))
+      path, stored = member_jsons[index]
+      if stored is not None and name in stored and list(stored[name]) != [given]:
+        raise BuildEnsembleError("model %d: %s says %s=%s but the checkpoint %s has %d" % (
+            index, path, name, stored[name], checkpoints[index], given))
+
+  if "ensemble_wts" in explicit and count > 1:
+    weights = [float(w) for w in explicit["ensemble_wts"]]
+    if len(weights) != count:
+      raise BuildEnsembleError(
+          "--ensemble_wts was given %d time(s) (%s) but --checkpoints lists %d models: give it "
+          "once per model, in model order" % (len(weights), weights, count))
+  else:
+    weights = [1.0 / count] * count if count > 1 else [1.0]
+    if count > 1:
+      logging.info("--ensemble_wts not given: equal weights 1/%d", count)
+  values["ensemble_wts"] = weights
+  values["ensemble_num"] = count
+  values["float16_flag"] = explicit.get("float16_flag", defaults["float16_flag"])
+  values["model"] = explicit.get("model", defaults["model"]) or "NetVLADModelLF"
+
+  for name in model_graph.CONFIG_FIELDS:
+    if name in PER_MODEL_KEYS:
+      continue
+    stored_values = [(index, path, stored[name]) for index, (path, stored)
+                     in enumerate(member_jsons) if stored is not None and name in stored]
+    strict = name in model_graph.STRICT_KEYS
+    if name in explicit:
+      values[name] = explicit[name]
+      for index, path, stored in stored_values:
+        if strict and stored != explicit[name]:
+          raise BuildEnsembleError(
+              "model %d: --%s=%r but %s says %s=%r: the ensemble graph would not be the "
+              "network the model was trained as (omit the flag to take the members' value)"
+              % (index, name, explicit[name], path, name, stored))
+      continue
+    distinct = []
+    for _, _, stored in stored_values:
+      if stored not in distinct:
+        distinct.append(stored)
+    if len(distinct) == 1:
+      values[name] = distinct[0]
+    elif not distinct:
+      values[name] = defaults[name]
+    elif strict:
+      raise BuildEnsembleError(
+          "the members disagree on %s (%s, from their model_flags.json); one ensemble graph "
+          "needs one value" % (name, ", ".join("model %d: %r" % (i, v)
+                                               for i, _, v in stored_values)))
+    else:
+      values[name] = defaults[name]
+      logging.warning("the members were trained with different %s (%s); using --%s=%r",
+                      name, ", ".join("model %d: %r" % (i, v) for i, _, v in stored_values),
+                      name, values[name])
+  for name in ("netvlad_cluster_size", "netvlad_hidden_size"):
+    values[name] = [int(v) for v in values[name]]
+  return model_graph.ModelConfig(**values).validate()
+
+
+def build(config, checkpoints, train_dir, output_name):
+  """Writes the ensemble checkpoint + inference meta + model_flags.json; returns a summary."""
+  output_prefix = checkpoint_utils.resolve_checkpoint(train_dir, output_name)
+  stored = utils.read_model_flags(train_dir, required=False) if tf.io.gfile.isdir(
+      train_dir) else None
+  if stored is not None:
+    try:
+      model_graph.check_same_architecture(stored, config, utils.model_flags_path(train_dir))
+    except ValueError as error:
+      raise BuildEnsembleError(
+          "--train_dir=%s holds another model (its model_flags.json describes %d model(s)): "
+          "choose another --train_dir. %s" % (train_dir, int(stored.get("ensemble_num", 1)),
+                                               str(error).split(": ", 1)[-1]))
+  graph, _ = model_graph.build_inference_graph(config)
+  template_specs = overwrite_lib.specs_from_graph(graph)
+  del graph
+  plan = overwrite_lib.plan_ensemble(
+      template_specs, checkpoints, "the %d-model ensemble graph (%s)" % (
+          config.ensemble_num, config.describe()), outputs=[output_prefix])
+  summary = overwrite_lib.write_plan(
+      plan, output_prefix,
+      lambda tmp: model_graph.export_inference_meta(tmp + ".meta", config))
+  model_flags = config.to_json_dict()
+  model_flags[SOURCES_KEY] = [os.path.abspath(c) for c in checkpoints]
+  if stored is not None and model_graph.TRAINING_KEY in stored:
+    # e.g. the seed's ensemble dir: keep train.py's record of the dummy training run
+    model_flags[model_graph.TRAINING_KEY] = stored[model_graph.TRAINING_KEY]
+  utils.write_model_flags(train_dir, model_flags)
+  overwrite_lib.log_summary(plan, summary)
+  return summary
+
+
+@utils.tool_main
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError("unexpected positional arguments: %s" % " ".join(argv[1:]))
+  if not FLAGS.train_dir:
+    raise BuildEnsembleError("--train_dir (the output directory) is required")
+  if not FLAGS.output_name:
+    raise BuildEnsembleError("--output_name is empty")
+  checkpoints = overwrite_lib.parse_checkpoint_list(FLAGS.checkpoints)
+  for index, prefix in enumerate(checkpoints):
+    if not checkpoint_utils.checkpoint_exists(prefix):
+      raise BuildEnsembleError("model %d: --checkpoints entry %d %s does not exist (no %s.index)"
+                               % (index, index + 1, prefix, prefix))
+  source_specs = [overwrite_lib.specs_from_checkpoint(prefix) for prefix in checkpoints]
+  if FLAGS.use_member_model_flags:
+    member_jsons = [member_model_flags(prefix) for prefix in checkpoints]
+  else:
+    member_jsons = [(None, None)] * len(checkpoints)
+  explicit = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS
+              if FLAGS[name].present}
+  defaults = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS}
+  config = assemble_config(checkpoints, explicit, defaults, member_jsons, source_specs)
+  logging.info("Building %s into %s", config.describe(), FLAGS.train_dir)
+  build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name)
+  logging.info("Evaluate it with: python -m youtube-8m.eval --train_dir=%s --checkpoint_file=%s "
+               "--eval_data_pattern=... --run_once", FLAGS.train_dir, FLAGS.output_name)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
