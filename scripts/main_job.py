@@ -6,7 +6,11 @@
 2. train each single model with the seed's flags (python -m youtube-8m.train);
 3. evaluate its exported checkpoints in a loop (eval.py --checkpoint=model.ckpt-N.index);
 4. average a range of checkpoints (avg_checkpoints.py) and evaluate the average;
-5. write the submission: inference model, tgz, and CSV from the tgz (inference.py).
+5. pack the averaged single models into ONE graph (build_ensemble.py, the one-command form
+   of the seed's ensemble steps 1-5), float32 and float16, and evaluate both;
+6. search the mixing weights (ensemble_weights.py), build the tuned float16 ensemble;
+7. write the submission: tgz (inference.py --output_model_tgz), its size report
+   (model_size.py), and the CSV from the tgz (inference.py --input_model_tgz).
 
 Every command is printed before it runs, so each step can be re-run by hand.
 """
@@ -25,7 +29,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
   parser.add_argument("--work_dir", default=os.path.join(REPO_ROOT, "main_job"))
-  parser.add_argument("--models", default="16x128",
+  parser.add_argument("--models", default="16x128,8x96",
                       help="comma list of CLUSTERxHIDDEN single models to train")
   parser.add_argument("--max_steps", type=int, default=300)
   parser.add_argument("--export_model_steps", type=int, default=50)
@@ -139,18 +143,50 @@ def main(argv):
   models = [train_single_model(args, data, cluster, hidden, logs)
             for cluster, hidden in args.models]
 
-  # Submission from the best averaged single model.
-  best = max(models, key=lambda m: m["averaged"]["gap"])
-  evaluate(args, best["dir"], data["eval_pattern"], best["average_name"] + "-0.index",
-           best["cluster"], best["hidden"], logs, "--force_output_model_name")
+  # The averaged single models (their inference_model_avg_* checkpoints) in one graph.
+  members = ",".join(os.path.join(m["dir"], "inference_model_" + m["average_name"] + "-0")
+                     for m in models)
+  ensembles = {}
+
+  def build_and_evaluate(name, float16, weights):
+    directory = os.path.join(args.work_dir, name)
+    flags = ["--train_dir=" + directory, "--checkpoints=" + members,
+             "--float16_flag=%s" % float16]
+    for model, weight in zip(models, weights):
+      flags += ["--netvlad_cluster_size=%d" % model["cluster"],
+                "--netvlad_hidden_size=%d" % model["hidden"], "--ensemble_wts=%g" % weight]
+    run(yt8m("build_ensemble", *flags), os.path.join(logs, "build_%s.log" % name))
+    results = os.path.join(directory, "eval_results.json")
+    run(yt8m("eval", "--eval_data_pattern=" + data["eval_pattern"], "--train_dir=" + directory,
+             "--batch_size=200", "--run_once=True", "--checkpoint_file=inference_model",
+             "--results_json=" + results), os.path.join(logs, "eval_%s.log" % name))
+    ensembles[name] = {"dir": directory, "weights": list(weights), "float16": float16,
+                       "eval": json.load(open(results))}
+    return directory
+
+  equal = [1.0 / len(models)] * len(models)
+  build_and_evaluate("ensemble_fp32_equal", False, equal)
+  fp16_dir = build_and_evaluate("ensemble_fp16_equal", True, equal)
+  search_json = os.path.join(fp16_dir, "weight_search.json")
+  run(yt8m("ensemble_weights", "--train_dir=" + fp16_dir,
+           "--eval_data_pattern=" + data["eval_pattern"], "--results_json=" + search_json),
+      os.path.join(logs, "ensemble_weights.log"))
+  search = json.load(open(search_json))
+  tuned_dir = build_and_evaluate("ensemble_fp16_tuned", True,
+                                 search["best_weights"]["weights"])
+
   submission_dir = os.path.join(args.work_dir, "submission")
   os.makedirs(submission_dir, exist_ok=True)
   tgz = os.path.join(submission_dir, "submission.tgz")
   csv_path = os.path.join(submission_dir, "submission.csv")
-  run(yt8m("inference", "--train_dir=" + best["dir"], "--output_model_tgz=" + tgz,
+  run(yt8m("inference", "--train_dir=" + tuned_dir, "--output_model_tgz=" + tgz,
            "--input_data_pattern=" + data["test_pattern"],
            "--output_file=" + os.path.join(submission_dir, "submission_from_dir.csv"),
            "--batch_size=100"), os.path.join(logs, "inference_dir.log"))
+  size_json = os.path.join(submission_dir, "size.json")
+  run(yt8m("model_size", "--model_tgz=" + tgz, "--results_json=" + size_json),
+      os.path.join(logs, "model_size.log"))
+  size = json.load(open(size_json))
   run(yt8m("inference", "--input_model_tgz=" + tgz,
            "--untar_model_dir=" + os.path.join(args.work_dir, "untar"),
            "--input_data_pattern=" + data["test_pattern"], "--output_file=" + csv_path,
@@ -174,11 +210,30 @@ def main(argv):
     averaged = model["averaged"]
     print("    %-34s %8.5f %8.4f %8.4f" % (model["average_name"] + "-0", averaged["gap"],
                                           averaged["hit_at_one"], averaged["perr"]))
+  print("  ensembles (one graph, the averaged single models above; GAP on the 60 held-out "
+        "files):")
+  print("    %-22s %-26s %8s %8s" % ("name", "weights", "GAP", "Hit@1"))
+  for name, ensemble in ensembles.items():
+    print("    %-22s %-26s %8.5f %8.4f" % (
+        name, " ".join("%.2f" % w for w in ensemble["weights"]), ensemble["eval"]["gap"],
+        ensemble["eval"]["hit_at_one"]))
+  print("    weight search: equal weights GAP %.5f -> best %s GAP %.5f" % (
+      search["equal_weights"]["gap"], search["best_weights"]["weights"],
+      search["best_weights"]["gap"]))
+  print("  submission model: %s B in the tgz's 4 files (float32 would be %s B, ratio %.3f), "
+        "%s the %s B limit" % ("{:,}".format(size["total_bytes"]),
+                               "{:,}".format(size["float32_total_bytes"]), size["ratio"],
+                               "fits" if size["fits"] else "DOES NOT FIT",
+                               "{:,}".format(size["limit_bytes"])))
   print("  submission: %s (%d videos) from %s" % (csv_path, rows, tgz))
   print("  logs:       %s" % logs)
-  print("GAP reached: %.5f (averaged %s)" % (best["averaged"]["gap"], best["name"]))
-  summary = {"models": models, "submission_csv": csv_path, "submission_tgz": tgz,
-             "best_gap": best["averaged"]["gap"], "minutes": (time.time() - start) / 60}
+  best_single = max(models, key=lambda m: m["averaged"]["gap"])
+  final = ensembles["ensemble_fp16_tuned"]["eval"]["gap"]
+  print("GAP reached: %.5f (tuned float16 ensemble; best single model %.5f)" % (
+      final, best_single["averaged"]["gap"]))
+  summary = {"models": models, "ensembles": ensembles, "weight_search": search,
+             "size": size, "submission_csv": csv_path, "submission_tgz": tgz,
+             "gap": final, "minutes": (time.time() - start) / 60}
   with open(os.path.join(args.work_dir, "summary.json"), "w") as handle:
     json.dump(summary, handle, indent=1, default=str)
 
