@@ -39,9 +39,21 @@ Semantics
   anything is written; any problem is a clear error and exit code 1 with no output files.
 * The training directory's ``checkpoint`` state file is never read or modified.
 * Output is written under a temporary prefix in the output directory and then renamed
-  (data, meta, index last). Re-running over an existing average replaces it only once the
-  new files are complete (its old index is removed just before the renames, so an
-  interruption can never pair the new data with the old index).
+  (data, meta, index last; uploaded in that order for a gs:// output, see below).
+  Re-running over an existing average replaces it only once the new files are complete
+  (its old index is removed just before the renames, so an interruption can never pair the
+  new data with the old index).
+
+Cloud Storage: ``--prefix`` and ``--output_path`` may be gs:// URLs (any mix with local
+paths), through the project's storage layer (``storage.py``; STORAGE_EMULATOR_HOST selects
+a local emulator). Checkpoints are listed next to a gs:// prefix with one listing; the
+selected ones (their ``.index`` and data files, not the ``.meta``) are downloaded into a
+temporary local directory (``--staging_dir``, default the system temp dir; the free space is
+checked first) and read from there. A gs:// output is written in that directory and then
+uploaded with storage.copy: data file, ``.meta``, and the ``.index`` last (an existing
+average's index is deleted first). Nothing is uploaded when anything fails before, and the
+remote ``checkpoint`` state file is never touched. The temporary directory is removed at the
+end, on success or error.
 
 Memory: tensors are streamed. For each variable, each checkpoint's tensor is read in turn
 (one tensor at a time) and added into a float64 accumulator of that variable's shape; the
@@ -61,7 +73,9 @@ TensorFlow is imported lazily so that flag and selection errors are reported ins
 import os
 import re
 import resource
+import shutil
 import sys
+import tempfile
 import time
 import uuid
 
@@ -69,6 +83,8 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
+
+from . import storage
 
 FLAGS = flags.FLAGS
 
@@ -92,6 +108,11 @@ flags.DEFINE_string(
     "output_path", "/tmp/averaged.ckpt",
     "Output prefix; the average is saved with global step 0 as '<output_path>-0.*'. An "
     "existing average with that name is replaced once the new files are complete.")
+flags.DEFINE_string(
+    "staging_dir", None,
+    "Local directory for the temporary copies of gs:// input checkpoints (their .index and "
+    "data files) and of a gs:// output before its upload; default: the system temporary "
+    "directory. Removed at the end.")
 flags.DEFINE_bool(
     "exclude_optimizer_slots", False,
     "Leave out optimizer state (*/Adam, */Adam_1, beta1_power, beta2_power, */Momentum, "
@@ -116,58 +137,8 @@ class AvgCheckpointsError(Exception):
 
 
 # ---------------------------------------------------------------------------------------
-# File system helpers: plain os for local paths (no TensorFlow import needed), tf.io.gfile
-# for remote ones (gs://...).
-
-
-def _is_remote(path):
-  return "://" in path
-
-
-def _gfile():
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.io.gfile
-
-
-def _exists(path):
-  return _gfile().exists(path) if _is_remote(path) else os.path.exists(path)
-
-
-def _isdir(path):
-  return _gfile().isdir(path) if _is_remote(path) else os.path.isdir(path)
-
-
-def _listdir(directory):
-  if _is_remote(directory):
-    return [name.rstrip("/") for name in _gfile().listdir(directory)]
-  return os.listdir(directory)
-
-
-def _file_size(path):
-  return _gfile().stat(path).length if _is_remote(path) else os.path.getsize(path)
-
-
-def _remove(path):
-  if _is_remote(path):
-    _gfile().remove(path)
-  else:
-    os.remove(path)
-
-
-def _rename(src, dst):
-  if _is_remote(src):
-    _gfile().rename(src, dst, overwrite=True)
-  else:
-    os.replace(src, dst)
-
-
-def _makedirs(directory):
-  if not directory:
-    return
-  if _is_remote(directory):
-    _gfile().makedirs(directory)
-  else:
-    os.makedirs(directory, exist_ok=True)
+# File system: local paths and gs:// URLs through the project's storage layer (TF-free, so
+# flag and selection errors need no TensorFlow import).
 
 
 def _split(path):
@@ -176,15 +147,29 @@ def _split(path):
 
 
 def _files_with_prefix(prefix):
-  """Names (full paths) of the files in prefix's directory whose name starts with its basename."""
+  """Full paths of the files in prefix's directory whose name starts with its basename
+  ([] if the directory does not exist; a missing gs:// bucket raises StorageError)."""
   directory, base = _split(prefix)
   try:
-    names = _listdir(directory or ".")
-  except (OSError, IOError):
+    names = storage.listdir(directory or ".")
+  except (FileNotFoundError, NotADirectoryError):
     return []
-  except Exception:  # pylint: disable=broad-except  # tf.errors.NotFoundError for gfile
-    return []
-  return [os.path.join(directory, name) for name in names if name.startswith(base)]
+  return [_join(directory, name) for name in names if name.startswith(base)]
+
+
+def _exists(path):
+  """storage.exists, with storage failures (e.g. a missing bucket) as AvgCheckpointsError."""
+  try:
+    return storage.exists(path)
+  except storage.StorageError as e:
+    raise AvgCheckpointsError(str(e))
+
+
+def _join(directory, name):
+  if not directory:
+    return name
+  return directory.rstrip("/") + "/" + name if storage.is_gcs(directory) else os.path.join(
+      directory, name)
 
 
 def data_files(prefix):
@@ -196,7 +181,7 @@ def data_files(prefix):
 
 def checkpoint_data_bytes(prefix):
   """Total size of a checkpoint's data shards in bytes."""
-  return sum(_file_size(path) for path in data_files(prefix))
+  return sum(storage.size(path) for path in data_files(prefix))
 
 
 def peak_memory_mib():
@@ -220,16 +205,23 @@ def find_checkpoints(prefix):
   """[(step, checkpoint_prefix)] for every '<prefix><digits>.index' next to prefix, by step.
 
   Only files whose name is exactly basename(prefix) + digits + '.index' count; the step is
-  those digits, so digits in the directory or in the prefix itself never matter.
+  those digits, so digits in the directory or in the prefix itself never matter. The
+  directory may be local or gs:// (one listing).
   """
   directory, base = _split(prefix)
   listing_dir = directory or "."
-  if not _isdir(listing_dir):
+  try:
+    names = storage.listdir(listing_dir)
+  except (FileNotFoundError, NotADirectoryError):
+    names = None
+  except storage.StorageError as e:
+    raise AvgCheckpointsError("--prefix=%r: cannot list %s: %s" % (prefix, listing_dir, e))
+  if names is None:
     raise AvgCheckpointsError(
         "--prefix=%r: directory %r does not exist" % (prefix, listing_dir))
   pattern = re.compile(re.escape(base) + r"(\d+)\.index$")
   found = []
-  for name in _listdir(listing_dir):
+  for name in names:
     match = pattern.match(name)
     if match:
       digits = match.group(1)
@@ -339,12 +331,13 @@ def is_optimizer_slot(name):
   return bool(_SLOT_LAST_COMPONENT_RE.match(last) or _NON_SLOT_ACCUMULATOR_RE.match(last))
 
 
-def _open_readers(checkpoint_prefixes):
+def _open_readers(local_prefixes, names=None):
+  """tf.train.load_checkpoint of each (local) prefix; errors name the checkpoint as given."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   readers = []
-  for ckpt in checkpoint_prefixes:
+  for local, ckpt in zip(local_prefixes, names or local_prefixes):
     try:
-      readers.append(tf.train.load_checkpoint(ckpt))
+      readers.append(tf.train.load_checkpoint(local))
     except (tf.errors.OpError, ValueError) as e:
       raise AvgCheckpointsError("cannot read checkpoint %r: %s" % (ckpt, e)) from e
   return readers
@@ -479,25 +472,82 @@ def _write_meta(meta_path, specs):
 def _remove_quietly(paths):
   for path in paths:
     try:
-      if _exists(path):
-        _remove(path)
+      if storage.exists(path):
+        storage.remove(path)
     except Exception as e:  # pylint: disable=broad-except
       logging.warning("could not remove %s: %s", path, e)
 
 
 def _same_path(a, b):
-  if _is_remote(a) or _is_remote(b):
-    return a == b
+  if storage.is_gcs(a) or storage.is_gcs(b):
+    return a.rstrip("/") == b.rstrip("/")
   return os.path.abspath(a) == os.path.abspath(b)
 
 
-def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_slots=False):
+def _stage_inputs(checkpoint_prefixes, files, work_dir):
+  """Local prefixes to read the checkpoints from: gs:// checkpoints' .index and data files
+  are downloaded under work_dir (one subdirectory each: basenames may repeat); local ones
+  are used in place."""
+  local_prefixes = []
+  staged_bytes, start = 0, time.time()
+  for i, ckpt in enumerate(checkpoint_prefixes):
+    if not storage.is_gcs(ckpt):
+      local_prefixes.append(ckpt)
+      continue
+    local = os.path.join(work_dir, "in%d" % i, os.path.basename(ckpt))
+    os.makedirs(os.path.dirname(local))
+    for path in files[ckpt] + [ckpt + ".index"]:
+      storage.copy(path, local + path[len(ckpt):])
+      staged_bytes += os.path.getsize(local + path[len(ckpt):])
+    local_prefixes.append(local)
+  if staged_bytes:
+    logging.info("staged %d gs:// checkpoint(s) (%.1f MiB) into %s in %.1f s",
+                 sum(1 for c in checkpoint_prefixes if storage.is_gcs(c)),
+                 staged_bytes / 2.0**20, work_dir, time.time() - start)
+  return local_prefixes
+
+
+def _check_staging_space(work_dir, needed):
+  free = shutil.disk_usage(work_dir).free
+  if needed > free:
+    raise AvgCheckpointsError(
+        "staging gs:// checkpoints needs about %.1f MiB in %s but only %.1f MiB are free; "
+        "point --staging_dir at a larger local disk" % (needed / 2.0**20, work_dir,
+                                                         free / 2.0**20))
+
+
+def _publish(tmp_prefix, output_prefix):
+  """Moves the complete checkpoint '<tmp_prefix>.*' to output_prefix: an existing index
+  first removed, then data, .meta and the .index last, so the output is never seen
+  half-written. A local output is renamed; a gs:// one uploaded (storage.copy) from the
+  local tmp_prefix."""
+  final_data, final_index, final_meta = (output_prefix + DATA_SUFFIX,
+                                         output_prefix + ".index", output_prefix + ".meta")
+  if storage.exists(final_index):
+    logging.info("replacing the existing checkpoint %s", output_prefix)
+    storage.remove(final_index)  # First: the old data never pairs with the new index or v.v.
+  stale = [path for path in data_files(output_prefix) if path != final_data]
+  _remove_quietly(stale)
+  move = storage.copy if storage.is_gcs(output_prefix) else (
+      lambda src, dst: storage.rename(src, dst, overwrite=True))
+  for suffix, final in ((DATA_SUFFIX, final_data), (".meta", final_meta),
+                        (".index", final_index)):
+    move(tmp_prefix + suffix, final)
+  return [final_index, final_data, final_meta]
+
+
+def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_slots=False,
+                        staging_dir=None):
   """Averages checkpoints into '<output_prefix>.{data-00000-of-00001,index,meta}'.
 
   Args:
-    checkpoint_prefixes: checkpoint prefixes ('dir/model.ckpt-5010'), each with an index file.
-    output_prefix: prefix of the averaged checkpoint (main() passes '<output_path>-0').
+    checkpoint_prefixes: checkpoint prefixes ('dir/model.ckpt-5010', local or gs://), each
+      with an index file.
+    output_prefix: prefix of the averaged checkpoint (main() passes '<output_path>-0'),
+      local or gs://.
     exclude_optimizer_slots: leave out optimizer state (see is_optimizer_slot).
+    staging_dir: local directory for the temporary copies of gs:// inputs and of a gs://
+      output (default: the system temporary directory); removed at the end.
 
   Returns:
     A summary dict: checkpoints, output_prefix, files, averaged / skipped variable names,
@@ -513,6 +563,7 @@ def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_sl
     raise AvgCheckpointsError("no checkpoints to average")
   if len(set(checkpoint_prefixes)) != len(checkpoint_prefixes):
     raise AvgCheckpointsError("a checkpoint is listed twice: %s" % checkpoint_prefixes)
+  files = {}
   for ckpt in checkpoint_prefixes:
     if not _exists(ckpt + ".index"):
       raise AvgCheckpointsError("checkpoint %r does not exist: no file %r"
@@ -521,14 +572,43 @@ def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_sl
       raise AvgCheckpointsError(
           "output %r is one of the input checkpoints; choose another --output_path"
           % output_prefix)
-    if not data_files(ckpt):
+    files[ckpt] = data_files(ckpt)
+    if not files[ckpt]:
       raise AvgCheckpointsError("checkpoint %r has no data file %r"
                                 % (ckpt, ckpt + ".data-*"))
+  input_bytes = {ckpt: sum(storage.size(path) for path in files[ckpt])
+                 for ckpt in checkpoint_prefixes}
+  largest_input = max(input_bytes.values())
 
+  remote_output = storage.is_gcs(output_prefix)
+  if remote_output:
+    try:  # a missing bucket is reported now, not after the averaging
+      storage.isdir(_split(output_prefix)[0])
+    except storage.StorageError as e:
+      raise AvgCheckpointsError("output %s: %s" % (output_prefix, e))
+  work_dir = None
+  if remote_output or any(storage.is_gcs(ckpt) for ckpt in checkpoint_prefixes):
+    if staging_dir:
+      os.makedirs(staging_dir, exist_ok=True)
+    work_dir = tempfile.mkdtemp(prefix="avg_checkpoints-", dir=staging_dir or None)
+  try:
+    if work_dir:
+      _check_staging_space(work_dir, sum(
+          input_bytes[c] for c in checkpoint_prefixes if storage.is_gcs(c)) + (
+              largest_input if remote_output else 0))
+    local_prefixes = _stage_inputs(checkpoint_prefixes, files, work_dir)
+    return _average_and_write(checkpoint_prefixes, local_prefixes, output_prefix,
+                              exclude_optimizer_slots, largest_input, work_dir, start_time)
+  finally:
+    if work_dir:
+      shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _average_and_write(checkpoint_prefixes, local_prefixes, output_prefix,
+                       exclude_optimizer_slots, largest_input, work_dir, start_time):
   # 1. Check every input before writing anything.
-  readers = _open_readers(checkpoint_prefixes)
+  readers = _open_readers(local_prefixes, checkpoint_prefixes)
   specs = check_compatible(checkpoint_prefixes, readers)
-  largest_input = max(checkpoint_data_bytes(ckpt) for ckpt in checkpoint_prefixes)
 
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   averaged, skipped = [], []
@@ -563,33 +643,30 @@ def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_sl
   out_specs = {name: specs[name] for name in averaged}
   out_specs[GLOBAL_STEP] = ((), global_step_dtype)
 
-  # 3. Write under a temporary prefix in the output directory, then rename.
+  # 3. Write under a temporary prefix (in the output directory, or in the local work
+  # directory for a gs:// output), then rename / upload (data, meta, index last).
   out_dir, out_base = _split(output_prefix)
-  _makedirs(out_dir)
-  tmp_prefix = os.path.join(out_dir, ".%s.tmp-%d-%s" % (out_base, os.getpid(),
+  if storage.is_gcs(output_prefix):
+    tmp_dir = os.path.join(work_dir, "out")
+    os.makedirs(tmp_dir)
+  else:
+    tmp_dir = out_dir
+    storage.makedirs(out_dir)
+  tmp_prefix = os.path.join(tmp_dir, ".%s.tmp-%d-%s" % (out_base, os.getpid(),
                                                         uuid.uuid4().hex[:8]))
-  final_data, final_index, final_meta = (output_prefix + DATA_SUFFIX,
-                                         output_prefix + ".index", output_prefix + ".meta")
   try:
     _write_data_and_index(tmp_prefix, tensors)
-    output_bytes = _file_size(tmp_prefix + DATA_SUFFIX)
+    output_bytes = storage.size(tmp_prefix + DATA_SUFFIX)
     del tensors
     _write_meta(tmp_prefix + ".meta", out_specs)
-    if _exists(final_index):
-      logging.info("replacing the existing checkpoint %s", output_prefix)
-      _remove(final_index)  # First: the old data never pairs with the new index or v.v.
-    stale = [path for path in data_files(output_prefix) if path != final_data]
-    _remove_quietly(stale)
-    _rename(tmp_prefix + DATA_SUFFIX, final_data)
-    _rename(tmp_prefix + ".meta", final_meta)
-    _rename(tmp_prefix + ".index", final_index)
+    written = _publish(tmp_prefix, output_prefix)
   finally:
     _remove_quietly(_files_with_prefix(tmp_prefix))
 
   summary = {
       "checkpoints": checkpoint_prefixes,
       "output_prefix": output_prefix,
-      "files": [final_index, final_data, final_meta],
+      "files": written,
       "averaged": averaged,
       "skipped": skipped,
       "global_step_dtype": global_step_dtype.name,
@@ -618,8 +695,9 @@ def main(argv):
       logging.warning("the output %s matches '--prefix<step>': later range / last-N runs "
                       "will select it as a training checkpoint", output_prefix)
     summary = average_checkpoints(selected, output_prefix,
-                                  exclude_optimizer_slots=FLAGS.exclude_optimizer_slots)
-  except AvgCheckpointsError as e:
+                                  exclude_optimizer_slots=FLAGS.exclude_optimizer_slots,
+                                  staging_dir=FLAGS.staging_dir)
+  except (AvgCheckpointsError, OSError) as e:  # OSError: storage (StorageError, missing files)
     logging.error("avg_checkpoints: error: %s", e)
     return 1
   logging.info("averaged %d variables, skipped %d%s, global_step=0 (%s)",

@@ -28,11 +28,15 @@ not given on the command line is taken from the members' model_flags.json (next 
 checkpoint, when present; strict architecture keys must agree) or its default. Explicit
 values are checked against the members' json files and against the checkpoint shapes; errors
 name the model index, the flag and the variable. Nothing is written on error.
+
+Cloud Storage: --train_dir and the --checkpoints entries may be gs:// URLs (through
+storage.py; STORAGE_EMULATOR_HOST selects a local emulator). The sources are downloaded into
+a temporary local directory for TensorFlow to read; a gs:// output is written locally and
+uploaded once complete (data, ``.meta``, ``.index`` last, then ``model_flags.json``).
 """
 
 import os
 
-import tensorflow as tf
 from absl import app
 from absl import flags
 from absl import logging
@@ -40,6 +44,7 @@ from absl import logging
 from . import checkpoint_utils
 from . import model_graph
 from . import overwrite_float16_ckpt as overwrite_lib
+from . import storage
 from . import utils
 
 FLAGS = flags.FLAGS
@@ -196,9 +201,19 @@ def assemble_config(checkpoints, explicit, defaults, member_jsons, source_specs)
 
 
 def build(config, checkpoints, train_dir, output_name):
-  """Writes the ensemble checkpoint + inference meta + model_flags.json; returns a summary."""
+  """Writes the ensemble checkpoint + inference meta + model_flags.json; returns a summary.
+
+  Any of the paths may be gs://; local copies of gs:// checkpoints are removed at the end.
+  """
+  try:
+    return _build(config, checkpoints, train_dir, output_name)
+  finally:
+    overwrite_lib.STAGED.close()
+
+
+def _build(config, checkpoints, train_dir, output_name):
   output_prefix = checkpoint_utils.resolve_checkpoint(train_dir, output_name)
-  stored = utils.read_model_flags(train_dir, required=False) if tf.io.gfile.isdir(
+  stored = utils.read_model_flags(train_dir, required=False) if storage.isdir(
       train_dir) else None
   if stored is not None:
     try:
@@ -218,13 +233,28 @@ def build(config, checkpoints, train_dir, output_name):
       plan, output_prefix,
       lambda tmp: model_graph.export_inference_meta(tmp + ".meta", config))
   model_flags = config.to_json_dict()
-  model_flags[SOURCES_KEY] = [os.path.abspath(c) for c in checkpoints]
+  model_flags[SOURCES_KEY] = [c if storage.is_gcs(c) else os.path.abspath(c)
+                              for c in checkpoints]
   if stored is not None and model_graph.TRAINING_KEY in stored:
     # e.g. the seed's ensemble dir: keep train.py's record of the dummy training run
     model_flags[model_graph.TRAINING_KEY] = stored[model_graph.TRAINING_KEY]
   utils.write_model_flags(train_dir, model_flags)
   overwrite_lib.log_summary(plan, summary)
   return summary
+
+
+def build_from_flags(checkpoints):
+  source_specs = [overwrite_lib.specs_from_checkpoint(prefix) for prefix in checkpoints]
+  if FLAGS.use_member_model_flags:
+    member_jsons = [member_model_flags(prefix) for prefix in checkpoints]
+  else:
+    member_jsons = [(None, None)] * len(checkpoints)
+  explicit = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS
+              if FLAGS[name].present}
+  defaults = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS}
+  config = assemble_config(checkpoints, explicit, defaults, member_jsons, source_specs)
+  logging.info("Building %s into %s", config.describe(), FLAGS.train_dir)
+  build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name)
 
 
 @utils.tool_main
@@ -240,17 +270,10 @@ def main(argv):
     if not checkpoint_utils.checkpoint_exists(prefix):
       raise BuildEnsembleError("model %d: --checkpoints entry %d %s does not exist (no %s.index)"
                                % (index, index + 1, prefix, prefix))
-  source_specs = [overwrite_lib.specs_from_checkpoint(prefix) for prefix in checkpoints]
-  if FLAGS.use_member_model_flags:
-    member_jsons = [member_model_flags(prefix) for prefix in checkpoints]
-  else:
-    member_jsons = [(None, None)] * len(checkpoints)
-  explicit = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS
-              if FLAGS[name].present}
-  defaults = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS}
-  config = assemble_config(checkpoints, explicit, defaults, member_jsons, source_specs)
-  logging.info("Building %s into %s", config.describe(), FLAGS.train_dir)
-  build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name)
+  try:
+    build_from_flags(checkpoints)
+  finally:
+    overwrite_lib.STAGED.close()  # the local copies of gs:// checkpoints
   logging.info("Evaluate it with: python -m youtube-8m.eval --train_dir=%s --checkpoint_file=%s "
                "--eval_data_pattern=... --run_once", FLAGS.train_dir, FLAGS.output_name)
 

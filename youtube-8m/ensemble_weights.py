@@ -21,11 +21,17 @@ Output: a table with each member's own GAP, the equal-weight GAP, the GAP of the
 checkpoint was built with (as eval.py computes it, from the graph's mixed predictions), the
 best weights and their GAP, and the exact eval.py command line to evaluate / export with the
 best weights. --results_json writes the same as JSON.
+
+Cloud Storage: --train_dir, --eval_data_pattern and --results_json may be gs:// URLs
+(through storage.py; STORAGE_EMULATOR_HOST selects a local emulator): the checkpoint is
+downloaded into a temporary local directory, the shards are staged by the reader, and the
+JSON is uploaded once complete.
 """
 
 import json
 import os
 import shlex
+import tempfile
 import time
 
 import numpy as np
@@ -38,6 +44,7 @@ from . import checkpoint_utils
 from . import eval_util
 from . import model_graph
 from . import readers
+from . import storage
 from . import utils
 
 tf1 = tf.compat.v1
@@ -173,8 +180,12 @@ def search(objective, num_models, seed=0, restarts=5):
 
 
 def collect_member_predictions(config, prefix, files, batch_size, num_readers, max_videos,
-                               member_dtype, top_k):
-  """Runs the eval graph once; returns (members [n][N, C], labels [N, C] bool, info)."""
+                               member_dtype, top_k, checkpoint_name=None):
+  """Runs the eval graph once; returns (members [n][N, C], labels [N, C] bool, info).
+
+  prefix is a local checkpoint (a staged copy of checkpoint_name, which errors name);
+  files may be local or gs:// (the reader stages them).
+  """
   graph = tf.Graph()
   with graph.as_default():
     model_graph.create_global_step()
@@ -197,7 +208,7 @@ def collect_member_predictions(config, prefix, files, batch_size, num_readers, m
                if v.op.name in stored and list(stored[v.op.name]) != v.shape.as_list()]
   if problems:
     raise ValueError("Checkpoint %s does not match the model %s: %s" % (
-        prefix, config.describe(), "; ".join(problems[:5])))
+        checkpoint_name or prefix, config.describe(), "; ".join(problems[:5])))
   chunks = [[] for _ in members]
   label_chunks = []
   configured = eval_util.EvaluationMetrics(config.num_classes, top_k)
@@ -271,9 +282,12 @@ def run():
   num_models = config.ensemble_num
   logging.info("Running %s over %d files once (member predictions kept as %s)",
                config.describe(), len(files), FLAGS.member_dtype)
-  members, labels, info = collect_member_predictions(
-      config, prefix, files, FLAGS.batch_size, FLAGS.num_readers, FLAGS.max_videos,
-      np.dtype(FLAGS.member_dtype), FLAGS.top_k)
+  with tempfile.TemporaryDirectory(prefix="ensemble_weights-") as staging:
+    # TensorFlow restores from local files: a gs:// checkpoint is downloaded first.
+    local_prefix = checkpoint_utils.stage_checkpoint(prefix, staging)
+    members, labels, info = collect_member_predictions(
+        config, local_prefix, files, FLAGS.batch_size, FLAGS.num_readers, FLAGS.max_videos,
+        np.dtype(FLAGS.member_dtype), FLAGS.top_k, checkpoint_name=prefix)
   held_mib = sum(m.nbytes for m in members) / 2.0**20
   notes = []
   if info["truncated"]:
@@ -340,6 +354,7 @@ def run():
                                           "seconds": search_seconds},
   }
   if FLAGS.results_json:
+    storage.makedirs(os.path.dirname(FLAGS.results_json))  # a no-op for gs://
     utils.write_atomically(FLAGS.results_json, json.dumps(results, indent=1) + "\n")
   return results
 

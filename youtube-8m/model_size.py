@@ -10,6 +10,9 @@ floating tensor stored as float32 (4 bytes) and the ratio; and whether the total
 --limit_bytes (default 2**30 = 1 GiB): "FITS" or "DOES NOT FIT". The exit status is 0 either
 way unless --fail_if_over is given (then 1 when over the limit). Sizes in a tgz are those of
 the extracted files (only the small .index is extracted, to read the tensor dtypes).
+
+--train_dir, --model_tgz and --results_json may be gs:// URLs (through storage.py): sizes
+come from the object listing, and only the .index (or the tgz) is downloaded.
 """
 
 import json
@@ -23,6 +26,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from . import storage
 from . import utils
 
 FLAGS = flags.FLAGS
@@ -65,12 +69,13 @@ def _checkpoint_member(name, model_name):
 
 
 def files_in_dir(train_dir, model_name):
+  """(prefix, {file name: bytes}) of the model's files in a local or gs:// directory."""
   prefix = os.path.join(train_dir, model_name)
   files = {}
-  for name in sorted(tf.io.gfile.listdir(train_dir)):
+  for name in storage.listdir(train_dir):
     name = name.rstrip("/")
     if _checkpoint_member(name, model_name) or name == utils.MODEL_FLAGS_FILE:
-      files[name] = tf.io.gfile.stat(os.path.join(train_dir, name)).length
+      files[name] = storage.size(os.path.join(train_dir, name))
   return prefix, files
 
 
@@ -80,9 +85,10 @@ def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFA
   with tempfile.TemporaryDirectory(prefix="model_size-") as tmp:
     if model_tgz:
       report["source"] = model_tgz
-      report["tgz_bytes"] = tf.io.gfile.stat(model_tgz).length
+      report["tgz_bytes"] = storage.size(model_tgz)
       files = {}
-      with tf.io.gfile.GFile(model_tgz, "rb") as handle, tarfile.open(
+      # A gs:// tgz is downloaded (into memory when small, else a temporary file).
+      with storage.open(model_tgz, "rb") as handle, tarfile.open(
           fileobj=handle, mode="r:*") as archive:
         index_member = None
         for member in archive.getmembers():
@@ -104,6 +110,9 @@ def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFA
       index_prefix, files = files_in_dir(train_dir, model_name)
     if model_name + ".index" not in files:
       raise IOError("No %s.index in %s" % (model_name, report["source"]))
+    if storage.is_gcs(index_prefix):  # TensorFlow reads the dtypes from a local .index
+      storage.copy(index_prefix + ".index", os.path.join(tmp, model_name + ".index"))
+      index_prefix = os.path.join(tmp, model_name)
     for suffix in (".meta", ".data-"):
       if not any(name.startswith(model_name + suffix) for name in files):
         logging.warning("%s has no %s%s* file", report["source"], model_name, suffix)
@@ -160,6 +169,7 @@ def main(argv):
                    FLAGS.limit_bytes)
   print(format_report(report), flush=True)
   if FLAGS.results_json:
+    storage.makedirs(os.path.dirname(FLAGS.results_json))  # a no-op for gs://
     utils.write_atomically(FLAGS.results_json, json.dumps(report, indent=1) + "\n")
   if FLAGS.fail_if_over and not report["fits"]:
     return 1

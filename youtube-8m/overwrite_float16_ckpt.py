@@ -33,10 +33,20 @@ parameters, scripts/bench_ensemble.py): peak RSS 1528 MiB, of which 491 MiB is t
 TensorFlow runtime (3.1 bytes per parameter in all; the original needed more than 4 GB).
 Output files are written under a temporary prefix and renamed (index last); the
 train_dir's ``checkpoint`` state file is never touched.
+
+Cloud Storage: --train_dir and every --checkpoints entry may be gs:// URLs (through
+storage.py; STORAGE_EMULATOR_HOST selects a local emulator). Existence is checked first
+(errors name the gs:// path), then the template and the sources are downloaded into a
+temporary local directory for TensorFlow to read (removed at the end); a gs:// output is
+written locally and then uploaded: data file, ``.meta``, and the ``.index`` last (nothing is
+uploaded on error).
 """
 
+import atexit
 import os
 import re
+import shutil
+import tempfile
 import time
 
 import numpy as np
@@ -46,6 +56,7 @@ from absl import flags
 from absl import logging
 
 from . import checkpoint_utils
+from . import storage
 from . import utils
 
 FLAGS = flags.FLAGS
@@ -71,6 +82,72 @@ def define_flags():
                       "Comma list of the single-model checkpoint prefixes (full paths, a "
                       "'.index' suffix is accepted), one per model of the template, in model "
                       "order.")
+
+
+# ---------------------------------------------------------------------------------------
+# gs:// checkpoints: TensorFlow reads and writes local files only.
+
+
+class CheckpointStager(object):
+  """Local copies of gs:// checkpoints for TensorFlow to read (local prefixes pass through).
+
+  local(prefix) downloads the checkpoint's files once (checkpoint_utils.stage_checkpoint)
+  into its own subdirectory of a temporary directory (basenames such as
+  inference_model_0 repeat across models); close() removes them all.
+  """
+
+  def __init__(self):
+    self._dir = None
+    self._local = {}
+
+  def local(self, prefix):
+    if not storage.is_gcs(prefix):
+      return prefix
+    if prefix not in self._local:
+      if self._dir is None:
+        self._dir = tempfile.mkdtemp(prefix="yt8m-ckpt-")
+      start = time.time()
+      local = checkpoint_utils.stage_checkpoint(
+          prefix, os.path.join(self._dir, str(len(self._local))))
+      logging.info("Staged %s (%.1f MiB) in %.1f s", prefix, sum(
+          os.path.getsize(p) for p in storage.glob(local + ".*")) / 2.0**20,
+                   time.time() - start)
+      self._local[prefix] = local
+    return self._local[prefix]
+
+  def close(self):
+    if self._dir is not None:
+      shutil.rmtree(self._dir, ignore_errors=True)
+    self._dir = None
+    self._local = {}
+
+
+# Shared by specs_from_checkpoint and read_plan_tensors, so that each gs:// checkpoint is
+# downloaded once; overwrite() and build_ensemble's main() close it when done (and atexit).
+STAGED = CheckpointStager()
+atexit.register(STAGED.close)
+
+
+def same_path(a, b):
+  if storage.is_gcs(a) or storage.is_gcs(b):
+    return a == b
+  return os.path.abspath(a) == os.path.abspath(b)
+
+
+def publish_checkpoint(local_prefix, output_prefix):
+  """Uploads the complete local checkpoint '<local_prefix>.*' as the gs:// output_prefix: an
+  existing index is deleted first, then the data files, the .meta and the .index last (a
+  reader never pairs an index with data it does not describe)."""
+  if storage.exists(output_prefix + ".index"):
+    storage.remove(output_prefix + ".index")
+  local_files = storage.glob(local_prefix + ".*")
+  suffixes = [path[len(local_prefix):] for path in local_files]
+  for stale in storage.glob(output_prefix + ".data-*"):
+    if stale[len(output_prefix):] not in suffixes:
+      storage.remove(stale)
+  order = {".meta": 1, ".index": 2}
+  for suffix in sorted(suffixes, key=lambda x: (order.get(x, 0), x)):
+    storage.copy(local_prefix + suffix, output_prefix + suffix)
 
 
 # ---------------------------------------------------------------------------------------
@@ -110,9 +187,10 @@ def model_of(name):
 
 
 def specs_from_checkpoint(prefix):
-  """{name: (shape tuple, tf.DType)} of the variables stored in a checkpoint."""
+  """{name: (shape tuple, tf.DType)} of the variables stored in a checkpoint (local or
+  gs://: staged by STAGED)."""
   try:
-    reader = tf.train.load_checkpoint(prefix)
+    reader = tf.train.load_checkpoint(STAGED.local(prefix))
   except (tf.errors.OpError, ValueError) as error:
     raise EnsembleCheckpointError("cannot read checkpoint %s: %s" % (prefix, error))
   shapes = reader.get_variable_to_shape_map()
@@ -199,16 +277,14 @@ def plan_ensemble(template_specs, sources, template_name="the template", outputs
         "exactly one single-model checkpoint per model, in model order" % (
             len(sources), template_name, num_models,
             "".join(", tower/model%d/" % i for i in range(1, num_models))))
-  output_paths = {os.path.abspath(p) for p in outputs}
-  source_specs = []
-  for index, prefix in enumerate(sources):
+  for index, prefix in enumerate(sources):  # all checked before anything is downloaded
     if not checkpoint_utils.checkpoint_exists(prefix):
       raise EnsembleCheckpointError("%s does not exist (no file %s.index)"
                                     % (source_label(index, prefix), prefix))
-    if os.path.abspath(prefix) in output_paths:
+    if any(same_path(prefix, output) for output in outputs):
       raise EnsembleCheckpointError("%s is also the output; choose another output name"
                                     % source_label(index, prefix))
-    source_specs.append(specs_from_checkpoint(prefix))
+  source_specs = [specs_from_checkpoint(prefix) for prefix in sources]
 
   items, problems = [], []
   for index in range(num_models):
@@ -253,7 +329,7 @@ def read_plan_tensors(plan):
   Largest first: each big source tensor (transient) is read while few results are held.
   Returns (tensors, stats) where stats counts rounded / overflowing values.
   """
-  readers = [tf.train.load_checkpoint(prefix) for prefix in plan.sources]
+  readers = [tf.train.load_checkpoint(STAGED.local(prefix)) for prefix in plan.sources]
   stats = {"rounded_tensors": 0, "overflow_values": 0, "by_dtype": {}}
   tensors = {}
   order = sorted(plan.items, key=lambda item: (
@@ -285,16 +361,28 @@ def read_plan_tensors(plan):
 def write_plan(plan, output_prefix, meta_fn):
   """Reads, converts and writes the planned checkpoint atomically; returns a summary dict.
 
-  meta_fn(tmp_prefix) writes '<tmp_prefix>.meta'.
+  meta_fn(tmp_prefix) writes '<tmp_prefix>.meta' (always a local path). A gs://
+  output_prefix is written in a local temporary directory first and uploaded once complete
+  (publish_checkpoint: data, .meta, .index last); nothing is uploaded on error.
   """
   start = time.time()
-  output_dir = os.path.dirname(output_prefix)
-  if output_dir:
-    tf.io.gfile.makedirs(output_dir)
   tensors, stats = read_plan_tensors(plan)
-  checkpoint_utils.save_atomically(
-      output_prefix, lambda tmp: checkpoint_utils.write_checkpoint_tensors(tmp, tensors),
-      meta_fn)
+
+  def save(prefix):
+    checkpoint_utils.save_atomically(
+        prefix, lambda tmp: checkpoint_utils.write_checkpoint_tensors(tmp, tensors), meta_fn)
+
+  if storage.is_gcs(output_prefix):
+    local_dir = tempfile.mkdtemp(prefix="yt8m-out-")
+    try:
+      local_prefix = os.path.join(local_dir, os.path.basename(output_prefix))
+      save(local_prefix)
+      publish_checkpoint(local_prefix, output_prefix)
+    finally:
+      shutil.rmtree(local_dir, ignore_errors=True)
+  else:
+    storage.makedirs(os.path.dirname(output_prefix))
+    save(output_prefix)
   data_bytes = sum(int(t.nbytes) for t in tensors.values())
   del tensors
   return {
@@ -332,17 +420,27 @@ def log_summary(plan, summary):
 
 
 def overwrite(template_prefix, sources, output_prefix):
-  """The seed's step 3: the template's variables filled from sources; returns the summary."""
+  """The seed's step 3: the template's variables filled from sources; returns the summary.
+
+  Any of the paths may be gs://; local copies of gs:// checkpoints are removed at the end.
+  """
+  try:
+    return _overwrite(template_prefix, sources, output_prefix)
+  finally:
+    STAGED.close()
+
+
+def _overwrite(template_prefix, sources, output_prefix):
   if not checkpoint_utils.checkpoint_exists(template_prefix):
     raise EnsembleCheckpointError(
         "--inference_model: no template checkpoint %s (missing %s.index); write it with "
         "eval.py --create_meta_only on the ensemble train_dir" % (template_prefix,
                                                                  template_prefix))
-  if not tf.io.gfile.exists(template_prefix + ".meta"):
+  if not storage.exists(template_prefix + ".meta"):
     raise EnsembleCheckpointError(
         "--inference_model: the template %s has no .meta (the output's meta graph is a copy "
         "of it); write it with eval.py --create_meta_only" % template_prefix)
-  if os.path.abspath(output_prefix) == os.path.abspath(template_prefix):
+  if same_path(output_prefix, template_prefix):
     raise EnsembleCheckpointError("the output %s would replace the template; choose another "
                                   "--out_name" % output_prefix)
   template_specs = specs_from_checkpoint(template_prefix)
@@ -350,7 +448,7 @@ def overwrite(template_prefix, sources, output_prefix):
                        outputs=[output_prefix])
 
   def copy_meta(tmp_prefix):
-    tf.io.gfile.copy(template_prefix + ".meta", tmp_prefix + ".meta", overwrite=True)
+    storage.copy(STAGED.local(template_prefix) + ".meta", tmp_prefix + ".meta")
 
   summary = write_plan(plan, output_prefix, copy_meta)
   log_summary(plan, summary)
