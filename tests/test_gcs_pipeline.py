@@ -365,9 +365,6 @@ def test_state_file_untouched_by_avg_and_the_other_tools(runs):
 
 def test_remote_state_file_names_the_remote_checkpoint(runs):
   state = runs["state_after_train"][0].decode()
-  if runs["root"] in state or "/yt8m-sync-" in state:
-    pytest.xfail("train.py: the 'checkpoint' state file uploaded to gs:// names the local "
-                 "temporary mirror (Saver without save_relative_paths=True): %r" % state)
   assert state.splitlines()[0] == 'model_checkpoint_path: "model.ckpt-30"', state
 
 
@@ -505,12 +502,6 @@ def test_model_size_on_gcs(runs):
   assert reports[1][0]["tensors_by_dtype"]["float16"] == 8  # 4 kernels x 2 models
 
 
-@pytest.mark.xfail(raises=tf.errors.NotFoundError, strict=False, reason=(
-    "readers.py BaseReader._staged_files: a staged gs:// shard is deleted before the "
-    "parallel interleave (num_readers > 1) opens it: keep_yielded=num_readers is smaller "
-    "than the cycle_length + 2 x cycle_length input elements tf.data prefetches, and the "
-    "epoch's ShardStager is closed (its directory removed) as soon as the generator has "
-    "handed out the last file"))
 def test_parallel_readers_keep_staged_shards(runs):
   """eval.py's input pipeline (8 interleaved readers) over the gs:// validate files."""
   files = readers.eval_files(runs["gs"]["validate_pattern"])

@@ -26,6 +26,9 @@ NUM_CLASSES = dataset_layout.NUM_CLASSES
 HOLDOUT_VALIDATE_CODES = dataset_layout.HOLDOUT_VALIDATE_CODES
 
 
+_LAST_STAGERS = []  # see BaseReader._staged_files
+
+
 class InputDataError(ValueError):
   """Malformed input data; the message names the file and record at fault."""
 
@@ -163,17 +166,31 @@ class BaseReader(object):
     (storage.ShardStager) while earlier ones are read, and deleted once read."""
     import numpy as np  # pylint: disable=g-import-not-at-top
 
+    # tf.data's interleave opens up to num_readers files and prefetches more file names, so
+    # a staged shard must outlive its yield by that many files, across epoch boundaries too.
+    keep = 4 * max(1, num_readers) + 2
+
     def pairs():
       rng = np.random.default_rng(seed)
       epoch = 0
+      previous = None
       while num_epochs is None or epoch < num_epochs:
         order = list(rng.permutation(len(files))) if shuffle else range(len(files))
         epoch_files = [files[i] for i in order]
-        with storage.ShardStager(epoch_files, prefetch=max(2, num_readers),
-                                 keep_yielded=max(1, num_readers)) as stager:
-          for remote, local in zip(epoch_files, stager):
-            yield local, remote
+        stager = storage.ShardStager(epoch_files, prefetch=max(2, num_readers),
+                                     keep_yielded=keep)
+        for count, (remote, local) in enumerate(zip(epoch_files, stager)):
+          if previous is not None and count >= keep:
+            previous.close()  # the previous epoch's last shards have been read by now
+            previous = None
+          yield local, remote
+        if previous is not None:
+          previous.close()
+        previous = stager
         epoch += 1
+      # The last shards may still be read after this generator ends: the stager removes its
+      # files when it is garbage-collected or at exit.
+      _LAST_STAGERS.append(previous)
 
     spec = tf.TensorSpec([], tf.string)
     return tf.data.Dataset.from_generator(pairs, output_signature=(spec, spec))

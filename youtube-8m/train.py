@@ -455,7 +455,9 @@ def train(config, task):
     else:
       tensors = build_training_graph(config, files, devices)
     graph_vars = tf1.global_variables()
-    saver = tf1.train.Saver(graph_vars, max_to_keep=None)
+    # Relative paths in the `checkpoint` state file: it stays valid when a gs:// train_dir
+    # is worked on through a local mirror (and when a directory is copied or moved).
+    saver = tf1.train.Saver(graph_vars, max_to_keep=None, save_relative_paths=True)
     parameter_count = sum(int(np.prod(v.shape.as_list())) for v in tf1.trainable_variables())
     logging.info("%d variables, %d trainable parameters", len(graph_vars), parameter_count)
   session_config = tf1.ConfigProto(allow_soft_placement=True,
