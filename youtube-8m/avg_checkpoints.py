@@ -72,9 +72,7 @@ TensorFlow is imported lazily so that flag and selection errors are reported ins
 
 import os
 import re
-import resource
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -182,19 +180,6 @@ def data_files(prefix):
 def checkpoint_data_bytes(prefix):
   """Total size of a checkpoint's data shards in bytes."""
   return sum(storage.size(path) for path in data_files(prefix))
-
-
-def peak_memory_mib():
-  """Peak resident set size of this process in MiB (VmHWM, else ru_maxrss)."""
-  try:
-    with open("/proc/self/status") as status:
-      for line in status:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) / 1024.0
-  except (OSError, IOError, ValueError, IndexError):
-    pass
-  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-  return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -672,7 +657,7 @@ def _average_and_write(checkpoint_prefixes, local_prefixes, output_prefix,
       "global_step_dtype": global_step_dtype.name,
       "output_data_bytes": output_bytes,
       "largest_input_data_bytes": largest_input,
-      "peak_memory_mib": peak_memory_mib(),
+      "peak_memory_mib": _checkpoint_utils().peak_rss_mib(),
       "seconds": time.time() - start_time,
   }
   return summary

@@ -173,24 +173,23 @@ class BaseReader(object):
     def pairs():
       rng = np.random.default_rng(seed)
       epoch = 0
-      previous = None
+      handed_out = 0
+      finished = []  # (stager of an earlier epoch, files handed out when it ended)
       while num_epochs is None or epoch < num_epochs:
         order = list(rng.permutation(len(files))) if shuffle else range(len(files))
         epoch_files = [files[i] for i in order]
         stager = storage.ShardStager(epoch_files, prefetch=max(2, num_readers),
                                      keep_yielded=keep)
-        for count, (remote, local) in enumerate(zip(epoch_files, stager)):
-          if previous is not None and count >= keep:
-            previous.close()  # the previous epoch's last shards have been read by now
-            previous = None
+        for remote, local in zip(epoch_files, stager):
+          handed_out += 1
+          while finished and handed_out - finished[0][1] >= keep:
+            finished.pop(0)[0].close()  # its last shards were handed out `keep` files ago
           yield local, remote
-        if previous is not None:
-          previous.close()
-        previous = stager
+        finished.append((stager, handed_out))
         epoch += 1
-      # The last shards may still be read after this generator ends: the stager removes its
-      # files when it is garbage-collected or at exit.
-      _LAST_STAGERS.append(previous)
+      # The last shards may still be read after this generator ends: the stagers remove
+      # their files when garbage-collected or at exit.
+      _LAST_STAGERS.extend(stager for stager, _ in finished)
 
     spec = tf.TensorSpec([], tf.string)
     return tf.data.Dataset.from_generator(pairs, output_signature=(spec, spec))
@@ -207,7 +206,7 @@ class BaseReader(object):
     files = list(files)
     if not files:
       raise IOError("no input files")
-    if any(storage.is_gcs(f) for f in files):
+    if shuffle or any(storage.is_gcs(f) for f in files):  # one shuffling for local and gs://
       file_names = self._staged_files(files, num_epochs, shuffle, seed, num_readers)
     else:
       local = tf.constant(files, tf.string)
