@@ -225,6 +225,8 @@ def main():
     print("inference: %d videos, %.1f videos/sec overall (incl. restore and first batch), "
           "%.1f videos/sec after the first batch; process %.0f s, peak RSS %.0f MiB" % (
               videos, overall, steady, seconds, rss), flush=True)
+    print("TF_CPU_ALLOCATOR_USE_BFC=%s" % os.environ.get("TF_CPU_ALLOCATOR_USE_BFC",
+                                                       "true (package default)"))
     with open(os.path.join(logs, "results.json"), "w") as handle:
       json.dump(results, handle, indent=1)
     print(json.dumps(results, indent=1))

@@ -65,6 +65,9 @@ def main(argv):
     print("NetVLADModelLF K=%d H=%d, batch %d, %d frames sampled, %d cores" % (
         args.cluster, args.hidden, args.batch_size, args.iterations, os.cpu_count()))
     print("  steps timed: %d (after %d warm-up steps)" % (len(speeds), args.skip_steps))
+    # youtube-8m/__init__.py defaults it to true (the BFC pool); set false to compare
+    print("  TF_CPU_ALLOCATOR_USE_BFC=%s" % os.environ.get("TF_CPU_ALLOCATOR_USE_BFC",
+                                                         "true (package default)"))
     print("  examples/sec: median %.1f (min %.1f, max %.1f)" % (
         speeds[len(speeds) // 2], speeds[0], speeds[-1]))
     print("  seconds/step: median %.2f" % (args.batch_size / speeds[len(speeds) // 2]))

@@ -205,9 +205,8 @@ def train_args(p, train_dir):
 def downstream_jobs(p, prefix, untar_dir, full=True):
   """The jobs after training of one pipeline (all paths from layout p), names prefixed.
 
-  Two eval.py runs never overlap in one train_dir (their event files could get the same
-  name: events.out.tfevents.<second>.<host>). full=False: only the jobs whose results are
-  compared with the gs:// side (the others are checked against it or in-process).
+  full=False: only the jobs whose results are compared with the gs:// side (the others are
+  checked against it or in-process).
   """
   train, validate = p["train"], "--eval_data_pattern=" + p["validate_pattern"]
   # One reader: readers.py's staging of gs:// shards races with a parallel interleave (see

@@ -216,7 +216,9 @@ def evaluate():
     graph_vars = tf1.global_variables()
     saver = tf1.train.Saver(graph_vars)
   synced = storage.SyncedDir(train_dir)  # TF reads and writes local files only
-  writer = tf1.summary.FileWriter(synced.local)
+  # events.out.tfevents.<second>.<host> alone collides for two evals started in the same
+  # second on one host (the later upload to a gs:// train_dir would replace the other).
+  writer = tf1.summary.FileWriter(synced.local, filename_suffix=".eval.%d" % os.getpid())
   last_evaluated = None
   results = None
   with tf1.Session(graph=graph, config=tf1.ConfigProto(allow_soft_placement=True)) as sess:
