@@ -1,16 +1,24 @@
 """Benchmark: training examples/sec of a seed-size NetVLAD model on this machine.
 
     python scripts/bench_train.py [--cluster=32 --hidden=512 --batch_size=160 --iterations=300]
+                                  [--data=local|gcs|both]
 
 Generates a small synthetic frame-level dataset (3862 classes), trains the model with the
 seed's flags for --steps steps via `python -m youtube-8m.train`, and reports the median
 examples/sec of the logged steps (the first steps, which include graph warm-up, are
-skipped) and the peak memory of the training process. Not a test: it prints numbers.
+skipped) and the training process's own peak memory (os.wait4's ru_maxrss).
+
+--data=gcs uploads the dataset to a local Cloud Storage emulator (gcp-storage-emulator on
+127.0.0.1, started here) and trains from its gs:// paths, the shards being staged ahead by
+readers.py / storage.ShardStager; --data=both runs local then gs://, to show whether reading
+from a bucket starves training. On this machine the emulator shares the 2 cores with
+training, so the gs:// number is a lower bound. Not a test: it prints numbers.
 """
 
 import argparse
+import glob
+import importlib
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -20,7 +28,7 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def main(argv):
+def parse_args(argv):
   parser = argparse.ArgumentParser()
   parser.add_argument("--cluster", type=int, default=32)
   parser.add_argument("--hidden", type=int, default=512)
@@ -28,52 +36,113 @@ def main(argv):
   parser.add_argument("--iterations", type=int, default=300)
   parser.add_argument("--steps", type=int, default=25)
   parser.add_argument("--skip_steps", type=int, default=5)
+  parser.add_argument("--num_train_files", type=int, default=8)
+  parser.add_argument("--data", choices=("local", "gcs", "both"), default="local",
+                      help="train from local files, from gs:// on a local emulator, or both")
   parser.add_argument("--work_dir", default=None)
-  args = parser.parse_args(argv)
+  return parser.parse_args(argv)
+
+
+def run_child(command, log_path, env):
+  """Runs command to completion; returns (seconds, own peak RSS MiB, log text)."""
+  start = time.time()
+  with open(log_path, "w") as log:
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                               env=env)
+    _, status, usage = os.wait4(process.pid, 0)
+  seconds = time.time() - start
+  with open(log_path) as handle:
+    text = handle.read()
+  if os.waitstatus_to_exitcode(status) != 0:
+    sys.exit("%s failed, see %s:\n%s" % (" ".join(command[:3]), log_path, text[-3000:]))
+  return seconds, usage.ru_maxrss / 1024, text
+
+
+def train(args, pattern, train_dir, log_path, env):
+  command = [
+      sys.executable, "-m", "youtube-8m.train", "--train_data_pattern=" + pattern,
+      "--train_dir=" + train_dir, "--frame_features", "--feature_names=rgb,audio",
+      "--feature_sizes=1024,128", "--batch_size=%d" % args.batch_size,
+      "--base_learning_rate=0.0001", "--netvlad_cluster_size=%d" % args.cluster,
+      "--netvlad_hidden_size=%d" % args.hidden, "--moe_l2=1e-6",
+      "--iterations=%d" % args.iterations, "--learning_rate_decay=0.8",
+      "--netvlad_relu=False", "--gating=True", "--moe_prob_gating=True",
+      "--max_steps=%d" % args.steps, "--export_model_steps=100000", "--num_epochs=1000",
+      "--save_model_secs=0"]
+  wall, peak_mib, text = run_child(command, log_path, env)
+  speeds = []
+  for line in text.splitlines():
+    if "training step " in line and "Examples/sec: " in line:
+      step = int(line.split("training step ")[1].split()[0])
+      if step > args.skip_steps:
+        speeds.append(float(line.split("Examples/sec: ")[1].split()[0]))
+  if not speeds:
+    sys.exit("no timed steps in %s (--steps %d <= --skip_steps %d?)" % (
+        log_path, args.steps, args.skip_steps))
+  speeds.sort()
+  return {"speeds": speeds, "median": speeds[len(speeds) // 2], "wall": wall,
+          "peak_mib": peak_mib}
+
+
+def upload_to_emulator(data_dir, env):
+  """Starts an emulator, uploads data_dir/frame/*; returns (emulator, gs:// pattern)."""
+  for path in (REPO_ROOT, os.path.join(REPO_ROOT, "tests")):
+    if path not in sys.path:
+      sys.path.insert(0, path)
+  from gcs_emulator import Emulator  # pylint: disable=g-import-not-at-top
+  emulator = Emulator().start()
+  env.update(STORAGE_EMULATOR_HOST=emulator.host, GOOGLE_CLOUD_PROJECT="yt8m-local")
+  os.environ.update(STORAGE_EMULATOR_HOST=emulator.host, GOOGLE_CLOUD_PROJECT="yt8m-local")
+  storage = importlib.import_module("youtube-8m.storage")
+  bucket = emulator.create_bucket()
+  files = sorted(glob.glob(os.path.join(data_dir, "frame", "train*.tfrecord")))
+  start = time.time()
+  for path in files:
+    storage.copy(path, "gs://%s/frame/%s" % (bucket, os.path.basename(path)))
+  megabytes = sum(os.path.getsize(p) for p in files) / 1e6
+  print("uploaded %d files (%.0f MB) to the emulator %s in %.1f s" % (
+      len(files), megabytes, emulator.host, time.time() - start), flush=True)
+  return emulator, "gs://%s/frame/train*.tfrecord" % bucket, megabytes
+
+
+def main(argv):
+  args = parse_args(argv)
   work_dir = args.work_dir or tempfile.mkdtemp(prefix="bench_train_")
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  emulator = None
   try:
     data = os.path.join(work_dir, "data")
     subprocess.run([sys.executable, "-m", "youtube-8m.synthetic_data", "--output_dir=" + data,
-                    "--levels=frame", "--num_train_files=8", "--videos_per_file=100",
-                    "--num_validate_files=0", "--num_test_files=0"], cwd=REPO_ROOT,
-                   check=True, env=env, capture_output=True)
-    command = [
-        sys.executable, "-m", "youtube-8m.train",
-        "--train_data_pattern=%s/frame/train*.tfrecord" % data,
-        "--train_dir=" + os.path.join(work_dir, "train"), "--frame_features",
-        "--feature_names=rgb,audio", "--feature_sizes=1024,128",
-        "--batch_size=%d" % args.batch_size, "--base_learning_rate=0.0001",
-        "--netvlad_cluster_size=%d" % args.cluster, "--netvlad_hidden_size=%d" % args.hidden,
-        "--moe_l2=1e-6", "--iterations=%d" % args.iterations, "--learning_rate_decay=0.8",
-        "--netvlad_relu=False", "--gating=True", "--moe_prob_gating=True",
-        "--max_steps=%d" % args.steps, "--export_model_steps=100000", "--num_epochs=1000",
-        "--save_model_secs=0"]
-    start = time.time()
-    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-    wall = time.time() - start
-    if result.returncode != 0:
-      sys.exit(result.stderr[-3000:])
-    speeds = []
-    for line in result.stderr.splitlines():
-      if "training step " in line and "Examples/sec: " in line:
-        step = int(line.split("training step ")[1].split()[0])
-        if step > args.skip_steps:
-          speeds.append(float(line.split("Examples/sec: ")[1].split()[0]))
-    speeds.sort()
-    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+                    "--levels=frame", "--num_train_files=%d" % args.num_train_files,
+                    "--videos_per_file=100", "--num_validate_files=0", "--num_test_files=0"],
+                   cwd=REPO_ROOT, check=True, env=env, capture_output=True)
+    sources = ["local", "gcs"] if args.data == "both" else [args.data]
     print("NetVLADModelLF K=%d H=%d, batch %d, %d frames sampled, %d cores" % (
         args.cluster, args.hidden, args.batch_size, args.iterations, os.cpu_count()))
-    print("  steps timed: %d (after %d warm-up steps)" % (len(speeds), args.skip_steps))
     # youtube-8m/__init__.py defaults it to true (the BFC pool); set false to compare
     print("  TF_CPU_ALLOCATOR_USE_BFC=%s" % os.environ.get("TF_CPU_ALLOCATOR_USE_BFC",
                                                          "true (package default)"))
-    print("  examples/sec: median %.1f (min %.1f, max %.1f)" % (
-        speeds[len(speeds) // 2], speeds[0], speeds[-1]))
-    print("  seconds/step: median %.2f" % (args.batch_size / speeds[len(speeds) // 2]))
-    print("  training process wall time %.0f s, peak RSS of children %.0f MiB" % (wall,
-                                                                                 peak_mib))
+    for source in sources:
+      pattern = os.path.join(data, "frame", "train*.tfrecord")
+      if source == "gcs":
+        emulator, pattern, megabytes = upload_to_emulator(data, env)
+      result = train(args, pattern, os.path.join(work_dir, "train_" + source),
+                     os.path.join(work_dir, "train_%s.log" % source), env)
+      print("[%s] %s" % (source, pattern))
+      print("  steps timed: %d (after %d warm-up steps)" % (len(result["speeds"]),
+                                                           args.skip_steps))
+      print("  examples/sec: median %.1f (min %.1f, max %.1f)" % (
+          result["median"], result["speeds"][0], result["speeds"][-1]))
+      print("  seconds/step: median %.2f" % (args.batch_size / result["median"]))
+      print("  training process wall time %.0f s, its peak RSS %.0f MiB" % (
+          result["wall"], result["peak_mib"]), flush=True)
+      if source == "gcs":
+        per_video = megabytes * 1e6 / (100 * args.num_train_files)
+        print("  data read at the median speed: %.1f MB/s" % (
+            result["median"] * per_video / 1e6))
   finally:
+    if emulator is not None:
+      emulator.stop()
     if not args.work_dir:
       shutil.rmtree(work_dir, ignore_errors=True)
 
