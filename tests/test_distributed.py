@@ -38,7 +38,8 @@ def test_cluster_of_ps_chief_and_worker_trains_and_exits(tiny_data, tmp_path):
           "--export_model_steps=50", "--num_epochs=1000"] + MODEL
   processes = {}
   start = time.time()
-  for task_type in ("ps", "master", "worker"):
+
+  def launch(task_type):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
                TF_CONFIG=json.dumps({"cluster": cluster,
                                      "task": {"type": task_type, "index": 0}}))
@@ -46,7 +47,18 @@ def test_cluster_of_ps_chief_and_worker_trains_and_exits(tiny_data, tmp_path):
     processes[task_type] = (subprocess.Popen(
         [sys.executable, "-m", "youtube-8m.train"] + args, cwd=REPO_ROOT, env=env,
         stdout=log, stderr=log), log)
+
   try:
+    # The chief trains the 150 tiny steps in a few seconds: it starts only once the worker
+    # waits for the variables, so a slow worker start cannot leave the worker without steps.
+    launch("ps")
+    launch("worker")
+    worker_log = str(tmp_path / "worker.log")
+    while "Waiting for model to be ready" not in open(worker_log).read():
+      assert processes["worker"][0].poll() is None, open(worker_log).read()[-3000:]
+      assert time.time() - start < 240, "the worker never waited for the chief"
+      time.sleep(0.2)
+    launch("master")
     for task_type, (process, log) in processes.items():
       assert process.wait(timeout=300) == 0, open(log.name).read()[-3000:]
   finally:
