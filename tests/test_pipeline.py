@@ -327,7 +327,8 @@ def test_eval_polling_loop_evaluates_each_new_checkpoint_once(trained, tiny_data
     while len(evaluated()) < 1:
       assert time.time() < deadline and process.poll() is None, open(log_path).read()[-2000:]
       time.sleep(0.5)
-    for name in os.listdir(trained["dir"]):
+    # the .index last, as a Saver writes it: eval may poll between two copies
+    for name in sorted(os.listdir(trained["dir"]), key=lambda n: n.endswith(".index")):
       if name.startswith("model.ckpt-30."):
         shutil.copy(os.path.join(trained["dir"], name), poll_dir)
     while len(evaluated()) < 2:
