@@ -24,11 +24,10 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench_util import REPO_ROOT, allocator_setting, run_child
+
 SEED_MODELS = ((24, 1440), (32, 1024), (16, 800), (32, 512))
 SEED_WEIGHTS = (0.39, 0.26, 0.21, 0.14)
 MODEL_FLAGS = ["--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,128",
@@ -59,26 +58,6 @@ def make_single(cluster, hidden, prefix, iterations):
     sess.run(tf.compat.v1.global_variables_initializer())
     saver.save(sess, prefix, write_meta_graph=False, write_state=False)
   print("saved", prefix)
-
-
-def run_child(args, log_path, env=None):
-  """Runs a child to completion; returns (exit code, peak RSS MiB, seconds, log text)."""
-  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  full_env.update(env or {})
-  start = time.time()
-  with open(log_path, "w") as log:
-    process = subprocess.Popen(args, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                               env=full_env)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-  seconds = time.time() - start
-  with open(log_path) as handle:
-    text = handle.read()
-  if process.returncode != 0:
-    raise SystemExit("%s failed (exit %d), see %s:\n%s" % (" ".join(args[:4]),
-                                                           process.returncode, log_path,
-                                                           text[-3000:]))
-  return process.returncode, usage.ru_maxrss / 1024.0, seconds, text
 
 
 def module(name, *args):
@@ -137,7 +116,7 @@ def main():
   results = {"models": [], "work_dir": work}
   try:
     # 0. runtime baseline: import TensorFlow and run one tiny session
-    _, rss, _, _ = run_child([sys.executable, "-c", (
+    _, rss, _ = run_child([sys.executable, "-c", (
         "import tensorflow as tf; g = tf.Graph()\n"
         "with g.as_default(): x = tf.constant(1.0) + 1\n"
         "with tf.compat.v1.Session(graph=g) as s: s.run(x)")], os.path.join(logs, "base.log"))
@@ -147,7 +126,7 @@ def main():
     sources = []
     for cluster, hidden in SEED_MODELS:
       prefix = os.path.join(singles_dir, "c%dh%d-inference_model_0" % (cluster, hidden))
-      _, rss, seconds, _ = run_child(
+      seconds, rss, _ = run_child(
           [sys.executable, os.path.abspath(__file__), "--_make_single", str(cluster),
            str(hidden), prefix, "--iterations=%d" % args.iterations],
           os.path.join(logs, "single_c%dh%d.log" % (cluster, hidden)))
@@ -167,7 +146,7 @@ def main():
     for (cluster, hidden), weight in zip(SEED_MODELS, SEED_WEIGHTS):
       build_args += ["--netvlad_cluster_size=%d" % cluster,
                      "--netvlad_hidden_size=%d" % hidden, "--ensemble_wts=%g" % weight]
-    _, rss, seconds, _ = run_child(module("build_ensemble", *build_args),
+    seconds, rss, _ = run_child(module("build_ensemble", *build_args),
                                    os.path.join(logs, "build.log"))
     results["build"] = {"rss_mib": rss, "seconds": seconds,
                         "bytes_per_parameter": rss * MIB / total_params}
@@ -175,7 +154,7 @@ def main():
           % (seconds, rss, rss * MIB / total_params), flush=True)
 
     # 3. seed step 3 (template: the build output, same 129 names/dtypes, clean meta)
-    _, rss, seconds, _ = run_child(module(
+    seconds, rss, _ = run_child(module(
         "overwrite_float16_ckpt", "--train_dir=" + ensemble_dir,
         "--inference_model=inference_model", "--out_name=inference_model_ensemble_YHLS",
         "--checkpoints=" + ",".join(s + ".index" for s in sources)),
@@ -193,7 +172,7 @@ def main():
 
     # 4. sizes
     size_json = os.path.join(work, "size.json")
-    _, _, _, text = run_child(module("model_size", "--train_dir=" + ensemble_dir,
+    _, _, text = run_child(module("model_size", "--train_dir=" + ensemble_dir,
                                      "--results_json=" + size_json),
                               os.path.join(logs, "size.log"))
     with open(size_json) as handle:
@@ -212,7 +191,7 @@ def main():
                      "--num_validate_files=0", "--num_test_files=2",
                      "--videos_per_file=%d" % per_file, "--levels=frame", "--min_frames=120",
                      "--max_frames=300"), os.path.join(logs, "data.log"))
-    _, rss, seconds, text = run_child(module(
+    seconds, rss, text = run_child(module(
         "inference", "--train_dir=" + ensemble_dir,
         "--input_data_pattern=" + os.path.join(data_dir, "frame", "test*.tfrecord"),
         "--output_file=" + os.path.join(work, "predictions.csv"),
@@ -225,8 +204,7 @@ def main():
     print("inference: %d videos, %.1f videos/sec overall (incl. restore and first batch), "
           "%.1f videos/sec after the first batch; process %.0f s, peak RSS %.0f MiB" % (
               videos, overall, steady, seconds, rss), flush=True)
-    print("TF_CPU_ALLOCATOR_USE_BFC=%s" % os.environ.get("TF_CPU_ALLOCATOR_USE_BFC",
-                                                       "true (package default)"))
+    print(allocator_setting())
     with open(os.path.join(logs, "results.json"), "w") as handle:
       json.dump(results, handle, indent=1)
     print(json.dumps(results, indent=1))

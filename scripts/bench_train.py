@@ -20,12 +20,13 @@ import glob
 import importlib
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench_util import REPO_ROOT, allocator_setting, run_child
+
+VIDEOS_PER_FILE = 100
 
 
 def parse_args(argv):
@@ -43,22 +44,7 @@ def parse_args(argv):
   return parser.parse_args(argv)
 
 
-def run_child(command, log_path, env):
-  """Runs command to completion; returns (seconds, own peak RSS MiB, log text)."""
-  start = time.time()
-  with open(log_path, "w") as log:
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                               env=env)
-    _, status, usage = os.wait4(process.pid, 0)
-  seconds = time.time() - start
-  with open(log_path) as handle:
-    text = handle.read()
-  if os.waitstatus_to_exitcode(status) != 0:
-    sys.exit("%s failed, see %s:\n%s" % (" ".join(command[:3]), log_path, text[-3000:]))
-  return seconds, usage.ru_maxrss / 1024, text
-
-
-def train(args, pattern, train_dir, log_path, env):
+def train(args, pattern, train_dir, log_path):
   command = [
       sys.executable, "-m", "youtube-8m.train", "--train_data_pattern=" + pattern,
       "--train_dir=" + train_dir, "--frame_features", "--feature_names=rgb,audio",
@@ -69,7 +55,7 @@ def train(args, pattern, train_dir, log_path, env):
       "--netvlad_relu=False", "--gating=True", "--moe_prob_gating=True",
       "--max_steps=%d" % args.steps, "--export_model_steps=100000", "--num_epochs=1000",
       "--save_model_secs=0"]
-  wall, peak_mib, text = run_child(command, log_path, env)
+  wall, peak_mib, text = run_child(command, log_path)
   speeds = []
   for line in text.splitlines():
     if "training step " in line and "Examples/sec: " in line:
@@ -84,15 +70,15 @@ def train(args, pattern, train_dir, log_path, env):
           "peak_mib": peak_mib}
 
 
-def upload_to_emulator(data_dir, env):
-  """Starts an emulator, uploads data_dir/frame/*; returns (emulator, gs:// pattern)."""
+def upload_to_emulator(data_dir):
+  """Starts an emulator and points this process (and so its children) at it; uploads
+  data_dir/frame/train*; returns (emulator, gs:// pattern, megabytes uploaded)."""
   for path in (REPO_ROOT, os.path.join(REPO_ROOT, "tests")):
     if path not in sys.path:
       sys.path.insert(0, path)
-  from gcs_emulator import Emulator  # pylint: disable=g-import-not-at-top
+  from gcs_emulator import EMULATOR_PROJECT, Emulator  # pylint: disable=g-import-not-at-top
   emulator = Emulator().start()
-  env.update(STORAGE_EMULATOR_HOST=emulator.host, GOOGLE_CLOUD_PROJECT="yt8m-local")
-  os.environ.update(STORAGE_EMULATOR_HOST=emulator.host, GOOGLE_CLOUD_PROJECT="yt8m-local")
+  os.environ.update(STORAGE_EMULATOR_HOST=emulator.host, GOOGLE_CLOUD_PROJECT=EMULATOR_PROJECT)
   storage = importlib.import_module("youtube-8m.storage")
   bucket = emulator.create_bucket()
   files = sorted(glob.glob(os.path.join(data_dir, "frame", "train*.tfrecord")))
@@ -108,26 +94,23 @@ def upload_to_emulator(data_dir, env):
 def main(argv):
   args = parse_args(argv)
   work_dir = args.work_dir or tempfile.mkdtemp(prefix="bench_train_")
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   emulator = None
   try:
     data = os.path.join(work_dir, "data")
-    subprocess.run([sys.executable, "-m", "youtube-8m.synthetic_data", "--output_dir=" + data,
-                    "--levels=frame", "--num_train_files=%d" % args.num_train_files,
-                    "--videos_per_file=100", "--num_validate_files=0", "--num_test_files=0"],
-                   cwd=REPO_ROOT, check=True, env=env, capture_output=True)
+    run_child([sys.executable, "-m", "youtube-8m.synthetic_data", "--output_dir=" + data,
+               "--levels=frame", "--num_train_files=%d" % args.num_train_files,
+               "--videos_per_file=%d" % VIDEOS_PER_FILE, "--num_validate_files=0",
+               "--num_test_files=0"], os.path.join(work_dir, "synthetic_data.log"))
     sources = ["local", "gcs"] if args.data == "both" else [args.data]
     print("NetVLADModelLF K=%d H=%d, batch %d, %d frames sampled, %d cores" % (
         args.cluster, args.hidden, args.batch_size, args.iterations, os.cpu_count()))
-    # youtube-8m/__init__.py defaults it to true (the BFC pool); set false to compare
-    print("  TF_CPU_ALLOCATOR_USE_BFC=%s" % os.environ.get("TF_CPU_ALLOCATOR_USE_BFC",
-                                                         "true (package default)"))
+    print("  " + allocator_setting())
     for source in sources:
       pattern = os.path.join(data, "frame", "train*.tfrecord")
       if source == "gcs":
-        emulator, pattern, megabytes = upload_to_emulator(data, env)
+        emulator, pattern, megabytes = upload_to_emulator(data)
       result = train(args, pattern, os.path.join(work_dir, "train_" + source),
-                     os.path.join(work_dir, "train_%s.log" % source), env)
+                     os.path.join(work_dir, "train_%s.log" % source))
       print("[%s] %s" % (source, pattern))
       print("  steps timed: %d (after %d warm-up steps)" % (len(result["speeds"]),
                                                            args.skip_steps))
@@ -137,7 +120,7 @@ def main(argv):
       print("  training process wall time %.0f s, its peak RSS %.0f MiB" % (
           result["wall"], result["peak_mib"]), flush=True)
       if source == "gcs":
-        per_video = megabytes * 1e6 / (100 * args.num_train_files)
+        per_video = megabytes * 1e6 / (VIDEOS_PER_FILE * args.num_train_files)
         print("  data read at the median speed: %.1f MB/s" % (
             result["median"] * per_video / 1e6))
   finally:
