@@ -231,7 +231,7 @@ def ens(tiny_data, tmp_path_factory):
 def tiny_ensemble_config(sources, float16=True, weights=WTS, **explicit):
   """build_ensemble's configuration of the 3 tiny models (as from its command line)."""
   values = dict(float16_flag=float16, ensemble_wts=list(weights), iterations=20, moe_l2=1e-6,
-                netvlad_relu=False, gating=True, moe_prob_gating=True,
+                gating=True, moe_prob_gating=True,
                 num_classes=TINY_NUM_CLASSES)
   values.update(explicit)
   # model_graph.define_flags() (train/eval/build_ensemble) is not run in this process
@@ -403,7 +403,7 @@ def test_one_command_path_equals_the_seed_path(ens):
   assert model_flags["ensemble_num"] == 3 and model_flags["float16_flag"] is True
   assert model_flags["netvlad_cluster_size"] == [4, 2, 4]
   assert model_flags["ensemble_wts"] == list(WTS)
-  assert model_flags["iterations"] == 20 and model_flags["netvlad_relu"] is False
+  assert model_flags["iterations"] == 20 and "netvlad_relu" not in model_flags
   assert sorted(list_dir(ens["built"])) == sorted([
       "inference_model.data-00000-of-00001", "inference_model.index", "inference_model.meta",
       "model_flags.json"] + [n for n in list_dir(ens["built"]) if n.startswith("events")])

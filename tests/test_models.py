@@ -20,14 +20,15 @@ def seed_config(clusters, hiddens, weights=None, float16=False, num_classes=V):
       feature_sizes="1024,128", num_classes=num_classes, label_loss="CrossEntropyLoss",
       ensemble_num=n, netvlad_cluster_size=list(clusters), netvlad_hidden_size=list(hiddens),
       ensemble_wts=list(weights or [1.0] * n), float16_flag=float16, gating=True,
-      netvlad_relu=False, netvlad_add_batch_norm=True, gating_remove_diag=False,
+      netvlad_add_batch_norm=True, gating_remove_diag=False,
       iterations=300, sample_random_frames=True, video_level_classifier_model="MoeModel",
       moe_num_mixtures=5, moe_l2=1e-6, moe_prob_gating=True,
       moe_prob_gating_input="prob").validate()
 
 
-def expected_variables(K, H, scope="tower/", float16=False):
+def expected_variables(K, H, scope="tower/", float16=False, num_classes=V):
   """behavior.md 3.4: the 32 variables of one model: name -> (shape, trainable, fp16)."""
+  V = num_classes  # pylint: disable=redefined-outer-name,invalid-name
   Ka = int(K / 2)
   Dv = 1024 * K + 128 * Ka
   table = {}

@@ -83,8 +83,9 @@ class BuildEnsembleError(ValueError):
 
 def member_model_flags(checkpoint):
   """(path, dict) of the single-model model_flags.json next to a checkpoint, or (path, None)."""
-  path = utils.model_flags_path(os.path.dirname(checkpoint) or ".")
-  stored = utils.read_model_flags(os.path.dirname(checkpoint) or ".", required=False)
+  directory = os.path.dirname(checkpoint) or "."
+  path = utils.model_flags_path(directory)
+  stored = model_graph.read_stored_flags(directory, required=False)
   if stored is None:
     return path, None
   if int(stored.get("ensemble_num", 1)) != 1:
@@ -213,7 +214,7 @@ def build(config, checkpoints, train_dir, output_name):
 
 def _build(config, checkpoints, train_dir, output_name):
   output_prefix = checkpoint_utils.resolve_checkpoint(train_dir, output_name)
-  stored = utils.read_model_flags(train_dir, required=False) if storage.isdir(
+  stored = model_graph.read_stored_flags(train_dir, required=False) if storage.isdir(
       train_dir) else None
   if stored is not None:
     try:
@@ -249,6 +250,7 @@ def build_from_flags(checkpoints):
     member_jsons = [member_model_flags(prefix) for prefix in checkpoints]
   else:
     member_jsons = [(None, None)] * len(checkpoints)
+  model_graph.notice_flags_without_effect()
   explicit = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS
               if FLAGS[name].present}
   defaults = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS}

@@ -86,6 +86,34 @@ def resolve_checkpoint(train_dir, name):
   return os.path.join(train_dir, name)
 
 
+def check_matches_graph(prefix, variables, model_description, name=None, allow_missing=False):
+  """Raises ValueError naming each graph variable the checkpoint lacks (unless allow_missing)
+  or stores with another shape or dtype, with both values.
+
+  ``name`` is the checkpoint as the user gave it (prefix may be a local staged copy).
+  """
+  reader = tf.train.load_checkpoint(prefix)
+  shapes = reader.get_variable_to_shape_map()
+  dtypes = reader.get_variable_to_dtype_map()
+  problems = []
+  for variable in variables:
+    key = variable.op.name
+    want_shape, want_dtype = variable.shape.as_list(), variable.dtype.base_dtype
+    if key not in shapes:
+      if not allow_missing:
+        problems.append("%s missing" % key)
+    elif list(shapes[key]) != want_shape:
+      problems.append("%s has shape %s there, the model needs %s" % (key, list(shapes[key]),
+                                                                     want_shape))
+    elif dtypes[key] != want_dtype:
+      problems.append("%s is %s there, the model needs %s" % (key, dtypes[key].name,
+                                                              want_dtype.name))
+  if problems:
+    raise ValueError("Checkpoint %s does not match the model %s: %s%s" % (
+        name or prefix, model_description, "; ".join(problems[:5]),
+        " (and %d more)" % (len(problems) - 5) if len(problems) > 5 else ""))
+
+
 def save_atomically(prefix, save_fn, meta_fn=None):
   """Writes a checkpoint under a temporary prefix, then renames its files to ``prefix``.
 

@@ -200,15 +200,8 @@ def collect_member_predictions(config, prefix, files, batch_size, num_readers, m
     members = tf1.get_collection(model_graph.MEMBER_PREDICTIONS)
     graph_vars = tf1.global_variables()
     saver = tf1.train.Saver(graph_vars)
-  stored = dict(tf.train.list_variables(prefix))
-  problems = ["%s missing" % v.op.name for v in graph_vars if v.op.name not in stored]
-  problems += ["%s has shape %s, the model needs %s" % (v.op.name, stored[v.op.name],
-                                                       v.shape.as_list())
-               for v in graph_vars
-               if v.op.name in stored and list(stored[v.op.name]) != v.shape.as_list()]
-  if problems:
-    raise ValueError("Checkpoint %s does not match the model %s: %s" % (
-        checkpoint_name or prefix, config.describe(), "; ".join(problems[:5])))
+  checkpoint_utils.check_matches_graph(prefix, graph_vars, config.describe(),
+                                       name=checkpoint_name)
   chunks = [[] for _ in members]
   label_chunks = []
   configured = eval_util.EvaluationMetrics(config.num_classes, top_k)

@@ -3,7 +3,8 @@
     python -m youtube-8m.eval --train_dir=DIR --eval_data_pattern='.../validate*.tfrecord' \
         --batch_size=1024 --run_once=True [--checkpoint_file=NAME | --checkpoint=NAME.index]
 
-The model is rebuilt from DIR/model_flags.json (flags given here must agree with it). By
+The model is rebuilt from DIR/model_flags.json (flags given here must agree with it; a json
+written by the original code describes only the reader, and the model comes from the flags). By
 default the 60 held-out validate files of the pattern are evaluated (as the original);
 --noeval_holdout_only evaluates every file the glob matches. Frame sampling is seeded, so a
 checkpoint always gets the same GAP. Each evaluated checkpoint is also saved as an inference
@@ -112,22 +113,6 @@ def save_inference_checkpoint(sess, saver, config, name, synced):
   synced.push([name + ".*"])
   logging.info("Saved inference checkpoint %s (+ .meta)", synced.remote_path(name))
   return prefix
-
-
-def check_checkpoint_matches(prefix, graph_vars, config):
-  stored = dict(tf.train.list_variables(prefix))
-  problems = []
-  for variable in graph_vars:
-    name = variable.op.name
-    if name not in stored:
-      problems.append("%s missing" % name)
-    elif list(stored[name]) != variable.shape.as_list():
-      problems.append("%s has shape %s, model expects %s" % (name, stored[name],
-                                                           variable.shape.as_list()))
-  if problems:
-    raise ValueError("Checkpoint %s does not match the model %s: %s%s" % (
-        prefix, config.describe(), "; ".join(problems[:5]),
-        " (and %d more)" % (len(problems) - 5) if len(problems) > 5 else ""))
 
 
 def build_eval_graph(config, files):
@@ -240,7 +225,8 @@ def evaluate():
         continue
       local_prefix = checkpoint_utils.stage_checkpoint(
           prefix, os.path.join(synced.local, ".staged"))
-      check_checkpoint_matches(local_prefix, graph_vars, config)
+      checkpoint_utils.check_matches_graph(local_prefix, graph_vars, config.describe(),
+                                           name=prefix)
       saver.restore(sess, local_prefix)
       if local_prefix != prefix:  # a staged copy of a gs:// checkpoint
         for path in storage.glob(local_prefix + ".*"):

@@ -25,10 +25,11 @@ flags.DEFINE_bool("sample_random_frames", True,
 flags.DEFINE_bool("netvlad_add_batch_norm", True,
                   "Batch-normalize the NetVLAD cluster assignments (the original's NetVLAD has "
                   "no working alternative; False is refused).")
+# The seed's commands pass --netvlad_relu=False; the original read the flag but always
+# applied relu6, so honouring it would build a network the original never trained.
 flags.DEFINE_bool("netvlad_relu", True,
-                  "Apply relu6 after hidden1's batch norm. NOTE: the original ignored this flag "
-                  "and always applied relu6; pass --netvlad_relu=True to rebuild its network "
-                  "exactly (e.g. to evaluate checkpoints trained by the original code).")
+                  "No effect (accepted for the original's commands): relu6 always follows "
+                  "hidden1's batch norm, as in the original.")
 flags.DEFINE_bool("gating", False, "Context gating on the output of hidden2.")
 flags.DEFINE_string("video_level_classifier_model", "MoeModel",
                     "Classifier on top of the NetVLAD features (a video_level_models class).")
@@ -83,14 +84,13 @@ class NetVLADModelLF(models.BaseModel):
 
   def create_model(self, model_input, vocab_size, num_frames, cluster_size, hidden_size,
                    is_training=True, iterations=None, sample_random_frames=None,
-                   add_batch_norm=None, relu=None, gating=None, float16_flag=None,
+                   add_batch_norm=None, gating=None, float16_flag=None,
                    sampling_seed=None, classifier_model=None, **unused_params):
     # Explicit arguments win over flags (the original's "arg or flag" could not pass False).
     iterations = FLAGS.iterations if iterations is None else iterations
     sample_random_frames = (FLAGS.sample_random_frames if sample_random_frames is None
                             else sample_random_frames)
     add_batch_norm = FLAGS.netvlad_add_batch_norm if add_batch_norm is None else add_batch_norm
-    relu = FLAGS.netvlad_relu if relu is None else relu
     gating = FLAGS.gating if gating is None else gating
     float16_flag = FLAGS.float16_flag if float16_flag is None else float16_flag
     classifier_model = (FLAGS.video_level_classifier_model if classifier_model is None
@@ -126,8 +126,7 @@ class NetVLADModelLF(models.BaseModel):
           initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vlad_dim)))
     activation = tf.matmul(vlad, fp16_layers.as_float32(hidden1_weights))
     activation = fp16_layers.batch_norm(activation, is_training=is_training, scope="hidden1_bn")
-    if relu:
-      activation = tf.nn.relu6(activation)
+    activation = tf.nn.relu6(activation)
 
     with tf1.variable_scope("hidden2_weights"):
       hidden2_weights = fp16_layers.model_variable(

@@ -33,10 +33,13 @@ VIDEO_LEVEL_MODELS = ("LogisticModel", "MoeModel")
 # model_flags.json keys. The first five are the original's; the rest record the
 # architecture so that eval.py and resumed training rebuild exactly the trained graph.
 ORIGINAL_KEYS = ("model", "feature_sizes", "feature_names", "frame_features", "label_loss")
+# Keys of an original json that describe its reader; its `model` and `label_loss` were
+# dead flags there (the original always trained NetVLADModelLF with cross-entropy).
+ORIGINAL_READER_KEYS = ("feature_sizes", "feature_names", "frame_features")
 # A different value would build different variables or different predictions: refused.
 STRICT_KEYS = ORIGINAL_KEYS + (
     "num_classes", "ensemble_num", "netvlad_cluster_size", "netvlad_hidden_size",
-    "float16_flag", "gating", "netvlad_relu", "gating_remove_diag", "moe_num_mixtures",
+    "float16_flag", "gating", "gating_remove_diag", "moe_num_mixtures",
     "moe_prob_gating", "moe_prob_gating_input", "video_level_classifier_model")
 # May legitimately differ between training and evaluation (e.g. tuning mixing weights).
 SOFT_KEYS = ("iterations", "sample_random_frames", "ensemble_wts", "moe_l2")
@@ -82,7 +85,6 @@ class ModelConfig:
   ensemble_wts: List[float]
   float16_flag: bool
   gating: bool
-  netvlad_relu: bool
   netvlad_add_batch_norm: bool
   gating_remove_diag: bool
   iterations: int
@@ -175,12 +177,44 @@ class ModelConfig:
 CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(ModelConfig))
 
 
+def notice_flags_without_effect():
+  """One line for each flag the seed's commands pass that the original ignored."""
+  if FLAGS["netvlad_relu"].present and not FLAGS.netvlad_relu:
+    logging.info("--netvlad_relu=False has no effect: relu6 follows hidden1's batch norm, "
+                 "as in the original")
+
+
+def is_original_model_flags(stored):
+  """True for a model_flags.json written by the original code (only its five keys)."""
+  return not set(stored) - set(ORIGINAL_KEYS)
+
+
+def read_stored_flags(directory, required=True):
+  """The model settings recorded in directory/model_flags.json (None if absent and not
+  required). An original json yields only its reader keys: the architecture of such a
+  train_dir comes from the command's flags, as it did in the original."""
+  stored = utils.read_model_flags(directory, required=required)
+  if stored is None:
+    return None
+  path = utils.model_flags_path(directory)
+  if is_original_model_flags(stored):
+    logging.info("%s was written by the original code: the architecture comes from this "
+                 "command's flags", path)
+    return {key: stored[key] for key in ORIGINAL_READER_KEYS if key in stored}
+  if stored.get("netvlad_relu") is False:
+    raise ValueError("%s records netvlad_relu=false: its checkpoints were trained by an earlier "
+                     "version of this project without relu6 after hidden1, a network this "
+                     "version does not build; train again" % path)
+  return stored
+
+
 def _default_model(frame_features):
   return "NetVLADModelLF" if frame_features else "LogisticModel"
 
 
 def config_from_flags():
   """The configuration given by this run's flags (train.py)."""
+  notice_flags_without_effect()
   values = {name: FLAGS[name].value for name in CONFIG_FIELDS}
   values["model"] = values["model"] or _default_model(values["frame_features"])
   for name in ("netvlad_cluster_size", "netvlad_hidden_size", "ensemble_wts"):
@@ -215,12 +249,13 @@ def check_same_architecture(stored, config, source):
 def config_for_evaluation(train_dir, explicit_checks=()):
   """The configuration of the model stored in train_dir, with this run's explicit flags.
 
-  Flags not given on the command line come from model_flags.json (original jsons without
-  the architecture keys fall back to the flag defaults). A given flag must match a strict
-  key of the json; soft keys (iterations, ensemble_wts, ...) may differ. Training-only
-  flags in ``explicit_checks`` (base_learning_rate, ...) are compared and only warned about.
+  Flags not given on the command line come from model_flags.json (an original json gives
+  only the reader; the rest comes from the flags). A given flag must match a strict key of
+  the json; soft keys (iterations, ensemble_wts, ...) may differ. Training-only flags in
+  ``explicit_checks`` (base_learning_rate, ...) are compared and only warned about.
   """
-  stored = utils.read_model_flags(train_dir)
+  notice_flags_without_effect()
+  stored = read_stored_flags(train_dir)
   source = utils.model_flags_path(train_dir)
   values = {}
   for name in CONFIG_FIELDS:
@@ -281,7 +316,7 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
               hidden_size=config.netvlad_hidden_size[index], is_training=is_training,
               iterations=config.iterations,
               sample_random_frames=config.sample_random_frames,
-              add_batch_norm=config.netvlad_add_batch_norm, relu=config.netvlad_relu,
+              add_batch_norm=config.netvlad_add_batch_norm,
               gating=config.gating, float16_flag=config.float16_flag,
               sampling_seed=None if is_training else sampling_seed(index),
               num_mixtures=config.moe_num_mixtures, l2_penalty=config.moe_l2,

@@ -15,6 +15,7 @@ file and record index (see ``input_error_message``).
 """
 
 import tensorflow as tf
+from absl import logging
 
 from . import dataset_layout
 from . import storage
@@ -69,9 +70,15 @@ def training_files(train_data_pattern, flag_name="train_data_pattern"):
                      % (flag_name, train_data_pattern))
   train, validate = parts
   holdout = set(holdout_validate_files(validate))
-  files = _glob(train, flag_name) + [f for f in _glob(validate, flag_name)
-                                     if f not in holdout]
-  return files
+  validate_files = _glob(validate, flag_name)
+  held_out = len(holdout.intersection(validate_files))
+  if held_out < len(holdout):
+    logging.warning(
+        "--%s: only %d of the %d held-out validate files (%s<CODE>.tfrecord) are among the %d "
+        "files %r matches, so held-out videos may be in the training data if your files are "
+        "named differently", flag_name, held_out, len(holdout), validate.split("*")[0],
+        len(validate_files), validate)
+  return _glob(train, flag_name) + [f for f in validate_files if f not in holdout]
 
 
 def eval_files(eval_data_pattern, holdout_only=True, flag_name="eval_data_pattern"):

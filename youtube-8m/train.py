@@ -250,7 +250,7 @@ def remove_training_artifacts(train_dir):
 
 def record_model_flags(train_dir, config):
   """Writes model_flags.json, or checks the architecture against an existing one."""
-  stored = utils.read_model_flags(train_dir, required=False)
+  stored = model_graph.read_stored_flags(train_dir, required=False)
   if stored is not None:
     model_graph.check_same_architecture(stored, config, utils.model_flags_path(train_dir))
   model_flags = config.to_json_dict()
@@ -371,13 +371,10 @@ def restore_or_initialize(sess, saver, graph_vars, train_dir):
                        "%s); warm-starting would mix two runs. Use an empty --train_dir."
                        % (FLAGS.checkpoint_file, train_dir, newest[1]))
     prefix = checkpoint_utils.stage_checkpoint(prefix, os.path.join(train_dir, ".warm_start"))
-    stored = dict(tf.train.list_variables(prefix))
+    checkpoint_utils.check_matches_graph(prefix, graph_vars, "of --checkpoint_file",
+                                         allow_missing=True)
+    stored = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
     present = [v for v in graph_vars if v.op.name in stored]
-    for variable in present:
-      if list(stored[variable.op.name]) != variable.shape.as_list():
-        raise ValueError("--checkpoint_file=%s: variable %s has shape %s there but %s in the "
-                         "model" % (prefix, variable.op.name, stored[variable.op.name],
-                                    variable.shape.as_list()))
     sess.run(tf1.global_variables_initializer())
     tf1.train.Saver(present).restore(sess, prefix)
     logging.info("Warm start from %s: restored %d variables, %d start fresh", prefix,
@@ -389,12 +386,11 @@ def restore_or_initialize(sess, saver, graph_vars, train_dir):
     logging.info("No checkpoint in %s: starting a new model", train_dir)
     return
   step, prefix = newest
-  stored = dict(tf.train.list_variables(prefix))
-  missing = [v.op.name for v in graph_vars if v.op.name not in stored]
-  if missing:
-    raise ValueError("Cannot resume from %s: it lacks %d variables of this model (e.g. %s). "
-                     "Use --start_new_model or another --train_dir." % (prefix, len(missing),
-                                                                        missing[0]))
+  try:
+    checkpoint_utils.check_matches_graph(prefix, graph_vars, "of these flags")
+  except ValueError as error:
+    raise ValueError("Cannot resume: %s. Use --start_new_model or another --train_dir."
+                     % error)
   saver.restore(sess, prefix)
   logging.info("Resumed from %s (step %d)", prefix, step)
 
