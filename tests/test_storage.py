@@ -20,7 +20,7 @@ for _path in (REPO_ROOT, TESTS_DIR):
   if _path not in sys.path:
     sys.path.insert(0, _path)
 
-from gcs_emulator import EMULATOR_PROJECT, FaultProxy, free_port  # pylint: disable=g-import-not-at-top
+from gcs_emulator import FaultProxy, free_port  # pylint: disable=g-import-not-at-top
 from gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401,F811  # pylint: disable=g-import-not-at-top,unused-import  (fixtures)
 
 storage = importlib.import_module("youtube-8m.storage")
@@ -46,7 +46,6 @@ def proxy(gcs_emulator, monkeypatch):
   with FaultProxy(gcs_emulator.host, delay=1.5) as fault_proxy:
     bucket = gcs_emulator.create_bucket()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", fault_proxy.host)
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", EMULATOR_PROJECT)
     yield fault_proxy, "gs://" + bucket
 
 
@@ -596,7 +595,7 @@ CKPT_FILES = ("model.ckpt-10.data-00000-of-00001", "model.ckpt-10.index",
 def generation(path):
   from google.cloud import storage as gcs  # pylint: disable=g-import-not-at-top
   bucket, name = storage.split_gcs(path)
-  return int(gcs.Client().bucket(bucket).get_blob(name).generation)
+  return int(gcs.Client(project=None).bucket(bucket).get_blob(name).generation)
 
 
 def test_synced_dir_push_order_push_new_and_pull(gcs_bucket, tmp_path):

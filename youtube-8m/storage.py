@@ -140,15 +140,16 @@ _thread_state = threading.local()
 
 
 def _client(path):
-  """This thread's Client for the current STORAGE_EMULATOR_HOST and GOOGLE_CLOUD_PROJECT,
-  which the library reads when a client is made (tests change them between calls)."""
-  key = (os.environ.get("STORAGE_EMULATOR_HOST"), os.environ.get("GOOGLE_CLOUD_PROJECT"))
+  """This thread's Client for the current STORAGE_EMULATOR_HOST, which the library reads
+  when a client is made (anonymous credentials with it, else Application Default
+  Credentials); tests change it between calls."""
+  host = os.environ.get("STORAGE_EMULATOR_HOST")
   clients = _thread_state.__dict__.setdefault("clients", {})
-  if key not in clients:
+  if host not in clients:
     from google.cloud import storage as gcs  # pylint: disable=g-import-not-at-top
-    # project=None: no project is needed to use existing buckets.
-    clients[key] = _call("connecting to access", path, lambda: gcs.Client(project=key[1]))
-  return clients[key]
+    # project=None: using existing buckets needs no project (the library would insist on one).
+    clients[host] = _call("connecting to access", path, lambda: gcs.Client(project=None))
+  return clients[host]
 
 
 def _retry(what, path):
@@ -628,7 +629,7 @@ class _StagerState(object):
     self.cancel = threading.Event()
     self.closed = False
     self.requested = 0  # number of next() calls that asked for a file
-    self.ready = {}  # index -> (local path, size, staged) or ("error", exception)
+    self.ready = {}  # index -> (local path, size) or ("error", exception)
     self.yielded = []  # [(local path, size)] staged files handed out, still on disk
     self.bytes_on_disk = 0  # staged + downloading + handed-out-and-kept
     self.stats = {"downloaded_files": 0, "downloaded_bytes": 0, "peak_bytes": 0,
@@ -681,7 +682,7 @@ class _StagerState(object):
             _silent_remove(local)
             self.bytes_on_disk -= length
             return
-          self.ready[index] = (local, length, True)
+          self.ready[index] = (local, length)
           self.cond.notify_all()
       except _Cancelled:
         return
@@ -738,11 +739,9 @@ class _StagerState(object):
     if item[0] == "error":
       self.close()
       raise item[1]
-    local, length, staged = item
-    if staged:
-      with self.cond:
-        self.yielded.append((local, length))
-    return local
+    with self.cond:
+      self.yielded.append(item)  # (local path, size) of a staged file
+    return item[0]
 
   def close(self):
     with self.close_lock:
@@ -804,21 +803,10 @@ class ShardStager(object):
                                int(max_cache_bytes), int(prefetch), int(keep_yielded))
     self._finalizer = weakref.finalize(self, self._state.close)
 
-  @property
-  def stage_dir(self):
-    return self._state.stage_dir
-
-  @property
-  def stats(self):
-    return self._state.stats
-
-  @property
-  def prefetch(self):
-    return self._state.prefetch
-
-  @property
-  def max_cache_bytes(self):
-    return self._state.max_cache_bytes
+  stage_dir = property(lambda self: self._state.stage_dir)
+  stats = property(lambda self: self._state.stats)
+  prefetch = property(lambda self: self._state.prefetch)
+  max_cache_bytes = property(lambda self: self._state.max_cache_bytes)
 
   def __len__(self):
     return len(self._state.paths)
@@ -854,16 +842,8 @@ def _upload_rank(name):
   'checkpoint' state file, so a reader never sees an index (or a state file pointing at a
   checkpoint) before the data it refers to."""
   base = name.rsplit("/", 1)[-1]
-  if _DATA_FILE_RE.search(base):
-    rank = 0
-  elif base.endswith(".meta"):
-    rank = 1
-  elif base.endswith(".index"):
-    rank = 3
-  elif base == "checkpoint":
-    rank = 4
-  else:
-    rank = 2
+  rank = (0 if _DATA_FILE_RE.search(base) else 1 if base.endswith(".meta") else
+          3 if base.endswith(".index") else 4 if base == "checkpoint" else 2)
   return (rank, name)
 
 
