@@ -308,8 +308,9 @@ def _upload(local_path, path):
 
 
 def _writer(path, text):
-  """Blob.open("wb") (a resumable upload) that creates the object only on a normal close:
-  leaving a `with` block by an exception, or dropping the file unclosed, uploads nothing."""
+  """The library's BlobWriter (what Blob.open("wb") returns: a resumable upload), creating
+  the object only on a normal close: leaving a `with` block by an exception, or dropping the
+  file unclosed, uploads nothing."""
   from google.cloud.storage.fileio import BlobWriter  # pylint: disable=g-import-not-at-top
 
   class Writer(BlobWriter):
