@@ -28,8 +28,7 @@ for _path in (REPO_ROOT, os.path.join(REPO_ROOT, "tests")):
   if _path not in sys.path:
     sys.path.insert(0, _path)
 
-from gcs_emulator import (  # pylint: disable=g-import-not-at-top
-    EMULATOR_PROJECT, Emulator, create_bucket)
+from gcs_emulator import Emulator, create_bucket  # pylint: disable=g-import-not-at-top
 
 storage = importlib.import_module("youtube-8m.storage")
 
@@ -98,7 +97,6 @@ def main(argv=None):
       emulator = Emulator().start()
       host = emulator.host
     os.environ["STORAGE_EMULATOR_HOST"] = host
-    os.environ.setdefault("GOOGLE_CLOUD_PROJECT", EMULATOR_PROJECT)
     bucket = create_bucket(host)
     print("emulator %s, bucket gs://%s" % (host, bucket), flush=True)
 

@@ -374,15 +374,15 @@ def emulator_fixture(scope="session", name=None):
 
 
 def bucket_fixture(emulator_fixture_name="gcs_emulator", name=None):
-  """A per-test pytest fixture: a fresh bucket on the emulator, STORAGE_EMULATOR_HOST and
-  GOOGLE_CLOUD_PROJECT set (via monkeypatch) for the test; yields 'gs://BUCKET'."""
+  """A per-test pytest fixture: a fresh bucket on the emulator, STORAGE_EMULATOR_HOST set
+  (via monkeypatch) for the test; yields 'gs://BUCKET'. google-cloud-storage then uses
+  anonymous credentials and needs no project."""
   import pytest  # pylint: disable=g-import-not-at-top
 
   @pytest.fixture(name=name)
   def _bucket(request, monkeypatch):
     emulator = request.getfixturevalue(emulator_fixture_name)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator.host)
-    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", EMULATOR_PROJECT)
     yield "gs://" + emulator.create_bucket()
 
   return _bucket

@@ -1,9 +1,9 @@
-"""One file-system layer for local paths and gs:// URLs, testable against a local emulator.
+"""One file-system layer for local paths and gs:// URLs, on google-cloud-storage.
 
 TensorFlow's own gs:// file system talks only to Google's fixed endpoints, so this project
 reaches Cloud Storage through `google-cloud-storage`, which honours STORAGE_EMULATOR_HOST
-(e.g. http://127.0.0.1:9023 for `gcp-storage-emulator`). TF ops (TFRecordDataset, Saver,
-FileWriter) only ever see LOCAL paths; this module stages data between the two:
+(with anonymous credentials, e.g. http://127.0.0.1:9023 for `gcp-storage-emulator`). TF ops
+(TFRecordDataset, Saver, FileWriter) only ever see LOCAL paths; this module stages data:
 
   * reading shards: `ShardStager(paths)` yields local paths in order, downloading gs://
     objects ahead in a background thread into a bounded cache, and `stage_file(path)`
@@ -17,35 +17,35 @@ neither TensorFlow nor google.cloud.storage: both are imported on first use only
 
 Errors: a missing bucket raises StorageError("bucket 'x' does not exist (gs://x/...)"), a
 missing object FileNotFoundError naming the gs:// path. Transient failures (HTTP 408/429/5xx,
-connection reset/refused, truncated transfers, timeouts) are retried with exponential backoff
-and jitter (see `configure`), each retry logged at WARNING; when retries are exhausted a
-StorageError names the operation, the path, the attempts and the last error.
+dropped or refused connections, timeouts) are retried by the library's policy (the predicate of
+google.cloud.storage.retry.DEFAULT_RETRY, exponential backoff, 120 s deadline; an interrupted
+download resumes with a Range request), each retry logged at WARNING; once the deadline
+passes a StorageError names the operation, the path and the last error.
 """
 
 import builtins
 import errno
+import fnmatch
 import glob as _pyglob
 import hashlib
 import io
 import json
-import logging
 import os
-import random
 import re
 import shutil
 import tempfile
 import threading
-import time
 import weakref
 
-logger = logging.getLogger("yt8m.storage")
+from absl import logging
 
 GCS_SCHEME = "gs://"
-DEFAULT_EMULATOR_PROJECT = "yt8m-local"
 DEFAULT_MAX_CACHE_BYTES = 2 << 30  # 2 GiB
 _READ_IN_MEMORY_BYTES = 64 << 20  # open(gs, 'rb') buffers up to this much in memory
-_COPY_CHUNK = 8 << 20
-_STAGE_SUFFIX = ".part"
+
+# Keyword arguments for google.api_core.retry.Retry (initial, maximum, multiplier, timeout)
+# overriding its defaults, which are DEFAULT_RETRY's: 1 s, 60 s, x2, 120 s. Tests shorten them.
+RETRY_OPTIONS = {}
 
 NO_CREDENTIALS_MESSAGE = (
     "no Google Cloud credentials: run `gcloud auth application-default login` or set "
@@ -63,69 +63,12 @@ class _Cancelled(Exception):
 
 
 # ---------------------------------------------------------------------------------------
-# Configuration: retries and timeouts.
-
-
-def _env_float(name, default):
-  value = os.environ.get(name)
-  if not value:
-    return default
-  try:
-    return float(value)
-  except ValueError:
-    raise ValueError("environment variable %s=%r is not a number" % (name, value))
-
-
-class _Config(object):
-  """Retry/timeout settings; change them with configure()."""
-
-  def __init__(self):
-    self.retry_attempts = int(_env_float("YT8M_STORAGE_RETRY_ATTEMPTS", 6))
-    self.retry_deadline = _env_float("YT8M_STORAGE_RETRY_DEADLINE", 120.0)
-    self.initial_backoff = _env_float("YT8M_STORAGE_INITIAL_BACKOFF", 0.5)
-    self.max_backoff = _env_float("YT8M_STORAGE_MAX_BACKOFF", 16.0)
-    self.backoff_multiplier = 2.0
-    # (connect, read) seconds for each HTTP request.
-    self.timeout = (_env_float("YT8M_STORAGE_CONNECT_TIMEOUT", 15.0),
-                    _env_float("YT8M_STORAGE_READ_TIMEOUT", 120.0))
-
-  def as_dict(self):
-    return dict(self.__dict__)
-
-
-_config = _Config()
-
-
-def configure(**settings):
-  """Changes retry/timeout settings; returns the previous values (a dict for configure(**)).
-
-  Keys: retry_attempts (total tries per operation, >= 1), retry_deadline (seconds from the
-  first try after which no new try starts), initial_backoff, max_backoff (seconds),
-  backoff_multiplier, timeout (seconds or a (connect, read) tuple per HTTP request).
-  Defaults come from YT8M_STORAGE_RETRY_ATTEMPTS, YT8M_STORAGE_RETRY_DEADLINE,
-  YT8M_STORAGE_INITIAL_BACKOFF, YT8M_STORAGE_MAX_BACKOFF, YT8M_STORAGE_CONNECT_TIMEOUT and
-  YT8M_STORAGE_READ_TIMEOUT, else 6 tries / 120 s / 0.5 s / 16 s / (15 s, 120 s).
-  """
-  previous = _config.as_dict()
-  for key, value in settings.items():
-    if key not in previous:
-      raise TypeError("unknown storage setting %r (known: %s)"
-                      % (key, ", ".join(sorted(previous))))
-    if key == "retry_attempts" and int(value) < 1:
-      raise ValueError("retry_attempts must be >= 1, got %r" % (value,))
-    setattr(_config, key, value)
-  return previous
-
-
-# ---------------------------------------------------------------------------------------
 # Paths.
 
 
 def _fspath(path):
   path = os.fspath(path)
-  if isinstance(path, bytes):
-    path = path.decode("utf-8")
-  return path
+  return path.decode("utf-8") if isinstance(path, bytes) else path
 
 
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
@@ -137,20 +80,21 @@ def is_gcs(path):
   return _fspath(path).startswith("gs:")
 
 
-def _check_scheme(path):
-  """ValueError for URLs this module cannot serve (s3://, gs:/x); returns is_gcs."""
+def _kind(path):
+  """(path as str, is_gcs); ValueError for URLs this module cannot serve (s3://, gs:/x)."""
+  path = _fspath(path)
   match = _SCHEME_RE.match(path)
   if not match:
-    return False
+    return path, False
   scheme = match.group(1)
   if scheme.lower() == "gs":
     if not path.startswith(GCS_SCHEME):
       raise ValueError("malformed gs:// URL %r: it must start with 'gs://BUCKET/'" % path)
-    return True
+    return path, True
   if path[match.end():].startswith("//"):
     raise ValueError("unsupported URL scheme %r in %r: only local paths and gs:// URLs are "
                      "supported" % (scheme, path))
-  return False  # e.g. "C:" or "a:b" file names
+  return path, False  # e.g. "C:" or "a:b" file names
 
 
 def split_gcs(path):
@@ -173,238 +117,100 @@ def split_gcs(path):
   return bucket, name
 
 
-def _gcs_url(bucket, name):
-  return "%s%s/%s" % (GCS_SCHEME, bucket, name)
-
-
-def _kind(path):
-  """(path as str, is_gcs) with the scheme validated."""
-  path = _fspath(path)
-  return path, _check_scheme(path)
-
-
 def _dir_prefix(name):
   """Blob-name prefix of the 'directory' name ('' for the bucket root)."""
   name = name.rstrip("/")
   return name + "/" if name else ""
 
 
-def _glob_regex(pattern):
-  """A compiled regex for a shell-style glob: '*' and '?' never match '/', '[..]' classes
-  (negated with '!' or '^') never match '/' when negated."""
-  out = []
-  i, n = 0, len(pattern)
-  while i < n:
-    c = pattern[i]
-    if c == "*":
-      while i < n and pattern[i] == "*":
-        i += 1
-      out.append("[^/]*")
-      continue
-    if c == "?":
-      out.append("[^/]")
-    elif c == "[":
-      j = i + 1
-      if j < n and pattern[j] in "!^":
-        j += 1
-      if j < n and pattern[j] == "]":
-        j += 1
-      while j < n and pattern[j] != "]":
-        j += 1
-      if j >= n:  # no closing bracket: a literal '['
-        out.append(re.escape(c))
-      else:
-        body = pattern[i + 1:j]
-        negate = body[:1] in ("!", "^")
-        if negate:
-          body = body[1:]
-        body = "".join("\\" + ch if ch in "\\[]&~|^" else ch for ch in body)
-        out.append("[^/%s]" % body if negate else "[%s]" % body)
-        i = j
-    else:
-      out.append(re.escape(c))
-    i += 1
-  return re.compile("".join(out) + r"\Z", re.DOTALL)
-
-
 def _has_magic(pattern):
   return any(c in pattern for c in "*?[")
 
 
-def _literal_prefix(pattern):
-  match = re.search(r"[*?\[]", pattern)
-  return pattern if match is None else pattern[:match.start()]
+def _match(name, pattern):
+  """Shell-glob match of '/'-separated names whose wildcards never cross a '/'."""
+  names, patterns = name.split("/"), pattern.split("/")
+  return len(names) == len(patterns) and all(map(fnmatch.fnmatchcase, names, patterns))
 
 
 # ---------------------------------------------------------------------------------------
-# Client, retries and error translation (google libraries imported lazily).
+# The library: clients, retries and error translation (imported lazily).
 
 _thread_state = threading.local()
 
 
-def _gapi():
-  from google.api_core import exceptions  # pylint: disable=g-import-not-at-top
-  return exceptions
+def _client(path):
+  """This thread's Client for the current STORAGE_EMULATOR_HOST, which the library reads
+  when a client is made (anonymous credentials with it, else Application Default
+  Credentials); tests change it between calls."""
+  host = os.environ.get("STORAGE_EMULATOR_HOST")
+  clients = _thread_state.__dict__.setdefault("clients", {})
+  if host not in clients:
+    from google.cloud import storage as gcs  # pylint: disable=g-import-not-at-top
+    # project=None: using existing buckets needs no project (the library would insist on one).
+    clients[host] = _call("connecting to access", path, lambda: gcs.Client(project=None))
+  return clients[host]
 
 
-def _client(path=None):
-  """This thread's google.cloud.storage.Client for the current environment.
+def _retry(what, path):
+  """The library's retry policy, logging each retry with the path."""
+  from google.api_core.retry import Retry  # pylint: disable=g-import-not-at-top
+  from google.cloud.storage import retry as gcs_retry  # pylint: disable=g-import-not-at-top
 
-  With STORAGE_EMULATOR_HOST set: anonymous credentials and project GOOGLE_CLOUD_PROJECT or
-  'yt8m-local'. Otherwise Application Default Credentials (StorageError if there are none).
-  One client per thread and per (emulator host, project), so changing the environment (as
-  tests do) takes effect on the next call.
-  """
-  host = os.environ.get("STORAGE_EMULATOR_HOST") or None
-  project = os.environ.get("GOOGLE_CLOUD_PROJECT") or None
-  key = (host, project)
-  clients = getattr(_thread_state, "clients", None)
-  if clients is None:
-    clients = _thread_state.clients = {}
-  client = clients.get(key)
-  if client is not None:
-    return client
-  from google.cloud import storage as gcs  # pylint: disable=g-import-not-at-top
-  if host:
-    from google.auth.credentials import AnonymousCredentials  # pylint: disable=g-import-not-at-top
-    client = gcs.Client(project=project or DEFAULT_EMULATOR_PROJECT,
-                        credentials=AnonymousCredentials())
-  else:
-    import google.auth  # pylint: disable=g-import-not-at-top
-    from google.auth import exceptions as auth_exceptions  # pylint: disable=g-import-not-at-top
-    try:
-      credentials, default_project = google.auth.default(
-          scopes=["https://www.googleapis.com/auth/devstorage.full_control"])
-    except auth_exceptions.DefaultCredentialsError as error:
-      raise StorageError(NO_CREDENTIALS_MESSAGE % (path or "gs:// paths") + " (%s)" % error
-                         ) from None
-    client = gcs.Client(project=project or default_project or None, credentials=credentials)
-  # google-cloud-storage >= 3.10 fetches bucket metadata for tracing attributes in background
-  # threads on first use of each bucket: extra requests we neither need nor want (they would
-  # also race with the retry tests' fault injection). The client checks the attribute for
-  # truthiness before every use.
-  if getattr(client, "_bucket_metadata_cache", None) is not None:
-    client._bucket_metadata_cache = None  # pylint: disable=protected-access
-  clients[key] = client
-  return client
+  def log(error):
+    logging.warning("storage: %s %s failed (%s); retrying", what, path, _describe(error))
 
-
-def reset_clients():
-  """Forgets this thread's cached clients (e.g. after changing credentials)."""
-  _thread_state.clients = {}
-
-
-_TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
-
-
-def _is_transient(error, depth=0):
-  """True for errors worth retrying: throttling, server errors, dropped connections."""
-  if depth > 4 or error is None:
-    return False
-  if isinstance(error, (_Cancelled, StorageError, FileNotFoundError)):
-    return False
-  if isinstance(error, (ConnectionError, TimeoutError)):  # reset / refused / aborted
-    return True
-  import http.client  # pylint: disable=g-import-not-at-top
-  if isinstance(error, (http.client.IncompleteRead, http.client.BadStatusLine,
-                        http.client.ResponseNotReady)):
-    return True
-  try:
-    import requests  # pylint: disable=g-import-not-at-top
-    import urllib3  # pylint: disable=g-import-not-at-top
-    from google.auth import exceptions as auth_exceptions  # pylint: disable=g-import-not-at-top
-    from google.cloud.storage import exceptions as gcs_exceptions  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return False
-  if isinstance(error, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
-                        requests.exceptions.ChunkedEncodingError,
-                        urllib3.exceptions.ProtocolError, urllib3.exceptions.TimeoutError,
-                        urllib3.exceptions.PoolError)):
-    return True
-  if isinstance(error, gcs_exceptions.DataCorruption):  # checksum mismatch: truncated body
-    return True
-  if isinstance(error, gcs_exceptions.InvalidResponse):
-    return getattr(error.response, "status_code", None) in _TRANSIENT_STATUS
-  if isinstance(error, _gapi().GoogleAPICallError):
-    return error.code in _TRANSIENT_STATUS
-  if isinstance(error, auth_exceptions.TransportError):
-    return any(_is_transient(arg, depth + 1) for arg in error.args
-               if isinstance(arg, BaseException)) or _is_transient(error.__cause__, depth + 1)
-  return False
+  # DEFAULT_RETRY is Retry(predicate=_should_retry); api_core has no public way to add an
+  # on_error callback to an existing Retry.
+  return Retry(predicate=gcs_retry._should_retry, on_error=log, **RETRY_OPTIONS)  # pylint: disable=protected-access
 
 
 def _describe(error):
-  text = str(error).strip() or type(error).__name__
-  text = " ".join(text.split())
-  if len(text) > 300:
-    text = text[:300] + "..."
-  return "%s: %s" % (type(error).__name__, text)
+  text = " ".join((str(error).strip() or type(error).__name__).split())
+  return "%s: %s" % (type(error).__name__, text[:300] + "..." if len(text) > 300 else text)
 
 
-def _with_retries(what, path, fn):
-  """fn() with retries of transient errors; StorageError once attempts/deadline run out."""
-  attempts = max(1, int(_config.retry_attempts))
-  start = time.monotonic()
-  attempt = 0
-  while True:
-    attempt += 1
-    try:
-      return fn()
-    except Exception as error:  # pylint: disable=broad-except
-      if not _is_transient(error):
-        raise
-      elapsed = time.monotonic() - start
-      backoff = min(float(_config.max_backoff),
-                    float(_config.initial_backoff) *
-                    float(_config.backoff_multiplier) ** (attempt - 1))
-      delay = backoff * random.uniform(0.5, 1.0)  # jitter
-      if attempt >= attempts or elapsed + delay > float(_config.retry_deadline):
-        raise StorageError("%s %s failed after %d attempt%s in %.1f s (retries exhausted); "
-                           "last error: %s" % (what, path, attempt,
-                                               "" if attempt == 1 else "s", elapsed,
-                                               _describe(error))) from error
-      logger.warning("storage: %s %s failed (%s); retry %d/%d in %.2f s", what, path,
-                     _describe(error), attempt, attempts - 1, delay)
-      time.sleep(delay)
-
-
-def _bucket_missing(bucket_name, path):
-  """True only if the bucket certainly does not exist (a 403 on the bucket, e.g. without
-  storage.buckets.get permission, counts as existing)."""
-  client = _client(path)
+def _call(what, path, fn):
+  """fn() with the library's errors translated: a 404 becomes FileNotFoundError (StorageError
+  for a missing bucket), other API and credential errors a StorageError naming path."""
   try:
-    return not _with_retries("checking bucket of", path,
-                             lambda: client.bucket(bucket_name).exists(
-                                 retry=None, timeout=_config.timeout))
-  except _gapi().GoogleAPICallError:
-    return False
-
-
-def _missing(path):
-  """Raises the right error for a 404 on path: StorageError for a missing bucket,
-  FileNotFoundError for a missing object."""
-  bucket, _ = split_gcs(path)
-  if _bucket_missing(bucket, path):
-    raise StorageError("bucket '%s' does not exist (%s)" % (bucket, path))
-  raise FileNotFoundError(errno.ENOENT, "No such object", path)
-
-
-def _run(what, path, fn):
-  """_with_retries plus translation: 404 -> _missing(path); other API errors ->
-  StorageError naming the operation and the path."""
-  gapi = _gapi()
-  try:
-    return _with_retries(what, path, fn)
-  except gapi.NotFound:
-    _missing(path)
-  except gapi.GoogleAPICallError as error:
-    raise StorageError("%s %s failed: %s" % (what, path, _describe(error))) from error
+    return fn()
   except Exception as error:  # pylint: disable=broad-except
-    from google.auth import exceptions as auth_exceptions  # pylint: disable=g-import-not-at-top
-    if isinstance(error, auth_exceptions.GoogleAuthError):
+    from google.api_core import exceptions as gapi  # pylint: disable=g-import-not-at-top
+    from google.auth import exceptions as auth  # pylint: disable=g-import-not-at-top
+    from google.cloud.storage.exceptions import InvalidResponse  # pylint: disable=g-import-not-at-top
+    if isinstance(error, InvalidResponse):  # Blob.open() writers raise the raw media error
+      error = gapi.from_http_response(error.response)
+    if isinstance(error, gapi.NotFound):
+      _missing(path)
+    if isinstance(error, gapi.RetryError):
+      raise StorageError("%s %s failed: retries exhausted (%s); last error: %s" % (
+          what, path, error.message, _describe(error.cause))) from error
+    if isinstance(error, gapi.GoogleAPICallError):
+      raise StorageError("%s %s failed: %s" % (what, path, _describe(error))) from error
+    if isinstance(error, auth.DefaultCredentialsError):
+      raise StorageError(NO_CREDENTIALS_MESSAGE % path + " (%s)" % error) from None
+    if isinstance(error, auth.GoogleAuthError):
       raise StorageError("%s %s failed: %s (%s)" % (
           what, path, _describe(error), NO_CREDENTIALS_MESSAGE % path)) from error
     raise
+
+
+def _missing(path):
+  """Raises the error for a 404 on path: StorageError if the bucket certainly does not
+  exist, else FileNotFoundError."""
+  from google.api_core import exceptions as gapi  # pylint: disable=g-import-not-at-top
+  bucket = split_gcs(path)[0]
+
+  def bucket_exists():
+    try:
+      return _client(path).bucket(bucket).exists(retry=_retry("checking bucket of", path))
+    except gapi.GoogleAPICallError:  # e.g. 403 without storage.buckets.get: it exists
+      return True
+
+  if not _call("checking bucket of", path, bucket_exists):
+    raise StorageError("bucket '%s' does not exist (%s)" % (bucket, path))
+  raise FileNotFoundError(errno.ENOENT, "No such object", path)
 
 
 def _blob(path, generation=None):
@@ -417,27 +223,23 @@ def _get_blob(path):
   bucket, name = split_gcs(path)
   if not name or name.endswith("/"):
     raise IsADirectoryError(errno.EISDIR, "Is a directory (not an object)", path)
-  client = _client(path)
-  blob = _run("stat", path, lambda: client.bucket(bucket).get_blob(
-      name, retry=None, timeout=_config.timeout))
+  blob = _call("stat", path, lambda: _client(path).bucket(bucket).get_blob(
+      name, retry=_retry("stat", path)))
   if blob is None:
     _missing(path)
   return blob
 
 
-def _list(bucket, prefix, delimiter=None, max_results=None, path=None):
-  """([blob], [prefix]) under prefix, fully listed (so one retry covers the listing)."""
-  path = path or _gcs_url(bucket, prefix or "")
-  client = _client(path)
+def _list(path, prefix, **options):
+  """([blob], [prefix]) under prefix in path's bucket (list_blobs options: delimiter,
+  match_glob, max_results); each page request is retried."""
 
   def do_list():
-    iterator = client.list_blobs(bucket, prefix=prefix or None, delimiter=delimiter,
-                                 max_results=max_results, retry=None,
-                                 timeout=_config.timeout)
-    blobs = list(iterator)
-    return blobs, sorted(getattr(iterator, "prefixes", ()) or ())
+    pages = _client(path).list_blobs(split_gcs(path)[0], prefix=prefix or None,
+                                     retry=_retry("listing", path), **options)
+    return list(pages), sorted(pages.prefixes)
 
-  return _run("listing", path, do_list)
+  return _call("listing", path, do_list)
 
 
 # ---------------------------------------------------------------------------------------
@@ -460,89 +262,10 @@ class _CancellableSink(object):
     return getattr(self._file, name)
 
 
-def _download_to_fileobj(path, file_obj, generation=None, cancel=None, what="download"):
-  """Downloads the object into file_obj (rewound and truncated before each try)."""
+def _download(path, file_obj, generation=None, cancel=None, what="download"):
   blob = _blob(path, generation=generation)
-  start = file_obj.tell()
-
-  def attempt():
-    file_obj.seek(start)
-    file_obj.truncate()
-    sink = _CancellableSink(file_obj, cancel) if cancel is not None else file_obj
-    blob.download_to_file(sink, retry=None, timeout=_config.timeout)
-
-  _run(what, path, attempt)
-
-
-def _temp_path_beside(path):
-  directory, base = os.path.split(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".%s.tmp-" % base[:100], dir=directory)
-  os.close(fd)
-  return tmp
-
-
-_umask = None
-
-
-def _current_umask():
-  """The process umask, read without changing it where possible (os.umask() both reads and
-  sets it, which races with other threads creating files)."""
-  global _umask
-  if _umask is None:
-    try:
-      with builtins.open("/proc/self/status") as handle:
-        for line in handle:
-          if line.startswith("Umask:"):
-            _umask = int(line.split()[1], 8)
-            break
-    except (OSError, ValueError):
-      pass
-    if _umask is None:
-      _umask = os.umask(0o022)
-      os.umask(_umask)
-  return _umask
-
-
-def _fix_mode(path):
-  """mkstemp creates 0600 files; give them the mode a plain open() would have."""
-  os.chmod(path, 0o666 & ~_current_umask())
-
-
-def _download_to_path(path, local_path, generation=None, cancel=None):
-  """Downloads gs:// path to local_path atomically (temp file beside it, then rename)."""
-  directory = os.path.dirname(os.path.abspath(local_path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = _temp_path_beside(local_path)
-  try:
-    with builtins.open(tmp, "r+b", buffering=_COPY_CHUNK) as handle:
-      _download_to_fileobj(path, handle, generation=generation, cancel=cancel)
-    _fix_mode(tmp)
-    os.replace(tmp, local_path)
-  except BaseException:
-    _silent_remove(tmp)
-    raise
-
-
-def _upload_fileobj(path, file_obj, size, what="upload"):
-  """Uploads size bytes of file_obj (from its current position) as one object; nothing is
-  created unless the whole upload succeeds."""
-  blob = _blob(path)
-  start = file_obj.tell()
-
-  def attempt():
-    file_obj.seek(start)
-    blob.upload_from_file(file_obj, size=size, rewind=False, retry=None,
-                          timeout=_config.timeout,
-                          content_type="application/octet-stream")
-
-  _run(what, path, attempt)
-  return blob
-
-
-def _upload_path(local_path, path):
-  """Uploads a local file; returns the blob (with the new generation)."""
-  with builtins.open(local_path, "rb") as handle:
-    return _upload_fileobj(path, handle, os.fstat(handle.fileno()).st_size)
+  sink = file_obj if cancel is None else _CancellableSink(file_obj, cancel)
+  _call(what, path, lambda: blob.download_to_file(sink, retry=_retry(what, path)))
 
 
 def _silent_remove(path):
@@ -552,37 +275,94 @@ def _silent_remove(path):
     pass
 
 
+def _local_write(path, fill):
+  """fill(tmp) writes a temporary file beside path, which then replaces path atomically.
+  The file is created with mode 0666 & ~umask, like open() (mkstemp would give 0600)."""
+  directory, base = os.path.split(os.path.abspath(path))
+  tmp = os.path.join(directory, ".%s.tmp-%s" % (base[:100], os.urandom(4).hex()))
+  os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+  try:
+    fill(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    _silent_remove(tmp)
+    raise
+
+
+def _download_to_path(path, local_path, generation=None, cancel=None):
+  os.makedirs(os.path.dirname(os.path.abspath(local_path)), exist_ok=True)
+
+  def fill(tmp):
+    with builtins.open(tmp, "wb", buffering=8 << 20) as handle:
+      _download(path, handle, generation=generation, cancel=cancel)
+
+  _local_write(local_path, fill)
+
+
+def _upload(local_path, path):
+  """Uploads a local file as one object; returns the blob (with the new generation)."""
+  blob = _blob(path)
+  _call("upload", path, lambda: blob.upload_from_filename(
+      local_path, content_type="application/octet-stream", retry=_retry("upload", path)))
+  return blob
+
+
+def _writer(path, text):
+  """The library's BlobWriter (what Blob.open("wb") returns: a resumable upload), creating
+  the object only on a normal close: leaving a `with` block by an exception, or dropping the
+  file unclosed, uploads nothing."""
+  from google.cloud.storage.fileio import BlobWriter  # pylint: disable=g-import-not-at-top
+
+  class Writer(BlobWriter):
+    done = False
+
+    def close(self):
+      if not self.done:
+        self.done = True
+        _call("write", path, super().close)
+
+    def terminate(self):
+      self.done = True
+      super().terminate()
+
+    def __del__(self):  # replaces IOBase's finalizer, which would upload
+      if not self.done:
+        logging.warning("storage: write to %s was never closed; nothing uploaded", path)
+        self.terminate()
+
+  class TextWriter(io.TextIOWrapper):
+    def __exit__(self, exc_type, *unused):  # TextIOWrapper's would close, i.e. upload
+      self.buffer.terminate() if exc_type else self.close()  # pylint: disable=expression-not-assigned
+
+    def __del__(self):  # replaces the closing finalizer; Writer's own discards the data
+      pass
+
+  writer = Writer(_blob(path), ignore_flush=True, retry=_retry("write", path),
+                  content_type="application/octet-stream")
+  return TextWriter(writer, encoding="utf-8") if text else writer
+
+
 # ---------------------------------------------------------------------------------------
 # File-system functions.
 
 
 def glob(pattern):
   """Sorted paths matching a shell-style pattern ('*', '?', '[..]'; '*' stays within one
-  path component). gs:// patterns list the blobs under the literal prefix before the first
-  wildcard and also match 'directories' (common prefixes), like a shell; [] if none match."""
+  path component), 'directories' included, like a shell; [] if none match. gs:// patterns
+  are matched by the service (list_blobs(match_glob=...), Cloud Storage's glob syntax)."""
   pattern, remote = _kind(pattern)
   if not remote:
     return sorted(_pyglob.glob(pattern, include_hidden=True))
   bucket, name_pattern = split_gcs(pattern)
   if not _has_magic(name_pattern):
     return [pattern] if exists(pattern) else []
-  regex = _glob_regex(name_pattern)
-  prefix = _literal_prefix(name_pattern)
-  rest = name_pattern[len(prefix):]
-  candidates = set()
-  if "/" not in rest:
-    # Matches lie at the prefix's level: one delimited listing returns them all.
-    blobs, prefixes = _list(bucket, prefix, delimiter="/", path=pattern)
-    candidates.update(blob.name for blob in blobs)
-    candidates.update(p.rstrip("/") for p in prefixes)
-  else:
-    blobs, _ = _list(bucket, prefix, path=pattern)
-    for blob in blobs:
-      parts = blob.name.split("/")
-      for i in range(1, len(parts) + 1):
-        candidates.add("/".join(parts[:i]))
-  return sorted(_gcs_url(bucket, name) for name in candidates
-                if name and name.startswith(prefix) and regex.match(name))
+  prefix = re.split(r"[*?\[{]", name_pattern)[0]  # narrows the listing
+  depth = name_pattern.count("/") + 1
+  files, _ = _list(pattern, prefix, match_glob=name_pattern)
+  # A matching 'directory' shows as objects below it, cut back to the pattern's depth.
+  below, _ = _list(pattern, prefix, match_glob=name_pattern + "/**")
+  names = {b.name for b in files} | {"/".join(b.name.split("/")[:depth]) for b in below}
+  return sorted("%s%s/%s" % (GCS_SCHEME, bucket, name) for name in names)
 
 
 def exists(path):
@@ -591,10 +371,10 @@ def exists(path):
   path, remote = _kind(path)
   if not remote:
     return os.path.exists(path)
-  bucket, name = split_gcs(path)
+  name = split_gcs(path)[1]
   if name and not name.endswith("/"):
-    blob = _client(path).bucket(bucket).blob(name)
-    if _run("stat", path, lambda: blob.exists(retry=None, timeout=_config.timeout)):
+    blob = _blob(path)
+    if _call("stat", path, lambda: blob.exists(retry=_retry("stat", path))):
       return True
   return isdir(path)
 
@@ -604,8 +384,8 @@ def isdir(path):
   path, remote = _kind(path)
   if not remote:
     return os.path.isdir(path)
-  bucket, name = split_gcs(path)
-  blobs, _ = _list(bucket, _dir_prefix(name), max_results=1, path=path)
+  name = split_gcs(path)[1]
+  blobs, _ = _list(path, _dir_prefix(name), max_results=1)
   return bool(blobs) or not name.strip("/")  # the bucket root exists if listing works
 
 
@@ -614,17 +394,16 @@ def listdir(path):
   path, remote = _kind(path)
   if not remote:
     return sorted(os.listdir(path))
-  bucket, name = split_gcs(path)
+  name = split_gcs(path)[1]
   prefix = _dir_prefix(name)
-  blobs, prefixes = _list(bucket, prefix, delimiter="/", path=path)
+  blobs, prefixes = _list(path, prefix, delimiter="/")
   names = set(blob.name[len(prefix):] for blob in blobs)
   names.update(p[len(prefix):].rstrip("/") for p in prefixes)
   names.discard("")
-  if not names and not blobs:
-    if name.strip("/") and exists(path):
+  if not names and not blobs and name.strip("/"):
+    if exists(path):
       raise NotADirectoryError(errno.ENOTDIR, "Not a directory", path)
-    if name.strip("/"):
-      raise FileNotFoundError(errno.ENOENT, "No such directory", path)
+    raise FileNotFoundError(errno.ENOENT, "No such directory", path)
   return sorted(names)
 
 
@@ -633,8 +412,7 @@ def makedirs(path):
   path, remote = _kind(path)
   if remote:
     split_gcs(path)
-    return
-  if path:
+  elif path:
     os.makedirs(path, exist_ok=True)
 
 
@@ -644,67 +422,36 @@ def remove(path):
   if not remote:
     os.remove(path)
     return
-  bucket, name = split_gcs(path)
+  name = split_gcs(path)[1]
   if not name or name.endswith("/"):
-    raise IsADirectoryError(errno.EISDIR, "Is a directory (use rmtree)", path)
-  blob = _client(path).bucket(bucket).blob(name)
-  _run("delete", path, lambda: blob.delete(retry=None, timeout=_config.timeout))
-
-
-def rmtree(path):
-  """Deletes a directory and everything under it (gs://: every object under path/)."""
-  path, remote = _kind(path)
-  if not remote:
-    shutil.rmtree(path)
-    return
-  bucket, name = split_gcs(path)
-  if not name.strip("/"):
-    raise ValueError("refusing to delete a whole bucket: %s" % path)
-  blobs, _ = _list(bucket, _dir_prefix(name), path=path)
-  if not blobs:
-    raise FileNotFoundError(errno.ENOENT, "No such directory", path)
-  gapi = _gapi()
-  for blob in blobs:
-    url = _gcs_url(bucket, blob.name)
-
-    def delete(blob=blob):
-      try:
-        blob.delete(retry=None, timeout=_config.timeout)
-      except gapi.NotFound:  # deleted meanwhile (or by a retried request)
-        pass
-
-    _run("delete", url, delete)
+    raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+  blob = _blob(path)
+  _call("delete", path, lambda: blob.delete(retry=_retry("delete", path)))
 
 
 def size(path):
   """Size in bytes of a file / object."""
   path, remote = _kind(path)
-  if not remote:
-    return os.path.getsize(path)
-  return int(_get_blob(path).size)
+  return int(_get_blob(path).size) if remote else os.path.getsize(path)
 
 
 def _copy_gcs_to_gcs(src, dst):
-  src_bucket, src_name = split_gcs(src)
-  dst_bucket, dst_name = split_gcs(dst)
-  client = _client(src)
-  source = client.bucket(src_bucket).blob(src_name)
-  target = client.bucket(dst_bucket).blob(dst_name)
+  """A server-side rewrite (in as many calls as the service asks for)."""
+  from google.api_core import exceptions as gapi  # pylint: disable=g-import-not-at-top
+  what = "copy to %s from" % dst
+  source, target = _blob(src), _blob(dst)
 
-  def attempt():
-    token, _, _ = target.rewrite(source, retry=None, timeout=_config.timeout)
-    while token is not None:
-      token, _, _ = target.rewrite(source, token=token, retry=None, timeout=_config.timeout)
+  def rewrite():
+    try:
+      token, _, _ = target.rewrite(source, retry=_retry(what, src))
+      while token is not None:
+        token, _, _ = target.rewrite(source, token=token, retry=_retry(what, src))
+    except gapi.NotFound:
+      if _call("stat", src, lambda: source.exists(retry=_retry("stat", src))):
+        _missing(dst)  # the source exists: the target bucket does not
+      raise
 
-  gapi = _gapi()
-  try:
-    _with_retries("copy to %s from" % dst, src, attempt)
-  except gapi.NotFound:
-    if _bucket_missing(dst_bucket, dst):
-      raise StorageError("bucket '%s' does not exist (%s)" % (dst_bucket, dst))
-    _missing(src)
-  except gapi.GoogleAPICallError as error:
-    raise StorageError("copy %s -> %s failed: %s" % (src, dst, _describe(error))) from error
+  _call(what, src, rewrite)
 
 
 def copy(src, dst, overwrite=True):
@@ -717,25 +464,18 @@ def copy(src, dst, overwrite=True):
   dst, dst_remote = _kind(dst)
   if not overwrite and exists(dst):
     raise FileExistsError(errno.EEXIST, "Destination exists", dst)
-  if not src_remote and not dst_remote:
-    tmp = _temp_path_beside(dst)
-    try:
-      shutil.copyfile(src, tmp)
-      _fix_mode(tmp)
-      os.replace(tmp, dst)
-    except BaseException:
-      _silent_remove(tmp)
-      raise
-  elif not src_remote:
-    if os.path.isdir(src):
-      raise IsADirectoryError(errno.EISDIR, "Is a directory", src)
-    _upload_path(src, dst)
-  elif not dst_remote:
+  if src_remote and dst_remote:
+    _copy_gcs_to_gcs(src, dst)
+  elif src_remote:
     if os.path.isdir(dst):
       raise IsADirectoryError(errno.EISDIR, "Is a directory", dst)
     _download_to_path(src, dst)
+  elif dst_remote:
+    if os.path.isdir(src):
+      raise IsADirectoryError(errno.EISDIR, "Is a directory", src)
+    _upload(src, dst)
   else:
-    _copy_gcs_to_gcs(src, dst)
+    _local_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def rename(src, dst, overwrite=False):
@@ -760,7 +500,7 @@ def rename(src, dst, overwrite=False):
         raise
       shutil.move(src, dst)
     return
-  bucket, name = split_gcs(src)
+  name = split_gcs(src)[1]
   if not name or name.endswith("/"):
     raise IsADirectoryError(errno.EISDIR, "Renaming gs:// directories is not supported",
                             src)
@@ -768,140 +508,36 @@ def rename(src, dst, overwrite=False):
     size(src)  # FileNotFoundError if missing
     return
   _copy_gcs_to_gcs(src, dst)
-  blob = _client(src).bucket(bucket).blob(name)
-  gapi = _gapi()
-
-  def delete():
-    try:
-      blob.delete(retry=None, timeout=_config.timeout)
-    except gapi.NotFound:  # a retried delete whose first try succeeded
-      pass
-
-  _run("delete (rename source)", src, delete)
-
-
-class _GcsWriter(object):
-  """open(gs, 'w'/'wb'): buffers locally, uploads once on close().
-
-  Leaving a `with` block by an exception, calling abort(), or dropping the object without
-  close() uploads nothing, so a failed write never creates (or replaces) the object.
-  """
-
-  def __init__(self, path, text):
-    self.name = path
-    self.mode = "w" if text else "wb"
-    self._text = text
-    self._buffer = tempfile.SpooledTemporaryFile(max_size=_READ_IN_MEMORY_BYTES)
-    self._closed = False
-
-  @property
-  def closed(self):
-    return self._closed
-
-  def _check_open(self):
-    if self._closed:
-      raise ValueError("I/O operation on closed file %s" % self.name)
-
-  def write(self, data):
-    self._check_open()
-    if self._text:
-      if not isinstance(data, str):
-        raise TypeError("write() argument must be str, not %s" % type(data).__name__)
-      self._buffer.write(data.encode("utf-8"))
-    else:
-      if isinstance(data, str):
-        raise TypeError("a bytes-like object is required, not 'str'")
-      self._buffer.write(data)
-    return len(data)
-
-  def writelines(self, lines):
-    for line in lines:
-      self.write(line)
-
-  def flush(self):
-    self._check_open()
-
-  def tell(self):
-    self._check_open()
-    return self._buffer.tell()
-
-  def readable(self):
-    return False
-
-  def writable(self):
-    return True
-
-  def seekable(self):
-    return False
-
-  def close(self):
-    """Uploads the data written (the object appears only if the upload succeeds)."""
-    if self._closed:
-      return
-    self._closed = True
-    try:
-      length = self._buffer.tell()
-      self._buffer.seek(0)
-      _upload_fileobj(self.name, self._buffer, length)
-    finally:
-      self._buffer.close()
-
-  def abort(self):
-    """Discards the data: nothing is uploaded."""
-    if self._closed:
-      return
-    self._closed = True
-    self._buffer.close()
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, exc_type, exc_value, traceback):
-    if exc_type is not None:
-      self.abort()
-    else:
-      self.close()
-
-  def __del__(self):
-    if not getattr(self, "_closed", True):
-      logger.warning("storage: write to %s was never closed; nothing uploaded", self.name)
-      self.abort()
-
-
-def _read_gcs(path):
-  """A binary file object (rewound) holding the object's bytes."""
-  blob = _get_blob(path)
-  if (blob.size or 0) <= _READ_IN_MEMORY_BYTES:
-    buffer = io.BytesIO()
-  else:
-    buffer = tempfile.TemporaryFile()
+  blob = _blob(src)
   try:
-    _download_to_fileobj(path, buffer, generation=blob.generation, what="read")
-  except BaseException:
-    buffer.close()
-    raise
-  buffer.seek(0)
-  return buffer
+    _call("delete (rename source)", src, lambda: blob.delete(retry=_retry("delete", src)))
+  except FileNotFoundError:  # a retried delete whose first try succeeded
+    pass
 
 
 def open(path, mode="r"):  # pylint: disable=redefined-builtin
   """Opens a file: builtins.open for local paths; for gs:// modes 'r', 'rb' (the object is
-  downloaded first) and 'w', 'wb' (uploaded on close; see _GcsWriter). Text is UTF-8."""
+  downloaded first) and 'w', 'wb' (uploaded on close; nothing on an exception inside a
+  `with` block or without close(); see _writer). Text is UTF-8."""
   path, remote = _kind(path)
   if not remote:
-    if "b" in mode:
-      return builtins.open(path, mode)
-    return builtins.open(path, mode, encoding="utf-8")
+    return builtins.open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
   if mode not in ("r", "rb", "w", "wb"):
     raise ValueError("mode %r is not supported for gs:// paths (use 'r', 'rb', 'w' or 'wb')"
                      % mode)
   split_gcs(path)
   if mode.startswith("w"):
-    return _GcsWriter(path, text=(mode == "w"))
-  buffer = _read_gcs(path)
-  if mode == "rb":
-    return buffer
-  return io.TextIOWrapper(buffer, encoding="utf-8")
+    return _writer(path, text=(mode == "w"))
+  blob = _get_blob(path)
+  small = (blob.size or 0) <= _READ_IN_MEMORY_BYTES
+  buffer = io.BytesIO() if small else tempfile.TemporaryFile()
+  try:
+    _download(path, buffer, generation=blob.generation, what="read")
+  except BaseException:
+    buffer.close()
+    raise
+  buffer.seek(0)
+  return buffer if mode == "rb" else io.TextIOWrapper(buffer, encoding="utf-8")
 
 
 def read_bytes(path):
@@ -910,7 +546,7 @@ def read_bytes(path):
     with builtins.open(path, "rb") as handle:
       return handle.read()
   buffer = io.BytesIO()
-  _download_to_fileobj(path, buffer, what="read")
+  _download(path, buffer, what="read")
   return buffer.getvalue()
 
 
@@ -922,27 +558,21 @@ def write_bytes(path, data):
   """Writes a whole file atomically: local temp file + rename; one upload for gs://."""
   path, remote = _kind(path)
   if isinstance(data, str):
-    raise TypeError("write_bytes needs bytes, got str (use write_text)")
+    raise TypeError("write_bytes needs bytes, got str (encode it first)")
   data = bytes(data)
   if remote:
-    split_gcs(path)
-    _upload_fileobj(path, io.BytesIO(data), len(data), what="write")
+    blob = _blob(path)
+    _call("write", path, lambda: blob.upload_from_string(
+        data, content_type="application/octet-stream", retry=_retry("write", path)))
     return
-  tmp = _temp_path_beside(path)
-  try:
+
+  def fill(tmp):
     with builtins.open(tmp, "wb") as handle:
       handle.write(data)
       handle.flush()
       os.fsync(handle.fileno())
-    _fix_mode(tmp)
-    os.replace(tmp, path)
-  except BaseException:
-    _silent_remove(tmp)
-    raise
 
-
-def write_text(path, text):
-  write_bytes(path, text.encode("utf-8"))
+  _local_write(path, fill)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1000,7 +630,7 @@ class _StagerState(object):
     self.cancel = threading.Event()
     self.closed = False
     self.requested = 0  # number of next() calls that asked for a file
-    self.ready = {}  # index -> (local path, size, staged) or ("error", exception)
+    self.ready = {}  # index -> (local path, size) or ("error", exception)
     self.yielded = []  # [(local path, size)] staged files handed out, still on disk
     self.bytes_on_disk = 0  # staged + downloading + handed-out-and-kept
     self.stats = {"downloaded_files": 0, "downloaded_bytes": 0, "peak_bytes": 0,
@@ -1053,7 +683,7 @@ class _StagerState(object):
             _silent_remove(local)
             self.bytes_on_disk -= length
             return
-          self.ready[index] = (local, length, True)
+          self.ready[index] = (local, length)
           self.cond.notify_all()
       except _Cancelled:
         return
@@ -1110,11 +740,9 @@ class _StagerState(object):
     if item[0] == "error":
       self.close()
       raise item[1]
-    local, length, staged = item
-    if staged:
-      with self.cond:
-        self.yielded.append((local, length))
-    return local
+    with self.cond:
+      self.yielded.append(item)  # (local path, size) of a staged file
+    return item[0]
 
   def close(self):
     with self.close_lock:
@@ -1128,7 +756,7 @@ class _StagerState(object):
       if worker is not None and worker is not threading.current_thread():
         worker.join(timeout=60)
         if worker.is_alive():
-          logger.warning("storage: ShardStager download thread did not stop within 60 s")
+          logging.warning("storage: ShardStager download thread did not stop within 60 s")
       with self.cond:
         self.yielded = []
         self.ready = {}
@@ -1176,21 +804,10 @@ class ShardStager(object):
                                int(max_cache_bytes), int(prefetch), int(keep_yielded))
     self._finalizer = weakref.finalize(self, self._state.close)
 
-  @property
-  def stage_dir(self):
-    return self._state.stage_dir
-
-  @property
-  def stats(self):
-    return self._state.stats
-
-  @property
-  def prefetch(self):
-    return self._state.prefetch
-
-  @property
-  def max_cache_bytes(self):
-    return self._state.max_cache_bytes
+  stage_dir = property(lambda self: self._state.stage_dir)
+  stats = property(lambda self: self._state.stats)
+  prefetch = property(lambda self: self._state.prefetch)
+  max_cache_bytes = property(lambda self: self._state.max_cache_bytes)
 
   def __len__(self):
     return len(self._state.paths)
@@ -1218,7 +835,7 @@ class ShardStager(object):
 # Writing a directory.
 
 _DATA_FILE_RE = re.compile(r"\.data-\d+-of-\d+$")
-SYNC_EXCLUDE = (".*", "*.tmp*", "*_temp*", "*" + _STAGE_SUFFIX)
+SYNC_EXCLUDE = (".*", "*.tmp*", "*_temp*", "*.part")
 
 
 def _upload_rank(name):
@@ -1226,16 +843,8 @@ def _upload_rank(name):
   'checkpoint' state file, so a reader never sees an index (or a state file pointing at a
   checkpoint) before the data it refers to."""
   base = name.rsplit("/", 1)[-1]
-  if _DATA_FILE_RE.search(base):
-    rank = 0
-  elif base.endswith(".meta"):
-    rank = 1
-  elif base.endswith(".index"):
-    rank = 3
-  elif base == "checkpoint":
-    rank = 4
-  else:
-    rank = 2
+  rank = (0 if _DATA_FILE_RE.search(base) else 1 if base.endswith(".meta") else
+          3 if base.endswith(".index") else 4 if base == "checkpoint" else 2)
   return (rank, name)
 
 
@@ -1292,9 +901,8 @@ class SyncedDir(object):
     return os.path.join(self.local, *name.split("/"))
 
   def _remote_files(self):
-    bucket, name = split_gcs(self.remote)
-    prefix = _dir_prefix(name)
-    blobs, _ = _list(bucket, prefix, path=self.remote)
+    prefix = _dir_prefix(split_gcs(self.remote)[1])
+    blobs, _ = _list(self.remote, prefix)
     return {blob.name[len(prefix):]: blob for blob in blobs
             if not blob.name.endswith("/") and blob.name[len(prefix):]}
 
@@ -1309,7 +917,6 @@ class SyncedDir(object):
     return found
 
   def _excluded(self, name):
-    import fnmatch  # pylint: disable=g-import-not-at-top
     return any(fnmatch.fnmatchcase(part, pattern)
                for part in name.split("/") for pattern in self.exclude)
 
@@ -1334,10 +941,10 @@ class SyncedDir(object):
     directory with no files yields []."""
     if not self.is_remote:
       return []
-    regexes = None if patterns is None else [_glob_regex(p) for p in _as_list(patterns)]
+    patterns = None if patterns is None else _as_list(patterns)
     pulled = []
     for name, blob in sorted(self._remote_files().items()):
-      if regexes is not None and not any(r.match(name) for r in regexes):
+      if patterns is not None and not any(_match(name, p) for p in patterns):
         continue
       if self._up_to_date(name, blob):
         continue
@@ -1352,7 +959,7 @@ class SyncedDir(object):
     for name in ordered:
       full = self.local_path(name)
       stat = os.stat(full)
-      blob = _upload_path(full, self.remote_path(name))
+      blob = _upload(full, self.remote_path(name))
       self._state[name] = (stat.st_mtime_ns, stat.st_size)
       self._generations[name] = str(blob.generation)
     return ordered
@@ -1374,8 +981,7 @@ class SyncedDir(object):
         continue
       if local_files is None:
         local_files = self._local_files()
-      regex = _glob_regex(pattern)
-      selected.extend(name for name in local_files if regex.match(name))
+      selected.extend(name for name in local_files if _match(name, pattern))
     return self._push_names(selected)
 
   def changed(self):
