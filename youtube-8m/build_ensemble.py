@@ -63,6 +63,10 @@ SOURCES_KEY = "ensemble_sources"
 
 def define_flags():
   model_graph.define_flags()
+  # --help lists the model flags too (absl shows only the main module's own flags).
+  for _module in (model_graph, model_graph.frame_level_models,
+                  model_graph.video_level_models):
+    flags.adopt_module_key_flags(_module)
   flags.DEFINE_string("train_dir", None,
                       "Output directory of the ensemble (created if missing).")
   flags.DEFINE_string("checkpoints", None,
