@@ -718,7 +718,8 @@ def test_container_install_step_in_a_fresh_venv(tmp_path):
     assert "youtube-8m/" + name in names
   assert "Requires-Python: <3.14,>=3.10" in metadata
   assert "Provides-Extra: tensorboard" in metadata
-  assert not re.search(r"^Requires-Dist: tensorflow", metadata, re.M)  # the image's own TF
+  # TensorFlow only in extras: the image keeps its own GPU build.
+  assert not re.search(r"^Requires-Dist: tensorflow(?!.*extra ==)", metadata, re.M)
   timings["wheel"] = time.time() - started
 
   started = time.time()
@@ -749,7 +750,7 @@ def test_container_install_step_in_a_fresh_venv(tmp_path):
   help_out, help_err = help_run.communicate(timeout=300)
   flag_out, flag_err = flag_run.communicate(timeout=300)
   site = str(venv / "lib")
-  assert help_run.returncode == 0, help_err[-3000:]
+  assert "--train_data_pattern" in help_out, help_err[-3000:]  # (absl's --help exits 1)
   for flag in ("--train_data_pattern", "--netvlad_cluster_size", "--frame_features",
                "--ensemble_wts", "--moe_prob_gating", "--netvlad_relu"):
     assert flag in help_out, flag
