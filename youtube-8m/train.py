@@ -497,8 +497,14 @@ def train(config, task):
   return step
 
 
+# A gs:// train_dir gets its event files this often (TensorBoard follows training live), not
+# only with the checkpoint exports (which can be --save_model_secs = 15 minutes apart).
+EVENT_UPLOAD_SECS = 60
+
+
 def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_dir, synced):
   sess.run(tensors["iterator"].initializer)
+  last_event_upload = time.time()
   step = int(sess.run(tensors["global_step"]))
   last_export = step if checkpoint_utils.newest_checkpoint(train_dir) else None
   last_save_time = time.time()
@@ -556,6 +562,10 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
         # Time-based checkpoints do not move the export cadence (10, 10+E, ...).
         export(step)
         last_save_time = time.time()
+      if synced and writer and time.time() - last_event_upload >= EVENT_UPLOAD_SECS:
+        writer.flush()
+        synced.push(["events.out.tfevents.*"])
+        last_event_upload = time.time()
   except tf.errors.OutOfRangeError:
     reason = "Done training -- epoch limit reached."
   except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
