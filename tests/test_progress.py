@@ -3,6 +3,7 @@ totals (eval, inference, averaging, the ensemble build and weight search), build
 --dry_run, and TensorBoard summaries of averages under their own tags."""
 
 import glob
+import json
 import os
 import re
 import subprocess
@@ -118,8 +119,11 @@ def test_averages_progress_and_tensorboard_tags(trained, tiny_data, tmp_path):
     result = run_cli("avg_checkpoints", "--checkpoints_start_end=%d,%d" % (first, last),
                      "--prefix=%s/model.ckpt-" % trained,
                      "--output_path=%s/avg_%d_%d.ckpt" % (trained, first, last))
-    done, total, percent = progress_lines("averaging", "variables", result.stderr)[-1]
-    assert done == total >= 32 and percent == 100.0  # 32 model variables + Adam slots
+    variables = int(re.search(r"averaging (\d+) variables over", result.stderr).group(1))
+    assert variables > 32  # the model's 32 variables + Adam slots
+    done, total, percent = progress_lines("averaging %d variables" % variables, "MiB",
+                                          result.stderr)[-1]
+    assert done == total > 0 and percent == 100.0
     result = run_cli("eval", *eval_flags, "--checkpoint=avg_%d_%d.ckpt-0.index" % (first, last))
     assert "eval: %d videos in" % held_out in result.stderr  # the total, counted first
     lines = progress_lines("eval 0", "videos", result.stderr)
@@ -171,3 +175,23 @@ def test_ensemble_dry_run_build_and_weight_search_progress(trained, tiny_data, t
   searched = progress_lines("weight search", "starting points", result.stderr)
   assert [line[0] for line in searched] == list(range(1, len(searched) + 1))
   assert searched[-1][0] == searched[-1][1] and len(searched) >= 2
+
+
+def test_summary_tags_of_checkpoints_averages_and_ensembles():
+  """(In a subprocess: importing eval.py defines its flags, which train.py's would clash with
+  in this process.)"""
+  code = """
+import importlib, json
+eval_lib = importlib.import_module("youtube-8m.eval")
+print(json.dumps([eval_lib.summary_tag_and_step(*args) for args in (
+    ("gs://b/d/model.ckpt-300", 300), ("d/avg_c1h2_1_2.ckpt-0", 0),
+    ("d/inference_model_ensemble_YHLS-0", 0, [0.39, 0.26, 0.21, 0.14]),
+    ("d/inference_model_ensemble_YHLS-0", 0, [0.25, 0.25, 0.25, 0.25]))]))
+"""
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads(result.stdout.strip().splitlines()[-1]) == [
+      ["Epoch", 300], ["avg_c1h2_1_2.ckpt", 0],
+      ["inference_model_ensemble_YHLS_w039_026_021_014", 0],
+      ["inference_model_ensemble_YHLS_w025_025_025_025", 0]]

@@ -94,15 +94,19 @@ def inference_checkpoint_name(checkpoint_name, loaded_prefix, config):
   return "%s_%s" % (INFERENCE_MODEL, name)
 
 
-def summary_tag_and_step(prefix, global_step):
+def summary_tag_and_step(prefix, global_step, ensemble_wts=None):
   """(tag prefix, step) of an evaluation's TensorBoard summaries. Training checkpoints
   (model.ckpt-N) keep the original's "Epoch/..." tags at their global step; averages and
   ensembles (global_step 0) get tags under their own name ("avg_c32h512_100_200.ckpt/
-  Eval_GAP", "inference_model/Eval_GAP"), so that none overwrites another at step 0."""
+  Eval_GAP", "inference_model/Eval_GAP"), an ensemble's with its mixing weights
+  ("inference_model_w05_05/Eval_GAP"), so that none overwrites another at step 0."""
   name = os.path.basename(prefix)
   if re.fullmatch(re.escape(checkpoint_utils.TRAIN_CHECKPOINT_BASENAME) + r"-\d+", name):
     return "Epoch", global_step or int(name.rsplit("-", 1)[1])
-  return re.sub(r"-\d+$", "", name), global_step
+  name = re.sub(r"-\d+$", "", name)
+  if ensemble_wts and len(ensemble_wts) > 1:
+    name += "_w" + weights_tag(ensemble_wts)
+  return name, global_step
 
 
 def global_step_label(prefix):
@@ -279,7 +283,8 @@ def evaluate():
       last_evaluated = prefix
       if FLAGS.create_meta_only:
         break
-      summary = summary_tag_and_step(prefix, int(sess.run(tensors["global_step"])))
+      summary = summary_tag_and_step(prefix, int(sess.run(tensors["global_step"])),
+                                     config.ensemble_wts if config.ensemble_num > 1 else None)
       results = evaluate_batches(sess, tensors, config, step_label, writer, files, total,
                                  summary)
       results.update(checkpoint=prefix, global_step=step_label)
