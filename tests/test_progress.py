@@ -20,7 +20,7 @@ readers = yt8m("readers")
 MODEL_FLAGS = TINY_FLAGS + ["--netvlad_cluster_size=4", "--netvlad_hidden_size=16"]
 TOOLS = ("train", "eval", "inference", "avg_checkpoints", "build_ensemble", "ensemble_weights",
          "model_size", "overwrite_float16_ckpt", "synthetic_data")
-# "eval 0: 240/240 videos (100.0%) | 512.3 videos/s | elapsed 0s | ETA 0s"
+# "eval 30: 240/240 videos (100.0%) | 512.3 videos/s | elapsed 0s | ETA 0s"
 PROGRESS_RE = r"%s: ([\d,.]+)/([\d,.]+) %s \((\d+\.\d)%%\) \| [\d.]+ %s/s \| elapsed \S+ \| ETA \S+"
 
 
@@ -126,7 +126,7 @@ def test_averages_progress_and_tensorboard_tags(trained, tiny_data, tmp_path):
     assert done == total > 0 and percent == 100.0
     result = run_cli("eval", *eval_flags, "--checkpoint=avg_%d_%d.ckpt-0.index" % (first, last))
     assert "eval: %d videos in" % held_out in result.stderr  # the total, counted first
-    lines = progress_lines("eval 0", "videos", result.stderr)
+    lines = progress_lines("eval avg_%d_%d.ckpt" % (first, last), "videos", result.stderr)
     assert lines and lines[-1] == (held_out, held_out, 100.0), result.stderr[-2000:]
   result = run_cli("eval", *eval_flags, "--checkpoint=model.ckpt-30.index")
   assert progress_lines("eval 30", "videos", result.stderr)[-1] == (held_out, held_out, 100.0)

@@ -185,8 +185,10 @@ def evaluate_batches(sess, tensors, config, step_label, writer, files, total=(No
   examples = 0
   start = time.time()
   fetches = {k: tensors[k] for k in ("predictions", "labels", "loss")}
-  progress = progress_lib.Progress("eval %s" % step_label, total[0], "videos",
-                                   approximate=not total[1])
+  # Named by the step of a training checkpoint, else by the summaries' tag (avg_..., ...).
+  progress = progress_lib.Progress(
+      "eval %s" % (step_label if summary[0] == "Epoch" else summary[0]), total[0], "videos",
+      approximate=not total[1])
   try:
     while True:
       batch_start = time.time()
