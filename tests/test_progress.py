@@ -195,3 +195,36 @@ print(json.dumps([eval_lib.summary_tag_and_step(*args) for args in (
       ["Epoch", 300], ["avg_c1h2_1_2.ckpt", 0],
       ["inference_model_ensemble_YHLS_w039_026_021_014", 0],
       ["inference_model_ensemble_YHLS_w025_025_025_025", 0]]
+
+
+TIMED_UPLOAD_TRAIN = """
+import importlib, sys
+from absl import app
+train = importlib.import_module("youtube-8m.train")
+storage = importlib.import_module("youtube-8m.storage")
+train.EVENT_UPLOAD_SECS = 0  # every step (the real period is 60 s)
+push = storage.SyncedDir.push
+def logged_push(self, names):
+  sys.stderr.write("PUSH %r\\n" % (names,))
+  return push(self, names)
+storage.SyncedDir.push = logged_push
+sys.argv = ["train"] + sys.argv[1:]
+app.run(train.main)
+"""
+
+
+def test_gcs_train_dir_gets_event_files_on_a_timer(gcs_bucket, tiny_data):
+  """Between checkpoint exports, train.py uploads the event files of a gs:// train_dir every
+  EVENT_UPLOAD_SECS (TensorBoard follows training live)."""
+  train_dir = gcs_bucket + "/timed"
+  result = subprocess.run(
+      [sys.executable, "-c", TIMED_UPLOAD_TRAIN, "--train_data_pattern=" +
+       tiny_data["train_pattern"], "--train_dir=" + train_dir, "--batch_size=16",
+       "--num_epochs=100", "--max_steps=4", "--export_model_steps=1000", *MODEL_FLAGS],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  pushes = re.findall(r"^PUSH \['events\.out\.tfevents\.\*'\]$", result.stderr, re.M)
+  assert len(pushes) >= 3, result.stderr[-3000:]  # steps 1-3 before the final export at 4
+  storage = yt8m("storage")
+  assert storage.glob(train_dir + "/events.out.tfevents.*")
