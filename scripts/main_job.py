@@ -12,12 +12,15 @@
 7. write the submission: tgz (inference.py --output_model_tgz), its size report
    (model_size.py), and the CSV from the tgz (inference.py --input_model_tgz).
 
-Every command is printed before it runs, so each step can be re-run by hand.
+Every step is printed as it goes: its number and what it does, the command (so that it can be
+re-run by hand), the tool's progress lines (checkpoint exports, done/total with ETA), and its
+duration and result; each tool's full output is kept in WORK_DIR/logs/.
 """
 
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -45,27 +48,74 @@ def parse_args(argv):
   parser.add_argument("--test_videos", type=int, default=100)
   parser.add_argument("--difficulty", type=float, default=0.5)
   parser.add_argument("--seed", type=int, default=0)
+  # Real data (e.g. the 2018 frame-level files, local or gs://) instead of synthetic data.
+  parser.add_argument("--train_data_pattern", default="",
+                      help="real data: 'TRAIN_GLOB,VALIDATE_GLOB' of frame-level TFRecords "
+                           "(skips the synthetic data; needs the two patterns below too)")
+  parser.add_argument("--eval_data_pattern", default="",
+                      help="real data: the validate files' glob (held-out files evaluated)")
+  parser.add_argument("--test_data_pattern", default="",
+                      help="real data: the test files' glob (the submission CSV)")
+  parser.add_argument("--eval_all_files", action="store_true",
+                      help="evaluate every file --eval_data_pattern matches, not only the "
+                           "original's 60 held-out validate files (e.g. a partial download)")
   args = parser.parse_args(argv)
+  real = [args.train_data_pattern, args.eval_data_pattern, args.test_data_pattern]
+  if any(real) and not all(real):
+    parser.error("real data needs --train_data_pattern, --eval_data_pattern and "
+                 "--test_data_pattern together")
   args.models = [tuple(int(v) for v in m.lower().split("x")) for m in args.models.split(",")]
   return args
 
 
+# Lines of a tool's output echoed to the console while it runs (all of it goes to its log):
+# checkpoint exports, progress lines with totals/ETA, the planned ensemble size.
+ECHO_RE = re.compile(r"Exported |\| ETA |planned submission|weight search: start")
+_STEPS = [0]
+_JOB_START = [time.time()]
+
+
+def begin_step(title):
+  """Prints the header of the next step."""
+  _STEPS[0] += 1
+  print("\n[step %d, %s into the job] %s" % (
+      _STEPS[0], _duration(time.time() - _JOB_START[0]), title), flush=True)
+
+
+def _duration(seconds):
+  return "%.1f s" % seconds if seconds < 90 else "%d min %02d s" % divmod(int(seconds), 60)
+
+
+def done(seconds, result):
+  print("    done in %s: %s" % (_duration(seconds), result), flush=True)
+
+
 def run(command, log_path=None):
-  """Runs a `python -m youtube-8m.X` command (printed first); its log goes to log_path."""
+  """Runs a `python -m youtube-8m.X` command (printed first); its output goes to log_path,
+  its progress lines also to the console. Returns the seconds it took."""
   print("+ " + " ".join(shlex.quote(c) for c in command), flush=True)
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   start = time.time()
   with open(log_path or os.devnull, "w") as log:
-    result = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env=env)
-  if result.returncode != 0:
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
+    for line in process.stdout:
+      log.write(line)
+      if ECHO_RE.search(line):
+        print("    | " + line.split("] ", 1)[-1].rstrip(), flush=True)
+    returncode = process.wait()
+  if returncode != 0:
     tail = open(log_path).read()[-3000:] if log_path else ""
-    sys.exit("FAILED (exit %d): %s\n%s" % (result.returncode, command[2], tail))
+    sys.exit("FAILED (exit %d): %s (log: %s)\n%s" % (returncode, command[2], log_path, tail))
   return time.time() - start
 
 
 def yt8m(module, *flags):
   return [sys.executable, "-m", "youtube-8m." + module] + list(flags)
+
+
+def eval_files_flags(args):
+  return ["--noeval_holdout_only"] if args.eval_all_files else []
 
 
 def model_flags(args, cluster, hidden):
@@ -78,20 +128,27 @@ def model_flags(args, cluster, hidden):
 def evaluate(args, train_dir, eval_pattern, checkpoint, cluster, hidden, logs, *extra):
   label = os.path.basename(checkpoint).replace(".index", "")
   results = os.path.join(train_dir, "eval_results_%s.json" % label)
-  run(yt8m("eval", "--eval_data_pattern=" + eval_pattern, "--model=NetVLADModelLF",
-           "--train_dir=" + train_dir, *model_flags(args, cluster, hidden),
-           "--batch_size=200", "--base_learning_rate=%g" % args.base_learning_rate,
-           "--learning_rate_decay=0.8", "--run_once=True", "--checkpoint=" + checkpoint,
-           "--results_json=" + results, *extra),
-      os.path.join(logs, "eval_%s_%s.log" % (os.path.basename(train_dir),
-                                             os.path.basename(checkpoint))))
-  return json.load(open(results))
+  begin_step("evaluate %s/%s on the 60 held-out files" % (os.path.basename(train_dir), label))
+  seconds = run(yt8m("eval", "--eval_data_pattern=" + eval_pattern, "--model=NetVLADModelLF",
+                     "--train_dir=" + train_dir, *model_flags(args, cluster, hidden),
+                     "--batch_size=200", "--base_learning_rate=%g" % args.base_learning_rate,
+                     "--learning_rate_decay=0.8", "--run_once=True",
+                     "--checkpoint=" + checkpoint, "--results_json=" + results,
+                     *(list(extra) + eval_files_flags(args))),
+                os.path.join(logs, "eval_%s_%s.log" % (os.path.basename(train_dir),
+                                                       os.path.basename(checkpoint))))
+  result = json.load(open(results))
+  done(seconds, "GAP %.5f, Hit@1 %.4f (%d videos)" % (result["gap"], result["hit_at_one"],
+                                                     result["examples"]))
+  return result
 
 
 def train_single_model(args, data, cluster, hidden, logs):
   name = "c%dh%d_%d" % (cluster, hidden, args.batch_size)
   train_dir = os.path.join(args.work_dir, name)
   log = os.path.join(logs, "train_%s.log" % name)
+  begin_step("train %s (cluster size %d, hidden size %d): %d steps of batch %d" % (
+      name, cluster, hidden, args.max_steps, args.batch_size))
   seconds = run(yt8m("train", "--train_data_pattern=" + data["train_pattern"],
                      "--train_dir=" + train_dir, *model_flags(args, cluster, hidden),
                      "--batch_size=%d" % args.batch_size,
@@ -103,16 +160,20 @@ def train_single_model(args, data, cluster, hidden, logs):
             if "Examples/sec: " in line]
   steps = sorted(int(n[len("model.ckpt-"):-len(".index")]) for n in os.listdir(train_dir)
                  if n.startswith("model.ckpt-") and n.endswith(".index"))
+  done(seconds, "checkpoints %s, median %.1f examples/sec" % (
+      ",".join(str(s) for s in steps), sorted(speeds)[len(speeds) // 2] if speeds else 0.0))
   singles = {}
-  for step in steps:
-    singles[step] = evaluate(args, train_dir, data["eval_pattern"],
-                             "model.ckpt-%d.index" % step, cluster, hidden, logs)
+  for ckpt_step in steps:
+    singles[ckpt_step] = evaluate(args, train_dir, data["eval_pattern"],
+                                  "model.ckpt-%d.index" % ckpt_step, cluster, hidden, logs)
   first, last = steps[-args.average_last], steps[-1]
   average = "avg_c%dh%d_%d_%d.ckpt" % (cluster, hidden, first, last)
-  run(yt8m("avg_checkpoints", "--checkpoints_start_end=%d,%d" % (first, last),
-           "--prefix=%s/model.ckpt-" % train_dir,
-           "--output_path=" + os.path.join(train_dir, average)),
-      os.path.join(logs, "avg_%s.log" % name))
+  begin_step("average the checkpoints %d..%d of %s" % (first, last, name))
+  avg_seconds = run(yt8m("avg_checkpoints", "--checkpoints_start_end=%d,%d" % (first, last),
+                         "--prefix=%s/model.ckpt-" % train_dir,
+                         "--output_path=" + os.path.join(train_dir, average)),
+                    os.path.join(logs, "avg_%s.log" % name))
+  done(avg_seconds, os.path.join(train_dir, average + "-0"))
   averaged = evaluate(args, train_dir, data["eval_pattern"], average + "-0.index", cluster,
                       hidden, logs)
   median_speed = sorted(speeds)[len(speeds) // 2] if speeds else 0.0
@@ -129,16 +190,30 @@ def main(argv):
   os.makedirs(logs, exist_ok=True)
   data_dir = os.path.join(args.work_dir, "data")
   frame = os.path.join(data_dir, "frame")
-  run(yt8m("synthetic_data", "--output_dir=" + data_dir, "--levels=frame",
-           "--num_train_files=%d" % args.num_train_files,
-           "--videos_per_file=%d" % args.videos_per_file, "--num_validate_files=60",
-           "--validate_videos_per_file=%d" % args.validate_videos_per_file,
-           "--num_test_files=1", "--test_videos_per_file=%d" % args.test_videos,
-           "--num_classes=%d" % args.num_classes, "--difficulty=%g" % args.difficulty,
-           "--seed=%d" % args.seed), os.path.join(logs, "synthetic_data.log"))
-  data = {"train_pattern": "%s/train*.tfrecord,%s/validate*.tfrecord" % (frame, frame),
-          "eval_pattern": "%s/validate*.tfrecord" % frame,
-          "test_pattern": "%s/test*.tfrecord" % frame}
+  _JOB_START[0] = start
+  print("Main job: the seed's flow on %s in %s (models %s, %d steps each)" % (
+      "real data" if args.train_data_pattern else "synthetic data", args.work_dir,
+      ", ".join("%dx%d" % m for m in args.models), args.max_steps), flush=True)
+  if args.train_data_pattern:
+    data = {"train_pattern": args.train_data_pattern, "eval_pattern": args.eval_data_pattern,
+            "test_pattern": args.test_data_pattern}
+  else:
+    begin_step("generate synthetic frame-level data (%d train files, the 60 held-out validate "
+               "files, 1 test file)" % args.num_train_files)
+    seconds = run(yt8m("synthetic_data", "--output_dir=" + data_dir, "--levels=frame",
+                       "--num_train_files=%d" % args.num_train_files,
+                       "--videos_per_file=%d" % args.videos_per_file, "--num_validate_files=60",
+                       "--validate_videos_per_file=%d" % args.validate_videos_per_file,
+                       "--num_test_files=1", "--test_videos_per_file=%d" % args.test_videos,
+                       "--num_classes=%d" % args.num_classes,
+                       "--difficulty=%g" % args.difficulty, "--seed=%d" % args.seed),
+                  os.path.join(logs, "synthetic_data.log"))
+    done(seconds, "%s (%d MB)" % (data_dir, sum(
+        os.path.getsize(os.path.join(root, n)) for root, _, names in os.walk(data_dir)
+        for n in names) // 10**6))
+    data = {"train_pattern": "%s/train*.tfrecord,%s/validate*.tfrecord" % (frame, frame),
+            "eval_pattern": "%s/validate*.tfrecord" % frame,
+            "test_pattern": "%s/test*.tfrecord" % frame}
 
   models = [train_single_model(args, data, cluster, hidden, logs)
             for cluster, hidden in args.models]
@@ -155,23 +230,35 @@ def main(argv):
     for model, weight in zip(models, weights):
       flags += ["--netvlad_cluster_size=%d" % model["cluster"],
                 "--netvlad_hidden_size=%d" % model["hidden"], "--ensemble_wts=%g" % weight]
-    run(yt8m("build_ensemble", *flags), os.path.join(logs, "build_%s.log" % name))
+    begin_step("build %s: the averaged models in ONE %s graph, weights %s" % (
+        name, "float16" if float16 else "float32", " ".join("%.2f" % w for w in weights)))
+    seconds = run(yt8m("build_ensemble", *flags), os.path.join(logs, "build_%s.log" % name))
+    done(seconds, directory)
     results = os.path.join(directory, "eval_results.json")
-    run(yt8m("eval", "--eval_data_pattern=" + data["eval_pattern"], "--train_dir=" + directory,
-             "--batch_size=200", "--run_once=True", "--checkpoint_file=inference_model",
-             "--results_json=" + results), os.path.join(logs, "eval_%s.log" % name))
+    begin_step("evaluate %s" % name)
+    seconds = run(yt8m("eval", "--eval_data_pattern=" + data["eval_pattern"],
+                       "--train_dir=" + directory, "--batch_size=200", "--run_once=True",
+                       "--checkpoint_file=inference_model", "--results_json=" + results,
+                       *eval_files_flags(args)),
+                  os.path.join(logs, "eval_%s.log" % name))
     ensembles[name] = {"dir": directory, "weights": list(weights), "float16": float16,
                        "eval": json.load(open(results))}
+    done(seconds, "GAP %.5f" % ensembles[name]["eval"]["gap"])
     return directory
 
   equal = [1.0 / len(models)] * len(models)
   build_and_evaluate("ensemble_fp32_equal", False, equal)
   fp16_dir = build_and_evaluate("ensemble_fp16_equal", True, equal)
   search_json = os.path.join(fp16_dir, "weight_search.json")
-  run(yt8m("ensemble_weights", "--train_dir=" + fp16_dir,
-           "--eval_data_pattern=" + data["eval_pattern"], "--results_json=" + search_json),
-      os.path.join(logs, "ensemble_weights.log"))
+  begin_step("search the mixing weights on the held-out files")
+  seconds = run(yt8m("ensemble_weights", "--train_dir=" + fp16_dir,
+                     "--eval_data_pattern=" + data["eval_pattern"],
+                     "--results_json=" + search_json, *eval_files_flags(args)),
+                os.path.join(logs, "ensemble_weights.log"))
   search = json.load(open(search_json))
+  done(seconds, "best weights %s: GAP %.5f (equal weights %.5f)" % (
+      search["best_weights"]["weights"], search["best_weights"]["gap"],
+      search["equal_weights"]["gap"]))
   tuned_dir = build_and_evaluate("ensemble_fp16_tuned", True,
                                  search["best_weights"]["weights"])
 
@@ -179,26 +266,35 @@ def main(argv):
   os.makedirs(submission_dir, exist_ok=True)
   tgz = os.path.join(submission_dir, "submission.tgz")
   csv_path = os.path.join(submission_dir, "submission.csv")
-  run(yt8m("inference", "--train_dir=" + tuned_dir, "--output_model_tgz=" + tgz,
-           "--input_data_pattern=" + data["test_pattern"],
-           "--output_file=" + os.path.join(submission_dir, "submission_from_dir.csv"),
-           "--batch_size=100"), os.path.join(logs, "inference_dir.log"))
+  begin_step("write the submission tgz (and predict the test file from the model directory)")
+  seconds = run(yt8m("inference", "--train_dir=" + tuned_dir, "--output_model_tgz=" + tgz,
+                     "--input_data_pattern=" + data["test_pattern"],
+                     "--output_file=" + os.path.join(submission_dir, "submission_from_dir.csv"),
+                     "--batch_size=100"), os.path.join(logs, "inference_dir.log"))
+  done(seconds, "%s (%s B)" % (tgz, "{:,}".format(os.path.getsize(tgz))))
   size_json = os.path.join(submission_dir, "size.json")
-  run(yt8m("model_size", "--model_tgz=" + tgz, "--results_json=" + size_json),
-      os.path.join(logs, "model_size.log"))
+  begin_step("measure the submission model against the 1 GiB limit")
+  seconds = run(yt8m("model_size", "--model_tgz=" + tgz, "--results_json=" + size_json),
+                os.path.join(logs, "model_size.log"))
   size = json.load(open(size_json))
-  run(yt8m("inference", "--input_model_tgz=" + tgz,
-           "--untar_model_dir=" + os.path.join(args.work_dir, "untar"),
-           "--input_data_pattern=" + data["test_pattern"], "--output_file=" + csv_path,
-           "--batch_size=100"), os.path.join(logs, "inference_tgz.log"))
+  done(seconds, "%s B, %s" % ("{:,}".format(size["total_bytes"]),
+                              "fits" if size["fits"] else "DOES NOT FIT"))
+  begin_step("predict the test file from the tgz (the Kaggle CSV)")
+  seconds = run(yt8m("inference", "--input_model_tgz=" + tgz,
+                     "--untar_model_dir=" + os.path.join(args.work_dir, "untar"),
+                     "--input_data_pattern=" + data["test_pattern"],
+                     "--output_file=" + csv_path, "--batch_size=100"),
+                os.path.join(logs, "inference_tgz.log"))
   rows = sum(1 for _ in open(csv_path)) - 1
+  done(seconds, "%s (%d videos)" % (csv_path, rows))
 
   print()
   print("=" * 78)
   print("Main job done in %.1f min. Work folder: %s" % ((time.time() - start) / 60,
                                                        args.work_dir))
   print("  data:       %s (train+validate minus the 60 held-out files / 60 held-out / test)"
-        % data_dir)
+        % (data_dir if not args.train_data_pattern else ", ".join(
+            data[k] for k in ("train_pattern", "eval_pattern", "test_pattern"))))
   for model in models:
     print("  model %-10s %s (trained %d steps in %.0f s, %.0f examples/sec at batch %d)" % (
         model["name"], model["dir"], args.max_steps, model["train_seconds"],

@@ -7,7 +7,8 @@ PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 VENV="$REPO_ROOT/.venv"
 STAMP="$VENV/.requirements.sha256"
-WANT="$(sha256sum "$REPO_ROOT/requirements.txt" | cut -d' ' -f1)"
+# requirements.txt includes the runtime and test pins: any change in them reinstalls.
+WANT="$(cat "$REPO_ROOT"/requirements*.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV with $("$PYTHON" --version 2>&1)"
   "$PYTHON" -m venv "$VENV"

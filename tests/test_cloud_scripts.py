@@ -1,11 +1,12 @@
-"""Cloud job submission: scripts/cloud/*.sh dry runs, the job configs, the shipped package.
+"""Cloud job submission: scripts/cloud/*.sh dry runs, the job configs, the container image.
 
 There is no cloud access here, so every script runs with --dry-run and the printed commands are
-parsed (shlex) and compared with the seed README's commands: the gcloud command and its flags,
-the job name pattern, and the module flags, which must be exactly the seed's (after the `--` of
-`gcloud ai-platform jobs submit training`, or the `args` list of the Vertex AI job config the
-script writes). The module flags are also parsed by the real modules' absl flag definitions, and
-the package built from setup.py is installed outside the repo and run.
+parsed (shlex) and compared with the seed README's commands: the gcloud command, the job name
+pattern, the Vertex AI job config (containerSpec, Spot scheduling, baseOutputDirectory) and the
+module flags, which must be exactly the seed's (the containerSpec `args` list). The module flags
+are also parsed by the real modules' absl flag definitions, and the container image's install
+step (cloud/container/install.sh on the wheel that build_image.sh builds) runs in a fresh venv,
+which then trains from outside the repo.
 """
 
 import json
@@ -15,19 +16,22 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
+import time
+import zipfile
 
 import pytest
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLOUD_DIR = os.path.join(REPO_ROOT, "scripts", "cloud")
 BUCKET = "gs://tester_yt8m_train_bucket"
-PACKAGE_URI = BUCKET + "/packages/given/yt8m-netvlad-ensemble-0.1.0.tar.gz"
-BACKENDS = ("ai-platform", "vertex")
+PROJECT = "tester-project"
+VERSION = re.search(r'^version = "([^"]+)"', open(os.path.join(REPO_ROOT, "pyproject.toml")).read(),
+                    re.M).group(1)
+# The image build_image.sh pushes and the submit scripts use by default.
+IMAGE = "us-central1-docker.pkg.dev/%s/yt8m/yt8m-netvlad-ensemble:%s" % (PROJECT, VERSION)
 TRAIN_PATTERN = ("gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord,"
                  "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord")
 EVAL_PATTERN = "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord"
-VERTEX_IMAGE = "us-docker.pkg.dev/vertex-ai/training/tf-gpu.2-17.py310:latest"
 
 # The seed README's module flags (the text after `--`), with its shell variables as {names}.
 SEED_TRAIN = (
@@ -132,10 +136,9 @@ def run_script(script, *args, tmp_path, env=None, path=None):
                         env=full_env, capture_output=True, text=True, timeout=120)
 
 
-def dry_run(script, *args, tmp_path, backend, env=None, package_uri=True):
-  extra = ["--package-uri=" + PACKAGE_URI] if backend == "vertex" and package_uri else []
-  result = run_script(script, "--dry-run", "--backend=" + backend, *(extra + list(args)),
-                      tmp_path=tmp_path, env=env)
+def dry_run(script, *args, tmp_path, env=None, project=True):
+  extra = ["PROJECT=" + PROJECT] if project else []
+  result = run_script(script, "--dry-run", *(extra + list(args)), tmp_path=tmp_path, env=env)
   assert result.returncode == 0, result.stderr
   return parse_dry_run(result.stdout)
 
@@ -203,8 +206,7 @@ def load_yaml(text):
 
 def parse_dry_run(stdout):
   """-> {"lines": [argv, ...], "raw": [line, ...], "files": {path: text}, "jobs": [job, ...]}
-  where a job is {"backend", "name", "module", "module_flags", "argv", "options", ["config"
-  (vertex)]}."""
+  where a job is {"name", "module", "module_flags", "argv", "options", "config"}."""
   lines, raw, files, jobs = [], [], {}, []
   text_lines = stdout.splitlines()
   i = 0
@@ -219,171 +221,153 @@ def parse_dry_run(stdout):
     raw.append(text_lines[i])
     i += 1
   for argv in lines:
-    if argv[:6] == ["gcloud", "--verbosity=debug", "ai-platform", "jobs", "submit", "training"]:
-      split = argv.index("--")
-      options = dict(option.split("=", 1) for option in argv[7:split])
-      jobs.append({"backend": "ai-platform", "name": argv[6], "argv": argv, "options": options,
-                   "module": options["--module-name"], "module_flags": argv[split + 1:]})
-    elif argv[:5] == ["gcloud", "--verbosity=debug", "ai", "custom-jobs", "create"]:
+    if argv[:5] == ["gcloud", "--verbosity=debug", "ai", "custom-jobs", "create"]:
       options = dict(option.split("=", 1) for option in argv[5:])
       assert set(options) == {"--region", "--display-name", "--config"}, argv
       config = load_yaml(files[options["--config"]])
-      spec = config["workerPoolSpecs"][0]["pythonPackageSpec"]
-      jobs.append({"backend": "vertex", "name": options["--display-name"], "argv": argv,
-                   "options": options, "config": config, "module": spec["pythonModule"],
+      spec = config["workerPoolSpecs"][0]["containerSpec"]
+      assert spec["command"][:2] == ["python3", "-m"]
+      jobs.append({"name": options["--display-name"], "argv": argv, "options": options,
+                   "config": config, "module": spec["command"][2],
                    "module_flags": spec["args"]})
   return {"lines": lines, "raw": raw, "files": files, "jobs": jobs}
 
 
-def check_job(job, backend, module, config=None, region="us-central1"):
-  """The backend's command around the module flags."""
-  assert job["backend"] == backend
-  if backend == "ai-platform":
-    options = job["options"]
-    assert options["--module-name"] == "youtube-8m." + module
-    assert options["--package-path"] == os.path.join(REPO_ROOT, "youtube-8m")
-    # gcloud builds the package with the setup.py next to --package-path.
-    assert os.path.isfile(os.path.join(os.path.dirname(options["--package-path"]), "setup.py"))
-    assert options["--staging-bucket"] == BUCKET
-    assert options["--region"] == region
-    assert options["--config"] == os.path.join(REPO_ROOT, config or "cloudml-gpu.yaml")
-    assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", job["name"])
-  else:
-    assert job["options"]["--region"] == region
-    pools = job["config"]["workerPoolSpecs"]
-    template = load_yaml(open(os.path.join(REPO_ROOT, config or "cloud/vertex-gpu.yaml")).read())
-    assert len(pools) <= len(template["workerPoolSpecs"])
-    for pool, template_pool in zip(pools, template["workerPoolSpecs"]):
-      assert pool["machineSpec"] == template_pool["machineSpec"]
-      spec = pool["pythonPackageSpec"]
-      assert spec["executorImageUri"] == VERTEX_IMAGE
-      assert spec["packageUris"] == [PACKAGE_URI]
-      assert pool["replicaCount"] >= 1
-    assert job["module"] == "youtube-8m." + module
+def check_job(job, module, output_dir, config=None, region="us-central1", image=IMAGE,
+              spot=True):
+  """The Vertex AI job around the module flags: the container, its command, Spot scheduling
+  that restarts the job after a preemption, and the output directory."""
+  assert job["options"]["--region"] == region
+  assert re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", job["name"])
+  pools = job["config"]["workerPoolSpecs"]
+  template = load_yaml(open(os.path.join(REPO_ROOT, config or "cloud/vertex-gpu.yaml")).read())
+  assert len(pools) <= len(template["workerPoolSpecs"])
+  for pool, template_pool in zip(pools, template["workerPoolSpecs"]):
+    assert pool["machineSpec"] == template_pool["machineSpec"]
+    assert set(pool) == {"machineSpec", "replicaCount", "containerSpec"}
+    spec = pool["containerSpec"]
+    assert spec["imageUri"] == image
+    assert spec["command"][:2] == ["python3", "-m"]
+    assert pool["replicaCount"] >= 1
+  assert job["config"]["scheduling"] == {"strategy": "SPOT" if spot else "STANDARD",
+                                         "restartJobOnWorkerRestart": True}
+  assert job["config"]["baseOutputDirectory"] == {"outputUriPrefix": output_dir}
+  assert job["module"] == "youtube-8m." + module
 
 
 # ---------------------------------------------------------------------------------------------
 # Job configs
 
-def test_ai_platform_configs():
-  single = load_yaml(open(os.path.join(REPO_ROOT, "cloudml-gpu.yaml")).read())
+def test_seed_config_kept_and_points_to_vertex():
+  text = open(os.path.join(REPO_ROOT, "cloudml-gpu.yaml")).read()
   # As the original: one standard_gpu machine; the runtime versions are kept as strings.
-  assert single == {"trainingInput": {"scaleTier": "CUSTOM", "masterType": "standard_gpu",
-                                      "runtimeVersion": "1.8", "pythonVersion": "3.5"}}
-  distributed = load_yaml(open(os.path.join(REPO_ROOT, "cloud", "cloudml-distributed.yaml"))
-                          .read())["trainingInput"]
-  assert distributed["scaleTier"] == "CUSTOM"
-  for key in ("masterType", "workerType", "parameterServerType"):
-    assert isinstance(distributed[key], str) and distributed[key]
-  assert distributed["workerCount"] >= 1 and distributed["parameterServerCount"] >= 1
-  assert isinstance(distributed["runtimeVersion"], str)
-  assert isinstance(distributed["pythonVersion"], str)
+  assert load_yaml(text) == {"trainingInput": {
+      "scaleTier": "CUSTOM", "masterType": "standard_gpu", "runtimeVersion": "1.8",
+      "pythonVersion": "3.5"}}
+  assert "cloud/vertex-gpu.yaml" in text and "2025-01-31" in text
+  assert not os.path.exists(os.path.join(REPO_ROOT, "cloud", "cloudml-distributed.yaml"))
 
 
 @pytest.mark.parametrize("name,pools", [("vertex-gpu.yaml", 1), ("vertex-distributed.yaml", 4)])
 def test_vertex_configs(name, pools):
   config = load_yaml(open(os.path.join(REPO_ROOT, "cloud", name)).read())
-  assert list(config) == ["workerPoolSpecs"]
+  assert list(config) == ["baseOutputDirectory", "scheduling", "workerPoolSpecs"]
+  assert config["scheduling"] == {"strategy": "SPOT", "restartJobOnWorkerRestart": True}
   specs = config["workerPoolSpecs"]
   assert len(specs) == pools
   for index, pool in enumerate(specs):
-    assert set(pool) == {"machineSpec", "replicaCount", "pythonPackageSpec"}
+    assert set(pool) == {"machineSpec", "replicaCount", "containerSpec"}
     assert pool["machineSpec"]["machineType"]
     if "acceleratorType" in pool["machineSpec"]:
       assert pool["machineSpec"]["acceleratorType"].startswith("NVIDIA_")
       assert pool["machineSpec"]["acceleratorCount"] >= 1
-    assert set(pool["pythonPackageSpec"]) == {"executorImageUri", "packageUris", "pythonModule",
-                                              "args"}
-    assert pool["pythonPackageSpec"]["executorImageUri"] == VERTEX_IMAGE
-    assert pool["pythonPackageSpec"]["pythonModule"] == "youtube-8m.train"
+    assert set(pool["containerSpec"]) == {"imageUri", "command", "args"}
+    assert pool["containerSpec"]["command"] == ["python3", "-m", "youtube-8m.train"]
     # chief: exactly one replica; the optional evaluator (pool 3) is off by default.
     assert pool["replicaCount"] == {0: 1, 3: 0}.get(index, pool["replicaCount"])
   assert "acceleratorType" in specs[0]["machineSpec"]
 
 
+def test_dockerfile_uses_the_tested_tensorflow_and_install_script():
+  text = open(os.path.join(REPO_ROOT, "cloud", "container", "Dockerfile")).read()
+  assert re.search(r"^FROM tensorflow/tensorflow:2\.21\.0-gpu$", text, re.M)
+  assert re.search(r"^RUN bash /tmp/yt8m/install\.sh python3 /tmp/yt8m", text, re.M)
+  pinned = open(os.path.join(REPO_ROOT, "requirements.txt")).read()
+  assert "tensorflow-cpu==2.21.0" in pinned  # the tested build, CPU variant of the image's
+
+
 # ---------------------------------------------------------------------------------------------
 # The seed's jobs
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_train(tmp_path, backend):
+def test_train(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800", "batch_size": "160"}
-  out = dry_run("submit_train.sh", *script_args(variables), tmp_path=tmp_path, backend=backend)
+  out = dry_run("submit_train.sh", *script_args(variables), tmp_path=tmp_path)
   [job] = out["jobs"]
-  check_job(job, backend, "train")
+  check_job(job, "train", BUCKET + "/c100h800_160")
   assert job["name"] == "yt8m_train_c100h800_160"
   assert job["module_flags"] == seed_flags(SEED_TRAIN, **variables)
-  # The two globs stay one flag value (a list item on Vertex AI, not split on the comma).
+  # The two globs stay one flag value (a list item, not split on the comma).
   assert job["module_flags"][0] == "--train_data_pattern=" + TRAIN_PATTERN
-  if backend == "vertex":
-    assert len(out["lines"]) == 2  # mkdir of the job-config directory, gcloud
-    assert out["lines"][0] == ["mkdir", "-p", os.path.dirname(job["options"]["--config"])]
+  assert len(out["lines"]) == 2  # mkdir of the job-config directory, gcloud
+  assert out["lines"][0] == ["mkdir", "-p", os.path.dirname(job["options"]["--config"])]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_eval_loop_one_job_per_checkpoint(tmp_path, backend):
+def test_eval_loop_one_job_per_checkpoint(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400", "batch_size": "160"}
   ckpts = ["170010", "180010", "190010", "200010", "210010", "220010"]
   out = dry_run("submit_eval_loop.sh", *script_args(variables), "CKPTS=" + " ".join(ckpts),
-                tmp_path=tmp_path, backend=backend)
+                tmp_path=tmp_path)
   assert len(out["jobs"]) == len(ckpts)
   for job, ckpt in zip(out["jobs"], ckpts):
-    check_job(job, backend, "eval")
+    check_job(job, "eval", BUCKET + "/c10h400_160")
     assert re.fullmatch(r"yt8m_eval_c10h400_%s_\d\dH\d\dM\d\dS" % ckpt, job["name"])
     assert job["module_flags"] == seed_flags(SEED_EVAL_LOOP, CKPT=ckpt, **variables)
-  if backend == "vertex":  # one config file per job
-    assert len({job["options"]["--config"] for job in out["jobs"]}) == len(ckpts)
+  assert len({job["options"]["--config"] for job in out["jobs"]}) == len(ckpts)
   # Commas work as separators too (the seed writes a bash array).
   out = dry_run("submit_eval_loop.sh", *script_args(variables), "CKPTS=(170010,180010)",
-                tmp_path=tmp_path, backend=backend)
+                tmp_path=tmp_path)
   assert [job["module_flags"][-1] for job in out["jobs"]] == [
       "--checkpoint=model.ckpt-170010.index", "--checkpoint=model.ckpt-180010.index"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_avg_range(tmp_path, backend):
+def test_avg_range(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400", "batch_size": "160",
                "ckpt_start": "150010", "ckpt_end": "220010"}
-  out = dry_run("submit_avg_range.sh", *script_args(variables), tmp_path=tmp_path,
-                backend=backend)
+  out = dry_run("submit_avg_range.sh", *script_args(variables), tmp_path=tmp_path)
   [job] = out["jobs"]
-  check_job(job, backend, "avg_checkpoints")
+  check_job(job, "avg_checkpoints", BUCKET + "/c10h400_160")
   assert job["name"] == "yt8m_avgckpt_c10h400_150010_220010"
   assert job["module_flags"] == seed_flags(SEED_AVG_RANGE, **variables)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_avg_select(tmp_path, backend):
+def test_avg_select(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "32", "hs": "512", "batch_size": "160",
                "RANGE_NAME": "122304_etc_19"}
   steps = ("122304,125397,133210,137879,140959,145600,150210,153324,156475,159900,164900,"
            "168029,172960,176234,181138,186032,189900,202410,207267")
   out = dry_run("submit_avg_select.sh", *script_args(variables), "CHECKPOINTS=" + steps,
-                tmp_path=tmp_path, backend=backend)
+                tmp_path=tmp_path)
   [job] = out["jobs"]
-  check_job(job, backend, "avg_checkpoints")
+  check_job(job, "avg_checkpoints", BUCKET + "/c32h512_160")
   assert job["name"] == "yt8m_avgckpt_c32h512_122304_etc_19"
   assert job["module_flags"] == seed_flags(SEED_AVG_SELECT, **variables)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_eval_average(tmp_path, backend):
+def test_eval_average(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "32", "hs": "512", "batch_size": "160",
                "checkpoint": "122304_etc_19"}
-  out = dry_run("submit_eval_average.sh", *script_args(variables), tmp_path=tmp_path,
-                backend=backend)
+  out = dry_run("submit_eval_average.sh", *script_args(variables), tmp_path=tmp_path)
   [job] = out["jobs"]
-  check_job(job, backend, "eval")
+  check_job(job, "eval", BUCKET + "/c32h512_160")
   assert job["name"] == "yt8m_eval_c32h512_122304_etc_19"
   assert job["module_flags"] == seed_flags(SEED_EVAL_AVERAGE, **variables)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("step", [1, 2, 3, 4, 5])
-def test_ensemble_steps(tmp_path, backend, step):
-  out = dry_run("submit_ensemble.sh", str(step), *script_args(ENSEMBLE_VARS), tmp_path=tmp_path,
-                backend=backend)
+def test_ensemble_steps(tmp_path, step):
+  out = dry_run("submit_ensemble.sh", str(step), *script_args(ENSEMBLE_VARS), tmp_path=tmp_path)
   [job] = out["jobs"]
-  check_job(job, backend, SEED_ENSEMBLE_MODULES[step])
+  check_job(job, SEED_ENSEMBLE_MODULES[step], BUCKET + "/ensemble_YHLS")
   assert re.fullmatch(r"yt8m_train_ensemble_ensemble_YHLS_\d{8}_\d{6}", job["name"])
   assert job["module_flags"] == seed_flags(SEED_ENSEMBLE[step], **ENSEMBLE_VARS)
   if step != 3:  # the repeated flags, in model order
@@ -397,8 +381,7 @@ def test_ensemble_steps(tmp_path, backend, step):
 def test_ensemble_model_count_follows_the_variables(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "e2", "MODEL1_PARAM": "8,64",
                "MODEL2_PARAM": "(16 128)", "MIXING_WEIGHTS": "0.6,0.4"}
-  out = dry_run("submit_ensemble.sh", "1", *script_args(variables), tmp_path=tmp_path,
-                backend="ai-platform")
+  out = dry_run("submit_ensemble.sh", "1", *script_args(variables), tmp_path=tmp_path)
   flags = out["jobs"][0]["module_flags"]
   assert "--ensemble_num=2" in flags
   start = flags.index("--netvlad_cluster_size=8")
@@ -407,38 +390,34 @@ def test_ensemble_model_count_follows_the_variables(tmp_path):
       "--netvlad_cluster_size=16", "--netvlad_hidden_size=128", "--ensemble_wts=0.4"]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_distributed_train(tmp_path, backend):
+def test_distributed_train(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800", "batch_size": "160"}
-  config = {"ai-platform": "cloud/cloudml-distributed.yaml",
-            "vertex": "cloud/vertex-distributed.yaml"}[backend]
-  out = dry_run("submit_distributed_train.sh", *script_args(variables), tmp_path=tmp_path,
-                backend=backend)
+  out = dry_run("submit_distributed_train.sh", *script_args(variables), tmp_path=tmp_path)
   [job] = out["jobs"]
-  check_job(job, backend, "train", config=config)
+  check_job(job, "train", BUCKET + "/c100h800_160", config="cloud/vertex-distributed.yaml")
   assert job["name"] == "yt8m_train_c100h800_160_dist"
   assert job["module_flags"] == seed_flags(SEED_TRAIN, **variables)
-  if backend == "vertex":
-    pools = job["config"]["workerPoolSpecs"]
-    assert [pool["replicaCount"] for pool in pools] == [1, 2, 1]  # evaluator left out
-    for pool in pools:
-      assert pool["pythonPackageSpec"]["pythonModule"] == "youtube-8m.train"
-      assert pool["pythonPackageSpec"]["args"] == job["module_flags"]
+  pools = job["config"]["workerPoolSpecs"]
+  assert [pool["replicaCount"] for pool in pools] == [1, 2, 1]  # evaluator left out
+  for pool in pools:
+    assert pool["containerSpec"]["command"] == ["python3", "-m", "youtube-8m.train"]
+    assert pool["containerSpec"]["args"] == job["module_flags"]
 
 
 def test_distributed_train_with_evaluator(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800", "batch_size": "160"}
   out = dry_run("submit_distributed_train.sh", *script_args(variables), "--evaluator-count=1",
-                tmp_path=tmp_path, backend="vertex")
+                tmp_path=tmp_path)
   pools = out["jobs"][0]["config"]["workerPoolSpecs"]
   assert [pool["replicaCount"] for pool in pools] == [1, 2, 1, 1]
-  evaluator = pools[3]["pythonPackageSpec"]
-  assert evaluator["pythonModule"] == "youtube-8m.eval"
+  evaluator = pools[3]["containerSpec"]
+  assert evaluator["command"] == ["python3", "-m", "youtube-8m.eval"]
+  assert evaluator["imageUri"] == IMAGE
   # The seed's evaluation flags for this train_dir, polling (no --run_once / --checkpoint).
   expected = seed_flags(SEED_EVAL_LOOP, CKPT="0", **variables)
   assert evaluator["args"] == expected[:expected.index("--run_once=True")]
-  result = run_script("submit_distributed_train.sh", "--dry-run", "--backend=ai-platform",
-                      "--evaluator-count=1", *script_args(variables), tmp_path=tmp_path)
+  result = run_script("submit_train.sh", "--dry-run", "--evaluator-count=1", "PROJECT=p",
+                      *script_args(variables), tmp_path=tmp_path)
   assert result.returncode != 0 and "--evaluator-count" in result.stderr
 
 
@@ -448,44 +427,42 @@ def test_distributed_train_with_evaluator(tmp_path):
 def test_options(tmp_path):
   variables = script_args({"BUCKET_NAME": BUCKET + "/", "cs": "16", "hs": "128",
                            "batch_size": "80"})
-  pattern = "/data/frame/train*.tfrecord,/data/frame/validate*.tfrecord"
-  out = dry_run("submit_train.sh", *variables, "--region=europe-west4",
-                "--runtime-version=2.11", "--python-version=3.7", "--config=cloudml-gpu.yaml",
-                tmp_path=tmp_path, backend="ai-platform", env={"DATA_PATTERN": pattern})
+  pattern = "gs://my-bucket/frame/train*.tfrecord,gs://my-bucket/frame/validate*.tfrecord"
+  out = dry_run("submit_train.sh", *variables, "--region=europe-west4", tmp_path=tmp_path,
+                env={"DATA_PATTERN": pattern})
   [job] = out["jobs"]
-  check_job(job, "ai-platform", "train", region="europe-west4")
-  assert job["options"]["--runtime-version"] == "2.11"
-  assert job["options"]["--python-version"] == "3.7"
+  # The default image lives in the job's region.
+  check_job(job, "train", BUCKET + "/c16h128_80", region="europe-west4",
+            image=IMAGE.replace("us-central1", "europe-west4"))
   assert job["module_flags"][:2] == ["--train_data_pattern=" + pattern,
                                      "--train_dir=%s/c16h128_80" % BUCKET]
-  # --VAR=value, environment variables, the seed's config path and --job-name.
+  # --VAR=value, environment variables, --job-name, --image-uri (no project needed), on-demand.
   out = dry_run("submit_train.sh", "--cs=16", "--hs=128", "--batch_size=80",
-                "--config=youtube-8m/cloudml-gpu.yaml", "--job-name=my_job",
-                tmp_path=tmp_path, backend="ai-platform", env={"BUCKET_NAME": BUCKET})
-  check_job(out["jobs"][0], "ai-platform", "train")
+                "--job-name=my_job", "--image-uri=example.com/image:1", "--no-spot",
+                tmp_path=tmp_path, env={"BUCKET_NAME": BUCKET, "REGION": "us-east1"},
+                project=False)
+  check_job(out["jobs"][0], "train", BUCKET + "/c16h128_80", region="us-east1",
+            image="example.com/image:1", spot=False)
   assert out["jobs"][0]["name"] == "my_job"
-  # Vertex AI: the executor image.
-  out = dry_run("submit_train.sh", *variables, "--executor-image-uri=example.com/image:1",
-                tmp_path=tmp_path, backend="vertex", env={"REGION": "us-east1"})
-  spec = out["jobs"][0]["config"]["workerPoolSpecs"][0]["pythonPackageSpec"]
-  assert spec["executorImageUri"] == "example.com/image:1"
-  assert out["jobs"][0]["options"]["--region"] == "us-east1"
+  out = dry_run("submit_train.sh", *variables, tmp_path=tmp_path, project=False,
+                env={"IMAGE_URI": "example.com/image:2"})
+  assert out["jobs"][0]["config"]["workerPoolSpecs"][0]["containerSpec"]["imageUri"] == \
+      "example.com/image:2"
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--backend=aws"], "--backend must be"),
-    (["--backend=vertex", "--config=cloudml-gpu.yaml"], "workerPoolSpecs"),
-    (["--backend=ai-platform", "--config=cloud/vertex-gpu.yaml"], "trainingInput"),
-    (["--backend=ai-platform", "--config=missing.yaml"], "not found"),
-    (["--backend=vertex", "--runtime-version=2.11"], "--runtime-version"),
-    (["--backend=vertex", "--package-uri=/local/file.tar.gz"], "gs://"),
+    (["--backend=ai-platform"], "shut down on 2025-01-31"),
+    (["--config=cloudml-gpu.yaml"], "cloud/vertex-gpu.yaml"),
+    (["--config=youtube-8m/cloudml-gpu.yaml"], "cloud/vertex-gpu.yaml"),
+    (["--config=missing.yaml"], "not found"),
+    (["--config=cloud/container/install.sh"], "workerPoolSpecs"),
     (["--bogus=1"], "unknown option"),
     (["cs=x"], "cs must be"),
     (["BUCKET_NAME=bucket"], "gs://"),
-    (["--job-name=bad-name", "--backend=ai-platform"], "not a valid AI Platform job id"),
+    (["PROJECT="], "no Google Cloud project"),
 ])
 def test_bad_options(tmp_path, args, message):
-  base = {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3"}
+  base = {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3", "PROJECT": PROJECT}
   result = run_script("submit_train.sh", "--dry-run", *(script_args(base) + args),
                       tmp_path=tmp_path)
   assert result.returncode != 0
@@ -495,7 +472,7 @@ def test_bad_options(tmp_path, args, message):
 
 def test_help(tmp_path):
   for script in sorted(os.listdir(CLOUD_DIR)):
-    if script.startswith("submit_"):
+    if script.endswith(".sh") and script != "lib.sh":
       result = run_script(script, "--help", tmp_path=tmp_path)
       assert result.returncode == 0 and "--dry-run" in result.stdout, script
       assert "scripts/cloud/" + script in result.stdout
@@ -543,10 +520,9 @@ MISSING_CASES = [
 ]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("script,positional,variables,missing", MISSING_CASES)
-def test_missing_variables(tmp_path, backend, script, positional, variables, missing):
-  result = run_script(script, *positional, "--dry-run", "--backend=" + backend,
+def test_missing_variables(tmp_path, script, positional, variables, missing):
+  result = run_script(script, *positional, "--dry-run", "PROJECT=" + PROJECT,
                       *script_args(variables), tmp_path=tmp_path)
   assert result.returncode != 0
   assert re.search(r"\b%s\b" % re.escape(missing), result.stderr), result.stderr
@@ -557,29 +533,30 @@ def test_real_run_needs_gcloud(tmp_path):
   """Without --dry-run the scripts look for gcloud first and say so when it is missing."""
   bin_dir = tmp_path / "bin"
   bin_dir.mkdir()
-  for tool in ("bash", "dirname", "basename", "tr", "grep", "cat", "date", "mktemp", "awk"):
+  for tool in ("bash", "dirname", "basename", "tr", "grep", "cat", "date", "mktemp", "awk",
+               "sed", "head"):
     found = shutil.which(tool)
     if found:
       os.symlink(found, str(bin_dir / tool))
   variables = script_args({"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3"})
-  for backend in BACKENDS:
-    result = run_script("submit_train.sh", "--backend=" + backend, *variables,
+  for script in ("submit_train.sh", "build_image.sh"):
+    result = run_script(script, "PROJECT=p", *(variables if script != "build_image.sh" else []),
                         tmp_path=tmp_path, path=str(bin_dir))
     assert result.returncode != 0
     assert "gcloud is not on PATH" in result.stderr, result.stderr
     assert result.stdout == ""
-  result = run_script("submit_train.sh", "--backend=vertex", "cs=1", "hs=2", "batch_size=3",
-                      tmp_path=tmp_path, path=str(bin_dir))
+  result = run_script("submit_train.sh", "cs=1", "hs=2", "batch_size=3", tmp_path=tmp_path,
+                      path=str(bin_dir))
   assert result.returncode != 0 and "BUCKET_NAME" in result.stderr
 
 
 GCLOUD_STUB = """#!/usr/bin/env python3
-# Records its arguments (and whether an uploaded file exists) instead of calling Google Cloud.
+# Records its arguments (and the job config it is given) instead of calling Google Cloud.
 import json, os, sys
 args = sys.argv[1:]
 record = {"argv": args}
-if args[:2] == ["storage", "cp"]:
-  record["source_exists"] = os.path.isfile(args[2])
+if args[:3] == ["config", "get-value", "project"]:
+  print("stub-project")
 for arg in args:
   if arg.startswith("--config="):
     record["config_text"] = open(arg.split("=", 1)[1]).read()
@@ -588,10 +565,10 @@ with open(os.environ["GCLOUD_LOG"], "a") as log:
 """
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_real_run_runs_the_dry_run_commands(tmp_path, backend):
+def test_real_run_runs_the_dry_run_commands(tmp_path):
   """Without --dry-run (gcloud replaced by a recording stub) the scripts run the commands that
-  their dry run prints: same gcloud arguments, same job config, the sdist really uploaded."""
+  their dry run prints: same gcloud arguments, same job config; the project comes from gcloud's
+  configuration when not given."""
   stub_dir = tmp_path / "stub"
   stub_dir.mkdir()
   (stub_dir / "gcloud").write_text(GCLOUD_STUB)
@@ -599,36 +576,54 @@ def test_real_run_runs_the_dry_run_commands(tmp_path, backend):
   log = tmp_path / "gcloud.log"
   variables = script_args({"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400", "batch_size": "160",
                            "CKPTS": "170010 180010"})
-  result = run_script("submit_eval_loop.sh", "--backend=" + backend, *variables,
-                      tmp_path=tmp_path, env={"GCLOUD_LOG": str(log)},
-                      path="%s:%s" % (stub_dir, os.environ.get("PATH", "/usr/bin:/bin")))
+  path = "%s:%s" % (stub_dir, os.environ.get("PATH", "/usr/bin:/bin"))
+  result = run_script("submit_eval_loop.sh", *variables, tmp_path=tmp_path,
+                      env={"GCLOUD_LOG": str(log)}, path=path)
   assert result.returncode == 0, result.stderr
   assert result.stdout == ""
   calls = [json.loads(line) for line in log.read_text().splitlines()]
-  dry = dry_run("submit_eval_loop.sh", *variables, tmp_path=tmp_path, backend=backend,
-                package_uri=False)
+  assert calls[0]["argv"] == ["config", "get-value", "project"]
+  calls = calls[1:]
+  dry = dry_run("submit_eval_loop.sh", *variables, "PROJECT=stub-project", tmp_path=tmp_path,
+                project=False)
   dry_calls = [argv[1:] for argv in dry["lines"] if argv[0] == "gcloud"]
-  assert len(calls) == len(dry_calls) == (2 if backend == "ai-platform" else 3)
+  assert len(calls) == len(dry_calls) == 2
 
-  def normalized(argv):  # temporary paths, upload timestamps and job-name times vary
+  def normalized(argv):  # temporary paths and job-name times vary
     text = " ".join(argv)
-    text = re.sub(r"/yt8m-(sdist|vertex)\.\w+", r"/yt8m-\1.X", text)
-    text = re.sub(r"/packages/\d{8}_\d{6}/", "/packages/T/", text)
+    text = re.sub(r"/yt8m-vertex\.\w+", r"/yt8m-vertex.X", text)
     return re.sub(r"_\d\dH\d\dM\d\dS", "_T", text).replace(str(tmp_path), "TMP")
 
   assert [normalized(call["argv"]) for call in calls] == [normalized(a) for a in dry_calls]
-  if backend == "vertex":
-    assert calls[0]["argv"][:2] == ["storage", "cp"] and calls[0]["source_exists"]
-    for call, job in zip(calls[1:], dry["jobs"]):
-      real_config = load_yaml(call["config_text"])
-      assert real_config["workerPoolSpecs"][0]["pythonPackageSpec"]["args"] == \
-          job["module_flags"]
-      assert real_config["workerPoolSpecs"][0]["pythonPackageSpec"]["packageUris"] == [
-          calls[0]["argv"][3]]
+  for call, job in zip(calls, dry["jobs"]):
+    real_config = load_yaml(call["config_text"])
+    assert real_config == job["config"]
+    assert real_config["workerPoolSpecs"][0]["containerSpec"]["imageUri"] == IMAGE.replace(
+        PROJECT, "stub-project")
 
 
 # ---------------------------------------------------------------------------------------------
-# The shipped package and the module flags
+# The container image and the module flags
+
+def test_build_image_dry_run(tmp_path):
+  result = run_script("build_image.sh", "--dry-run", "PROJECT=" + PROJECT, tmp_path=tmp_path)
+  assert result.returncode == 0, result.stderr
+  lines = [shlex.split(line) for line in result.stdout.splitlines()]
+  assert lines[-2][:4] == ["gcloud", "artifacts", "repositories", "describe"]
+  assert "--repository-format=docker" in lines[-2]
+  context = lines[-1][-1]
+  assert lines[-1] == ["gcloud", "--verbosity=debug", "builds", "submit",
+                       "--project=" + PROJECT, "--tag=" + IMAGE, context]
+  result = run_script("build_image.sh", "--dry-run", "--builder=docker",
+                      "--image-uri=europe-west4-docker.pkg.dev/p2/repo/img:1", tmp_path=tmp_path)
+  assert result.returncode == 0, result.stderr
+  last = shlex.split(result.stdout.splitlines()[-1])
+  assert last[:3] == ["docker", "build", "-t"] and last[-3:] == [
+      "docker", "push", "europe-west4-docker.pkg.dev/p2/repo/img:1"]
+  result = run_script("build_image.sh", "--dry-run", "--builder=kaniko", "PROJECT=p",
+                      tmp_path=tmp_path)
+  assert result.returncode != 0 and "--builder must be" in result.stderr
+
 
 # Parses flag lists with the modules' own absl flag definitions, all modules in one process
 # (TensorFlow is imported once): after each module, the flags and the project modules it
@@ -674,91 +669,115 @@ def seed_module_flags(tmp_path):
           ("submit_eval_average.sh", [], {"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400",
                                           "batch_size": "160", "checkpoint": "1_2"})]
   runs += [("submit_ensemble.sh", [str(step)], ENSEMBLE_VARS) for step in range(1, 6)]
+  runs += [("submit_distributed_train.sh", ["--evaluator-count=1"], {
+      "BUCKET_NAME": BUCKET, "cs": "10", "hs": "400", "batch_size": "160"})]
   by_module = {}
   for script, extra, variables in runs:
-    for job in dry_run(script, *(extra + script_args(variables)), tmp_path=tmp_path,
-                       backend="ai-platform")["jobs"]:
-      by_module.setdefault(job["module"], []).append(job["module_flags"])
-  out = dry_run("submit_distributed_train.sh", "--evaluator-count=1",
-                *script_args({"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400",
-                              "batch_size": "160"}), tmp_path=tmp_path, backend="vertex")
-  for pool in out["jobs"][0]["config"]["workerPoolSpecs"]:
-    spec = pool["pythonPackageSpec"]
-    by_module.setdefault(spec["pythonModule"], []).append(spec["args"])
+    for job in dry_run(script, *(extra + script_args(variables)), tmp_path=tmp_path)["jobs"]:
+      for pool in job["config"]["workerPoolSpecs"]:
+        spec = pool["containerSpec"]
+        by_module.setdefault(spec["command"][2], []).append(spec["args"])
   assert sorted(by_module) == ["youtube-8m." + m for m in (
       "avg_checkpoints", "eval", "overwrite_float16_ckpt", "train")]
   return by_module
 
 
-def test_shipped_package_runs_and_takes_the_seed_flags(tmp_path):
-  """The Vertex dry run's build line, pasted, builds the sdist that its upload line names (from
-  setup.py, as gcloud does for --package-path); installed outside the repo, the package runs
-  `python -m youtube-8m.train --help`, ships vocabulary.csv, and its modules accept every
-  module flag list the scripts pass."""
-  variables = {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800", "batch_size": "160"}
-  out = dry_run("submit_train.sh", *script_args(variables), tmp_path=tmp_path,
-                backend="vertex", package_uri=False)
-  build, upload = out["lines"][:2]
-  [job] = out["jobs"]
-  # mkdir -p DIR && cd REPO && PYTHON setup.py -q egg_info --egg-base DIR sdist --dist-dir DIR
-  assert build[:3] == ["mkdir", "-p", build[2]] and build[3:6] == ["&&", "cd", REPO_ROOT]
-  assert build[6] == "&&" and build[8:] == ["setup.py", "-q", "egg_info", "--egg-base",
-                                            build[2], "sdist", "--dist-dir", build[2]]
-  assert upload[:3] == ["gcloud", "storage", "cp"] and len(upload) == 5
-  sdist, package_uri = upload[3], upload[4]
-  assert re.fullmatch(re.escape(BUCKET) + r"/packages/\d{8}_\d{6}/" +
-                      re.escape(os.path.basename(sdist)), package_uri)
-  spec = job["config"]["workerPoolSpecs"][0]["pythonPackageSpec"]
-  assert spec["packageUris"] == [package_uri]
-  assert os.path.dirname(sdist) == build[2] and build[2].startswith(str(tmp_path))
+def _run(argv, **kwargs):
+  result = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+  assert result.returncode == 0, "%s failed:\n%s\n%s" % (argv[:4], result.stdout[-3000:],
+                                                         result.stderr[-3000:])
+  return result
 
+
+def test_container_install_step_in_a_fresh_venv(tmp_path):
+  """What the image's Dockerfile does, without Docker: build_image.sh's dry-run build lines,
+  pasted, build the wheel into the build context (nothing is written into the repo); a fresh
+  venv gets TensorFlow 2.21 (the CPU build of requirements.txt standing in for the GPU base
+  image's) and then cloud/container/install.sh, the Dockerfile's RUN step, installs the wheel
+  with requirements-runtime.txt. From outside the repo, the installed package shows the model
+  flags in `python -m youtube-8m.train --help`, its modules accept every flag list the submit
+  scripts pass, and it trains a tiny model for 5 steps on data it generates."""
+  timings = {}
+  started = time.time()
+  result = run_script("build_image.sh", "--dry-run", "PROJECT=" + PROJECT, tmp_path=tmp_path)
+  assert result.returncode == 0, result.stderr
+  build_lines = result.stdout.splitlines()[:2]
+  context = shlex.split(result.stdout.splitlines()[-1])[-1]
   before = set(os.listdir(REPO_ROOT))
-  result = subprocess.run(out["raw"][0], shell=True, executable="/bin/bash",
-                          capture_output=True, text=True, timeout=300)
-  assert result.returncode == 0, result.stderr
-  new = set(os.listdir(REPO_ROOT)) - before  # the build leaves nothing in the repo
-  assert not [name for name in new if name.endswith(".egg-info") or name in ("build", "dist")]
-  assert os.path.isfile(sdist), os.listdir(build[2])
-  with tarfile.open(sdist) as archive:
-    names = archive.getnames()
-  root = os.path.basename(sdist)[:-len(".tar.gz")]
-  for name in ("setup.py", "youtube-8m/__init__.py", "youtube-8m/train.py",
-               "youtube-8m/vocabulary.csv", "youtube-8m/overwrite_float16_ckpt.py"):
-    assert "%s/%s" % (root, name) in names
+  for line in build_lines:
+    _run(["bash", "-c", line], timeout=300)
+  assert set(os.listdir(REPO_ROOT)) == before
+  assert sorted(os.listdir(context)) == ["Dockerfile", "dist", "install.sh",
+                                         "requirements-runtime.txt"]
+  [wheel] = os.listdir(os.path.join(context, "dist"))
+  assert wheel == "yt8m_netvlad_ensemble-%s-py3-none-any.whl" % VERSION
+  with zipfile.ZipFile(os.path.join(context, "dist", wheel)) as archive:
+    names = archive.namelist()
+    metadata = archive.read("yt8m_netvlad_ensemble-%s.dist-info/METADATA" % VERSION).decode()
+  for name in ("train.py", "eval.py", "__main__.py", "vocabulary.csv"):
+    assert "youtube-8m/" + name in names
+  assert "Requires-Python: <3.14,>=3.10" in metadata
+  assert "Provides-Extra: tensorboard" in metadata
+  # TensorFlow only in extras: the image keeps its own GPU build.
+  assert not re.search(r"^Requires-Dist: tensorflow(?!.*extra ==)", metadata, re.M)
+  timings["wheel"] = time.time() - started
 
-  # What Vertex AI does with packageUris (and AI Platform with gcloud's sdist): pip install it.
-  # Offline with this venv's setuptools (+ wheel); if they cannot build it, as pip normally
-  # does, with build isolation (which fetches setuptools from the package index).
-  target = tmp_path / "site"
-  for isolation in (["--no-build-isolation", "--no-index"], []):
-    shutil.rmtree(str(target), ignore_errors=True)
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
-         str(target)] + isolation + [sdist],
-        cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
-    if result.returncode == 0:
-      break
-  assert result.returncode == 0, result.stderr
-  assert os.path.getsize(str(target / "youtube-8m" / "vocabulary.csv")) > 100000
+  started = time.time()
+  venv = tmp_path / "venv"
+  _run([sys.executable, "-m", "venv", str(venv)], timeout=120)
+  python = str(venv / "bin" / "python")
+  tf_pin = [line.strip() for line in open(os.path.join(REPO_ROOT, "requirements.txt"))
+            if line.startswith("tensorflow")]
+  assert tf_pin == ["tensorflow-cpu==2.21.0"]
+  _run([python, "-m", "pip", "install", "--quiet"] + tf_pin, timeout=600)
+  timings["tensorflow"] = time.time() - started
+  started = time.time()
+  installed = _run(["bash", os.path.join(context, "install.sh"), python, context], timeout=600)
+  assert "yt8m install check: TensorFlow 2.21." in installed.stdout
+  timings["install.sh"] = time.time() - started
 
+  outside = tmp_path / "outside"
+  outside.mkdir()
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH="")
+  env.pop("VIRTUAL_ENV", None)
+  started = time.time()
+  help_run = subprocess.Popen([python, "-m", "youtube-8m.train", "--help"], cwd=str(outside),
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   by_module = seed_module_flags(tmp_path)
-  env = dict(os.environ, PYTHONPATH=str(target), TF_CPP_MIN_LOG_LEVEL="3")
-  help_run = subprocess.Popen([sys.executable, "-m", "youtube-8m.train", "--help"],
-                              cwd=str(tmp_path), env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
   flag_run = subprocess.Popen(
-      [sys.executable, "-c", FLAG_CHECKER, json.dumps(sorted(by_module.items()))],
-      cwd=str(tmp_path), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      [python, "-c", FLAG_CHECKER, json.dumps(sorted(by_module.items()))],
+      cwd=str(outside), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   help_out, help_err = help_run.communicate(timeout=300)
   flag_out, flag_err = flag_run.communicate(timeout=300)
-  assert "--train_data_pattern" in help_out, help_err[-3000:]
-  assert str(target) in help_out  # the installed copy, not the repo's
+  site = str(venv / "lib")
+  assert "--train_data_pattern" in help_out, help_err[-3000:]  # (absl's --help exits 1)
+  for flag in ("--train_data_pattern", "--netvlad_cluster_size", "--frame_features",
+               "--ensemble_wts", "--moe_prob_gating", "--netvlad_relu"):
+    assert flag in help_out, flag
+  assert site in help_out  # the installed copy, not the repo's
   assert flag_run.returncode == 0, "a module rejects the scripts' flags:\n" + flag_err[-3000:]
   results = json.loads(flag_out.strip().splitlines()[-1])
   for module, result in results.items():
-    assert result["file"].startswith(str(target)), module
+    assert result["file"].startswith(site), module
     assert len(result["parsed"]) == len(by_module[module])
   # The ensemble's repeated flags arrive in model order.
   ensemble = {"netvlad_cluster_size": [24, 32, 16, 32], "ensemble_wts": [0.39, 0.26, 0.21, 0.14]}
   assert ensemble in results["youtube-8m.train"]["parsed"]
   assert ensemble in results["youtube-8m.eval"]["parsed"]
+
+  data, train_dir = outside / "data", outside / "train"
+  _run([python, "-m", "youtube-8m.synthetic_data", "--output_dir=%s" % data, "--levels=frame",
+        "--num_train_files=2", "--num_validate_files=1", "--num_test_files=0",
+        "--videos_per_file=16", "--num_classes=40", "--min_frames=20", "--max_frames=40"],
+       cwd=str(outside), env=env, timeout=300)
+  trained = _run([python, "-m", "youtube-8m.train",
+                  "--train_data_pattern=%s/frame/train*.tfrecord" % data,
+                  "--train_dir=%s" % train_dir, "--frame_features", "--feature_names=rgb,audio",
+                  "--feature_sizes=1024,128", "--num_classes=40", "--netvlad_cluster_size=4",
+                  "--netvlad_hidden_size=16", "--iterations=10", "--batch_size=8",
+                  "--max_steps=5", "--num_readers=1", "--num_epochs=100"],
+                 cwd=str(outside), env=env, timeout=600)
+  assert re.search(r"training step 5 \|", trained.stderr), trained.stderr[-3000:]
+  assert os.path.isfile(str(train_dir / "model.ckpt-5.index"))
+  timings["run"] = time.time() - started
+  print("container install test timings (s): %s" % {k: round(v, 1) for k, v in timings.items()})

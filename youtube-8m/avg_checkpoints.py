@@ -82,6 +82,7 @@ from absl import flags
 from absl import logging
 import numpy as np
 
+from . import progress as progress_lib
 from . import storage
 
 FLAGS = flags.FLAGS
@@ -618,9 +619,14 @@ def _average_and_write(checkpoint_prefixes, local_prefixes, output_prefix,
   # few averaged results are held yet (the peak then stays close to 1x the output).
   tensors = {}
   by_size = sorted(averaged, key=lambda n: (-_nbytes(*specs[n]), n))
+  # In bytes: the variables are largest first, so a count of them would mislead the ETA.
+  progress = progress_lib.Progress("averaging %d variables" % len(by_size), sum(
+      _nbytes(*specs[n]) for n in by_size), "MiB", scale=2**20)
   for name in by_size:
     shape, dtype = specs[name]
     tensors[name] = _average_variable(name, shape, dtype, readers, checkpoint_prefixes)
+    progress.update(_nbytes(shape, dtype))
+  progress.finish()
   del readers
   global_step = _aligned_empty((), global_step_dtype.as_numpy_dtype)
   global_step[...] = 0

@@ -36,6 +36,8 @@ uploaded once complete (data, ``.meta``, ``.index`` last, then ``model_flags.jso
 """
 
 import os
+import shutil
+import tempfile
 
 from absl import app
 from absl import flags
@@ -59,10 +61,15 @@ HIDDEN_VARIABLE = "tower/hidden1_weights/hidden1_weights"
 PER_MODEL_KEYS = ("ensemble_num", "netvlad_cluster_size", "netvlad_hidden_size",
                   "ensemble_wts", "float16_flag", "model")
 SOURCES_KEY = "ensemble_sources"
+SIZE_LIMIT = 2**30  # the competition's limit on the submission's model files
 
 
 def define_flags():
   model_graph.define_flags()
+  # --help lists the model flags too (absl shows only the main module's own flags).
+  for _module in (model_graph, model_graph.frame_level_models,
+                  model_graph.video_level_models):
+    flags.adopt_module_key_flags(_module)
   flags.DEFINE_string("train_dir", None,
                       "Output directory of the ensemble (created if missing).")
   flags.DEFINE_string("checkpoints", None,
@@ -73,6 +80,9 @@ def define_flags():
   flags.DEFINE_bool("use_member_model_flags", True,
                     "Take model flags not given here from the model_flags.json next to each "
                     "checkpoint (and check given ones against it).")
+  flags.DEFINE_bool("dry_run", False,
+                    "Check the inputs and print the planned submission bytes against the "
+                    "2^30 B limit, then stop before writing anything.")
   for name, value in DEFAULTS.items():
     FLAGS.set_default(name, value)
 
@@ -201,18 +211,46 @@ def assemble_config(checkpoints, explicit, defaults, member_jsons, source_specs)
   return model_graph.ModelConfig(**values).validate()
 
 
-def build(config, checkpoints, train_dir, output_name):
+def build(config, checkpoints, train_dir, output_name, dry_run=False):
   """Writes the ensemble checkpoint + inference meta + model_flags.json; returns a summary.
 
   Any of the paths may be gs://; local copies of gs:// checkpoints are removed at the end.
+  dry_run: only check, and return (and print) the planned size, writing nothing.
   """
   try:
-    return _build(config, checkpoints, train_dir, output_name)
+    return _build(config, checkpoints, train_dir, output_name, dry_run)
   finally:
     overwrite_lib.STAGED.close()
 
 
-def _build(config, checkpoints, train_dir, output_name):
+def planned_size(plan, config):
+  """Bytes of the submission files the plan gives: tensor data and meta graph exactly (the
+  meta graph is exported to a temporary file), the .index and model_flags.json estimated."""
+  directory = tempfile.mkdtemp(prefix="yt8m-plan-")
+  try:
+    meta = os.path.getsize(model_graph.export_inference_meta(
+        os.path.join(directory, "plan.meta"), config))
+  finally:
+    shutil.rmtree(directory, ignore_errors=True)
+  data = plan.output_bytes()
+  # An index entry holds the name, dtype, shape and offsets (~40 B besides the name).
+  other = sum(len(item[0]) + 40 for item in plan.items) + 4096
+  total = data + meta + other
+  return {"data_bytes": data, "meta_bytes": meta, "other_bytes_estimate": other,
+          "total_bytes": total, "limit_bytes": SIZE_LIMIT, "fits": total <= SIZE_LIMIT}
+
+
+def format_planned_size(size):
+  return ("planned submission: %s B = tensor data %s B + meta graph %s B + ~%s B (.index, "
+          "model_flags.json) vs the limit 2^30 = %s B: %s (%s B %s)" % (
+              "{:,}".format(size["total_bytes"]), "{:,}".format(size["data_bytes"]),
+              "{:,}".format(size["meta_bytes"]), "{:,}".format(size["other_bytes_estimate"]),
+              "{:,}".format(size["limit_bytes"]), "FITS" if size["fits"] else "DOES NOT FIT",
+              "{:,}".format(abs(size["limit_bytes"] - size["total_bytes"])),
+              "to spare" if size["fits"] else "over"))
+
+
+def _build(config, checkpoints, train_dir, output_name, dry_run=False):
   output_prefix = checkpoint_utils.resolve_checkpoint(train_dir, output_name)
   stored = model_graph.read_stored_flags(train_dir, required=False) if storage.isdir(
       train_dir) else None
@@ -230,6 +268,13 @@ def _build(config, checkpoints, train_dir, output_name):
   plan = overwrite_lib.plan_ensemble(
       template_specs, checkpoints, "the %d-model ensemble graph (%s)" % (
           config.ensemble_num, config.describe()), outputs=[output_prefix])
+  size = planned_size(plan, config)
+  logging.info("%s", format_planned_size(size))
+  if dry_run:
+    print(format_planned_size(size))
+    print("dry run: nothing written (would write %s.* and %s)" % (
+        output_prefix, utils.model_flags_path(train_dir)))
+    return dict(size, dry_run=True)
   summary = overwrite_lib.write_plan(
       plan, output_prefix,
       lambda tmp: model_graph.export_inference_meta(tmp + ".meta", config))
@@ -256,7 +301,7 @@ def build_from_flags(checkpoints):
   defaults = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS}
   config = assemble_config(checkpoints, explicit, defaults, member_jsons, source_specs)
   logging.info("Building %s into %s", config.describe(), FLAGS.train_dir)
-  build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name)
+  return build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name, FLAGS.dry_run)
 
 
 @utils.tool_main
@@ -273,9 +318,11 @@ def main(argv):
       raise BuildEnsembleError("model %d: --checkpoints entry %d %s does not exist (no %s.index)"
                                % (index, index + 1, prefix, prefix))
   try:
-    build_from_flags(checkpoints)
+    result = build_from_flags(checkpoints)
   finally:
     overwrite_lib.STAGED.close()  # the local copies of gs:// checkpoints
+  if result.get("dry_run"):
+    return
   logging.info("Evaluate it with: python -m youtube-8m.eval --train_dir=%s --checkpoint_file=%s "
                "--eval_data_pattern=... --run_once", FLAGS.train_dir, FLAGS.output_name)
 

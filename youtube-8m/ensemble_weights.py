@@ -43,6 +43,7 @@ from absl import logging
 from . import checkpoint_utils
 from . import eval_util
 from . import model_graph
+from . import progress as progress_lib
 from . import readers
 from . import storage
 from . import utils
@@ -56,6 +57,10 @@ STEPS = (20, 10, 5, 2, 1)
 
 def define_flags():
   model_graph.define_flags()
+  # --help lists the model flags too (absl shows only the main module's own flags).
+  for _module in (model_graph, model_graph.frame_level_models,
+                  model_graph.video_level_models):
+    flags.adopt_module_key_flags(_module)
   flags.DEFINE_string("train_dir", None,
                       "Ensemble directory with model_flags.json and the checkpoint.")
   flags.DEFINE_string("checkpoint_file", "inference_model",
@@ -162,12 +167,18 @@ def search(objective, num_models, seed=0, restarts=5):
   starts += [round_to_grid(rng.dirichlet(np.ones(num_models))) for _ in range(restarts)]
   trace = []
   best_units, best_gap = None, -1.0
+  # Each start is a whole hill climb (seconds to minutes): report every one.
+  progress = progress_lib.Progress("weight search", len(starts), "starting points",
+                                   interval=0)
   for start in starts:
     units, gap = coordinate_ascent(objective, start)
     trace.append({"start": [u / RESOLUTION for u in start],
                   "end": [u / RESOLUTION for u in units], "gap": gap})
     if gap > best_gap:
       best_units, best_gap = units, gap
+    logging.info("weight search: start %s -> %s GAP %.5f (best so far %.5f)",
+                 trace[-1]["start"], trace[-1]["end"], gap, best_gap)
+    progress.update()
   weights = [u / float(RESOLUTION) for u in best_units]
   equal = [1.0 / num_models] * num_models
   if RESOLUTION % num_models and objective(equal) > best_gap:
@@ -207,6 +218,7 @@ def collect_member_predictions(config, prefix, files, batch_size, num_readers, m
   configured = eval_util.EvaluationMetrics(config.num_classes, top_k)
   count, truncated = 0, False
   start = time.time()
+  progress = progress_lib.input_progress("member predictions", files, max_items=max_videos)
   with tf1.Session(graph=graph) as sess:
     saver.restore(sess, prefix)
     sess.run(iterator.initializer)
@@ -230,6 +242,8 @@ def collect_member_predictions(config, prefix, files, batch_size, num_readers, m
       count += keep
       logging.info("videos processed: %d (%.1f videos/sec)", count,
                    count / max(time.time() - start, 1e-9))
+      progress.update(keep)
+  progress.finish()
   if count == 0:
     raise IOError("--eval_data_pattern: the evaluation files hold no videos")
   member_arrays = []

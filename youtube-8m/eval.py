@@ -15,6 +15,7 @@ weights-tagged ``inference_model_ensemble_<weights>...`` or, with
 
 import json
 import os
+import re
 import time
 
 import tensorflow as tf
@@ -25,6 +26,7 @@ from . import checkpoint_utils
 from . import eval_util
 from . import losses
 from . import model_graph
+from . import progress as progress_lib
 from . import readers
 from . import storage
 from . import utils
@@ -34,6 +36,10 @@ flags = tf1.flags
 FLAGS = flags.FLAGS
 
 model_graph.define_flags()
+# --help lists the model flags too (absl shows only the main module's own flags).
+for _module in (model_graph, model_graph.frame_level_models,
+                model_graph.video_level_models):
+  flags.adopt_module_key_flags(_module)
 flags.DEFINE_string("train_dir", "/tmp/yt8m_model/",
                     "Directory with model_flags.json and the checkpoints; outputs go here.")
 flags.DEFINE_string("checkpoint_file", "",
@@ -89,6 +95,21 @@ def inference_checkpoint_name(checkpoint_name, loaded_prefix, config):
   return "%s_%s" % (INFERENCE_MODEL, name)
 
 
+def summary_tag_and_step(prefix, global_step, ensemble_wts=None):
+  """(tag prefix, step) of an evaluation's TensorBoard summaries. Training checkpoints
+  (model.ckpt-N) keep the original's "Epoch/..." tags at their global step; averages and
+  ensembles (global_step 0) get tags under their own name ("avg_c32h512_100_200.ckpt/
+  Eval_GAP", "inference_model/Eval_GAP"), an ensemble's with its mixing weights
+  ("inference_model_w05_05/Eval_GAP"), so that none overwrites another at step 0."""
+  name = os.path.basename(prefix)
+  if re.fullmatch(re.escape(checkpoint_utils.TRAIN_CHECKPOINT_BASENAME) + r"-\d+", name):
+    return "Epoch", global_step or int(name.rsplit("-", 1)[1])
+  name = re.sub(r"-\d+$", "", name)
+  if ensemble_wts and len(ensemble_wts) > 1:
+    name += "_w" + weights_tag(ensemble_wts)
+  return name, global_step
+
+
 def global_step_label(prefix):
   return os.path.basename(prefix).rsplit("-", 1)[-1].rsplit("_", 1)[-1]
 
@@ -140,12 +161,19 @@ def build_eval_graph(config, files):
   return tensors
 
 
-def evaluate_batches(sess, tensors, config, step_label, writer, files):
+def evaluate_batches(sess, tensors, config, step_label, writer, files, total=(None, False),
+                     summary=("Epoch", None)):
+  """total: (videos in files, exact) from progress.count_records, for the progress lines;
+  summary: (tag prefix, step) from summary_tag_and_step."""
   metrics = eval_util.EvaluationMetrics(config.num_classes, FLAGS.top_k)
   sess.run(tensors["iterator"].initializer)
   examples = 0
   start = time.time()
   fetches = {k: tensors[k] for k in ("predictions", "labels", "loss")}
+  # Named by the step of a training checkpoint, else by the summaries' tag (avg_..., ...).
+  progress = progress_lib.Progress(
+      "eval %s" % (step_label if summary[0] == "Epoch" else summary[0]), total[0], "videos",
+      approximate=not total[1])
   try:
     while True:
       batch_start = time.time()
@@ -157,10 +185,12 @@ def evaluate_batches(sess, tensors, config, step_label, writer, files):
                    "PERR: %.3f | Batch Loss: %.3f | Examples_per_sec: %.3f", examples,
                    step_label, batch_metrics["hit_at_one"], batch_metrics["perr"],
                    batch_metrics["loss"], len(result["labels"]) / (time.time() - batch_start))
+      progress.update(len(result["labels"]))
   except tf.errors.OutOfRangeError:
     pass
   except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
     raise readers.InputDataError(readers.input_error_message(error, files))
+  progress.finish()
   if examples == 0:
     raise IOError("--eval_data_pattern: the evaluation files hold no videos")
   final = metrics.get()
@@ -169,17 +199,18 @@ def evaluate_batches(sess, tensors, config, step_label, writer, files):
                "GAP: %.5f | Avg_Loss: %f", step_label, final["avg_hit_at_one"],
                final["avg_perr"], final["map"], final["gap"], final["avg_loss"])
   logging.info("Evaluated %d videos in %.1f s", examples, time.time() - start)
-  try:
-    step_number = int(step_label)
-  except ValueError:
-    step_number = 0
-  summary = tf1.Summary(value=[
-      tf1.Summary.Value(tag="Epoch/Eval_Avg_Hit@1", simple_value=final["avg_hit_at_one"]),
-      tf1.Summary.Value(tag="Epoch/Eval_Avg_Perr", simple_value=final["avg_perr"]),
-      tf1.Summary.Value(tag="Epoch/Eval_Avg_Loss", simple_value=final["avg_loss"]),
-      tf1.Summary.Value(tag="Epoch/Eval_MAP", simple_value=final["map"]),
-      tf1.Summary.Value(tag="Epoch/Eval_GAP", simple_value=final["gap"])])
-  writer.add_summary(summary, step_number)
+  tag_prefix, step_number = summary
+  if step_number is None:
+    try:
+      step_number = int(step_label)
+    except ValueError:
+      step_number = 0
+  writer.add_summary(tf1.Summary(value=[
+      tf1.Summary.Value(tag=tag_prefix + "/Eval_Avg_Hit@1", simple_value=final["avg_hit_at_one"]),
+      tf1.Summary.Value(tag=tag_prefix + "/Eval_Avg_Perr", simple_value=final["avg_perr"]),
+      tf1.Summary.Value(tag=tag_prefix + "/Eval_Avg_Loss", simple_value=final["avg_loss"]),
+      tf1.Summary.Value(tag=tag_prefix + "/Eval_MAP", simple_value=final["map"]),
+      tf1.Summary.Value(tag=tag_prefix + "/Eval_GAP", simple_value=final["gap"])]), step_number)
   writer.flush()
   return {"examples": examples, "gap": final["gap"], "hit_at_one": final["avg_hit_at_one"],
           "perr": final["avg_perr"], "map": final["map"], "loss": final["avg_loss"]}
@@ -193,6 +224,7 @@ def evaluate():
   if not FLAGS.create_meta_only:
     files = readers.eval_files(FLAGS.eval_data_pattern, FLAGS.eval_holdout_only)
     logging.info("Evaluating %s on %d files", config.describe(), len(files))
+    total = progress_lib.count_inputs("eval", files)
   requested = requested_checkpoint()
 
   graph = tf.Graph()
@@ -239,7 +271,10 @@ def evaluate():
       last_evaluated = prefix
       if FLAGS.create_meta_only:
         break
-      results = evaluate_batches(sess, tensors, config, step_label, writer, files)
+      summary = summary_tag_and_step(prefix, int(sess.run(tensors["global_step"])),
+                                     config.ensemble_wts if config.ensemble_num > 1 else None)
+      results = evaluate_batches(sess, tensors, config, step_label, writer, files, total,
+                                 summary)
       results.update(checkpoint=prefix, global_step=step_label)
       writer.flush()
       synced.push_new()

@@ -22,6 +22,7 @@ import tensorflow as tf
 from absl import app
 from absl import logging
 
+from . import progress as progress_lib
 from . import readers
 from . import storage
 from . import utils
@@ -172,6 +173,7 @@ def predict(train_dir, model_name, files, output_file):
 
   count = 0
   start = time.time()
+  progress = progress_lib.input_progress("inference", files)
   with local_output(output_file) as tmp_output:
     with tf1.Session(graph=graph) as sess, open(tmp_output, "w") as out:
       saver.restore(sess, prefix)
@@ -190,6 +192,8 @@ def predict(train_dir, model_name, files, output_file):
         elapsed = time.time() - start
         logging.info("num examples processed: %d elapsed seconds: %.2f (%.1f videos/sec)",
                      count, elapsed, count / max(elapsed, 1e-9))
+        progress.update(len(video_ids))
+  progress.finish()
   logging.info("Wrote %d predictions to %s", count, output_file)
   return count
 

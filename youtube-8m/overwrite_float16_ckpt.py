@@ -56,6 +56,7 @@ from absl import flags
 from absl import logging
 
 from . import checkpoint_utils
+from . import progress as progress_lib
 from . import storage
 from . import utils
 
@@ -334,6 +335,8 @@ def read_plan_tensors(plan):
   tensors = {}
   order = sorted(plan.items, key=lambda item: (
       -nbytes(item[1], plan.source_specs[item[3]][item[4]][1]), item[0]))
+  progress = progress_lib.Progress("converting the ensemble tensors", plan.output_bytes(),
+                                   "MiB", scale=2**20)
   for name, shape, dtype, index, source_name in order:
     try:
       value = np.asarray(readers[index].get_tensor(source_name))
@@ -352,6 +355,8 @@ def read_plan_tensors(plan):
     del value
     tensors[name] = out
     stats["by_dtype"][dtype.name] = stats["by_dtype"].get(dtype.name, 0) + 1
+    progress.update(int(out.nbytes))
+  progress.finish()
   global_step = checkpoint_utils.aligned_empty((), plan.global_step_dtype.as_numpy_dtype)
   global_step[...] = 0
   tensors[GLOBAL_STEP] = global_step

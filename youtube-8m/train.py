@@ -34,6 +34,10 @@ flags = tf1.flags
 FLAGS = flags.FLAGS
 
 model_graph.define_flags()
+# --help lists the model flags too (absl shows only the main module's own flags).
+for _module in (model_graph, model_graph.frame_level_models,
+                model_graph.video_level_models):
+  flags.adopt_module_key_flags(_module)
 flags.DEFINE_string("train_dir", "/tmp/yt8m_model/",
                     "Directory for checkpoints, event files and model_flags.json.")
 flags.DEFINE_string("train_data_pattern", "",
@@ -489,8 +493,14 @@ def train(config, task):
   return step
 
 
+# A gs:// train_dir gets its event files this often (TensorBoard follows training live), not
+# only with the checkpoint exports (which can be --save_model_secs = 15 minutes apart).
+EVENT_UPLOAD_SECS = 60
+
+
 def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_dir, synced):
   sess.run(tensors["iterator"].initializer)
+  last_event_upload = time.time()
   step = int(sess.run(tensors["global_step"]))
   last_export = step if checkpoint_utils.newest_checkpoint(train_dir) else None
   last_save_time = time.time()
@@ -548,6 +558,10 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
         # Time-based checkpoints do not move the export cadence (10, 10+E, ...).
         export(step)
         last_save_time = time.time()
+      if synced and writer and time.time() - last_event_upload >= EVENT_UPLOAD_SECS:
+        writer.flush()
+        synced.push(["events.out.tfevents.*"])
+        last_event_upload = time.time()
   except tf.errors.OutOfRangeError:
     reason = "Done training -- epoch limit reached."
   except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:

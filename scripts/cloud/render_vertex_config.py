@@ -1,20 +1,21 @@
 #!/usr/bin/env python3
 """Writes the Vertex AI CustomJobSpec (YAML) of one job from a template (cloud/vertex-*.yaml).
 
-    render_vertex_config.py TEMPLATE --package-uri=gs://... --python-module=youtube-8m.train \
-        [--executor-image-uri=URI] [--replica-count=POOL:N ...] -- MODULE_FLAG ... \
+    render_vertex_config.py TEMPLATE --image-uri=URI --python-module=youtube-8m.train \
+        --output-dir=gs://... [--no-spot] [--replica-count=POOL:N ...] -- MODULE_FLAG ... \
         [@@pool=N @@python-module=MODULE MODULE_FLAG ...]
 
-prints the job config on stdout. In every worker pool of the template the one-line values of
-``packageUris``, ``pythonModule`` and ``args`` (and ``executorImageUri`` when given) are
-replaced - by the module and flags after ``@@pool=N`` for pool N (e.g. an evaluator running
-another module), else by the first ones. Values are written as JSON, which is valid YAML, so a
-flag value containing commas, quotes or spaces stays one list item, exactly as given. Pools
-whose replicaCount ends up 0 are left out (only at the end of the list: gcloud wants a
-pythonPackageSpec or containerSpec in every pool it is given). Comment lines are dropped.
-Standard library only (the scripts must run where PyYAML is not installed), so the template's
-layout is restricted: ``workerPoolSpecs:`` at column 0, as the last top-level key; pools as
-``- `` items at column 0; the keys above on one line each.
+prints the job config on stdout. In every worker pool's containerSpec the one-line values of
+``imageUri``, ``command`` (``["python3", "-m", MODULE]``) and ``args`` are replaced - by the
+module and flags after ``@@pool=N`` for pool N (e.g. an evaluator running another module),
+else by the first ones; ``outputUriPrefix`` (baseOutputDirectory) becomes --output-dir and,
+with --no-spot, the scheduling ``strategy`` becomes STANDARD (on-demand VMs). Values are
+written as JSON, which is valid YAML, so a flag value containing commas, quotes or spaces stays
+one list item, exactly as given. Pools whose replicaCount ends up 0 are left out (only at the
+end of the list: gcloud wants a containerSpec in every pool it is given). Comment lines are
+dropped. Standard library only (the scripts must run where PyYAML is not installed), so the
+template's layout is restricted: ``workerPoolSpecs:`` at column 0, as the last top-level key;
+pools as ``- `` items at column 0; the keys above on one line each.
 """
 
 import argparse
@@ -23,7 +24,8 @@ import re
 import sys
 
 _KEY_RE = re.compile(r"^(?P<indent>\s*(?:- )?)(?P<key>[A-Za-z0-9]+):(?P<value>.*)$")
-_REPLACED = ("packageUris", "pythonModule", "args")
+_REPLACED = ("imageUri", "command", "args")
+_HEADER_REPLACED = ("outputUriPrefix", "strategy", "restartJobOnWorkerRestart")
 
 
 def fail(message):
@@ -51,18 +53,40 @@ def split_pools(lines, template):
            "top-level key): %r" % (template, line))
   if not in_specs:
     fail("%s: no 'workerPoolSpecs:' line at column 0 (is it a Vertex AI CustomJobSpec? "
-         "AI Platform configs such as cloudml-gpu.yaml go with --backend=ai-platform)" % template)
+         "the seed's cloudml-gpu.yaml is an AI Platform config)" % template)
   if not pools:
     fail("%s: workerPoolSpecs has no '- ' items at column 0" % template)
   return header, pools
 
 
-def render(template, package_uri, python_module, module_args, executor_image_uri=None,
+def render_header(header, template, output_dir, spot):
+  values = {"outputUriPrefix": json.dumps(output_dir),
+            "strategy": "SPOT" if spot else "STANDARD"}
+  seen, out = set(), []
+  for line in header:
+    match = _KEY_RE.match(line)
+    key = match.group("key") if match else None
+    if key in values:
+      line = "%s%s: %s" % (match.group("indent"), key, values[key])
+    if key in _HEADER_REPLACED:
+      seen.add(key)
+    out.append(line)
+  missing = [key for key in _HEADER_REPLACED if key not in seen]
+  if missing:
+    fail("%s: no one-line %s before workerPoolSpecs (baseOutputDirectory.outputUriPrefix, "
+         "scheduling.strategy and scheduling.restartJobOnWorkerRestart are needed: a preempted "
+         "Spot VM restarts the job, which resumes from its checkpoints)"
+         % (template, ", ".join(missing)))
+  return out
+
+
+def render(template, image_uri, python_module, module_args, output_dir, spot=True,
            replica_counts=None, pool_overrides=None):
   """pool_overrides: {pool index: (python module, [module flags])}."""
   with open(template) as f:
     lines = f.read().splitlines()
   header, pools = split_pools(lines, template)
+  header = render_header(header, template, output_dir, spot)
   replica_counts = dict(replica_counts or {})
   pool_overrides = dict(pool_overrides or {})
   for pool_index in list(replica_counts) + list(pool_overrides):
@@ -71,11 +95,9 @@ def render(template, package_uri, python_module, module_args, executor_image_uri
   kept = []
   for index, pool in enumerate(pools):
     module, flags = pool_overrides.get(index, (python_module, module_args))
-    values = {"packageUris": json.dumps([package_uri]),
-              "pythonModule": json.dumps(module),
+    values = {"imageUri": json.dumps(image_uri),
+              "command": json.dumps(["python3", "-m", module]),
               "args": json.dumps(list(flags))}
-    if executor_image_uri:
-      values["executorImageUri"] = json.dumps(executor_image_uri)
     seen, replicas, out = set(), 1, []
     for line in pool:
       match = _KEY_RE.match(line)
@@ -83,6 +105,9 @@ def render(template, package_uri, python_module, module_args, executor_image_uri
       if key in values:
         line = "%s%s: %s" % (match.group("indent"), key, values[key])
         seen.add(key)
+      elif key == "pythonPackageSpec":
+        fail("%s: pool %d has a pythonPackageSpec: the jobs run in the project's container "
+             "(containerSpec, see cloud/vertex-gpu.yaml)" % (template, index))
       elif key == "replicaCount":
         value = match.group("value").split("#")[0].strip()
         if index in replica_counts:
@@ -95,8 +120,8 @@ def render(template, package_uri, python_module, module_args, executor_image_uri
       out.append(line)
     missing = [key for key in _REPLACED if key not in seen]
     if missing:
-      fail("%s: pool %d has no one-line %s (each pool needs a pythonPackageSpec with "
-           "packageUris, pythonModule and args)" % (template, index, ", ".join(missing)))
+      fail("%s: pool %d has no one-line %s (each pool needs a containerSpec with imageUri, "
+           "command and args)" % (template, index, ", ".join(missing)))
     if index in replica_counts and not any(_KEY_RE.match(l) and
                                            _KEY_RE.match(l).group("key") == "replicaCount"
                                            for l in pool):
@@ -122,11 +147,16 @@ def main(argv):
     module_args = []
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("template")
-  parser.add_argument("--package-uri", required=True)
+  parser.add_argument("--image-uri", required=True)
   parser.add_argument("--python-module", required=True)
-  parser.add_argument("--executor-image-uri", default="")
+  parser.add_argument("--output-dir", required=True,
+                      help="baseOutputDirectory.outputUriPrefix (gs://)")
+  parser.add_argument("--no-spot", action="store_true",
+                      help="scheduling strategy STANDARD (on-demand) instead of SPOT")
   parser.add_argument("--replica-count", action="append", default=[], metavar="POOL:N")
   args = parser.parse_args(argv)
+  if not args.output_dir.startswith("gs://"):
+    fail("--output-dir must be a gs:// URI, got %r" % args.output_dir)
   overrides, current = {}, None
   default_args = []
   for token in module_args:
@@ -154,8 +184,8 @@ def main(argv):
     if not match:
       fail("--replica-count=%r is not POOL:N" % item)
     counts[int(match.group(1))] = int(match.group(2))
-  sys.stdout.write(render(args.template, args.package_uri, args.python_module, default_args,
-                          args.executor_image_uri, counts, overrides))
+  sys.stdout.write(render(args.template, args.image_uri, args.python_module, default_args,
+                          args.output_dir, not args.no_spot, counts, overrides))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The seed's "Average all checkpoints in a range" job (avg_checkpoints.py over every
-# model.ckpt-<step> with ckpt_start <= step <= ckpt_end), on Vertex AI or AI Platform:
+# model.ckpt-<step> with ckpt_start <= step <= ckpt_end), on Vertex AI:
 #
-#   bash scripts/cloud/submit_avg_range.sh [--dry-run] [--backend=vertex|ai-platform] \
+#   bash scripts/cloud/submit_avg_range.sh [--dry-run] \
 #       BUCKET_NAME=gs://... cs=10 hs=400 batch_size=160 ckpt_start=150010 ckpt_end=220010
 #
 # Job name yt8m_avgckpt_c${cs}h${hs}_${ckpt_start}_${ckpt_end}; writes

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The seed's "Average select checkpoints" job (avg_checkpoints.py over a list of steps), on
-# Vertex AI or AI Platform:
+# Vertex AI:
 #
-#   bash scripts/cloud/submit_avg_select.sh [--dry-run] [--backend=vertex|ai-platform] \
+#   bash scripts/cloud/submit_avg_select.sh [--dry-run] \
 #       BUCKET_NAME=gs://... cs=32 hs=512 batch_size=160 RANGE_NAME=122304_etc_19 \
 #       CHECKPOINTS=122304,125397,133210,137879,140959,145600,150210,153324,156475,159900,164900,168029,172960,176234,181138,186032,189900,202410,207267
 #

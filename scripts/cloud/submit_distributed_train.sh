@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # The seed's "Train" job (same module flags) with the distributed job config: a chief (master),
 # workers and parameter servers, every replica running youtube-8m.train, which takes its role
-# from TF_CONFIG (cloud/vertex-distributed.yaml for Vertex AI, cloud/cloudml-distributed.yaml
-# for AI Platform):
+# from TF_CONFIG, on Vertex AI (cloud/vertex-distributed.yaml):
 #
-#   bash scripts/cloud/submit_distributed_train.sh [--dry-run] [--backend=vertex|ai-platform] \
+#   bash scripts/cloud/submit_distributed_train.sh [--dry-run] \
 #       BUCKET_NAME=gs://... cs=100 hs=800 batch_size=160 [--evaluator-count=1]
 #
 # --evaluator-count=N (Vertex AI) adds the config's evaluator pool (workerpool3). train.py does

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The seed's ensemble/float16 steps 1-5, one job per call, on Vertex AI or AI Platform:
+# The seed's ensemble/float16 steps 1-5, one job per call, on Vertex AI:
 #
-#   bash scripts/cloud/submit_ensemble.sh STEP [--dry-run] [--backend=vertex|ai-platform] VARS...
+#   bash scripts/cloud/submit_ensemble.sh STEP [--dry-run] VARS...
 #
 #   1  train.py 10 steps of the n-model float16 graph (creates the ensemble checkpoint)
 #   2  eval.py --create_meta_only: inference_model_10 (32*n+1 float16 tensors) and its meta graph

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The seed's "Evaluate an averaged checkpoint" job (eval.py on avg_c${cs}h${hs}_${checkpoint}
-# .ckpt-0, as written by submit_avg_range.sh / submit_avg_select.sh), on Vertex AI or AI
-# Platform:
+# .ckpt-0, as written by submit_avg_range.sh / submit_avg_select.sh), on Vertex AI:
 #
-#   bash scripts/cloud/submit_eval_average.sh [--dry-run] [--backend=vertex|ai-platform] \
+#   bash scripts/cloud/submit_eval_average.sh [--dry-run] \
 #       BUCKET_NAME=gs://... cs=32 hs=512 batch_size=160 checkpoint=122304_etc_19
 #
 # Job name yt8m_eval_c${cs}h${hs}_${checkpoint}. Variables (VAR=value, --VAR=value or

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The seed's "Evaluate several single checkpoints in a loop": one evaluation job per checkpoint
-# step, each with --checkpoint=model.ckpt-${CKPT}.index, on Vertex AI or AI Platform:
+# step, each with --checkpoint=model.ckpt-${CKPT}.index, on Vertex AI:
 #
-#   bash scripts/cloud/submit_eval_loop.sh [--dry-run] [--backend=vertex|ai-platform] \
+#   bash scripts/cloud/submit_eval_loop.sh [--dry-run] \
 #       BUCKET_NAME=gs://... cs=10 hs=400 batch_size=160 \
 #       CKPTS="170010 180010 190010 200010 210010 220010"
 #

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The seed's "Train" job (one Gated NetVLAD model, float32) on Vertex AI or AI Platform:
+# The seed's "Train" job (one Gated NetVLAD model, float32) on Vertex AI:
 #
-#   bash scripts/cloud/submit_train.sh [--dry-run] [--backend=vertex|ai-platform] \
+#   bash scripts/cloud/submit_train.sh [--dry-run] \
 #       BUCKET_NAME=gs://${USER}_yt8m_train_bucket cs=100 hs=800 batch_size=160
 #
 # Job name yt8m_train_c${cs}h${hs}_${batch_size}; train_dir $BUCKET_NAME/c${cs}h${hs}_${batch_size}.

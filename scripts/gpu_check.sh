@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Run this first on a GPU machine (after `pip install '.[gpu]'` in the Python you pass):
+#
+#   bash scripts/gpu_check.sh [--num_gpu=N] [--steps=S] [--work_dir=DIR]
+#
+# It shows what TensorFlow sees and whether the project's graphs run on it:
+#   1. TensorFlow's version, CUDA/cuDNN build info and the devices (GPUs with their names);
+#   2. trains a tiny Gated NetVLAD model on N towers (--num_gpu, default: every GPU; the batch
+#      is 32 per tower) for S steps (default 60) on synthetic data and prints examples/sec;
+#   3. trains a tiny 2-model float16 ensemble (the seed's --ensemble_num --float16_flag=True
+#      graph: float16 weights on the GPU) and prints its examples/sec;
+#   4. evaluates the float16 ensemble (GAP, videos/sec), which also exercises inference.
+# Without a GPU it still runs, on CPU "towers" (--cpu_towers), and says so: a check of the
+# script, not of a GPU. PYTHON selects the interpreter (default: python3 on PATH, else the
+# repo's .venv, whose TensorFlow is the CPU build).
+set -euo pipefail
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=python3
+  "$PYTHON" -c "import tensorflow" 2> /dev/null || PYTHON=$REPO_ROOT/.venv/bin/python
+fi
+"$PYTHON" -c "import tensorflow" 2> /dev/null || { echo "gpu_check.sh: $PYTHON cannot import" \
+  "tensorflow: pip install '.[gpu]' first (or set PYTHON=...)" >&2; exit 2; }
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+cd "$REPO_ROOT"
+exec "$PYTHON" scripts/gpu_check.py "$@"

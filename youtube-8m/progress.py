@@ -1,0 +1,155 @@
+"""Progress lines with done/total, rate and ETA for the long-running loops of the tools.
+
+    progress = Progress("eval", total=12000, unit="videos")
+    for batch in ...:
+      progress.update(len(batch))   # logs at the first call, then at most every 10 s
+    progress.finish()               # the final line (total reached or not)
+
+gives INFO lines such as
+    eval: 4,800/12,000 videos (40.0%) | 52.3 videos/s | elapsed 1m32s | ETA 2m18s
+`count_records(files)` supplies the totals of TFRecord inputs: exact for local files (a scan of
+the record headers, no payload is read), estimated for gs:// ones (bytes per record of the
+first MiBs of one file, times the files' total size), flagged by a '~'.
+"""
+
+import concurrent.futures
+import os
+import struct
+import time
+
+from absl import logging
+
+from . import storage
+
+LOG_INTERVAL_SECS = 10.0
+_SAMPLE_BYTES = 32 << 20  # read of one gs:// file to estimate bytes per record
+_SIZE_SAMPLE_FILES = 100  # gs:// files whose sizes are read for the estimate
+
+
+def format_duration(seconds):
+  seconds = int(round(max(seconds, 0)))
+  if seconds < 60:
+    return "%ds" % seconds
+  if seconds < 3600:
+    return "%dm%02ds" % (seconds // 60, seconds % 60)
+  return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
+
+
+class Progress(object):
+  """done/total of one loop; total may be None (unknown) or approximate."""
+
+  def __init__(self, what, total=None, unit="items", approximate=False,
+               interval=LOG_INTERVAL_SECS, log=None, scale=1):
+    """scale: counts are divided by it for display (e.g. bytes shown as MiB: 2**20)."""
+    self.what, self.total, self.unit, self.scale = what, total, unit, scale
+    self.approximate, self.interval = approximate, interval
+    self.done = 0
+    self.start = time.time()
+    self._last_log = None
+    self._logged_done = None
+    self._log = log or (lambda line: logging.info("%s", line))
+
+  def _number(self, value):
+    return "{:,}".format(value) if self.scale == 1 else "{:,.1f}".format(value / self.scale)
+
+  def line(self):
+    elapsed = time.time() - self.start
+    rate = self.done / elapsed if elapsed > 0 else 0.0
+    text = "%s: %s" % (self.what, self._number(self.done))
+    if self.total:
+      text += "/%s%s %s (%.1f%%)" % ("~" if self.approximate else "", self._number(self.total),
+                                     self.unit, 100.0 * self.done / self.total)
+    else:
+      text += " " + self.unit
+    text += " | %.1f %s/s | elapsed %s" % (rate / self.scale, self.unit,
+                                           format_duration(elapsed))
+    if self.total and rate > 0:
+      remaining = max(self.total - self.done, 0) / rate
+      text += " | ETA %s%s" % ("~" if self.approximate else "", format_duration(remaining))
+    return text
+
+  def update(self, count=1):
+    self.done += count
+    now = time.time()
+    if self._last_log is None or now - self._last_log >= self.interval:
+      self._last_log, self._logged_done = now, self.done
+      self._log(self.line())
+
+  def finish(self):
+    """Logs the final line (unless the last update logged it already)."""
+    if self._logged_done != self.done:
+      self._last_log, self._logged_done = time.time(), self.done
+      self._log(self.line())
+
+
+def _count_local(path):
+  """Records of a TFRecord file from its headers: uint64 length, uint32 crc, data, uint32 crc."""
+  count = 0
+  with open(path, "rb") as f:
+    while True:
+      header = f.read(8)
+      if len(header) < 8:
+        return count
+      (length,) = struct.unpack("<Q", header)
+      f.seek(length + 8, os.SEEK_CUR)
+      count += 1
+
+
+def _records_in_prefix(data):
+  """(complete records, bytes they use) at the start of a TFRecord byte string."""
+  count, offset = 0, 0
+  while offset + 8 <= len(data):
+    (length,) = struct.unpack("<Q", data[offset:offset + 8])
+    end = offset + 16 + length
+    if end > len(data):
+      break
+    count, offset = count + 1, end
+  return count, offset
+
+
+def _estimate_gcs(paths):
+  """Estimated records in gs:// TFRecord files, or None."""
+  sample = paths[:_SIZE_SAMPLE_FILES]
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    sizes = list(pool.map(storage.size, sample))
+  total_bytes = sum(sizes) * len(paths) / float(len(sample))
+  with storage.open(sample[0], "rb") as f:
+    data = f.read(_SAMPLE_BYTES)
+  count, used = _records_in_prefix(data)
+  if count == 0:
+    return None
+  return int(round(total_bytes / (used / float(count))))
+
+
+def count_records(files):
+  """(total records, exact) of TFRecord files; (None, False) if it cannot be told."""
+  local = [f for f in files if not storage.is_gcs(f)]
+  remote = [f for f in files if storage.is_gcs(f)]
+  try:
+    total = sum(_count_local(path) for path in local)
+    if not remote:
+      return total, True
+    estimate = _estimate_gcs(remote)
+    return (None, False) if estimate is None else (total + estimate, False)
+  except (OSError, struct.error) as error:  # progress only: the real read reports errors
+    logging.warning("cannot count the records of the input files (%s): no total", error)
+    return None, False
+
+
+def count_inputs(what, files, unit="videos", max_items=0):
+  """count_records with a log line; max_items > 0 caps the total."""
+  start = time.time()
+  total, exact = count_records(files)
+  if total is not None and max_items > 0 and max_items < total:
+    total, exact = max_items, True
+  if total is not None:
+    logging.info("%s: %s%s %s in %d file(s) (%s in %.1f s)", what, "" if exact else "~",
+                 "{:,}".format(total), unit, len(files), "counted" if exact else "estimated",
+                 time.time() - start)
+  return total, exact
+
+
+def input_progress(what, files, unit="videos", max_items=0):
+  """A Progress over TFRecord files (one record per video)."""
+  total, exact = count_inputs(what, files, unit, max_items)
+  return Progress(what, total, unit, approximate=not exact)
