@@ -319,9 +319,12 @@ def test_resume_after_kill_and_architecture_check(tiny_data, tmp_path):
 
   # SIGTERM: finishes the step, exports, exits 0. --save_model_secs=1 also exports on a
   # timer, at steps off the 10-step cadence.
+  # the log goes to a file: a pipe nobody reads while waiting would fill up and block it
+  log_path = str(tmp_path / "sigterm.log")
+  log = open(log_path, "w")
   process = subprocess.Popen([sys.executable, "-m", "youtube-8m.train", "--max_steps=100000"]
                              + args + ["--save_model_secs=1"], cwd=REPO_ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.DEVNULL, stderr=log)
   # the export cadence continues E=20 steps after the newest checkpoint (at a multiple of 10)
   resumed_at = newest + steps
   next_export = (resumed_at + 20 + 9) // 10 * 10
@@ -332,10 +335,13 @@ def test_resume_after_kill_and_architecture_check(tiny_data, tmp_path):
   wait_for(os.path.join(train_dir, "model.ckpt-%d.index" % next_export))
   deadline = time.time() + 240
   while not timer_exports():
-    assert time.time() < deadline and process.poll() is None, "no timer export"
+    assert time.time() < deadline and process.poll() is None, (
+        "no timer export", checkpoint_steps(train_dir), open(log_path).read()[-2000:])
     time.sleep(0.2)
   process.send_signal(signal.SIGTERM)
-  _, stderr = process.communicate(timeout=120)
+  process.wait(timeout=120)
+  log.close()
+  stderr = open(log_path).read()
   assert process.returncode == 0, stderr[-2000:]
   stopped = int(re.search(r"stopped by SIGTERM \(step (\d+)\)", stderr).group(1))
   assert os.path.exists(os.path.join(train_dir, "model.ckpt-%d.index" % stopped))
