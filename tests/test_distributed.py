@@ -2,6 +2,7 @@
 multi-tower training with CPU devices standing in for GPUs."""
 
 import json
+import math
 import os
 import re
 import socket
@@ -106,13 +107,27 @@ def test_tf_config_parsing():
       ({"cluster": {"chief": ["a:1"], "bogus": ["b:1"]}, "task": {"type": "chief"}},
        "unknown job 'bogus'"),
       ({"cluster": {"chief": ["a:1"], "worker": ["b:1"]},
-        "task": {"type": "worker", "index": 3}}, "worker:3 is not in the cluster")):
+        "task": {"type": "worker", "index": 3}}, "worker:3 is not in the cluster"),
+      ({"cluster": {"chief": ["a:1"]}, "task": {"type": "janitor", "index": 0}},
+       "unknown task type 'janitor'"),
+      ({"cluster": {"chief": ["a:1", "b:1"]}, "task": {"type": "chief", "index": 0}},
+       "more than one chief/master task")):
     try:
       parse(config)
     except ValueError as error:
       assert message in str(error), (message, error)
     else:
       raise AssertionError("accepted %s" % config)
+
+  os.environ["TF_CONFIG"] = "{not json"
+  try:
+    train.cluster_task()
+  except ValueError as error:
+    assert "TF_CONFIG is not valid JSON" in str(error)
+  else:
+    raise AssertionError("accepted invalid JSON")
+  finally:
+    del os.environ["TF_CONFIG"]
 
 
 def test_multi_tower_training_with_cpu_devices(tiny_data, tmp_path):
@@ -121,6 +136,7 @@ def test_multi_tower_training_with_cpu_devices(tiny_data, tmp_path):
   result = run_cli("train", "--train_data_pattern=" + tiny_data["train_pattern"],
                    "--train_dir=" + train_dir, "--batch_size=5", "--num_gpu=3",
                    "--cpu_towers", "--base_learning_rate=0.01", "--num_epochs=2",
+                   "--learning_rate_decay=0.5", "--learning_rate_decay_examples=110",
                    "--export_model_steps=1000", *MODEL)
   assert "batch 5 x 3 tower(s)" in result.stderr
   assert "Done training -- epoch limit reached." in result.stderr
@@ -128,3 +144,17 @@ def test_multi_tower_training_with_cpu_devices(tiny_data, tmp_path):
   assert step >= 2 * 164 // 15  # every example of both epochs went through a tower
   variables = dict(tf.train.list_variables(os.path.join(train_dir, "model.ckpt-%d" % step)))
   assert len([n for n in variables if not n.endswith(("Adam", "Adam_1"))]) == 32 + 3
+  # The logged learning rate: 0.01 * 0.5^floor(step * 5 * 3 / 110) (behavior.md 5.3). It is
+  # fetched in the run that moves global_step from step - 1 to step; 110 puts no decay
+  # boundary between the two at steps 10 and 20 (135..150 and 285..300 examples).
+  logged = {}
+  for name in os.listdir(train_dir):
+    if name.startswith("events.out.tfevents"):
+      for event in tf.compat.v1.train.summary_iterator(os.path.join(train_dir, name)):
+        for value in event.summary.value:
+          if value.tag == "learning_rate":
+            logged[event.step] = value.simple_value
+  assert sorted(logged) == [10, 20], logged
+  for logged_step, value in logged.items():
+    expected = 0.01 * 0.5 ** math.floor(logged_step * 5 * 3 / 110.0)
+    assert abs(value - expected) <= 1e-6 * expected, (logged_step, value, expected)

@@ -1,5 +1,7 @@
 """Graph structure of NetVLADModelLF / ensembles and the fp16_layers building blocks."""
 
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -117,28 +119,106 @@ def test_wrong_repeated_flag_count_names_the_flag():
 
 
 def test_ensemble_prediction_is_weighted_sum_and_eval_is_deterministic():
-  config = seed_config([4, 4], [8, 8], [0.7, 0.3], num_classes=20)
+  weights = [0.7, 0.3]
+  config = seed_config([4, 2], [8, 6], weights, num_classes=20)
   config.iterations = 10
   graph, _ = model_graph.build_inference_graph(config)
   rng = np.random.default_rng(0)
   raw = rng.normal(size=(3, 300, 1152)).astype(np.float32)
   frames = np.array([300, 50, 7], np.int32)
+  predictions = graph.get_collection("predictions")[0]
+  members = graph.get_collection(model_graph.MEMBER_PREDICTIONS)
+  assert len(members) == 2
   with graph.as_default(), tf1.Session(graph=graph) as sess:
     sess.run(tf1.global_variables_initializer())
     feeds = {graph.get_collection("input_batch_raw")[0]: raw,
              graph.get_collection("num_frames")[0]: frames}
-    mixed = sess.run(graph.get_collection("predictions")[0], feeds)
-    again = sess.run(graph.get_collection("predictions")[0], feeds)
-    members = [t for t in graph.get_operations() if t.type == "Mul" and "predictions" not in
-               t.name]
+    mixed = sess.run(predictions, feeds)
+    again = sess.run(predictions, feeds)
+    # members fetched alongside: the same values up to float32 rounding of another schedule
+    with_members, member_values = sess.run([predictions, members], feeds)
     # one video alone gets the same prediction as inside a batch (per-video sampling)
-    alone = sess.run(graph.get_collection("predictions")[0],
-                     {graph.get_collection("input_batch_raw")[0]: raw[1:2],
-                      graph.get_collection("num_frames")[0]: frames[1:2]})
-  assert members
+    alone = sess.run(predictions, {graph.get_collection("input_batch_raw")[0]: raw[1:2],
+                                   graph.get_collection("num_frames")[0]: frames[1:2]})
+  # the mixing weights applied as given (not normalized, not reordered): 0.7 p0 + 0.3 p1
+  m0, m1 = (m.astype(np.float64) for m in member_values)
+  assert np.abs(m0 - m1).max() > 1e-3  # the two members differ, so a swap would show
+  np.testing.assert_allclose(with_members, weights[0] * m0 + weights[1] * m1, rtol=1e-5)
+  np.testing.assert_allclose(with_members, mixed, rtol=1e-5)
   np.testing.assert_array_equal(mixed, again)
   np.testing.assert_allclose(alone[0], mixed[1], rtol=1e-5, atol=1e-6)
   assert mixed.shape == (3, 20) and np.all((mixed > 0) & (mixed < 1))
+
+
+def sigmoid(x):
+  return 1 / (1 + np.exp(-x))
+
+
+@pytest.mark.parametrize("prob_gating", [False, True])
+def test_moe_softmax_over_m_plus_1_with_a_dummy_expert(prob_gating):
+  """behavior.md 3.2 step 7-8, in numpy: class-major columns, softmax over M+1 gates, the
+  (M+1)-th gate's expert contributes 0; prob gating multiplies by sigmoid(BN(p W)), BN with
+  the initial moving statistics (0, 1) at inference."""
+  video_level_models = yt8m("video_level_models")
+  V, M, D = 3, 2, 6
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(4, D)).astype(np.float32)
+  graph = tf.Graph()
+  with graph.as_default():
+    tf1.set_random_seed(1)
+    inputs = tf1.placeholder(tf.float32, [None, D])
+    out = video_level_models.MoeModel().create_model(
+        inputs, V, num_mixtures=M, l2_penalty=1e-8, is_training=False,
+        prob_gating=prob_gating, prob_gating_input="prob", remove_diag=False)["predictions"]
+    variables = {v.op.name: v for v in tf1.global_variables()}
+    # non-zero expert biases, so that the biases' layout matters too
+    init = [tf1.global_variables_initializer()]
+    with tf1.Session() as sess:
+      sess.run(init)
+      variables["experts/biases"].load(rng.normal(size=V * M), sess)
+      values = {name: sess.run(v) for name, v in variables.items()}
+      predictions = sess.run(out, {inputs: x})
+  x64 = x.astype(np.float64)
+  gates = (x64 @ values["gates/weights"]).reshape(4, V, M + 1)
+  gates = np.exp(gates - gates.max(-1, keepdims=True))
+  gates /= gates.sum(-1, keepdims=True)
+  experts = sigmoid(x64 @ values["experts/weights"] + values["experts/biases"]).reshape(4, V, M)
+  expected = (gates[..., :M] * experts).sum(-1)
+  assert np.all(gates[..., M] > 0.01)  # the dummy really takes probability mass
+  if prob_gating:
+    assert values["gating_prob_weights"].shape == (V, V)
+    q = expected @ values["gating_prob_weights"]
+    expected = expected * sigmoid((q - 0.0) / np.sqrt(1.0 + 0.001))
+  np.testing.assert_allclose(predictions, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("seed", [None, (0, 0)])
+def test_frame_sampling_stays_within_each_videos_frames(seed):
+  """Uniform with replacement over [0, num_frames - 1] (behavior.md 3.1); 0 frames -> row 0.
+  Each frame row holds its index + 1, padding rows -1, so a sampled value names its frame."""
+  model_utils = yt8m("model_utils")
+  num_frames = np.array([1, 7, 300, 0, 150], np.int32)
+  frames = np.full((5, 300, 2), -1.0, np.float32)
+  for video, count in enumerate(num_frames):
+    frames[video, :count] = np.arange(1, count + 1)[:, None]
+  frames[3, 0] = 0.0  # the 0-frame video's row 0 (a padding row in real data is 0)
+  samples = 3000
+  graph = tf.Graph()
+  with graph.as_default(), tf1.Session() as sess:
+    sampled = sess.run(model_utils.sample_random_frames(
+        tf.constant(frames), tf.constant(num_frames), samples, seed=seed))[..., 0]
+  assert sampled.shape == (5, samples)
+  for video, count in enumerate(num_frames):
+    values = sampled[video]
+    if count == 0:
+      assert np.all(values == 0)
+      continue
+    assert values.min() >= 1 and values.max() <= count, (video, values.min(), values.max())
+    if count <= 7:  # every frame is drawn (a missing one has probability < 1e-190)
+      assert sorted(set(values.tolist())) == list(range(1, count + 1))
+    # uniform: the mean index is (count + 1) / 2 within 5 standard errors
+    std_error = math.sqrt((count ** 2 - 1) / 12.0 / samples)
+    assert abs(values.mean() - (count + 1) / 2.0) < 5 * std_error + 1e-9, (video, values.mean())
 
 
 @pytest.mark.parametrize("dtype", [tf.float32, tf.float16])

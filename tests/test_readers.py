@@ -72,13 +72,17 @@ def test_frame_reader_dequantizes_pads_and_truncates(tmp_path):
   assert list(out["video_id"]) == [b"aaaa", b"bbbb", b"cccc"]
   assert out["video_matrix"].shape == (3, 300, 1152)
   assert list(out["num_frames"]) == [3, 300, 0]
-  expected = readers.dequantize(np.concatenate([short_rgb, short_audio], 1).astype(np.float32))
-  np.testing.assert_allclose(out["video_matrix"][0, :3], expected, rtol=1e-6)
+  def dequantized(q):  # behavior.md 2.1, in float64
+    return q.astype(np.float64) * (4.0 / 255.0) + (4.0 / 512.0 - 2.0)
+
+  expected = dequantized(np.concatenate([short_rgb, short_audio], 1))
+  # float32 arithmetic: absolute error up to a few ulp of 2 (values are in [-2, 2.008])
+  np.testing.assert_allclose(out["video_matrix"][0, :3], expected, rtol=1e-6, atol=1e-6)
   assert not out["video_matrix"][0, 3:].any()  # zero padding after dequantization
   np.testing.assert_allclose(
       out["video_matrix"][1],
-      readers.dequantize(np.concatenate([long_rgb, long_audio], 1)[:300].astype(np.float32)),
-      rtol=1e-6)
+      dequantized(np.concatenate([long_rgb, long_audio], 1)[:300]),
+      rtol=1e-6, atol=1e-6)
   assert not out["video_matrix"][2].any()
   assert out["labels"].dtype == bool
   assert list(np.nonzero(out["labels"][0])[0]) == [1, 5]

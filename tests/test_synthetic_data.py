@@ -9,13 +9,13 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
 sd = importlib.import_module('youtube-8m.synthetic_data')
-tf = pytest.importorskip('tensorflow')
 
 EXPECTED_HOLDOUT = (
     '0t 1Y 2J 45 5K 5u 63 6f 8F 8f 9y Ap BN CH CI Dz Er GY I6 JP JV K0 MJ Mv '
