@@ -194,7 +194,7 @@ def load_yaml(text):
            if line.strip() and not line.lstrip().startswith("#")]
   value, pos = _yaml_block(lines, 0, lines[0][0])
   assert pos == len(lines), "unparsed YAML from %r" % (lines[pos],)
-  assert yaml.safe_load(text) == value  # PyYAML (requirements.txt) cross-checks the parser
+  assert yaml.safe_load(text) == value  # PyYAML (requirements-test.txt) cross-checks the parser
   return value
 
 
