@@ -146,7 +146,7 @@ def dry_run(script, *args, tmp_path, env=None, project=True):
 
 # ---------------------------------------------------------------------------------------------
 # A YAML reader for the subset the job configs use (block mappings and lists, JSON / plain
-# scalars), so that the tests need no PyYAML; when PyYAML is installed it must agree.
+# scalars); PyYAML (a test dependency) must parse every rendered file to the same value.
 
 def _yaml_scalar(text):
   text = text.strip()

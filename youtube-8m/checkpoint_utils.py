@@ -6,10 +6,13 @@ Steps are parsed from the basename only, as the digits after the LAST "-", so di
 directory names (``c32h512_160``) or in the prefix (``avg_c10h400.ckpt-0``) never matter.
 """
 
+import contextlib
 import os
 import re
 import resource
+import shutil
 import sys
+import tempfile
 import uuid
 
 import numpy as np
@@ -114,30 +117,77 @@ def check_matches_graph(prefix, variables, model_description, name=None, allow_m
         " (and %d more)" % (len(problems) - 5) if len(problems) > 5 else ""))
 
 
-def save_atomically(prefix, save_fn, meta_fn=None):
-  """Writes a checkpoint under a temporary prefix, then renames its files to ``prefix``.
+def _checkpoint_files(prefix):
+  """The files of a checkpoint prefix: <prefix>.index, .meta and .data-*."""
+  return [path for path in storage.glob(prefix + ".*")
+          if _SUFFIX_RE.search(path) and _SUFFIX_RE.sub("", path) == prefix]
 
-  save_fn(tmp_prefix) writes <tmp>.index and <tmp>.data-*; meta_fn(tmp_prefix), if given,
-  writes <tmp>.meta. The index is renamed last, so ``prefix`` is never seen half-written.
+
+def _index_last(paths):
+  return sorted(paths, key=lambda path: path.endswith(".index"))
+
+
+def write_checkpoint(prefix, write_fn):
+  """Writes a checkpoint that appears under ``prefix`` only when complete.
+
+  write_fn(tmp_prefix) writes <tmp>.index and <tmp>.data-* (and <tmp>.meta if wanted) on
+  local disk. The files then become prefix's: renamed when prefix is local, uploaded when it
+  is gs://, the index last in both cases (readers look for the index). A checkpoint already
+  named prefix loses its index first, so no reader can pair its old index with new data.
+  Temporary files are removed whatever happens. Returns prefix.
   """
-  directory, name = os.path.split(prefix)
-  tmp_prefix = os.path.join(directory, ".tmp-%s-%s" % (uuid.uuid4().hex[:8], name))
+  remote = storage.is_gcs(prefix)
+  directory = (tempfile.mkdtemp(prefix="yt8m-write-", dir=_cache_dir()) if remote
+               else os.path.dirname(prefix))
+  tmp_prefix = os.path.join(directory, ".tmp-%s-%s" % (uuid.uuid4().hex[:8],
+                                                        os.path.basename(prefix)))
   try:
-    save_fn(tmp_prefix)
-    if meta_fn is not None:
-      meta_fn(tmp_prefix)
-    written = tf.io.gfile.glob(tmp_prefix + ".*")
-    written.sort(key=lambda path: path.endswith(".index"))
-    if tf.io.gfile.exists(prefix + ".index"):
-      # Replacing a checkpoint: drop its index first, so an interruption between the
-      # renames below can never pair the old index with new data (or vice versa).
-      tf.io.gfile.remove(prefix + ".index")
+    write_fn(tmp_prefix)
+    written = _index_last(storage.glob(tmp_prefix + ".*"))
+    if storage.exists(prefix + ".index"):
+      storage.remove(prefix + ".index")
+      suffixes = {path[len(tmp_prefix):] for path in written}
+      for stale in _checkpoint_files(prefix):  # e.g. data shards of another count
+        if stale[len(prefix):] not in suffixes:
+          storage.remove(stale)
     for path in written:
-      tf.io.gfile.rename(path, prefix + path[len(tmp_prefix):], overwrite=True)
+      destination = prefix + path[len(tmp_prefix):]
+      if remote:
+        storage.copy(path, destination)
+      else:
+        os.replace(path, destination)
   finally:
-    for path in tf.io.gfile.glob(tmp_prefix + "*"):
-      tf.io.gfile.remove(path)
+    for path in storage.glob(tmp_prefix + "*"):
+      storage.remove(path)
+    if remote:
+      shutil.rmtree(directory, ignore_errors=True)
   return prefix
+
+
+@contextlib.contextmanager
+def local_copy(prefix):
+  """Yields a local prefix of the checkpoint for TensorFlow to read: prefix itself, or a
+  temporary download of a gs:// checkpoint's files (removed on exit)."""
+  if not storage.is_gcs(prefix):
+    yield prefix
+    return
+  files = _checkpoint_files(prefix)
+  if not any(path.endswith(".index") for path in files):
+    raise IOError("checkpoint %s not found (no %s.index)" % (prefix, prefix))
+  directory = tempfile.mkdtemp(prefix="yt8m-ckpt-", dir=_cache_dir())
+  try:
+    local_prefix = os.path.join(directory, os.path.basename(prefix))
+    for path in _index_last(files):
+      storage.copy(path, local_prefix + path[len(prefix):])
+    yield local_prefix
+  finally:
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _cache_dir():
+  directory = storage.default_cache_dir()
+  os.makedirs(directory, exist_ok=True)
+  return directory
 
 
 def aligned_empty(shape, dtype):
@@ -159,7 +209,7 @@ def write_checkpoint_tensors(prefix, tensors):
   One SaveV2 op fed through placeholders: aligned numpy arrays (aligned_empty) are
   wrapped, not copied, and SaveV2 streams the tensors one after the other into one data
   file, so the peak memory is the arrays themselves plus the TensorFlow runtime. Nothing
-  is renamed: use save_atomically (or a temporary prefix) for an atomic result.
+  is renamed: use write_checkpoint for an atomic result.
   """
   names = sorted(tensors)
   graph = tf.Graph()
@@ -185,20 +235,3 @@ def peak_rss_mib():
     pass
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0
-
-
-def stage_checkpoint(prefix, local_dir):
-  """A local copy of a gs:// checkpoint's files (same basenames) for TF to read; a local
-  prefix is returned unchanged."""
-  if not storage.is_gcs(prefix):
-    return prefix
-  files = [path for path in storage.glob(prefix + ".*")
-           if _SUFFIX_RE.search(path) and path[:path.rindex(".")] == prefix
-           or path.startswith(prefix + ".data-")]
-  if not any(path.endswith(".index") for path in files):
-    raise IOError("checkpoint %s not found (no %s.index)" % (prefix, prefix))
-  os.makedirs(local_dir, exist_ok=True)
-  local_prefix = os.path.join(local_dir, os.path.basename(prefix))
-  for path in sorted(files, key=lambda p: p.endswith(".index")):
-    storage.copy(path, local_prefix + path[len(prefix):])
-  return local_prefix

@@ -31,7 +31,6 @@ JSON is uploaded once complete.
 import json
 import os
 import shlex
-import tempfile
 import time
 
 import numpy as np
@@ -289,9 +288,7 @@ def run():
   num_models = config.ensemble_num
   logging.info("Running %s over %d files once (member predictions kept as %s)",
                config.describe(), len(files), FLAGS.member_dtype)
-  with tempfile.TemporaryDirectory(prefix="ensemble_weights-") as staging:
-    # TensorFlow restores from local files: a gs:// checkpoint is downloaded first.
-    local_prefix = checkpoint_utils.stage_checkpoint(prefix, staging)
+  with checkpoint_utils.local_copy(prefix) as local_prefix:
     members, labels, info = collect_member_predictions(
         config, local_prefix, files, FLAGS.batch_size, FLAGS.num_readers, FLAGS.max_videos,
         np.dtype(FLAGS.member_dtype), FLAGS.top_k, checkpoint_name=prefix)

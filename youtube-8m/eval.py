@@ -127,10 +127,11 @@ def requested_checkpoint():
 def save_inference_checkpoint(sess, saver, config, name, synced):
   """Saves the restored model as train_dir/name (files renamed into place at the end, then
   uploaded if train_dir is on gs://)."""
-  prefix = os.path.join(synced.local, name)
-  checkpoint_utils.save_atomically(
-      prefix, lambda tmp: saver.save(sess, tmp, write_meta_graph=False, write_state=False),
-      lambda tmp: model_graph.export_inference_meta(tmp + ".meta", config))
+  def write(tmp_prefix):
+    saver.save(sess, tmp_prefix, write_meta_graph=False, write_state=False)
+    model_graph.export_inference_meta(tmp_prefix + ".meta", config)
+
+  prefix = checkpoint_utils.write_checkpoint(os.path.join(synced.local, name), write)
   synced.push([name + ".*"])
   logging.info("Saved inference checkpoint %s (+ .meta)", synced.remote_path(name))
   return prefix
@@ -255,14 +256,10 @@ def evaluate():
             raise IOError("No model.ckpt-<step> checkpoint in %s" % train_dir)
         time.sleep(FLAGS.eval_interval_secs)
         continue
-      local_prefix = checkpoint_utils.stage_checkpoint(
-          prefix, os.path.join(synced.local, ".staged"))
-      checkpoint_utils.check_matches_graph(local_prefix, graph_vars, config.describe(),
-                                           name=prefix)
-      saver.restore(sess, local_prefix)
-      if local_prefix != prefix:  # a staged copy of a gs:// checkpoint
-        for path in storage.glob(local_prefix + ".*"):
-          storage.remove(path)
+      with checkpoint_utils.local_copy(prefix) as local_prefix:
+        checkpoint_utils.check_matches_graph(local_prefix, graph_vars, config.describe(),
+                                             name=prefix)
+        saver.restore(sess, local_prefix)
       step_label = global_step_label(prefix)
       logging.info("Restored %s (global step %s)", prefix, step_label)
       name = inference_checkpoint_name(requested, prefix, config)

@@ -43,10 +43,9 @@ uploaded on error).
 """
 
 import atexit
+import contextlib
 import os
 import re
-import shutil
-import tempfile
 import time
 
 import numpy as np
@@ -92,34 +91,27 @@ def define_flags():
 class CheckpointStager(object):
   """Local copies of gs:// checkpoints for TensorFlow to read (local prefixes pass through).
 
-  local(prefix) downloads the checkpoint's files once (checkpoint_utils.stage_checkpoint)
-  into its own subdirectory of a temporary directory (basenames such as
-  inference_model_0 repeat across models); close() removes them all.
+  local(prefix) downloads a gs:// checkpoint's files once (checkpoint_utils.local_copy);
+  close() removes them all.
   """
 
   def __init__(self):
-    self._dir = None
+    self._stack = contextlib.ExitStack()
     self._local = {}
 
   def local(self, prefix):
-    if not storage.is_gcs(prefix):
-      return prefix
     if prefix not in self._local:
-      if self._dir is None:
-        self._dir = tempfile.mkdtemp(prefix="yt8m-ckpt-")
       start = time.time()
-      local = checkpoint_utils.stage_checkpoint(
-          prefix, os.path.join(self._dir, str(len(self._local))))
-      logging.info("Staged %s (%.1f MiB) in %.1f s", prefix, sum(
-          os.path.getsize(p) for p in storage.glob(local + ".*")) / 2.0**20,
-                   time.time() - start)
+      local = self._stack.enter_context(checkpoint_utils.local_copy(prefix))
+      if local != prefix:
+        logging.info("Staged %s (%.1f MiB) in %.1f s", prefix, sum(
+            os.path.getsize(p) for p in storage.glob(local + ".*")) / 2.0**20,
+                     time.time() - start)
       self._local[prefix] = local
     return self._local[prefix]
 
   def close(self):
-    if self._dir is not None:
-      shutil.rmtree(self._dir, ignore_errors=True)
-    self._dir = None
+    self._stack.close()
     self._local = {}
 
 
@@ -133,22 +125,6 @@ def same_path(a, b):
   if storage.is_gcs(a) or storage.is_gcs(b):
     return a == b
   return os.path.abspath(a) == os.path.abspath(b)
-
-
-def publish_checkpoint(local_prefix, output_prefix):
-  """Uploads the complete local checkpoint '<local_prefix>.*' as the gs:// output_prefix: an
-  existing index is deleted first, then the data files, the .meta and the .index last (a
-  reader never pairs an index with data it does not describe)."""
-  if storage.exists(output_prefix + ".index"):
-    storage.remove(output_prefix + ".index")
-  local_files = storage.glob(local_prefix + ".*")
-  suffixes = [path[len(local_prefix):] for path in local_files]
-  for stale in storage.glob(output_prefix + ".data-*"):
-    if stale[len(output_prefix):] not in suffixes:
-      storage.remove(stale)
-  order = {".meta": 1, ".index": 2}
-  for suffix in sorted(suffixes, key=lambda x: (order.get(x, 0), x)):
-    storage.copy(local_prefix + suffix, output_prefix + suffix)
 
 
 # ---------------------------------------------------------------------------------------
@@ -366,30 +342,20 @@ def read_plan_tensors(plan):
 def write_plan(plan, output_prefix, meta_fn):
   """Reads, converts and writes the planned checkpoint atomically; returns a summary dict.
 
-  meta_fn(tmp_prefix) writes '<tmp_prefix>.meta' (always a local path). A gs://
-  output_prefix is written in a local temporary directory first and uploaded once complete
-  (publish_checkpoint: data, .meta, .index last); nothing is uploaded on error.
+  meta_fn(tmp_prefix) writes '<tmp_prefix>.meta' (always a local path); the checkpoint is
+  published by checkpoint_utils.write_checkpoint (index last; uploaded if gs://).
   """
   start = time.time()
   tensors, stats = read_plan_tensors(plan)
 
-  def save(prefix):
-    checkpoint_utils.save_atomically(
-        prefix, lambda tmp: checkpoint_utils.write_checkpoint_tensors(tmp, tensors), meta_fn)
+  def write(tmp_prefix):
+    checkpoint_utils.write_checkpoint_tensors(tmp_prefix, tensors)
+    meta_fn(tmp_prefix)
 
-  if storage.is_gcs(output_prefix):
-    local_dir = tempfile.mkdtemp(prefix="yt8m-out-")
-    try:
-      local_prefix = os.path.join(local_dir, os.path.basename(output_prefix))
-      save(local_prefix)
-      publish_checkpoint(local_prefix, output_prefix)
-    finally:
-      shutil.rmtree(local_dir, ignore_errors=True)
-  else:
-    storage.makedirs(os.path.dirname(output_prefix))
-    save(output_prefix)
+  storage.makedirs(os.path.dirname(output_prefix))
+  checkpoint_utils.write_checkpoint(output_prefix, write)
   data_bytes = sum(int(t.nbytes) for t in tensors.values())
-  del tensors
+  tensors.clear()  # free the arrays before the caller goes on
   return {
       "output_prefix": output_prefix,
       "tensors": len(plan.items) + 1,

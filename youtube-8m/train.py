@@ -374,13 +374,13 @@ def restore_or_initialize(sess, saver, graph_vars, train_dir):
       raise ValueError("--checkpoint_file=%s: %s already holds training checkpoints (newest "
                        "%s); warm-starting would mix two runs. Use an empty --train_dir."
                        % (FLAGS.checkpoint_file, train_dir, newest[1]))
-    prefix = checkpoint_utils.stage_checkpoint(prefix, os.path.join(train_dir, ".warm_start"))
-    checkpoint_utils.check_matches_graph(prefix, graph_vars, "of --checkpoint_file",
-                                         allow_missing=True)
-    stored = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-    present = [v for v in graph_vars if v.op.name in stored]
-    sess.run(tf1.global_variables_initializer())
-    tf1.train.Saver(present).restore(sess, prefix)
+    with checkpoint_utils.local_copy(prefix) as local_prefix:
+      checkpoint_utils.check_matches_graph(local_prefix, graph_vars, "of --checkpoint_file",
+                                           name=prefix, allow_missing=True)
+      stored = tf.train.load_checkpoint(local_prefix).get_variable_to_shape_map()
+      present = [v for v in graph_vars if v.op.name in stored]
+      sess.run(tf1.global_variables_initializer())
+      tf1.train.Saver(present).restore(sess, local_prefix)
     logging.info("Warm start from %s: restored %d variables, %d start fresh", prefix,
                  len(present), len(graph_vars) - len(present))
     return
