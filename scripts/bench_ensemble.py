@@ -46,13 +46,9 @@ def make_single(cluster, hidden, prefix, iterations):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   flags.FLAGS.mark_as_parsed()
   config = model_graph.ModelConfig(
-      model="NetVLADModelLF", frame_features=True, feature_names="rgb,audio",
-      feature_sizes="1024,128", num_classes=3862, label_loss="CrossEntropyLoss",
-      ensemble_num=1, netvlad_cluster_size=[cluster], netvlad_hidden_size=[hidden],
-      ensemble_wts=[1.0], float16_flag=False, gating=True,
-      netvlad_add_batch_norm=True, gating_remove_diag=False, iterations=iterations,
-      sample_random_frames=True, video_level_classifier_model="MoeModel", moe_num_mixtures=5,
-      moe_l2=1e-6, moe_prob_gating=True, moe_prob_gating_input="prob").validate()
+      frame_features=True, feature_names="rgb,audio", feature_sizes="1024,128",
+      netvlad_cluster_size=[cluster], netvlad_hidden_size=[hidden], gating=True,
+      iterations=iterations, moe_l2=1e-6, moe_prob_gating=True).validate()
   graph, saver = model_graph.build_inference_graph(config)
   with tf.compat.v1.Session(graph=graph) as sess:
     sess.run(tf.compat.v1.global_variables_initializer())
