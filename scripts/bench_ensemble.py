@@ -27,12 +27,10 @@ import shutil
 import sys
 
 from bench_util import REPO_ROOT, allocator_setting, run_child
+from seed_flags import seed_model_flags
 
 SEED_MODELS = ((24, 1440), (32, 1024), (16, 800), (32, 512))
 SEED_WEIGHTS = (0.39, 0.26, 0.21, 0.14)
-MODEL_FLAGS = ["--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,128",
-               "--moe_l2=1e-6", "--netvlad_relu=False", "--gating=True",
-               "--moe_prob_gating=True"]
 EXPECTED_FLOAT16_BYTES = 1069237572
 MIB = 2.0**20
 
@@ -138,7 +136,7 @@ def main():
 
     # 2. the one-command path
     build_args = ["--train_dir=" + ensemble_dir, "--checkpoints=" + ",".join(sources),
-                  "--iterations=%d" % args.iterations] + MODEL_FLAGS
+                  *seed_model_flags(iterations=args.iterations)]
     for (cluster, hidden), weight in zip(SEED_MODELS, SEED_WEIGHTS):
       build_args += ["--netvlad_cluster_size=%d" % cluster,
                      "--netvlad_hidden_size=%d" % hidden, "--ensemble_wts=%g" % weight]
