@@ -27,12 +27,10 @@ import shutil
 import sys
 
 from bench_util import REPO_ROOT, allocator_setting, run_child
+from seed_flags import seed_model_flags
 
 SEED_MODELS = ((24, 1440), (32, 1024), (16, 800), (32, 512))
 SEED_WEIGHTS = (0.39, 0.26, 0.21, 0.14)
-MODEL_FLAGS = ["--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,128",
-               "--moe_l2=1e-6", "--netvlad_relu=False", "--gating=True",
-               "--moe_prob_gating=True"]
 EXPECTED_FLOAT16_BYTES = 1069237572
 MIB = 2.0**20
 
@@ -46,13 +44,9 @@ def make_single(cluster, hidden, prefix, iterations):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   flags.FLAGS.mark_as_parsed()
   config = model_graph.ModelConfig(
-      model="NetVLADModelLF", frame_features=True, feature_names="rgb,audio",
-      feature_sizes="1024,128", num_classes=3862, label_loss="CrossEntropyLoss",
-      ensemble_num=1, netvlad_cluster_size=[cluster], netvlad_hidden_size=[hidden],
-      ensemble_wts=[1.0], float16_flag=False, gating=True,
-      netvlad_add_batch_norm=True, gating_remove_diag=False, iterations=iterations,
-      sample_random_frames=True, video_level_classifier_model="MoeModel", moe_num_mixtures=5,
-      moe_l2=1e-6, moe_prob_gating=True, moe_prob_gating_input="prob").validate()
+      frame_features=True, feature_names="rgb,audio", feature_sizes="1024,128",
+      netvlad_cluster_size=[cluster], netvlad_hidden_size=[hidden], gating=True,
+      iterations=iterations, moe_l2=1e-6, moe_prob_gating=True).validate()
   graph, saver = model_graph.build_inference_graph(config)
   with tf.compat.v1.Session(graph=graph) as sess:
     sess.run(tf.compat.v1.global_variables_initializer())
@@ -142,7 +136,7 @@ def main():
 
     # 2. the one-command path
     build_args = ["--train_dir=" + ensemble_dir, "--checkpoints=" + ",".join(sources),
-                  "--iterations=%d" % args.iterations] + MODEL_FLAGS
+                  *seed_model_flags(iterations=args.iterations)]
     for (cluster, hidden), weight in zip(SEED_MODELS, SEED_WEIGHTS):
       build_args += ["--netvlad_cluster_size=%d" % cluster,
                      "--netvlad_hidden_size=%d" % hidden, "--ensemble_wts=%g" % weight]

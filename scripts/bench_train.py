@@ -25,6 +25,7 @@ import tempfile
 import time
 
 from bench_util import REPO_ROOT, allocator_setting, run_child
+from seed_flags import seed_model_flags
 
 VIDEOS_PER_FILE = 100
 
@@ -47,14 +48,10 @@ def parse_args(argv):
 def train(args, pattern, train_dir, log_path):
   command = [
       sys.executable, "-m", "youtube-8m.train", "--train_data_pattern=" + pattern,
-      "--train_dir=" + train_dir, "--frame_features", "--feature_names=rgb,audio",
-      "--feature_sizes=1024,128", "--batch_size=%d" % args.batch_size,
-      "--base_learning_rate=0.0001", "--netvlad_cluster_size=%d" % args.cluster,
-      "--netvlad_hidden_size=%d" % args.hidden, "--moe_l2=1e-6",
-      "--iterations=%d" % args.iterations, "--learning_rate_decay=0.8",
-      "--netvlad_relu=False", "--gating=True", "--moe_prob_gating=True",
-      "--max_steps=%d" % args.steps, "--export_model_steps=100000", "--num_epochs=1000",
-      "--save_model_secs=0"]
+      "--train_dir=" + train_dir, *seed_model_flags(args.cluster, args.hidden, args.iterations),
+      "--batch_size=%d" % args.batch_size, "--base_learning_rate=0.0001",
+      "--learning_rate_decay=0.8", "--max_steps=%d" % args.steps,
+      "--export_model_steps=100000", "--num_epochs=1000", "--save_model_secs=0"]
   wall, peak_mib, text = run_child(command, log_path)
   speeds = []
   for line in text.splitlines():

@@ -26,6 +26,8 @@ import subprocess
 import sys
 import time
 
+from seed_flags import seed_model_flags
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -119,10 +121,8 @@ def eval_files_flags(args):
 
 
 def model_flags(args, cluster, hidden):
-  return ["--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,128",
-          "--netvlad_cluster_size=%d" % cluster, "--netvlad_hidden_size=%d" % hidden,
-          "--moe_l2=1e-6", "--iterations=%d" % args.iterations, "--netvlad_relu=False",
-          "--gating=True", "--moe_prob_gating=True", "--num_classes=%d" % args.num_classes]
+  return seed_model_flags(cluster, hidden, args.iterations) + [
+      "--num_classes=%d" % args.num_classes]
 
 
 def evaluate(args, train_dir, eval_pattern, checkpoint, cluster, hidden, logs, *extra):

@@ -19,7 +19,6 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
 from conftest import REPO_ROOT, TINY_FLAGS, TINY_NUM_CLASSES, yt8m
 
@@ -239,16 +238,9 @@ def tiny_ensemble_config(sources, float16=True, weights=WTS, **explicit):
                 gating=True, moe_prob_gating=True,
                 num_classes=TINY_NUM_CLASSES)
   values.update(explicit)
-  # model_graph.define_flags() (train/eval/build_ensemble) is not run in this process
-  defaults = dict(build_lib.DEFAULTS, num_classes=3862, label_loss="CrossEntropyLoss",
-                  ensemble_num=1, netvlad_cluster_size=[64], netvlad_hidden_size=[1024],
-                  ensemble_wts=[1.0])
-  for name in yt8m("model_graph").CONFIG_FIELDS:
-    if name not in defaults:
-      defaults[name] = flags.FLAGS[name].default
   specs = [overwrite_lib.specs_from_checkpoint(s) for s in sources]
   members = [build_lib.member_model_flags(s) for s in sources]
-  return build_lib.assemble_config(sources, values, defaults, members, specs)
+  return build_lib.assemble_config(sources, values, members, specs)
 
 
 # ---------------------------------------------------------------------------------------

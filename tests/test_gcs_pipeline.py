@@ -460,7 +460,7 @@ def test_ensemble_weights_on_gcs(runs):
   assert gs["checkpoint"] == runs["gs"]["ens"] + "/inference_model"
   assert gs["videos"] == 240 and gs["configured_weights"]["weights"] == [0.6, 0.4]
   stored = read_json(runs["local"]["ens"] + "/model_flags.json")  # as build_ensemble wrote it
-  config = model_graph.ModelConfig(**{n: stored[n] for n in model_graph.CONFIG_FIELDS})
+  config = model_graph.ModelConfig.from_dict(stored)
   members, labels, info = weights_lib.collect_member_predictions(
       config, runs["local"]["ens"] + "/inference_model",
       readers.eval_files(runs["local"]["validate_pattern"]), 64, 1, 0, np.dtype(np.float32),

@@ -18,14 +18,10 @@ V = 3862
 def seed_config(clusters, hiddens, weights=None, float16=False, num_classes=V):
   n = len(clusters)
   return model_graph.ModelConfig(
-      model="NetVLADModelLF", frame_features=True, feature_names="rgb,audio",
-      feature_sizes="1024,128", num_classes=num_classes, label_loss="CrossEntropyLoss",
-      ensemble_num=n, netvlad_cluster_size=list(clusters), netvlad_hidden_size=list(hiddens),
-      ensemble_wts=list(weights or [1.0] * n), float16_flag=float16, gating=True,
-      netvlad_add_batch_norm=True, gating_remove_diag=False,
-      iterations=300, sample_random_frames=True, video_level_classifier_model="MoeModel",
-      moe_num_mixtures=5, moe_l2=1e-6, moe_prob_gating=True,
-      moe_prob_gating_input="prob").validate()
+      frame_features=True, feature_names="rgb,audio", feature_sizes="1024,128",
+      num_classes=num_classes, ensemble_num=n, netvlad_cluster_size=clusters,
+      netvlad_hidden_size=hiddens, ensemble_wts=weights or [1.0] * n, float16_flag=float16,
+      gating=True, iterations=300, moe_l2=1e-6, moe_prob_gating=True).validate()
 
 
 def expected_variables(K, H, scope="tower/", float16=False, num_classes=V):
@@ -116,6 +112,21 @@ def test_wrong_repeated_flag_count_names_the_flag():
   with pytest.raises(ValueError, match="--ensemble_wts was given 1 time"):
     model_graph.ModelConfig(**dict(seed_config([8, 8], [16, 16]).to_json_dict(),
                                    ensemble_wts=[1.0])).validate()
+
+
+def test_config_defaults_are_the_flag_defaults():
+  """ModelConfig() is what train.py builds from no flags (the defaults live in both)."""
+  FLAGS = tf1.flags.FLAGS  # pylint: disable=invalid-name
+  before, was_parsed = set(FLAGS), FLAGS.is_parsed()
+  model_graph.define_flags()  # train.py / eval.py define these under __main__
+  try:
+    FLAGS.mark_as_parsed()
+    assert model_graph.config_from_flags() == model_graph.ModelConfig()
+  finally:
+    for name in set(FLAGS) - before:
+      delattr(FLAGS, name)
+    if not was_parsed:
+      FLAGS.unparse_flags()
 
 
 def test_ensemble_prediction_is_weighted_sum_and_eval_is_deterministic():

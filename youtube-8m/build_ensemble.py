@@ -117,17 +117,18 @@ def _per_model_values(name, explicit, count, from_shapes):
   return values
 
 
-def assemble_config(checkpoints, explicit, defaults, member_jsons, source_specs):
+def assemble_config(checkpoints, explicit, member_jsons, source_specs):
   """The ensemble's ModelConfig from flags, member model_flags.json files and shapes.
 
   Args:
     checkpoints: the source checkpoint prefixes, in model order.
-    explicit: {flag name: value} of the flags given on the command line.
-    defaults: {flag name: value} for every ModelConfig field (flag defaults).
+    explicit: {flag name: value} of the flags given on the command line (the rest take
+      ModelConfig's defaults with this tool's DEFAULTS).
     member_jsons: per model, (json path, dict or None).
     source_specs: per model, {variable name: (shape, dtype)} of the checkpoint.
   """
   count = len(checkpoints)
+  defaults = model_graph.ModelConfig(**DEFAULTS)
   if "ensemble_num" in explicit and explicit["ensemble_num"] != count:
     raise BuildEnsembleError("--ensemble_num=%d but --checkpoints lists %d checkpoints (one "
                              "per model)" % (explicit["ensemble_num"], count))
@@ -170,8 +171,8 @@ def assemble_config(checkpoints, explicit, defaults, member_jsons, source_specs)
       logging.info("--ensemble_wts not given: equal weights 1/%d", count)
   values["ensemble_wts"] = weights
   values["ensemble_num"] = count
-  values["float16_flag"] = explicit.get("float16_flag", defaults["float16_flag"])
-  values["model"] = explicit.get("model", defaults["model"]) or "NetVLADModelLF"
+  values["float16_flag"] = explicit.get("float16_flag", defaults.float16_flag)
+  values["model"] = explicit.get("model") or defaults.model
 
   for name in model_graph.CONFIG_FIELDS:
     if name in PER_MODEL_KEYS:
@@ -195,20 +196,18 @@ def assemble_config(checkpoints, explicit, defaults, member_jsons, source_specs)
     if len(distinct) == 1:
       values[name] = distinct[0]
     elif not distinct:
-      values[name] = defaults[name]
+      continue  # the default
     elif strict:
       raise BuildEnsembleError(
           "the members disagree on %s (%s, from their model_flags.json); one ensemble graph "
           "needs one value" % (name, ", ".join("model %d: %r" % (i, v)
                                                for i, _, v in stored_values)))
     else:
-      values[name] = defaults[name]
+      values[name] = getattr(defaults, name)
       logging.warning("the members were trained with different %s (%s); using --%s=%r",
                       name, ", ".join("model %d: %r" % (i, v) for i, _, v in stored_values),
                       name, values[name])
-  for name in ("netvlad_cluster_size", "netvlad_hidden_size"):
-    values[name] = [int(v) for v in values[name]]
-  return model_graph.ModelConfig(**values).validate()
+  return model_graph.ModelConfig(**dict(DEFAULTS, **values)).validate()
 
 
 def build(config, checkpoints, train_dir, output_name, dry_run=False):
@@ -298,8 +297,7 @@ def build_from_flags(checkpoints):
   model_graph.notice_flags_without_effect()
   explicit = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS
               if FLAGS[name].present}
-  defaults = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS}
-  config = assemble_config(checkpoints, explicit, defaults, member_jsons, source_specs)
+  config = assemble_config(checkpoints, explicit, member_jsons, source_specs)
   logging.info("Building %s into %s", config.describe(), FLAGS.train_dir)
   return build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name, FLAGS.dry_run)
 

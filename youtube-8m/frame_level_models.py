@@ -2,7 +2,8 @@
 
 Graph and variable names follow the original exactly (behavior.md section 3): 32 variables
 per model, e.g. ``video_VLAD/conv2/cluster_weights``, ``hidden1_weights/hidden1_weights``,
-``gates/weights``, ``gating_prob_weights``. Module flags are defined at import.
+``gates/weights``, ``gating_prob_weights``. Module flags are defined at import (the
+original's commands pass them); only model_graph reads them, into its ModelConfig.
 """
 
 import math
@@ -16,7 +17,6 @@ from . import video_level_models
 
 tf1 = tf.compat.v1
 flags = tf1.flags
-FLAGS = flags.FLAGS
 
 flags.DEFINE_integer("iterations", 30, "Number of frames sampled per video.")
 flags.DEFINE_bool("sample_random_frames", True,
@@ -24,7 +24,7 @@ flags.DEFINE_bool("sample_random_frames", True,
                   "consecutive frames.")
 flags.DEFINE_bool("netvlad_add_batch_norm", True,
                   "Batch-normalize the NetVLAD cluster assignments (the original's NetVLAD has "
-                  "no working alternative; False is refused).")
+                  "no working alternative; False is refused by model_graph).")
 # The seed's commands pass --netvlad_relu=False; the original read the flag but always
 # applied relu6, so honouring it would build a network the original never trained.
 flags.DEFINE_bool("netvlad_relu", True,
@@ -83,21 +83,8 @@ class NetVLADModelLF(models.BaseModel):
   """
 
   def create_model(self, model_input, vocab_size, num_frames, cluster_size, hidden_size,
-                   is_training=True, iterations=None, sample_random_frames=None,
-                   add_batch_norm=None, gating=None, float16_flag=None,
-                   sampling_seed=None, classifier_model=None, **unused_params):
-    # Explicit arguments win over flags (the original's "arg or flag" could not pass False).
-    iterations = FLAGS.iterations if iterations is None else iterations
-    sample_random_frames = (FLAGS.sample_random_frames if sample_random_frames is None
-                            else sample_random_frames)
-    add_batch_norm = FLAGS.netvlad_add_batch_norm if add_batch_norm is None else add_batch_norm
-    gating = FLAGS.gating if gating is None else gating
-    float16_flag = FLAGS.float16_flag if float16_flag is None else float16_flag
-    classifier_model = (FLAGS.video_level_classifier_model if classifier_model is None
-                        else classifier_model)
-    if not add_batch_norm:
-      raise ValueError("--netvlad_add_batch_norm=False is not supported: NetVLADModelLF "
-                       "always batch-normalizes (the original's other branch was broken).")
+                   iterations, sample_random_frames, gating, float16_flag, classifier_model,
+                   is_training=True, sampling_seed=None, **classifier_params):
     kernel_dtype = tf.float16 if float16_flag else tf.float32
 
     sampler = (model_utils.sample_random_frames if sample_random_frames
@@ -149,4 +136,4 @@ class NetVLADModelLF(models.BaseModel):
     classifier = getattr(video_level_models, classifier_model)()
     return classifier.create_model(model_input=activation, vocab_size=vocab_size,
                                    is_training=is_training, float16_flag=float16_flag,
-                                   **unused_params)
+                                   **classifier_params)

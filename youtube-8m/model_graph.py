@@ -1,9 +1,10 @@
 """The model graph shared by train.py, eval.py and the ensemble tools.
 
 * ``define_flags()``: the model/ensemble flags of train.py and eval.py (not of inference.py).
-* ``ModelConfig``: every setting that shapes the graph, built from flags and/or
-  model_flags.json, with the consistency checks (counts of the repeated flags, a changed
-  architecture in an existing train_dir, ...).
+* ``ModelConfig``: every setting that shapes the graph (defaults: the flags'), built from
+  flags and/or model_flags.json, with the consistency checks (counts of the repeated flags, a
+  changed architecture in an existing train_dir, ...). The only reader of the model flags:
+  the model classes take plain arguments.
 * ``build_model()``: the (ensemble) graph under variable scope ``tower``: model 0 in
   ``tower/``, model i in ``tower/model{i}/``; predictions = sum_i ensemble_wts[i] * p_i.
 * ``build_inference_graph()`` / ``export_inference_meta()``: a clean graph holding only the
@@ -44,6 +45,8 @@ STRICT_KEYS = ORIGINAL_KEYS + (
 # May legitimately differ between training and evaluation (e.g. tuning mixing weights).
 SOFT_KEYS = ("iterations", "sample_random_frames", "ensemble_wts", "moe_l2")
 TRAINING_KEY = "training"
+# The repeated flags: one value per model.
+LIST_FIELDS = ("netvlad_cluster_size", "netvlad_hidden_size", "ensemble_wts")
 MEMBER_PREDICTIONS = "member_predictions"
 
 
@@ -73,27 +76,45 @@ def define_flags():
 
 @dataclasses.dataclass
 class ModelConfig:
-  model: str
-  frame_features: bool
-  feature_names: str
-  feature_sizes: str
-  num_classes: int
-  label_loss: str
-  ensemble_num: int
-  netvlad_cluster_size: List[int]
-  netvlad_hidden_size: List[int]
-  ensemble_wts: List[float]
-  float16_flag: bool
-  gating: bool
-  netvlad_add_batch_norm: bool
-  gating_remove_diag: bool
-  iterations: int
-  sample_random_frames: bool
-  video_level_classifier_model: str
-  moe_num_mixtures: int
-  moe_l2: float
-  moe_prob_gating: bool
-  moe_prob_gating_input: str
+  """The model settings; the defaults are the flags' (a frame-level config gives only what
+  differs). Built from flags or model_flags.json by from_dict, normalised by __post_init__."""
+  model: str = ""  # empty: NetVLADModelLF with frame_features, else LogisticModel
+  frame_features: bool = False
+  feature_names: str = "mean_rgb"
+  feature_sizes: str = "1024"
+  num_classes: int = readers.NUM_CLASSES
+  label_loss: str = "CrossEntropyLoss"
+  ensemble_num: int = 1
+  netvlad_cluster_size: List[int] = dataclasses.field(default_factory=lambda: [64])
+  netvlad_hidden_size: List[int] = dataclasses.field(default_factory=lambda: [1024])
+  ensemble_wts: List[float] = dataclasses.field(default_factory=lambda: [1.0])
+  float16_flag: bool = False
+  gating: bool = False
+  # Recorded as the original's flag; only True is supported (checked in validate).
+  netvlad_add_batch_norm: bool = True
+  gating_remove_diag: bool = False
+  iterations: int = 30
+  sample_random_frames: bool = True
+  video_level_classifier_model: str = "MoeModel"
+  moe_num_mixtures: int = 5
+  moe_l2: float = 1e-8
+  moe_prob_gating: bool = False
+  moe_prob_gating_input: str = "prob"
+
+  def __post_init__(self):
+    # The one normalisation of every source: flags (tuples), json (lists), tools, tests.
+    if not self.model:
+      self.model = "NetVLADModelLF" if self.frame_features else "LogisticModel"
+    for name in LIST_FIELDS:
+      setattr(self, name, _normalized(name, getattr(self, name)))
+    if self.ensemble_num == 1:
+      self.ensemble_wts = [1.0]
+
+  @classmethod
+  def from_dict(cls, values):
+    """From {field: value} (this run's flags or a model_flags.json); other keys (training,
+    ensemble_sources, ...) are ignored, missing fields take the defaults."""
+    return cls(**{name: values[name] for name in CONFIG_FIELDS if name in values})
 
   @property
   def feature_name_list(self):
@@ -142,8 +163,9 @@ class ModelConfig:
     if self.iterations < 1:
       raise ValueError("--iterations must be >= 1, got %d" % self.iterations)
     if not self.netvlad_add_batch_norm:
-      raise ValueError("--netvlad_add_batch_norm=False is not supported (NetVLADModelLF "
-                       "always batch-normalizes the cluster assignments)")
+      raise ValueError("--netvlad_add_batch_norm=False is not supported: NetVLADModelLF "
+                       "always batch-normalizes the cluster assignments (the original's other "
+                       "branch was broken)")
     if self.video_level_classifier_model not in VIDEO_LEVEL_MODELS:
       raise ValueError("--video_level_classifier_model=%r is not one of %s" % (
           self.video_level_classifier_model, ", ".join(VIDEO_LEVEL_MODELS)))
@@ -208,23 +230,14 @@ def read_stored_flags(directory, required=True):
   return stored
 
 
-def _default_model(frame_features):
-  return "NetVLADModelLF" if frame_features else "LogisticModel"
-
-
 def config_from_flags():
   """The configuration given by this run's flags (train.py)."""
   notice_flags_without_effect()
-  values = {name: FLAGS[name].value for name in CONFIG_FIELDS}
-  values["model"] = values["model"] or _default_model(values["frame_features"])
-  for name in ("netvlad_cluster_size", "netvlad_hidden_size", "ensemble_wts"):
-    values[name] = list(values[name])
-  if values["ensemble_num"] == 1:
-    values["ensemble_wts"] = [1.0]
-  return ModelConfig(**values).validate()
+  return ModelConfig.from_dict({name: FLAGS[name].value for name in CONFIG_FIELDS}).validate()
 
 
 def _normalized(name, value):
+  """A field's value as ModelConfig holds it (lists of int / float for the repeated flags)."""
   if name in ("netvlad_cluster_size", "netvlad_hidden_size"):
     return [int(v) for v in value]
   if name == "ensemble_wts":
@@ -257,19 +270,9 @@ def config_for_evaluation(train_dir, explicit_checks=()):
   notice_flags_without_effect()
   stored = read_stored_flags(train_dir)
   source = utils.model_flags_path(train_dir)
-  values = {}
-  for name in CONFIG_FIELDS:
-    flag = FLAGS[name]
-    if name in stored and not flag.present:
-      values[name] = _normalized(name, stored[name])
-    else:
-      values[name] = flag.value
-  values["model"] = values["model"] or _default_model(values["frame_features"])
-  for name in ("netvlad_cluster_size", "netvlad_hidden_size", "ensemble_wts"):
-    values[name] = list(values[name])
-  if values["ensemble_num"] == 1:
-    values["ensemble_wts"] = [1.0]
-  config = ModelConfig(**values)
+  config = ModelConfig.from_dict({
+      name: stored[name] if name in stored and not FLAGS[name].present else FLAGS[name].value
+      for name in CONFIG_FIELDS})
   check_same_architecture(stored, config, source)
   training = stored.get(TRAINING_KEY, {})
   for name in explicit_checks:
@@ -277,9 +280,9 @@ def config_for_evaluation(train_dir, explicit_checks=()):
       logging.warning("--%s=%r has no effect on evaluation (the checkpoints were trained with "
                       "%r)", name, FLAGS[name].value, training[name])
   for name in SOFT_KEYS:
-    if FLAGS[name].present and name in stored and _normalized(name, stored[name]) != values[
-        name]:
-      logging.info("--%s=%r (training used %r)", name, values[name], stored[name])
+    value = getattr(config, name)
+    if FLAGS[name].present and name in stored and _normalized(name, stored[name]) != value:
+      logging.info("--%s=%r (training used %r)", name, value, stored[name])
   return config.validate()
 
 
@@ -316,7 +319,6 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
               hidden_size=config.netvlad_hidden_size[index], is_training=is_training,
               iterations=config.iterations,
               sample_random_frames=config.sample_random_frames,
-              add_batch_norm=config.netvlad_add_batch_norm,
               gating=config.gating, float16_flag=config.float16_flag,
               sampling_seed=None if is_training else sampling_seed(index),
               num_mixtures=config.moe_num_mixtures, l2_penalty=config.moe_l2,

@@ -1,7 +1,8 @@
 """Video-level classifiers: LogisticModel and MoeModel (with probability gating).
 
 MoeModel is also the classifier on top of NetVLADModelLF. Module flags are defined at import,
-as in the original, so every binary importing this module accepts them.
+as in the original, so every binary importing this module accepts them; only model_graph
+reads them, into its ModelConfig.
 """
 
 import math
@@ -13,7 +14,6 @@ from . import models
 
 tf1 = tf.compat.v1
 flags = tf1.flags
-FLAGS = flags.FLAGS
 
 flags.DEFINE_integer("moe_num_mixtures", 5,
                      "Number of experts per class in MoeModel (excluding the dummy expert).")
@@ -48,15 +48,9 @@ class MoeModel(models.BaseModel):
   [D, V] for input gating) plus gating_prob_bn/*. Columns are class-major (v*(M+1)+m).
   """
 
-  def create_model(self, model_input, vocab_size, num_mixtures=None, l2_penalty=None,
-                   is_training=True, float16_flag=False, prob_gating=None,
-                   prob_gating_input=None, remove_diag=None, **unused_params):
-    num_mixtures = FLAGS.moe_num_mixtures if num_mixtures is None else num_mixtures
-    l2_penalty = FLAGS.moe_l2 if l2_penalty is None else l2_penalty
-    prob_gating = FLAGS.moe_prob_gating if prob_gating is None else prob_gating
-    prob_gating_input = (FLAGS.moe_prob_gating_input if prob_gating_input is None
-                         else prob_gating_input)
-    remove_diag = FLAGS.gating_remove_diag if remove_diag is None else remove_diag
+  def create_model(self, model_input, vocab_size, num_mixtures, l2_penalty, prob_gating,
+                   prob_gating_input, remove_diag, is_training=True, float16_flag=False,
+                   **unused_params):
     kernel_dtype = tf.float16 if float16_flag else tf.float32
     regularizer = fp16_layers.l2_regularizer(l2_penalty)
 
