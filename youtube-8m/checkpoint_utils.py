@@ -13,18 +13,23 @@ import resource
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 
+from absl import logging
 import numpy as np
-import tensorflow as tf
 
 from . import storage
+
+# TensorFlow is imported inside the functions that need it, so that tools importing this
+# module (avg_checkpoints) report flag and selection errors without waiting for it.
 
 # A prefix given with one of the checkpoint file suffixes is reduced to the prefix itself.
 _SUFFIX_RE = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 _STEP_RE = re.compile(r"^(?P<base>.+)-(?P<step>\d+)$")
 
 TRAIN_CHECKPOINT_BASENAME = "model.ckpt"
+GLOBAL_STEP = "global_step"
 # The single data shard that SaveV2 / tf1.train.Saver(sharded=False) write.
 DATA_SUFFIX = ".data-00000-of-00001"
 # >= EIGEN_MAX_ALIGN_BYTES, so TF can wrap fed numpy arrays without a copy.
@@ -55,17 +60,22 @@ def checkpoint_exists(prefix):
   return storage.exists(prefix + ".index")
 
 
-def list_checkpoints(directory, basename=TRAIN_CHECKPOINT_BASENAME):
-  """[(step, prefix)] of every '<directory>/<basename>-<step>' with an index file, by step."""
-  pattern = os.path.join(directory, basename + "-*.index")
+def list_numbered(prefix):
+  """[(step, prefix + digits)] of every checkpoint '<prefix><digits>' with an index file, by
+  step. Only names exactly basename(prefix) + digits + '.index' count."""
+  pattern = re.compile(re.escape(os.path.basename(prefix)) + r"(\d+)\.index$")
   found = []
-  for index_file in storage.glob(pattern):
-    prefix = index_file[:-len(".index")]
-    step = parse_step(prefix, basename)
-    if step is not None:
-      found.append((step, prefix))
+  for index_file in storage.glob(prefix + "*.index"):
+    match = pattern.match(os.path.basename(index_file))
+    if match:
+      found.append((int(match.group(1)), prefix + match.group(1)))
   found.sort()
   return found
+
+
+def list_checkpoints(directory, basename=TRAIN_CHECKPOINT_BASENAME):
+  """[(step, prefix)] of every '<directory>/<basename>-<step>' with an index file, by step."""
+  return list_numbered(os.path.join(directory, basename + "-"))
 
 
 def newest_checkpoint(directory, basename=TRAIN_CHECKPOINT_BASENAME):
@@ -95,6 +105,7 @@ def check_matches_graph(prefix, variables, model_description, name=None, allow_m
 
   ``name`` is the checkpoint as the user gave it (prefix may be a local staged copy).
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   reader = tf.train.load_checkpoint(prefix)
   shapes = reader.get_variable_to_shape_map()
   dtypes = reader.get_variable_to_dtype_map()
@@ -121,6 +132,19 @@ def _checkpoint_files(prefix):
   """The files of a checkpoint prefix: <prefix>.index, .meta and .data-*."""
   return [path for path in storage.glob(prefix + ".*")
           if _SUFFIX_RE.search(path) and _SUFFIX_RE.sub("", path) == prefix]
+
+
+def data_files(prefix):
+  """The data shards '<prefix>.data-NNNNN-of-MMMMM' of a checkpoint, sorted."""
+  return sorted(path for path in _checkpoint_files(prefix)
+                if path[len(prefix):].startswith(".data-"))
+
+
+def same_path(a, b):
+  """True if a and b name the same file (local paths compared absolute, gs:// ones as text)."""
+  if storage.is_gcs(a) or storage.is_gcs(b):
+    return a.rstrip("/") == b.rstrip("/")
+  return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _index_last(paths):
@@ -184,6 +208,27 @@ def local_copy(prefix):
     shutil.rmtree(directory, ignore_errors=True)
 
 
+class LocalCopies(contextlib.ExitStack):
+  """Local copies of several checkpoints, each made once (local_copy) and all removed when
+  the with block ends: ``with LocalCopies() as copies: reader_of(copies.local(prefix))``."""
+
+  def __init__(self):
+    super().__init__()
+    self._local = {}
+
+  def local(self, prefix):
+    """The local prefix to read checkpoint prefix from (prefix itself unless gs://)."""
+    if prefix not in self._local:
+      start = time.time()
+      local = self.enter_context(local_copy(prefix))
+      if local != prefix:
+        logging.info("Staged %s (%.1f MiB) in %.1f s", prefix, sum(
+            storage.size(path) for path in storage.glob(local + ".*")) / 2.0**20,
+                     time.time() - start)
+      self._local[prefix] = local
+    return self._local[prefix]
+
+
 def _cache_dir():
   directory = storage.default_cache_dir()
   os.makedirs(directory, exist_ok=True)
@@ -211,6 +256,7 @@ def write_checkpoint_tensors(prefix, tensors):
   file, so the peak memory is the arrays themselves plus the TensorFlow runtime. Nothing
   is renamed: use write_checkpoint for an atomic result.
   """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   names = sorted(tensors)
   graph = tf.Graph()
   with graph.as_default():
