@@ -24,6 +24,7 @@ from conftest import REPO_ROOT, TINY_FLAGS, TINY_NUM_CLASSES, yt8m
 
 checkpoint_utils = yt8m("checkpoint_utils")
 overwrite_lib = yt8m("overwrite_float16_ckpt")
+ensemble_lib = yt8m("ensemble_checkpoint")
 build_lib = yt8m("build_ensemble")
 weights_lib = yt8m("ensemble_weights")
 model_size = yt8m("model_size")
@@ -178,7 +179,8 @@ def ens(tiny_data, tmp_path_factory):
           "--ensemble_wts=0.5"] + SEED_MODEL_FLAGS),
   })
   d["config32"] = tiny_ensemble_config(d["sources"], float16=False)
-  build_lib.build(d["config32"], d["sources"], d["built32"], "inference_model")
+  with checkpoint_utils.LocalCopies() as copies:
+    build_lib.build(d["config32"], d["sources"], d["built32"], "inference_model", copies)
   d["C"] = stage.finish(must_succeed=("step3", "build16"))
 
   # Stage D: step 5 (submission name), inference + tgz of the one-command output, weight
@@ -238,7 +240,8 @@ def tiny_ensemble_config(sources, float16=True, weights=WTS, **explicit):
                 gating=True, moe_prob_gating=True,
                 num_classes=TINY_NUM_CLASSES)
   values.update(explicit)
-  specs = [overwrite_lib.specs_from_checkpoint(s) for s in sources]
+  with checkpoint_utils.LocalCopies() as copies:
+    specs = [ensemble_lib.specs_from_checkpoint(s, copies) for s in sources]
   members = [build_lib.member_model_flags(s) for s in sources]
   return build_lib.assemble_config(sources, values, members, specs)
 
@@ -248,17 +251,17 @@ def tiny_ensemble_config(sources, float16=True, weights=WTS, **explicit):
 
 
 def test_model_scope_mapping_is_exact():
-  assert overwrite_lib.model_of("tower/gates/weights") == (0, "tower/gates/weights")
-  assert overwrite_lib.model_of("tower/model1/gates/weights") == (1, "tower/gates/weights")
-  assert overwrite_lib.model_of("tower/model10/gates/weights") == (10, "tower/gates/weights")
-  assert overwrite_lib.model_of("tower/model12/video_VLAD/cluster_bn/beta") == (
+  assert ensemble_lib.model_of("tower/gates/weights") == (0, "tower/gates/weights")
+  assert ensemble_lib.model_of("tower/model1/gates/weights") == (1, "tower/gates/weights")
+  assert ensemble_lib.model_of("tower/model10/gates/weights") == (10, "tower/gates/weights")
+  assert ensemble_lib.model_of("tower/model12/video_VLAD/cluster_bn/beta") == (
       12, "tower/video_VLAD/cluster_bn/beta")
   # 'model' as a leaf name or as part of a longer component is not a model scope
-  assert overwrite_lib.model_of("tower/model1x/w") == (0, "tower/model1x/w")
-  assert overwrite_lib.model_of("tower/x/model3") == (0, "tower/x/model3")
+  assert ensemble_lib.model_of("tower/model1x/w") == (0, "tower/model1x/w")
+  assert ensemble_lib.model_of("tower/x/model3") == (0, "tower/x/model3")
   for bad in ("tower/model0/w", "tower/model01/w", "tower/model1/model2/w"):
-    with pytest.raises(overwrite_lib.EnsembleCheckpointError):
-      overwrite_lib.model_of(bad)
+    with pytest.raises(ensemble_lib.EnsembleCheckpointError):
+      ensemble_lib.model_of(bad)
 
 
 def test_eleven_models_each_get_their_own_source(tmp_path):
@@ -286,7 +289,7 @@ def test_eleven_models_each_get_their_own_source(tmp_path):
   write_variables(template_prefix, template, meta=True)
 
   output = str(tmp_path / "out-0")
-  sources = overwrite_lib.parse_checkpoint_list(",".join(sources))
+  sources = ensemble_lib.parse_checkpoint_list(",".join(sources))
   summary = overwrite_lib.overwrite(template_prefix, sources, output)
   written = read_all(output)
   assert sorted(written) == sorted(template)
@@ -299,7 +302,7 @@ def test_eleven_models_each_get_their_own_source(tmp_path):
       "out-0.data-00000-of-00001", "out-0.index", "out-0.meta"]
 
   # 10 sources for 11 models: refused before anything is written
-  with pytest.raises(overwrite_lib.EnsembleCheckpointError, match="10 source checkpoint"):
+  with pytest.raises(ensemble_lib.EnsembleCheckpointError, match="10 source checkpoint"):
     overwrite_lib.overwrite(template_prefix, sources[:10], str(tmp_path / "short-0"))
   assert not [n for n in os.listdir(str(tmp_path)) if n.startswith(("short", ".tmp"))]
 
@@ -335,7 +338,7 @@ def check_ensemble_checkpoint(prefix, float16=True):
   assert dtypes["global_step"] == tf.int32
   for index in range(3):
     scope = "tower/" if index == 0 else "tower/model%d/" % index
-    names = [n for n in dtypes if overwrite_lib.model_of(n)[0] == index and n != "global_step"]
+    names = [n for n in dtypes if ensemble_lib.model_of(n)[0] == index and n != "global_step"]
     assert len(names) == 32, (prefix, index)
     half = sorted(n for n in names if dtypes[n] == tf.float16)
     if float16:
@@ -367,7 +370,7 @@ def test_seed_steps_1_to_5(ens):
   sources = [tf.train.load_checkpoint(source) for source in ens["sources"]]
   for name, target in written.items():
     if name != "global_step":
-      index, source_name = overwrite_lib.model_of(name)
+      index, source_name = ensemble_lib.model_of(name)
       value = sources[index].get_tensor(source_name)
       assert target.tobytes() == value.astype(target.dtype).tobytes(), name
   log = ens["C"]["step3"].output
@@ -474,12 +477,12 @@ def test_bad_inputs_are_refused_and_write_nothing(ens, tmp_path):
   checkpoint_utils.write_checkpoint_tensors(broken, values)
   output = str(tmp_path / "out-0")
   s0, s1, s2 = ens["sources"]
-  with pytest.raises(overwrite_lib.EnsembleCheckpointError) as error:
+  with pytest.raises(ensemble_lib.EnsembleCheckpointError) as error:
     overwrite_lib.overwrite(template, [s0, broken, s2], output)
   assert ("source 1 (--checkpoints entry 2, model 1 in tower/model1/): %s has no variable "
           "'tower/gates/weights' (needed for template %s variable "
           "'tower/model1/gates/weights')" % (broken, template)) in str(error.value)
-  with pytest.raises(overwrite_lib.EnsembleCheckpointError) as error:
+  with pytest.raises(ensemble_lib.EnsembleCheckpointError) as error:
     overwrite_lib.overwrite(template, [s1, s0, s2], output)
   assert re.search(r"variable 'tower/[\w/]+' has shape \[[\d, ]+\] in source 0 \(--checkpoints "
                    r"entry 1, model 0 in tower/\): %s but template .* variable "

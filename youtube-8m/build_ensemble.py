@@ -29,10 +29,8 @@ checkpoint, when present; strict architecture keys must agree) or its default. E
 values are checked against the members' json files and against the checkpoint shapes; errors
 name the model index, the flag and the variable. Nothing is written on error.
 
-Cloud Storage: --train_dir and the --checkpoints entries may be gs:// URLs (through
-storage.py; STORAGE_EMULATOR_HOST selects a local emulator). The sources are downloaded into
-a temporary local directory for TensorFlow to read; a gs:// output is written locally and
-uploaded once complete (data, ``.meta``, ``.index`` last, then ``model_flags.json``).
+--train_dir and the --checkpoints entries may be gs:// (the checkpoint is uploaded once
+complete, index last, then ``model_flags.json``).
 """
 
 import os
@@ -44,8 +42,8 @@ from absl import flags
 from absl import logging
 
 from . import checkpoint_utils
+from . import ensemble_checkpoint
 from . import model_graph
-from . import overwrite_float16_ckpt as overwrite_lib
 from . import storage
 from . import utils
 
@@ -210,18 +208,6 @@ def assemble_config(checkpoints, explicit, member_jsons, source_specs):
   return model_graph.ModelConfig(**dict(DEFAULTS, **values)).validate()
 
 
-def build(config, checkpoints, train_dir, output_name, dry_run=False):
-  """Writes the ensemble checkpoint + inference meta + model_flags.json; returns a summary.
-
-  Any of the paths may be gs://; local copies of gs:// checkpoints are removed at the end.
-  dry_run: only check, and return (and print) the planned size, writing nothing.
-  """
-  try:
-    return _build(config, checkpoints, train_dir, output_name, dry_run)
-  finally:
-    overwrite_lib.STAGED.close()
-
-
 def planned_size(plan, config):
   """Bytes of the submission files the plan gives: tensor data and meta graph exactly (the
   meta graph is exported to a temporary file), the .index and model_flags.json estimated."""
@@ -249,7 +235,12 @@ def format_planned_size(size):
               "to spare" if size["fits"] else "over"))
 
 
-def _build(config, checkpoints, train_dir, output_name, dry_run=False):
+def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
+  """Writes the ensemble checkpoint + inference meta + model_flags.json; returns a summary.
+
+  copies: the checkpoint_utils.LocalCopies the checkpoints are read through. dry_run: only
+  check, and return (and print) the planned size, writing nothing.
+  """
   output_prefix = checkpoint_utils.resolve_checkpoint(train_dir, output_name)
   stored = model_graph.read_stored_flags(train_dir, required=False) if storage.isdir(
       train_dir) else None
@@ -262,10 +253,10 @@ def _build(config, checkpoints, train_dir, output_name, dry_run=False):
           "choose another --train_dir. %s" % (train_dir, int(stored.get("ensemble_num", 1)),
                                                str(error).split(": ", 1)[-1]))
   graph, _ = model_graph.build_inference_graph(config)
-  template_specs = overwrite_lib.specs_from_graph(graph)
+  template_specs = ensemble_checkpoint.specs_from_graph(graph)
   del graph
-  plan = overwrite_lib.plan_ensemble(
-      template_specs, checkpoints, "the %d-model ensemble graph (%s)" % (
+  plan = ensemble_checkpoint.plan_ensemble(
+      template_specs, checkpoints, copies, "the %d-model ensemble graph (%s)" % (
           config.ensemble_num, config.describe()), outputs=[output_prefix])
   size = planned_size(plan, config)
   logging.info("%s", format_planned_size(size))
@@ -274,8 +265,8 @@ def _build(config, checkpoints, train_dir, output_name, dry_run=False):
     print("dry run: nothing written (would write %s.* and %s)" % (
         output_prefix, utils.model_flags_path(train_dir)))
     return dict(size, dry_run=True)
-  summary = overwrite_lib.write_plan(
-      plan, output_prefix,
+  summary = ensemble_checkpoint.write_plan(
+      plan, copies, output_prefix,
       lambda tmp: model_graph.export_inference_meta(tmp + ".meta", config))
   model_flags = config.to_json_dict()
   model_flags[SOURCES_KEY] = [c if storage.is_gcs(c) else os.path.abspath(c)
@@ -284,12 +275,12 @@ def _build(config, checkpoints, train_dir, output_name, dry_run=False):
     # e.g. the seed's ensemble dir: keep train.py's record of the dummy training run
     model_flags[model_graph.TRAINING_KEY] = stored[model_graph.TRAINING_KEY]
   utils.write_model_flags(train_dir, model_flags)
-  overwrite_lib.log_summary(plan, summary)
   return summary
 
 
-def build_from_flags(checkpoints):
-  source_specs = [overwrite_lib.specs_from_checkpoint(prefix) for prefix in checkpoints]
+def build_from_flags(checkpoints, copies):
+  source_specs = [ensemble_checkpoint.specs_from_checkpoint(prefix, copies)
+                  for prefix in checkpoints]
   if FLAGS.use_member_model_flags:
     member_jsons = [member_model_flags(prefix) for prefix in checkpoints]
   else:
@@ -299,7 +290,8 @@ def build_from_flags(checkpoints):
               if FLAGS[name].present}
   config = assemble_config(checkpoints, explicit, member_jsons, source_specs)
   logging.info("Building %s into %s", config.describe(), FLAGS.train_dir)
-  return build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name, FLAGS.dry_run)
+  return build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name, copies,
+               FLAGS.dry_run)
 
 
 @utils.tool_main
@@ -310,15 +302,13 @@ def main(argv):
     raise BuildEnsembleError("--train_dir (the output directory) is required")
   if not FLAGS.output_name:
     raise BuildEnsembleError("--output_name is empty")
-  checkpoints = overwrite_lib.parse_checkpoint_list(FLAGS.checkpoints)
+  checkpoints = ensemble_checkpoint.parse_checkpoint_list(FLAGS.checkpoints)
   for index, prefix in enumerate(checkpoints):
     if not checkpoint_utils.checkpoint_exists(prefix):
       raise BuildEnsembleError("model %d: --checkpoints entry %d %s does not exist (no %s.index)"
                                % (index, index + 1, prefix, prefix))
-  try:
-    result = build_from_flags(checkpoints)
-  finally:
-    overwrite_lib.STAGED.close()  # the local copies of gs:// checkpoints
+  with checkpoint_utils.LocalCopies() as copies:
+    result = build_from_flags(checkpoints, copies)
   if result.get("dry_run"):
     return
   logging.info("Evaluate it with: python -m youtube-8m.eval --train_dir=%s --checkpoint_file=%s "

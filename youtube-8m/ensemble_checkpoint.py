@@ -1,0 +1,266 @@
+"""The in-graph ensemble checkpoint: plan it from single-model checkpoints, then fill it.
+
+Mapping (exact, by scope component, any number of models): model 0 lives directly in
+``tower/`` (``tower/X`` <- ``tower/X`` of source 0); model i >= 1 in ``tower/model{i}/``
+(``tower/model{i}/X`` <- ``tower/X`` of source i; ``model1`` never matches ``model10``);
+``global_step`` is written as 0 in the template's dtype.
+
+plan_ensemble checks everything (source count, every variable's presence, shape and a
+convertible dtype; errors name the variable and the source) before any tensor is read.
+write_plan converts each value ONCE from the source's stored dtype to the template's (float32
+-> float16 rounds to nearest even) into aligned arrays, largest first, and writes them with
+checkpoint_utils (one SaveV2 op; temporary prefix, index last, uploaded when gs://). Peak
+memory: the output + the largest source tensor + the TensorFlow runtime.
+
+Checkpoints are read through a checkpoint_utils.LocalCopies (the caller's with block owns the
+local copies of gs:// checkpoints).
+"""
+
+import os
+import re
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from . import checkpoint_utils
+from . import progress as progress_lib
+from . import storage
+
+GLOBAL_STEP = checkpoint_utils.GLOBAL_STEP
+_MODEL_SCOPE_RE = re.compile(r"^model(\d+)$")
+
+
+class EnsembleCheckpointError(ValueError):
+  """A problem with the template or the source checkpoints; nothing has been written."""
+
+
+def parse_checkpoint_list(value, flag_name="--checkpoints"):
+  """'a,b.index, c' -> ['a', 'b', 'c'] (suffixes .index/.meta/.data-* stripped)."""
+  names = [checkpoint_utils.strip_checkpoint_suffix(part.strip())
+           for part in (value or "").split(",") if part.strip()]
+  if not names:
+    raise EnsembleCheckpointError("%s is empty: give the single-model checkpoints, one per "
+                                  "model, in model order" % flag_name)
+  return names
+
+
+def model_of(name):
+  """(model index, source variable name) of an ensemble variable name.
+
+  'tower/model3/gates/weights' -> (3, 'tower/gates/weights'); names without a 'model{i}'
+  scope component belong to model 0 and keep their name.
+  """
+  parts = name.split("/")
+  hits = [k for k, part in enumerate(parts[:-1]) if _MODEL_SCOPE_RE.match(part)]
+  if not hits:
+    return 0, name
+  if len(hits) > 1:
+    raise EnsembleCheckpointError("template variable %r has %d model{i} scopes; expected at "
+                                  "most one" % (name, len(hits)))
+  digits = _MODEL_SCOPE_RE.match(parts[hits[0]]).group(1)
+  index = int(digits)
+  if index == 0 or digits != str(index):
+    raise EnsembleCheckpointError(
+        "template variable %r: scope %r is not a model scope of the ensemble graph (model i "
+        ">= 1 lives in tower/model{i}/, model 0 directly in tower/)" % (name, parts[hits[0]]))
+  return index, "/".join(parts[:hits[0]] + parts[hits[0] + 1:])
+
+
+def specs_from_checkpoint(prefix, copies):
+  """{name: (shape tuple, tf.DType)} of the variables stored in a checkpoint (local or
+  gs://, read through the LocalCopies copies)."""
+  try:
+    reader = tf.train.load_checkpoint(copies.local(prefix))
+  except (tf.errors.OpError, ValueError) as error:
+    raise EnsembleCheckpointError("cannot read checkpoint %s: %s" % (prefix, error))
+  shapes = reader.get_variable_to_shape_map()
+  dtypes = reader.get_variable_to_dtype_map()
+  return {name: (tuple(int(d) for d in shapes[name]), dtypes[name]) for name in shapes}
+
+
+def specs_from_graph(graph):
+  """{name: (shape tuple, tf.DType)} of a graph's global variables."""
+  with graph.as_default():
+    variables = tf.compat.v1.global_variables()
+  return {v.op.name: (tuple(v.shape.as_list()), v.dtype.base_dtype) for v in variables}
+
+
+def nbytes(shape, dtype):
+  return int(np.prod(shape, dtype=np.int64)) * tf.as_dtype(dtype).size
+
+
+def source_label(index, prefix):
+  scope = "tower/" if index == 0 else "tower/model%d/" % index
+  return "source %d (--checkpoints entry %d, model %d in %s): %s" % (index, index + 1, index,
+                                                                   scope, prefix)
+
+
+class Plan(object):
+  """What to write: one entry per template variable, checked against the sources."""
+
+  def __init__(self, sources, items, global_step_dtype, source_specs):
+    self.sources = sources
+    self.items = items  # [(target name, shape, target dtype, source index, source name)]
+    self.global_step_dtype = global_step_dtype
+    self.source_specs = source_specs
+
+  def output_bytes(self):
+    return sum(nbytes(shape, dtype) for _, shape, dtype, _, _ in self.items) + tf.as_dtype(
+        self.global_step_dtype).size
+
+  def parameters(self, index=None):
+    """Parameters of all planned variables (or of model index's only)."""
+    return sum(int(np.prod(item[1], dtype=np.int64)) for item in self.items
+               if index is None or item[3] == index)
+
+
+def plan_ensemble(template_specs, sources, copies, template_name="the template", outputs=()):
+  """Checks the template against the sources and returns the Plan (no tensor is read).
+
+  Args:
+    template_specs: {name: (shape, tf.DType)} of the ensemble checkpoint to write.
+    sources: single-model checkpoint prefixes, one per model, in model order.
+    copies: the checkpoint_utils.LocalCopies the sources are read through.
+    template_name: how to name the template in messages.
+    outputs: prefixes that will be written (must not be a source).
+  """
+  per_model = {}
+  global_step_dtype = tf.int32
+  for name, (shape, dtype) in template_specs.items():
+    if name == GLOBAL_STEP:
+      if shape != ():
+        raise EnsembleCheckpointError("%s: global_step is not a scalar (shape %s)"
+                                      % (template_name, list(shape)))
+      global_step_dtype = dtype
+      continue
+    index, source_name = model_of(name)
+    per_model.setdefault(index, []).append((name, shape, dtype, source_name))
+  if not per_model:
+    raise EnsembleCheckpointError("%s holds no model variables" % template_name)
+  num_models = max(per_model) + 1
+  absent = [str(i) for i in range(num_models) if i not in per_model]
+  if absent:
+    raise EnsembleCheckpointError(
+        "%s has variables of model(s) up to %d but none of model(s) %s" % (
+            template_name, num_models - 1, ", ".join(absent)))
+  if len(sources) != num_models:
+    raise EnsembleCheckpointError(
+        "--checkpoints gives %d source checkpoint(s) but %s holds %d models (tower/%s): give "
+        "exactly one single-model checkpoint per model, in model order" % (
+            len(sources), template_name, num_models,
+            "".join(", tower/model%d/" % i for i in range(1, num_models))))
+  for index, prefix in enumerate(sources):  # all checked before anything is downloaded
+    if not checkpoint_utils.checkpoint_exists(prefix):
+      raise EnsembleCheckpointError("%s does not exist (no file %s.index)"
+                                    % (source_label(index, prefix), prefix))
+    if any(checkpoint_utils.same_path(prefix, output) for output in outputs):
+      raise EnsembleCheckpointError("%s is also the output; choose another output name"
+                                    % source_label(index, prefix))
+  source_specs = [specs_from_checkpoint(prefix, copies) for prefix in sources]
+
+  items, problems = [], []
+  for index in range(num_models):
+    where = source_label(index, sources[index])
+    for name, shape, dtype, source_name in sorted(per_model[index]):
+      if source_name not in source_specs[index]:
+        problems.append("%s has no variable %r (needed for %s variable %r)" % (
+            where, source_name, template_name, name))
+        continue
+      source_shape, source_dtype = source_specs[index][source_name]
+      if source_shape != shape:
+        problems.append("variable %r has shape %s in %s but %s variable %r needs %s" % (
+            source_name, list(source_shape), where, template_name, name, list(shape)))
+      elif source_dtype != dtype and not (source_dtype.is_floating and dtype.is_floating):
+        problems.append("variable %r is %s in %s but %s variable %r is %s (only floating "
+                        "types are converted)" % (source_name, source_dtype.name, where,
+                                                 template_name, name, dtype.name))
+      else:
+        items.append((name, shape, dtype, index, source_name))
+  if problems:
+    shown = "; ".join(problems[:8])
+    more = " (and %d more)" % (len(problems) - 8) if len(problems) > 8 else ""
+    raise EnsembleCheckpointError("%d problem(s): %s%s" % (len(problems), shown, more))
+  return Plan(list(sources), items, global_step_dtype, source_specs)
+
+
+def read_plan_tensors(plan, copies):
+  """({name: aligned ndarray} of every planned variable, stats of rounded / overflowing
+  values), read one source tensor at a time, largest first."""
+  readers = [tf.train.load_checkpoint(copies.local(prefix)) for prefix in plan.sources]
+  stats = {"rounded_tensors": 0, "overflow_values": 0, "by_dtype": {}}
+  tensors = {}
+  order = sorted(plan.items, key=lambda item: (
+      -nbytes(item[1], plan.source_specs[item[3]][item[4]][1]), item[0]))
+  progress = progress_lib.Progress("converting the ensemble tensors", plan.output_bytes(),
+                                   "MiB", scale=2**20)
+  for name, shape, dtype, index, source_name in order:
+    try:
+      value = np.asarray(readers[index].get_tensor(source_name))
+    except tf.errors.OpError as error:
+      raise EnsembleCheckpointError("cannot read variable %r from %s: %s" % (
+          source_name, source_label(index, plan.sources[index]), error))
+    out = checkpoint_utils.aligned_empty(value.shape, dtype.as_numpy_dtype)
+    with np.errstate(over="ignore"):  # overflows are counted and reported below
+      np.copyto(out, value, casting="unsafe")
+    if value.dtype != out.dtype:
+      stats["rounded_tensors"] += 1
+      if out.dtype.kind == "f" and np.isinf(out).any():
+        overflow = int(np.count_nonzero(np.isinf(out)) - np.count_nonzero(np.isinf(value)))
+        if overflow:
+          stats["overflow_values"] += overflow
+          logging.warning("%s: %d value(s) of %r overflow %s and became +-inf", name,
+                          overflow, source_name, dtype.name)
+    del value
+    tensors[name] = out
+    stats["by_dtype"][dtype.name] = stats["by_dtype"].get(dtype.name, 0) + 1
+    progress.update(int(out.nbytes))
+  progress.finish()
+  global_step = checkpoint_utils.aligned_empty((), plan.global_step_dtype.as_numpy_dtype)
+  global_step[...] = 0
+  tensors[GLOBAL_STEP] = global_step
+  return tensors, stats
+
+
+def write_plan(plan, copies, output_prefix, meta_fn):
+  """Reads, converts and writes the planned checkpoint atomically; returns a summary dict.
+
+  meta_fn(tmp_prefix) writes '<tmp_prefix>.meta' (always a local path).
+  """
+  start = time.time()
+  tensors, stats = read_plan_tensors(plan, copies)
+
+  def write(tmp_prefix):
+    checkpoint_utils.write_checkpoint_tensors(tmp_prefix, tensors)
+    meta_fn(tmp_prefix)
+
+  storage.makedirs(os.path.dirname(output_prefix))
+  checkpoint_utils.write_checkpoint(output_prefix, write)
+  data_bytes = sum(int(t.nbytes) for t in tensors.values())
+  tensors.clear()  # free the arrays before the caller goes on
+  summary = dict(stats, output_prefix=output_prefix, tensors=len(plan.items) + 1,
+                 parameters=plan.parameters(), data_bytes=data_bytes,
+                 peak_rss_mib=checkpoint_utils.peak_rss_mib(), seconds=time.time() - start)
+  _log_summary(plan, summary)
+  return summary
+
+
+def _log_summary(plan, summary):
+  for index, prefix in enumerate(plan.sources):
+    count = sum(1 for item in plan.items if item[3] == index)
+    unused = len(plan.source_specs[index]) - count - (
+        1 if GLOBAL_STEP in plan.source_specs[index] else 0)
+    logging.info("model %d (%s) <- %s: %d variables, %d parameters%s", index,
+                 "tower/" if index == 0 else "tower/model%d/" % index, prefix, count,
+                 plan.parameters(index),
+                 " (%d other variables of the source not used)" % unused if unused else "")
+  logging.info("Wrote %s: %d tensors (%s + global_step=0), %d parameters, %d bytes of "
+               "tensor data; %d tensors rounded to a narrower type", summary["output_prefix"],
+               summary["tensors"], ", ".join("%d %s" % (n, d) for d, n in
+                                             sorted(summary["by_dtype"].items())),
+               summary["parameters"], summary["data_bytes"], summary["rounded_tensors"])
+  logging.info("Peak memory %.1f MiB (%.2f bytes per parameter) in %.1f s",
+               summary["peak_rss_mib"],
+               summary["peak_rss_mib"] * 2**20 / max(summary["parameters"], 1),
+               summary["seconds"])
