@@ -25,7 +25,9 @@ def yt8m(module):
 
 def cli_env(env=None):
   """os.environ with TensorFlow's C++ logs quiet, plus `env`."""
-  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  full_env.update(env or {})
+  return full_env
 
 
 def run(argv, check=True, timeout=600, env=None):
