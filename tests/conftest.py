@@ -23,17 +23,34 @@ def yt8m(module):
   return importlib.import_module("youtube-8m." + module)
 
 
-def run_cli(module, *args, check=True, timeout=600, env=None):
-  """Runs `python -m youtube-8m.<module> args...` from the repo root; returns the result."""
+def cli_env(env=None):
+  """os.environ with TensorFlow's C++ logs quiet, plus `env`."""
   full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   full_env.update(env or {})
-  result = subprocess.run([sys.executable, "-m", "youtube-8m." + module] + list(args),
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=full_env)
+  return full_env
+
+
+def run(argv, check=True, timeout=600, env=None):
+  """Runs argv from the repo root (env: the whole environment, default cli_env()) and returns
+  the CompletedProcess (text stdout/stderr); check: a non-zero exit fails the test."""
+  result = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=cli_env() if env is None else env)
   if check and result.returncode != 0:
-    raise AssertionError("%s failed (exit %d):\n%s" % (module, result.returncode,
+    raise AssertionError("%s failed (exit %d):\n%s" % (" ".join(argv[:4]), result.returncode,
                                                       result.stderr[-4000:]))
   return result
+
+
+def run_cli(module, *args, check=True, timeout=600, env=None):
+  """Runs `python -m youtube-8m.<module> args...` (env added to cli_env())."""
+  return run([sys.executable, "-m", "youtube-8m." + module] + list(args), check=check,
+             timeout=timeout, env=cli_env(env))
+
+
+def start_cli(module, *args, env=None, **popen_kwargs):
+  """Starts `python -m youtube-8m.<module> args...` in the background; returns the Popen."""
+  return subprocess.Popen([sys.executable, "-m", "youtube-8m." + module] + list(args),
+                          cwd=REPO_ROOT, env=cli_env(env), **popen_kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,8 @@ if REPO_ROOT not in sys.path:
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+from conftest import start_cli  # pylint: disable=g-import-not-at-top
+
 avg = importlib.import_module("youtube-8m.avg_checkpoints")
 checkpoint_utils = importlib.import_module("youtube-8m.checkpoint_utils")
 
@@ -94,22 +96,6 @@ def output_files(prefix):
   return sorted(n for n in os.listdir(directory) if n.startswith(base) or ".tmp-" in n)
 
 
-def cli_args(*args):
-  return [sys.executable, "-m", "youtube-8m.avg_checkpoints"] + list(args)
-
-
-def cli_env():
-  env = dict(os.environ)
-  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-  env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
-  return env
-
-
-def run_cli(*args):
-  return subprocess.run(cli_args(*args), cwd=REPO_ROOT, env=cli_env(), capture_output=True,
-                        text=True, timeout=120)
-
-
 class Workspace:
   pass
 
@@ -173,8 +159,8 @@ def ws(tmp_path_factory):
     w.error_outputs[key] = os.path.join(w.root, "out_" + key, "avg.ckpt")
     runs[key] = ["--prefix=" + w.prefix, "--output_path=" + w.error_outputs[key]] + args
   w.procs = {
-      key: subprocess.Popen(cli_args(*args), cwd=REPO_ROOT, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      key: start_cli("avg_checkpoints", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                     text=True)
       for key, args in runs.items()}
   w.results = {}
 

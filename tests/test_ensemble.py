@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, TINY_FLAGS, TINY_NUM_CLASSES, yt8m
+from conftest import TINY_FLAGS, TINY_NUM_CLASSES, start_cli, yt8m
 
 checkpoint_utils = yt8m("checkpoint_utils")
 overwrite_lib = yt8m("overwrite_float16_ckpt")
@@ -64,14 +64,12 @@ class Stage(object):
   """Command lines {name: (module, args)} started concurrently in the background."""
 
   def __init__(self, log_dir, jobs):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     self.start = time.time()
     self.running = {}
     for name, (module, args) in jobs.items():
       log_path = os.path.join(log_dir, name + ".log")
       log = open(log_path, "w")
-      process = subprocess.Popen([sys.executable, "-m", "youtube-8m." + module] + list(args),
-                                 cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+      process = start_cli(module, *args, stdout=log, stderr=subprocess.STDOUT)
       self.running[name] = (process, log, log_path)
 
   def finish(self, must_succeed=None):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, TINY_FLAGS, TINY_NUM_CLASSES, run_cli, yt8m
+from conftest import REPO_ROOT, TINY_FLAGS, TINY_NUM_CLASSES, cli_env, run, run_cli, yt8m
 
 eval_util = yt8m("eval_util")
 readers = yt8m("readers")
@@ -434,12 +434,9 @@ def test_eval_polling_loop_evaluates_each_new_checkpoint_once(trained, tiny_data
 
 
 def run_script(name, *args):
-  env = dict(os.environ, EXTRA_FLAGS="--num_classes=%d --iterations=20" % TINY_NUM_CLASSES,
-             PYTHON=sys.executable)
-  result = subprocess.run(["bash", os.path.join(REPO_ROOT, "scripts", name)] + list(args),
-                          cwd=REPO_ROOT, capture_output=True, text=True, env=env, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result
+  return run(["bash", os.path.join(REPO_ROOT, "scripts", name)] + list(args),
+             env=cli_env({"EXTRA_FLAGS": "--num_classes=%d --iterations=20" % TINY_NUM_CLASSES,
+                          "PYTHON": sys.executable}))
 
 
 def test_seed_checkpoint_workflow_scripts(trained, tiny_data, tmp_path):

@@ -12,7 +12,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, TINY_FLAGS, run_cli, yt8m
+from conftest import REPO_ROOT, TINY_FLAGS, run, run_cli, start_cli, yt8m
 
 progress = yt8m("progress")
 readers = yt8m("readers")
@@ -51,9 +51,7 @@ def test_progress_line_and_record_count(tiny_data):
 
 
 def test_python_m_package_prints_the_seed_workflow():
-  result = subprocess.run([sys.executable, "-m", "youtube-8m"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=60)
-  assert result.returncode == 0, result.stderr
+  result = run([sys.executable, "-m", "youtube-8m"], timeout=60)
   for command in ("youtube-8m.train", "youtube-8m.eval", "youtube-8m.avg_checkpoints",
                   "youtube-8m.build_ensemble", "youtube-8m.ensemble_weights",
                   "youtube-8m.inference", "--input_model_tgz", "scripts/main_job.sh"):
@@ -63,12 +61,11 @@ def test_python_m_package_prints_the_seed_workflow():
 def test_help_lists_every_flag_a_tool_accepts():
   """absl's --help shows only the main module's key flags: each tool adopts the flags of the
   project modules it uses (model flags included), so every project flag it parses is listed."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   runs = {}
   for start in range(0, len(TOOLS), 3):  # 3 at a time (TensorFlow imports on 2 cores)
-    batch = {tool: subprocess.Popen(
-        [sys.executable, "-m", "youtube-8m." + tool, "--helpxml"], cwd=REPO_ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for tool in TOOLS[start:start + 3]}
+    batch = {tool: start_cli(tool, "--helpxml", env={"TF_CPP_MIN_LOG_LEVEL": "3"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for tool in TOOLS[start:start + 3]}
     for tool, process in batch.items():
       runs[tool] = process.communicate(timeout=300)[0]
   package_dir = os.path.join(REPO_ROOT, "youtube-8m")
@@ -188,9 +185,7 @@ print(json.dumps([eval_lib.summary_tag_and_step(*args) for args in (
     ("d/inference_model_ensemble_YHLS-0", 0, [0.39, 0.26, 0.21, 0.14]),
     ("d/inference_model_ensemble_YHLS-0", 0, [0.25, 0.25, 0.25, 0.25]))]))
 """
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=120)
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = run([sys.executable, "-c", code], timeout=120)
   assert json.loads(result.stdout.strip().splitlines()[-1]) == [
       ["Epoch", 300], ["avg_c1h2_1_2.ckpt", 0],
       ["inference_model_ensemble_YHLS_w039_026_021_014", 0],
@@ -217,13 +212,9 @@ def test_gcs_train_dir_gets_event_files_on_a_timer(gcs_bucket, tiny_data):
   """Between checkpoint exports, train.py uploads the event files of a gs:// train_dir every
   EVENT_UPLOAD_SECS (TensorBoard follows training live)."""
   train_dir = gcs_bucket + "/timed"
-  result = subprocess.run(
-      [sys.executable, "-c", TIMED_UPLOAD_TRAIN, "--train_data_pattern=" +
-       tiny_data["train_pattern"], "--train_dir=" + train_dir, "--batch_size=16",
-       "--num_epochs=100", "--max_steps=4", "--export_model_steps=1000", *MODEL_FLAGS],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
-  assert result.returncode == 0, result.stderr[-3000:]
+  result = run([sys.executable, "-c", TIMED_UPLOAD_TRAIN, "--train_data_pattern=" +
+                tiny_data["train_pattern"], "--train_dir=" + train_dir, "--batch_size=16",
+                "--num_epochs=100", "--max_steps=4", "--export_model_steps=1000", *MODEL_FLAGS])
   pushes = re.findall(r"^PUSH \['events\.out\.tfevents\.\*'\]$", result.stderr, re.M)
   assert len(pushes) >= 3, result.stderr[-3000:]  # steps 1-3 before the final export at 4
   storage = yt8m("storage")

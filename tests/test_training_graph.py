@@ -31,7 +31,7 @@ def video_config(label_loss="CrossEntropyLoss", prob_gating=False):
       model="MoeModel", frame_features=False, feature_names="mean_rgb,mean_audio",
       feature_sizes="1024,128", num_classes=TINY_NUM_CLASSES, label_loss=label_loss,
       ensemble_num=1, netvlad_cluster_size=[4], netvlad_hidden_size=[16], ensemble_wts=[1.0],
-      float16_flag=False, gating=True, netvlad_relu=False, netvlad_add_batch_norm=True,
+      float16_flag=False, gating=True, netvlad_add_batch_norm=True,
       gating_remove_diag=False, iterations=20, sample_random_frames=True,
       video_level_classifier_model="MoeModel", moe_num_mixtures=2, moe_l2=1e-6,
       moe_prob_gating=prob_gating, moe_prob_gating_input="prob").validate()
@@ -42,7 +42,7 @@ def frame_config():
       model="NetVLADModelLF", frame_features=True, feature_names="rgb,audio",
       feature_sizes="1024,128", num_classes=TINY_NUM_CLASSES, label_loss="CrossEntropyLoss",
       ensemble_num=1, netvlad_cluster_size=[4], netvlad_hidden_size=[16], ensemble_wts=[1.0],
-      float16_flag=False, gating=True, netvlad_relu=False, netvlad_add_batch_norm=True,
+      float16_flag=False, gating=True, netvlad_add_batch_norm=True,
       gating_remove_diag=False, iterations=20, sample_random_frames=True,
       video_level_classifier_model="MoeModel", moe_num_mixtures=2, moe_l2=1e-6,
       moe_prob_gating=True, moe_prob_gating_input="prob").validate()

@@ -5,6 +5,9 @@ No TensorFlow import here, so that tools can validate flags before loading TF.
 
 NUM_CLASSES = 3862  # vocabulary size of the 2018 release
 MAX_FRAMES = 300  # frames kept per video by the frame-level reader
+# uint8 feature quantization of the release: x = q * QUANT_SCALE + QUANT_BIAS, x in [-2, 2].
+QUANT_SCALE = 4.0 / 255.0
+QUANT_BIAS = 4.0 / 512.0 - 2.0
 
 # The 60 held-out validate files of the 10th-place solution (its 2-char GCS file codes):
 # the training set is train + validate minus these, and eval uses exactly these.

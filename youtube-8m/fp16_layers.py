@@ -1,8 +1,7 @@
 """fully_connected / Dense / batch_norm for tf.compat.v1 graphs, with float16 kernel storage.
 
-These replace the original's vendored copies of TF 1.8 contrib `layers.py` and `core.py`
-(whose only change was a dtype switch). Variable names, shapes, initial values and
-collections follow tf.contrib.slim, so checkpoints stay name-compatible:
+Variable names, shapes, initial values and collections follow tf.contrib.slim (which the
+original vendored with a dtype switch), so checkpoints stay name-compatible:
 
 * fully_connected(scope="gates") -> ``gates/weights`` [in, out], ``gates/biases`` [out]
 * batch_norm(scope="cluster_bn") -> ``cluster_bn/{beta,gamma,moving_mean,moving_variance}``
@@ -19,9 +18,8 @@ tf1 = tf.compat.v1
 BATCH_NORM_DECAY = 0.999
 BATCH_NORM_EPSILON = 0.001
 # A training graph may add its step counter to this collection: batch_norm then uses the
-# decay min(decay, (1 + step) / (10 + step)) (tf.train.ExponentialMovingAverage's
-# num_updates rule), so the moving statistics are usable after hundreds of steps instead of
-# tens of thousands; from step ~9000 on it is exactly the constant decay of the original.
+# decay min(decay, (1 + step) / (10 + step)) (ExponentialMovingAverage's num_updates rule),
+# so short runs get usable moving statistics (README, "Training").
 BATCH_NORM_WARMUP_STEP = "batch_norm_warmup_step"
 
 

@@ -12,10 +12,8 @@ class BaseLoss(object):
 
 
 class CrossEntropyLoss(BaseLoss):
-  """Binary cross-entropy summed over classes, averaged over the batch.
-
-  epsilon is 1e-5, the value the original actually used (its literal read 10e-6).
-  """
+  """Binary cross-entropy summed over classes, averaged over the batch (epsilon 1e-5, the
+  original's value, which it wrote 10e-6)."""
 
   def calculate_loss(self, predictions, labels, epsilon=1e-5, **unused_params):
     with tf1.name_scope("loss_xent"):

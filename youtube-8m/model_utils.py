@@ -11,7 +11,7 @@ def _uniform(batch_size, num_samples, seed):
   Training (seed None) draws fresh values per video and step. Evaluation and inference pass
   a fixed (int, int) seed: one stateless row of offsets is shared by every video, so a
   video's sampled frames depend only on its own frame count, never on the batch it lands in,
-  the batch size or the run (the original sampled randomly at eval too, so its GAP varied).
+  the batch size or the run.
   """
   if seed is None:
     return tf1.random_uniform(tf.stack([batch_size, num_samples]), 0, 1, dtype=tf.float32)

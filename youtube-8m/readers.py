@@ -34,12 +34,9 @@ class InputDataError(ValueError):
   """Malformed input data; the message names the file and record at fault."""
 
 
-def dequantize(feat_vector, max_quantized_value=2.0, min_quantized_value=-2.0):
+def dequantize(feat_vector):
   """uint8-quantized values (as float) -> floats: q * 4/255 + (4/512 - 2)."""
-  quantized_range = max_quantized_value - min_quantized_value
-  scalar = quantized_range / 255.0
-  bias = (quantized_range / 512.0) + min_quantized_value
-  return feat_vector * scalar + bias
+  return feat_vector * dataset_layout.QUANT_SCALE + dataset_layout.QUANT_BIAS
 
 
 def holdout_validate_files(validate_pattern):
