@@ -549,13 +549,13 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
             "learning_rate": result["learning_rate"]})
         if last_export is None or step - last_export >= FLAGS.export_model_steps:
           last_export = export(step)
-          last_save_time = time.time()
       else:
         logging.info("training step %d | Loss: %.2f Examples/sec: %.2f", step,
                      result["loss"], examples_per_sec)
       if (task.is_chief and FLAGS.save_model_secs
           and time.time() - last_save_time >= FLAGS.save_model_secs):
-        # Time-based checkpoints do not move the export cadence (10, 10+E, ...).
+        # Like the original's Supervisor timer: every save_model_secs whatever the step
+        # exports do, and without moving their cadence (10, 10+E, ...).
         export(step)
         last_save_time = time.time()
       if synced and writer and time.time() - last_event_upload >= EVENT_UPLOAD_SECS:
