@@ -215,34 +215,23 @@ def collect_member_predictions(config, prefix, files, batch_size, num_readers, m
   chunks = [[] for _ in members]
   label_chunks = []
   configured = eval_util.EvaluationMetrics(config.num_classes, top_k)
-  count, truncated = 0, False
+  count = 0
   start = time.time()
   progress = progress_lib.input_progress("member predictions", files, max_items=max_videos)
+  fetches = {"members": members, "labels": batch["labels"], "predictions": predictions}
   with tf1.Session(graph=graph) as sess:
     saver.restore(sess, prefix)
     sess.run(iterator.initializer)
-    while not truncated:
-      try:
-        result = sess.run({"members": members, "labels": batch["labels"],
-                           "predictions": predictions})
-      except tf.errors.OutOfRangeError:
-        break
-      except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
-        raise readers.InputDataError(readers.input_error_message(error, files))
-      keep = len(result["labels"])
-      if max_videos and count + keep >= max_videos:
-        keep = max_videos - count
-        truncated = True
+    for result in readers.run_batches(sess, fetches, files, progress, limit=max_videos):
       for chunk, values in zip(chunks, result["members"]):
-        chunk.append(values[:keep].astype(member_dtype))
-      labels = np.asarray(result["labels"][:keep]) > 0
+        chunk.append(values.astype(member_dtype))
+      labels = np.asarray(result["labels"]) > 0
       label_chunks.append(labels)
-      configured.accumulate(result["predictions"][:keep], labels, 0.0)
-      count += keep
+      configured.accumulate(result["predictions"], labels, 0.0)
+      count += len(labels)
       logging.info("videos processed: %d (%.1f videos/sec)", count,
                    count / max(time.time() - start, 1e-9))
-      progress.update(keep)
-  progress.finish()
+  truncated = bool(max_videos) and count >= max_videos
   if count == 0:
     raise IOError("--eval_data_pattern: the evaluation files hold no videos")
   member_arrays = []
