@@ -276,7 +276,7 @@ def split_batch(batch, num_towers):
 
 
 def average_gradients(tower_gradients):
-  """Mean over towers of each variable's gradient (the original summed them)."""
+  """Mean over towers of each variable's gradient."""
   if len(tower_gradients) == 1:
     return tower_gradients[0]
   averaged = []
