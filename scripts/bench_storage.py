@@ -31,6 +31,7 @@ for _path in (REPO_ROOT, os.path.join(REPO_ROOT, "tests")):
 from gcs_emulator import Emulator, create_bucket  # pylint: disable=g-import-not-at-top
 
 storage = importlib.import_module("youtube-8m.storage")
+staging = importlib.import_module("youtube-8m.staging")
 
 MB = 1e6
 
@@ -124,12 +125,12 @@ def main(argv=None):
       return [read_records(tf, p) for p in local_paths]
 
     def staged_read():
-      with storage.ShardStager(remote_paths, cache_dir=os.path.join(workdir, "cache"),
+      with staging.ShardStager(remote_paths, cache_dir=os.path.join(workdir, "cache"),
                                prefetch=args.prefetch) as stager:
         return [read_records(tf, p) for p in stager]
 
     def staged_only():
-      with storage.ShardStager(remote_paths, cache_dir=os.path.join(workdir, "cache"),
+      with staging.ShardStager(remote_paths, cache_dir=os.path.join(workdir, "cache"),
                                prefetch=args.prefetch) as stager:
         return sum(os.path.getsize(p) for p in stager)
 

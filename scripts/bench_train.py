@@ -10,7 +10,7 @@ skipped) and the training process's own peak memory (os.wait4's ru_maxrss).
 
 --data=gcs uploads the dataset to a local Cloud Storage emulator (gcp-storage-emulator on
 127.0.0.1, started here) and trains from its gs:// paths, the shards being staged ahead by
-readers.py / storage.ShardStager; --data=both runs local then gs://, to show whether reading
+readers.py / staging.ShardStager; --data=both runs local then gs://, to show whether reading
 from a bucket starves training. On this machine the emulator shares the 2 cores with
 training, so the gs:// number is a lower bound. Not a test: it prints numbers.
 """

@@ -196,13 +196,13 @@ TIMED_UPLOAD_TRAIN = """
 import importlib, sys
 from absl import app
 train = importlib.import_module("youtube-8m.train")
-storage = importlib.import_module("youtube-8m.storage")
+staging = importlib.import_module("youtube-8m.staging")
 train.EVENT_UPLOAD_SECS = 0  # every step (the real period is 60 s)
-push = storage.SyncedDir.push
+push = staging.SyncedDir.push
 def logged_push(self, names):
   sys.stderr.write("PUSH %r\\n" % (names,))
   return push(self, names)
-storage.SyncedDir.push = logged_push
+staging.SyncedDir.push = logged_push
 sys.argv = ["train"] + sys.argv[1:]
 app.run(train.main)
 """

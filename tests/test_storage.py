@@ -24,6 +24,7 @@ from gcs_emulator import FaultProxy, free_port  # pylint: disable=g-import-not-a
 from gcs_emulator import gcs_bucket, gcs_emulator  # noqa: F401,F811  # pylint: disable=g-import-not-at-top,unused-import  (fixtures)
 
 storage = importlib.import_module("youtube-8m.storage")
+staging = importlib.import_module("youtube-8m.staging")
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +94,7 @@ def test_vertex_fuse_paths_are_local(tmp_path):
   storage.makedirs(os.path.dirname(fuse_like))
   storage.write_bytes(fuse_like, b"x")
   assert storage.exists(fuse_like) and storage.size(fuse_like) == 1
-  with storage.SyncedDir(str(tmp_path / "gcs" / "bucket")) as synced:
+  with staging.SyncedDir(str(tmp_path / "gcs" / "bucket")) as synced:
     assert synced.local == str(tmp_path / "gcs" / "bucket")
 
 
@@ -290,7 +291,7 @@ def test_missing_bucket_and_missing_object_messages(gcs_bucket):
   for call in (storage.read_bytes, storage.size, storage.exists, storage.isdir,
                storage.listdir, storage.open, storage.stage_file, storage.remove,
                lambda p: storage.glob(p + "*"), lambda p: storage.write_bytes(p, b"x"),
-               lambda p: list(storage.ShardStager([p]))):
+               lambda p: list(staging.ShardStager([p]))):
     with pytest.raises(storage.StorageError) as info:
       call(missing)
     assert "bucket 'no-such-bucket-yt8m' does not exist (gs://no-such-bucket-yt8m/dir/" in str(
@@ -417,7 +418,7 @@ def test_shard_stager_order_passthrough_and_cleanup(gcs_bucket, tmp_path):
   storage.write_bytes(local, b"local")
   order = [paths[0], paths[1], local, paths[2], paths[3]]
   expected = [contents[0], contents[1], b"local", contents[2], contents[3]]
-  stager = storage.ShardStager(order, cache_dir=str(tmp_path / "cache"), prefetch=2)
+  stager = staging.ShardStager(order, cache_dir=str(tmp_path / "cache"), prefetch=2)
   stage_dir = stager.stage_dir
   assert stage_dir.startswith(str(tmp_path / "cache"))
   seen, previous = [], None
@@ -436,12 +437,12 @@ def test_shard_stager_order_passthrough_and_cleanup(gcs_bucket, tmp_path):
   assert os.path.exists(local)  # local inputs are never touched
   assert stager.stats["downloaded_files"] == 4
   assert list(stager) == []  # exhausted
-  assert list(storage.ShardStager([local, local])) == [local, local]
+  assert list(staging.ShardStager([local, local])) == [local, local]
 
 
 def test_shard_stager_prefetch_bound(gcs_bucket):
   paths, contents = make_shards(gcs_bucket, 6)
-  with storage.ShardStager(paths, prefetch=2) as stager:
+  with staging.ShardStager(paths, prefetch=2) as stager:
     wait_for(lambda: stager.stats["downloaded_files"] == 2)
     time.sleep(0.3)  # would be enough to fetch more if the bound were not enforced
     assert stager.stats["downloaded_files"] == 2 and len(staged_files(stager)) == 2
@@ -457,7 +458,7 @@ def test_shard_stager_prefetch_bound(gcs_bucket):
     with pytest.raises(StopIteration):
       next(stager)
 
-  with storage.ShardStager(paths[:3], prefetch=0) as stager:  # strictly on demand
+  with staging.ShardStager(paths[:3], prefetch=0) as stager:  # strictly on demand
     time.sleep(0.3)
     assert stager.stats["downloaded_files"] == 0
     assert storage.read_bytes(next(stager)) == contents[0]
@@ -467,20 +468,20 @@ def test_shard_stager_prefetch_bound(gcs_bucket):
 
 def test_shard_stager_byte_budget(gcs_bucket):
   paths, contents = make_shards(gcs_bucket, 5, size=100000)
-  with storage.ShardStager(paths, prefetch=10, max_cache_bytes=250000) as stager:
+  with staging.ShardStager(paths, prefetch=10, max_cache_bytes=250000) as stager:
     wait_for(lambda: stager.stats["downloaded_files"] == 2)
     time.sleep(0.3)
     assert stager.stats["downloaded_files"] == 2  # a third would exceed 250 kB
     assert [storage.read_bytes(p) for p in stager] == contents
     assert stager.stats["peak_bytes"] <= 250000
-  with storage.ShardStager(paths[:2], max_cache_bytes=10) as stager:  # file > budget
+  with staging.ShardStager(paths[:2], max_cache_bytes=10) as stager:  # file > budget
     assert [storage.read_bytes(p) for p in stager] == contents[:2]
 
 
 def test_shard_stager_propagates_errors_with_the_path(gcs_bucket, proxy):
   paths, contents = make_shards(gcs_bucket, 2)
   missing = gcs_bucket + "/shards/train-missing.tfrecord"
-  stager = storage.ShardStager([paths[0], missing, paths[1]])
+  stager = staging.ShardStager([paths[0], missing, paths[1]])
   stage_dir = stager.stage_dir
   assert storage.read_bytes(next(stager)) == contents[0]
   with pytest.raises(FileNotFoundError, match="train-missing.tfrecord"):
@@ -493,7 +494,7 @@ def test_shard_stager_propagates_errors_with_the_path(gcs_bucket, proxy):
   storage.RETRY_OPTIONS["timeout"] = 0.3  # restored by fast_retries
   paths, _ = make_shards(bucket, 2)
   fault_proxy.fail("503", 100, when="train-0001")
-  with storage.ShardStager(paths) as stager:
+  with staging.ShardStager(paths) as stager:
     next(stager)
     with pytest.raises(storage.StorageError, match="train-0001.tfrecord.*retries exhausted"):
       next(stager)
@@ -502,7 +503,7 @@ def test_shard_stager_propagates_errors_with_the_path(gcs_bucket, proxy):
 def test_shard_stager_close_is_thread_safe(proxy):
   fault_proxy, bucket = proxy
   paths, contents = make_shards(bucket, 4)
-  stager = storage.ShardStager(paths, prefetch=1)
+  stager = staging.ShardStager(paths, prefetch=1)
   assert storage.read_bytes(next(stager)) == contents[0]
   wait_for(lambda: stager.stats["downloaded_files"] == 2)
   # The next download is slow (1.5 s at the proxy): a consumer blocks in next() ...
@@ -571,12 +572,12 @@ def test_tfrecord_round_trip_through_gcs(gcs_bucket, tmp_path):
   assert [os.path.basename(f) for f in files] == sorted(records)
   expected = [r for name in sorted(records) for r in records[name]]
 
-  with storage.ShardStager(files) as stager:
+  with staging.ShardStager(files) as stager:
     got = [r.numpy() for local in stager for r in tf.data.TFRecordDataset(local)]
   assert got == expected
 
   # The integration pattern: names from a generator, records via flat_map.
-  stager = storage.ShardStager(files, prefetch=1)
+  stager = staging.ShardStager(files, prefetch=1)
   names = tf.data.Dataset.from_generator(lambda: stager, output_signature=tf.TensorSpec(
       [], tf.string))
   got = [r.numpy() for r in names.flat_map(tf.data.TFRecordDataset)]
@@ -600,7 +601,7 @@ def generation(path):
 
 def test_synced_dir_push_order_push_new_and_pull(gcs_bucket, tmp_path):
   remote = gcs_bucket + "/train_dir"
-  with storage.SyncedDir(remote) as synced:
+  with staging.SyncedDir(remote) as synced:
     local = synced.local
     assert os.path.isdir(local) and not storage.is_gcs(local)
     for name in CKPT_FILES:
@@ -639,7 +640,7 @@ def test_synced_dir_push_order_push_new_and_pull(gcs_bucket, tmp_path):
   assert not os.path.exists(local)  # the temporary working dir is removed
 
   pulled_dir = str(tmp_path / "pulled")
-  synced = storage.SyncedDir(remote, local_dir=pulled_dir)
+  synced = staging.SyncedDir(remote, local_dir=pulled_dir)
   assert synced.pull(["model.ckpt-*", "checkpoint", "model_flags.json"]) == [
       "checkpoint", "model.ckpt-20.data-00000-of-00001", "model.ckpt-20.index",
       "model_flags.json"]
@@ -654,12 +655,12 @@ def test_synced_dir_push_order_push_new_and_pull(gcs_bucket, tmp_path):
   assert storage.read_bytes(os.path.join(pulled_dir, "checkpoint")) == b"model.ckpt-30"
   synced.close()
   assert os.path.isdir(pulled_dir)  # a caller-given local_dir is kept
-  assert storage.SyncedDir(gcs_bucket + "/fresh_dir").pull() == []
+  assert staging.SyncedDir(gcs_bucket + "/fresh_dir").pull() == []
 
 
 def test_synced_dir_on_a_local_directory_is_a_no_op(tmp_path):
   directory = str(tmp_path / "train_dir")
-  with storage.SyncedDir(directory) as synced:
+  with staging.SyncedDir(directory) as synced:
     assert synced.local == directory and os.path.isdir(directory)
     storage.write_bytes(os.path.join(directory, "model.ckpt-1.index"), b"i")
     assert synced.pull(["*"]) == [] and synced.push(["*"]) == [] and synced.push_new() == []

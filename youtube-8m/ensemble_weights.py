@@ -4,28 +4,18 @@ r"""Searches the mixing weights of an in-graph ensemble that maximise GAP on hel
         --checkpoint_file=inference_model_ensemble_YHLS-0 \
         --eval_data_pattern='.../validate*.tfrecord' --results_json=weights.json
 
-The ensemble (model_flags.json + checkpoint in --train_dir, e.g. the output of
-build_ensemble or of overwrite_float16_ckpt) is run ONCE over the evaluation data (by default
-the 60 held-out validate files, as eval.py), fetching every member's own predictions (the
-model_graph.MEMBER_PREDICTIONS collection of the eval graph). They are kept in memory
-(n_models x videos x classes x 4 bytes, or 2 with --member_dtype=float16; --max_videos caps
-the videos), and mixtures sum_i w_i * p_i are scored in numpy with eval_util.calculate_gap,
-mixing in float32 in the graph's order, so a weight vector scores what eval.py reports for it.
+The ensemble (model_flags.json + checkpoint in --train_dir, e.g. from build_ensemble) runs
+ONCE over the evaluation data (the 60 held-out validate files by default, as eval.py),
+fetching each member's predictions (model_graph.MEMBER_PREDICTIONS), kept in memory:
+n_models x videos x classes x 4 bytes (2 with --member_dtype=float16; --max_videos caps the
+videos). Mixtures sum_i w_i * p_i are scored with eval_util.calculate_gap, mixed in float32 in
+the graph's order, so a weight vector scores what eval.py reports for it.
 
-Search: weights on the simplex on a grid of 0.01 (what the printed flags carry). Coordinate
-ascent moves weight between two members (steps 0.20, 0.10, 0.05, 0.02, 0.01) from equal
-weights, then from --search_iterations seeded random starting points (Dirichlet(1),
---search_seed). When n does not divide 100, the exact equal weights 1/n are a candidate too.
-
-Output: a table with each member's own GAP, the equal-weight GAP, the GAP of the weights the
-checkpoint was built with (as eval.py computes it, from the graph's mixed predictions), the
-best weights and their GAP, and the exact eval.py command line to evaluate / export with the
-best weights. --results_json writes the same as JSON.
-
-Cloud Storage: --train_dir, --eval_data_pattern and --results_json may be gs:// URLs
-(through storage.py; STORAGE_EMULATOR_HOST selects a local emulator): the checkpoint is
-downloaded into a temporary local directory, the shards are staged by the reader, and the
-JSON is uploaded once complete.
+Search: weights on the simplex on a 0.01 grid; coordinate ascent moves weight between two
+members (steps 0.20 .. 0.01) from equal weights, then from --search_iterations seeded
+Dirichlet(1) starts; the exact 1/n weights are a candidate too when n does not divide 100.
+Prints (and --results_json writes) each member's GAP, the equal-weight and configured GAPs,
+the best weights and the eval.py command line that uses them. Paths may be gs://.
 """
 
 import json
@@ -215,34 +205,23 @@ def collect_member_predictions(config, prefix, files, batch_size, num_readers, m
   chunks = [[] for _ in members]
   label_chunks = []
   configured = eval_util.EvaluationMetrics(config.num_classes, top_k)
-  count, truncated = 0, False
+  count = 0
   start = time.time()
   progress = progress_lib.input_progress("member predictions", files, max_items=max_videos)
+  fetches = {"members": members, "labels": batch["labels"], "predictions": predictions}
   with tf1.Session(graph=graph) as sess:
     saver.restore(sess, prefix)
     sess.run(iterator.initializer)
-    while not truncated:
-      try:
-        result = sess.run({"members": members, "labels": batch["labels"],
-                           "predictions": predictions})
-      except tf.errors.OutOfRangeError:
-        break
-      except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
-        raise readers.InputDataError(readers.input_error_message(error, files))
-      keep = len(result["labels"])
-      if max_videos and count + keep >= max_videos:
-        keep = max_videos - count
-        truncated = True
+    for result in readers.run_batches(sess, fetches, files, progress, limit=max_videos):
       for chunk, values in zip(chunks, result["members"]):
-        chunk.append(values[:keep].astype(member_dtype))
-      labels = np.asarray(result["labels"][:keep]) > 0
+        chunk.append(values.astype(member_dtype))
+      labels = np.asarray(result["labels"]) > 0
       label_chunks.append(labels)
-      configured.accumulate(result["predictions"][:keep], labels, 0.0)
-      count += keep
+      configured.accumulate(result["predictions"], labels, 0.0)
+      count += len(labels)
       logging.info("videos processed: %d (%.1f videos/sec)", count,
                    count / max(time.time() - start, 1e-9))
-      progress.update(keep)
-  progress.finish()
+  truncated = bool(max_videos) and count >= max_videos
   if count == 0:
     raise IOError("--eval_data_pattern: the evaluation files hold no videos")
   member_arrays = []

@@ -28,7 +28,7 @@ from . import losses
 from . import model_graph
 from . import progress as progress_lib
 from . import readers
-from . import storage
+from . import staging
 from . import utils
 
 tf1 = tf.compat.v1
@@ -169,29 +169,21 @@ def evaluate_batches(sess, tensors, config, step_label, writer, files, total=(No
   metrics = eval_util.EvaluationMetrics(config.num_classes, FLAGS.top_k)
   sess.run(tensors["iterator"].initializer)
   examples = 0
-  start = time.time()
+  start = batch_start = time.time()
   fetches = {k: tensors[k] for k in ("predictions", "labels", "loss")}
   # Named by the step of a training checkpoint, else by the summaries' tag (avg_..., ...).
   progress = progress_lib.Progress(
       "eval %s" % (step_label if summary[0] == "Epoch" else summary[0]), total[0], "videos",
       approximate=not total[1])
-  try:
-    while True:
-      batch_start = time.time()
-      result = sess.run(fetches)
-      batch_metrics = metrics.accumulate(result["predictions"], result["labels"],
-                                         result["loss"])
-      examples += len(result["labels"])
-      logging.info("examples_processed: %d | global_step %s | Batch Hit@1: %.3f | Batch "
-                   "PERR: %.3f | Batch Loss: %.3f | Examples_per_sec: %.3f", examples,
-                   step_label, batch_metrics["hit_at_one"], batch_metrics["perr"],
-                   batch_metrics["loss"], len(result["labels"]) / (time.time() - batch_start))
-      progress.update(len(result["labels"]))
-  except tf.errors.OutOfRangeError:
-    pass
-  except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
-    raise readers.InputDataError(readers.input_error_message(error, files))
-  progress.finish()
+  for result in readers.run_batches(sess, fetches, files, progress):
+    batch_metrics = metrics.accumulate(result["predictions"], result["labels"],
+                                       result["loss"])
+    examples += len(result["labels"])
+    logging.info("examples_processed: %d | global_step %s | Batch Hit@1: %.3f | Batch "
+                 "PERR: %.3f | Batch Loss: %.3f | Examples_per_sec: %.3f", examples,
+                 step_label, batch_metrics["hit_at_one"], batch_metrics["perr"],
+                 batch_metrics["loss"], len(result["labels"]) / (time.time() - batch_start))
+    batch_start = time.time()
   if examples == 0:
     raise IOError("--eval_data_pattern: the evaluation files hold no videos")
   final = metrics.get()
@@ -233,7 +225,7 @@ def evaluate():
     tensors = build_eval_graph(config, files)
     graph_vars = tf1.global_variables()
     saver = tf1.train.Saver(graph_vars)
-  synced = storage.SyncedDir(train_dir)  # TF reads and writes local files only
+  synced = staging.SyncedDir(train_dir)  # TF reads and writes local files only
   # events.out.tfevents.<second>.<host> alone collides for two evals started in the same
   # second on one host (the later upload to a gs:// train_dir would replace the other).
   writer = tf1.summary.FileWriter(synced.local, filename_suffix=".eval.%d" % os.getpid())

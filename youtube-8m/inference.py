@@ -10,12 +10,10 @@ written under a temporary name and renamed when complete. --output_model_tgz pac
 model files and model_flags.json (at the archive root) into a submission tgz.
 """
 
-import contextlib
 import os
 import tarfile
 import tempfile
 import time
-import uuid
 
 import numpy as np
 import tensorflow as tf
@@ -24,6 +22,7 @@ from absl import logging
 
 from . import progress as progress_lib
 from . import readers
+from . import staging
 from . import storage
 from . import utils
 
@@ -109,7 +108,7 @@ def write_model_tgz(output_tgz, prefix, files):
   Checkpoint files of ``prefix`` are stored as inference_model.* whatever their name here
   (the name the competition's inference.py loads; the meta graph does not depend on it).
   """
-  with local_output(output_tgz) as tmp:
+  with storage.local_output(output_tgz) as tmp:
     with tarfile.open(tmp, mode="w:gz") as archive:
       for path in files:
         name = os.path.basename(path)
@@ -117,26 +116,6 @@ def write_model_tgz(output_tgz, prefix, files):
           name = "inference_model" + path[len(prefix):]
         archive.add(path, arcname=name)
   logging.info("Wrote %s", output_tgz)
-
-
-@contextlib.contextmanager
-def local_output(path):
-  """A local temporary file that becomes `path` (local or gs://) only if the block succeeds;
-  a failure leaves nothing under `path`."""
-  directory = tempfile.mkdtemp(prefix="output-") if storage.is_gcs(path) else (
-      os.path.dirname(os.path.abspath(path)))
-  tmp = os.path.join(directory, ".%s.tmp-%s" % (os.path.basename(path), uuid.uuid4().hex[:8]))
-  try:
-    yield tmp
-    if storage.is_gcs(path):
-      storage.copy(tmp, path)
-    else:
-      os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    if storage.is_gcs(path):
-      os.rmdir(directory)
 
 
 def _collection_tensor_name(meta_graph_def, key):
@@ -174,26 +153,20 @@ def predict(train_dir, model_name, files, output_file):
   count = 0
   start = time.time()
   progress = progress_lib.input_progress("inference", files)
-  with local_output(output_file) as tmp_output:
+  with storage.local_output(output_file) as tmp_output:
     with tf1.Session(graph=graph) as sess, open(tmp_output, "w") as out:
       saver.restore(sess, prefix)
       sess.run([tf1.local_variables_initializer(), iterator.initializer])
       out.write(CSV_HEADER)
-      while True:
-        try:
-          video_ids, scores = sess.run([batch["video_id"], predictions])
-        except tf.errors.OutOfRangeError:
-          break
-        except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
-          raise readers.InputDataError(readers.input_error_message(error, files))
+      fetches = {"video_ids": batch["video_id"], "scores": predictions}
+      for result in readers.run_batches(sess, fetches, files, progress, count_key="video_ids"):
+        video_ids, scores = result["video_ids"], result["scores"]
         out.write("".join(format_row(video_id, row, FLAGS.top_k)
                           for video_id, row in zip(video_ids, scores)))
         count += len(video_ids)
         elapsed = time.time() - start
         logging.info("num examples processed: %d elapsed seconds: %.2f (%.1f videos/sec)",
                      count, elapsed, count / max(elapsed, 1e-9))
-        progress.update(len(video_ids))
-  progress.finish()
   logging.info("Wrote %d predictions to %s", count, output_file)
   return count
 
@@ -211,11 +184,9 @@ def run():
                        % FLAGS.train_dir)
     train_dir = extract_model_tgz(FLAGS.input_model_tgz, FLAGS.untar_model_dir)
   elif FLAGS.train_dir:
-    train_dir = FLAGS.train_dir
-    if storage.is_gcs(train_dir):  # TF restores from local files: download the model
-      synced = storage.SyncedDir(train_dir)
-      synced.pull([FLAGS.inference_model_file + ".*", utils.MODEL_FLAGS_FILE])
-      train_dir = synced.local
+    synced = staging.SyncedDir(FLAGS.train_dir)  # TF restores from local files
+    synced.pull([FLAGS.inference_model_file + ".*", utils.MODEL_FLAGS_FILE])
+    train_dir = synced.local
   else:
     raise ValueError("Give --train_dir or --input_model_tgz")
   files = storage.glob(FLAGS.input_data_pattern)

@@ -110,9 +110,8 @@ def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFA
       index_prefix, files = files_in_dir(train_dir, model_name)
     if model_name + ".index" not in files:
       raise IOError("No %s.index in %s" % (model_name, report["source"]))
-    if storage.is_gcs(index_prefix):  # TensorFlow reads the dtypes from a local .index
-      storage.copy(index_prefix + ".index", os.path.join(tmp, model_name + ".index"))
-      index_prefix = os.path.join(tmp, model_name)
+    # TensorFlow reads the dtypes from a local .index (a copy of a gs:// one keeps its name).
+    index_prefix = storage.stage_file(index_prefix + ".index")[:-len(".index")]
     for suffix in (".meta", ".data-"):
       if not any(name.startswith(model_name + suffix) for name in files):
         logging.warning("%s has no %s%s* file", report["source"], model_name, suffix)

@@ -18,6 +18,7 @@ import tensorflow as tf
 from absl import logging
 
 from . import dataset_layout
+from . import staging
 from . import storage
 
 tf1 = tf.compat.v1
@@ -25,9 +26,6 @@ tf1 = tf.compat.v1
 MAX_FRAMES = dataset_layout.MAX_FRAMES
 NUM_CLASSES = dataset_layout.NUM_CLASSES
 HOLDOUT_VALIDATE_CODES = dataset_layout.HOLDOUT_VALIDATE_CODES
-
-
-_LAST_STAGERS = []  # see BaseReader._staged_files
 
 
 class InputDataError(ValueError):
@@ -123,6 +121,31 @@ def input_error_message(error, files):
   return text
 
 
+def run_batches(sess, fetches, files, progress, limit=0, count_key="labels"):
+  """Yields sess.run(fetches) batch after batch until the input ends (OutOfRangeError),
+  counting fetches[count_key]'s rows in `progress` (finished at the end). A malformed record
+  raises InputDataError naming its file and record. limit > 0: at most that many videos, the
+  last batch cut (every fetch must then be batched)."""
+  done = 0
+  try:
+    while not limit or done < limit:
+      try:
+        result = sess.run(fetches)
+      except tf.errors.OutOfRangeError:
+        return
+      except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
+        raise InputDataError(input_error_message(error, files))
+      count = len(result[count_key])
+      if limit and done + count > limit:
+        count = limit - done
+        result = tf.nest.map_structure(lambda rows: rows[:count], result)
+      done += count
+      progress.update(count)
+      yield result
+  finally:
+    progress.finish()
+
+
 def _record_origin(filename, index):
   return tf.strings.join([filename, ": record ", tf.strings.as_string(index)])
 
@@ -164,40 +187,6 @@ class BaseReader(object):
   def parse(self, filename, index, serialized):
     raise NotImplementedError()
 
-  @staticmethod
-  def _staged_files(files, num_epochs, shuffle, seed, num_readers):
-    """(local copy, gs:// name) pairs: shards are downloaded ahead into a bounded local cache
-    (storage.ShardStager) while earlier ones are read, and deleted once read."""
-    import numpy as np  # pylint: disable=g-import-not-at-top
-
-    # tf.data's interleave opens up to num_readers files and prefetches more file names, so
-    # a staged shard must outlive its yield by that many files, across epoch boundaries too.
-    keep = 4 * max(1, num_readers) + 2
-
-    def pairs():
-      rng = np.random.default_rng(seed)
-      epoch = 0
-      handed_out = 0
-      finished = []  # (stager of an earlier epoch, files handed out when it ended)
-      while num_epochs is None or epoch < num_epochs:
-        order = list(rng.permutation(len(files))) if shuffle else range(len(files))
-        epoch_files = [files[i] for i in order]
-        stager = storage.ShardStager(epoch_files, prefetch=max(2, num_readers),
-                                     keep_yielded=keep)
-        for remote, local in zip(epoch_files, stager):
-          handed_out += 1
-          while finished and handed_out - finished[0][1] >= keep:
-            finished.pop(0)[0].close()  # its last shards were handed out `keep` files ago
-          yield local, remote
-        finished.append((stager, handed_out))
-        epoch += 1
-      # The last shards may still be read after this generator ends: the stagers remove
-      # their files when garbage-collected or at exit.
-      _LAST_STAGERS.extend(stager for stager, _ in finished)
-
-    spec = tf.TensorSpec([], tf.string)
-    return tf.data.Dataset.from_generator(pairs, output_signature=(spec, spec))
-
   def dataset(self, files, batch_size, num_epochs=1, shuffle=False, num_readers=4,
               seed=None, shuffle_buffer=None):
     """Batches of {video_id, video_matrix, labels, num_frames}.
@@ -205,19 +194,15 @@ class BaseReader(object):
     num_readers files are interleaved (in a fixed order unless shuffling); num_readers=1
     reads one file after the other, as the original inference pipeline. Training shuffles
     files and serialized records (before parsing, so the buffer holds compact bytes).
-    A smaller final batch is kept.
+    A smaller final batch is kept. gs:// files are read from local copies (_StagedFiles).
     """
     files = list(files)
     if not files:
       raise IOError("no input files")
-    if shuffle or any(storage.is_gcs(f) for f in files):  # one shuffling for local and gs://
-      file_names = self._staged_files(files, num_epochs, shuffle, seed, num_readers)
-    else:
-      local = tf.constant(files, tf.string)
-      file_names = tf.data.Dataset.from_tensor_slices((local, local))
-      if shuffle:
-        file_names = file_names.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-      file_names = file_names.repeat(num_epochs)  # None repeats forever
+    spec = tf.TensorSpec([], tf.string)
+    file_names = tf.data.Dataset.from_generator(
+        _StagedFiles(files, num_epochs, shuffle, seed, num_readers),
+        output_signature=(spec, spec))
 
     def records_of(local_name, filename):
       return tf.data.TFRecordDataset(local_name).enumerate().map(
@@ -307,6 +292,43 @@ class YT8MAggregatedFeatureReader(BaseReader):
             "video_matrix": video,
             "labels": _dense_labels(example["labels"].values, self.num_classes, origin),
             "num_frames": tf.constant(1, tf.int32)}
+
+
+class _StagedFiles(object):
+  """The generator of (local copy, file name) pairs of a dataset, epoch after epoch (each in a
+  new seeded permutation when shuffling): gs:// shards are downloaded ahead into a bounded
+  local cache (staging.ShardStager), local files pass through.
+
+  tf.data's interleave opens up to num_readers files and prefetches more names, so a staged
+  shard must outlive its yield by `keep` files, across epoch boundaries too. The stagers of
+  the last epochs stay open after the generator ends (tf.data may still read their files):
+  they belong to this object, which the dataset holds, and close with it or at exit.
+  """
+
+  def __init__(self, files, num_epochs, shuffle, seed, num_readers):
+    self.files, self.num_epochs, self.shuffle, self.seed = files, num_epochs, shuffle, seed
+    self.prefetch = max(2, num_readers)
+    self.keep = 4 * max(1, num_readers) + 2
+    self.open_stagers = []  # [(stager, files handed out when its epoch ended)]
+
+  def __call__(self):
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    for stager, _ in self.open_stagers:  # a previous pass's: its iterator was re-initialized
+      stager.close()
+    self.open_stagers = []
+    rng = np.random.default_rng(self.seed)
+    epoch = handed_out = 0
+    while self.num_epochs is None or epoch < self.num_epochs:
+      order = rng.permutation(len(self.files)) if self.shuffle else range(len(self.files))
+      epoch_files = [self.files[i] for i in order]
+      stager = staging.ShardStager(epoch_files, prefetch=self.prefetch, keep_yielded=self.keep)
+      for name, local in zip(epoch_files, stager):
+        handed_out += 1
+        while self.open_stagers and handed_out - self.open_stagers[0][1] >= self.keep:
+          self.open_stagers.pop(0)[0].close()  # its last shard was handed out `keep` ago
+        yield local, name
+      self.open_stagers.append((stager, handed_out))
+      epoch += 1
 
 
 def make_reader(frame_features, feature_names, feature_sizes, num_classes=NUM_CLASSES):

@@ -26,6 +26,7 @@ from . import fp16_layers
 from . import losses
 from . import model_graph
 from . import readers
+from . import staging
 from . import storage
 from . import utils
 
@@ -275,7 +276,7 @@ def split_batch(batch, num_towers):
 
 
 def average_gradients(tower_gradients):
-  """Mean over towers of each variable's gradient (the original summed them)."""
+  """Mean over towers of each variable's gradient."""
   if len(tower_gradients) == 1:
     return tower_gradients[0]
   averaged = []
@@ -427,12 +428,11 @@ def train(config, task):
       remove_training_artifacts(train_dir)
     # TF writes locally; for a gs:// train_dir, a local mirror holds what is needed to resume
     # and every new file is uploaded after each export.
-    synced = storage.SyncedDir(train_dir)
+    synced = staging.SyncedDir(train_dir)
     newest = checkpoint_utils.newest_checkpoint(train_dir)
     synced.pull([utils.MODEL_FLAGS_FILE] + (
         [os.path.basename(newest[1]) + ".*"] if newest else []))
     train_dir = synced.local
-    storage.makedirs(train_dir)
     record_model_flags(train_dir, config)
     synced.push([utils.MODEL_FLAGS_FILE])
   logging.info("Training %s on %d files, batch %d x %d tower(s), into %s%s", config.describe(),

@@ -1,0 +1,368 @@
+"""Local copies of gs:// data for TensorFlow, which reads and writes local files only.
+
+  * `ShardStager(paths)`: reading shards in order, downloaded ahead into a bounded cache;
+  * `SyncedDir(remote_dir)`: a local working directory mirrored to a gs:// directory.
+
+Both pass local paths (including /gcs/... FUSE paths) through untouched.
+"""
+
+import errno
+import fnmatch
+import os
+import re
+import shutil
+import tempfile
+import threading
+import weakref
+
+from absl import logging
+
+from . import storage
+
+DEFAULT_MAX_CACHE_BYTES = 2 << 30  # 2 GiB
+
+
+class _Staging(object):
+  """A ShardStager's state, shared with its download thread (which references only this, so
+  dropping the ShardStager lets its finalizer close it)."""
+
+  def __init__(self, paths, remote, max_cache_bytes, prefetch, keep_yielded):
+    self.paths, self.remote = paths, remote
+    self.max_cache_bytes, self.prefetch, self.keep_yielded = (max_cache_bytes, prefetch,
+                                                              keep_yielded)
+    self.cond = threading.Condition()
+    self.close_lock = threading.Lock()
+    self.cancel = threading.Event()
+    self.closed = False
+    self.requested = 0  # files the consumer asked for
+    self.ready = {}  # index -> (local path, size), or ("error", exception)
+    self.yielded = []  # [(local path, size)] handed out, still on disk
+    self.bytes_on_disk = 0  # staged + downloading + handed out and kept
+    self.stats = {"downloaded_files": 0, "downloaded_bytes": 0, "peak_bytes": 0,
+                  "peak_files_ahead": 0}
+    self.stage_dir = self.worker = None
+
+  def may_fetch(self, index, length):
+    """The consumer waits for it, or it is within `prefetch` files and the byte budget."""
+    return index < self.requested or (index < self.requested + self.prefetch and
+                                      self.bytes_on_disk + length <= self.max_cache_bytes)
+
+  def work(self):
+    try:
+      for index, path in enumerate(self.paths):
+        if self.remote[index] and not self.fetch(index, path):
+          return
+    finally:
+      with self.cond:
+        self.cond.notify_all()  # a consumer waiting on a dead thread must not hang
+
+  def fetch(self, index, path):
+    """Downloads paths[index] into ready[index]; False to stop (closed or failed)."""
+    try:
+      length, generation = storage.stat(path)
+      with self.cond:
+        while not self.closed and not self.may_fetch(index, length):
+          self.cond.wait()
+        if self.closed:
+          return False
+        self.bytes_on_disk += length
+        self.stats["peak_bytes"] = max(self.stats["peak_bytes"], self.bytes_on_disk)
+        self.stats["peak_files_ahead"] = max(self.stats["peak_files_ahead"],
+                                             index + 1 - self.requested)
+      local = os.path.join(self.stage_dir, "%05d-%s" % (index, os.path.basename(path)))
+      try:
+        storage.download(path, local, generation=generation, cancel=self.cancel)
+      except BaseException:
+        with self.cond:
+          self.bytes_on_disk -= length
+        raise
+      with self.cond:
+        self.stats["downloaded_files"] += 1
+        self.stats["downloaded_bytes"] += length
+        self.ready[index] = (local, length)
+        self.cond.notify_all()
+      return not self.closed
+    except storage.Cancelled:
+      return False
+    except BaseException as error:  # pylint: disable=broad-except
+      if not isinstance(error, (FileNotFoundError, storage.StorageError)) or (
+          path not in str(error)):
+        wrapped = storage.StorageError("staging %s failed: %s: %s" % (
+            path, type(error).__name__, error))
+        wrapped.__cause__ = error
+        error = wrapped
+      with self.cond:
+        self.ready[index] = ("error", error)
+        self.cond.notify_all()
+      return False
+
+  def next(self):
+    with self.cond:
+      if self.closed:
+        raise StopIteration
+      while len(self.yielded) >= self.keep_yielded:  # the oldest handed-out file goes
+        local, length = self.yielded.pop(0)
+        self.bytes_on_disk -= length
+        try:
+          os.remove(local)
+        except OSError:
+          pass
+      index = self.requested
+      if index >= len(self.paths):
+        item = None
+      else:
+        self.requested += 1
+        self.cond.notify_all()
+        if not self.remote[index]:
+          return self.paths[index]
+        while index not in self.ready and not self.closed:
+          if not self.worker.is_alive():
+            self.ready[index] = ("error", storage.StorageError(
+                "staging %s failed: the download thread stopped" % self.paths[index]))
+            break
+          self.cond.wait(timeout=1.0)
+        if self.closed:
+          raise StopIteration
+        item = self.ready.pop(index)
+        if item[0] != "error":
+          self.yielded.append(item)
+          return item[0]
+    self.close()
+    if item is None:
+      raise StopIteration
+    raise item[1]
+
+  def close(self):
+    with self.close_lock:
+      with self.cond:
+        if self.closed:
+          return
+        self.closed = True
+        self.cancel.set()
+        self.cond.notify_all()
+      if self.worker is not None and self.worker is not threading.current_thread():
+        self.worker.join(timeout=60)
+        if self.worker.is_alive():
+          logging.warning("staging: the ShardStager download thread did not stop in 60 s")
+      with self.cond:
+        self.yielded, self.ready, self.bytes_on_disk = [], {}, 0
+      if self.stage_dir:
+        shutil.rmtree(self.stage_dir, ignore_errors=True)
+
+
+class ShardStager(object):
+  """Iterates over `paths`, yielding LOCAL paths in the same order.
+
+  Local paths pass through. gs:// objects are downloaded ahead by a background thread into a
+  private temporary directory (under cache_dir if given): at most `prefetch` files the
+  consumer has not asked for yet, and at most `max_cache_bytes` on disk (a file the consumer
+  waits for is always fetched). A staged file is deleted once `keep_yielded` newer files have
+  been handed out (use the cycle length of an interleave), or by close(), which also removes
+  the directory; close() is thread-safe, idempotent, and runs when the stager is
+  garbage-collected or at exit. A download error (FileNotFoundError or StorageError naming
+  the path) is raised at that file's turn, and closes the stager.
+
+  With tf.data: names = Dataset.from_generator(lambda: stager, ...), then
+  names.flat_map(TFRecordDataset) (on POSIX a deleted open file stays readable).
+  Attributes: stage_dir (None if every path is local), stats (downloaded_files,
+  downloaded_bytes, peak_bytes, peak_files_ahead).
+  """
+
+  def __init__(self, paths, cache_dir=None, max_cache_bytes=DEFAULT_MAX_CACHE_BYTES,
+               prefetch=2, keep_yielded=1):
+    if prefetch < 0:
+      raise ValueError("prefetch must be >= 0, got %r" % (prefetch,))
+    if keep_yielded < 1:
+      raise ValueError("keep_yielded must be >= 1, got %r" % (keep_yielded,))
+    paths = [os.fspath(p) for p in paths]
+    remote = [storage.is_gcs(p) for p in paths]
+    for path in paths:
+      if storage.is_gcs(path):
+        storage.split_gcs(path)
+    self._state = _Staging(paths, remote, int(max_cache_bytes), int(prefetch),
+                           int(keep_yielded))
+    if any(remote):
+      if cache_dir:
+        os.makedirs(cache_dir, exist_ok=True)
+      self._state.stage_dir = tempfile.mkdtemp(prefix="yt8m-stage-", dir=cache_dir or None)
+      self._state.worker = threading.Thread(target=self._state.work, name="ShardStager",
+                                            daemon=True)
+      self._state.worker.start()
+    self._finalizer = weakref.finalize(self, self._state.close)
+
+  stage_dir = property(lambda self: self._state.stage_dir)
+  stats = property(lambda self: self._state.stats)
+
+  def __len__(self):
+    return len(self._state.paths)
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return self._state.next()
+
+  def close(self):
+    """Stops the download thread; deletes every staged file and the temporary directory."""
+    self._state.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *unused):
+    self.close()
+
+
+_DATA_FILE_RE = re.compile(r"\.data-\d+-of-\d+$")
+SYNC_EXCLUDE = (".*", "*.tmp*", "*_temp*", "*.part")
+
+
+def _upload_rank(name):
+  """Checkpoint data files, .meta, other files, .index, then the `checkpoint` state file: a
+  reader never sees an index (or a state file naming a checkpoint) before its data."""
+  base = name.rsplit("/", 1)[-1]
+  rank = (0 if _DATA_FILE_RE.search(base) else 1 if base.endswith(".meta") else
+          3 if base.endswith(".index") else 4 if base == "checkpoint" else 2)
+  return (rank, name)
+
+
+def _match(name, pattern):
+  """Shell-glob match of '/'-separated names whose wildcards never cross a '/'."""
+  names, patterns = name.split("/"), pattern.split("/")
+  return len(names) == len(patterns) and all(map(fnmatch.fnmatchcase, names, patterns))
+
+
+class SyncedDir(object):
+  """A local working directory `.local` mirrored to a remote (gs://) directory.
+
+  For a gs:// remote_dir, `.local` is local_dir (created if needed) or a new temporary
+  directory (removed by close()); pull() downloads remote files, push() and push_new()
+  upload local ones. For a local remote_dir `.local` IS remote_dir and pull/push/push_new
+  return []. Names are relative, '/'-separated; patterns are globs whose '*' stays within
+  one path component.
+  """
+
+  def __init__(self, remote_dir, local_dir=None, exclude=SYNC_EXCLUDE):
+    self.remote = os.fspath(remote_dir)
+    self.is_remote = storage.is_gcs(self.remote)
+    self.exclude = tuple(exclude)
+    self._synced = {}  # name -> (mtime_ns, size, remote generation) as last pulled/pushed
+    self.close = lambda: None
+    if not self.is_remote:
+      self.local = self.remote
+    else:
+      storage.split_gcs(self.remote)
+      self.local = os.path.abspath(local_dir or tempfile.mkdtemp(prefix="yt8m-sync-"))
+      if local_dir is None:
+        self.close = weakref.finalize(self, shutil.rmtree, self.local, ignore_errors=True)
+    os.makedirs(self.local, exist_ok=True)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *unused):
+    self.close()
+
+  def remote_path(self, name):
+    if self.is_remote:
+      return self.remote.rstrip("/") + "/" + name
+    return os.path.join(self.remote, name)
+
+  def local_path(self, name):
+    return os.path.join(self.local, *name.split("/"))
+
+  def _local_state(self, name):
+    try:
+      stat = os.stat(self.local_path(name))
+    except OSError:
+      return None
+    return stat.st_mtime_ns, stat.st_size
+
+  def _state_of(self, name, generation):
+    """(mtime_ns, size, generation) of a local file, None if it does not exist."""
+    local = self._local_state(name)
+    return None if local is None else local + (str(generation),)
+
+  def _local_names(self):
+    for root, dirs, files in os.walk(self.local):
+      dirs.sort()
+      for base in files:
+        yield os.path.relpath(os.path.join(root, base), self.local).replace(os.sep, "/")
+
+  def pull(self, patterns=None):
+    """Downloads the remote files matching any pattern (all if None) into .local; returns
+    their names. Files unchanged on both sides since this object last pulled or pushed them
+    are skipped, so polling only fetches new files."""
+    if not self.is_remote:
+      return []
+    patterns = None if patterns is None else _as_list(patterns)
+    pulled = []
+    for name, generation in sorted(storage.list_files(self.remote).items()):
+      if patterns is not None and not any(_match(name, p) for p in patterns):
+        continue
+      state = self._state_of(name, generation)
+      if state is not None and self._synced.get(name) == state:
+        continue  # unchanged on both sides
+      storage.download(self.remote_path(name), self.local_path(name), generation=generation)
+      self._synced[name] = self._state_of(name, generation)
+      pulled.append(name)
+    return pulled
+
+  def _upload(self, names):
+    ordered = sorted(set(names), key=_upload_rank)
+    for name in ordered:
+      state = self._local_state(name)
+      generation = storage.upload(self.local_path(name), self.remote_path(name))
+      self._synced[name] = state + (str(generation),)  # as before the upload
+    return ordered
+
+  def push(self, names):
+    """Uploads local files given by names or patterns (in _upload_rank order); returns their
+    names. A literal name that does not exist raises FileNotFoundError."""
+    if not self.is_remote:
+      return []
+    selected, local_names = [], None
+    for pattern in _as_list(names):
+      if any(c in pattern for c in "*?["):
+        local_names = local_names or list(self._local_names())
+        selected.extend(name for name in local_names if _match(name, pattern))
+      elif os.path.isfile(self.local_path(pattern)):
+        selected.append(pattern)
+      else:
+        raise FileNotFoundError(errno.ENOENT, "No such file to push", self.local_path(pattern))
+    return self._upload(selected)
+
+  def changed(self):
+    """Local files created or changed (mtime or size) since the last pull/push, except the
+    `exclude` patterns (matched per path component)."""
+    names = []
+    for name in self._local_names():
+      if any(fnmatch.fnmatchcase(part, pattern) for part in name.split("/")
+             for pattern in self.exclude):
+        continue
+      state = self._local_state(name)
+      if state is not None and state != self._synced.get(name, ())[:2]:
+        names.append(name)
+    return sorted(names)
+
+  def push_new(self, delete_removed=False):
+    """Uploads changed() files; returns their names. delete_removed=True also deletes the
+    remote files this object pulled or pushed that no longer exist locally (e.g. checkpoints
+    Saver(max_to_keep) removed), .index files first."""
+    if not self.is_remote:
+      return []
+    pushed = self._upload(self.changed())
+    if delete_removed:
+      gone = [name for name in self._synced if self._local_state(name) is None]
+      for name in sorted(gone, key=_upload_rank, reverse=True):
+        try:
+          storage.remove(self.remote_path(name))
+        except FileNotFoundError:
+          pass
+        del self._synced[name]
+    return pushed
+
+
+def _as_list(names):
+  return [os.fspath(names)] if isinstance(names, (str, os.PathLike)) else [
+      os.fspath(n) for n in names]
