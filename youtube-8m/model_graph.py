@@ -18,6 +18,7 @@ from typing import List
 import tensorflow as tf
 from absl import logging
 
+from . import dataset_layout
 from . import frame_level_models
 from . import losses
 from . import readers
@@ -45,8 +46,8 @@ STRICT_KEYS = ORIGINAL_KEYS + (
 # May legitimately differ between training and evaluation (e.g. tuning mixing weights).
 SOFT_KEYS = ("iterations", "sample_random_frames", "ensemble_wts", "moe_l2")
 TRAINING_KEY = "training"
-# The repeated flags: one value per model.
-LIST_FIELDS = ("netvlad_cluster_size", "netvlad_hidden_size", "ensemble_wts")
+# The repeated flags (one value per model) and the type of their values.
+LIST_FIELDS = {"netvlad_cluster_size": int, "netvlad_hidden_size": int, "ensemble_wts": float}
 MEMBER_PREDICTIONS = "member_predictions"
 
 
@@ -60,7 +61,7 @@ def define_flags():
                     "True: frame-level SequenceExample data; False: video-level Example data.")
   flags.DEFINE_string("feature_names", "mean_rgb", "Comma list of feature names.")
   flags.DEFINE_string("feature_sizes", "1024", "Comma list of feature sizes.")
-  flags.DEFINE_integer("num_classes", readers.NUM_CLASSES,
+  flags.DEFINE_integer("num_classes", dataset_layout.NUM_CLASSES,
                        "Vocabulary size (3862 in the 2018 data).")
   flags.DEFINE_string("label_loss", "CrossEntropyLoss",
                       "Loss: CrossEntropyLoss, HingeLoss or SoftmaxLoss.")
@@ -82,7 +83,7 @@ class ModelConfig:
   frame_features: bool = False
   feature_names: str = "mean_rgb"
   feature_sizes: str = "1024"
-  num_classes: int = readers.NUM_CLASSES
+  num_classes: int = dataset_layout.NUM_CLASSES
   label_loss: str = "CrossEntropyLoss"
   ensemble_num: int = 1
   netvlad_cluster_size: List[int] = dataclasses.field(default_factory=lambda: [64])
@@ -117,16 +118,13 @@ class ModelConfig:
     return cls(**{name: values[name] for name in CONFIG_FIELDS if name in values})
 
   @property
-  def feature_name_list(self):
-    return utils.parse_feature_flags(self.feature_names, self.feature_sizes)[0]
-
-  @property
-  def feature_size_list(self):
-    return utils.parse_feature_flags(self.feature_names, self.feature_sizes)[1]
+  def features(self):
+    """(names, sizes) of --feature_names / --feature_sizes."""
+    return utils.parse_feature_flags(self.feature_names, self.feature_sizes)
 
   def validate(self):
     """Checks that name the flag at fault."""
-    names, sizes = utils.parse_feature_flags(self.feature_names, self.feature_sizes)
+    sizes = self.features[1]
     if self.model not in FRAME_LEVEL_MODELS + VIDEO_LEVEL_MODELS:
       raise ValueError("--model=%r is not one of %s" % (
           self.model, ", ".join(FRAME_LEVEL_MODELS + VIDEO_LEVEL_MODELS)))
@@ -149,17 +147,13 @@ class ModelConfig:
     if self.ensemble_num > 1 and self.model != "NetVLADModelLF":
       raise ValueError("--ensemble_num=%d: ensembles are built of NetVLADModelLF models, "
                        "not %s" % (self.ensemble_num, self.model))
-    for name in ("netvlad_cluster_size", "netvlad_hidden_size"):
+    for name in LIST_FIELDS:  # __post_init__ made ensemble_wts [1.0] for a single model
       values = getattr(self, name)
       if len(values) != self.ensemble_num:
         raise ValueError("--%s was given %d time(s) (%s) but --ensemble_num=%d: give it once "
                          "per model" % (name, len(values), values, self.ensemble_num))
-      if any(v < 1 for v in values):
+      if name != "ensemble_wts" and any(v < 1 for v in values):
         raise ValueError("--%s values must be positive, got %s" % (name, values))
-    if self.ensemble_num > 1 and len(self.ensemble_wts) != self.ensemble_num:
-      raise ValueError("--ensemble_wts was given %d time(s) (%s) but --ensemble_num=%d: give "
-                       "it once per model" % (len(self.ensemble_wts), self.ensemble_wts,
-                                             self.ensemble_num))
     if self.iterations < 1:
       raise ValueError("--iterations must be >= 1, got %d" % self.iterations)
     if not self.netvlad_add_batch_norm:
@@ -192,8 +186,7 @@ class ModelConfig:
     return text
 
   def make_reader(self):
-    return readers.make_reader(self.frame_features, self.feature_name_list,
-                               self.feature_size_list, self.num_classes)
+    return readers.make_reader(self.frame_features, *self.features, self.num_classes)
 
 
 CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(ModelConfig))
@@ -237,12 +230,8 @@ def config_from_flags():
 
 
 def _normalized(name, value):
-  """A field's value as ModelConfig holds it (lists of int / float for the repeated flags)."""
-  if name in ("netvlad_cluster_size", "netvlad_hidden_size"):
-    return [int(v) for v in value]
-  if name == "ensemble_wts":
-    return [float(v) for v in value]
-  return value
+  """A field's value as ModelConfig holds it (a list of int / float for the repeated flags)."""
+  return [LIST_FIELDS[name](v) for v in value] if name in LIST_FIELDS else value
 
 
 def check_same_architecture(stored, config, source):
@@ -346,9 +335,9 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
 
 def input_shape(config):
   """Shape of one raw input batch: [None, 300, D] (frame level) or [None, D]."""
-  feature_dim = sum(config.feature_size_list)
+  feature_dim = sum(config.features[1])
   if config.frame_features:
-    return [None, readers.MAX_FRAMES, feature_dim]
+    return [None, dataset_layout.MAX_FRAMES, feature_dim]
   return [None, feature_dim]
 
 
@@ -382,8 +371,3 @@ def export_inference_meta(meta_path, config):
                                 saver_def=saver.as_saver_def(), clear_devices=True)
   return meta_path
 
-
-def model_variable_count(config):
-  """Number of global variables the model graph of config holds (32 per NetVLAD model + 1)."""
-  graph, _ = build_inference_graph(config)
-  return len(graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES))

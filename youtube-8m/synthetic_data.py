@@ -31,6 +31,8 @@ whatever --num_threads.
 
 import concurrent.futures
 import csv
+import functools
+import inspect
 import os
 import statistics
 import time
@@ -303,10 +305,11 @@ def _generate_video(rng, sampler, prototypes_q, offset_q, params, noise_table, m
   return labels, clean.astype(np.uint8)
 
 
-def _generate_file(task):
-  """Writes one file per level of `task` (hidden temporary names, renamed when complete)."""
-  (seed, split_index, file_index, split, ids, paths, sampler, prototypes_q, offset_q, params,
-   noise_table, min_frames, max_frames) = task
+def _generate_file(seed, model, task):
+  """Writes one file per level of `task` = (split_index, file_index, split, ids, {level: path})
+  (hidden temporary names, renamed when complete); returns (frames, bytes) written. `model`:
+  the keyword arguments of _generate_video but rng."""
+  split_index, file_index, split, ids, paths = task
   rng = np.random.default_rng([seed, split_index, file_index])
   levels = sorted(paths)
   temps = {}
@@ -319,8 +322,7 @@ def _generate_file(task):
     for level in levels:
       writers[level] = _tf().io.TFRecordWriter(temps[level])
     for vid in ids:
-      labels, q = _generate_video(rng, sampler, prototypes_q, offset_q, params, noise_table,
-                                  min_frames, max_frames)
+      labels, q = _generate_video(rng, **model)
       stored_labels = [] if split == "test" else labels
       num_frames += q.shape[0]
       if "frame" in writers:
@@ -339,8 +341,7 @@ def _generate_file(task):
     for level in levels:
       if os.path.exists(temps[level]):
         os.remove(temps[level])
-  num_bytes = sum(os.path.getsize(paths[level]) for level in levels)
-  return {"num_videos": len(ids), "num_frames": num_frames, "num_bytes": num_bytes}
+  return num_frames, sum(os.path.getsize(paths[level]) for level in levels)
 
 
 def _check(cond, flag, message):
@@ -348,15 +349,20 @@ def _check(cond, flag, message):
     raise ValueError("--%s: %s" % (flag, message))
 
 
-def validate_args(num_train_files, num_validate_files, num_test_files, videos_per_file,
-                  validate_videos_per_file, test_videos_per_file, num_classes, difficulty,
-                  min_frames, max_frames, levels, num_threads):
-  """Raises ValueError naming the offending flag."""
-  for name, value in (("num_train_files", num_train_files),
-                      ("num_validate_files", num_validate_files),
-                      ("num_test_files", num_test_files)):
-    _check(0 <= value <= MAX_FILES_PER_SPLIT, name,
-           "must be in [0, %d], got %r" % (MAX_FILES_PER_SPLIT, value))
+def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_files=2,
+             videos_per_file=50, validate_videos_per_file=None, test_videos_per_file=None,
+             num_classes=NUM_CLASSES, seed=0, difficulty=0.5, min_frames=60, max_frames=360,
+             levels="both", num_threads=None):
+  """Writes a synthetic dataset under `output_dir` (arguments as the flags).
+
+  Returns a dict: output_dir, levels, seed, num_classes, difficulty, params, files
+  ({level: {split: [paths]}}), codes ({split: [codes]}), num_videos and num_frames
+  ({split: int}), num_bytes (total written), seconds (wall time).
+  """
+  num_files = dict(zip(SPLITS, (num_train_files, num_validate_files, num_test_files)))
+  for split in SPLITS:
+    _check(0 <= num_files[split] <= MAX_FILES_PER_SPLIT, "num_%s_files" % split,
+           "must be in [0, %d], got %r" % (MAX_FILES_PER_SPLIT, num_files[split]))
   _check(videos_per_file >= 1, "videos_per_file", "must be >= 1, got %r" % videos_per_file)
   for name, value in (("validate_videos_per_file", validate_videos_per_file),
                       ("test_videos_per_file", test_videos_per_file)):
@@ -371,29 +377,10 @@ def validate_args(num_train_files, num_validate_files, num_test_files, videos_pe
   _check(levels in LEVELS, "levels", "must be one of %s, got %r" % ("/".join(LEVELS), levels))
   _check(num_threads is None or num_threads >= 1, "num_threads",
          "must be >= 1, got %r" % num_threads)
-
-
-def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_files=2,
-             videos_per_file=50, validate_videos_per_file=None, test_videos_per_file=None,
-             num_classes=NUM_CLASSES, seed=0, difficulty=0.5, min_frames=60, max_frames=360,
-             levels="both", num_threads=None):
-  """Writes a synthetic dataset under `output_dir` (arguments as the flags).
-
-  Returns a dict: output_dir, levels, seed, num_classes, difficulty, params, files
-  ({level: {split: [paths]}}), codes ({split: [codes]}), num_videos and num_frames
-  ({split: int}), num_bytes (total written), seconds (wall time).
-  """
-  validate_args(num_train_files, num_validate_files, num_test_files, videos_per_file,
-                validate_videos_per_file, test_videos_per_file, num_classes, difficulty,
-                min_frames, max_frames, levels, num_threads)
-  per_file = {
-      "train": videos_per_file,
-      "validate": validate_videos_per_file or videos_per_file,
-      "test": test_videos_per_file or videos_per_file,
-  }
-  num_files = {"train": num_train_files, "validate": num_validate_files,
-               "test": num_test_files}
-  total_videos = sum(num_files[s] * per_file[s] for s in SPLITS)
+  per_file = dict(zip(SPLITS, (videos_per_file, validate_videos_per_file or videos_per_file,
+                               test_videos_per_file or videos_per_file)))
+  num_videos = {s: num_files[s] * per_file[s] for s in SPLITS}
+  total_videos = sum(num_videos.values())
   _check(total_videos <= MAX_VIDEOS // 2, "videos_per_file",
          "too many videos in total (%d > %d)" % (total_videos, MAX_VIDEOS // 2))
   out_levels = ("frame", "video") if levels == "both" else (levels,)
@@ -402,11 +389,13 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
 
   _tf()  # import once in the main thread, before the worker threads start
   start_time = time.time()  # generation time, without the TF import
-  sampler = _LabelSampler(num_classes)
   params = difficulty_params(difficulty)
-  prototypes_q = class_prototypes(seed, num_classes) / np.float32(QUANT_SCALE)
-  offset_q = (global_offset(seed) - np.float32(QUANT_BIAS)) / np.float32(QUANT_SCALE)
-  noise_table = gaussian_noise_table(params["frame_noise_std"])
+  model = {
+      "sampler": _LabelSampler(num_classes), "params": params,
+      "prototypes_q": class_prototypes(seed, num_classes) / np.float32(QUANT_SCALE),
+      "offset_q": (global_offset(seed) - np.float32(QUANT_BIAS)) / np.float32(QUANT_SCALE),
+      "noise_table": gaussian_noise_table(params["frame_noise_std"]),
+      "min_frames": min_frames, "max_frames": max_frames}
   ids = make_video_ids(seed, total_videos)
 
   tasks = []
@@ -420,9 +409,7 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
       for level in out_levels:
         paths[level] = os.path.join(output_dir, level, "%s%s.tfrecord" % (split, code))
         files[level][split].append(paths[level])
-      tasks.append((seed, split_index, file_index, split, ids[pos:pos + per_file[split]], paths,
-                    sampler, prototypes_q, offset_q, params, noise_table, min_frames,
-                    max_frames))
+      tasks.append((split_index, file_index, split, ids[pos:pos + per_file[split]], paths))
       pos += per_file[split]
 
   for level in out_levels:
@@ -435,16 +422,14 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
 
   if num_threads is None:
     num_threads = min(4, os.cpu_count() or 1)
-  num_videos = {s: 0 for s in SPLITS}
-  num_frames = {s: 0 for s in SPLITS}
+  num_frames = dict.fromkeys(SPLITS, 0)
   num_bytes = 0
   with concurrent.futures.ThreadPoolExecutor(max_workers=num_threads) as ex:
-    for task, stats in zip(tasks, ex.map(_generate_file, tasks)):
-      num_videos[task[3]] += stats["num_videos"]
-      num_frames[task[3]] += stats["num_frames"]
-      num_bytes += stats["num_bytes"]
+    for task, (frames, size) in zip(tasks, ex.map(functools.partial(_generate_file, seed, model),
+                                                  tasks)):
+      num_frames[task[2]] += frames
+      num_bytes += size
   seconds = time.time() - start_time
-  total_videos = sum(num_videos.values())
   logging.info(
       "Wrote %d files (%s level) to %s: %d videos (train=%d, validate=%d, test=%d), "
       "%d frames, %.1f MB in %.1fs (%.0f videos/s).",
@@ -494,9 +479,7 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Unexpected positional arguments: %r" % (argv[1:],))
-  names = ("num_train_files", "num_validate_files", "num_test_files", "videos_per_file",
-           "validate_videos_per_file", "test_videos_per_file", "num_classes", "seed",
-           "difficulty", "min_frames", "max_frames", "levels", "num_threads")
+  names = list(inspect.signature(generate).parameters)[1:]  # a flag for each but output_dir
   try:
     generate(FLAGS.output_dir, **{name: FLAGS[name].value for name in names})
   except ValueError as e:
