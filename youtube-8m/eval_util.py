@@ -200,8 +200,10 @@ def ap(predictions, actuals):
 
 def _flat_top_k(predictions, actuals, ranked):
   """(class ids, scores, labels) of the ranked pairs, video-major, 1-D."""
-  return (ranked.ravel(), np.take_along_axis(predictions, ranked, axis=1).ravel(),
-          np.take_along_axis(actuals, ranked, axis=1).ravel())
+  scores = np.take_along_axis(predictions, ranked, axis=1).ravel()
+  if np.isnan(scores).any():
+    raise ValueError("predictions contain NaN")
+  return ranked.ravel(), scores, np.take_along_axis(actuals, ranked, axis=1).ravel()
 
 
 def calculate_gap(predictions, actuals, top_k=20):
@@ -218,8 +220,6 @@ def calculate_gap(predictions, actuals, top_k=20):
   if total_positives == 0:
     return 0.0
   _, scores, labels = _flat_top_k(predictions, actuals, _top_k_indices(predictions, top_k))
-  if np.isnan(scores).any():
-    raise ValueError("predictions contain NaN")
   return float(_pooled_average_precision(scores, labels, total_positives)[0])
 
 
@@ -412,8 +412,6 @@ class EvaluationMetrics(object):
     hit_sum = int(np.count_nonzero(labels[np.arange(num_videos), ranked[:, 0]]))
     perr_sum = _perr_sum(predictions, labels, num_labels, ranked)
     class_ids, scores, pair_labels = _flat_top_k(predictions, labels, ranked[:, :top_k])
-    if np.isnan(scores).any():
-      raise ValueError("predictions contain NaN")
     self._map_calculator._append(class_ids, scores, pair_labels, positives_per_class)
     self._num_examples += num_videos
     self._sum_hit_at_one += hit_sum

@@ -25,8 +25,6 @@ flags.DEFINE_bool("sample_random_frames", True,
 flags.DEFINE_bool("netvlad_add_batch_norm", True,
                   "Batch-normalize the NetVLAD cluster assignments (the original's NetVLAD has "
                   "no working alternative; False is refused by model_graph).")
-# The seed's commands pass --netvlad_relu=False; the original read the flag but always
-# applied relu6, so honouring it would build a network the original never trained.
 flags.DEFINE_bool("netvlad_relu", True,
                   "No effect (accepted for the original's commands): relu6 always follows "
                   "hidden1's batch norm, as in the original.")

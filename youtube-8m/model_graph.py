@@ -142,8 +142,9 @@ class ModelConfig:
     if self.num_classes < 1:
       raise ValueError("--num_classes must be positive, got %d" % self.num_classes)
     losses.get_loss(self.label_loss)
-    if self.ensemble_num < 1:
-      raise ValueError("--ensemble_num must be >= 1, got %d" % self.ensemble_num)
+    for name in ("ensemble_num", "iterations", "moe_num_mixtures"):
+      if getattr(self, name) < 1:
+        raise ValueError("--%s must be >= 1, got %d" % (name, getattr(self, name)))
     if self.ensemble_num > 1 and self.model != "NetVLADModelLF":
       raise ValueError("--ensemble_num=%d: ensembles are built of NetVLADModelLF models, "
                        "not %s" % (self.ensemble_num, self.model))
@@ -154,8 +155,6 @@ class ModelConfig:
                          "per model" % (name, len(values), values, self.ensemble_num))
       if name != "ensemble_wts" and any(v < 1 for v in values):
         raise ValueError("--%s values must be positive, got %s" % (name, values))
-    if self.iterations < 1:
-      raise ValueError("--iterations must be >= 1, got %d" % self.iterations)
     if not self.netvlad_add_batch_norm:
       raise ValueError("--netvlad_add_batch_norm=False is not supported: NetVLADModelLF "
                        "always batch-normalizes the cluster assignments (the original's other "
@@ -166,8 +165,6 @@ class ModelConfig:
     if self.moe_prob_gating_input not in ("prob", "input"):
       raise ValueError("--moe_prob_gating_input must be 'prob' or 'input', got %r"
                        % self.moe_prob_gating_input)
-    if self.moe_num_mixtures < 1:
-      raise ValueError("--moe_num_mixtures must be >= 1, got %d" % self.moe_num_mixtures)
     return self
 
   def to_json_dict(self):
@@ -283,11 +280,6 @@ def create_global_step():
       collections=[tf1.GraphKeys.GLOBAL_VARIABLES, tf1.GraphKeys.GLOBAL_STEP])
 
 
-def sampling_seed(model_index):
-  """Fixed frame-sampling seed of model i at evaluation/inference (training is random)."""
-  return (0, model_index)
-
-
 def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
   """Builds the (ensemble) model under scope `tower`; returns (predictions, model_input).
 
@@ -296,6 +288,10 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
   """
   feature_dim = len(model_input_raw.shape) - 1
   model_input = tf.nn.l2_normalize(model_input_raw, feature_dim)
+  classifier_params = dict(
+      num_mixtures=config.moe_num_mixtures, l2_penalty=config.moe_l2,
+      float16_flag=config.float16_flag, prob_gating=config.moe_prob_gating,
+      prob_gating_input=config.moe_prob_gating_input, remove_diag=config.gating_remove_diag)
   with tf1.variable_scope("tower", reuse=reuse):
     if config.model == "NetVLADModelLF":
       predictions = []
@@ -307,14 +303,10 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
               cluster_size=config.netvlad_cluster_size[index],
               hidden_size=config.netvlad_hidden_size[index], is_training=is_training,
               iterations=config.iterations,
-              sample_random_frames=config.sample_random_frames,
-              gating=config.gating, float16_flag=config.float16_flag,
-              sampling_seed=None if is_training else sampling_seed(index),
-              num_mixtures=config.moe_num_mixtures, l2_penalty=config.moe_l2,
-              prob_gating=config.moe_prob_gating,
-              prob_gating_input=config.moe_prob_gating_input,
-              remove_diag=config.gating_remove_diag,
-              classifier_model=config.video_level_classifier_model)
+              sample_random_frames=config.sample_random_frames, gating=config.gating,
+              # Evaluation/inference sample each model's frames with a fixed seed.
+              sampling_seed=None if is_training else (0, index),
+              classifier_model=config.video_level_classifier_model, **classifier_params)
         predictions.append(result["predictions"])
         # Each member's own predictions, for mixing-weight search.
         tf1.add_to_collection(MEMBER_PREDICTIONS, result["predictions"])
@@ -324,12 +316,8 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
         mixed = tf.add_n([weight * p for weight, p in zip(config.ensemble_wts, predictions)])
     else:
       model = getattr(video_level_models, config.model)()
-      mixed = model.create_model(
-          model_input, config.num_classes, is_training=is_training,
-          l2_penalty=config.moe_l2, num_mixtures=config.moe_num_mixtures,
-          float16_flag=config.float16_flag, prob_gating=config.moe_prob_gating,
-          prob_gating_input=config.moe_prob_gating_input,
-          remove_diag=config.gating_remove_diag)["predictions"]
+      mixed = model.create_model(model_input, config.num_classes, is_training=is_training,
+                                 **classifier_params)["predictions"]
   return tf.identity(mixed, name="predictions"), model_input
 
 

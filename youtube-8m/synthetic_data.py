@@ -73,14 +73,6 @@ def _tf():
   return tf
 
 
-def quantize(x):
-  """Float array in [-2, 2] -> uint8 array (the release's convention)."""
-  q = (np.asarray(x, dtype=np.float32) - np.float32(QUANT_BIAS)) * np.float32(1.0 / QUANT_SCALE)
-  np.rint(q, out=q)
-  np.clip(q, 0, 255, out=q)
-  return q.astype(np.uint8)
-
-
 def difficulty_params(difficulty):
   """--difficulty in [0, 1] -> the signal and noise parameters (per dim, float units)."""
   d = float(difficulty)
@@ -158,15 +150,14 @@ def make_video_ids(seed, count):
 class _LabelSampler(object):
   """Samples sorted label sets with the real long-tail frequencies."""
 
-  def __init__(self, num_classes, vocab_path=VOCABULARY_PATH):
-    counts, verticals = load_vocabulary(vocab_path)
+  def __init__(self, num_classes):
+    counts, verticals = load_vocabulary()
     if num_classes > len(counts):
       raise ValueError("num_classes=%d exceeds the vocabulary size %d"
                        % (num_classes, len(counts)))
     self.num_classes = num_classes
     w = counts[:num_classes].astype(np.float64)
     self.weights = w / w.sum()
-    self.cum = np.cumsum(self.weights)
     groups = {}
     for i, v in enumerate(verticals[:num_classes]):
       if v and v != "(Unknown)":
@@ -189,12 +180,7 @@ class _LabelSampler(object):
 
   def sample(self, rng):
     k = min(1 + int(rng.poisson(2.0)), self.max_labels)
-    first = int(np.searchsorted(self.cum, rng.random() * self.cum[-1], side="right"))
-    first = min(first, self.num_classes - 1)
-    chosen = [first]
-    mask = np.ones(self.num_classes, dtype=bool)
-    mask[first] = False
-    group = self.group_of[first]
+    chosen, mask, group = [], np.ones(self.num_classes, dtype=bool), -1
     while len(chosen) < k:
       pick = None
       if group >= 0 and rng.random() < SAME_VERTICAL_PROB:
@@ -204,6 +190,8 @@ class _LabelSampler(object):
         pick = self._pick(rng, np.arange(self.num_classes), self.weights * mask)
       if pick is None:  # no class left
         break
+      if not chosen:  # further labels come from the first one's vertical
+        group = self.group_of[pick]
       chosen.append(pick)
       mask[pick] = False
     return sorted(chosen)
@@ -211,16 +199,10 @@ class _LabelSampler(object):
 
 def _varint(n):
   out = bytearray()
-  while True:
-    b = n & 0x7F
+  while n > 0x7F:
+    out.append(n & 0x7F | 0x80)
     n >>= 7
-    if not n:
-      out.append(b)
-      return bytes(out)
-    out.append(b | 0x80)
-
-
-_HEADERS = {}  # row length -> wire-format prefix of one Feature{bytes_list{value}}
+  return bytes(out + bytes([n]))
 
 
 def encode_bytes_feature_list(q):
@@ -230,12 +212,11 @@ def encode_bytes_feature_list(q):
   """
   q = np.asarray(q, dtype=np.uint8)
   num_rows, length = q.shape
-  header = _HEADERS.get(length)
-  if header is None:
-    value = b"\x0a" + _varint(length)  # field 1 everywhere
-    bytes_list = b"\x0a" + _varint(len(value) + length)
-    feature = b"\x0a" + _varint(len(bytes_list) + len(value) + length)
-    header = _HEADERS.setdefault(length, np.frombuffer(feature + bytes_list + value, np.uint8))
+  # The wire-format prefix of one Feature{bytes_list{value}} (field 1 everywhere).
+  value = b"\x0a" + _varint(length)
+  bytes_list = b"\x0a" + _varint(len(value) + length)
+  header = np.frombuffer(b"\x0a" + _varint(len(bytes_list) + len(value) + length) + bytes_list
+                         + value, np.uint8)
   buf = np.empty((num_rows, len(header) + length), dtype=np.uint8)
   buf[:, :len(header)] = header
   buf[:, len(header):] = q
