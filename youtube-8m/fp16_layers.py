@@ -61,12 +61,9 @@ def as_float32(tensor):
 def fully_connected(inputs, num_outputs, activation_fn=tf.nn.relu, normalizer_fn=None,
                     normalizer_params=None, weights_regularizer=None,
                     biases_initializer=tf.zeros_initializer(), scope=None, dtype=tf.float32):
-  """slim.fully_connected for rank-2 inputs: act(norm(x W) or x W + b), with ``weights``
-  [in, out] stored as ``dtype`` (float32 or float16) and float32 ``biases`` [out].
-
-  As in slim, a normalizer replaces the bias; the activation comes last. The kernel
-  initializer is Glorot uniform (slim's xavier_initializer()).
-  """
+  """slim.fully_connected for rank-2 inputs: act(norm(x W) or x W + b) (a normalizer replaces
+  the bias, as in slim), with Glorot uniform ``weights`` [in, out] stored as ``dtype`` (float32
+  or float16) and float32 ``biases`` [out]."""
   if dtype not in (tf.float32, tf.float16):
     raise ValueError("fully_connected kernel dtype must be float32 or float16, got %s" % dtype)
   with tf1.variable_scope(scope, "fully_connected", [inputs]):
@@ -90,8 +87,7 @@ def fully_connected(inputs, num_outputs, activation_fn=tf.nn.relu, normalizer_fn
 
 
 def batch_norm(inputs, is_training=True, scope=None, reuse=None):
-  """slim.batch_norm (TF 1.8 fused-kernel semantics, center and scale) over all axes but the
-  last.
+  """slim.batch_norm (TF 1.8 fused-kernel semantics, center and scale) over all but the last axis.
 
   Training normalizes with the batch mean and the biased batch variance, and adds to
   UPDATE_OPS (the caller makes the loss depend on them) the updates of moving_mean /

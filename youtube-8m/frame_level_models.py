@@ -79,7 +79,6 @@ class NetVLADModelLF(models.BaseModel):
     sampler = (model_utils.sample_random_frames if sample_random_frames
                else model_utils.sample_random_sequence)
     model_input = sampler(model_input, num_frames, iterations, seed=sampling_seed)
-    max_frames = iterations
     feature_size = int(model_input.shape[2])
     if feature_size <= 1024:
       raise ValueError("NetVLADModelLF needs rgb (1024) + audio features, got %d columns"
@@ -87,10 +86,10 @@ class NetVLADModelLF(models.BaseModel):
     reshaped_input = tf.reshape(model_input, [-1, feature_size])
 
     with tf1.variable_scope("video_VLAD"):
-      vlad_video = netvlad(reshaped_input[:, 0:1024], 1024, max_frames, cluster_size,
+      vlad_video = netvlad(reshaped_input[:, 0:1024], 1024, iterations, cluster_size,
                            is_training)
     with tf1.variable_scope("audio_VLAD"):
-      vlad_audio = netvlad(reshaped_input[:, 1024:], feature_size - 1024, max_frames,
+      vlad_audio = netvlad(reshaped_input[:, 1024:], feature_size - 1024, iterations,
                            int(cluster_size / 2), is_training)
     vlad = tf.concat([vlad_video, vlad_audio], 1)
 

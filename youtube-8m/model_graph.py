@@ -1,15 +1,12 @@
 """The model graph shared by train.py, eval.py and the ensemble tools.
 
 * ``define_flags()``: the model/ensemble flags of train.py and eval.py (not of inference.py).
-* ``ModelConfig``: every setting that shapes the graph (defaults: the flags'), built from
-  flags and/or model_flags.json, with the consistency checks (counts of the repeated flags, a
-  changed architecture in an existing train_dir, ...). The only reader of the model flags:
-  the model classes take plain arguments.
+* ``ModelConfig``: every setting that shapes the graph (defaults: the flags'), from flags
+  and/or model_flags.json, with the consistency checks; the only reader of the model flags.
 * ``build_model()``: the (ensemble) graph under variable scope ``tower``: model 0 in
   ``tower/``, model i in ``tower/model{i}/``; predictions = sum_i ensemble_wts[i] * p_i.
-* ``build_inference_graph()`` / ``export_inference_meta()``: a clean graph holding only the
-  model behind two placeholders (``input_batch_raw``, ``num_frames``), whose meta graph goes
-  next to inference checkpoints (no input pipeline inside; inference.py feeds it).
+* ``build_inference_graph()`` / ``export_inference_meta()``: only the model behind two
+  placeholders (``input_batch_raw``, ``num_frames``), the meta graph of inference checkpoints.
 """
 
 import dataclasses
@@ -235,8 +232,7 @@ def check_same_architecture(stored, config, source):
   """Raises naming every strict key whose stored value differs from config's."""
   differences = []
   for name in STRICT_KEYS:
-    if name in stored and _normalized(name, stored[name]) != _normalized(
-        name, getattr(config, name)):
+    if name in stored and _normalized(name, stored[name]) != getattr(config, name):
       differences.append("--%s: %r in %s, %r now" % (name, stored[name], source,
                                                      getattr(config, name)))
   if differences:
@@ -342,11 +338,10 @@ def build_inference_graph(config):
     num_frames = tf1.placeholder(tf.int32, [None], name="num_frames")
     predictions, model_input = build_model(config, model_input_raw, num_frames,
                                            is_training=False)
-    tf1.add_to_collection("global_step", global_step)
-    tf1.add_to_collection("input_batch_raw", model_input_raw)
-    tf1.add_to_collection("input_batch", model_input)
-    tf1.add_to_collection("num_frames", num_frames)
-    tf1.add_to_collection("predictions", predictions)
+    for name, tensor in (("global_step", global_step), ("input_batch_raw", model_input_raw),
+                         ("input_batch", model_input), ("num_frames", num_frames),
+                         ("predictions", predictions)):
+      tf1.add_to_collection(name, tensor)
     saver = tf1.train.Saver(tf1.global_variables(), sharded=False)
   return graph, saver
 

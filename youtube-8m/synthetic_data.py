@@ -1,34 +1,26 @@
 """Synthetic YouTube-8M (2018) data with a planted, learnable signal.
 
-Writes OUTPUT_DIR/{frame,video}/{train,validate,test}<CODE>.tfrecord in the
-record format of the real release:
-  frame: SequenceExample, context `id` (4-char alphanumeric bytes), `labels`
-    (int64, sorted unique, EMPTY in test files); feature_lists `rgb` / `audio`,
-    one entry per frame of 1024 / 128 raw uint8 bytes.
-  video: Example, `id`, `labels`, `mean_rgb` (1024 floats), `mean_audio` (128),
-    the means over frames of the DEQUANTIZED frame values of the same videos.
-A float x in [-2, 2] is stored as q = clip(rint((x - QUANT_BIAS) / QUANT_SCALE),
-0, 255) (dataset_layout; readers.dequantize inverts it).
+Writes OUTPUT_DIR/{frame,video}/{train,validate,test}<CODE>.tfrecord as the release does:
+frame level SequenceExamples (context `id`, 4 alphanumeric chars, and `labels`, sorted unique
+int64, EMPTY in test files; feature_lists `rgb` / `audio` of one 1024 / 128 uint8 bytes entry
+per frame), video level Examples (`id`, `labels`, `mean_rgb` [1024] and `mean_audio` [128]:
+the means of the same videos' DEQUANTIZED frames). A float x in [-2, 2] is stored as
+q = clip(rint((x - QUANT_BIAS) / QUANT_SCALE), 0, 255) (dataset_layout). CODE is 2 chars of
+[0-9A-Za-z] in sorted order, but the first 60 validate files use HOLDOUT_VALIDATE_CODES.
+Files appear atomically (written under a hidden temporary name, then renamed).
 
-CODE is 2 chars of [0-9A-Za-z] in sorted order, except that the first 60
-validate files use HOLDOUT_VALIDATE_CODES. Files appear atomically (written to a
-hidden temporary name, then renamed).
+Labels: 1 + Poisson(2) per video (at most 20), the first by the TrainVideoCount of
+vocabulary.csv, each further one with probability SAME_VERTICAL_PROB from the first label's
+Vertical1. Signal: each label adds its class prototype (AMPLITUDE * sqrt(D) * a fixed random
+unit direction, for rgb and audio) to one random window of active_fraction of the frames, on
+top of a global offset, a per-video background and per-frame noise that do not depend on the
+labels (`difficulty_params`). class_directions(), class_prototypes() and global_offset()
+expose the ground truth.
 
-Labels: 1 + Poisson(2) per video (at most 20), the first by the TrainVideoCount
-of vocabulary.csv, each further one with probability SAME_VERTICAL_PROB from the
-first label's Vertical1. Signal: each label adds its class prototype
-(AMPLITUDE * sqrt(D) * a fixed random unit direction, for rgb and audio) to one
-random window of active_fraction of the frames, on top of a global offset, a
-per-video background and per-frame noise that do not depend on the labels
-(`difficulty_params`). class_directions(), class_prototypes() and
-global_offset() expose the ground truth.
-
-Determinism: global quantities come from np.random.default_rng([seed, K]), each
-file from default_rng([seed, split_index, file_index]); protos are serialized
-deterministically, so the same flags and seed give byte-identical files,
-whatever --num_threads.
+Determinism: global quantities come from np.random.default_rng([seed, K]), each file from
+default_rng([seed, split_index, file_index]); protos are serialized deterministically, so the
+same flags and seed give byte-identical files, whatever --num_threads.
 """
-
 import concurrent.futures
 import csv
 import functools
@@ -113,16 +105,13 @@ def global_offset(seed):
 
 def load_vocabulary(path=VOCABULARY_PATH):
   """(TrainVideoCount int64 [3862], Vertical1 list of str) of vocabulary.csv."""
-  counts, verticals = {}, {}
   with open(path, newline="", encoding="utf-8") as f:
-    for row in csv.DictReader(f):
-      idx = int(row["Index"])
-      counts[idx] = int(row["TrainVideoCount"])
-      verticals[idx] = (row.get("Vertical1") or "").strip()
-  n = max(counts) + 1
-  if sorted(counts) != list(range(n)):
+    rows = {int(row["Index"]): row for row in csv.DictReader(f)}
+  if sorted(rows) != list(range(len(rows))):
     raise ValueError("vocabulary %s: Index column is not 0..N-1" % path)
-  return np.array([counts[i] for i in range(n)], dtype=np.int64), [verticals[i] for i in range(n)]
+  rows = [rows[i] for i in range(len(rows))]
+  return (np.array([int(row["TrainVideoCount"]) for row in rows], dtype=np.int64),
+          [(row.get("Vertical1") or "").strip() for row in rows])
 
 
 def file_codes(split, num_files):
@@ -137,14 +126,9 @@ def file_codes(split, num_files):
 def make_video_ids(seed, count):
   """`count` unique 4-char alphanumeric ids, deterministic from the seed."""
   rng = np.random.default_rng([seed, _SEED_IDS])
-  ids = []
-  for n in rng.choice(MAX_VIDEOS, size=count, replace=False).tolist():
-    chars = []
-    for _ in range(ID_LENGTH):
-      n, r = divmod(n, len(ALPHABET))
-      chars.append(ALPHABET[r])
-    ids.append("".join(chars))
-  return ids
+  base = len(ALPHABET)  # n's base-62 digits, least significant first
+  return ["".join(ALPHABET[n // base ** i % base] for i in range(ID_LENGTH))
+          for n in rng.choice(MAX_VIDEOS, size=count, replace=False).tolist()]
 
 
 class _LabelSampler(object):
@@ -235,13 +219,12 @@ def _frame_record(vid, labels, q):
 
 
 def _video_record(vid, labels, mean_rgb, mean_audio):
-  train = _tf().train
-  ex = train.Example(features=train.Features(feature={
-      "id": train.Feature(bytes_list=train.BytesList(value=[vid.encode("ascii")])),
-      "labels": train.Feature(int64_list=train.Int64List(value=labels)),
-      "mean_rgb": train.Feature(float_list=train.FloatList(value=mean_rgb)),
-      "mean_audio": train.Feature(float_list=train.FloatList(value=mean_audio)),
-  }))
+  """Serialized Example of one video's mean features (float32 [1024], [128])."""
+  ex = _tf().train.Example()
+  ex.features.feature["id"].bytes_list.value.append(vid.encode("ascii"))
+  ex.features.feature["labels"].int64_list.value.extend(labels)
+  ex.features.feature["mean_rgb"].float_list.value.extend(mean_rgb)
+  ex.features.feature["mean_audio"].float_list.value.extend(mean_audio)
   return ex.SerializeToString(deterministic=True)
 
 
@@ -293,10 +276,8 @@ def _generate_file(seed, model, task):
   split_index, file_index, split, ids, paths = task
   rng = np.random.default_rng([seed, split_index, file_index])
   levels = sorted(paths)
-  temps = {}
-  for level in levels:
-    directory, name = os.path.split(paths[level])
-    temps[level] = os.path.join(directory, ".%s.partial-%d" % (name, os.getpid()))
+  temps = {level: os.path.join(os.path.dirname(path), ".%s.partial-%d" % (
+      os.path.basename(path), os.getpid())) for level, path in paths.items()}
   writers = {}
   num_frames = 0
   try:
@@ -386,9 +367,9 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
   for split_index, split in enumerate(SPLITS):
     codes[split] = file_codes(split, num_files[split])
     for file_index, code in enumerate(codes[split]):
-      paths = {}
+      paths = {level: os.path.join(output_dir, level, "%s%s.tfrecord" % (split, code))
+               for level in out_levels}
       for level in out_levels:
-        paths[level] = os.path.join(output_dir, level, "%s%s.tfrecord" % (split, code))
         files[level][split].append(paths[level])
       tasks.append((split_index, file_index, split, ids[pos:pos + per_file[split]], paths))
       pos += per_file[split]
