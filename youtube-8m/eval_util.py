@@ -394,9 +394,8 @@ class EvaluationMetrics(object):
     return {"hit_at_one": hit_sum / num_videos, "perr": perr_sum / num_videos, "loss": loss}
 
   def get(self):
-    """The aggregated metrics: 'avg_hit_at_one', 'avg_perr', 'avg_loss'
-    (example-weighted means), 'aps' (num_class per-class APs; mAP is their
-    mean), 'gap', 'num_examples'. ValueError before any example."""
+    """'avg_hit_at_one', 'avg_perr', 'avg_loss' (example-weighted means), 'aps' (num_class
+    per-class APs; mAP is their mean), 'gap', 'num_examples'; ValueError before any example."""
     if self._num_examples == 0:
       raise ValueError("EvaluationMetrics.get() called before any examples were accumulated")
     return {
