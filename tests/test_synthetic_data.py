@@ -243,12 +243,6 @@ def test_encode_bytes_feature_list_matches_protobuf():
     assert sd.encode_bytes_feature_list(q) == ref.SerializeToString()
 
 
-def test_quantize_roundtrip():
-  q = np.arange(256, dtype=np.uint8)
-  np.testing.assert_array_equal(sd.quantize(dequantize(q)), q)
-  np.testing.assert_array_equal(sd.quantize(np.array([-5.0, 5.0])), [0, 255])
-
-
 def test_failed_file_leaves_nothing(tmp_path, monkeypatch):
   calls = []
 

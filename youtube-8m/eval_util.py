@@ -63,11 +63,8 @@ def _positive_int(value, name, allow_none=False):
 
 
 def _top_k_indices(predictions, k):
-  """intp [N, min(k, C)]: the k best classes of every video, best first (tie rule 1).
-
-  Equal to `np.argsort(-predictions, axis=1, kind="stable")[:, :k]`, in O(N*C)
-  through a partition when k is small.
-  """
+  """intp [N, min(k, C)]: `np.argsort(-predictions, axis=1, kind="stable")[:, :k]` (tie rule
+  1), through an O(N*C) partition when k is small."""
   num_videos, num_classes = predictions.shape
   k = min(int(k), num_classes)
   if num_videos == 0 or k <= 0:
@@ -114,11 +111,8 @@ def calculate_hit_at_one(predictions, actuals):
 
 
 def calculate_precision_at_equal_recall_rate(predictions, actuals):
-  """PERR averaged over all N videos.
-
-  A video with L true labels scores (#true labels with score > 0 among its L
-  best classes, tie rule 1) / L; a video without labels scores 0.
-  """
+  """PERR averaged over all N videos: a video with L true labels scores (#true labels with
+  score > 0 among its L best classes, tie rule 1) / L; a video without labels scores 0."""
   predictions, actuals = _prepare_dense(predictions, actuals)
   if predictions.shape[0] == 0:
     return 0.0
@@ -129,12 +123,10 @@ def calculate_precision_at_equal_recall_rate(predictions, actuals):
 
 def _pooled_average_precision(scores, labels, num_positives, top_n=None,
                               class_ids=None, num_class=1):
-  """float64 [num_class]: non-interpolated AP of 1-D (score, bool label) pairs per class.
-
-  num_positives (int [num_class], or a scalar) are the denominators, including
-  positives outside the pool; with top_n only the top_n ranked pairs of a class
-  count and its denominator is min(top_n, P). class_ids None: all are class 0.
-  """
+  """float64 [num_class]: non-interpolated AP of 1-D (score, bool label) pairs per class
+  (class_ids None: all are class 0) over num_positives (int [num_class] or a scalar, which
+  may count positives outside the pool); with top_n only the top_n ranked pairs of a class
+  count, over min(top_n, P)."""
   denominators = np.asarray(num_positives, dtype=np.int64).reshape(num_class)
   if top_n is not None:
     denominators = np.minimum(denominators, top_n)
@@ -181,12 +173,9 @@ def _num_positives(given, labels, name):
 
 
 def ap_at_n(predictions, actuals, n=20, total_num_positives=None):
-  """Average precision of the top n pairs of a pool (tie rule 2).
-
-  AP@n = sum_{i <= n} precision@i * rel(i) / min(n, P), P =
-  `total_num_positives` (default: the positives in `actuals`). n=None: no
-  cut-off, denominator P. 0.0 when P == 0.
-  """
+  """Average precision of the top n pairs of a pool (tie rule 2): AP@n = sum_{i <= n}
+  precision@i * rel(i) / min(n, P), P = `total_num_positives` (default: the positives in
+  `actuals`). n=None: no cut-off, denominator P. 0.0 when P == 0."""
   n = _positive_int(n, "n", allow_none=True)
   scores, labels = _prepare_flat(predictions, actuals)
   total_num_positives = _num_positives(total_num_positives, labels, "total_num_positives")
@@ -200,17 +189,16 @@ def ap(predictions, actuals):
 
 def _flat_top_k(predictions, actuals, ranked):
   """(class ids, scores, labels) of the ranked pairs, video-major, 1-D."""
-  return (ranked.ravel(), np.take_along_axis(predictions, ranked, axis=1).ravel(),
-          np.take_along_axis(actuals, ranked, axis=1).ravel())
+  scores = np.take_along_axis(predictions, ranked, axis=1).ravel()
+  if np.isnan(scores).any():
+    raise ValueError("predictions contain NaN")
+  return ranked.ravel(), scores, np.take_along_axis(actuals, ranked, axis=1).ravel()
 
 
 def calculate_gap(predictions, actuals, top_k=20):
-  """Global Average Precision over the top_k predictions of every video.
-
-  The top_k classes of each video (k capped at C, tie rule 1) are pooled as
-  (score, is_true) pairs; GAP = sum_i precision@i * rel(i) / N_pos (tie rule 2),
-  N_pos = all true (video, class) pairs, including those outside a top_k.
-  0.0 if N_pos == 0.
+  """Global Average Precision: the top_k classes of each video (k capped at C, tie rule 1)
+  pooled as (score, is_true) pairs; GAP = sum_i precision@i * rel(i) / N_pos (tie rule 2),
+  N_pos = all true (video, class) pairs, including those outside a top_k; 0.0 if N_pos == 0.
   """
   predictions, actuals = _prepare_dense(predictions, actuals)
   top_k = _positive_int(top_k, "top_k")
@@ -218,18 +206,13 @@ def calculate_gap(predictions, actuals, top_k=20):
   if total_positives == 0:
     return 0.0
   _, scores, labels = _flat_top_k(predictions, actuals, _top_k_indices(predictions, top_k))
-  if np.isnan(scores).any():
-    raise ValueError("predictions contain NaN")
   return float(_pooled_average_precision(scores, labels, total_positives)[0])
 
 
 def top_k_by_class(predictions, labels, k=20):
-  """Splits the top-k predictions of every video (tie rule 1) by class, for mAP.
-
-  Returns (out_predictions, out_labels, out_true_positives): lists of C arrays
-  with the scores (float) and 0/1 labels (int32) of the videos, in video order,
-  whose top-k holds class c; int64 [C] with the number of videos labelled c.
-  """
+  """The top-k predictions of every video (tie rule 1) split by class, for mAP: lists of C
+  arrays with the scores (float) and 0/1 labels (int32) of the videos, in video order, whose
+  top-k holds class c; int64 [C] with the number of videos labelled c."""
   predictions, labels = _prepare_dense(predictions, labels)
   k = _positive_int(k, "k")
   num_class = predictions.shape[1]
@@ -264,13 +247,10 @@ class _Pool(object):
 
 
 class AveragePrecisionCalculator(object):
-  """Pooled AP of (prediction, actual) pairs accumulated over batches (tie rule 2).
-
-  The denominator P is the accumulated `num_positives` (which may count
-  positives outside the pool). With `top_n` only the top_n ranked pairs count,
-  the denominator is min(top_n, P), and the pool is pruned to its top_n pairs
-  when it grows beyond 2 * top_n (which never changes the result).
-  """
+  """Pooled AP of (prediction, actual) pairs accumulated over batches (tie rule 2) over the
+  accumulated `num_positives` P (which may count positives outside the pool). With `top_n`
+  only the top_n ranked pairs count, over min(top_n, P); the pool is then pruned to its top_n
+  pairs when it grows beyond 2 * top_n (which never changes the result)."""
 
   def __init__(self, top_n=None):
     self._top_n = _positive_int(top_n, "top_n", allow_none=True)
@@ -313,11 +293,8 @@ class AveragePrecisionCalculator(object):
 
 
 class MeanAveragePrecisionCalculator(object):
-  """Per-class pooled AP accumulated over batches (tie rule 2).
-
-  `top_n` applies per class: only the top_n ranked pairs of class c count and
-  its denominator is min(top_n, P_c).
-  """
+  """Per-class pooled AP accumulated over batches (tie rule 2); `top_n` applies per class:
+  only the top_n ranked pairs of class c count, over min(top_n, P_c)."""
 
   def __init__(self, num_class, top_n=None):
     self._num_class = _positive_int(num_class, "num_class")
@@ -326,9 +303,8 @@ class MeanAveragePrecisionCalculator(object):
     self._num_positives = np.zeros(self._num_class, dtype=np.int64)
 
   def accumulate(self, predictions_per_class, actuals_per_class, num_positives_per_class=None):
-    """Adds one batch given as num_class per-class lists (as from top_k_by_class);
-    `num_positives_per_class` (default: the positives present) adds to the
-    denominators."""
+    """Adds one batch of num_class per-class lists (as from top_k_by_class); adds
+    `num_positives_per_class` (default: the positives present) to the denominators."""
     if (len(predictions_per_class) != self._num_class
         or len(actuals_per_class) != self._num_class):
       raise ValueError("expected %d per-class lists, got %d predictions and %d actuals"
@@ -381,11 +357,9 @@ class MeanAveragePrecisionCalculator(object):
 
 
 class EvaluationMetrics(object):
-  """Accumulates hit@1, PERR, loss, GAP and per-class AP over evaluation batches.
-
-  num_class: C (predictions are [N, C]); top_k: best classes per video used for
-  GAP and mAP; top_n: optional per-class cut-off of the mAP.
-  """
+  """Accumulates hit@1, PERR, loss, GAP and per-class AP over evaluation batches of [N, C]
+  predictions (C = num_class); top_k best classes per video feed GAP and mAP; top_n: optional
+  per-class cut-off of the mAP."""
 
   def __init__(self, num_class, top_k, top_n=None):
     self._num_class = _positive_int(num_class, "num_class")
@@ -412,8 +386,6 @@ class EvaluationMetrics(object):
     hit_sum = int(np.count_nonzero(labels[np.arange(num_videos), ranked[:, 0]]))
     perr_sum = _perr_sum(predictions, labels, num_labels, ranked)
     class_ids, scores, pair_labels = _flat_top_k(predictions, labels, ranked[:, :top_k])
-    if np.isnan(scores).any():
-      raise ValueError("predictions contain NaN")
     self._map_calculator._append(class_ids, scores, pair_labels, positives_per_class)
     self._num_examples += num_videos
     self._sum_hit_at_one += hit_sum
@@ -422,9 +394,8 @@ class EvaluationMetrics(object):
     return {"hit_at_one": hit_sum / num_videos, "perr": perr_sum / num_videos, "loss": loss}
 
   def get(self):
-    """The aggregated metrics: 'avg_hit_at_one', 'avg_perr', 'avg_loss'
-    (example-weighted means), 'aps' (num_class per-class APs; mAP is their
-    mean), 'gap', 'num_examples'. ValueError before any example."""
+    """'avg_hit_at_one', 'avg_perr', 'avg_loss' (example-weighted means), 'aps' (num_class
+    per-class APs; mAP is their mean), 'gap', 'num_examples'; ValueError before any example."""
     if self._num_examples == 0:
       raise ValueError("EvaluationMetrics.get() called before any examples were accumulated")
     return {

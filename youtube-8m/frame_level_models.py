@@ -25,8 +25,6 @@ flags.DEFINE_bool("sample_random_frames", True,
 flags.DEFINE_bool("netvlad_add_batch_norm", True,
                   "Batch-normalize the NetVLAD cluster assignments (the original's NetVLAD has "
                   "no working alternative; False is refused by model_graph).")
-# The seed's commands pass --netvlad_relu=False; the original read the flag but always
-# applied relu6, so honouring it would build a network the original never trained.
 flags.DEFINE_bool("netvlad_relu", True,
                   "No effect (accepted for the original's commands): relu6 always follows "
                   "hidden1's batch norm, as in the original.")
@@ -38,41 +36,32 @@ flags.DEFINE_bool("float16_flag", False,
                   "probability gating) as float16 variables; compute stays float32.")
 
 
-class NetVLAD(object):
+def netvlad(reshaped_input, feature_size, max_frames, cluster_size, is_training):
   """NetVLAD pooling of [batch*frames, feature_size] into [batch, feature_size*cluster_size]."""
+  stddev = 1 / math.sqrt(feature_size)
+  with tf1.variable_scope("conv2"):
+    cluster_weights = fp16_layers.model_variable(
+        "cluster_weights", [feature_size, cluster_size],
+        initializer=tf1.random_normal_initializer(stddev=stddev))
+  activation = tf.matmul(reshaped_input, cluster_weights)
+  activation = fp16_layers.batch_norm(activation, is_training=is_training, scope="cluster_bn")
+  activation = tf.nn.softmax(activation)
+  activation = tf.reshape(activation, [-1, max_frames, cluster_size])
+  a_sum = tf.reduce_sum(activation, -2, keepdims=True)
+  with tf1.variable_scope("cluster_weights2"):
+    cluster_weights2 = fp16_layers.model_variable(
+        "cluster_weights2", [1, feature_size, cluster_size],
+        initializer=tf1.random_normal_initializer(stddev=stddev))
+  anchors = tf.multiply(a_sum, cluster_weights2)
 
-  def __init__(self, feature_size, max_frames, cluster_size, is_training):
-    self.feature_size = feature_size
-    self.max_frames = max_frames
-    self.cluster_size = cluster_size
-    self.is_training = is_training
-
-  def forward(self, reshaped_input):
-    stddev = 1 / math.sqrt(self.feature_size)
-    with tf1.variable_scope("conv2"):
-      cluster_weights = fp16_layers.model_variable(
-          "cluster_weights", [self.feature_size, self.cluster_size],
-          initializer=tf1.random_normal_initializer(stddev=stddev))
-    activation = tf.matmul(reshaped_input, cluster_weights)
-    activation = fp16_layers.batch_norm(activation, is_training=self.is_training,
-                                        scope="cluster_bn")
-    activation = tf.nn.softmax(activation)
-    activation = tf.reshape(activation, [-1, self.max_frames, self.cluster_size])
-    a_sum = tf.reduce_sum(activation, -2, keepdims=True)
-    with tf1.variable_scope("cluster_weights2"):
-      cluster_weights2 = fp16_layers.model_variable(
-          "cluster_weights2", [1, self.feature_size, self.cluster_size],
-          initializer=tf1.random_normal_initializer(stddev=stddev))
-    anchors = tf.multiply(a_sum, cluster_weights2)
-
-    activation = tf.transpose(activation, perm=[0, 2, 1])
-    frames = tf.reshape(reshaped_input, [-1, self.max_frames, self.feature_size])
-    vlad = tf.matmul(activation, frames)
-    vlad = tf.transpose(vlad, perm=[0, 2, 1])
-    vlad = tf.subtract(vlad, anchors)
-    vlad = tf.nn.l2_normalize(vlad, 1)
-    vlad = tf.reshape(vlad, [-1, self.cluster_size * self.feature_size])
-    return tf.nn.l2_normalize(vlad, 1)
+  activation = tf.transpose(activation, perm=[0, 2, 1])
+  frames = tf.reshape(reshaped_input, [-1, max_frames, feature_size])
+  vlad = tf.matmul(activation, frames)
+  vlad = tf.transpose(vlad, perm=[0, 2, 1])
+  vlad = tf.subtract(vlad, anchors)
+  vlad = tf.nn.l2_normalize(vlad, 1)
+  vlad = tf.reshape(vlad, [-1, cluster_size * feature_size])
+  return tf.nn.l2_normalize(vlad, 1)
 
 
 class NetVLADModelLF(models.BaseModel):
@@ -90,20 +79,18 @@ class NetVLADModelLF(models.BaseModel):
     sampler = (model_utils.sample_random_frames if sample_random_frames
                else model_utils.sample_random_sequence)
     model_input = sampler(model_input, num_frames, iterations, seed=sampling_seed)
-    max_frames = iterations
     feature_size = int(model_input.shape[2])
     if feature_size <= 1024:
       raise ValueError("NetVLADModelLF needs rgb (1024) + audio features, got %d columns"
                        % feature_size)
     reshaped_input = tf.reshape(model_input, [-1, feature_size])
 
-    audio_cluster_size = int(cluster_size / 2)
-    video_netvlad = NetVLAD(1024, max_frames, cluster_size, is_training)
-    audio_netvlad = NetVLAD(feature_size - 1024, max_frames, audio_cluster_size, is_training)
     with tf1.variable_scope("video_VLAD"):
-      vlad_video = video_netvlad.forward(reshaped_input[:, 0:1024])
+      vlad_video = netvlad(reshaped_input[:, 0:1024], 1024, iterations, cluster_size,
+                           is_training)
     with tf1.variable_scope("audio_VLAD"):
-      vlad_audio = audio_netvlad.forward(reshaped_input[:, 1024:])
+      vlad_audio = netvlad(reshaped_input[:, 1024:], feature_size - 1024, iterations,
+                           int(cluster_size / 2), is_training)
     vlad = tf.concat([vlad_video, vlad_audio], 1)
 
     vlad_dim = int(vlad.shape[1])

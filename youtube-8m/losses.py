@@ -5,13 +5,7 @@ import tensorflow as tf
 tf1 = tf.compat.v1
 
 
-class BaseLoss(object):
-
-  def calculate_loss(self, unused_predictions, unused_labels, **unused_params):
-    raise NotImplementedError()
-
-
-class CrossEntropyLoss(BaseLoss):
+class CrossEntropyLoss(object):
   """Binary cross-entropy summed over classes, averaged over the batch (epsilon 1e-5, the
   original's value, which it wrote 10e-6)."""
 
@@ -23,7 +17,7 @@ class CrossEntropyLoss(BaseLoss):
       return tf.reduce_mean(tf.reduce_sum(-cross_entropy_loss, 1))
 
 
-class HingeLoss(BaseLoss):
+class HingeLoss(object):
   """Hinge loss with labels mapped to {-1, 1}, summed over classes, averaged over the batch."""
 
   def calculate_loss(self, predictions, labels, b=1.0, **unused_params):
@@ -34,7 +28,7 @@ class HingeLoss(BaseLoss):
       return tf.reduce_mean(tf.reduce_sum(hinge, 1))
 
 
-class SoftmaxLoss(BaseLoss):
+class SoftmaxLoss(object):
   """Softmax cross-entropy against the label distribution (labels normalized to sum 1)."""
 
   def calculate_loss(self, predictions, labels, epsilon=1e-7, **unused_params):

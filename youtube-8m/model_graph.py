@@ -1,15 +1,12 @@
 """The model graph shared by train.py, eval.py and the ensemble tools.
 
 * ``define_flags()``: the model/ensemble flags of train.py and eval.py (not of inference.py).
-* ``ModelConfig``: every setting that shapes the graph (defaults: the flags'), built from
-  flags and/or model_flags.json, with the consistency checks (counts of the repeated flags, a
-  changed architecture in an existing train_dir, ...). The only reader of the model flags:
-  the model classes take plain arguments.
+* ``ModelConfig``: every setting that shapes the graph (defaults: the flags'), from flags
+  and/or model_flags.json, with the consistency checks; the only reader of the model flags.
 * ``build_model()``: the (ensemble) graph under variable scope ``tower``: model 0 in
   ``tower/``, model i in ``tower/model{i}/``; predictions = sum_i ensemble_wts[i] * p_i.
-* ``build_inference_graph()`` / ``export_inference_meta()``: a clean graph holding only the
-  model behind two placeholders (``input_batch_raw``, ``num_frames``), whose meta graph goes
-  next to inference checkpoints (no input pipeline inside; inference.py feeds it).
+* ``build_inference_graph()`` / ``export_inference_meta()``: only the model behind two
+  placeholders (``input_batch_raw``, ``num_frames``), the meta graph of inference checkpoints.
 """
 
 import dataclasses
@@ -18,6 +15,7 @@ from typing import List
 import tensorflow as tf
 from absl import logging
 
+from . import dataset_layout
 from . import frame_level_models
 from . import losses
 from . import readers
@@ -45,8 +43,8 @@ STRICT_KEYS = ORIGINAL_KEYS + (
 # May legitimately differ between training and evaluation (e.g. tuning mixing weights).
 SOFT_KEYS = ("iterations", "sample_random_frames", "ensemble_wts", "moe_l2")
 TRAINING_KEY = "training"
-# The repeated flags: one value per model.
-LIST_FIELDS = ("netvlad_cluster_size", "netvlad_hidden_size", "ensemble_wts")
+# The repeated flags (one value per model) and the type of their values.
+LIST_FIELDS = {"netvlad_cluster_size": int, "netvlad_hidden_size": int, "ensemble_wts": float}
 MEMBER_PREDICTIONS = "member_predictions"
 
 
@@ -60,7 +58,7 @@ def define_flags():
                     "True: frame-level SequenceExample data; False: video-level Example data.")
   flags.DEFINE_string("feature_names", "mean_rgb", "Comma list of feature names.")
   flags.DEFINE_string("feature_sizes", "1024", "Comma list of feature sizes.")
-  flags.DEFINE_integer("num_classes", readers.NUM_CLASSES,
+  flags.DEFINE_integer("num_classes", dataset_layout.NUM_CLASSES,
                        "Vocabulary size (3862 in the 2018 data).")
   flags.DEFINE_string("label_loss", "CrossEntropyLoss",
                       "Loss: CrossEntropyLoss, HingeLoss or SoftmaxLoss.")
@@ -82,7 +80,7 @@ class ModelConfig:
   frame_features: bool = False
   feature_names: str = "mean_rgb"
   feature_sizes: str = "1024"
-  num_classes: int = readers.NUM_CLASSES
+  num_classes: int = dataset_layout.NUM_CLASSES
   label_loss: str = "CrossEntropyLoss"
   ensemble_num: int = 1
   netvlad_cluster_size: List[int] = dataclasses.field(default_factory=lambda: [64])
@@ -117,16 +115,13 @@ class ModelConfig:
     return cls(**{name: values[name] for name in CONFIG_FIELDS if name in values})
 
   @property
-  def feature_name_list(self):
-    return utils.parse_feature_flags(self.feature_names, self.feature_sizes)[0]
-
-  @property
-  def feature_size_list(self):
-    return utils.parse_feature_flags(self.feature_names, self.feature_sizes)[1]
+  def features(self):
+    """(names, sizes) of --feature_names / --feature_sizes."""
+    return utils.parse_feature_flags(self.feature_names, self.feature_sizes)
 
   def validate(self):
     """Checks that name the flag at fault."""
-    names, sizes = utils.parse_feature_flags(self.feature_names, self.feature_sizes)
+    sizes = self.features[1]
     if self.model not in FRAME_LEVEL_MODELS + VIDEO_LEVEL_MODELS:
       raise ValueError("--model=%r is not one of %s" % (
           self.model, ", ".join(FRAME_LEVEL_MODELS + VIDEO_LEVEL_MODELS)))
@@ -144,24 +139,19 @@ class ModelConfig:
     if self.num_classes < 1:
       raise ValueError("--num_classes must be positive, got %d" % self.num_classes)
     losses.get_loss(self.label_loss)
-    if self.ensemble_num < 1:
-      raise ValueError("--ensemble_num must be >= 1, got %d" % self.ensemble_num)
+    for name in ("ensemble_num", "iterations", "moe_num_mixtures"):
+      if getattr(self, name) < 1:
+        raise ValueError("--%s must be >= 1, got %d" % (name, getattr(self, name)))
     if self.ensemble_num > 1 and self.model != "NetVLADModelLF":
       raise ValueError("--ensemble_num=%d: ensembles are built of NetVLADModelLF models, "
                        "not %s" % (self.ensemble_num, self.model))
-    for name in ("netvlad_cluster_size", "netvlad_hidden_size"):
+    for name in LIST_FIELDS:  # __post_init__ made ensemble_wts [1.0] for a single model
       values = getattr(self, name)
       if len(values) != self.ensemble_num:
         raise ValueError("--%s was given %d time(s) (%s) but --ensemble_num=%d: give it once "
                          "per model" % (name, len(values), values, self.ensemble_num))
-      if any(v < 1 for v in values):
+      if name != "ensemble_wts" and any(v < 1 for v in values):
         raise ValueError("--%s values must be positive, got %s" % (name, values))
-    if self.ensemble_num > 1 and len(self.ensemble_wts) != self.ensemble_num:
-      raise ValueError("--ensemble_wts was given %d time(s) (%s) but --ensemble_num=%d: give "
-                       "it once per model" % (len(self.ensemble_wts), self.ensemble_wts,
-                                             self.ensemble_num))
-    if self.iterations < 1:
-      raise ValueError("--iterations must be >= 1, got %d" % self.iterations)
     if not self.netvlad_add_batch_norm:
       raise ValueError("--netvlad_add_batch_norm=False is not supported: NetVLADModelLF "
                        "always batch-normalizes the cluster assignments (the original's other "
@@ -172,8 +162,6 @@ class ModelConfig:
     if self.moe_prob_gating_input not in ("prob", "input"):
       raise ValueError("--moe_prob_gating_input must be 'prob' or 'input', got %r"
                        % self.moe_prob_gating_input)
-    if self.moe_num_mixtures < 1:
-      raise ValueError("--moe_num_mixtures must be >= 1, got %d" % self.moe_num_mixtures)
     return self
 
   def to_json_dict(self):
@@ -192,8 +180,7 @@ class ModelConfig:
     return text
 
   def make_reader(self):
-    return readers.make_reader(self.frame_features, self.feature_name_list,
-                               self.feature_size_list, self.num_classes)
+    return readers.make_reader(self.frame_features, *self.features, self.num_classes)
 
 
 CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(ModelConfig))
@@ -237,20 +224,15 @@ def config_from_flags():
 
 
 def _normalized(name, value):
-  """A field's value as ModelConfig holds it (lists of int / float for the repeated flags)."""
-  if name in ("netvlad_cluster_size", "netvlad_hidden_size"):
-    return [int(v) for v in value]
-  if name == "ensemble_wts":
-    return [float(v) for v in value]
-  return value
+  """A field's value as ModelConfig holds it (a list of int / float for the repeated flags)."""
+  return [LIST_FIELDS[name](v) for v in value] if name in LIST_FIELDS else value
 
 
 def check_same_architecture(stored, config, source):
   """Raises naming every strict key whose stored value differs from config's."""
   differences = []
   for name in STRICT_KEYS:
-    if name in stored and _normalized(name, stored[name]) != _normalized(
-        name, getattr(config, name)):
+    if name in stored and _normalized(name, stored[name]) != getattr(config, name):
       differences.append("--%s: %r in %s, %r now" % (name, stored[name], source,
                                                      getattr(config, name)))
   if differences:
@@ -294,11 +276,6 @@ def create_global_step():
       collections=[tf1.GraphKeys.GLOBAL_VARIABLES, tf1.GraphKeys.GLOBAL_STEP])
 
 
-def sampling_seed(model_index):
-  """Fixed frame-sampling seed of model i at evaluation/inference (training is random)."""
-  return (0, model_index)
-
-
 def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
   """Builds the (ensemble) model under scope `tower`; returns (predictions, model_input).
 
@@ -307,6 +284,10 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
   """
   feature_dim = len(model_input_raw.shape) - 1
   model_input = tf.nn.l2_normalize(model_input_raw, feature_dim)
+  classifier_params = dict(
+      num_mixtures=config.moe_num_mixtures, l2_penalty=config.moe_l2,
+      float16_flag=config.float16_flag, prob_gating=config.moe_prob_gating,
+      prob_gating_input=config.moe_prob_gating_input, remove_diag=config.gating_remove_diag)
   with tf1.variable_scope("tower", reuse=reuse):
     if config.model == "NetVLADModelLF":
       predictions = []
@@ -318,14 +299,10 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
               cluster_size=config.netvlad_cluster_size[index],
               hidden_size=config.netvlad_hidden_size[index], is_training=is_training,
               iterations=config.iterations,
-              sample_random_frames=config.sample_random_frames,
-              gating=config.gating, float16_flag=config.float16_flag,
-              sampling_seed=None if is_training else sampling_seed(index),
-              num_mixtures=config.moe_num_mixtures, l2_penalty=config.moe_l2,
-              prob_gating=config.moe_prob_gating,
-              prob_gating_input=config.moe_prob_gating_input,
-              remove_diag=config.gating_remove_diag,
-              classifier_model=config.video_level_classifier_model)
+              sample_random_frames=config.sample_random_frames, gating=config.gating,
+              # Evaluation/inference sample each model's frames with a fixed seed.
+              sampling_seed=None if is_training else (0, index),
+              classifier_model=config.video_level_classifier_model, **classifier_params)
         predictions.append(result["predictions"])
         # Each member's own predictions, for mixing-weight search.
         tf1.add_to_collection(MEMBER_PREDICTIONS, result["predictions"])
@@ -335,20 +312,16 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
         mixed = tf.add_n([weight * p for weight, p in zip(config.ensemble_wts, predictions)])
     else:
       model = getattr(video_level_models, config.model)()
-      mixed = model.create_model(
-          model_input, config.num_classes, is_training=is_training,
-          l2_penalty=config.moe_l2, num_mixtures=config.moe_num_mixtures,
-          float16_flag=config.float16_flag, prob_gating=config.moe_prob_gating,
-          prob_gating_input=config.moe_prob_gating_input,
-          remove_diag=config.gating_remove_diag)["predictions"]
+      mixed = model.create_model(model_input, config.num_classes, is_training=is_training,
+                                 **classifier_params)["predictions"]
   return tf.identity(mixed, name="predictions"), model_input
 
 
 def input_shape(config):
   """Shape of one raw input batch: [None, 300, D] (frame level) or [None, D]."""
-  feature_dim = sum(config.feature_size_list)
+  feature_dim = sum(config.features[1])
   if config.frame_features:
-    return [None, readers.MAX_FRAMES, feature_dim]
+    return [None, dataset_layout.MAX_FRAMES, feature_dim]
   return [None, feature_dim]
 
 
@@ -365,11 +338,10 @@ def build_inference_graph(config):
     num_frames = tf1.placeholder(tf.int32, [None], name="num_frames")
     predictions, model_input = build_model(config, model_input_raw, num_frames,
                                            is_training=False)
-    tf1.add_to_collection("global_step", global_step)
-    tf1.add_to_collection("input_batch_raw", model_input_raw)
-    tf1.add_to_collection("input_batch", model_input)
-    tf1.add_to_collection("num_frames", num_frames)
-    tf1.add_to_collection("predictions", predictions)
+    for name, tensor in (("global_step", global_step), ("input_batch_raw", model_input_raw),
+                         ("input_batch", model_input), ("num_frames", num_frames),
+                         ("predictions", predictions)):
+      tf1.add_to_collection(name, tensor)
     saver = tf1.train.Saver(tf1.global_variables(), sharded=False)
   return graph, saver
 
@@ -382,8 +354,3 @@ def export_inference_meta(meta_path, config):
                                 saver_def=saver.as_saver_def(), clear_devices=True)
   return meta_path
 
-
-def model_variable_count(config):
-  """Number of global variables the model graph of config holds (32 per NetVLAD model + 1)."""
-  graph, _ = build_inference_graph(config)
-  return len(graph.get_collection(tf1.GraphKeys.GLOBAL_VARIABLES))

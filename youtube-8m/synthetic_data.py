@@ -1,36 +1,30 @@
 """Synthetic YouTube-8M (2018) data with a planted, learnable signal.
 
-Writes OUTPUT_DIR/{frame,video}/{train,validate,test}<CODE>.tfrecord in the
-record format of the real release:
-  frame: SequenceExample, context `id` (4-char alphanumeric bytes), `labels`
-    (int64, sorted unique, EMPTY in test files); feature_lists `rgb` / `audio`,
-    one entry per frame of 1024 / 128 raw uint8 bytes.
-  video: Example, `id`, `labels`, `mean_rgb` (1024 floats), `mean_audio` (128),
-    the means over frames of the DEQUANTIZED frame values of the same videos.
-A float x in [-2, 2] is stored as q = clip(rint((x - QUANT_BIAS) / QUANT_SCALE),
-0, 255) (dataset_layout; readers.dequantize inverts it).
+Writes OUTPUT_DIR/{frame,video}/{train,validate,test}<CODE>.tfrecord as the release does:
+frame level SequenceExamples (context `id`, 4 alphanumeric chars, and `labels`, sorted unique
+int64, EMPTY in test files; feature_lists `rgb` / `audio` of one 1024 / 128 uint8 bytes entry
+per frame), video level Examples (`id`, `labels`, `mean_rgb` [1024] and `mean_audio` [128]:
+the means of the same videos' DEQUANTIZED frames). A float x in [-2, 2] is stored as
+q = clip(rint((x - QUANT_BIAS) / QUANT_SCALE), 0, 255) (dataset_layout). CODE is 2 chars of
+[0-9A-Za-z] in sorted order, but the first 60 validate files use HOLDOUT_VALIDATE_CODES.
+Files appear atomically (written under a hidden temporary name, then renamed).
 
-CODE is 2 chars of [0-9A-Za-z] in sorted order, except that the first 60
-validate files use HOLDOUT_VALIDATE_CODES. Files appear atomically (written to a
-hidden temporary name, then renamed).
+Labels: 1 + Poisson(2) per video (at most 20), the first by the TrainVideoCount of
+vocabulary.csv, each further one with probability SAME_VERTICAL_PROB from the first label's
+Vertical1. Signal: each label adds its class prototype (AMPLITUDE * sqrt(D) * a fixed random
+unit direction, for rgb and audio) to one random window of active_fraction of the frames, on
+top of a global offset, a per-video background and per-frame noise that do not depend on the
+labels (`difficulty_params`). class_directions(), class_prototypes() and global_offset()
+expose the ground truth.
 
-Labels: 1 + Poisson(2) per video (at most 20), the first by the TrainVideoCount
-of vocabulary.csv, each further one with probability SAME_VERTICAL_PROB from the
-first label's Vertical1. Signal: each label adds its class prototype
-(AMPLITUDE * sqrt(D) * a fixed random unit direction, for rgb and audio) to one
-random window of active_fraction of the frames, on top of a global offset, a
-per-video background and per-frame noise that do not depend on the labels
-(`difficulty_params`). class_directions(), class_prototypes() and
-global_offset() expose the ground truth.
-
-Determinism: global quantities come from np.random.default_rng([seed, K]), each
-file from default_rng([seed, split_index, file_index]); protos are serialized
-deterministically, so the same flags and seed give byte-identical files,
-whatever --num_threads.
+Determinism: global quantities come from np.random.default_rng([seed, K]), each file from
+default_rng([seed, split_index, file_index]); protos are serialized deterministically, so the
+same flags and seed give byte-identical files, whatever --num_threads.
 """
-
 import concurrent.futures
 import csv
+import functools
+import inspect
 import os
 import statistics
 import time
@@ -69,14 +63,6 @@ def _tf():
   """TensorFlow, imported lazily so that flag errors and --help are instant."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return tf
-
-
-def quantize(x):
-  """Float array in [-2, 2] -> uint8 array (the release's convention)."""
-  q = (np.asarray(x, dtype=np.float32) - np.float32(QUANT_BIAS)) * np.float32(1.0 / QUANT_SCALE)
-  np.rint(q, out=q)
-  np.clip(q, 0, 255, out=q)
-  return q.astype(np.uint8)
 
 
 def difficulty_params(difficulty):
@@ -119,16 +105,13 @@ def global_offset(seed):
 
 def load_vocabulary(path=VOCABULARY_PATH):
   """(TrainVideoCount int64 [3862], Vertical1 list of str) of vocabulary.csv."""
-  counts, verticals = {}, {}
   with open(path, newline="", encoding="utf-8") as f:
-    for row in csv.DictReader(f):
-      idx = int(row["Index"])
-      counts[idx] = int(row["TrainVideoCount"])
-      verticals[idx] = (row.get("Vertical1") or "").strip()
-  n = max(counts) + 1
-  if sorted(counts) != list(range(n)):
+    rows = {int(row["Index"]): row for row in csv.DictReader(f)}
+  if sorted(rows) != list(range(len(rows))):
     raise ValueError("vocabulary %s: Index column is not 0..N-1" % path)
-  return np.array([counts[i] for i in range(n)], dtype=np.int64), [verticals[i] for i in range(n)]
+  rows = [rows[i] for i in range(len(rows))]
+  return (np.array([int(row["TrainVideoCount"]) for row in rows], dtype=np.int64),
+          [(row.get("Vertical1") or "").strip() for row in rows])
 
 
 def file_codes(split, num_files):
@@ -143,28 +126,22 @@ def file_codes(split, num_files):
 def make_video_ids(seed, count):
   """`count` unique 4-char alphanumeric ids, deterministic from the seed."""
   rng = np.random.default_rng([seed, _SEED_IDS])
-  ids = []
-  for n in rng.choice(MAX_VIDEOS, size=count, replace=False).tolist():
-    chars = []
-    for _ in range(ID_LENGTH):
-      n, r = divmod(n, len(ALPHABET))
-      chars.append(ALPHABET[r])
-    ids.append("".join(chars))
-  return ids
+  base = len(ALPHABET)  # n's base-62 digits, least significant first
+  return ["".join(ALPHABET[n // base ** i % base] for i in range(ID_LENGTH))
+          for n in rng.choice(MAX_VIDEOS, size=count, replace=False).tolist()]
 
 
 class _LabelSampler(object):
   """Samples sorted label sets with the real long-tail frequencies."""
 
-  def __init__(self, num_classes, vocab_path=VOCABULARY_PATH):
-    counts, verticals = load_vocabulary(vocab_path)
+  def __init__(self, num_classes):
+    counts, verticals = load_vocabulary()
     if num_classes > len(counts):
       raise ValueError("num_classes=%d exceeds the vocabulary size %d"
                        % (num_classes, len(counts)))
     self.num_classes = num_classes
     w = counts[:num_classes].astype(np.float64)
     self.weights = w / w.sum()
-    self.cum = np.cumsum(self.weights)
     groups = {}
     for i, v in enumerate(verticals[:num_classes]):
       if v and v != "(Unknown)":
@@ -187,12 +164,7 @@ class _LabelSampler(object):
 
   def sample(self, rng):
     k = min(1 + int(rng.poisson(2.0)), self.max_labels)
-    first = int(np.searchsorted(self.cum, rng.random() * self.cum[-1], side="right"))
-    first = min(first, self.num_classes - 1)
-    chosen = [first]
-    mask = np.ones(self.num_classes, dtype=bool)
-    mask[first] = False
-    group = self.group_of[first]
+    chosen, mask, group = [], np.ones(self.num_classes, dtype=bool), -1
     while len(chosen) < k:
       pick = None
       if group >= 0 and rng.random() < SAME_VERTICAL_PROB:
@@ -202,6 +174,8 @@ class _LabelSampler(object):
         pick = self._pick(rng, np.arange(self.num_classes), self.weights * mask)
       if pick is None:  # no class left
         break
+      if not chosen:  # further labels come from the first one's vertical
+        group = self.group_of[pick]
       chosen.append(pick)
       mask[pick] = False
     return sorted(chosen)
@@ -209,16 +183,10 @@ class _LabelSampler(object):
 
 def _varint(n):
   out = bytearray()
-  while True:
-    b = n & 0x7F
+  while n > 0x7F:
+    out.append(n & 0x7F | 0x80)
     n >>= 7
-    if not n:
-      out.append(b)
-      return bytes(out)
-    out.append(b | 0x80)
-
-
-_HEADERS = {}  # row length -> wire-format prefix of one Feature{bytes_list{value}}
+  return bytes(out + bytes([n]))
 
 
 def encode_bytes_feature_list(q):
@@ -228,12 +196,11 @@ def encode_bytes_feature_list(q):
   """
   q = np.asarray(q, dtype=np.uint8)
   num_rows, length = q.shape
-  header = _HEADERS.get(length)
-  if header is None:
-    value = b"\x0a" + _varint(length)  # field 1 everywhere
-    bytes_list = b"\x0a" + _varint(len(value) + length)
-    feature = b"\x0a" + _varint(len(bytes_list) + len(value) + length)
-    header = _HEADERS.setdefault(length, np.frombuffer(feature + bytes_list + value, np.uint8))
+  # The wire-format prefix of one Feature{bytes_list{value}} (field 1 everywhere).
+  value = b"\x0a" + _varint(length)
+  bytes_list = b"\x0a" + _varint(len(value) + length)
+  header = np.frombuffer(b"\x0a" + _varint(len(bytes_list) + len(value) + length) + bytes_list
+                         + value, np.uint8)
   buf = np.empty((num_rows, len(header) + length), dtype=np.uint8)
   buf[:, :len(header)] = header
   buf[:, len(header):] = q
@@ -252,13 +219,12 @@ def _frame_record(vid, labels, q):
 
 
 def _video_record(vid, labels, mean_rgb, mean_audio):
-  train = _tf().train
-  ex = train.Example(features=train.Features(feature={
-      "id": train.Feature(bytes_list=train.BytesList(value=[vid.encode("ascii")])),
-      "labels": train.Feature(int64_list=train.Int64List(value=labels)),
-      "mean_rgb": train.Feature(float_list=train.FloatList(value=mean_rgb)),
-      "mean_audio": train.Feature(float_list=train.FloatList(value=mean_audio)),
-  }))
+  """Serialized Example of one video's mean features (float32 [1024], [128])."""
+  ex = _tf().train.Example()
+  ex.features.feature["id"].bytes_list.value.append(vid.encode("ascii"))
+  ex.features.feature["labels"].int64_list.value.extend(labels)
+  ex.features.feature["mean_rgb"].float_list.value.extend(mean_rgb)
+  ex.features.feature["mean_audio"].float_list.value.extend(mean_audio)
   return ex.SerializeToString(deterministic=True)
 
 
@@ -303,24 +269,22 @@ def _generate_video(rng, sampler, prototypes_q, offset_q, params, noise_table, m
   return labels, clean.astype(np.uint8)
 
 
-def _generate_file(task):
-  """Writes one file per level of `task` (hidden temporary names, renamed when complete)."""
-  (seed, split_index, file_index, split, ids, paths, sampler, prototypes_q, offset_q, params,
-   noise_table, min_frames, max_frames) = task
+def _generate_file(seed, model, task):
+  """Writes one file per level of `task` = (split_index, file_index, split, ids, {level: path})
+  (hidden temporary names, renamed when complete); returns (frames, bytes) written. `model`:
+  the keyword arguments of _generate_video but rng."""
+  split_index, file_index, split, ids, paths = task
   rng = np.random.default_rng([seed, split_index, file_index])
   levels = sorted(paths)
-  temps = {}
-  for level in levels:
-    directory, name = os.path.split(paths[level])
-    temps[level] = os.path.join(directory, ".%s.partial-%d" % (name, os.getpid()))
+  temps = {level: os.path.join(os.path.dirname(path), ".%s.partial-%d" % (
+      os.path.basename(path), os.getpid())) for level, path in paths.items()}
   writers = {}
   num_frames = 0
   try:
     for level in levels:
       writers[level] = _tf().io.TFRecordWriter(temps[level])
     for vid in ids:
-      labels, q = _generate_video(rng, sampler, prototypes_q, offset_q, params, noise_table,
-                                  min_frames, max_frames)
+      labels, q = _generate_video(rng, **model)
       stored_labels = [] if split == "test" else labels
       num_frames += q.shape[0]
       if "frame" in writers:
@@ -339,8 +303,7 @@ def _generate_file(task):
     for level in levels:
       if os.path.exists(temps[level]):
         os.remove(temps[level])
-  num_bytes = sum(os.path.getsize(paths[level]) for level in levels)
-  return {"num_videos": len(ids), "num_frames": num_frames, "num_bytes": num_bytes}
+  return num_frames, sum(os.path.getsize(paths[level]) for level in levels)
 
 
 def _check(cond, flag, message):
@@ -348,15 +311,20 @@ def _check(cond, flag, message):
     raise ValueError("--%s: %s" % (flag, message))
 
 
-def validate_args(num_train_files, num_validate_files, num_test_files, videos_per_file,
-                  validate_videos_per_file, test_videos_per_file, num_classes, difficulty,
-                  min_frames, max_frames, levels, num_threads):
-  """Raises ValueError naming the offending flag."""
-  for name, value in (("num_train_files", num_train_files),
-                      ("num_validate_files", num_validate_files),
-                      ("num_test_files", num_test_files)):
-    _check(0 <= value <= MAX_FILES_PER_SPLIT, name,
-           "must be in [0, %d], got %r" % (MAX_FILES_PER_SPLIT, value))
+def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_files=2,
+             videos_per_file=50, validate_videos_per_file=None, test_videos_per_file=None,
+             num_classes=NUM_CLASSES, seed=0, difficulty=0.5, min_frames=60, max_frames=360,
+             levels="both", num_threads=None):
+  """Writes a synthetic dataset under `output_dir` (arguments as the flags).
+
+  Returns a dict: output_dir, levels, seed, num_classes, difficulty, params, files
+  ({level: {split: [paths]}}), codes ({split: [codes]}), num_videos and num_frames
+  ({split: int}), num_bytes (total written), seconds (wall time).
+  """
+  num_files = dict(zip(SPLITS, (num_train_files, num_validate_files, num_test_files)))
+  for split in SPLITS:
+    _check(0 <= num_files[split] <= MAX_FILES_PER_SPLIT, "num_%s_files" % split,
+           "must be in [0, %d], got %r" % (MAX_FILES_PER_SPLIT, num_files[split]))
   _check(videos_per_file >= 1, "videos_per_file", "must be >= 1, got %r" % videos_per_file)
   for name, value in (("validate_videos_per_file", validate_videos_per_file),
                       ("test_videos_per_file", test_videos_per_file)):
@@ -371,29 +339,10 @@ def validate_args(num_train_files, num_validate_files, num_test_files, videos_pe
   _check(levels in LEVELS, "levels", "must be one of %s, got %r" % ("/".join(LEVELS), levels))
   _check(num_threads is None or num_threads >= 1, "num_threads",
          "must be >= 1, got %r" % num_threads)
-
-
-def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_files=2,
-             videos_per_file=50, validate_videos_per_file=None, test_videos_per_file=None,
-             num_classes=NUM_CLASSES, seed=0, difficulty=0.5, min_frames=60, max_frames=360,
-             levels="both", num_threads=None):
-  """Writes a synthetic dataset under `output_dir` (arguments as the flags).
-
-  Returns a dict: output_dir, levels, seed, num_classes, difficulty, params, files
-  ({level: {split: [paths]}}), codes ({split: [codes]}), num_videos and num_frames
-  ({split: int}), num_bytes (total written), seconds (wall time).
-  """
-  validate_args(num_train_files, num_validate_files, num_test_files, videos_per_file,
-                validate_videos_per_file, test_videos_per_file, num_classes, difficulty,
-                min_frames, max_frames, levels, num_threads)
-  per_file = {
-      "train": videos_per_file,
-      "validate": validate_videos_per_file or videos_per_file,
-      "test": test_videos_per_file or videos_per_file,
-  }
-  num_files = {"train": num_train_files, "validate": num_validate_files,
-               "test": num_test_files}
-  total_videos = sum(num_files[s] * per_file[s] for s in SPLITS)
+  per_file = dict(zip(SPLITS, (videos_per_file, validate_videos_per_file or videos_per_file,
+                               test_videos_per_file or videos_per_file)))
+  num_videos = {s: num_files[s] * per_file[s] for s in SPLITS}
+  total_videos = sum(num_videos.values())
   _check(total_videos <= MAX_VIDEOS // 2, "videos_per_file",
          "too many videos in total (%d > %d)" % (total_videos, MAX_VIDEOS // 2))
   out_levels = ("frame", "video") if levels == "both" else (levels,)
@@ -402,11 +351,13 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
 
   _tf()  # import once in the main thread, before the worker threads start
   start_time = time.time()  # generation time, without the TF import
-  sampler = _LabelSampler(num_classes)
   params = difficulty_params(difficulty)
-  prototypes_q = class_prototypes(seed, num_classes) / np.float32(QUANT_SCALE)
-  offset_q = (global_offset(seed) - np.float32(QUANT_BIAS)) / np.float32(QUANT_SCALE)
-  noise_table = gaussian_noise_table(params["frame_noise_std"])
+  model = {
+      "sampler": _LabelSampler(num_classes), "params": params,
+      "prototypes_q": class_prototypes(seed, num_classes) / np.float32(QUANT_SCALE),
+      "offset_q": (global_offset(seed) - np.float32(QUANT_BIAS)) / np.float32(QUANT_SCALE),
+      "noise_table": gaussian_noise_table(params["frame_noise_std"]),
+      "min_frames": min_frames, "max_frames": max_frames}
   ids = make_video_ids(seed, total_videos)
 
   tasks = []
@@ -416,13 +367,11 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
   for split_index, split in enumerate(SPLITS):
     codes[split] = file_codes(split, num_files[split])
     for file_index, code in enumerate(codes[split]):
-      paths = {}
+      paths = {level: os.path.join(output_dir, level, "%s%s.tfrecord" % (split, code))
+               for level in out_levels}
       for level in out_levels:
-        paths[level] = os.path.join(output_dir, level, "%s%s.tfrecord" % (split, code))
         files[level][split].append(paths[level])
-      tasks.append((seed, split_index, file_index, split, ids[pos:pos + per_file[split]], paths,
-                    sampler, prototypes_q, offset_q, params, noise_table, min_frames,
-                    max_frames))
+      tasks.append((split_index, file_index, split, ids[pos:pos + per_file[split]], paths))
       pos += per_file[split]
 
   for level in out_levels:
@@ -435,16 +384,14 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
 
   if num_threads is None:
     num_threads = min(4, os.cpu_count() or 1)
-  num_videos = {s: 0 for s in SPLITS}
-  num_frames = {s: 0 for s in SPLITS}
+  num_frames = dict.fromkeys(SPLITS, 0)
   num_bytes = 0
   with concurrent.futures.ThreadPoolExecutor(max_workers=num_threads) as ex:
-    for task, stats in zip(tasks, ex.map(_generate_file, tasks)):
-      num_videos[task[3]] += stats["num_videos"]
-      num_frames[task[3]] += stats["num_frames"]
-      num_bytes += stats["num_bytes"]
+    for task, (frames, size) in zip(tasks, ex.map(functools.partial(_generate_file, seed, model),
+                                                  tasks)):
+      num_frames[task[2]] += frames
+      num_bytes += size
   seconds = time.time() - start_time
-  total_videos = sum(num_videos.values())
   logging.info(
       "Wrote %d files (%s level) to %s: %d videos (train=%d, validate=%d, test=%d), "
       "%d frames, %.1f MB in %.1fs (%.0f videos/s).",
@@ -494,9 +441,7 @@ def define_flags():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError("Unexpected positional arguments: %r" % (argv[1:],))
-  names = ("num_train_files", "num_validate_files", "num_test_files", "videos_per_file",
-           "validate_videos_per_file", "test_videos_per_file", "num_classes", "seed",
-           "difficulty", "min_frames", "max_frames", "levels", "num_threads")
+  names = list(inspect.signature(generate).parameters)[1:]  # a flag for each but output_dir
   try:
     generate(FLAGS.output_dir, **{name: FLAGS[name].value for name in names})
   except ValueError as e:

@@ -32,9 +32,8 @@ def parse_feature_flags(feature_names, feature_sizes):
 
 def write_atomically(path, data):
   """Writes bytes or str to path via a temporary file + rename: never a half-written file."""
-  if isinstance(data, str):
-    data = data.encode("utf-8")
-  storage.write_bytes(path, data)  # temp + rename locally, one upload on gs://
+  # temp + rename locally, one upload on gs://
+  storage.write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def model_flags_path(train_dir):

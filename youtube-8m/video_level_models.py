@@ -70,23 +70,13 @@ class MoeModel(models.BaseModel):
     probabilities = tf.reshape(probabilities_by_class_and_batch, [-1, vocab_size])
 
     if prob_gating:
-      if prob_gating_input == "prob":
-        gating_weights = fp16_layers.model_variable(
-            "gating_prob_weights", [vocab_size, vocab_size], dtype=kernel_dtype,
-            initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vocab_size)))
-        weights = fp16_layers.as_float32(gating_weights)
-        gates = tf.matmul(probabilities, weights)
-        if remove_diag:
-          gates -= probabilities * tf.linalg.diag_part(weights)
-      elif prob_gating_input == "input":
-        input_size = int(model_input.shape[-1])
-        gating_weights = fp16_layers.model_variable(
-            "gating_prob_weights", [input_size, vocab_size], dtype=kernel_dtype,
-            initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vocab_size)))
-        gates = tf.matmul(model_input, fp16_layers.as_float32(gating_weights))
-      else:
-        raise ValueError("--moe_prob_gating_input must be 'prob' or 'input', got %r"
-                         % prob_gating_input)
+      gating_input = probabilities if prob_gating_input == "prob" else model_input
+      gating_weights = fp16_layers.as_float32(fp16_layers.model_variable(
+          "gating_prob_weights", [int(gating_input.shape[-1]), vocab_size], dtype=kernel_dtype,
+          initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vocab_size))))
+      gates = tf.matmul(gating_input, gating_weights)
+      if remove_diag and prob_gating_input == "prob":
+        gates -= probabilities * tf.linalg.diag_part(gating_weights)
       gates = fp16_layers.batch_norm(gates, is_training=is_training, scope="gating_prob_bn")
       probabilities = tf.multiply(probabilities, tf.sigmoid(gates))
     return {"predictions": probabilities}
