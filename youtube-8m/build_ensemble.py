@@ -1,40 +1,20 @@
-r"""One command from single-model checkpoints to a (float16) in-graph ensemble inference model.
+r"""One command from single-model checkpoints to the (float16) in-graph ensemble inference model.
 
     python -m youtube-8m.build_ensemble --train_dir=ensemble_YHLS \
-        --checkpoints="single/c24h1440-inference_model_0,single/c32h1024-inference_model_0,..." \
-        --netvlad_cluster_size=24 --netvlad_hidden_size=1440 --ensemble_wts=0.39 \
-        --netvlad_cluster_size=32 --netvlad_hidden_size=1024 --ensemble_wts=0.26 ... \
-        --iterations=300 --netvlad_relu=False --gating=True --moe_prob_gating=True
+        --checkpoints="single/c24h1440-inference_model_0,single/c32h1024-inference_model_0" \
+        --netvlad_cluster_size=24 --netvlad_hidden_size=1440 --ensemble_wts=0.6 \
+        --netvlad_cluster_size=32 --netvlad_hidden_size=1024 --ensemble_wts=0.4 \
+        --iterations=300 --gating=True --moe_prob_gating=True
 
-writes into --train_dir, without the seed's 10-step dummy training and create_meta_only pass:
-
-* ``<output_name>.{data-00000-of-00001,index}``: the 32*n+1 tensors of the n-model ensemble
-  graph (float16 kernels unless --nofloat16_flag), filled from the checkpoints exactly as
-  overwrite_float16_ckpt does (each value rounded once; global_step = 0);
-* ``<output_name>.meta``: the clean inference meta graph (model_graph.export_inference_meta,
-  mixing weights baked in as constants), as eval.py --force_output_model_name writes it;
-* ``model_flags.json``: the ensemble's ModelConfig (as train.py writes it), so eval.py and
-  inference.py work in that directory.
-
-With the default --output_name=inference_model the directory is ready for a submission tgz
-(``inference.py --train_dir=DIR --output_model_tgz=...``). The result is identical (tensor
-values and dtypes, predictions) to the seed's path train 10 steps -> eval --create_meta_only ->
-overwrite_float16_ckpt -> eval --force_output_model_name with the same flags.
-
-Model settings: the repeated --netvlad_cluster_size / --netvlad_hidden_size / --ensemble_wts
-give one value per checkpoint, in order. When omitted, K and H are read from the checkpoints'
-shapes and the weights are equal (1/n). Every other model flag (--gating, --iterations, ...)
-not given on the command line is taken from the members' model_flags.json (next to each
-checkpoint, when present; strict architecture keys must agree) or its default. Explicit
-values are checked against the members' json files and against the checkpoint shapes; errors
-name the model index, the flag and the variable. Nothing is written on error.
-
---train_dir and the --checkpoints entries may be gs:// (the checkpoint is uploaded once
-complete, index last, then ``model_flags.json``).
+writes ``<train_dir>/<output_name>.{data-00000-of-00001,index,meta}`` (the tensors filled as
+overwrite_float16_ckpt does, the clean inference meta graph) and ``model_flags.json``; the same
+tensors and predictions as the seed's train 10 steps -> eval --create_meta_only ->
+overwrite_float16_ckpt -> eval --force_output_model_name. K, H and the weights default to the
+checkpoint shapes and 1/n; other model flags not given default to the members'
+model_flags.json. Nothing is written on error.
 """
 
 import os
-import shutil
 import tempfile
 
 from absl import app
@@ -63,11 +43,7 @@ SIZE_LIMIT = 2**30  # the competition's limit on the submission's model files
 
 
 def define_flags():
-  model_graph.define_flags()
-  # --help lists the model flags too (absl shows only the main module's own flags).
-  for _module in (model_graph, model_graph.frame_level_models,
-                  model_graph.video_level_models):
-    flags.adopt_module_key_flags(_module)
+  model_graph.define_flags(adopt_into=__name__)
   flags.DEFINE_string("train_dir", None,
                       "Output directory of the ensemble (created if missing).")
   flags.DEFINE_string("checkpoints", None,
@@ -115,108 +91,86 @@ def _per_model_values(name, explicit, count, from_shapes):
   return values
 
 
-def assemble_config(checkpoints, explicit, member_jsons, source_specs):
-  """The ensemble's ModelConfig from flags, member model_flags.json files and shapes.
+def _members_value(name, explicit, member_jsons, default):
+  """A shared flag's value: explicit (a strict key checked against every member's json), else
+  the members' one value, else the default (with a warning when the members disagree)."""
+  stored = [(index, path, values[name]) for index, (path, values) in enumerate(member_jsons)
+            if values is not None and name in values]
+  strict = name in model_graph.STRICT_KEYS
+  if name in explicit:
+    for index, path, value in stored:
+      if strict and value != explicit[name]:
+        raise BuildEnsembleError(
+            "model %d: --%s=%r but %s says %s=%r: the ensemble graph would not be the "
+            "network the model was trained as (omit the flag to take the members' value)"
+            % (index, name, explicit[name], path, name, value))
+    return explicit[name]
+  distinct = []
+  for _, _, value in stored:
+    if value not in distinct:
+      distinct.append(value)
+  if len(distinct) <= 1:
+    return distinct[0] if distinct else default
+  listed = ", ".join("model %d: %r" % (index, value) for index, _, value in stored)
+  if strict:
+    raise BuildEnsembleError("the members disagree on %s (%s, from their model_flags.json); "
+                             "one ensemble graph needs one value" % (name, listed))
+  logging.warning("the members were trained with different %s (%s); using --%s=%r", name,
+                  listed, name, default)
+  return default
 
-  Args:
-    checkpoints: the source checkpoint prefixes, in model order.
-    explicit: {flag name: value} of the flags given on the command line (the rest take
-      ModelConfig's defaults with this tool's DEFAULTS).
-    member_jsons: per model, (json path, dict or None).
-    source_specs: per model, {variable name: (shape, dtype)} of the checkpoint.
+
+def assemble_config(checkpoints, explicit, member_jsons, source_specs):
+  """The ensemble's ModelConfig; raises BuildEnsembleError naming the model and flag.
+
+  explicit: {flag name: value} given on the command line; member_jsons: per model, (json
+  path, dict or None); source_specs: per model, {variable: (shape, dtype)} of the checkpoint.
   """
   count = len(checkpoints)
-  defaults = model_graph.ModelConfig(**DEFAULTS)
   if "ensemble_num" in explicit and explicit["ensemble_num"] != count:
     raise BuildEnsembleError("--ensemble_num=%d but --checkpoints lists %d checkpoints (one "
                              "per model)" % (explicit["ensemble_num"], count))
-  shape_k, shape_h = [], []
-  for index, (prefix, specs) in enumerate(zip(checkpoints, source_specs)):
-    for variable, out in ((CLUSTER_VARIABLE, shape_k), (HIDDEN_VARIABLE, shape_h)):
+  values = {"ensemble_num": count, "model": explicit.get("model") or DEFAULTS["model"],
+            "float16_flag": explicit.get("float16_flag", DEFAULTS["float16_flag"])}
+  for name, variable in (("netvlad_cluster_size", CLUSTER_VARIABLE),
+                         ("netvlad_hidden_size", HIDDEN_VARIABLE)):
+    from_shapes = []
+    for index, (prefix, specs) in enumerate(zip(checkpoints, source_specs)):
       if variable not in specs or len(specs[variable][0]) != 2:
         raise BuildEnsembleError(
             "model %d: checkpoint %s has no 2-D variable %r; is it a single NetVLADModelLF "
             "checkpoint (variables named tower/...)?" % (index, prefix, variable))
-      out.append(specs[variable][0][1])
-  values = {}
-  values["netvlad_cluster_size"] = _per_model_values("netvlad_cluster_size", explicit, count,
-                                                     shape_k)
-  values["netvlad_hidden_size"] = _per_model_values("netvlad_hidden_size", explicit, count,
-                                                    shape_h)
-  for index in range(count):
-    for name, variable, from_shape in (("netvlad_cluster_size", CLUSTER_VARIABLE, shape_k),
-                                       ("netvlad_hidden_size", HIDDEN_VARIABLE, shape_h)):
-      given = values[name][index]
-      if given != from_shape[index]:
+      from_shapes.append(specs[variable][0][1])
+    values[name] = _per_model_values(name, explicit, count, from_shapes)
+    for index, given in enumerate(values[name]):
+      if given != from_shapes[index]:
         raise BuildEnsembleError(
             "model %d: --%s=%d (occurrence %d) but checkpoint %s has %s of shape %s, i.e. "
             "%s=%d" % (index, name, given, index + 1, checkpoints[index], variable,
-                       list(source_specs[index][variable][0]), name, from_shape[index]))
+                       list(source_specs[index][variable][0]), name, from_shapes[index]))
       path, stored = member_jsons[index]
       if stored is not None and name in stored and list(stored[name]) != [given]:
         raise BuildEnsembleError("model %d: %s says %s=%s but the checkpoint %s has %d" % (
             index, path, name, stored[name], checkpoints[index], given))
-
   if "ensemble_wts" in explicit and count > 1:
-    weights = [float(w) for w in explicit["ensemble_wts"]]
-    if len(weights) != count:
-      raise BuildEnsembleError(
-          "--ensemble_wts was given %d time(s) (%s) but --checkpoints lists %d models: give it "
-          "once per model, in model order" % (len(weights), weights, count))
+    values["ensemble_wts"] = _per_model_values("ensemble_wts", explicit, count, None)
   else:
-    weights = [1.0 / count] * count if count > 1 else [1.0]
+    values["ensemble_wts"] = [1.0 / count] * count
     if count > 1:
       logging.info("--ensemble_wts not given: equal weights 1/%d", count)
-  values["ensemble_wts"] = weights
-  values["ensemble_num"] = count
-  values["float16_flag"] = explicit.get("float16_flag", defaults.float16_flag)
-  values["model"] = explicit.get("model") or defaults.model
-
+  defaults = model_graph.ModelConfig.from_dict(DEFAULTS)
   for name in model_graph.CONFIG_FIELDS:
-    if name in PER_MODEL_KEYS:
-      continue
-    stored_values = [(index, path, stored[name]) for index, (path, stored)
-                     in enumerate(member_jsons) if stored is not None and name in stored]
-    strict = name in model_graph.STRICT_KEYS
-    if name in explicit:
-      values[name] = explicit[name]
-      for index, path, stored in stored_values:
-        if strict and stored != explicit[name]:
-          raise BuildEnsembleError(
-              "model %d: --%s=%r but %s says %s=%r: the ensemble graph would not be the "
-              "network the model was trained as (omit the flag to take the members' value)"
-              % (index, name, explicit[name], path, name, stored))
-      continue
-    distinct = []
-    for _, _, stored in stored_values:
-      if stored not in distinct:
-        distinct.append(stored)
-    if len(distinct) == 1:
-      values[name] = distinct[0]
-    elif not distinct:
-      continue  # the default
-    elif strict:
-      raise BuildEnsembleError(
-          "the members disagree on %s (%s, from their model_flags.json); one ensemble graph "
-          "needs one value" % (name, ", ".join("model %d: %r" % (i, v)
-                                               for i, _, v in stored_values)))
-    else:
-      values[name] = getattr(defaults, name)
-      logging.warning("the members were trained with different %s (%s); using --%s=%r",
-                      name, ", ".join("model %d: %r" % (i, v) for i, _, v in stored_values),
-                      name, values[name])
-  return model_graph.ModelConfig(**dict(DEFAULTS, **values)).validate()
+    if name not in PER_MODEL_KEYS:
+      values[name] = _members_value(name, explicit, member_jsons, getattr(defaults, name))
+  return model_graph.ModelConfig.from_dict(values).validate()
 
 
 def planned_size(plan, config):
-  """Bytes of the submission files the plan gives: tensor data and meta graph exactly (the
-  meta graph is exported to a temporary file), the .index and model_flags.json estimated."""
-  directory = tempfile.mkdtemp(prefix="yt8m-plan-")
-  try:
+  """Bytes of the submission files: tensor data and meta graph exact (the meta graph exported
+  to a temporary file), the .index and model_flags.json estimated."""
+  with tempfile.TemporaryDirectory(prefix="yt8m-plan-") as directory:
     meta = os.path.getsize(model_graph.export_inference_meta(
         os.path.join(directory, "plan.meta"), config))
-  finally:
-    shutil.rmtree(directory, ignore_errors=True)
   data = plan.output_bytes()
   # An index entry holds the name, dtype, shape and offsets (~40 B besides the name).
   other = sum(len(item[0]) + 40 for item in plan.items) + 4096
@@ -236,11 +190,9 @@ def format_planned_size(size):
 
 
 def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
-  """Writes the ensemble checkpoint + inference meta + model_flags.json; returns a summary.
-
-  copies: the checkpoint_utils.LocalCopies the checkpoints are read through. dry_run: only
-  check, and return (and print) the planned size, writing nothing.
-  """
+  """Writes the ensemble checkpoint, its inference meta and model_flags.json, reading the
+  checkpoints through copies (a checkpoint_utils.LocalCopies); returns a summary dict.
+  dry_run: print the planned size and write nothing."""
   output_prefix = checkpoint_utils.resolve_checkpoint(train_dir, output_name)
   stored = model_graph.read_stored_flags(train_dir, required=False) if storage.isdir(
       train_dir) else None
@@ -278,22 +230,6 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
   return summary
 
 
-def build_from_flags(checkpoints, copies):
-  source_specs = [ensemble_checkpoint.specs_from_checkpoint(prefix, copies)
-                  for prefix in checkpoints]
-  if FLAGS.use_member_model_flags:
-    member_jsons = [member_model_flags(prefix) for prefix in checkpoints]
-  else:
-    member_jsons = [(None, None)] * len(checkpoints)
-  model_graph.notice_flags_without_effect()
-  explicit = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS
-              if FLAGS[name].present}
-  config = assemble_config(checkpoints, explicit, member_jsons, source_specs)
-  logging.info("Building %s into %s", config.describe(), FLAGS.train_dir)
-  return build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name, copies,
-               FLAGS.dry_run)
-
-
 @utils.tool_main
 def main(argv):
   if len(argv) > 1:
@@ -308,11 +244,20 @@ def main(argv):
       raise BuildEnsembleError("model %d: --checkpoints entry %d %s does not exist (no %s.index)"
                                % (index, index + 1, prefix, prefix))
   with checkpoint_utils.LocalCopies() as copies:
-    result = build_from_flags(checkpoints, copies)
-  if result.get("dry_run"):
-    return
-  logging.info("Evaluate it with: python -m youtube-8m.eval --train_dir=%s --checkpoint_file=%s "
-               "--eval_data_pattern=... --run_once", FLAGS.train_dir, FLAGS.output_name)
+    specs = [ensemble_checkpoint.specs_from_checkpoint(prefix, copies) for prefix in checkpoints]
+    members = [member_model_flags(prefix) if FLAGS.use_member_model_flags else (None, None)
+               for prefix in checkpoints]
+    model_graph.notice_flags_without_effect()
+    explicit = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS
+                if FLAGS[name].present}
+    config = assemble_config(checkpoints, explicit, members, specs)
+    logging.info("Building %s into %s", config.describe(), FLAGS.train_dir)
+    result = build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name, copies,
+                   FLAGS.dry_run)
+  if not result.get("dry_run"):
+    logging.info("Evaluate it with: python -m youtube-8m.eval --train_dir=%s "
+                 "--checkpoint_file=%s --eval_data_pattern=... --run_once", FLAGS.train_dir,
+                 FLAGS.output_name)
 
 
 if __name__ == "__main__":
