@@ -29,8 +29,7 @@ from . import utils
 
 FLAGS = flags.FLAGS
 
-# Defaults that differ from train.py / eval.py: an ensemble of frame-level NetVLAD models
-# with float16 kernels.
+# Defaults that differ from train.py's: frame-level NetVLAD models with float16 kernels.
 DEFAULTS = {"float16_flag": True, "frame_features": True, "feature_names": "rgb,audio",
             "feature_sizes": "1024,128", "model": "NetVLADModelLF"}
 CLUSTER_VARIABLE = "tower/video_VLAD/conv2/cluster_weights"
@@ -180,13 +179,12 @@ def planned_size(plan, config):
 
 
 def format_planned_size(size):
-  return ("planned submission: %s B = tensor data %s B + meta graph %s B + ~%s B (.index, "
-          "model_flags.json) vs the limit 2^30 = %s B: %s (%s B %s)" % (
-              "{:,}".format(size["total_bytes"]), "{:,}".format(size["data_bytes"]),
-              "{:,}".format(size["meta_bytes"]), "{:,}".format(size["other_bytes_estimate"]),
-              "{:,}".format(size["limit_bytes"]), "FITS" if size["fits"] else "DOES NOT FIT",
-              "{:,}".format(abs(size["limit_bytes"] - size["total_bytes"])),
-              "to spare" if size["fits"] else "over"))
+  return ("planned submission: {total_bytes:,} B = tensor data {data_bytes:,} B + meta graph "
+          "{meta_bytes:,} B + ~{other_bytes_estimate:,} B (.index, model_flags.json) vs the "
+          "limit 2^30 = {limit_bytes:,} B: {verdict} ({margin:,} B {side})").format(
+              verdict="FITS" if size["fits"] else "DOES NOT FIT", **size,
+              margin=abs(size["limit_bytes"] - size["total_bytes"]),
+              side="to spare" if size["fits"] else "over")
 
 
 def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
@@ -239,10 +237,7 @@ def main(argv):
   if not FLAGS.output_name:
     raise BuildEnsembleError("--output_name is empty")
   checkpoints = ensemble_checkpoint.parse_checkpoint_list(FLAGS.checkpoints)
-  for index, prefix in enumerate(checkpoints):
-    if not checkpoint_utils.checkpoint_exists(prefix):
-      raise BuildEnsembleError("model %d: --checkpoints entry %d %s does not exist (no %s.index)"
-                               % (index, index + 1, prefix, prefix))
+  ensemble_checkpoint.check_sources(checkpoints)
   with checkpoint_utils.LocalCopies() as copies:
     specs = [ensemble_checkpoint.specs_from_checkpoint(prefix, copies) for prefix in checkpoints]
     members = [member_model_flags(prefix) if FLAGS.use_member_model_flags else (None, None)

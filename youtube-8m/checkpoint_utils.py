@@ -1,9 +1,7 @@
-"""Checkpoint naming and discovery shared by train, eval, avg_checkpoints and the ensemble tools.
-
-A checkpoint is a V2 "prefix" (e.g. ``train_dir/model.ckpt-5010``) with files
-``<prefix>.index``, ``<prefix>.data-00000-of-00001`` and usually ``<prefix>.meta``.
-Steps are parsed from the basename only, as the digits after the LAST "-", so digits in
-directory names (``c32h512_160``) or in the prefix (``avg_c10h400.ckpt-0``) never matter.
+"""Checkpoints (a V2 prefix such as ``train_dir/model.ckpt-5010`` with ``.index``,
+``.data-00000-of-00001`` and usually ``.meta`` files): naming, discovery, reading through local
+copies and writing atomically, local or gs://. TensorFlow is imported only where needed, so
+that avg_checkpoints reports flag errors without waiting for it.
 """
 
 import contextlib
@@ -21,10 +19,6 @@ import numpy as np
 
 from . import storage
 
-# TensorFlow is imported inside the functions that need it, so that tools importing this
-# module (avg_checkpoints) report flag and selection errors without waiting for it.
-
-# A prefix given with one of the checkpoint file suffixes is reduced to the prefix itself.
 _SUFFIX_RE = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 _STEP_RE = re.compile(r"^(?P<base>.+)-(?P<step>\d+)$")
 
@@ -42,10 +36,8 @@ def strip_checkpoint_suffix(name):
 
 
 def parse_step(prefix, basename=None):
-  """The integer step of a checkpoint prefix such as '.../model.ckpt-5010', else None.
-
-  If ``basename`` is given (e.g. 'model.ckpt'), only prefixes '<basename>-<digits>' match.
-  """
+  """The step of '.../model.ckpt-5010' (digits after the basename's LAST '-'), else None;
+  with ``basename`` (e.g. 'model.ckpt') only '<basename>-<digits>' matches."""
   name = os.path.basename(strip_checkpoint_suffix(prefix))
   match = _STEP_RE.match(name)
   if not match:
@@ -79,48 +71,51 @@ def list_checkpoints(directory, basename=TRAIN_CHECKPOINT_BASENAME):
 
 
 def newest_checkpoint(directory, basename=TRAIN_CHECKPOINT_BASENAME):
-  """(step, prefix) of the highest-step training checkpoint in directory, or None.
-
-  Deliberately ignores the 'checkpoint' state file, which other tools (the original's eval,
-  avg_checkpoints and overwrite_float16_ckpt) re-point at their own outputs.
-  """
+  """(step, prefix) of the highest-step training checkpoint in directory, or None (not the
+  'checkpoint' state file, which the original's tools re-point at their outputs)."""
   found = list_checkpoints(directory, basename)
   return found[-1] if found else None
 
 
 def resolve_checkpoint(train_dir, name):
-  """The prefix of a checkpoint given relative to train_dir (an absolute or gs:// name wins).
-
-  Accepts the prefix itself or any of its files ('.index', '.meta', '.data-*').
-  """
+  """The prefix of a checkpoint (or of one of its files) relative to train_dir; an absolute
+  or gs:// name is kept."""
   name = strip_checkpoint_suffix(name)
   if os.path.isabs(name) or "://" in name:
     return name
   return os.path.join(train_dir, name)
 
 
+def variable_specs(reader):
+  """{name: (shape tuple, tf.DType)} of the variables of a tf.train.load_checkpoint reader."""
+  dtypes = reader.get_variable_to_dtype_map()
+  return {name: (tuple(int(d) for d in shape), dtypes[name])
+          for name, shape in reader.get_variable_to_shape_map().items()}
+
+
+def nbytes(shape, dtype):
+  """Bytes of a tensor of shape and tf.DType dtype."""
+  return int(np.prod(shape, dtype=np.int64)) * dtype.size
+
+
 def check_matches_graph(prefix, variables, model_description, name=None, allow_missing=False):
   """Raises ValueError naming each graph variable the checkpoint lacks (unless allow_missing)
-  or stores with another shape or dtype, with both values.
-
-  ``name`` is the checkpoint as the user gave it (prefix may be a local staged copy).
-  """
+  or stores with another shape or dtype. ``name``: the checkpoint as the user gave it (prefix
+  may be a local copy)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  reader = tf.train.load_checkpoint(prefix)
-  shapes = reader.get_variable_to_shape_map()
-  dtypes = reader.get_variable_to_dtype_map()
+  specs = variable_specs(tf.train.load_checkpoint(prefix))
   problems = []
   for variable in variables:
     key = variable.op.name
     want_shape, want_dtype = variable.shape.as_list(), variable.dtype.base_dtype
-    if key not in shapes:
+    if key not in specs:
       if not allow_missing:
         problems.append("%s missing" % key)
-    elif list(shapes[key]) != want_shape:
-      problems.append("%s has shape %s there, the model needs %s" % (key, list(shapes[key]),
+    elif list(specs[key][0]) != want_shape:
+      problems.append("%s has shape %s there, the model needs %s" % (key, list(specs[key][0]),
                                                                      want_shape))
-    elif dtypes[key] != want_dtype:
-      problems.append("%s is %s there, the model needs %s" % (key, dtypes[key].name,
+    elif specs[key][1] != want_dtype:
+      problems.append("%s is %s there, the model needs %s" % (key, specs[key][1].name,
                                                               want_dtype.name))
   if problems:
     raise ValueError("Checkpoint %s does not match the model %s: %s%s" % (
@@ -152,13 +147,11 @@ def _index_last(paths):
 
 
 def write_checkpoint(prefix, write_fn):
-  """Writes a checkpoint that appears under ``prefix`` only when complete.
+  """Writes a checkpoint that appears under ``prefix`` only when complete; returns prefix.
 
-  write_fn(tmp_prefix) writes <tmp>.index and <tmp>.data-* (and <tmp>.meta if wanted) on
-  local disk. The files then become prefix's: renamed when prefix is local, uploaded when it
-  is gs://, the index last in both cases (readers look for the index). A checkpoint already
-  named prefix loses its index first, so no reader can pair its old index with new data.
-  Temporary files are removed whatever happens. Returns prefix.
+  write_fn(tmp_prefix) writes <tmp>.index, .data-* (and .meta) on local disk; they are renamed
+  (local) or uploaded (gs://) to prefix's names, the index last. An existing checkpoint loses
+  its index first, so no reader pairs an old index with new data. Temporaries are removed.
   """
   remote = storage.is_gcs(prefix)
   directory = (tempfile.mkdtemp(prefix="yt8m-write-", dir=_cache_dir()) if remote
@@ -236,11 +229,8 @@ def _cache_dir():
 
 
 def aligned_empty(shape, dtype):
-  """np.empty(shape, dtype) whose data is FEED_ALIGNMENT-byte aligned.
-
-  TensorFlow wraps an aligned numpy array fed to a placeholder without copying it (an
-  unaligned one is copied), so write_checkpoint_tensors holds each tensor only once.
-  """
+  """np.empty(shape, dtype) with FEED_ALIGNMENT-byte aligned data, which TensorFlow wraps
+  when fed (an unaligned array is copied): write_checkpoint_tensors holds it only once."""
   dtype = np.dtype(dtype)
   nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
   buf = np.empty(nbytes + FEED_ALIGNMENT, dtype=np.uint8)
@@ -249,13 +239,9 @@ def aligned_empty(shape, dtype):
 
 
 def write_checkpoint_tensors(prefix, tensors):
-  """Saves {name: ndarray} as the single-shard V2 checkpoint '<prefix>.{index,data-*}'.
-
-  One SaveV2 op fed through placeholders: aligned numpy arrays (aligned_empty) are
-  wrapped, not copied, and SaveV2 streams the tensors one after the other into one data
-  file, so the peak memory is the arrays themselves plus the TensorFlow runtime. Nothing
-  is renamed: use write_checkpoint for an atomic result.
-  """
+  """Saves {name: ndarray} as the single-shard V2 checkpoint '<prefix>.{index,data-*}' with
+  one SaveV2 op (peak memory: the arrays + the runtime when aligned). Not atomic: see
+  write_checkpoint."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   names = sorted(tensors)
   graph = tf.Graph()
@@ -271,13 +257,6 @@ def write_checkpoint_tensors(prefix, tensors):
 
 
 def peak_rss_mib():
-  """Peak resident set size of this process in MiB (VmHWM, else ru_maxrss)."""
-  try:
-    with open("/proc/self/status") as status:
-      for line in status:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) / 1024.0
-  except (OSError, IOError, ValueError, IndexError):
-    pass
+  """Peak resident set size of this process in MiB."""
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0

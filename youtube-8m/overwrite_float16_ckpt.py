@@ -2,16 +2,11 @@ r"""Fills an in-graph ensemble checkpoint with the weights of single models (see
 
     python -m youtube-8m.overwrite_float16_ckpt --train_dir=ENSEMBLE_DIR \
         --inference_model=inference_model_10 --out_name=inference_model_ensemble_YHLS \
-        --checkpoints="single/c24h1440-inference_model_0,single/c32h1024-inference_model_0,..."
+        --checkpoints="single/c24h1440-inference_model_0,single/c32h1024-inference_model_0"
 
-The template ``ENSEMBLE_DIR/<inference_model>`` is the checkpoint that ``eval.py
---create_meta_only`` writes for the n-model ensemble graph (float16 kernels with
---float16_flag). Its variables are filled from the single-model checkpoints, given in model
-order (mapping and checks: ensemble_checkpoint.py), and the result is written as
-``ENSEMBLE_DIR/<out_name>-0.{data-00000-of-00001,index,meta}``; the ``.meta`` is a copy of
-the template's inference meta graph, so ``eval.py --checkpoint_file=<out_name>-0`` and
-inference.py can use it. Nothing is written on error; the ``checkpoint`` state file is never
-touched. --train_dir and the --checkpoints entries may be gs://.
+The template (written by ``eval.py --create_meta_only`` on the ensemble graph) is filled from
+the checkpoints, one per model in model order, into ``<out_name>-0.{data-00000-of-00001,index,
+meta}`` (the template's meta graph). Nothing is written on error. Paths may be gs://.
 """
 
 from absl import app
