@@ -1,15 +1,11 @@
-r"""Average several training checkpoints into one (equal weights), one variable at a time.
+r"""Averages training checkpoints into one (equal weights), one variable at a time.
 
     python -m youtube-8m.avg_checkpoints --prefix="$DIR/model.ckpt-" \
         --checkpoints_start_end=150010,220010 --output_path="$DIR/avg_150010_220010.ckpt"
     (or --checkpoints=122304,125397,... or --num_last_checkpoints=5)
 
-The result is ``<output_path>-0.{index,data-00000-of-00001,meta}``; evaluate it with
-``eval.py --checkpoint_file=<basename of output_path>-0``. Exactly one selection mode; range
-and last-N modes take only files named ``basename(prefix) + <digits> + ".index"``. Every
-variable but ``global_step`` (written as 0) is averaged in float64 and cast back to its dtype
-(integers rounded to nearest, ties to even). All inputs are checked before anything is
-written; errors exit 1. Paths may be gs://.
+writes ``<output_path>-0.{index,data-00000-of-00001,meta}`` (global_step 0, every other
+variable averaged in float64 and cast back to its dtype), or nothing on error (exit 1).
 """
 
 import os
@@ -68,21 +64,12 @@ class AvgCheckpointsError(Exception):
   """A user-facing problem with the flags or the input checkpoints (nothing was written)."""
 
 
-def _exists(path):
-  """storage.exists; a storage failure (e.g. a missing bucket) as AvgCheckpointsError."""
-  try:
-    return storage.exists(path)
-  except storage.StorageError as e:
-    raise AvgCheckpointsError(str(e))
-
-
 def find_checkpoints(prefix):
   """[(step, checkpoint prefix)] of every '<prefix><digits>' with an index file, by step."""
   directory = os.path.dirname(prefix) or "."
   try:
     if not storage.isdir(directory):
-      raise AvgCheckpointsError(
-          "--prefix=%r: directory %r does not exist" % (prefix, directory))
+      raise AvgCheckpointsError("--prefix=%r: directory %r does not exist" % (prefix, directory))
     return checkpoint_utils.list_numbered(prefix)
   except storage.StorageError as e:
     raise AvgCheckpointsError("--prefix=%r: cannot list %s: %s" % (prefix, directory, e))
@@ -119,8 +106,7 @@ def select_checkpoints(prefix="", checkpoints=None, checkpoints_start_end=None,
                                     ("--num_last_checkpoints", num_last_checkpoints))
            if value is not None]
   if len(given) > 1:
-    raise AvgCheckpointsError(
-        "only one selection mode may be given, got %s" % " and ".join(given))
+    raise AvgCheckpointsError("only one selection mode may be given, got %s" % " and ".join(given))
   if not given:
     raise AvgCheckpointsError(
         "no checkpoints selected: give one of --checkpoints, --checkpoints_start_end "
@@ -136,7 +122,7 @@ def select_checkpoints(prefix="", checkpoints=None, checkpoints_start_end=None,
       if ckpt in selected:
         raise AvgCheckpointsError(
             "--checkpoints: checkpoint %r is listed twice (entry %r)" % (ckpt, entry))
-      if not _exists(ckpt + ".index"):
+      if not checkpoint_utils.checkpoint_exists(ckpt):
         raise AvgCheckpointsError(
             "--checkpoints: checkpoint %r (entry %r with --prefix=%r) does not exist: "
             "no file %r" % (ckpt, entry, prefix, ckpt + ".index"))
@@ -231,16 +217,12 @@ def _write_meta(meta_path, specs):
   graph = tf.Graph()
   with graph.as_default():
     var_list = {}
-    # Sorted so that 'a/b' is created before 'a/b/Adam' and keeps its exact name.
-    for name in sorted(specs):
-      shape, dtype = specs[name]
+    # Sorted: 'a/b' is created before 'a/b/Adam' and keeps its exact name (the saver maps
+    # names through var_list anyway).
+    for name, (shape, dtype) in sorted(specs.items()):
       with tf.compat.v1.name_scope("avg_checkpoints_init"):
         initial_value = tf.zeros(shape, dtype=dtype)
-      variable = tf.compat.v1.Variable(initial_value=initial_value, name=name,
-                                       trainable=False, dtype=dtype)
-      if variable.op.name != name:
-        logging.warning("meta graph: variable %r got graph name %r (restore still maps it)",
-                        name, variable.op.name)
+      variable = tf.compat.v1.Variable(initial_value, name=name, trainable=False, dtype=dtype)
       if name == GLOBAL_STEP:
         graph.add_to_collection(tf.compat.v1.GraphKeys.GLOBAL_STEP, variable)
       var_list[name] = variable
@@ -251,13 +233,9 @@ def _write_meta(meta_path, specs):
 
 
 def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_slots=False):
-  """Averages checkpoint prefixes (local or gs://) into
-  '<output_prefix>.{data-00000-of-00001,index,meta}', one variable at a time, largest first.
-
-  Returns a summary dict (checkpoints, output_prefix, files, averaged / skipped names,
-  global_step_dtype, output_data_bytes, largest_input_data_bytes, peak_memory_mib, seconds).
-  Raises AvgCheckpointsError on bad or incompatible inputs, before writing anything.
-  """
+  """Averages checkpoint prefixes into '<output_prefix>.{data-00000-of-00001,index,meta}' and
+  returns a summary dict; raises AvgCheckpointsError (or storage.StorageError) before
+  writing anything."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   start_time = time.time()
   checkpoint_prefixes = list(checkpoint_prefixes)
@@ -267,7 +245,7 @@ def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_sl
     raise AvgCheckpointsError("a checkpoint is listed twice: %s" % checkpoint_prefixes)
   input_bytes = []
   for ckpt in checkpoint_prefixes:
-    if not _exists(ckpt + ".index"):
+    if not checkpoint_utils.checkpoint_exists(ckpt):
       raise AvgCheckpointsError("checkpoint %r does not exist: no file %r"
                                 % (ckpt, ckpt + ".index"))
     if checkpoint_utils.same_path(ckpt, output_prefix):
@@ -319,7 +297,6 @@ def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_sl
   tensors[GLOBAL_STEP] = np.zeros((), global_step_dtype.as_numpy_dtype)
   out_specs = {name: specs[name] for name in averaged}
   out_specs[GLOBAL_STEP] = ((), global_step_dtype)
-
   output_bytes = []
 
   def write(tmp_prefix):

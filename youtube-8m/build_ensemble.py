@@ -1,17 +1,11 @@
 r"""One command from single-model checkpoints to the (float16) in-graph ensemble inference model.
 
-    python -m youtube-8m.build_ensemble --train_dir=ensemble_YHLS \
-        --checkpoints="single/c24h1440-inference_model_0,single/c32h1024-inference_model_0" \
-        --netvlad_cluster_size=24 --netvlad_hidden_size=1440 --ensemble_wts=0.6 \
-        --netvlad_cluster_size=32 --netvlad_hidden_size=1024 --ensemble_wts=0.4 \
-        --iterations=300 --gating=True --moe_prob_gating=True
+    python -m youtube-8m.build_ensemble --train_dir=ENS --checkpoints=CKPT1,CKPT2 \
+        [--netvlad_cluster_size=K --netvlad_hidden_size=H --ensemble_wts=W]... --gating=True
 
-writes ``<train_dir>/<output_name>.{data-00000-of-00001,index,meta}`` (the tensors filled as
-overwrite_float16_ckpt does, the clean inference meta graph) and ``model_flags.json``; the same
-tensors and predictions as the seed's train 10 steps -> eval --create_meta_only ->
-overwrite_float16_ckpt -> eval --force_output_model_name. K, H and the weights default to the
-checkpoint shapes and 1/n; other model flags not given default to the members'
-model_flags.json. Nothing is written on error.
+writes ``<train_dir>/<output_name>.{data-00000-of-00001,index,meta}`` and model_flags.json, as
+the seed's train 10 steps -> eval --create_meta_only -> overwrite_float16_ckpt -> eval
+--force_output_model_name would; nothing on error.
 """
 
 import os
@@ -69,12 +63,10 @@ def member_model_flags(checkpoint):
   directory = os.path.dirname(checkpoint) or "."
   path = utils.model_flags_path(directory)
   stored = model_graph.read_stored_flags(directory, required=False)
-  if stored is None:
-    return path, None
-  if int(stored.get("ensemble_num", 1)) != 1:
+  if stored is not None and int(stored.get("ensemble_num", 1)) != 1:
     logging.warning("%s describes an ensemble (ensemble_num=%s), not the single model %s: "
                     "ignored", path, stored.get("ensemble_num"), checkpoint)
-    return path, None
+    stored = None
   return path, stored
 
 
@@ -120,11 +112,8 @@ def _members_value(name, explicit, member_jsons, default):
 
 
 def assemble_config(checkpoints, explicit, member_jsons, source_specs):
-  """The ensemble's ModelConfig; raises BuildEnsembleError naming the model and flag.
-
-  explicit: {flag name: value} given on the command line; member_jsons: per model, (json
-  path, dict or None); source_specs: per model, {variable: (shape, dtype)} of the checkpoint.
-  """
+  """The ensemble's ModelConfig from explicit {flag: value}, per model (json path, dict or
+  None) and {variable: (shape, dtype)}; BuildEnsembleError names the model and flag."""
   count = len(checkpoints)
   if "ensemble_num" in explicit and explicit["ensemble_num"] != count:
     raise BuildEnsembleError("--ensemble_num=%d but --checkpoints lists %d checkpoints (one "
@@ -202,9 +191,8 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
           "--train_dir=%s holds another model (its model_flags.json describes %d model(s)): "
           "choose another --train_dir. %s" % (train_dir, int(stored.get("ensemble_num", 1)),
                                                str(error).split(": ", 1)[-1]))
-  graph, _ = model_graph.build_inference_graph(config)
-  template_specs = ensemble_checkpoint.specs_from_graph(graph)
-  del graph
+  template_specs = ensemble_checkpoint.specs_from_graph(
+      model_graph.build_inference_graph(config)[0])
   plan = ensemble_checkpoint.plan_ensemble(
       template_specs, checkpoints, copies, "the %d-model ensemble graph (%s)" % (
           config.ensemble_num, config.describe()), outputs=[output_prefix])
@@ -215,9 +203,8 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
     print("dry run: nothing written (would write %s.* and %s)" % (
         output_prefix, utils.model_flags_path(train_dir)))
     return dict(size, dry_run=True)
-  summary = ensemble_checkpoint.write_plan(
-      plan, copies, output_prefix,
-      lambda tmp: model_graph.export_inference_meta(tmp + ".meta", config))
+  summary = ensemble_checkpoint.write_plan(plan, copies, output_prefix, lambda tmp: (
+      model_graph.export_inference_meta(tmp + ".meta", config)))
   model_flags = config.to_json_dict()
   model_flags[SOURCES_KEY] = [c if storage.is_gcs(c) else os.path.abspath(c)
                               for c in checkpoints]

@@ -148,11 +148,8 @@ def _index_last(paths):
 
 def write_checkpoint(prefix, write_fn):
   """Writes a checkpoint that appears under ``prefix`` only when complete; returns prefix.
-
-  write_fn(tmp_prefix) writes <tmp>.index, .data-* (and .meta) on local disk; they are renamed
-  (local) or uploaded (gs://) to prefix's names, the index last. An existing checkpoint loses
-  its index first, so no reader pairs an old index with new data. Temporaries are removed.
-  """
+  write_fn(tmp_prefix) writes <tmp>.index, .data-* (and .meta) on local disk. An existing
+  checkpoint loses its index first, so no reader pairs an old index with new data."""
   remote = storage.is_gcs(prefix)
   directory = (tempfile.mkdtemp(prefix="yt8m-write-", dir=_cache_dir()) if remote
                else os.path.dirname(prefix))
@@ -167,12 +164,9 @@ def write_checkpoint(prefix, write_fn):
       for stale in _checkpoint_files(prefix):  # e.g. data shards of another count
         if stale[len(prefix):] not in suffixes:
           storage.remove(stale)
-    for path in written:
-      destination = prefix + path[len(tmp_prefix):]
-      if remote:
-        storage.copy(path, destination)
-      else:
-        os.replace(path, destination)
+    for path in written:  # uploaded (gs://) or renamed (local), the index last
+      move = storage.copy if remote else storage.rename
+      move(path, prefix + path[len(tmp_prefix):], overwrite=True)
   finally:
     for path in storage.glob(tmp_prefix + "*"):
       storage.remove(path)
@@ -191,14 +185,12 @@ def local_copy(prefix):
   files = _checkpoint_files(prefix)
   if not any(path.endswith(".index") for path in files):
     raise IOError("checkpoint %s not found (no %s.index)" % (prefix, prefix))
-  directory = tempfile.mkdtemp(prefix="yt8m-ckpt-", dir=_cache_dir())
-  try:
+  with tempfile.TemporaryDirectory(prefix="yt8m-ckpt-", dir=_cache_dir(),
+                                   ignore_cleanup_errors=True) as directory:
     local_prefix = os.path.join(directory, os.path.basename(prefix))
     for path in _index_last(files):
       storage.copy(path, local_prefix + path[len(prefix):])
     yield local_prefix
-  finally:
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 class LocalCopies(contextlib.ExitStack):

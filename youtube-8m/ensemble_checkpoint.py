@@ -45,16 +45,12 @@ def model_of(name):
   hits = [k for k, part in enumerate(parts[:-1]) if _MODEL_SCOPE_RE.match(part)]
   if not hits:
     return 0, name
-  if len(hits) > 1:
-    raise EnsembleCheckpointError("template variable %r has %d model{i} scopes; expected at "
-                                  "most one" % (name, len(hits)))
   digits = _MODEL_SCOPE_RE.match(parts[hits[0]]).group(1)
-  index = int(digits)
-  if index == 0 or digits != str(index):
+  if len(hits) > 1 or digits != str(int(digits)) or int(digits) == 0:
     raise EnsembleCheckpointError(
-        "template variable %r: scope %r is not a model scope of the ensemble graph (model i "
-        ">= 1 lives in tower/model{i}/, model 0 directly in tower/)" % (name, parts[hits[0]]))
-  return index, "/".join(parts[:hits[0]] + parts[hits[0] + 1:])
+        "template variable %r is not in one model scope of the ensemble graph (model i >= 1 "
+        "lives in tower/model{i}/, model 0 directly in tower/)" % name)
+  return int(digits), "/".join(parts[:hits[0]] + parts[hits[0] + 1:])
 
 
 def specs_from_checkpoint(prefix, copies):
@@ -158,9 +154,8 @@ def plan_ensemble(template_specs, sources, copies, template_name="the template",
       else:
         items.append((name, shape, dtype, index, source_name))
   if problems:
-    shown = "; ".join(problems[:8])
-    more = " (and %d more)" % (len(problems) - 8) if len(problems) > 8 else ""
-    raise EnsembleCheckpointError("%d problem(s): %s%s" % (len(problems), shown, more))
+    raise EnsembleCheckpointError("%d problem(s): %s%s" % (len(problems), "; ".join(problems[:8]),
+                                  " (and %d more)" % (len(problems) - 8) if problems[8:] else ""))
   return Plan(list(sources), items, global_step_dtype, source_specs)
 
 
@@ -210,15 +205,9 @@ def write_plan(plan, copies, output_prefix, meta_fn):
   summary = dict(stats, output_prefix=output_prefix, tensors=len(plan.items) + 1,
                  parameters=plan.parameters(), data_bytes=data_bytes,
                  peak_rss_mib=checkpoint_utils.peak_rss_mib(), seconds=time.time() - start)
-  _log_summary(plan, summary)
-  return summary
-
-
-def _log_summary(plan, summary):
   for index, prefix in enumerate(plan.sources):
     count = sum(1 for item in plan.items if item[3] == index)
-    unused = len(plan.source_specs[index]) - count - (
-        1 if GLOBAL_STEP in plan.source_specs[index] else 0)
+    unused = len(set(plan.source_specs[index]) - {GLOBAL_STEP}) - count
     logging.info("model %d (%s) <- %s: %d variables, %d parameters%s", index,
                  "tower/" if index == 0 else "tower/model%d/" % index, prefix, count,
                  plan.parameters(index),
@@ -232,3 +221,4 @@ def _log_summary(plan, summary):
                summary["peak_rss_mib"],
                summary["peak_rss_mib"] * 2**20 / max(summary["parameters"], 1),
                summary["seconds"])
+  return summary

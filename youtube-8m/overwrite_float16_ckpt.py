@@ -4,9 +4,9 @@ r"""Fills an in-graph ensemble checkpoint with the weights of single models (see
         --inference_model=inference_model_10 --out_name=inference_model_ensemble_YHLS \
         --checkpoints="single/c24h1440-inference_model_0,single/c32h1024-inference_model_0"
 
-The template (written by ``eval.py --create_meta_only`` on the ensemble graph) is filled from
-the checkpoints, one per model in model order, into ``<out_name>-0.{data-00000-of-00001,index,
-meta}`` (the template's meta graph). Nothing is written on error. Paths may be gs://.
+fills the template (from ``eval.py --create_meta_only`` on the ensemble graph) from the
+checkpoints, one per model in model order, into ``<out_name>-0.*`` with the template's meta
+graph; nothing is written on error.
 """
 
 from absl import app
@@ -20,7 +20,6 @@ from . import utils
 
 FLAGS = flags.FLAGS
 
-DEFAULT_OUT_NAME = "inference_model_float16_mean_ensemble"
 EnsembleCheckpointError = ensemble_checkpoint.EnsembleCheckpointError
 
 
@@ -30,7 +29,7 @@ def define_flags():
   flags.DEFINE_string("inference_model", "",
                       "Template checkpoint prefix relative to train_dir, e.g. inference_model_10 "
                       "(written by eval.py --create_meta_only on the ensemble graph).")
-  flags.DEFINE_string("out_name", DEFAULT_OUT_NAME,
+  flags.DEFINE_string("out_name", "inference_model_float16_mean_ensemble",
                       "Output prefix relative to train_dir; '-0' is appended.")
   flags.DEFINE_string("checkpoints", "",
                       "Comma list of the single-model checkpoint prefixes (full paths, a "
