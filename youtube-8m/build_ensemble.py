@@ -31,7 +31,6 @@ HIDDEN_VARIABLE = "tower/hidden1_weights/hidden1_weights"
 # Set per member / by this tool, not taken from a member's model_flags.json.
 PER_MODEL_KEYS = ("ensemble_num", "netvlad_cluster_size", "netvlad_hidden_size",
                   "ensemble_wts", "float16_flag", "model")
-SOURCES_KEY = "ensemble_sources"
 SIZE_LIMIT = 2**30  # the competition's limit on the submission's model files
 
 
@@ -206,8 +205,8 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
   summary = ensemble_checkpoint.write_plan(plan, copies, output_prefix, lambda tmp: (
       model_graph.export_inference_meta(tmp + ".meta", config)))
   model_flags = config.to_json_dict()
-  model_flags[SOURCES_KEY] = [c if storage.is_gcs(c) else os.path.abspath(c)
-                              for c in checkpoints]
+  model_flags["ensemble_sources"] = [
+      c if storage.is_gcs(c) else os.path.abspath(c) for c in checkpoints]
   if stored is not None and model_graph.TRAINING_KEY in stored:
     # e.g. the seed's ensemble dir: keep train.py's record of the dummy training run
     model_flags[model_graph.TRAINING_KEY] = stored[model_graph.TRAINING_KEY]

@@ -8,7 +8,6 @@ import contextlib
 import os
 import re
 import resource
-import shutil
 import sys
 import tempfile
 import time
@@ -38,11 +37,8 @@ def strip_checkpoint_suffix(name):
 def parse_step(prefix, basename=None):
   """The step of '.../model.ckpt-5010' (digits after the basename's LAST '-'), else None;
   with ``basename`` (e.g. 'model.ckpt') only '<basename>-<digits>' matches."""
-  name = os.path.basename(strip_checkpoint_suffix(prefix))
-  match = _STEP_RE.match(name)
-  if not match:
-    return None
-  if basename is not None and match.group("base") != basename:
+  match = _STEP_RE.match(os.path.basename(strip_checkpoint_suffix(prefix)))
+  if not match or basename not in (None, match.group("base")):
     return None
   return int(match.group("step"))
 
@@ -56,13 +52,8 @@ def list_numbered(prefix):
   """[(step, prefix + digits)] of every checkpoint '<prefix><digits>' with an index file, by
   step. Only names exactly basename(prefix) + digits + '.index' count."""
   pattern = re.compile(re.escape(os.path.basename(prefix)) + r"(\d+)\.index$")
-  found = []
-  for index_file in storage.glob(prefix + "*.index"):
-    match = pattern.match(os.path.basename(index_file))
-    if match:
-      found.append((int(match.group(1)), prefix + match.group(1)))
-  found.sort()
-  return found
+  matches = [pattern.match(os.path.basename(path)) for path in storage.glob(prefix + "*.index")]
+  return sorted((int(match.group(1)), prefix + match.group(1)) for match in matches if match)
 
 
 def list_checkpoints(directory, basename=TRAIN_CHECKPOINT_BASENAME):
@@ -151,27 +142,25 @@ def write_checkpoint(prefix, write_fn):
   write_fn(tmp_prefix) writes <tmp>.index, .data-* (and .meta) on local disk. An existing
   checkpoint loses its index first, so no reader pairs an old index with new data."""
   remote = storage.is_gcs(prefix)
-  directory = (tempfile.mkdtemp(prefix="yt8m-write-", dir=_cache_dir()) if remote
-               else os.path.dirname(prefix))
-  tmp_prefix = os.path.join(directory, ".tmp-%s-%s" % (uuid.uuid4().hex[:8],
-                                                        os.path.basename(prefix)))
-  try:
-    write_fn(tmp_prefix)
-    written = _index_last(storage.glob(tmp_prefix + ".*"))
-    if storage.exists(prefix + ".index"):
-      storage.remove(prefix + ".index")
-      suffixes = {path[len(tmp_prefix):] for path in written}
-      for stale in _checkpoint_files(prefix):  # e.g. data shards of another count
-        if stale[len(prefix):] not in suffixes:
-          storage.remove(stale)
-    for path in written:  # uploaded (gs://) or renamed (local), the index last
-      move = storage.copy if remote else storage.rename
-      move(path, prefix + path[len(tmp_prefix):], overwrite=True)
-  finally:
-    for path in storage.glob(tmp_prefix + "*"):
-      storage.remove(path)
-    if remote:
-      shutil.rmtree(directory, ignore_errors=True)
+  with (_temp_dir("yt8m-write-") if remote else
+        contextlib.nullcontext(os.path.dirname(prefix))) as directory:
+    tmp_prefix = os.path.join(directory, ".tmp-%s-%s" % (uuid.uuid4().hex[:8],
+                                                          os.path.basename(prefix)))
+    try:
+      write_fn(tmp_prefix)
+      written = _index_last(storage.glob(tmp_prefix + ".*"))
+      if storage.exists(prefix + ".index"):
+        storage.remove(prefix + ".index")
+        suffixes = {path[len(tmp_prefix):] for path in written}
+        for stale in _checkpoint_files(prefix):  # e.g. data shards of another count
+          if stale[len(prefix):] not in suffixes:
+            storage.remove(stale)
+      for path in written:  # uploaded (gs://) or renamed (local), the index last
+        move = storage.copy if remote else storage.rename
+        move(path, prefix + path[len(tmp_prefix):], overwrite=True)
+    finally:
+      for path in storage.glob(tmp_prefix + "*"):
+        storage.remove(path)
   return prefix
 
 
@@ -185,8 +174,7 @@ def local_copy(prefix):
   files = _checkpoint_files(prefix)
   if not any(path.endswith(".index") for path in files):
     raise IOError("checkpoint %s not found (no %s.index)" % (prefix, prefix))
-  with tempfile.TemporaryDirectory(prefix="yt8m-ckpt-", dir=_cache_dir(),
-                                   ignore_cleanup_errors=True) as directory:
+  with _temp_dir("yt8m-ckpt-") as directory:
     local_prefix = os.path.join(directory, os.path.basename(prefix))
     for path in _index_last(files):
       storage.copy(path, local_prefix + path[len(prefix):])
@@ -214,10 +202,11 @@ class LocalCopies(contextlib.ExitStack):
     return self._local[prefix]
 
 
-def _cache_dir():
+def _temp_dir(prefix):
+  """A temporary local directory under storage.default_cache_dir(), removed on exit."""
   directory = storage.default_cache_dir()
   os.makedirs(directory, exist_ok=True)
-  return directory
+  return tempfile.TemporaryDirectory(prefix=prefix, dir=directory, ignore_cleanup_errors=True)
 
 
 def aligned_empty(shape, dtype):

@@ -218,7 +218,6 @@ def write_plan(plan, copies, output_prefix, meta_fn):
                                              sorted(summary["by_dtype"].items())),
                summary["parameters"], summary["data_bytes"], summary["rounded_tensors"])
   logging.info("Peak memory %.1f MiB (%.2f bytes per parameter) in %.1f s",
-               summary["peak_rss_mib"],
-               summary["peak_rss_mib"] * 2**20 / max(summary["parameters"], 1),
-               summary["seconds"])
+               summary["peak_rss_mib"], summary["peak_rss_mib"] * 2**20 / max(
+                   summary["parameters"], 1), summary["seconds"])
   return summary

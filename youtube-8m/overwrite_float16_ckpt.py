@@ -41,9 +41,8 @@ def overwrite(template_prefix, sources, output_prefix):
   """The seed's step 3: the template's variables filled from sources; returns the summary."""
   if not checkpoint_utils.checkpoint_exists(template_prefix):
     raise EnsembleCheckpointError(
-        "--inference_model: no template checkpoint %s (missing %s.index); write it with "
-        "eval.py --create_meta_only on the ensemble train_dir" % (template_prefix,
-                                                                 template_prefix))
+        "--inference_model: no template checkpoint %s (missing %s.index); write it with eval.py "
+        "--create_meta_only on the ensemble train_dir" % (template_prefix, template_prefix))
   if not storage.exists(template_prefix + ".meta"):
     raise EnsembleCheckpointError(
         "--inference_model: the template %s has no .meta (the output's meta graph is a copy "
