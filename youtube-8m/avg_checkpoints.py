@@ -1,43 +1,11 @@
-r"""Average several training checkpoints into one (equal weights), one variable at a time.
+r"""Averages training checkpoints into one (equal weights), one variable at a time.
 
-Usage (from the repository root)::
+    python -m youtube-8m.avg_checkpoints --prefix="$DIR/model.ckpt-" \
+        --checkpoints_start_end=150010,220010 --output_path="$DIR/avg_150010_220010.ckpt"
+    (or --checkpoints=122304,125397,... or --num_last_checkpoints=5)
 
-  # every checkpoint DIR/model.ckpt-<step> with 150010 <= step <= 220010
-  python -m youtube-8m.avg_checkpoints --checkpoints_start_end="150010,220010" \
-      --prefix="$DIR/model.ckpt-" --output_path="$DIR/avg_c10h400_150010_220010.ckpt"
-  # an explicit list (each entry gets --prefix prepended; "122304.index" is accepted too)
-  python -m youtube-8m.avg_checkpoints --prefix="$DIR/model.ckpt-" \
-      --output_path="$DIR/avg_c32h512_122304_etc_19.ckpt" --checkpoints=122304,125397,133210
-  # the N newest checkpoints (by step) next to the prefix
-  python -m youtube-8m.avg_checkpoints --num_last_checkpoints=5 --prefix="$DIR/model.ckpt-" \
-      --output_path="$DIR/avg_last5.ckpt"
-
-The result is ``<output_path>-0.{index,data-00000-of-00001,meta}`` (global step 0); evaluate
-it with ``eval.py --checkpoint_file=<basename of output_path>-0``.
-
-* Exactly one selection mode: ``--checkpoints``, ``--checkpoints_start_end`` ("START,END",
-  inclusive) or ``--num_last_checkpoints`` (N newest by step).
-* Range and last-N modes take the files next to the prefix named exactly
-  ``basename(prefix) + <digits> + ".index"`` (checkpoint_utils.list_numbered); other files
-  (``model.ckpt-5010x.index``, earlier averages ``avg_...ckpt-0.index``) are ignored.
-* Every variable but ``global_step`` is averaged in float64 and cast back to its stored
-  dtype; integer and bool variables are rounded to nearest (ties to even). ``global_step``
-  is written as 0 in the inputs' dtype (int32 if they have none).
-* ``--exclude_optimizer_slots`` leaves out optimizer state (see is_optimizer_slot) for a
-  ~3x smaller evaluation-only checkpoint; by default it is averaged too.
-* All inputs are checked (existence, variable names, shapes, dtypes) before anything is
-  written; errors exit 1 with no output. The ``checkpoint`` state file is never touched.
-* The output appears only when complete (checkpoint_utils.write_checkpoint: temporary
-  prefix, index last, uploaded when gs://); an existing average is replaced.
-
---prefix and --output_path may be gs:// (storage.py); gs:// inputs are read from local
-copies (checkpoint_utils.LocalCopies) under --staging_dir, removed at the end.
-
-Memory: per variable (largest first), each input tensor is read in turn and added into a
-float64 accumulator, and the mean is cast into an aligned array of the stored dtype; one
-SaveV2 op then writes all results without copying them. The peak is about
-max(1x output, results so far + 3x the current variable) + the TensorFlow runtime,
-independent of the number of checkpoints.
+writes ``<output_path>-0.{index,data-00000-of-00001,meta}`` (global_step 0, every other
+variable averaged in float64 and cast back to its dtype), or nothing on error (exit 1).
 """
 
 import os
@@ -55,59 +23,45 @@ from . import storage
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string(
-    "checkpoints", None,
-    "Comma-separated checkpoints to average. Each entry gets --prefix prepended by plain "
-    "string concatenation (so with --prefix=DIR/model.ckpt- the entries are bare steps); "
-    "entries may also carry a '.index' (or '.meta', '.data-*') suffix.")
-flags.DEFINE_string(
-    "checkpoints_start_end", None,
-    "'START,END': average every checkpoint '<prefix><step>' found next to --prefix with "
-    "START <= step <= END (inclusive).")
-flags.DEFINE_integer(
-    "num_last_checkpoints", None,
-    "Average the N newest (highest step) checkpoints '<prefix><step>' found next to --prefix.")
-flags.DEFINE_string(
-    "prefix", "",
-    "Checkpoint prefix, e.g. 'train_dir/model.ckpt-'. Prepended to --checkpoints entries; "
-    "in range / last-N modes checkpoints named '<prefix><digits>' are listed.")
-flags.DEFINE_string(
-    "output_path", "/tmp/averaged.ckpt",
-    "Output prefix; the average is saved with global step 0 as '<output_path>-0.*'. An "
-    "existing average with that name is replaced once the new files are complete.")
-flags.DEFINE_string(
-    "staging_dir", None,
-    "Local directory for the temporary copies of gs:// input checkpoints and of a gs:// "
-    "output before its upload; default: $YT8M_STORAGE_CACHE, else <tmp>/yt8m-storage-cache.")
-flags.DEFINE_bool(
-    "exclude_optimizer_slots", False,
-    "Leave out optimizer state (*/Adam, */Adam_1, beta1_power, beta2_power, */Momentum, "
-    "*/RMSProp*, ...) for a smaller evaluation-only checkpoint. Default: average it too.")
+flags.DEFINE_string("checkpoints", None,
+                    "Comma-separated checkpoints to average. Each entry gets --prefix prepended "
+                    "by plain string concatenation (so with --prefix=DIR/model.ckpt- the "
+                    "entries are bare steps); entries may also carry a '.index' (or '.meta', "
+                    "'.data-*') suffix.")
+flags.DEFINE_string("checkpoints_start_end", None,
+                    "'START,END': average every checkpoint '<prefix><step>' found next to "
+                    "--prefix with START <= step <= END (inclusive).")
+flags.DEFINE_integer("num_last_checkpoints", None,
+                     "Average the N newest (highest step) checkpoints '<prefix><step>' found "
+                     "next to --prefix.")
+flags.DEFINE_string("prefix", "",
+                    "Checkpoint prefix, e.g. 'train_dir/model.ckpt-'. Prepended to "
+                    "--checkpoints entries; in range / last-N modes checkpoints named "
+                    "'<prefix><digits>' are listed.")
+flags.DEFINE_string("output_path", "/tmp/averaged.ckpt",
+                    "Output prefix; the average is saved with global step 0 as "
+                    "'<output_path>-0.*'. An existing average with that name is replaced once "
+                    "the new files are complete.")
+flags.DEFINE_string("staging_dir", None,
+                    "Local directory for the temporary copies of gs:// input checkpoints and of "
+                    "a gs:// output before its upload; default: $YT8M_STORAGE_CACHE, else "
+                    "<tmp>/yt8m-storage-cache.")
+flags.DEFINE_bool("exclude_optimizer_slots", False,
+                  "Leave out optimizer state (*/Adam, */Adam_1, beta1_power, beta2_power, "
+                  "*/Momentum, */RMSProp*, ...) for a smaller evaluation-only checkpoint. "
+                  "Default: average it too.")
 
 GLOBAL_STEP = checkpoint_utils.GLOBAL_STEP
 _START_END_RE = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*$")
-# Slot variables are named '<var>/<optimizer name>[_<k>]' (TF1 slot_creator); the Adam
-# power accumulators are non-slot variables 'beta1_power' / 'beta2_power'.
-_SLOT_LAST_COMPONENT_RE = re.compile(
-    r"^(Adam|LazyAdam|AdamW|Momentum|RMSProp|Adagrad|AdagradDA|Adadelta|Ftrl|"
-    r"ProximalAdagrad|ProximalGradientDescent)(_\d+)?$")
-_NON_SLOT_ACCUMULATOR_RE = re.compile(r"^(beta1_power|beta2_power)(_\d+)?$")
+# The last name component of optimizer state: TF1 slot variables '<var>/<optimizer>[_<k>]'
+# and Adam's non-slot accumulators 'beta1_power' / 'beta2_power'.
+_OPTIMIZER_STATE_RE = re.compile(
+    r"^(Adam|LazyAdam|AdamW|Momentum|RMSProp|Adagrad|AdagradDA|Adadelta|Ftrl|ProximalAdagrad|"
+    r"ProximalGradientDescent|beta1_power|beta2_power)(_\d+)?$")
 
 
 class AvgCheckpointsError(Exception):
   """A user-facing problem with the flags or the input checkpoints (nothing was written)."""
-
-
-def _exists(path):
-  """storage.exists, with storage failures (e.g. a missing bucket) as AvgCheckpointsError."""
-  try:
-    return storage.exists(path)
-  except storage.StorageError as e:
-    raise AvgCheckpointsError(str(e))
-
-
-# ---------------------------------------------------------------------------------------
-# Selection.
 
 
 def find_checkpoints(prefix):
@@ -115,8 +69,7 @@ def find_checkpoints(prefix):
   directory = os.path.dirname(prefix) or "."
   try:
     if not storage.isdir(directory):
-      raise AvgCheckpointsError(
-          "--prefix=%r: directory %r does not exist" % (prefix, directory))
+      raise AvgCheckpointsError("--prefix=%r: directory %r does not exist" % (prefix, directory))
     return checkpoint_utils.list_numbered(prefix)
   except storage.StorageError as e:
     raise AvgCheckpointsError("--prefix=%r: cannot list %s: %s" % (prefix, directory, e))
@@ -146,18 +99,14 @@ def _describe_steps(found, limit=20):
 
 def select_checkpoints(prefix="", checkpoints=None, checkpoints_start_end=None,
                        num_last_checkpoints=None):
-  """Resolves the selection flags to (mode, [checkpoint prefixes]) in averaging order.
-
-  Exactly one of checkpoints / checkpoints_start_end / num_last_checkpoints must be given
-  (not None). Every returned checkpoint has an index file. Raises AvgCheckpointsError.
-  """
+  """(mode, [checkpoint prefixes with an index file]) of the one selection mode given (not
+  None), in averaging order; AvgCheckpointsError otherwise."""
   given = [name for name, value in (("--checkpoints", checkpoints),
                                     ("--checkpoints_start_end", checkpoints_start_end),
                                     ("--num_last_checkpoints", num_last_checkpoints))
            if value is not None]
   if len(given) > 1:
-    raise AvgCheckpointsError(
-        "only one selection mode may be given, got %s" % " and ".join(given))
+    raise AvgCheckpointsError("only one selection mode may be given, got %s" % " and ".join(given))
   if not given:
     raise AvgCheckpointsError(
         "no checkpoints selected: give one of --checkpoints, --checkpoints_start_end "
@@ -173,7 +122,7 @@ def select_checkpoints(prefix="", checkpoints=None, checkpoints_start_end=None,
       if ckpt in selected:
         raise AvgCheckpointsError(
             "--checkpoints: checkpoint %r is listed twice (entry %r)" % (ckpt, entry))
-      if not _exists(ckpt + ".index"):
+      if not checkpoint_utils.checkpoint_exists(ckpt):
         raise AvgCheckpointsError(
             "--checkpoints: checkpoint %r (entry %r with --prefix=%r) does not exist: "
             "no file %r" % (ckpt, entry, prefix, ckpt + ".index"))
@@ -202,14 +151,9 @@ def select_checkpoints(prefix="", checkpoints=None, checkpoints_start_end=None,
   return "num_last_checkpoints", [ckpt for _, ckpt in found[-num_last_checkpoints:]]
 
 
-# ---------------------------------------------------------------------------------------
-# Averaging.
-
-
 def is_optimizer_slot(name):
   """True for optimizer state: '<var>/Adam', '<var>/Adam_1', 'beta1_power', ... ."""
-  last = name.rsplit("/", 1)[-1]
-  return bool(_SLOT_LAST_COMPONENT_RE.match(last) or _NON_SLOT_ACCUMULATOR_RE.match(last))
+  return bool(_OPTIMIZER_STATE_RE.match(name.rsplit("/", 1)[-1]))
 
 
 def _names_preview(names, limit=5):
@@ -218,49 +162,29 @@ def _names_preview(names, limit=5):
   return shown + (", ... (%d in all)" % len(names) if len(names) > limit else "")
 
 
-def check_compatible(checkpoint_prefixes, readers):
-  """{name: (shape, tf.DType)} common to all checkpoints; AvgCheckpointsError on mismatch."""
-  first = checkpoint_prefixes[0]
-  ref_shapes = readers[0].get_variable_to_shape_map()
-  ref_dtypes = readers[0].get_variable_to_dtype_map()
-  for ckpt, reader in zip(checkpoint_prefixes[1:], readers[1:]):
-    shapes = reader.get_variable_to_shape_map()
-    dtypes = reader.get_variable_to_dtype_map()
-    missing = set(ref_shapes) - set(shapes)
-    if missing:
-      raise AvgCheckpointsError(
-          "checkpoint %r lacks variable(s) %s present in %r"
-          % (ckpt, _names_preview(missing), first))
-    extra = set(shapes) - set(ref_shapes)
-    if extra:
-      raise AvgCheckpointsError(
-          "checkpoint %r has variable(s) %s absent from %r"
-          % (ckpt, _names_preview(extra), first))
-    for name in sorted(ref_shapes):
-      if list(shapes[name]) != list(ref_shapes[name]):
-        raise AvgCheckpointsError(
-            "variable %r has shape %s in checkpoint %r but %s in %r"
-            % (name, list(shapes[name]), ckpt, list(ref_shapes[name]), first))
-      if dtypes[name] != ref_dtypes[name]:
-        raise AvgCheckpointsError(
-            "variable %r has dtype %s in checkpoint %r but %s in %r"
-            % (name, dtypes[name].name, ckpt, ref_dtypes[name].name, first))
-  specs = {}
-  for name in sorted(ref_shapes):
-    dtype = ref_dtypes[name]
+def check_compatible(checkpoint_prefixes, all_specs):
+  """The {name: (shape, tf.DType)} all checkpoints share; AvgCheckpointsError on mismatch."""
+  first, ref = checkpoint_prefixes[0], all_specs[0]
+  for ckpt, specs in zip(checkpoint_prefixes[1:], all_specs[1:]):
+    for names, problem in ((set(ref) - set(specs), "lacks variable(s) %s present in %r"),
+                           (set(specs) - set(ref), "has variable(s) %s absent from %r")):
+      if names:
+        raise AvgCheckpointsError("checkpoint %r %s" % (ckpt, problem % (
+            _names_preview(names), first)))
+    for name in sorted(ref):
+      for what, value, ref_value in (("shape", list(specs[name][0]), list(ref[name][0])),
+                                     ("dtype", specs[name][1].name, ref[name][1].name)):
+        if value != ref_value:
+          raise AvgCheckpointsError("variable %r has %s %s in checkpoint %r but %s in %r"
+                                    % (name, what, value, ckpt, ref_value, first))
+  for name, (shape, dtype) in sorted(ref.items()):
     if name != GLOBAL_STEP and not (dtype.is_floating or dtype.is_integer or dtype.is_bool):
-      raise AvgCheckpointsError(
-          "variable %r in %r has dtype %s, which cannot be averaged"
-          % (name, first, dtype.name))
-    specs[name] = (tuple(int(d) for d in ref_shapes[name]), dtype)
-  if GLOBAL_STEP in specs and specs[GLOBAL_STEP][0] != ():
+      raise AvgCheckpointsError("variable %r in %r has dtype %s, which cannot be averaged"
+                                % (name, first, dtype.name))
+  if GLOBAL_STEP in ref and ref[GLOBAL_STEP][0] != ():
     raise AvgCheckpointsError("variable 'global_step' in %r is not a scalar (shape %s)"
-                              % (first, list(specs[GLOBAL_STEP][0])))
-  return specs
-
-
-def _nbytes(shape, dtype):
-  return int(np.prod(shape, dtype=np.int64)) * dtype.size
+                              % (first, list(ref[GLOBAL_STEP][0])))
+  return ref
 
 
 def _average_variable(name, shape, dtype, readers, checkpoint_prefixes):
@@ -273,17 +197,13 @@ def _average_variable(name, shape, dtype, readers, checkpoint_prefixes):
     except tf.errors.OpError as e:
       raise AvgCheckpointsError(
           "cannot read variable %r from checkpoint %r: %s" % (name, ckpt, e)) from e
-    if tensor.shape != shape:
-      raise AvgCheckpointsError(
-          "variable %r in checkpoint %r has shape %s, expected %s"
-          % (name, ckpt, list(tensor.shape), list(shape)))
     if tensor.dtype.kind in "fiub":
       np.add(acc, tensor, out=acc)
     else:  # e.g. bfloat16 (ml_dtypes): convert explicitly.
       acc += tensor.astype(np.float64)
     del tensor
   acc /= len(readers)
-  if dtype.is_integer or dtype.is_bool:
+  if dtype.is_integer or dtype.is_bool:  # round to nearest, ties to even
     np.rint(acc, out=acc)
   out = checkpoint_utils.aligned_empty(shape, dtype.as_numpy_dtype)
   np.copyto(out, acc, casting="unsafe")
@@ -291,25 +211,18 @@ def _average_variable(name, shape, dtype, readers, checkpoint_prefixes):
 
 
 def _write_meta(meta_path, specs):
-  """Exports a MetaGraphDef with one variable per {name: (shape, tf.DType)} and a saver_def.
-
-  Initializers are never-run tf.zeros (Fill ops, no data), so import_meta_graph(...)
-  .restore(sess, '<output_path>-0') works without the graph holding any tensor data.
-  """
+  """Exports a MetaGraphDef with one variable per {name: (shape, tf.DType)} and a saver_def
+  (initializers are Fill ops: the graph holds no tensor data)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   graph = tf.Graph()
   with graph.as_default():
     var_list = {}
-    # Sorted so that 'a/b' is created before 'a/b/Adam' and keeps its exact name.
-    for name in sorted(specs):
-      shape, dtype = specs[name]
+    # Sorted: 'a/b' is created before 'a/b/Adam' and keeps its exact name (the saver maps
+    # names through var_list anyway).
+    for name, (shape, dtype) in sorted(specs.items()):
       with tf.compat.v1.name_scope("avg_checkpoints_init"):
         initial_value = tf.zeros(shape, dtype=dtype)
-      variable = tf.compat.v1.Variable(initial_value=initial_value, name=name,
-                                       trainable=False, dtype=dtype)
-      if variable.op.name != name:
-        logging.warning("meta graph: variable %r got graph name %r (restore still maps it)",
-                        name, variable.op.name)
+      variable = tf.compat.v1.Variable(initial_value, name=name, trainable=False, dtype=dtype)
       if name == GLOBAL_STEP:
         graph.add_to_collection(tf.compat.v1.GraphKeys.GLOBAL_STEP, variable)
       var_list[name] = variable
@@ -320,23 +233,9 @@ def _write_meta(meta_path, specs):
 
 
 def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_slots=False):
-  """Averages checkpoints into '<output_prefix>.{data-00000-of-00001,index,meta}'.
-
-  Args:
-    checkpoint_prefixes: checkpoint prefixes ('dir/model.ckpt-5010', local or gs://), each
-      with an index file.
-    output_prefix: prefix of the averaged checkpoint (main() passes '<output_path>-0'),
-      local or gs://.
-    exclude_optimizer_slots: leave out optimizer state (see is_optimizer_slot).
-
-  Returns:
-    A summary dict: checkpoints, output_prefix, files, averaged / skipped variable names,
-    global_step dtype, output and largest input data sizes (bytes), peak_memory_mib,
-    seconds.
-
-  Raises:
-    AvgCheckpointsError: bad or incompatible inputs; nothing has been written then.
-  """
+  """Averages checkpoint prefixes into '<output_prefix>.{data-00000-of-00001,index,meta}' and
+  returns a summary dict; raises AvgCheckpointsError (or storage.StorageError) before
+  writing anything."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   start_time = time.time()
   checkpoint_prefixes = list(checkpoint_prefixes)
@@ -346,7 +245,7 @@ def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_sl
     raise AvgCheckpointsError("a checkpoint is listed twice: %s" % checkpoint_prefixes)
   input_bytes = []
   for ckpt in checkpoint_prefixes:
-    if not _exists(ckpt + ".index"):
+    if not checkpoint_utils.checkpoint_exists(ckpt):
       raise AvgCheckpointsError("checkpoint %r does not exist: no file %r"
                                 % (ckpt, ckpt + ".index"))
     if checkpoint_utils.same_path(ckpt, output_prefix):
@@ -372,7 +271,8 @@ def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_sl
         readers.append(tf.train.load_checkpoint(copies.local(ckpt)))
       except (tf.errors.OpError, ValueError) as e:
         raise AvgCheckpointsError("cannot read checkpoint %r: %s" % (ckpt, e)) from e
-    specs = check_compatible(checkpoint_prefixes, readers)
+    specs = check_compatible(checkpoint_prefixes,
+                             [checkpoint_utils.variable_specs(r) for r in readers])
     averaged = [name for name in specs if name != GLOBAL_STEP and not (
         exclude_optimizer_slots and is_optimizer_slot(name))]
     skipped = [name for name in specs if name != GLOBAL_STEP and name not in averaged]
@@ -385,21 +285,18 @@ def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_sl
     # Largest first: a big variable's transient accumulator and input tensor are paid while
     # few results are held. Progress in bytes (a count of variables would mislead the ETA).
     tensors = {}
-    by_size = sorted(averaged, key=lambda n: (-_nbytes(*specs[n]), n))
+    by_size = sorted(averaged, key=lambda n: (-checkpoint_utils.nbytes(*specs[n]), n))
     progress = progress_lib.Progress("averaging %d variables" % len(by_size), sum(
-        _nbytes(*specs[n]) for n in by_size), "MiB", scale=2**20)
+        checkpoint_utils.nbytes(*specs[n]) for n in by_size), "MiB", scale=2**20)
     for name in by_size:
       shape, dtype = specs[name]
       tensors[name] = _average_variable(name, shape, dtype, readers, checkpoint_prefixes)
-      progress.update(_nbytes(shape, dtype))
+      progress.update(checkpoint_utils.nbytes(shape, dtype))
     progress.finish()
     del readers
-  global_step = checkpoint_utils.aligned_empty((), global_step_dtype.as_numpy_dtype)
-  global_step[...] = 0
-  tensors[GLOBAL_STEP] = global_step
+  tensors[GLOBAL_STEP] = np.zeros((), global_step_dtype.as_numpy_dtype)
   out_specs = {name: specs[name] for name in averaged}
   out_specs[GLOBAL_STEP] = ((), global_step_dtype)
-
   output_bytes = []
 
   def write(tmp_prefix):
@@ -412,19 +309,11 @@ def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_sl
     logging.info("replacing the existing checkpoint %s", output_prefix)
   storage.makedirs(output_dir)
   checkpoint_utils.write_checkpoint(output_prefix, write)
-  return {
-      "checkpoints": checkpoint_prefixes,
-      "output_prefix": output_prefix,
-      "files": [output_prefix + suffix for suffix in (".index", checkpoint_utils.DATA_SUFFIX,
-                                                      ".meta")],
-      "averaged": averaged,
-      "skipped": skipped,
-      "global_step_dtype": global_step_dtype.name,
-      "output_data_bytes": output_bytes[0],
-      "largest_input_data_bytes": largest_input,
-      "peak_memory_mib": checkpoint_utils.peak_rss_mib(),
-      "seconds": time.time() - start_time,
-  }
+  files = [output_prefix + suffix for suffix in (".index", checkpoint_utils.DATA_SUFFIX, ".meta")]
+  return dict(checkpoints=checkpoint_prefixes, output_prefix=output_prefix, files=files,
+              averaged=averaged, skipped=skipped, global_step_dtype=global_step_dtype.name,
+              output_data_bytes=output_bytes[0], largest_input_data_bytes=largest_input,
+              peak_memory_mib=checkpoint_utils.peak_rss_mib(), seconds=time.time() - start_time)
 
 
 def main(argv):

@@ -1,40 +1,14 @@
-r"""One command from single-model checkpoints to a (float16) in-graph ensemble inference model.
+r"""One command from single-model checkpoints to the (float16) in-graph ensemble inference model.
 
-    python -m youtube-8m.build_ensemble --train_dir=ensemble_YHLS \
-        --checkpoints="single/c24h1440-inference_model_0,single/c32h1024-inference_model_0,..." \
-        --netvlad_cluster_size=24 --netvlad_hidden_size=1440 --ensemble_wts=0.39 \
-        --netvlad_cluster_size=32 --netvlad_hidden_size=1024 --ensemble_wts=0.26 ... \
-        --iterations=300 --netvlad_relu=False --gating=True --moe_prob_gating=True
+    python -m youtube-8m.build_ensemble --train_dir=ENS --checkpoints=CKPT1,CKPT2 \
+        [--netvlad_cluster_size=K --netvlad_hidden_size=H --ensemble_wts=W]... --gating=True
 
-writes into --train_dir, without the seed's 10-step dummy training and create_meta_only pass:
-
-* ``<output_name>.{data-00000-of-00001,index}``: the 32*n+1 tensors of the n-model ensemble
-  graph (float16 kernels unless --nofloat16_flag), filled from the checkpoints exactly as
-  overwrite_float16_ckpt does (each value rounded once; global_step = 0);
-* ``<output_name>.meta``: the clean inference meta graph (model_graph.export_inference_meta,
-  mixing weights baked in as constants), as eval.py --force_output_model_name writes it;
-* ``model_flags.json``: the ensemble's ModelConfig (as train.py writes it), so eval.py and
-  inference.py work in that directory.
-
-With the default --output_name=inference_model the directory is ready for a submission tgz
-(``inference.py --train_dir=DIR --output_model_tgz=...``). The result is identical (tensor
-values and dtypes, predictions) to the seed's path train 10 steps -> eval --create_meta_only ->
-overwrite_float16_ckpt -> eval --force_output_model_name with the same flags.
-
-Model settings: the repeated --netvlad_cluster_size / --netvlad_hidden_size / --ensemble_wts
-give one value per checkpoint, in order. When omitted, K and H are read from the checkpoints'
-shapes and the weights are equal (1/n). Every other model flag (--gating, --iterations, ...)
-not given on the command line is taken from the members' model_flags.json (next to each
-checkpoint, when present; strict architecture keys must agree) or its default. Explicit
-values are checked against the members' json files and against the checkpoint shapes; errors
-name the model index, the flag and the variable. Nothing is written on error.
-
---train_dir and the --checkpoints entries may be gs:// (the checkpoint is uploaded once
-complete, index last, then ``model_flags.json``).
+writes ``<train_dir>/<output_name>.{data-00000-of-00001,index,meta}`` and model_flags.json, as
+the seed's train 10 steps -> eval --create_meta_only -> overwrite_float16_ckpt -> eval
+--force_output_model_name would; nothing on error.
 """
 
 import os
-import shutil
 import tempfile
 
 from absl import app
@@ -49,8 +23,7 @@ from . import utils
 
 FLAGS = flags.FLAGS
 
-# Defaults that differ from train.py / eval.py: an ensemble of frame-level NetVLAD models
-# with float16 kernels.
+# Defaults that differ from train.py's: frame-level NetVLAD models with float16 kernels.
 DEFAULTS = {"float16_flag": True, "frame_features": True, "feature_names": "rgb,audio",
             "feature_sizes": "1024,128", "model": "NetVLADModelLF"}
 CLUSTER_VARIABLE = "tower/video_VLAD/conv2/cluster_weights"
@@ -58,16 +31,11 @@ HIDDEN_VARIABLE = "tower/hidden1_weights/hidden1_weights"
 # Set per member / by this tool, not taken from a member's model_flags.json.
 PER_MODEL_KEYS = ("ensemble_num", "netvlad_cluster_size", "netvlad_hidden_size",
                   "ensemble_wts", "float16_flag", "model")
-SOURCES_KEY = "ensemble_sources"
 SIZE_LIMIT = 2**30  # the competition's limit on the submission's model files
 
 
 def define_flags():
-  model_graph.define_flags()
-  # --help lists the model flags too (absl shows only the main module's own flags).
-  for _module in (model_graph, model_graph.frame_level_models,
-                  model_graph.video_level_models):
-    flags.adopt_module_key_flags(_module)
+  model_graph.define_flags(adopt_into=__name__)
   flags.DEFINE_string("train_dir", None,
                       "Output directory of the ensemble (created if missing).")
   flags.DEFINE_string("checkpoints", None,
@@ -94,12 +62,10 @@ def member_model_flags(checkpoint):
   directory = os.path.dirname(checkpoint) or "."
   path = utils.model_flags_path(directory)
   stored = model_graph.read_stored_flags(directory, required=False)
-  if stored is None:
-    return path, None
-  if int(stored.get("ensemble_num", 1)) != 1:
+  if stored is not None and int(stored.get("ensemble_num", 1)) != 1:
     logging.warning("%s describes an ensemble (ensemble_num=%s), not the single model %s: "
                     "ignored", path, stored.get("ensemble_num"), checkpoint)
-    return path, None
+    stored = None
   return path, stored
 
 
@@ -115,108 +81,83 @@ def _per_model_values(name, explicit, count, from_shapes):
   return values
 
 
-def assemble_config(checkpoints, explicit, member_jsons, source_specs):
-  """The ensemble's ModelConfig from flags, member model_flags.json files and shapes.
+def _members_value(name, explicit, member_jsons, default):
+  """A shared flag's value: explicit (a strict key checked against every member's json), else
+  the members' one value, else the default (with a warning when the members disagree)."""
+  stored = [(index, path, values[name]) for index, (path, values) in enumerate(member_jsons)
+            if values is not None and name in values]
+  strict = name in model_graph.STRICT_KEYS
+  if name in explicit:
+    for index, path, value in stored:
+      if strict and value != explicit[name]:
+        raise BuildEnsembleError(
+            "model %d: --%s=%r but %s says %s=%r: the ensemble graph would not be the "
+            "network the model was trained as (omit the flag to take the members' value)"
+            % (index, name, explicit[name], path, name, value))
+    return explicit[name]
+  distinct = []
+  for _, _, value in stored:
+    if value not in distinct:
+      distinct.append(value)
+  if len(distinct) <= 1:
+    return distinct[0] if distinct else default
+  listed = ", ".join("model %d: %r" % (index, value) for index, _, value in stored)
+  if strict:
+    raise BuildEnsembleError("the members disagree on %s (%s, from their model_flags.json); "
+                             "one ensemble graph needs one value" % (name, listed))
+  logging.warning("the members were trained with different %s (%s); using --%s=%r", name,
+                  listed, name, default)
+  return default
 
-  Args:
-    checkpoints: the source checkpoint prefixes, in model order.
-    explicit: {flag name: value} of the flags given on the command line (the rest take
-      ModelConfig's defaults with this tool's DEFAULTS).
-    member_jsons: per model, (json path, dict or None).
-    source_specs: per model, {variable name: (shape, dtype)} of the checkpoint.
-  """
+
+def assemble_config(checkpoints, explicit, member_jsons, source_specs):
+  """The ensemble's ModelConfig from explicit {flag: value}, per model (json path, dict or
+  None) and {variable: (shape, dtype)}; BuildEnsembleError names the model and flag."""
   count = len(checkpoints)
-  defaults = model_graph.ModelConfig(**DEFAULTS)
   if "ensemble_num" in explicit and explicit["ensemble_num"] != count:
     raise BuildEnsembleError("--ensemble_num=%d but --checkpoints lists %d checkpoints (one "
                              "per model)" % (explicit["ensemble_num"], count))
-  shape_k, shape_h = [], []
-  for index, (prefix, specs) in enumerate(zip(checkpoints, source_specs)):
-    for variable, out in ((CLUSTER_VARIABLE, shape_k), (HIDDEN_VARIABLE, shape_h)):
+  values = {"ensemble_num": count, "model": explicit.get("model") or DEFAULTS["model"],
+            "float16_flag": explicit.get("float16_flag", DEFAULTS["float16_flag"])}
+  for name, variable in (("netvlad_cluster_size", CLUSTER_VARIABLE),
+                         ("netvlad_hidden_size", HIDDEN_VARIABLE)):
+    from_shapes = []
+    for index, (prefix, specs) in enumerate(zip(checkpoints, source_specs)):
       if variable not in specs or len(specs[variable][0]) != 2:
         raise BuildEnsembleError(
             "model %d: checkpoint %s has no 2-D variable %r; is it a single NetVLADModelLF "
             "checkpoint (variables named tower/...)?" % (index, prefix, variable))
-      out.append(specs[variable][0][1])
-  values = {}
-  values["netvlad_cluster_size"] = _per_model_values("netvlad_cluster_size", explicit, count,
-                                                     shape_k)
-  values["netvlad_hidden_size"] = _per_model_values("netvlad_hidden_size", explicit, count,
-                                                    shape_h)
-  for index in range(count):
-    for name, variable, from_shape in (("netvlad_cluster_size", CLUSTER_VARIABLE, shape_k),
-                                       ("netvlad_hidden_size", HIDDEN_VARIABLE, shape_h)):
-      given = values[name][index]
-      if given != from_shape[index]:
+      from_shapes.append(specs[variable][0][1])
+    values[name] = _per_model_values(name, explicit, count, from_shapes)
+    for index, given in enumerate(values[name]):
+      if given != from_shapes[index]:
         raise BuildEnsembleError(
             "model %d: --%s=%d (occurrence %d) but checkpoint %s has %s of shape %s, i.e. "
             "%s=%d" % (index, name, given, index + 1, checkpoints[index], variable,
-                       list(source_specs[index][variable][0]), name, from_shape[index]))
+                       list(source_specs[index][variable][0]), name, from_shapes[index]))
       path, stored = member_jsons[index]
       if stored is not None and name in stored and list(stored[name]) != [given]:
         raise BuildEnsembleError("model %d: %s says %s=%s but the checkpoint %s has %d" % (
             index, path, name, stored[name], checkpoints[index], given))
-
   if "ensemble_wts" in explicit and count > 1:
-    weights = [float(w) for w in explicit["ensemble_wts"]]
-    if len(weights) != count:
-      raise BuildEnsembleError(
-          "--ensemble_wts was given %d time(s) (%s) but --checkpoints lists %d models: give it "
-          "once per model, in model order" % (len(weights), weights, count))
+    values["ensemble_wts"] = _per_model_values("ensemble_wts", explicit, count, None)
   else:
-    weights = [1.0 / count] * count if count > 1 else [1.0]
+    values["ensemble_wts"] = [1.0 / count] * count
     if count > 1:
       logging.info("--ensemble_wts not given: equal weights 1/%d", count)
-  values["ensemble_wts"] = weights
-  values["ensemble_num"] = count
-  values["float16_flag"] = explicit.get("float16_flag", defaults.float16_flag)
-  values["model"] = explicit.get("model") or defaults.model
-
+  defaults = model_graph.ModelConfig.from_dict(DEFAULTS)
   for name in model_graph.CONFIG_FIELDS:
-    if name in PER_MODEL_KEYS:
-      continue
-    stored_values = [(index, path, stored[name]) for index, (path, stored)
-                     in enumerate(member_jsons) if stored is not None and name in stored]
-    strict = name in model_graph.STRICT_KEYS
-    if name in explicit:
-      values[name] = explicit[name]
-      for index, path, stored in stored_values:
-        if strict and stored != explicit[name]:
-          raise BuildEnsembleError(
-              "model %d: --%s=%r but %s says %s=%r: the ensemble graph would not be the "
-              "network the model was trained as (omit the flag to take the members' value)"
-              % (index, name, explicit[name], path, name, stored))
-      continue
-    distinct = []
-    for _, _, stored in stored_values:
-      if stored not in distinct:
-        distinct.append(stored)
-    if len(distinct) == 1:
-      values[name] = distinct[0]
-    elif not distinct:
-      continue  # the default
-    elif strict:
-      raise BuildEnsembleError(
-          "the members disagree on %s (%s, from their model_flags.json); one ensemble graph "
-          "needs one value" % (name, ", ".join("model %d: %r" % (i, v)
-                                               for i, _, v in stored_values)))
-    else:
-      values[name] = getattr(defaults, name)
-      logging.warning("the members were trained with different %s (%s); using --%s=%r",
-                      name, ", ".join("model %d: %r" % (i, v) for i, _, v in stored_values),
-                      name, values[name])
-  return model_graph.ModelConfig(**dict(DEFAULTS, **values)).validate()
+    if name not in PER_MODEL_KEYS:
+      values[name] = _members_value(name, explicit, member_jsons, getattr(defaults, name))
+  return model_graph.ModelConfig.from_dict(values).validate()
 
 
 def planned_size(plan, config):
-  """Bytes of the submission files the plan gives: tensor data and meta graph exactly (the
-  meta graph is exported to a temporary file), the .index and model_flags.json estimated."""
-  directory = tempfile.mkdtemp(prefix="yt8m-plan-")
-  try:
+  """Bytes of the submission files: tensor data and meta graph exact (the meta graph exported
+  to a temporary file), the .index and model_flags.json estimated."""
+  with tempfile.TemporaryDirectory(prefix="yt8m-plan-") as directory:
     meta = os.path.getsize(model_graph.export_inference_meta(
         os.path.join(directory, "plan.meta"), config))
-  finally:
-    shutil.rmtree(directory, ignore_errors=True)
   data = plan.output_bytes()
   # An index entry holds the name, dtype, shape and offsets (~40 B besides the name).
   other = sum(len(item[0]) + 40 for item in plan.items) + 4096
@@ -226,21 +167,18 @@ def planned_size(plan, config):
 
 
 def format_planned_size(size):
-  return ("planned submission: %s B = tensor data %s B + meta graph %s B + ~%s B (.index, "
-          "model_flags.json) vs the limit 2^30 = %s B: %s (%s B %s)" % (
-              "{:,}".format(size["total_bytes"]), "{:,}".format(size["data_bytes"]),
-              "{:,}".format(size["meta_bytes"]), "{:,}".format(size["other_bytes_estimate"]),
-              "{:,}".format(size["limit_bytes"]), "FITS" if size["fits"] else "DOES NOT FIT",
-              "{:,}".format(abs(size["limit_bytes"] - size["total_bytes"])),
-              "to spare" if size["fits"] else "over"))
+  return ("planned submission: {total_bytes:,} B = tensor data {data_bytes:,} B + meta graph "
+          "{meta_bytes:,} B + ~{other_bytes_estimate:,} B (.index, model_flags.json) vs the "
+          "limit 2^30 = {limit_bytes:,} B: {verdict} ({margin:,} B {side})").format(
+              verdict="FITS" if size["fits"] else "DOES NOT FIT", **size,
+              margin=abs(size["limit_bytes"] - size["total_bytes"]),
+              side="to spare" if size["fits"] else "over")
 
 
 def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
-  """Writes the ensemble checkpoint + inference meta + model_flags.json; returns a summary.
-
-  copies: the checkpoint_utils.LocalCopies the checkpoints are read through. dry_run: only
-  check, and return (and print) the planned size, writing nothing.
-  """
+  """Writes the ensemble checkpoint, its inference meta and model_flags.json, reading the
+  checkpoints through copies (a checkpoint_utils.LocalCopies); returns a summary dict.
+  dry_run: print the planned size and write nothing."""
   output_prefix = checkpoint_utils.resolve_checkpoint(train_dir, output_name)
   stored = model_graph.read_stored_flags(train_dir, required=False) if storage.isdir(
       train_dir) else None
@@ -252,9 +190,8 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
           "--train_dir=%s holds another model (its model_flags.json describes %d model(s)): "
           "choose another --train_dir. %s" % (train_dir, int(stored.get("ensemble_num", 1)),
                                                str(error).split(": ", 1)[-1]))
-  graph, _ = model_graph.build_inference_graph(config)
-  template_specs = ensemble_checkpoint.specs_from_graph(graph)
-  del graph
+  template_specs = ensemble_checkpoint.specs_from_graph(
+      model_graph.build_inference_graph(config)[0])
   plan = ensemble_checkpoint.plan_ensemble(
       template_specs, checkpoints, copies, "the %d-model ensemble graph (%s)" % (
           config.ensemble_num, config.describe()), outputs=[output_prefix])
@@ -265,33 +202,16 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
     print("dry run: nothing written (would write %s.* and %s)" % (
         output_prefix, utils.model_flags_path(train_dir)))
     return dict(size, dry_run=True)
-  summary = ensemble_checkpoint.write_plan(
-      plan, copies, output_prefix,
-      lambda tmp: model_graph.export_inference_meta(tmp + ".meta", config))
+  summary = ensemble_checkpoint.write_plan(plan, copies, output_prefix, lambda tmp: (
+      model_graph.export_inference_meta(tmp + ".meta", config)))
   model_flags = config.to_json_dict()
-  model_flags[SOURCES_KEY] = [c if storage.is_gcs(c) else os.path.abspath(c)
-                              for c in checkpoints]
+  model_flags["ensemble_sources"] = [
+      c if storage.is_gcs(c) else os.path.abspath(c) for c in checkpoints]
   if stored is not None and model_graph.TRAINING_KEY in stored:
     # e.g. the seed's ensemble dir: keep train.py's record of the dummy training run
     model_flags[model_graph.TRAINING_KEY] = stored[model_graph.TRAINING_KEY]
   utils.write_model_flags(train_dir, model_flags)
   return summary
-
-
-def build_from_flags(checkpoints, copies):
-  source_specs = [ensemble_checkpoint.specs_from_checkpoint(prefix, copies)
-                  for prefix in checkpoints]
-  if FLAGS.use_member_model_flags:
-    member_jsons = [member_model_flags(prefix) for prefix in checkpoints]
-  else:
-    member_jsons = [(None, None)] * len(checkpoints)
-  model_graph.notice_flags_without_effect()
-  explicit = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS
-              if FLAGS[name].present}
-  config = assemble_config(checkpoints, explicit, member_jsons, source_specs)
-  logging.info("Building %s into %s", config.describe(), FLAGS.train_dir)
-  return build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name, copies,
-               FLAGS.dry_run)
 
 
 @utils.tool_main
@@ -303,16 +223,22 @@ def main(argv):
   if not FLAGS.output_name:
     raise BuildEnsembleError("--output_name is empty")
   checkpoints = ensemble_checkpoint.parse_checkpoint_list(FLAGS.checkpoints)
-  for index, prefix in enumerate(checkpoints):
-    if not checkpoint_utils.checkpoint_exists(prefix):
-      raise BuildEnsembleError("model %d: --checkpoints entry %d %s does not exist (no %s.index)"
-                               % (index, index + 1, prefix, prefix))
+  ensemble_checkpoint.check_sources(checkpoints)
   with checkpoint_utils.LocalCopies() as copies:
-    result = build_from_flags(checkpoints, copies)
-  if result.get("dry_run"):
-    return
-  logging.info("Evaluate it with: python -m youtube-8m.eval --train_dir=%s --checkpoint_file=%s "
-               "--eval_data_pattern=... --run_once", FLAGS.train_dir, FLAGS.output_name)
+    specs = [ensemble_checkpoint.specs_from_checkpoint(prefix, copies) for prefix in checkpoints]
+    members = [member_model_flags(prefix) if FLAGS.use_member_model_flags else (None, None)
+               for prefix in checkpoints]
+    model_graph.notice_flags_without_effect()
+    explicit = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS
+                if FLAGS[name].present}
+    config = assemble_config(checkpoints, explicit, members, specs)
+    logging.info("Building %s into %s", config.describe(), FLAGS.train_dir)
+    result = build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name, copies,
+                   FLAGS.dry_run)
+  if not result.get("dry_run"):
+    logging.info("Evaluate it with: python -m youtube-8m.eval --train_dir=%s "
+                 "--checkpoint_file=%s --eval_data_pattern=... --run_once", FLAGS.train_dir,
+                 FLAGS.output_name)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,13 @@
-"""Checkpoint naming and discovery shared by train, eval, avg_checkpoints and the ensemble tools.
-
-A checkpoint is a V2 "prefix" (e.g. ``train_dir/model.ckpt-5010``) with files
-``<prefix>.index``, ``<prefix>.data-00000-of-00001`` and usually ``<prefix>.meta``.
-Steps are parsed from the basename only, as the digits after the LAST "-", so digits in
-directory names (``c32h512_160``) or in the prefix (``avg_c10h400.ckpt-0``) never matter.
+"""Checkpoints (a V2 prefix such as ``train_dir/model.ckpt-5010`` with ``.index``,
+``.data-00000-of-00001`` and usually ``.meta`` files): naming, discovery, reading through local
+copies and writing atomically, local or gs://. TensorFlow is imported only where needed, so
+that avg_checkpoints reports flag errors without waiting for it.
 """
 
 import contextlib
 import os
 import re
 import resource
-import shutil
 import sys
 import tempfile
 import time
@@ -21,10 +18,6 @@ import numpy as np
 
 from . import storage
 
-# TensorFlow is imported inside the functions that need it, so that tools importing this
-# module (avg_checkpoints) report flag and selection errors without waiting for it.
-
-# A prefix given with one of the checkpoint file suffixes is reduced to the prefix itself.
 _SUFFIX_RE = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 _STEP_RE = re.compile(r"^(?P<base>.+)-(?P<step>\d+)$")
 
@@ -42,15 +35,10 @@ def strip_checkpoint_suffix(name):
 
 
 def parse_step(prefix, basename=None):
-  """The integer step of a checkpoint prefix such as '.../model.ckpt-5010', else None.
-
-  If ``basename`` is given (e.g. 'model.ckpt'), only prefixes '<basename>-<digits>' match.
-  """
-  name = os.path.basename(strip_checkpoint_suffix(prefix))
-  match = _STEP_RE.match(name)
-  if not match:
-    return None
-  if basename is not None and match.group("base") != basename:
+  """The step of '.../model.ckpt-5010' (digits after the basename's LAST '-'), else None;
+  with ``basename`` (e.g. 'model.ckpt') only '<basename>-<digits>' matches."""
+  match = _STEP_RE.match(os.path.basename(strip_checkpoint_suffix(prefix)))
+  if not match or basename not in (None, match.group("base")):
     return None
   return int(match.group("step"))
 
@@ -64,13 +52,8 @@ def list_numbered(prefix):
   """[(step, prefix + digits)] of every checkpoint '<prefix><digits>' with an index file, by
   step. Only names exactly basename(prefix) + digits + '.index' count."""
   pattern = re.compile(re.escape(os.path.basename(prefix)) + r"(\d+)\.index$")
-  found = []
-  for index_file in storage.glob(prefix + "*.index"):
-    match = pattern.match(os.path.basename(index_file))
-    if match:
-      found.append((int(match.group(1)), prefix + match.group(1)))
-  found.sort()
-  return found
+  matches = [pattern.match(os.path.basename(path)) for path in storage.glob(prefix + "*.index")]
+  return sorted((int(match.group(1)), prefix + match.group(1)) for match in matches if match)
 
 
 def list_checkpoints(directory, basename=TRAIN_CHECKPOINT_BASENAME):
@@ -79,48 +62,51 @@ def list_checkpoints(directory, basename=TRAIN_CHECKPOINT_BASENAME):
 
 
 def newest_checkpoint(directory, basename=TRAIN_CHECKPOINT_BASENAME):
-  """(step, prefix) of the highest-step training checkpoint in directory, or None.
-
-  Deliberately ignores the 'checkpoint' state file, which other tools (the original's eval,
-  avg_checkpoints and overwrite_float16_ckpt) re-point at their own outputs.
-  """
+  """(step, prefix) of the highest-step training checkpoint in directory, or None (not the
+  'checkpoint' state file, which the original's tools re-point at their outputs)."""
   found = list_checkpoints(directory, basename)
   return found[-1] if found else None
 
 
 def resolve_checkpoint(train_dir, name):
-  """The prefix of a checkpoint given relative to train_dir (an absolute or gs:// name wins).
-
-  Accepts the prefix itself or any of its files ('.index', '.meta', '.data-*').
-  """
+  """The prefix of a checkpoint (or of one of its files) relative to train_dir; an absolute
+  or gs:// name is kept."""
   name = strip_checkpoint_suffix(name)
   if os.path.isabs(name) or "://" in name:
     return name
   return os.path.join(train_dir, name)
 
 
+def variable_specs(reader):
+  """{name: (shape tuple, tf.DType)} of the variables of a tf.train.load_checkpoint reader."""
+  dtypes = reader.get_variable_to_dtype_map()
+  return {name: (tuple(int(d) for d in shape), dtypes[name])
+          for name, shape in reader.get_variable_to_shape_map().items()}
+
+
+def nbytes(shape, dtype):
+  """Bytes of a tensor of shape and tf.DType dtype."""
+  return int(np.prod(shape, dtype=np.int64)) * dtype.size
+
+
 def check_matches_graph(prefix, variables, model_description, name=None, allow_missing=False):
   """Raises ValueError naming each graph variable the checkpoint lacks (unless allow_missing)
-  or stores with another shape or dtype, with both values.
-
-  ``name`` is the checkpoint as the user gave it (prefix may be a local staged copy).
-  """
+  or stores with another shape or dtype. ``name``: the checkpoint as the user gave it (prefix
+  may be a local copy)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  reader = tf.train.load_checkpoint(prefix)
-  shapes = reader.get_variable_to_shape_map()
-  dtypes = reader.get_variable_to_dtype_map()
+  specs = variable_specs(tf.train.load_checkpoint(prefix))
   problems = []
   for variable in variables:
     key = variable.op.name
     want_shape, want_dtype = variable.shape.as_list(), variable.dtype.base_dtype
-    if key not in shapes:
+    if key not in specs:
       if not allow_missing:
         problems.append("%s missing" % key)
-    elif list(shapes[key]) != want_shape:
-      problems.append("%s has shape %s there, the model needs %s" % (key, list(shapes[key]),
+    elif list(specs[key][0]) != want_shape:
+      problems.append("%s has shape %s there, the model needs %s" % (key, list(specs[key][0]),
                                                                      want_shape))
-    elif dtypes[key] != want_dtype:
-      problems.append("%s is %s there, the model needs %s" % (key, dtypes[key].name,
+    elif specs[key][1] != want_dtype:
+      problems.append("%s is %s there, the model needs %s" % (key, specs[key][1].name,
                                                               want_dtype.name))
   if problems:
     raise ValueError("Checkpoint %s does not match the model %s: %s%s" % (
@@ -152,39 +138,29 @@ def _index_last(paths):
 
 
 def write_checkpoint(prefix, write_fn):
-  """Writes a checkpoint that appears under ``prefix`` only when complete.
-
-  write_fn(tmp_prefix) writes <tmp>.index and <tmp>.data-* (and <tmp>.meta if wanted) on
-  local disk. The files then become prefix's: renamed when prefix is local, uploaded when it
-  is gs://, the index last in both cases (readers look for the index). A checkpoint already
-  named prefix loses its index first, so no reader can pair its old index with new data.
-  Temporary files are removed whatever happens. Returns prefix.
-  """
+  """Writes a checkpoint that appears under ``prefix`` only when complete; returns prefix.
+  write_fn(tmp_prefix) writes <tmp>.index, .data-* (and .meta) on local disk. An existing
+  checkpoint loses its index first, so no reader pairs an old index with new data."""
   remote = storage.is_gcs(prefix)
-  directory = (tempfile.mkdtemp(prefix="yt8m-write-", dir=_cache_dir()) if remote
-               else os.path.dirname(prefix))
-  tmp_prefix = os.path.join(directory, ".tmp-%s-%s" % (uuid.uuid4().hex[:8],
-                                                        os.path.basename(prefix)))
-  try:
-    write_fn(tmp_prefix)
-    written = _index_last(storage.glob(tmp_prefix + ".*"))
-    if storage.exists(prefix + ".index"):
-      storage.remove(prefix + ".index")
-      suffixes = {path[len(tmp_prefix):] for path in written}
-      for stale in _checkpoint_files(prefix):  # e.g. data shards of another count
-        if stale[len(prefix):] not in suffixes:
-          storage.remove(stale)
-    for path in written:
-      destination = prefix + path[len(tmp_prefix):]
-      if remote:
-        storage.copy(path, destination)
-      else:
-        os.replace(path, destination)
-  finally:
-    for path in storage.glob(tmp_prefix + "*"):
-      storage.remove(path)
-    if remote:
-      shutil.rmtree(directory, ignore_errors=True)
+  with (_temp_dir("yt8m-write-") if remote else
+        contextlib.nullcontext(os.path.dirname(prefix))) as directory:
+    tmp_prefix = os.path.join(directory, ".tmp-%s-%s" % (uuid.uuid4().hex[:8],
+                                                          os.path.basename(prefix)))
+    try:
+      write_fn(tmp_prefix)
+      written = _index_last(storage.glob(tmp_prefix + ".*"))
+      if storage.exists(prefix + ".index"):
+        storage.remove(prefix + ".index")
+        suffixes = {path[len(tmp_prefix):] for path in written}
+        for stale in _checkpoint_files(prefix):  # e.g. data shards of another count
+          if stale[len(prefix):] not in suffixes:
+            storage.remove(stale)
+      for path in written:  # uploaded (gs://) or renamed (local), the index last
+        move = storage.copy if remote else storage.rename
+        move(path, prefix + path[len(tmp_prefix):], overwrite=True)
+    finally:
+      for path in storage.glob(tmp_prefix + "*"):
+        storage.remove(path)
   return prefix
 
 
@@ -198,14 +174,11 @@ def local_copy(prefix):
   files = _checkpoint_files(prefix)
   if not any(path.endswith(".index") for path in files):
     raise IOError("checkpoint %s not found (no %s.index)" % (prefix, prefix))
-  directory = tempfile.mkdtemp(prefix="yt8m-ckpt-", dir=_cache_dir())
-  try:
+  with _temp_dir("yt8m-ckpt-") as directory:
     local_prefix = os.path.join(directory, os.path.basename(prefix))
     for path in _index_last(files):
       storage.copy(path, local_prefix + path[len(prefix):])
     yield local_prefix
-  finally:
-    shutil.rmtree(directory, ignore_errors=True)
 
 
 class LocalCopies(contextlib.ExitStack):
@@ -229,18 +202,16 @@ class LocalCopies(contextlib.ExitStack):
     return self._local[prefix]
 
 
-def _cache_dir():
+def _temp_dir(prefix):
+  """A temporary local directory under storage.default_cache_dir(), removed on exit."""
   directory = storage.default_cache_dir()
   os.makedirs(directory, exist_ok=True)
-  return directory
+  return tempfile.TemporaryDirectory(prefix=prefix, dir=directory, ignore_cleanup_errors=True)
 
 
 def aligned_empty(shape, dtype):
-  """np.empty(shape, dtype) whose data is FEED_ALIGNMENT-byte aligned.
-
-  TensorFlow wraps an aligned numpy array fed to a placeholder without copying it (an
-  unaligned one is copied), so write_checkpoint_tensors holds each tensor only once.
-  """
+  """np.empty(shape, dtype) with FEED_ALIGNMENT-byte aligned data, which TensorFlow wraps
+  when fed (an unaligned array is copied): write_checkpoint_tensors holds it only once."""
   dtype = np.dtype(dtype)
   nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
   buf = np.empty(nbytes + FEED_ALIGNMENT, dtype=np.uint8)
@@ -249,13 +220,9 @@ def aligned_empty(shape, dtype):
 
 
 def write_checkpoint_tensors(prefix, tensors):
-  """Saves {name: ndarray} as the single-shard V2 checkpoint '<prefix>.{index,data-*}'.
-
-  One SaveV2 op fed through placeholders: aligned numpy arrays (aligned_empty) are
-  wrapped, not copied, and SaveV2 streams the tensors one after the other into one data
-  file, so the peak memory is the arrays themselves plus the TensorFlow runtime. Nothing
-  is renamed: use write_checkpoint for an atomic result.
-  """
+  """Saves {name: ndarray} as the single-shard V2 checkpoint '<prefix>.{index,data-*}' with
+  one SaveV2 op (peak memory: the arrays + the runtime when aligned). Not atomic: see
+  write_checkpoint."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   names = sorted(tensors)
   graph = tf.Graph()
@@ -271,13 +238,6 @@ def write_checkpoint_tensors(prefix, tensors):
 
 
 def peak_rss_mib():
-  """Peak resident set size of this process in MiB (VmHWM, else ru_maxrss)."""
-  try:
-    with open("/proc/self/status") as status:
-      for line in status:
-        if line.startswith("VmHWM:"):
-          return int(line.split()[1]) / 1024.0
-  except (OSError, IOError, ValueError, IndexError):
-    pass
+  """Peak resident set size of this process in MiB."""
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0

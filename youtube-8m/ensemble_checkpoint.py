@@ -1,21 +1,13 @@
-"""The in-graph ensemble checkpoint: plan it from single-model checkpoints, then fill it.
+"""The in-graph ensemble checkpoint: planned (checked) from single-model checkpoints, then filled.
 
-Mapping (exact, by scope component, any number of models): model 0 lives directly in
-``tower/`` (``tower/X`` <- ``tower/X`` of source 0); model i >= 1 in ``tower/model{i}/``
-(``tower/model{i}/X`` <- ``tower/X`` of source i; ``model1`` never matches ``model10``);
-``global_step`` is written as 0 in the template's dtype.
-
-plan_ensemble checks everything (source count, every variable's presence, shape and a
-convertible dtype; errors name the variable and the source) before any tensor is read.
-write_plan converts each value ONCE from the source's stored dtype to the template's (float32
--> float16 rounds to nearest even) into aligned arrays, largest first, and writes them with
-checkpoint_utils (one SaveV2 op; temporary prefix, index last, uploaded when gs://). Peak
-memory: the output + the largest source tensor + the TensorFlow runtime.
-
-Checkpoints are read through a checkpoint_utils.LocalCopies (the caller's with block owns the
-local copies of gs:// checkpoints).
+Model 0's variables are ``tower/X`` <- ``tower/X`` of source 0; model i >= 1's are
+``tower/model{i}/X`` <- ``tower/X`` of source i (``model1`` never matches ``model10``);
+``global_step`` is written as 0. Each value is converted once into the template's dtype
+(float32 -> float16 rounds to nearest even). Sources are read through the caller's
+checkpoint_utils.LocalCopies.
 """
 
+import dataclasses
 import os
 import re
 import time
@@ -47,37 +39,26 @@ def parse_checkpoint_list(value, flag_name="--checkpoints"):
 
 
 def model_of(name):
-  """(model index, source variable name) of an ensemble variable name.
-
-  'tower/model3/gates/weights' -> (3, 'tower/gates/weights'); names without a 'model{i}'
-  scope component belong to model 0 and keep their name.
-  """
+  """(model index, source variable name): 'tower/model3/gates/weights' -> (3,
+  'tower/gates/weights'); a name without a 'model{i}' component is model 0's, unchanged."""
   parts = name.split("/")
   hits = [k for k, part in enumerate(parts[:-1]) if _MODEL_SCOPE_RE.match(part)]
   if not hits:
     return 0, name
-  if len(hits) > 1:
-    raise EnsembleCheckpointError("template variable %r has %d model{i} scopes; expected at "
-                                  "most one" % (name, len(hits)))
   digits = _MODEL_SCOPE_RE.match(parts[hits[0]]).group(1)
-  index = int(digits)
-  if index == 0 or digits != str(index):
+  if len(hits) > 1 or digits != str(int(digits)) or int(digits) == 0:
     raise EnsembleCheckpointError(
-        "template variable %r: scope %r is not a model scope of the ensemble graph (model i "
-        ">= 1 lives in tower/model{i}/, model 0 directly in tower/)" % (name, parts[hits[0]]))
-  return index, "/".join(parts[:hits[0]] + parts[hits[0] + 1:])
+        "template variable %r is not in one model scope of the ensemble graph (model i >= 1 "
+        "lives in tower/model{i}/, model 0 directly in tower/)" % name)
+  return int(digits), "/".join(parts[:hits[0]] + parts[hits[0] + 1:])
 
 
 def specs_from_checkpoint(prefix, copies):
-  """{name: (shape tuple, tf.DType)} of the variables stored in a checkpoint (local or
-  gs://, read through the LocalCopies copies)."""
+  """{name: (shape tuple, tf.DType)} of a checkpoint's variables, read through copies."""
   try:
-    reader = tf.train.load_checkpoint(copies.local(prefix))
+    return checkpoint_utils.variable_specs(tf.train.load_checkpoint(copies.local(prefix)))
   except (tf.errors.OpError, ValueError) as error:
     raise EnsembleCheckpointError("cannot read checkpoint %s: %s" % (prefix, error))
-  shapes = reader.get_variable_to_shape_map()
-  dtypes = reader.get_variable_to_dtype_map()
-  return {name: (tuple(int(d) for d in shapes[name]), dtypes[name]) for name in shapes}
 
 
 def specs_from_graph(graph):
@@ -87,28 +68,23 @@ def specs_from_graph(graph):
   return {v.op.name: (tuple(v.shape.as_list()), v.dtype.base_dtype) for v in variables}
 
 
-def nbytes(shape, dtype):
-  return int(np.prod(shape, dtype=np.int64)) * tf.as_dtype(dtype).size
-
-
 def source_label(index, prefix):
   scope = "tower/" if index == 0 else "tower/model%d/" % index
   return "source %d (--checkpoints entry %d, model %d in %s): %s" % (index, index + 1, index,
                                                                    scope, prefix)
 
 
-class Plan(object):
+@dataclasses.dataclass
+class Plan:
   """What to write: one entry per template variable, checked against the sources."""
-
-  def __init__(self, sources, items, global_step_dtype, source_specs):
-    self.sources = sources
-    self.items = items  # [(target name, shape, target dtype, source index, source name)]
-    self.global_step_dtype = global_step_dtype
-    self.source_specs = source_specs
+  sources: list
+  items: list  # [(target name, shape, target dtype, source index, source name)]
+  global_step_dtype: tf.DType
+  source_specs: list  # per source, {name: (shape, tf.DType)}
 
   def output_bytes(self):
-    return sum(nbytes(shape, dtype) for _, shape, dtype, _, _ in self.items) + tf.as_dtype(
-        self.global_step_dtype).size
+    return self.global_step_dtype.size + sum(
+        checkpoint_utils.nbytes(shape, dtype) for _, shape, dtype, _, _ in self.items)
 
   def parameters(self, index=None):
     """Parameters of all planned variables (or of model index's only)."""
@@ -116,16 +92,21 @@ class Plan(object):
                if index is None or item[3] == index)
 
 
-def plan_ensemble(template_specs, sources, copies, template_name="the template", outputs=()):
-  """Checks the template against the sources and returns the Plan (no tensor is read).
+def check_sources(sources, outputs=()):
+  """Raises unless every source exists and none is one of the outputs (nothing is read)."""
+  for index, prefix in enumerate(sources):
+    if not checkpoint_utils.checkpoint_exists(prefix):
+      raise EnsembleCheckpointError("%s does not exist (no file %s.index)"
+                                    % (source_label(index, prefix), prefix))
+    if any(checkpoint_utils.same_path(prefix, output) for output in outputs):
+      raise EnsembleCheckpointError("%s is also the output; choose another output name"
+                                    % source_label(index, prefix))
 
-  Args:
-    template_specs: {name: (shape, tf.DType)} of the ensemble checkpoint to write.
-    sources: single-model checkpoint prefixes, one per model, in model order.
-    copies: the checkpoint_utils.LocalCopies the sources are read through.
-    template_name: how to name the template in messages.
-    outputs: prefixes that will be written (must not be a source).
-  """
+
+def plan_ensemble(template_specs, sources, copies, template_name="the template", outputs=()):
+  """The Plan of the {name: (shape, tf.DType)} template_specs from the source prefixes (one
+  per model, in model order), every variable checked before any tensor is read. outputs: the
+  prefixes to be written (never a source). Raises EnsembleCheckpointError."""
   per_model = {}
   global_step_dtype = tf.int32
   for name, (shape, dtype) in template_specs.items():
@@ -151,13 +132,7 @@ def plan_ensemble(template_specs, sources, copies, template_name="the template",
         "exactly one single-model checkpoint per model, in model order" % (
             len(sources), template_name, num_models,
             "".join(", tower/model%d/" % i for i in range(1, num_models))))
-  for index, prefix in enumerate(sources):  # all checked before anything is downloaded
-    if not checkpoint_utils.checkpoint_exists(prefix):
-      raise EnsembleCheckpointError("%s does not exist (no file %s.index)"
-                                    % (source_label(index, prefix), prefix))
-    if any(checkpoint_utils.same_path(prefix, output) for output in outputs):
-      raise EnsembleCheckpointError("%s is also the output; choose another output name"
-                                    % source_label(index, prefix))
+  check_sources(sources, outputs)
   source_specs = [specs_from_checkpoint(prefix, copies) for prefix in sources]
 
   items, problems = [], []
@@ -179,20 +154,21 @@ def plan_ensemble(template_specs, sources, copies, template_name="the template",
       else:
         items.append((name, shape, dtype, index, source_name))
   if problems:
-    shown = "; ".join(problems[:8])
-    more = " (and %d more)" % (len(problems) - 8) if len(problems) > 8 else ""
-    raise EnsembleCheckpointError("%d problem(s): %s%s" % (len(problems), shown, more))
+    raise EnsembleCheckpointError("%d problem(s): %s%s" % (len(problems), "; ".join(problems[:8]),
+                                  " (and %d more)" % (len(problems) - 8) if problems[8:] else ""))
   return Plan(list(sources), items, global_step_dtype, source_specs)
 
 
-def read_plan_tensors(plan, copies):
-  """({name: aligned ndarray} of every planned variable, stats of rounded / overflowing
-  values), read one source tensor at a time, largest first."""
+def write_plan(plan, copies, output_prefix, meta_fn):
+  """Reads and converts the plan's tensors (one source tensor at a time, largest first) and
+  writes them atomically, meta_fn(tmp_prefix) the local '<tmp_prefix>.meta'; returns a
+  summary dict."""
+  start = time.time()
   readers = [tf.train.load_checkpoint(copies.local(prefix)) for prefix in plan.sources]
   stats = {"rounded_tensors": 0, "overflow_values": 0, "by_dtype": {}}
   tensors = {}
   order = sorted(plan.items, key=lambda item: (
-      -nbytes(item[1], plan.source_specs[item[3]][item[4]][1]), item[0]))
+      -checkpoint_utils.nbytes(item[1], plan.source_specs[item[3]][item[4]][1]), item[0]))
   progress = progress_lib.Progress("converting the ensemble tensors", plan.output_bytes(),
                                    "MiB", scale=2**20)
   for name, shape, dtype, index, source_name in order:
@@ -206,30 +182,17 @@ def read_plan_tensors(plan, copies):
       np.copyto(out, value, casting="unsafe")
     if value.dtype != out.dtype:
       stats["rounded_tensors"] += 1
-      if out.dtype.kind == "f" and np.isinf(out).any():
-        overflow = int(np.count_nonzero(np.isinf(out)) - np.count_nonzero(np.isinf(value)))
-        if overflow:
-          stats["overflow_values"] += overflow
-          logging.warning("%s: %d value(s) of %r overflow %s and became +-inf", name,
-                          overflow, source_name, dtype.name)
+      overflow = int(np.count_nonzero(np.isinf(out)) - np.count_nonzero(np.isinf(value)))
+      if overflow:
+        stats["overflow_values"] += overflow
+        logging.warning("%s: %d value(s) of %r overflow %s and became +-inf", name,
+                        overflow, source_name, dtype.name)
     del value
     tensors[name] = out
     stats["by_dtype"][dtype.name] = stats["by_dtype"].get(dtype.name, 0) + 1
     progress.update(int(out.nbytes))
   progress.finish()
-  global_step = checkpoint_utils.aligned_empty((), plan.global_step_dtype.as_numpy_dtype)
-  global_step[...] = 0
-  tensors[GLOBAL_STEP] = global_step
-  return tensors, stats
-
-
-def write_plan(plan, copies, output_prefix, meta_fn):
-  """Reads, converts and writes the planned checkpoint atomically; returns a summary dict.
-
-  meta_fn(tmp_prefix) writes '<tmp_prefix>.meta' (always a local path).
-  """
-  start = time.time()
-  tensors, stats = read_plan_tensors(plan, copies)
+  tensors[GLOBAL_STEP] = np.zeros((), plan.global_step_dtype.as_numpy_dtype)
 
   def write(tmp_prefix):
     checkpoint_utils.write_checkpoint_tensors(tmp_prefix, tensors)
@@ -242,15 +205,9 @@ def write_plan(plan, copies, output_prefix, meta_fn):
   summary = dict(stats, output_prefix=output_prefix, tensors=len(plan.items) + 1,
                  parameters=plan.parameters(), data_bytes=data_bytes,
                  peak_rss_mib=checkpoint_utils.peak_rss_mib(), seconds=time.time() - start)
-  _log_summary(plan, summary)
-  return summary
-
-
-def _log_summary(plan, summary):
   for index, prefix in enumerate(plan.sources):
     count = sum(1 for item in plan.items if item[3] == index)
-    unused = len(plan.source_specs[index]) - count - (
-        1 if GLOBAL_STEP in plan.source_specs[index] else 0)
+    unused = len(set(plan.source_specs[index]) - {GLOBAL_STEP}) - count
     logging.info("model %d (%s) <- %s: %d variables, %d parameters%s", index,
                  "tower/" if index == 0 else "tower/model%d/" % index, prefix, count,
                  plan.parameters(index),
@@ -261,6 +218,6 @@ def _log_summary(plan, summary):
                                              sorted(summary["by_dtype"].items())),
                summary["parameters"], summary["data_bytes"], summary["rounded_tensors"])
   logging.info("Peak memory %.1f MiB (%.2f bytes per parameter) in %.1f s",
-               summary["peak_rss_mib"],
-               summary["peak_rss_mib"] * 2**20 / max(summary["parameters"], 1),
-               summary["seconds"])
+               summary["peak_rss_mib"], summary["peak_rss_mib"] * 2**20 / max(
+                   summary["parameters"], 1), summary["seconds"])
+  return summary

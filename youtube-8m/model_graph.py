@@ -10,6 +10,7 @@
 """
 
 import dataclasses
+import sys
 from typing import List
 
 import tensorflow as tf
@@ -48,8 +49,12 @@ LIST_FIELDS = {"netvlad_cluster_size": int, "netvlad_hidden_size": int, "ensembl
 MEMBER_PREDICTIONS = "member_predictions"
 
 
-def define_flags():
-  """Flags shared by train.py and eval.py (the model modules define theirs at import)."""
+def define_flags(adopt_into=None):
+  """Flags shared by train.py and eval.py (the model modules define theirs at import).
+
+  adopt_into: the calling tool's __name__; its --help then lists these and the model modules'
+  flags too (absl lists only the main module's key flags).
+  """
   flags.DEFINE_string("model", "",
                       "Model class: NetVLADModelLF (frame level) or LogisticModel / MoeModel "
                       "(video level). Empty: NetVLADModelLF with --frame_features, else "
@@ -70,6 +75,11 @@ def define_flags():
   flags.DEFINE_multi_float("ensemble_wts", [1.0],
                            "Mixing weight of each model (ensembles only); repeat once per "
                            "model, in model order.")
+  if adopt_into:
+    module = sys.argv[0] if adopt_into == "__main__" else adopt_into  # absl's name of main
+    for source in (__name__, frame_level_models.__name__, video_level_models.__name__):
+      for flag in FLAGS.get_key_flags_for_module(source):
+        FLAGS.register_key_flag_for_module(module, flag)
 
 
 @dataclasses.dataclass

@@ -2,16 +2,11 @@ r"""Fills an in-graph ensemble checkpoint with the weights of single models (see
 
     python -m youtube-8m.overwrite_float16_ckpt --train_dir=ENSEMBLE_DIR \
         --inference_model=inference_model_10 --out_name=inference_model_ensemble_YHLS \
-        --checkpoints="single/c24h1440-inference_model_0,single/c32h1024-inference_model_0,..."
+        --checkpoints="single/c24h1440-inference_model_0,single/c32h1024-inference_model_0"
 
-The template ``ENSEMBLE_DIR/<inference_model>`` is the checkpoint that ``eval.py
---create_meta_only`` writes for the n-model ensemble graph (float16 kernels with
---float16_flag). Its variables are filled from the single-model checkpoints, given in model
-order (mapping and checks: ensemble_checkpoint.py), and the result is written as
-``ENSEMBLE_DIR/<out_name>-0.{data-00000-of-00001,index,meta}``; the ``.meta`` is a copy of
-the template's inference meta graph, so ``eval.py --checkpoint_file=<out_name>-0`` and
-inference.py can use it. Nothing is written on error; the ``checkpoint`` state file is never
-touched. --train_dir and the --checkpoints entries may be gs://.
+fills the template (from ``eval.py --create_meta_only`` on the ensemble graph) from the
+checkpoints, one per model in model order, into ``<out_name>-0.*`` with the template's meta
+graph; nothing is written on error.
 """
 
 from absl import app
@@ -25,7 +20,6 @@ from . import utils
 
 FLAGS = flags.FLAGS
 
-DEFAULT_OUT_NAME = "inference_model_float16_mean_ensemble"
 EnsembleCheckpointError = ensemble_checkpoint.EnsembleCheckpointError
 
 
@@ -35,7 +29,7 @@ def define_flags():
   flags.DEFINE_string("inference_model", "",
                       "Template checkpoint prefix relative to train_dir, e.g. inference_model_10 "
                       "(written by eval.py --create_meta_only on the ensemble graph).")
-  flags.DEFINE_string("out_name", DEFAULT_OUT_NAME,
+  flags.DEFINE_string("out_name", "inference_model_float16_mean_ensemble",
                       "Output prefix relative to train_dir; '-0' is appended.")
   flags.DEFINE_string("checkpoints", "",
                       "Comma list of the single-model checkpoint prefixes (full paths, a "
@@ -47,9 +41,8 @@ def overwrite(template_prefix, sources, output_prefix):
   """The seed's step 3: the template's variables filled from sources; returns the summary."""
   if not checkpoint_utils.checkpoint_exists(template_prefix):
     raise EnsembleCheckpointError(
-        "--inference_model: no template checkpoint %s (missing %s.index); write it with "
-        "eval.py --create_meta_only on the ensemble train_dir" % (template_prefix,
-                                                                 template_prefix))
+        "--inference_model: no template checkpoint %s (missing %s.index); write it with eval.py "
+        "--create_meta_only on the ensemble train_dir" % (template_prefix, template_prefix))
   if not storage.exists(template_prefix + ".meta"):
     raise EnsembleCheckpointError(
         "--inference_model: the template %s has no .meta (the output's meta graph is a copy "
