@@ -61,14 +61,14 @@ def bf_perr(preds, labels):
   return total / len(preds)
 
 
-def bf_map(preds, labels, k, top_n=None):
+def bf_map(preds, labels, k):
   num_class = preds.shape[1]
   pools = [[] for _ in range(num_class)]
   for row, lab in zip(preds.tolist(), labels.tolist()):
     for j in bf_rank_row(row)[:k]:
       pools[j].append((row[j], 1 if lab[j] > 0 else 0))
   positives = [int(x) for x in (np.asarray(labels) > 0).sum(axis=0)]
-  return [bf_ap(pools[c], positives[c], top_n) for c in range(num_class)]
+  return [bf_ap(pools[c], positives[c]) for c in range(num_class)]
 
 
 def random_data(rng, n, c, label_prob=0.1, ties=False, dtype=np.float32):
@@ -198,87 +198,21 @@ def test_float64_scores_vs_brute_force():
 
 def test_negative_zero_equals_zero():
   preds = np.array([[-0.0, 0.0, -1.0]], dtype=np.float32)
-  pool_scores = np.array([0.0, -0.0, -0.0], dtype=np.float32)
-  pool_labels = np.array([1, 0, 0])
-  # both zeros tie with the positive -> positive ranked third -> AP = 1/3
-  assert eval_util.ap(pool_scores, pool_labels) == pytest.approx(1 / 3)
   assert eval_util.calculate_gap(preds, np.array([[0, 1, 0]]), top_k=2) == pytest.approx(0.5)
 
 
 # ---------------------------------------------------------------------------
-# AP calculators
+# Per-class AP (mAP) in batches
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("ties", [False, True])
-def test_ap_and_ap_at_n_vs_brute_force(ties):
-  rng = np.random.default_rng(3 + ties)
-  for size in (0, 1, 5, 50, 400):
-    scores = (rng.integers(0, 6, size) / 5.0) if ties else rng.random(size)
-    labels = (rng.random(size) < 0.3).astype(int)
-    pairs = list(zip(scores.tolist(), labels.tolist()))
-    npos = int(labels.sum())
-    assert eval_util.ap(scores, labels) == pytest.approx(bf_ap(pairs, npos), abs=1e-12)
-    for n in (1, 3, 20, 1000):
-      assert eval_util.ap_at_n(scores, labels, n=n) == pytest.approx(bf_ap(pairs, npos, n), abs=1e-12)
-      assert eval_util.AveragePrecisionCalculator.ap_at_n(
-          scores, labels, n=n, total_num_positives=npos + 7) == \
-          pytest.approx(bf_ap(pairs, npos + 7, n), abs=1e-12)
-  with pytest.raises(ValueError):
-    eval_util.ap_at_n([0.1, 0.2], [1, 1], total_num_positives=1)
-  with pytest.raises(ValueError):
-    eval_util.ap([0.1, np.nan], [1, 0])
-
-
-@pytest.mark.parametrize("top_n", [None, 1, 4, 25])
-def test_average_precision_calculator_batches(top_n):
-  rng = np.random.default_rng(7)
-  calc = eval_util.AveragePrecisionCalculator(top_n=top_n)
-  all_pairs, total_pos = [], 0
-  for _ in range(30):
-    size = int(rng.integers(0, 12))
-    scores = (rng.integers(0, 8, size) / 7.0).astype(np.float32)
-    labels = rng.random(size) < 0.3
-    extra = int(rng.integers(0, 3))  # positives that are not in the pool
-    calc.accumulate(scores, labels, num_positives=int(labels.sum()) + extra)
-    all_pairs += list(zip(scores.tolist(), labels.astype(int).tolist()))
-    total_pos += int(labels.sum()) + extra
-    if top_n is not None:
-      assert calc.heap_size <= 2 * top_n
-  assert calc.num_accumulated_positives == total_pos
-  assert calc.peek_ap_at_n() == pytest.approx(bf_ap(all_pairs, total_pos, top_n), abs=1e-12)
-  calc.clear()
-  assert calc.heap_size == 0 and calc.peek_ap_at_n() == 0.0
-  with pytest.raises(ValueError):
-    calc.accumulate([0.3, 0.2], [1, 1], num_positives=1)
-
-
-@pytest.mark.parametrize("top_n", [None, 2])
-def test_mean_average_precision_calculator_vs_brute_force(top_n):
+def test_map_in_batches_vs_brute_force():
   rng = np.random.default_rng(8)
   n, c, k = 60, 15, 4
   preds, labels = random_data(rng, n, c, label_prob=0.25, ties=True)
-  calc = eval_util.MeanAveragePrecisionCalculator(c, top_n=top_n)
-  assert calc.is_empty()
+  metrics = eval_util.EvaluationMetrics(c, k)
   for start in range(0, n, 17):
-    p, l, t = eval_util.top_k_by_class(preds[start:start + 17], labels[start:start + 17], k=k)
-    assert len(p) == len(l) == len(t) == c
-    calc.accumulate(p, l, t)
-  assert not calc.is_empty()
-  np.testing.assert_allclose(calc.peek_map_at_n(), bf_map(preds, labels, k, top_n), atol=1e-12)
-  calc.clear()
-  assert calc.is_empty()
-  assert calc.peek_map_at_n() == [0.0] * c
-
-
-def test_top_k_by_class_contents():
-  preds = np.array([[0.9, 0.1, 0.5], [0.2, 0.8, 0.7]])
-  labels = np.array([[1, 0, 0], [0, 0, 1]])
-  p, l, t = eval_util.top_k_by_class(preds, labels, k=2)
-  np.testing.assert_allclose(p[0], [0.9])
-  np.testing.assert_allclose(p[1], [0.8])
-  np.testing.assert_allclose(p[2], [0.5, 0.7])
-  assert [x.tolist() for x in l] == [[1], [0], [0, 1]]
-  assert list(t) == [1, 0, 1]
+    metrics.accumulate(preds[start:start + 17], labels[start:start + 17], 0.0)
+  np.testing.assert_allclose(metrics.get()["aps"], bf_map(preds, labels, k), atol=1e-12)
 
 
 # ---------------------------------------------------------------------------
@@ -373,9 +307,10 @@ def test_nan_predictions_rejected():
 
 
 def test_accumulators_do_not_alias_caller_buffers():
-  scores = np.array([0.9, 0.1, 0.5], dtype=np.float32)
-  labels = np.array([1, 0, 1])
-  calc = eval_util.AveragePrecisionCalculator()
-  calc.accumulate(scores, labels)
-  scores[:] = [0.0, 1.0, 0.0]
-  assert calc.peek_ap_at_n() == pytest.approx(1.0)
+  preds = np.array([[0.9, 0.1, 0.5]], dtype=np.float32)
+  labels = np.array([[1, 0, 1]])
+  metrics = eval_util.EvaluationMetrics(3, 2)
+  metrics.accumulate(preds, labels, 0.0)
+  preds[:] = [[0.0, 1.0, 0.0]]
+  labels[:] = 0
+  assert metrics.get()["gap"] == pytest.approx(1.0)
