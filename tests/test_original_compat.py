@@ -21,6 +21,7 @@ from test_models import expected_variables
 
 tf1 = tf.compat.v1
 readers = yt8m("readers")
+dataset_layout = yt8m("dataset_layout")
 
 K, H = 4, 8
 V = TINY_NUM_CLASSES
@@ -363,9 +364,9 @@ def test_seed_training_exports_relu6_after_hidden1(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize("validate_names, warned_count", [
-    (["validate%s.tfrecord" % code for code in readers.HOLDOUT_VALIDATE_CODES] + [
+    (["validate%s.tfrecord" % code for code in dataset_layout.HOLDOUT_VALIDATE_CODES] + [
         "validateZZ.tfrecord"], None),
-    (["validate%s.tfrecord" % code for code in readers.HOLDOUT_VALIDATE_CODES[:30]], 30),
+    (["validate%s.tfrecord" % code for code in dataset_layout.HOLDOUT_VALIDATE_CODES[:30]], 30),
     (["validate%04d.tfrecord" % i for i in range(5)], 0)])
 def test_held_out_files_missing_from_the_validate_glob_are_reported(
     tmp_path, caplog, validate_names, warned_count):
@@ -375,7 +376,7 @@ def test_held_out_files_missing_from_the_validate_glob_are_reported(
   with caplog.at_level(logging.WARNING):
     files = readers.training_files(pattern)
   held_out = {str(tmp_path / ("validate%s.tfrecord" % code))
-              for code in readers.HOLDOUT_VALIDATE_CODES}
+              for code in dataset_layout.HOLDOUT_VALIDATE_CODES}
   assert not held_out.intersection(files)
   assert len(files) == 1 + len([n for n in validate_names if str(tmp_path / n) not in held_out])
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -10,6 +10,7 @@ from conftest import yt8m
 
 tf1 = tf.compat.v1
 readers = yt8m("readers")
+dataset_layout = yt8m("dataset_layout")
 
 
 def frame_example(video_id, labels, rgb, audio):
@@ -141,7 +142,7 @@ def test_corrupted_tfrecord_names_file_and_record(tmp_path):
 
 def test_training_files_exclude_the_60_holdout_files(tmp_path):
   for name in ["train00", "train01"] + ["validate" + c for c in
-                                         readers.HOLDOUT_VALIDATE_CODES] + ["validateAA"]:
+                                         dataset_layout.HOLDOUT_VALIDATE_CODES] + ["validateAA"]:
     open(str(tmp_path / (name + ".tfrecord")), "w").close()
   train = readers.training_files("%s/train*.tfrecord,%s/validate*.tfrecord" % (tmp_path,
                                                                                tmp_path))

@@ -4,20 +4,15 @@ r"""Searches the mixing weights of an in-graph ensemble that maximise GAP on hel
         --checkpoint_file=inference_model_ensemble_YHLS-0 \
         --eval_data_pattern='.../validate*.tfrecord' --results_json=weights.json
 
-The ensemble (model_flags.json + checkpoint in --train_dir, e.g. from build_ensemble) runs
-ONCE over the evaluation data (the 60 held-out validate files by default, as eval.py),
-fetching each member's predictions (model_graph.MEMBER_PREDICTIONS), kept in memory:
-n_models x videos x classes x 4 bytes (2 with --member_dtype=float16; --max_videos caps the
-videos). Mixtures sum_i w_i * p_i are scored with eval_util.calculate_gap, mixed in float32 in
-the graph's order, so a weight vector scores what eval.py reports for it.
-
-Search: weights on the simplex on a 0.01 grid; coordinate ascent moves weight between two
-members (steps 0.20 .. 0.01) from equal weights, then from --search_iterations seeded
-Dirichlet(1) starts; the exact 1/n weights are a candidate too when n does not divide 100.
-Prints (and --results_json writes) each member's GAP, the equal-weight and configured GAPs,
-the best weights and the eval.py command line that uses them. Paths may be gs://.
+The ensemble runs once over the evaluation data (eval.py's files), its members' predictions
+(model_graph.MEMBER_PREDICTIONS) kept in memory: n_models x videos x classes x 4 bytes (2
+with --member_dtype=float16). Mixtures are scored as the graph mixes them (float32, member
+order), so a weight vector scores what eval.py reports for it. The search (README.md) moves
+weight between two members on a 0.01 grid. Prints (and --results_json writes) each member's
+GAP, the equal-weight, configured and best GAPs and the eval.py command with the best weights.
 """
 
+import itertools
 import json
 import os
 import shlex
@@ -74,20 +69,14 @@ def define_flags():
   flags.DEFINE_string("results_json", "", "If set, write the results to this JSON file.")
 
 
-# ---------------------------------------------------------------------------------------
-# Mixing and search (pure numpy).
-
-
 def mix(members, weights, out=None, scratch=None):
   """sum_i weights[i] * members[i] in float32, summed in member order (as tf.add_n)."""
-  shape = members[0].shape
-  out = np.empty(shape, np.float32) if out is None else out
+  out = np.empty(members[0].shape, np.float32) if out is None else out
+  scratch = np.empty(members[0].shape, np.float32) if scratch is None else scratch
   np.multiply(members[0], np.float32(weights[0]), out=out, dtype=np.float32)
-  if len(members) > 1:
-    scratch = np.empty(shape, np.float32) if scratch is None else scratch
-    for member, weight in zip(members[1:], weights[1:]):
-      np.multiply(member, np.float32(weight), out=scratch, dtype=np.float32)
-      np.add(out, scratch, out=out)
+  for member, weight in zip(members[1:], weights[1:]):
+    np.multiply(member, np.float32(weight), out=scratch, dtype=np.float32)
+    np.add(out, scratch, out=out)
   return out
 
 
@@ -95,22 +84,16 @@ class GapObjective(object):
   """GAP of mixtures of fixed member predictions; caches every weight vector scored."""
 
   def __init__(self, members, labels, top_k=20):
-    self.members = members
-    self.labels = labels
-    self.top_k = top_k
-    self._out = np.empty(members[0].shape, np.float32)
-    self._scratch = np.empty(members[0].shape, np.float32) if len(members) > 1 else None
+    self.members, self.labels, self.top_k = members, labels, top_k
+    self._buffers = [np.empty(members[0].shape, np.float32) for _ in range(2)]
     self.cache = {}
 
   def __call__(self, weights):
     key = tuple(float(w) for w in weights)
     if key not in self.cache:
-      mixed = mix(self.members, key, self._out, self._scratch)
+      mixed = mix(self.members, key, *self._buffers)
       self.cache[key] = eval_util.calculate_gap(mixed, self.labels, top_k=self.top_k)
     return self.cache[key]
-
-  def units(self, units):
-    return self([u / float(RESOLUTION) for u in units])
 
 
 def round_to_grid(weights, resolution=RESOLUTION):
@@ -118,35 +101,28 @@ def round_to_grid(weights, resolution=RESOLUTION):
   weights = np.asarray(weights, dtype=np.float64)
   weights = weights / weights.sum() * resolution
   units = np.floor(weights).astype(int)
-  remainder = weights - units
-  for index in np.argsort(-remainder, kind="stable")[:resolution - units.sum()]:
+  for index in np.argsort(units - weights, kind="stable")[:resolution - units.sum()]:
     units[index] += 1
   return [int(u) for u in units]
 
 
 def coordinate_ascent(objective, units):
   """Hill climbing on the grid: move `step` units from member j to member i."""
-  units = list(units)
-  best = objective.units(units)
+  def score(candidate):
+    return objective([u / float(RESOLUTION) for u in candidate])
+
+  best = score(units)
   for step in STEPS:
     while True:
-      candidates = []
-      for i in range(len(units)):
-        for j in range(len(units)):
-          if i != j and units[j] >= step:
-            candidate = list(units)
-            candidate[i] += step
-            candidate[j] -= step
-            candidates.append(candidate)
-      if not candidates:
+      candidates = [[u + step * ((k == i) - (k == j)) for k, u in enumerate(units)]
+                    for i, j in itertools.permutations(range(len(units)), 2)
+                    if units[j] >= step]
+      scores = [score(c) for c in candidates]
+      if not candidates or max(scores) <= best:
         break
-      scores = [objective.units(c) for c in candidates]
       top = int(np.argmax(scores))
-      if scores[top] > best:
-        units, best = candidates[top], scores[top]
-      else:
-        break
-  return units, best
+      units, best = candidates[top], scores[top]
+  return list(units), best
 
 
 def search(objective, num_models, seed=0, restarts=5):
@@ -170,13 +146,9 @@ def search(objective, num_models, seed=0, restarts=5):
     progress.update()
   weights = [u / float(RESOLUTION) for u in best_units]
   equal = [1.0 / num_models] * num_models
-  if RESOLUTION % num_models and objective(equal) > best_gap:
+  if RESOLUTION % num_models and objective(equal) > best_gap:  # 1/n is off the grid
     weights, best_gap = equal, objective(equal)
   return weights, best_gap, trace
-
-
-# ---------------------------------------------------------------------------------------
-# Running the ensemble graph once.
 
 
 def collect_member_predictions(config, prefix, files, batch_size, num_readers, max_videos,
@@ -189,12 +161,8 @@ def collect_member_predictions(config, prefix, files, batch_size, num_readers, m
   graph = tf.Graph()
   with graph.as_default():
     model_graph.create_global_step()
-    reader = config.make_reader()
-    with tf.device("/cpu:0"), tf1.name_scope("eval_input"):
-      dataset = reader.dataset(files, batch_size, num_epochs=1, shuffle=False,
-                               num_readers=num_readers)
-      iterator = tf1.data.make_initializable_iterator(dataset)
-      batch = iterator.get_next()
+    iterator, batch = readers.one_pass(config.make_reader(), files, batch_size, num_readers,
+                                       "eval_input")
     predictions, _ = model_graph.build_model(config, batch["video_matrix"],
                                              batch["num_frames"], is_training=False)
     members = tf1.get_collection(model_graph.MEMBER_PREDICTIONS)
@@ -221,17 +189,15 @@ def collect_member_predictions(config, prefix, files, batch_size, num_readers, m
       count += len(labels)
       logging.info("videos processed: %d (%.1f videos/sec)", count,
                    count / max(time.time() - start, 1e-9))
-  truncated = bool(max_videos) and count >= max_videos
   if count == 0:
     raise IOError("--eval_data_pattern: the evaluation files hold no videos")
   member_arrays = []
-  for chunk in chunks:
+  for chunk in chunks:  # each member's chunks freed as soon as it is joined
     member_arrays.append(np.concatenate(chunk))
     del chunk[:]
-  labels = np.concatenate(label_chunks)
-  info = {"videos": count, "truncated": truncated, "seconds": time.time() - start,
-          "configured_gap_graph": configured.get()["gap"]}
-  return member_arrays, labels, info
+  info = {"videos": count, "truncated": bool(max_videos) and count >= max_videos,
+          "seconds": time.time() - start, "configured_gap_graph": configured.get()["gap"]}
+  return member_arrays, np.concatenate(label_chunks), info
 
 
 def format_weights(weights):
@@ -239,14 +205,39 @@ def format_weights(weights):
           repr(float(w)) for w in weights]
 
 
-def eval_command(train_dir, checkpoint_file, pattern, holdout_only, weights):
-  parts = ["python", "-m", "youtube-8m.eval", "--train_dir=" + train_dir,
-           "--checkpoint_file=" + checkpoint_file, "--eval_data_pattern=" + pattern,
-           "--run_once=True"]
-  if not holdout_only:
-    parts.append("--noeval_holdout_only")
+def eval_command(weights):
+  """The eval.py command line that evaluates the ensemble with these weights."""
+  parts = ["python", "-m", "youtube-8m.eval", "--train_dir=" + FLAGS.train_dir,
+           "--checkpoint_file=" + checkpoint_utils.strip_checkpoint_suffix(
+               FLAGS.checkpoint_file), "--eval_data_pattern=" + FLAGS.eval_data_pattern,
+           "--run_once=True"] + ([] if FLAGS.eval_holdout_only else ["--noeval_holdout_only"])
   parts += ["--ensemble_wts=" + w for w in format_weights(weights)]
   return " ".join(shlex.quote(p) for p in parts)
+
+
+def report_lines(config, results, held_mib):
+  """The printed report of run()'s results."""
+  def row(label, gap, note=""):
+    return "%-34s %.6f%s" % (label, gap, note)
+
+  equal, configured = results["equal_weights"], results["configured_weights"]
+  best, search_info = results["best_weights"], results["search"]
+  lines = ["", "Ensemble %s, %d videos, member predictions %.1f MiB (%s)" % (
+      config.describe(), results["videos"], held_mib, results["member_dtype"])]
+  lines += results["notes"] + ["%-34s GAP@%d" % ("", results["top_k"])]
+  lines += [row("model %d (c%dh%d) alone" % (m["index"], m["cluster_size"], m["hidden_size"]),
+                m["gap"]) for m in results["members"]]
+  lines.append(row("equal weights (1/%d each)" % len(equal["weights"]), equal["gap"]))
+  lines.append(row("checkpoint's weights " + " ".join(format_weights(configured["weights"])),
+                   configured["gap"], " (graph, as eval.py: %.6f)" % configured["gap_graph"]))
+  lines.append(row("best weights " + " ".join(format_weights(best["weights"])), best["gap"],
+                   " (%+.6f vs equal weights)" % (best["gap"] - equal["gap"])))
+  lines.append("Search: %d weight vectors scored in %.1f s (%d starts, seed %d)" % (
+      search_info["scored"], search_info["seconds"], len(search_info["starts"]),
+      search_info["seed"]))
+  lines.append("Evaluate with the best weights (add --force_output_model_name=True to write "
+               "inference_model.* for a submission):")
+  return lines + ["  " + results["eval_command"]]
 
 
 def run():
@@ -271,55 +262,23 @@ def run():
     members, labels, info = collect_member_predictions(
         config, local_prefix, files, FLAGS.batch_size, FLAGS.num_readers, FLAGS.max_videos,
         np.dtype(FLAGS.member_dtype), FLAGS.top_k, checkpoint_name=prefix)
-  held_mib = sum(m.nbytes for m in members) / 2.0**20
   notes = []
   if info["truncated"]:
     notes.append("NOTE: --max_videos=%d: only the first %d videos were used (the files hold "
                  "more); the weights are tuned on this subset and the GAPs below differ from "
                  "eval.py's on the whole data." % (FLAGS.max_videos, info["videos"]))
   objective = GapObjective(members, labels, FLAGS.top_k)
-  member_gaps = []
-  for index in range(num_models):
-    one_hot = [0.0] * num_models
-    one_hot[index] = 1.0
-    member_gaps.append(objective(one_hot))
+  member_gaps = [objective(np.eye(num_models)[index]) for index in range(num_models)]
   equal = [1.0 / num_models] * num_models
-  equal_gap = objective(equal)
-  configured_gap = objective(config.ensemble_wts)
+  equal_gap, configured_gap = objective(equal), objective(config.ensemble_wts)
   search_start = time.time()
   best, best_gap, trace = search(objective, num_models, FLAGS.search_seed,
                                  FLAGS.search_iterations)
   search_seconds = time.time() - search_start
-  command = eval_command(FLAGS.train_dir,
-                         checkpoint_utils.strip_checkpoint_suffix(FLAGS.checkpoint_file),
-                         FLAGS.eval_data_pattern,
-                         FLAGS.eval_holdout_only, best)
   if abs(configured_gap - info["configured_gap_graph"]) > 1e-4 and FLAGS.member_dtype == (
       "float32"):
     logging.warning("numpy mixing gives GAP %.6f for the configured weights, the graph %.6f",
                     configured_gap, info["configured_gap_graph"])
-
-  lines = ["", "Ensemble %s, %d videos, member predictions %.1f MiB (%s)" % (
-      config.describe(), info["videos"], held_mib, FLAGS.member_dtype)]
-  lines += notes
-  lines.append("%-34s %s" % ("", "GAP@%d" % FLAGS.top_k))
-  for index in range(num_models):
-    lines.append("%-34s %.6f" % ("model %d (c%dh%d) alone" % (
-        index, config.netvlad_cluster_size[index], config.netvlad_hidden_size[index]),
-                                 member_gaps[index]))
-  lines.append("%-34s %.6f" % ("equal weights (1/%d each)" % num_models, equal_gap))
-  lines.append("%-34s %.6f (graph, as eval.py: %.6f)" % (
-      "checkpoint's weights " + " ".join(format_weights(config.ensemble_wts)), configured_gap,
-      info["configured_gap_graph"]))
-  lines.append("%-34s %.6f (%+.6f vs equal weights)" % (
-      "best weights " + " ".join(format_weights(best)), best_gap, best_gap - equal_gap))
-  lines.append("Search: %d weight vectors scored in %.1f s (%d starts, seed %d)" % (
-      len(objective.cache), search_seconds, len(trace), FLAGS.search_seed))
-  lines.append("Evaluate with the best weights (add --force_output_model_name=True to write "
-               "inference_model.* for a submission):")
-  lines.append("  " + command)
-  print("\n".join(lines), flush=True)
-
   results = {
       "train_dir": FLAGS.train_dir, "checkpoint": prefix, "videos": info["videos"],
       "files": len(files), "truncated": info["truncated"], "notes": notes,
@@ -332,10 +291,13 @@ def run():
                              "gap_graph": info["configured_gap_graph"]},
       "best_weights": {"weights": best, "gap": best_gap,
                        "flags": ["--ensemble_wts=" + w for w in format_weights(best)]},
-      "eval_command": command, "search": {"seed": FLAGS.search_seed, "starts": trace,
-                                          "scored": len(objective.cache),
-                                          "seconds": search_seconds},
+      "eval_command": eval_command(best), "search": {"seed": FLAGS.search_seed,
+                                                     "starts": trace,
+                                                     "scored": len(objective.cache),
+                                                     "seconds": search_seconds},
   }
+  held_mib = sum(m.nbytes for m in members) / 2.0**20
+  print("\n".join(report_lines(config, results, held_mib)), flush=True)
   if FLAGS.results_json:
     storage.makedirs(os.path.dirname(FLAGS.results_json))  # a no-op for gs://
     utils.write_atomically(FLAGS.results_json, json.dumps(results, indent=1) + "\n")

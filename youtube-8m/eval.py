@@ -3,14 +3,10 @@
     python -m youtube-8m.eval --train_dir=DIR --eval_data_pattern='.../validate*.tfrecord' \
         --batch_size=1024 --run_once=True [--checkpoint_file=NAME | --checkpoint=NAME.index]
 
-The model is rebuilt from DIR/model_flags.json (flags given here must agree with it; a json
-written by the original code describes only the reader, and the model comes from the flags). By
-default the 60 held-out validate files of the pattern are evaluated (as the original);
---noeval_holdout_only evaluates every file the glob matches. Frame sampling is seeded, so a
-checkpoint always gets the same GAP. Each evaluated checkpoint is also saved as an inference
-checkpoint in DIR (``inference_model_<step>``, ``inference_model_avg...``, the
-weights-tagged ``inference_model_ensemble_<weights>...`` or, with
---force_output_model_name, ``inference_model``), with a meta graph that holds only the model.
+The model is rebuilt from DIR/model_flags.json (flags given here must agree with it). By
+default the 60 held-out validate files of the pattern are evaluated. Each evaluated checkpoint
+is also saved in DIR as an inference checkpoint (``inference_model_<step>``, ...; see
+inference_checkpoint_name) whose meta graph holds only the model.
 """
 
 import json
@@ -96,22 +92,17 @@ def inference_checkpoint_name(checkpoint_name, loaded_prefix, config):
 
 
 def summary_tag_and_step(prefix, global_step, ensemble_wts=None):
-  """(tag prefix, step) of an evaluation's TensorBoard summaries. Training checkpoints
-  (model.ckpt-N) keep the original's "Epoch/..." tags at their global step; averages and
-  ensembles (global_step 0) get tags under their own name ("avg_c32h512_100_200.ckpt/
-  Eval_GAP", "inference_model/Eval_GAP"), an ensemble's with its mixing weights
-  ("inference_model_w05_05/Eval_GAP"), so that none overwrites another at step 0."""
+  """(tag prefix, step) of an evaluation's TensorBoard summaries: "Epoch" at the global step
+  for model.ckpt-N (as the original); else the checkpoint's own name, an ensemble's with its
+  weights ("inference_model_w05_05"), so that no two step-0 evaluations share tags."""
   name = os.path.basename(prefix)
-  if re.fullmatch(re.escape(checkpoint_utils.TRAIN_CHECKPOINT_BASENAME) + r"-\d+", name):
-    return "Epoch", global_step or int(name.rsplit("-", 1)[1])
+  step = checkpoint_utils.parse_step(name, checkpoint_utils.TRAIN_CHECKPOINT_BASENAME)
+  if step is not None:
+    return "Epoch", global_step or step
   name = re.sub(r"-\d+$", "", name)
   if ensemble_wts and len(ensemble_wts) > 1:
     name += "_w" + weights_tag(ensemble_wts)
   return name, global_step
-
-
-def global_step_label(prefix):
-  return os.path.basename(prefix).rsplit("-", 1)[-1].rsplit("_", 1)[-1]
 
 
 def requested_checkpoint():
@@ -141,12 +132,8 @@ def build_eval_graph(config, files):
   global_step = model_graph.create_global_step()
   tensors = {"global_step": global_step}
   if files is not None:
-    reader = config.make_reader()
-    with tf.device("/cpu:0"), tf1.name_scope("eval_input"):
-      dataset = reader.dataset(files, FLAGS.batch_size, num_epochs=1, shuffle=False,
-                               num_readers=FLAGS.num_readers)
-      iterator = tf1.data.make_initializable_iterator(dataset)
-      batch = iterator.get_next()
+    iterator, batch = readers.one_pass(config.make_reader(), files, FLAGS.batch_size,
+                                       FLAGS.num_readers, "eval_input")
     model_input_raw, num_frames = batch["video_matrix"], batch["num_frames"]
     tensors.update(iterator=iterator, labels=batch["labels"])
   else:
@@ -162,10 +149,9 @@ def build_eval_graph(config, files):
   return tensors
 
 
-def evaluate_batches(sess, tensors, config, step_label, writer, files, total=(None, False),
-                     summary=("Epoch", None)):
-  """total: (videos in files, exact) from progress.count_records, for the progress lines;
-  summary: (tag prefix, step) from summary_tag_and_step."""
+def evaluate_batches(sess, tensors, config, step_label, writer, files, total, summary):
+  """Metrics of one pass over files. total: (videos in files, exact) from
+  progress.count_inputs; summary: (tag prefix, step) from summary_tag_and_step."""
   metrics = eval_util.EvaluationMetrics(config.num_classes, FLAGS.top_k)
   sess.run(tensors["iterator"].initializer)
   examples = 0
@@ -192,19 +178,10 @@ def evaluate_batches(sess, tensors, config, step_label, writer, files, total=(No
                "GAP: %.5f | Avg_Loss: %f", step_label, final["avg_hit_at_one"],
                final["avg_perr"], final["map"], final["gap"], final["avg_loss"])
   logging.info("Evaluated %d videos in %.1f s", examples, time.time() - start)
-  tag_prefix, step_number = summary
-  if step_number is None:
-    try:
-      step_number = int(step_label)
-    except ValueError:
-      step_number = 0
   writer.add_summary(tf1.Summary(value=[
-      tf1.Summary.Value(tag=tag_prefix + "/Eval_Avg_Hit@1", simple_value=final["avg_hit_at_one"]),
-      tf1.Summary.Value(tag=tag_prefix + "/Eval_Avg_Perr", simple_value=final["avg_perr"]),
-      tf1.Summary.Value(tag=tag_prefix + "/Eval_Avg_Loss", simple_value=final["avg_loss"]),
-      tf1.Summary.Value(tag=tag_prefix + "/Eval_MAP", simple_value=final["map"]),
-      tf1.Summary.Value(tag=tag_prefix + "/Eval_GAP", simple_value=final["gap"])]), step_number)
-  writer.flush()
+      tf1.Summary.Value(tag=summary[0] + "/Eval_" + tag, simple_value=final[key])
+      for tag, key in (("Avg_Hit@1", "avg_hit_at_one"), ("Avg_Perr", "avg_perr"),
+                       ("Avg_Loss", "avg_loss"), ("MAP", "map"), ("GAP", "gap"))]), summary[1])
   return {"examples": examples, "gap": final["gap"], "hit_at_one": final["avg_hit_at_one"],
           "perr": final["avg_perr"], "map": final["map"], "loss": final["avg_loss"]}
 
@@ -252,7 +229,7 @@ def evaluate():
         checkpoint_utils.check_matches_graph(local_prefix, graph_vars, config.describe(),
                                              name=prefix)
         saver.restore(sess, local_prefix)
-      step_label = global_step_label(prefix)
+      step_label = os.path.basename(prefix).rsplit("-", 1)[-1].rsplit("_", 1)[-1]
       logging.info("Restored %s (global step %s)", prefix, step_label)
       name = inference_checkpoint_name(requested, prefix, config)
       if name:

@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl import app
 from absl import logging
 
+from . import dataset_layout
 from . import progress as progress_lib
 from . import readers
 from . import staging
@@ -61,15 +62,6 @@ def format_row(video_id, scores, top_k):
   return "%s,%s\n" % (video_id, pairs)
 
 
-def _safe_extract(archive, directory, tgz_path):
-  for member in archive.getmembers():
-    target = os.path.realpath(os.path.join(directory, member.name))
-    if not target.startswith(os.path.realpath(directory) + os.sep):
-      raise ValueError("--input_model_tgz %s: member %r points outside the archive"
-                       % (tgz_path, member.name))
-  archive.extractall(directory, filter="data")
-
-
 def extract_model_tgz(tgz_path, untar_model_dir):
   """Extracts the tgz into a fresh subdirectory; returns the directory of the model files."""
   if not storage.exists(tgz_path):
@@ -78,7 +70,7 @@ def extract_model_tgz(tgz_path, untar_model_dir):
   directory = tempfile.mkdtemp(prefix="model-", dir=untar_model_dir)
   try:
     with tarfile.open(storage.stage_file(tgz_path), mode="r:*") as archive:
-      _safe_extract(archive, directory, tgz_path)
+      archive.extractall(directory, filter="data")  # refuses members outside directory
   except tarfile.TarError as error:
     raise ValueError("--input_model_tgz %s is not a readable tgz: %s" % (tgz_path, error))
   for root, _, names in os.walk(directory):
@@ -118,34 +110,28 @@ def write_model_tgz(output_tgz, prefix, files):
   logging.info("Wrote %s", output_tgz)
 
 
-def _collection_tensor_name(meta_graph_def, key):
-  values = meta_graph_def.collection_def[key].node_list.value
-  if not values:
-    raise ValueError("The inference meta graph has no %r collection" % key)
-  return values[0]
-
-
 def predict(train_dir, model_name, files, output_file):
   model_flags = utils.read_model_flags(train_dir)
   feature_names, feature_sizes = utils.parse_feature_flags(model_flags["feature_names"],
                                                            model_flags["feature_sizes"])
   reader = readers.make_reader(model_flags["frame_features"], feature_names, feature_sizes,
-                               model_flags.get("num_classes", readers.NUM_CLASSES))
+                               model_flags.get("num_classes", dataset_layout.NUM_CLASSES))
   prefix, _ = model_files(train_dir, model_name)
   meta_graph_def = tf1.MetaGraphDef()
   meta_graph_def.ParseFromString(storage.read_bytes(prefix + ".meta"))
 
   graph = tf.Graph()
   with graph.as_default():
-    with tf.device("/cpu:0"), tf1.name_scope("inference_input"):
-      dataset = reader.dataset(files, FLAGS.batch_size, num_epochs=1, shuffle=False,
-                               num_readers=FLAGS.num_readers)
-      iterator = tf1.data.make_initializable_iterator(dataset)
-      batch = iterator.get_next()
+    iterator, batch = readers.one_pass(reader, files, FLAGS.batch_size, FLAGS.num_readers,
+                                       "inference_input")
     # The model reads the reader's tensors directly (no feed copies).
-    input_map = {_collection_tensor_name(meta_graph_def, "input_batch_raw"):
-                 batch["video_matrix"],
-                 _collection_tensor_name(meta_graph_def, "num_frames"): batch["num_frames"]}
+    input_map = {}
+    for key, tensor in (("input_batch_raw", batch["video_matrix"]),
+                        ("num_frames", batch["num_frames"])):
+      names = meta_graph_def.collection_def[key].node_list.value
+      if not names:
+        raise ValueError("The inference meta graph has no %r collection" % key)
+      input_map[names[0]] = tensor
     saver = tf1.train.import_meta_graph(meta_graph_def, clear_devices=True,
                                         input_map=input_map)
     predictions = tf1.get_collection("predictions")[0]
@@ -189,9 +175,7 @@ def run():
     train_dir = synced.local
   else:
     raise ValueError("Give --train_dir or --input_model_tgz")
-  files = storage.glob(FLAGS.input_data_pattern)
-  if not files:
-    raise IOError("--input_data_pattern: no file matches %r" % FLAGS.input_data_pattern)
+  files = readers.glob_files(FLAGS.input_data_pattern, "input_data_pattern")
   prefix, checkpoint_files = model_files(train_dir, FLAGS.inference_model_file)
   if FLAGS.output_model_tgz:
     write_model_tgz(FLAGS.output_model_tgz, prefix,

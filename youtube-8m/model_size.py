@@ -3,16 +3,11 @@ r"""Reports the size of an inference model (submission files) against a size lim
     python -m youtube-8m.model_size --train_dir=DIR [--inference_model_file=inference_model]
     python -m youtube-8m.model_size --model_tgz=submission.tgz [--fail_if_over]
 
-Prints the byte sizes of ``<inference_model_file>.data-*``, ``.index``, ``.meta`` and
-``model_flags.json`` (the four files of a 2018 submission) and their total; the number of
-tensors by dtype and their data size; the size the same tensors would take with every
-floating tensor stored as float32 (4 bytes) and the ratio; and whether the total fits
---limit_bytes (default 2**30 = 1 GiB): "FITS" or "DOES NOT FIT". The exit status is 0 either
-way unless --fail_if_over is given (then 1 when over the limit). Sizes in a tgz are those of
-the extracted files (only the small .index is extracted, to read the tensor dtypes).
-
---train_dir, --model_tgz and --results_json may be gs:// URLs (through storage.py): sizes
-come from the object listing, and only the .index (or the tgz) is downloaded.
+Prints the bytes of ``<inference_model_file>.data-*``, ``.index``, ``.meta`` and
+``model_flags.json`` and their total, the tensors by dtype, the size with every floating
+tensor as float32, and "FITS" or "DOES NOT FIT" --limit_bytes (exit status 1 then only with
+--fail_if_over). Sizes in a tgz are those of the extracted files; only the .index is read
+(downloaded when gs://, as the tgz).
 """
 
 import json
@@ -45,112 +40,89 @@ def define_flags():
   flags.DEFINE_string("results_json", "", "If set, also write the report as JSON.")
 
 
-def tensor_report(index_prefix):
-  """Tensor count, dtypes, data bytes and float32-equivalent bytes from a checkpoint index."""
-  reader = tf.train.load_checkpoint(index_prefix)
-  shapes = reader.get_variable_to_shape_map()
-  dtypes = reader.get_variable_to_dtype_map()
-  by_dtype = {}
-  values = tensor_bytes = float32_bytes = 0
-  for name, shape in shapes.items():
-    dtype = dtypes[name]
-    count = int(np.prod(shape, dtype=np.int64))
-    values += count
-    tensor_bytes += count * dtype.size
-    float32_bytes += count * (4 if dtype.is_floating else dtype.size)
-    by_dtype[dtype.name] = by_dtype.get(dtype.name, 0) + 1
-  return {"tensors": len(shapes), "tensors_by_dtype": by_dtype, "values": values,
-          "tensor_bytes": tensor_bytes, "float32_tensor_bytes": float32_bytes}
-
-
-def _checkpoint_member(name, model_name):
-  return name == model_name + ".index" or name == model_name + ".meta" or (
+def _is_model_file(name, model_name):
+  return name in (model_name + ".index", model_name + ".meta", utils.MODEL_FLAGS_FILE) or (
       name.startswith(model_name + ".data-"))
-
-
-def files_in_dir(train_dir, model_name):
-  """(prefix, {file name: bytes}) of the model's files in a local or gs:// directory."""
-  prefix = os.path.join(train_dir, model_name)
-  files = {}
-  for name in storage.listdir(train_dir):
-    name = name.rstrip("/")
-    if _checkpoint_member(name, model_name) or name == utils.MODEL_FLAGS_FILE:
-      files[name] = storage.size(os.path.join(train_dir, name))
-  return prefix, files
 
 
 def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFAULT_LIMIT):
   """The size report (a dict) of a model in a directory or in a tgz."""
-  report = {"model": model_name, "limit_bytes": limit}
+  report = {"model": model_name, "limit_bytes": limit, "source": model_tgz or train_dir}
+  index_name = model_name + ".index"
   with tempfile.TemporaryDirectory(prefix="model_size-") as tmp:
     if model_tgz:
-      report["source"] = model_tgz
       report["tgz_bytes"] = storage.size(model_tgz)
-      files = {}
       # A gs:// tgz is downloaded (into memory when small, else a temporary file).
       with storage.open(model_tgz, "rb") as handle, tarfile.open(
           fileobj=handle, mode="r:*") as archive:
-        index_member = None
-        for member in archive.getmembers():
-          base = os.path.basename(member.name)
-          if member.isfile() and (_checkpoint_member(base, model_name)
-                                  or base == utils.MODEL_FLAGS_FILE):
-            files[base] = member.size
-            if base == model_name + ".index":
-              index_member = member
-        if index_member is None:
-          raise IOError("%s holds no %s.index" % (model_tgz, model_name))
-        with open(os.path.join(tmp, model_name + ".index"), "wb") as out:
-          out.write(archive.extractfile(index_member).read())
-      index_prefix = os.path.join(tmp, model_name)
+        members = {os.path.basename(m.name): m for m in archive.getmembers()
+                   if m.isfile() and _is_model_file(os.path.basename(m.name), model_name)}
+        if index_name not in members:
+          raise IOError("%s holds no %s" % (model_tgz, index_name))
+        index_file = os.path.join(tmp, index_name)
+        with open(index_file, "wb") as out:
+          out.write(archive.extractfile(members[index_name]).read())
+      files = {name: member.size for name, member in members.items()}
     else:
       if not train_dir:
         raise ValueError("Give --train_dir or --model_tgz")
-      report["source"] = train_dir
-      index_prefix, files = files_in_dir(train_dir, model_name)
-    if model_name + ".index" not in files:
-      raise IOError("No %s.index in %s" % (model_name, report["source"]))
-    # TensorFlow reads the dtypes from a local .index (a copy of a gs:// one keeps its name).
-    index_prefix = storage.stage_file(index_prefix + ".index")[:-len(".index")]
+      files = {name: storage.size(os.path.join(train_dir, name))
+               for name in map(lambda n: n.rstrip("/"), storage.listdir(train_dir))
+               if _is_model_file(name, model_name)}
+      if index_name not in files:
+        raise IOError("No %s in %s" % (index_name, train_dir))
+      # TensorFlow reads the dtypes from a local .index (a copy of a gs:// one keeps its name).
+      index_file = storage.stage_file(os.path.join(train_dir, index_name))
     for suffix in (".meta", ".data-"):
       if not any(name.startswith(model_name + suffix) for name in files):
         logging.warning("%s has no %s%s* file", report["source"], model_name, suffix)
     if utils.MODEL_FLAGS_FILE not in files:
       logging.warning("%s has no %s (a submission needs it)", report["source"],
                       utils.MODEL_FLAGS_FILE)
-    report.update(tensor_report(index_prefix))
+    reader = tf.train.load_checkpoint(index_file[:-len(".index")])
+    dtypes = reader.get_variable_to_dtype_map()
+    counts = {name: int(np.prod(shape, dtype=np.int64))
+              for name, shape in reader.get_variable_to_shape_map().items()}
+  by_dtype = {}
+  for name in counts:
+    by_dtype[dtypes[name].name] = by_dtype.get(dtypes[name].name, 0) + 1
+  tensor_bytes = sum(n * dtypes[name].size for name, n in counts.items())
+  float32_bytes = sum(n * (4 if dtypes[name].is_floating else dtypes[name].size)
+                      for name, n in counts.items())
   data_bytes = sum(size for name, size in files.items()
                    if name.startswith(model_name + ".data-"))
   total = sum(files.values())
   report.update(
-      files=files, data_bytes=data_bytes, total_bytes=total,
-      float32_total_bytes=total - data_bytes + report["float32_tensor_bytes"],
-      ratio=(report["tensor_bytes"] / float(report["float32_tensor_bytes"])
-             if report["float32_tensor_bytes"] else 1.0),
+      tensors=len(counts), tensors_by_dtype=by_dtype, values=sum(counts.values()),
+      tensor_bytes=tensor_bytes, float32_tensor_bytes=float32_bytes, files=files,
+      data_bytes=data_bytes, total_bytes=total,
+      float32_total_bytes=total - data_bytes + float32_bytes,
+      ratio=tensor_bytes / float(float32_bytes) if float32_bytes else 1.0,
       fits=total <= limit, headroom_bytes=limit - total)
   return report
 
 
 def format_report(report):
+  def size(key):
+    return "{:,}".format(report[key])
+
   lines = ["Model %s in %s" % (report["model"], report["source"])]
-  for name, size in sorted(report["files"].items()):
-    lines.append("  %-44s %16s B" % (name, "{:,}".format(size)))
-  lines.append("  %-44s %16s B (%.4f GiB)" % ("total", "{:,}".format(report["total_bytes"]),
+  lines += ["  %-44s %16s B" % (name, "{:,}".format(n))
+            for name, n in sorted(report["files"].items())]
+  lines.append("  %-44s %16s B (%.4f GiB)" % ("total", size("total_bytes"),
                                               report["total_bytes"] / 2.0**30))
   if "tgz_bytes" in report:
-    lines.append("  %-44s %16s B" % ("(the tgz itself, compressed)",
-                                     "{:,}".format(report["tgz_bytes"])))
+    lines.append("  %-44s %16s B" % ("(the tgz itself, compressed)", size("tgz_bytes")))
   lines.append("Tensors: %d (%s), %s values, %s B of tensor data" % (
       report["tensors"], ", ".join("%d %s" % (n, d) for d, n in
                                    sorted(report["tensors_by_dtype"].items())),
-      "{:,}".format(report["values"]), "{:,}".format(report["tensor_bytes"])))
+      size("values"), size("tensor_bytes")))
   lines.append("Same tensors with every floating tensor as float32: %s B; ratio %.4f "
                "(%.1f%% smaller); all files would total %s B" % (
-                   "{:,}".format(report["float32_tensor_bytes"]), report["ratio"],
-                   100 * (1 - report["ratio"]), "{:,}".format(report["float32_total_bytes"])))
-  verdict = "FITS" if report["fits"] else "DOES NOT FIT"
+                   size("float32_tensor_bytes"), report["ratio"], 100 * (1 - report["ratio"]),
+                   size("float32_total_bytes")))
   lines.append("%s: total %s B vs limit %s B (%.4f GiB): %s B %s" % (
-      verdict, "{:,}".format(report["total_bytes"]), "{:,}".format(report["limit_bytes"]),
+      "FITS" if report["fits"] else "DOES NOT FIT", size("total_bytes"), size("limit_bytes"),
       report["limit_bytes"] / 2.0**30, "{:,}".format(abs(report["headroom_bytes"])),
       "to spare" if report["fits"] else "over"))
   return "\n".join(lines)

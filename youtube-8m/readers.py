@@ -1,17 +1,9 @@
-"""Readers of YouTube-8M TFRecords (2018 format) as tf.data pipelines for tf.compat.v1 graphs.
+"""YouTube-8M TFRecord readers (2018 format) as tf.data pipelines for tf.compat.v1 graphs.
 
-Frame level (SequenceExample): context ``id`` (bytes) and ``labels`` (int64 list); feature
-lists (``rgb`` 1024 and ``audio`` 128 bytes per frame, uint8-quantized). Each video becomes
-``video_matrix`` [max_frames, sum(feature_sizes)] float32 (dequantized, truncated or
-zero-padded to max_frames=300), ``num_frames`` = min(frames, max_frames), ``labels`` a dense
-bool vector of num_classes and ``video_id``.
-
-Video level (Example): ``id``, ``labels`` and one float list per feature (``mean_rgb`` 1024,
-``mean_audio`` 128); ``video_matrix`` is [sum(feature_sizes)] and ``num_frames`` is 1.
-
-Every record is validated; a malformed one (wrong feature size, label outside the
-vocabulary, unparsable proto, corrupted TFRecord framing) fails with an error naming its
-file and record index (see ``input_error_message``).
+Each video becomes ``video_id``, ``video_matrix`` [max_frames, sum(feature_sizes)] float32
+(frame level: dequantized, truncated or zero-padded; video level: [sum(feature_sizes)]),
+``num_frames`` and ``labels`` (dense bool [num_classes]). A malformed record fails with an
+error naming its file and record index (``input_error_message``).
 """
 
 import tensorflow as tf
@@ -23,9 +15,9 @@ from . import storage
 
 tf1 = tf.compat.v1
 
+# Aliases model_graph.py still reads (its owner switches it to dataset_layout).
 MAX_FRAMES = dataset_layout.MAX_FRAMES
 NUM_CLASSES = dataset_layout.NUM_CLASSES
-HOLDOUT_VALIDATE_CODES = dataset_layout.HOLDOUT_VALIDATE_CODES
 
 
 class InputDataError(ValueError):
@@ -40,15 +32,11 @@ def dequantize(feat_vector):
 def holdout_validate_files(validate_pattern):
   """The 60 held-out file names built from a validate pattern (text before its first '*')."""
   stem = validate_pattern.split("*")[0]
-  return [stem + code + ".tfrecord" for code in HOLDOUT_VALIDATE_CODES]
+  return [stem + code + ".tfrecord" for code in dataset_layout.HOLDOUT_VALIDATE_CODES]
 
 
-def holdout_pattern(validate_pattern):
-  """A glob matching (at least) the held-out files, for one listing instead of 60 lookups."""
-  return validate_pattern.split("*")[0] + "*.tfrecord"
-
-
-def _glob(pattern, flag_name):
+def glob_files(pattern, flag_name):
+  """The files a --flag_name glob matches; IOError naming the flag if none."""
   files = storage.glob(pattern)
   if not files:
     raise IOError("--%s: no file matches %r" % (flag_name, pattern))
@@ -59,13 +47,13 @@ def training_files(train_data_pattern, flag_name="train_data_pattern"):
   """Files of "TRAIN,VALIDATE" (train + validate minus the 60 held-out) or of one pattern."""
   parts = [p.strip() for p in train_data_pattern.split(",")]
   if len(parts) == 1:
-    return _glob(parts[0], flag_name)
+    return glob_files(parts[0], flag_name)
   if len(parts) != 2 or not all(parts):
     raise ValueError("--%s must be one glob or 'TRAIN_GLOB,VALIDATE_GLOB', got %r"
                      % (flag_name, train_data_pattern))
   train, validate = parts
   holdout = set(holdout_validate_files(validate))
-  validate_files = _glob(validate, flag_name)
+  validate_files = glob_files(validate, flag_name)
   held_out = len(holdout.intersection(validate_files))
   if held_out < len(holdout):
     logging.warning(
@@ -73,7 +61,7 @@ def training_files(train_data_pattern, flag_name="train_data_pattern"):
         "files %r matches, so held-out videos may be in the training data if your files are "
         "named differently", flag_name, held_out, len(holdout), validate.split("*")[0],
         len(validate_files), validate)
-  return _glob(train, flag_name) + [f for f in validate_files if f not in holdout]
+  return glob_files(train, flag_name) + [f for f in validate_files if f not in holdout]
 
 
 def eval_files(eval_data_pattern, holdout_only=True, flag_name="eval_data_pattern"):
@@ -81,9 +69,10 @@ def eval_files(eval_data_pattern, holdout_only=True, flag_name="eval_data_patter
   if not eval_data_pattern:
     raise IOError("--%s is required" % flag_name)
   if not holdout_only:
-    return _glob(eval_data_pattern, flag_name)
+    return glob_files(eval_data_pattern, flag_name)
   files = holdout_validate_files(eval_data_pattern)
-  present = set(storage.glob(holdout_pattern(eval_data_pattern)))
+  # One listing of (at least) the held-out files instead of 60 lookups.
+  present = set(storage.glob(eval_data_pattern.split("*")[0] + "*.tfrecord"))
   missing = [f for f in files if f not in present]
   if len(missing) == len(files):
     raise IOError("--%s=%r: none of the 60 held-out validate files exists (e.g. %s). Pass "
@@ -95,30 +84,30 @@ def eval_files(eval_data_pattern, holdout_only=True, flag_name="eval_data_patter
   return files
 
 
-def find_corrupt_record(files):
-  """(file, record index, error text) of the first record whose TFRecord framing is broken."""
-  for path in files:
-    index = 0
-    try:
-      for _ in tf1.io.tf_record_iterator(storage.stage_file(path)):
-        index += 1
-    except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as error:
-      return path, index, error.message
-  return None
-
-
 def input_error_message(error, files):
   """A message naming the file and record of a tf.errors.OpError raised by a reader dataset."""
-  if isinstance(error, tf.errors.DataLossError):
-    corrupt = find_corrupt_record(files)
-    if corrupt:
-      return "%s: record %d: corrupted TFRecord (%s)" % corrupt
+  if isinstance(error, tf.errors.DataLossError):  # find the first record of broken framing
+    for path in files:
+      index = 0
+      try:
+        for _ in tf1.io.tf_record_iterator(storage.stage_file(path)):
+          index += 1
+      except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as corrupt:
+        return "%s: record %d: corrupted TFRecord (%s)" % (path, index, corrupt.message)
   text = error.message
   # Assertion messages of the validation ops already start with "<file>: record <i>: ...".
   marker = "assertion failed: ["
   if marker in text:
     text = text.split(marker, 1)[1].split("\n")[0].rsplit("]", 1)[0].replace("\\'", "'")
   return text
+
+
+def one_pass(reader, files, batch_size, num_readers, scope):
+  """(initializable iterator, its next batch) of one pass over files in order, on the CPU."""
+  with tf.device("/cpu:0"), tf1.name_scope(scope):
+    iterator = tf1.data.make_initializable_iterator(reader.dataset(
+        files, batch_size, num_epochs=1, shuffle=False, num_readers=num_readers))
+    return iterator, iterator.get_next()
 
 
 def run_batches(sess, fetches, files, progress, limit=0, count_key="labels"):
@@ -172,7 +161,7 @@ def _dense_labels(labels, num_classes, origin):
 class BaseReader(object):
   """Builds a tf.data.Dataset of parsed videos from a list of files."""
 
-  def __init__(self, num_classes=NUM_CLASSES, feature_names=("rgb", "audio"),
+  def __init__(self, num_classes=dataset_layout.NUM_CLASSES, feature_names=("rgb", "audio"),
                feature_sizes=(1024, 128)):
     feature_names, feature_sizes = list(feature_names), [int(s) for s in feature_sizes]
     if len(feature_names) != len(feature_sizes):
@@ -223,8 +212,8 @@ class BaseReader(object):
 class YT8MFrameFeatureReader(BaseReader):
   """Frame-level SequenceExample reader (the one every seed command uses)."""
 
-  def __init__(self, num_classes=NUM_CLASSES, feature_names=("rgb", "audio"),
-               feature_sizes=(1024, 128), max_frames=MAX_FRAMES):
+  def __init__(self, num_classes=dataset_layout.NUM_CLASSES, feature_names=("rgb", "audio"),
+               feature_sizes=(1024, 128), max_frames=dataset_layout.MAX_FRAMES):
     super(YT8MFrameFeatureReader, self).__init__(num_classes, feature_names, feature_sizes)
     self.max_frames = max_frames
 
@@ -274,8 +263,8 @@ class YT8MFrameFeatureReader(BaseReader):
 class YT8MAggregatedFeatureReader(BaseReader):
   """Video-level Example reader (mean_rgb, mean_audio)."""
 
-  def __init__(self, num_classes=NUM_CLASSES, feature_names=("mean_rgb", "mean_audio"),
-               feature_sizes=(1024, 128)):
+  def __init__(self, num_classes=dataset_layout.NUM_CLASSES,
+               feature_names=("mean_rgb", "mean_audio"), feature_sizes=(1024, 128)):
     super(YT8MAggregatedFeatureReader, self).__init__(num_classes, feature_names,
                                                       feature_sizes)
 
@@ -331,7 +320,7 @@ class _StagedFiles(object):
       epoch += 1
 
 
-def make_reader(frame_features, feature_names, feature_sizes, num_classes=NUM_CLASSES):
-  if frame_features:
-    return YT8MFrameFeatureReader(num_classes, feature_names, feature_sizes)
-  return YT8MAggregatedFeatureReader(num_classes, feature_names, feature_sizes)
+def make_reader(frame_features, feature_names, feature_sizes,
+                num_classes=dataset_layout.NUM_CLASSES):
+  reader = YT8MFrameFeatureReader if frame_features else YT8MAggregatedFeatureReader
+  return reader(num_classes, feature_names, feature_sizes)

@@ -193,9 +193,6 @@ class ShardStager(object):
   stage_dir = property(lambda self: self._state.stage_dir)
   stats = property(lambda self: self._state.stats)
 
-  def __len__(self):
-    return len(self._state.paths)
-
   def __iter__(self):
     return self
 
@@ -242,10 +239,9 @@ class SyncedDir(object):
   one path component.
   """
 
-  def __init__(self, remote_dir, local_dir=None, exclude=SYNC_EXCLUDE):
+  def __init__(self, remote_dir, local_dir=None):
     self.remote = os.fspath(remote_dir)
     self.is_remote = storage.is_gcs(self.remote)
-    self.exclude = tuple(exclude)
     self._synced = {}  # name -> (mtime_ns, size, remote generation) as last pulled/pushed
     self.close = lambda: None
     if not self.is_remote:
@@ -272,16 +268,12 @@ class SyncedDir(object):
     return os.path.join(self.local, *name.split("/"))
 
   def _local_state(self, name):
+    """(mtime_ns, size) of a local file, None if it does not exist."""
     try:
       stat = os.stat(self.local_path(name))
     except OSError:
       return None
     return stat.st_mtime_ns, stat.st_size
-
-  def _state_of(self, name, generation):
-    """(mtime_ns, size, generation) of a local file, None if it does not exist."""
-    local = self._local_state(name)
-    return None if local is None else local + (str(generation),)
 
   def _local_names(self):
     for root, dirs, files in os.walk(self.local):
@@ -295,16 +287,15 @@ class SyncedDir(object):
     are skipped, so polling only fetches new files."""
     if not self.is_remote:
       return []
-    patterns = None if patterns is None else _as_list(patterns)
     pulled = []
     for name, generation in sorted(storage.list_files(self.remote).items()):
       if patterns is not None and not any(_match(name, p) for p in patterns):
         continue
-      state = self._state_of(name, generation)
-      if state is not None and self._synced.get(name) == state:
+      local = self._local_state(name)
+      if local is not None and self._synced.get(name) == local + (str(generation),):
         continue  # unchanged on both sides
       storage.download(self.remote_path(name), self.local_path(name), generation=generation)
-      self._synced[name] = self._state_of(name, generation)
+      self._synced[name] = self._local_state(name) + (str(generation),)
       pulled.append(name)
     return pulled
 
@@ -322,7 +313,7 @@ class SyncedDir(object):
     if not self.is_remote:
       return []
     selected, local_names = [], None
-    for pattern in _as_list(names):
+    for pattern in names:
       if any(c in pattern for c in "*?["):
         local_names = local_names or list(self._local_names())
         selected.extend(name for name in local_names if _match(name, pattern))
@@ -332,37 +323,13 @@ class SyncedDir(object):
         raise FileNotFoundError(errno.ENOENT, "No such file to push", self.local_path(pattern))
     return self._upload(selected)
 
-  def changed(self):
-    """Local files created or changed (mtime or size) since the last pull/push, except the
-    `exclude` patterns (matched per path component)."""
-    names = []
-    for name in self._local_names():
-      if any(fnmatch.fnmatchcase(part, pattern) for part in name.split("/")
-             for pattern in self.exclude):
-        continue
-      state = self._local_state(name)
-      if state is not None and state != self._synced.get(name, ())[:2]:
-        names.append(name)
-    return sorted(names)
-
-  def push_new(self, delete_removed=False):
-    """Uploads changed() files; returns their names. delete_removed=True also deletes the
-    remote files this object pulled or pushed that no longer exist locally (e.g. checkpoints
-    Saver(max_to_keep) removed), .index files first."""
+  def push_new(self):
+    """Uploads the local files created or changed (mtime or size) since the last pull/push,
+    except SYNC_EXCLUDE's temporary files (matched per path component); returns their names."""
     if not self.is_remote:
       return []
-    pushed = self._upload(self.changed())
-    if delete_removed:
-      gone = [name for name in self._synced if self._local_state(name) is None]
-      for name in sorted(gone, key=_upload_rank, reverse=True):
-        try:
-          storage.remove(self.remote_path(name))
-        except FileNotFoundError:
-          pass
-        del self._synced[name]
-    return pushed
-
-
-def _as_list(names):
-  return [os.fspath(names)] if isinstance(names, (str, os.PathLike)) else [
-      os.fspath(n) for n in names]
+    changed = [name for name in self._local_names()
+               if not any(fnmatch.fnmatchcase(part, pattern) for part in name.split("/")
+                          for pattern in SYNC_EXCLUDE)
+               and self._local_state(name) not in (None, self._synced.get(name, ())[:2])]
+    return self._upload(changed)

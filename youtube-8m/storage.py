@@ -139,9 +139,6 @@ def _call(what, path, fn):
   except Exception as error:  # pylint: disable=broad-except
     from google.api_core import exceptions as gapi  # pylint: disable=g-import-not-at-top
     from google.auth import exceptions as auth  # pylint: disable=g-import-not-at-top
-    from google.cloud.storage.exceptions import InvalidResponse  # pylint: disable=g-import-not-at-top
-    if isinstance(error, InvalidResponse):  # Blob.open() writers raise the raw media error
-      error = gapi.from_http_response(error.response)
     if isinstance(error, gapi.NotFound):
       _missing(path)
     if isinstance(error, gapi.RetryError):
@@ -225,13 +222,6 @@ def _download(path, file_obj, generation=None, cancel=None, what="download"):
   _call(what, path, lambda: blob.download_to_file(sink, retry=_retry(what, path)))
 
 
-def _silent_remove(path):
-  try:
-    os.remove(path)
-  except OSError:
-    pass
-
-
 def download(path, local_path, generation=None, cancel=None):
   """Downloads a gs:// object (that generation, if given) to local_path, atomically; a set
   `cancel` event (threading.Event) stops it with Cancelled."""
@@ -254,40 +244,6 @@ def list_files(directory):
   blobs, _ = _list(directory, prefix)
   return {b.name[len(prefix):]: b.generation for b in blobs
           if not b.name.endswith("/") and b.name[len(prefix):]}
-
-
-def _writer(path, text):
-  """A BlobWriter (resumable upload) that creates the object only on a normal close: leaving
-  a `with` block by an exception, or dropping the file unclosed, uploads nothing."""
-  from google.cloud.storage.fileio import BlobWriter  # pylint: disable=g-import-not-at-top
-
-  class Writer(BlobWriter):
-    done = False
-
-    def close(self):
-      if not self.done:
-        self.done = True
-        _call("write", path, super().close)
-
-    def terminate(self):
-      self.done = True
-      super().terminate()
-
-    def __del__(self):  # replaces IOBase's finalizer, which would upload
-      if not self.done:
-        logging.warning("storage: write to %s was never closed; nothing uploaded", path)
-        self.terminate()
-
-  class TextWriter(io.TextIOWrapper):
-    def __exit__(self, exc_type, *unused):  # TextIOWrapper's would close, i.e. upload
-      self.buffer.terminate() if exc_type else self.close()  # pylint: disable=expression-not-assigned
-
-    def __del__(self):  # replaces the closing finalizer; Writer's own discards the data
-      pass
-
-  writer = Writer(_blob(path), ignore_flush=True, retry=_retry("write", path),
-                  content_type="application/octet-stream")
-  return TextWriter(writer, encoding="utf-8") if text else writer
 
 
 # File-system functions.
@@ -398,13 +354,11 @@ def _copy_gcs_to_gcs(src, dst):
   _call(what, src, rewrite)
 
 
-def copy(src, dst, overwrite=True):
+def copy(src, dst):
   """Copies one file between local paths and gs:// URLs (dst a file name; local ones written
-  atomically); with overwrite=False an existing dst raises FileExistsError."""
+  atomically)."""
   src, src_remote = _kind(src)
   dst, dst_remote = _kind(dst)
-  if not overwrite and exists(dst):
-    raise FileExistsError(errno.EEXIST, "Destination exists", dst)
   if src_remote and dst_remote:
     _copy_gcs_to_gcs(src, dst)
   elif src_remote:
@@ -420,47 +374,15 @@ def copy(src, dst, overwrite=True):
       shutil.copyfile(src, tmp)
 
 
-def rename(src, dst, overwrite=False):
-  """Renames a file locally or within gs:// (copy + delete there; ValueError between the
-  two); an existing dst raises FileExistsError unless overwrite=True."""
-  src, src_remote = _kind(src)
-  dst, dst_remote = _kind(dst)
-  if src_remote != dst_remote:
-    raise ValueError("rename(%r, %r): renaming between a local path and gs:// is not "
-                     "supported (it would not be atomic); use copy() then remove()"
-                     % (src, dst))
-  if not overwrite and exists(dst):
-    raise FileExistsError(errno.EEXIST, "Destination exists", dst)
-  if not src_remote:
-    shutil.move(src, dst)  # os.rename, or copy + delete across devices
-    return
-  name = split_gcs(src)[1]
-  if not name or name.endswith("/"):
-    raise IsADirectoryError(errno.EISDIR, "Renaming gs:// directories is not supported",
-                            src)
-  if src == dst:
-    size(src)  # FileNotFoundError if missing
-    return
-  _copy_gcs_to_gcs(src, dst)
-  blob = _blob(src)
-  try:
-    _call("delete (rename source)", src, lambda: blob.delete(retry=_retry("delete", src)))
-  except FileNotFoundError:  # a retried delete whose first try succeeded
-    pass
-
-
 def open(path, mode="r"):  # pylint: disable=redefined-builtin
-  """builtins.open for local paths; gs:// 'r', 'rb' (downloaded first) and 'w', 'wb' (see
-  _writer). Text is UTF-8."""
+  """A file opened for reading ('r': UTF-8 text, or 'rb'); a gs:// object is downloaded
+  first (into memory when small, else into a temporary file)."""
   path, remote = _kind(path)
+  if mode not in ("r", "rb"):
+    raise ValueError("mode %r is not supported (use 'r' or 'rb'; write with write_bytes or "
+                     "local_output)" % mode)
   if not remote:
     return builtins.open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
-  if mode not in ("r", "rb", "w", "wb"):
-    raise ValueError("mode %r is not supported for gs:// paths (use 'r', 'rb', 'w' or 'wb')"
-                     % mode)
-  split_gcs(path)
-  if mode.startswith("w"):
-    return _writer(path, text=(mode == "w"))
   length, generation = stat(path)
   buffer = io.BytesIO() if length <= _READ_IN_MEMORY_BYTES else tempfile.TemporaryFile()
   try:
@@ -543,6 +465,7 @@ def local_output(path):
     else:
       os.replace(tmp, path)
   finally:
-    _silent_remove(tmp)
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
     if remote:
       shutil.rmtree(directory, ignore_errors=True)

@@ -90,6 +90,9 @@ OPTIMIZERS = ("AdamOptimizer", "GradientDescentOptimizer", "AdagradOptimizer",
 TRAINING_FLAGS = ("batch_norm_warmup", "batch_size", "base_learning_rate", "learning_rate_decay",
                   "learning_rate_decay_examples", "regularization_penalty", "optimizer",
                   "clip_gradient_norm", "num_epochs", "max_steps", "export_model_steps")
+# A gs:// train_dir gets its event files this often (TensorBoard follows training live), not
+# only with the checkpoint exports.
+EVENT_UPLOAD_SECS = 60
 
 
 class StopRequest(object):
@@ -107,14 +110,9 @@ class StopRequest(object):
 
 
 def check_flags():
-  if FLAGS.batch_size < 1:
-    raise ValueError("--batch_size must be >= 1, got %d" % FLAGS.batch_size)
-  if FLAGS.export_model_steps < 1:
-    raise ValueError("--export_model_steps must be >= 1, got %d" % FLAGS.export_model_steps)
-  if FLAGS.num_epochs < 1:
-    raise ValueError("--num_epochs must be >= 1, got %d" % FLAGS.num_epochs)
-  if FLAGS.max_steps is not None and FLAGS.max_steps < 1:
-    raise ValueError("--max_steps must be >= 1, got %d" % FLAGS.max_steps)
+  for name in ("batch_size", "export_model_steps", "num_epochs", "max_steps"):
+    if FLAGS[name].value is not None and FLAGS[name].value < 1:
+      raise ValueError("--%s must be >= 1, got %d" % (name, FLAGS[name].value))
   if FLAGS.optimizer not in OPTIMIZERS:
     raise ValueError("--optimizer=%r is not one of %s" % (FLAGS.optimizer,
                                                           ", ".join(OPTIMIZERS)))
@@ -136,30 +134,17 @@ class ClusterTask(object):
 
   def __init__(self, cluster=None, task_type="chief", task_index=0):
     self.cluster = cluster or {}
-    self.task_type = task_type
-    self.task_index = task_index
-    self.trainers = ([("chief", i) for i in range(len(self.cluster.get("chief", [])))]
-                     + [("worker", i) for i in range(len(self.cluster.get("worker", [])))])
-
-  @property
-  def distributed(self):
-    return sum(len(addresses) for addresses in self.cluster.values()) > 1
-
-  @property
-  def is_chief(self):
-    return self.task_type == "chief" and self.task_index == 0
-
-  @property
-  def num_ps(self):
-    return len(self.cluster.get("ps", []))
+    self.task_type, self.task_index = task_type, task_index
+    self.trainers = [(job, i) for job in ("chief", "worker")
+                     for i in range(len(self.cluster.get(job, [])))]
+    self.distributed = sum(len(addresses) for addresses in self.cluster.values()) > 1
+    self.is_chief = task_type == "chief" and task_index == 0
+    self.num_ps = len(self.cluster.get("ps", []))
+    self.device = "/job:%s/task:%d" % (task_type, task_index)
 
   @property
   def trainer_index(self):
     return self.trainers.index((self.task_type, self.task_index))
-
-  @property
-  def device(self):
-    return "/job:%s/task:%d" % (self.task_type, self.task_index)
 
 
 def cluster_task():
@@ -211,45 +196,39 @@ def run_parameter_server(task, server):
   """Serves variables until every trainer has signalled the end of training."""
   graph = tf.Graph()
   with graph.as_default():
-    queue = done_queues(task)[task.task_index]
-    dequeue = queue.dequeue()
+    dequeue = done_queues(task)[task.task_index].dequeue()
+  trainers = len(task.trainers)
   logging.info("Parameter server %d serving; waiting for %d trainers", task.task_index,
-               len(task.trainers))
+               trainers)
   with tf1.Session(server.target, graph=graph) as sess:
-    for done in range(len(task.trainers)):
+    for done in range(trainers):
       sess.run(dequeue)
       logging.info("Parameter server %d: %d/%d trainers done", task.task_index, done + 1,
-                   len(task.trainers))
+                   trainers)
   logging.info("Parameter server %d exits", task.task_index)
 
 
 def tower_devices():
-  """The devices of the towers: min(--num_gpu, GPUs) GPUs, else one CPU tower; with
-  --cpu_towers, --num_gpu CPU devices (multi-tower training without GPUs, e.g. tests)."""
+  """min(--num_gpu, GPUs) GPUs, else one CPU; with --cpu_towers, --num_gpu CPU devices."""
   if FLAGS.num_gpu < 0:
     raise ValueError("--num_gpu must be >= 0, got %d" % FLAGS.num_gpu)
   if FLAGS.cpu_towers:
     return ["/cpu:%d" % i for i in range(max(FLAGS.num_gpu, 1))]
-  gpus = len(tf.config.list_physical_devices("GPU"))
-  towers = min(FLAGS.num_gpu, gpus)
-  if towers == 0:
-    return ["/cpu:0"]
-  return ["/gpu:%d" % i for i in range(towers)]
+  towers = min(FLAGS.num_gpu, len(tf.config.list_physical_devices("GPU")))
+  return ["/gpu:%d" % i for i in range(towers)] or ["/cpu:0"]
 
 
 def remove_training_artifacts(train_dir):
   """--start_new_model: delete what train.py wrote (not the whole directory)."""
   if not storage.isdir(train_dir):
     return
-  removed = 0
-  for name in storage.listdir(train_dir):
-    name = name.rstrip("/")
-    if (name.startswith(checkpoint_utils.TRAIN_CHECKPOINT_BASENAME + "-")
-        or name == "checkpoint" or name.startswith("events.out.tfevents")
-        or name == utils.MODEL_FLAGS_FILE):
-      storage.remove(os.path.join(train_dir, name))
-      removed += 1
-  logging.info("--start_new_model: removed %d files of the previous run in %s", removed,
+  removed = [name for name in map(lambda n: n.rstrip("/"), storage.listdir(train_dir))
+             if name.startswith((checkpoint_utils.TRAIN_CHECKPOINT_BASENAME + "-",
+                                 "events.out.tfevents"))
+             or name in ("checkpoint", utils.MODEL_FLAGS_FILE)]
+  for name in removed:
+    storage.remove(os.path.join(train_dir, name))
+  logging.info("--start_new_model: removed %d files of the previous run in %s", len(removed),
                train_dir)
 
 
@@ -264,26 +243,24 @@ def record_model_flags(train_dir, config):
 
 
 def split_batch(batch, num_towers):
-  """Splits every tensor of a batch into num_towers parts of nearly equal size (the last,
-  smaller batch of an epoch included: sizes differ by at most one row)."""
+  """Splits every tensor of a batch into num_towers parts whose sizes differ by at most one
+  row (the smaller last batch of an epoch included)."""
   if num_towers == 1:
     return [batch]
   rows = tf.shape(batch["labels"])[0]
-  index = tf.range(num_towers)
-  sizes = rows // num_towers + tf.cast(index < rows % num_towers, tf.int32)
+  sizes = rows // num_towers + tf.cast(tf.range(num_towers) < rows % num_towers, tf.int32)
   parts = {key: tf.split(value, sizes, num=num_towers) for key, value in batch.items()}
   return [{key: parts[key][i] for key in batch} for i in range(num_towers)]
 
 
 def average_gradients(tower_gradients):
-  """Mean over towers of each variable's gradient."""
-  if len(tower_gradients) == 1:
-    return tower_gradients[0]
+  """[(mean over towers of each variable's gradient, variable)], None gradients dropped."""
   averaged = []
   for pairs in zip(*tower_gradients):
     grads = [g for g, _ in pairs if g is not None]
     if grads:
-      averaged.append((tf.add_n(grads) / float(len(grads)), pairs[0][1]))
+      averaged.append((tf.add_n(grads) / float(len(grads)) if len(grads) > 1 else grads[0],
+                       pairs[0][1]))
   return averaged
 
 
@@ -298,11 +275,10 @@ def build_training_graph(config, files, devices):
   global_step = model_graph.create_global_step()
   if FLAGS.batch_norm_warmup:
     tf1.add_to_collection(fp16_layers.BATCH_NORM_WARMUP_STEP, global_step)
-  reader = config.make_reader()
   with tf.device("/cpu:0"), tf1.name_scope("train_input"):
-    dataset = reader.dataset(files, FLAGS.batch_size * towers, num_epochs=FLAGS.num_epochs,
-                             shuffle=True, num_readers=FLAGS.num_readers,
-                             seed=FLAGS.random_seed)
+    dataset = config.make_reader().dataset(
+        files, FLAGS.batch_size * towers, num_epochs=FLAGS.num_epochs, shuffle=True,
+        num_readers=FLAGS.num_readers, seed=FLAGS.random_seed)
     if towers > 1:  # every tower needs at least one example
       dataset = dataset.filter(lambda batch: tf.shape(batch["labels"])[0] >= towers)
     iterator = tf1.data.make_initializable_iterator(dataset)
@@ -327,22 +303,21 @@ def build_training_graph(config, files, devices):
                     else tf.constant(0.0))
       with tf.control_dependencies(tf1.get_collection(tf1.GraphKeys.UPDATE_OPS, scope)):
         label_loss = tf.identity(label_loss, name="label_loss")
-      total_loss = label_loss + FLAGS.regularization_penalty * reg_loss
       trainable = tf1.trainable_variables()
       frozen = [v for v in trainable if v.dtype.base_dtype == tf.float16]
       if frozen and index == 0:
-        # Adam's epsilon (1e-8) underflows in float16 and turns the kernels into NaN after
-        # one step; the float16 kernels are storage for packed ensembles, filled afterwards
-        # from float32 single models (overwrite_float16_ckpt), so they are not trained here.
+        # Adam's epsilon (1e-8) underflows in float16 and turns the kernels into NaN; the
+        # float16 kernels of packed ensembles are filled from float32 models afterwards.
         logging.warning("--float16_flag: %d float16 kernels are not updated by training",
                         len(frozen))
       tower_gradients.append(optimizer.compute_gradients(
-          total_loss, var_list=[v for v in trainable if v.dtype.base_dtype != tf.float16]))
+          label_loss + FLAGS.regularization_penalty * reg_loss,
+          var_list=[v for v in trainable if v.dtype.base_dtype != tf.float16]))
       tower_predictions.append(predictions)
       tower_losses.append(label_loss)
       tower_inputs.append(model_input)
 
-  gradients = [(g, v) for g, v in average_gradients(tower_gradients) if g is not None]
+  gradients = average_gradients(tower_gradients)
   if FLAGS.clip_gradient_norm > 0:
     gradients = [(tf.clip_by_norm(g, FLAGS.clip_gradient_norm), v) for g, v in gradients]
   train_op = optimizer.apply_gradients(gradients, global_step=global_step)
@@ -351,7 +326,6 @@ def build_training_graph(config, files, devices):
   label_loss = tf.add_n(tower_losses) / float(towers)
   predictions = tf.concat(tower_predictions, 0) if towers > 1 else tower_predictions[0]
   model_input = tf.concat(tower_inputs, 0) if towers > 1 else tower_inputs[0]
-
   for name, tensor in (("global_step", global_step), ("loss", label_loss),
                        ("predictions", predictions), ("input_batch_raw", batch["video_matrix"]),
                        ("input_batch", model_input), ("num_frames", batch["num_frames"]),
@@ -364,46 +338,45 @@ def build_training_graph(config, files, devices):
 
 
 def restore_or_initialize(sess, saver, graph_vars, train_dir):
-  """Restores the newest model.ckpt-<step> (or --checkpoint_file), else initializes."""
-  if FLAGS.checkpoint_file:
+  """Restores the newest model.ckpt-<step>, or warm-starts from --checkpoint_file (variables
+  it lacks start fresh), else initializes."""
+  newest = checkpoint_utils.newest_checkpoint(train_dir)
+  warm = bool(FLAGS.checkpoint_file)
+  if warm:
     prefix = checkpoint_utils.resolve_checkpoint(FLAGS.train_dir, FLAGS.checkpoint_file)
     if not checkpoint_utils.checkpoint_exists(prefix):
       raise IOError("--checkpoint_file: checkpoint %s not found (no %s.index)" % (prefix,
                                                                                 prefix))
-    newest = checkpoint_utils.newest_checkpoint(train_dir)
     if newest is not None:
       raise ValueError("--checkpoint_file=%s: %s already holds training checkpoints (newest "
                        "%s); warm-starting would mix two runs. Use an empty --train_dir."
                        % (FLAGS.checkpoint_file, train_dir, newest[1]))
-    with checkpoint_utils.local_copy(prefix) as local_prefix:
-      checkpoint_utils.check_matches_graph(local_prefix, graph_vars, "of --checkpoint_file",
-                                           name=prefix, allow_missing=True)
-      stored = tf.train.load_checkpoint(local_prefix).get_variable_to_shape_map()
-      present = [v for v in graph_vars if v.op.name in stored]
-      sess.run(tf1.global_variables_initializer())
-      tf1.train.Saver(present).restore(sess, local_prefix)
-    logging.info("Warm start from %s: restored %d variables, %d start fresh", prefix,
-                 len(present), len(graph_vars) - len(present))
-    return
-  newest = checkpoint_utils.newest_checkpoint(train_dir)
-  if newest is None:
+  elif newest is None:
     sess.run(tf1.global_variables_initializer())
     logging.info("No checkpoint in %s: starting a new model", train_dir)
     return
-  step, prefix = newest
-  try:
-    checkpoint_utils.check_matches_graph(prefix, graph_vars, "of these flags")
-  except ValueError as error:
-    raise ValueError("Cannot resume: %s. Use --start_new_model or another --train_dir."
-                     % error)
-  saver.restore(sess, prefix)
-  logging.info("Resumed from %s (step %d)", prefix, step)
-
-
-def write_scalars(writer, step, values):
-  summary = tf1.Summary(value=[tf1.Summary.Value(tag=tag, simple_value=float(value))
-                               for tag, value in values.items()])
-  writer.add_summary(summary, step)
+  else:
+    prefix = newest[1]
+  with checkpoint_utils.local_copy(prefix) as local_prefix:
+    try:
+      checkpoint_utils.check_matches_graph(
+          local_prefix, graph_vars, "of --checkpoint_file" if warm else "of these flags",
+          name=prefix, allow_missing=warm)
+    except ValueError as error:
+      if warm:
+        raise
+      raise ValueError("Cannot resume: %s. Use --start_new_model or another --train_dir."
+                       % error)
+    if not warm:
+      saver.restore(sess, local_prefix)
+      logging.info("Resumed from %s (step %d)", prefix, newest[0])
+      return
+    stored = tf.train.load_checkpoint(local_prefix).get_variable_to_shape_map()
+    present = [v for v in graph_vars if v.op.name in stored]
+    sess.run(tf1.global_variables_initializer())
+    tf1.train.Saver(present).restore(sess, local_prefix)
+  logging.info("Warm start from %s: restored %d variables, %d start fresh", prefix,
+               len(present), len(graph_vars) - len(present))
 
 
 def train(config, task):
@@ -421,7 +394,6 @@ def train(config, task):
   if task.distributed and len(files) >= len(task.trainers):
     files = files[task.trainer_index::len(task.trainers)]  # each trainer its own files
   devices = tower_devices()
-  towers = len(devices)
   synced = None
   if task.is_chief:
     if FLAGS.start_new_model:
@@ -436,7 +408,7 @@ def train(config, task):
     record_model_flags(train_dir, config)
     synced.push([utils.MODEL_FLAGS_FILE])
   logging.info("Training %s on %d files, batch %d x %d tower(s), into %s%s", config.describe(),
-               len(files), FLAGS.batch_size, towers, train_dir,
+               len(files), FLAGS.batch_size, len(devices), train_dir,
                " as %s (%d trainers, %d ps)" % (task.device, len(task.trainers), task.num_ps)
                if task.distributed else "")
 
@@ -458,12 +430,12 @@ def train(config, task):
     # Relative paths in the `checkpoint` state file: it stays valid when a gs:// train_dir
     # is worked on through a local mirror (and when a directory is copied or moved).
     saver = tf1.train.Saver(graph_vars, max_to_keep=None, save_relative_paths=True)
-    parameter_count = sum(int(np.prod(v.shape.as_list())) for v in tf1.trainable_variables())
-    logging.info("%d variables, %d trainable parameters", len(graph_vars), parameter_count)
+    logging.info("%d variables, %d trainable parameters", len(graph_vars),
+                 sum(int(np.prod(v.shape.as_list())) for v in tf1.trainable_variables()))
   session_config = tf1.ConfigProto(allow_soft_placement=True,
                                    log_device_placement=FLAGS.log_device_placement)
   if FLAGS.cpu_towers:
-    session_config.device_count["CPU"] = towers
+    session_config.device_count["CPU"] = len(devices)
   if task.distributed:
     session_config.device_filters.extend(["/job:ps", task.device])
   stop = StopRequest()
@@ -478,8 +450,8 @@ def train(config, task):
                                       recovery_wait_secs=1).wait_for_session(
                                           target, config=session_config)
     try:
-      step = train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_dir,
-                        synced)
+      return train_loop(sess, tensors, saver, writer, task, files, stop, len(devices),
+                        train_dir, synced)
     finally:
       if writer:
         writer.flush()
@@ -490,21 +462,17 @@ def train(config, task):
       sess.close()
       if writer:
         writer.close()
-  return step
-
-
-# A gs:// train_dir gets its event files this often (TensorBoard follows training live), not
-# only with the checkpoint exports (which can be --save_model_secs = 15 minutes apart).
-EVENT_UPLOAD_SECS = 60
 
 
 def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_dir, synced):
+  """Runs training steps until the input ends, --max_steps or a stop signal; the chief logs
+  metrics every 10 steps and exports checkpoints. Returns the last global step."""
   sess.run(tensors["iterator"].initializer)
-  last_event_upload = time.time()
   step = int(sess.run(tensors["global_step"]))
-  last_export = step if checkpoint_utils.newest_checkpoint(train_dir) else None
-  last_save_time = time.time()
-  examples_per_step = FLAGS.batch_size * towers
+  resumed = checkpoint_utils.newest_checkpoint(train_dir) is not None
+  # Step exports at 10, 10+E, ...; the --save_model_secs timer exports whatever they do.
+  last = {"cadence": step if resumed else None, "saved": step if resumed else None,
+          "timer": time.time(), "events": time.time()}
 
   def export(step_to_save):
     path = saver.save(sess, os.path.join(train_dir, checkpoint_utils.TRAIN_CHECKPOINT_BASENAME),
@@ -513,13 +481,11 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
       writer.flush()
       synced.push_new()
     logging.info("Exported %s", path)
-    return step_to_save
+    last["saved"] = step_to_save
 
   reason = "max_steps reached"
   try:
-    while True:
-      if FLAGS.max_steps is not None and step >= FLAGS.max_steps:
-        break
+    while FLAGS.max_steps is None or step < FLAGS.max_steps:
       if stop.signal_name:
         reason = "stopped by %s" % stop.signal_name
         break
@@ -530,10 +496,9 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
                        reg_loss=tensors["reg_loss"], learning_rate=tensors["learning_rate"])
       start = time.time()
       result = sess.run(fetches)
-      seconds = time.time() - start
+      examples_per_sec = (len(result["labels"]) if with_metrics
+                          else FLAGS.batch_size * towers) / (time.time() - start)
       step = int(result["step"])
-      examples = len(result["labels"]) if with_metrics else examples_per_step
-      examples_per_sec = examples / seconds
       if step % 10 == 0 and with_metrics:
         predictions, labels = result["predictions"], result["labels"]
         hit_at_one = eval_util.calculate_hit_at_one(predictions, labels)
@@ -542,35 +507,35 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
         logging.info("training step %d | Loss: %.2f Examples/sec: %.2f | Hit@1: %.2f "
                      "PERR: %.2f GAP: %.2f", step, result["loss"], examples_per_sec,
                      hit_at_one, perr, gap)
-        write_scalars(writer, step, {
-            "model/Training_Hit@1": hit_at_one, "model/Training_Perr": perr,
-            "model/Training_GAP": gap, "global_step/Examples/Second": examples_per_sec,
-            "label_loss": result["loss"], "reg_loss": result["reg_loss"],
-            "learning_rate": result["learning_rate"]})
-        if last_export is None or step - last_export >= FLAGS.export_model_steps:
-          last_export = export(step)
+        scalars = {"model/Training_Hit@1": hit_at_one, "model/Training_Perr": perr,
+                   "model/Training_GAP": gap, "global_step/Examples/Second": examples_per_sec,
+                   "label_loss": result["loss"], "reg_loss": result["reg_loss"],
+                   "learning_rate": result["learning_rate"]}
+        writer.add_summary(tf1.Summary(value=[
+            tf1.Summary.Value(tag=tag, simple_value=float(value))
+            for tag, value in scalars.items()]), step)
+        if last["cadence"] is None or step - last["cadence"] >= FLAGS.export_model_steps:
+          export(step)
+          last["cadence"] = step
       else:
         logging.info("training step %d | Loss: %.2f Examples/sec: %.2f", step,
                      result["loss"], examples_per_sec)
       if (task.is_chief and FLAGS.save_model_secs
-          and time.time() - last_save_time >= FLAGS.save_model_secs):
-        # Like the original's Supervisor timer: every save_model_secs whatever the step
-        # exports do, and without moving their cadence (10, 10+E, ...).
+          and time.time() - last["timer"] >= FLAGS.save_model_secs):
         export(step)
-        last_save_time = time.time()
-      if synced and writer and time.time() - last_event_upload >= EVENT_UPLOAD_SECS:
+        last["timer"] = time.time()
+      if synced and time.time() - last["events"] >= EVENT_UPLOAD_SECS:
         writer.flush()
         synced.push(["events.out.tfevents.*"])
-        last_event_upload = time.time()
+        last["events"] = time.time()
   except tf.errors.OutOfRangeError:
     reason = "Done training -- epoch limit reached."
   except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
-    if task.is_chief and last_export != step and step > 0:
+    if task.is_chief and last["saved"] != step and step > 0:
       export(step)
     raise readers.InputDataError(readers.input_error_message(error, files))
   logging.info("%s (step %d)", reason, step)
-  if task.is_chief and step > 0 and not checkpoint_utils.checkpoint_exists(os.path.join(
-      train_dir, "%s-%d" % (checkpoint_utils.TRAIN_CHECKPOINT_BASENAME, step))):
+  if task.is_chief and step > 0 and last["saved"] != step:
     export(step)
   return step
 
