@@ -40,11 +40,7 @@ STEPS = (20, 10, 5, 2, 1)
 
 
 def define_flags():
-  model_graph.define_flags()
-  # --help lists the model flags too (absl shows only the main module's own flags).
-  for _module in (model_graph, model_graph.frame_level_models,
-                  model_graph.video_level_models):
-    flags.adopt_module_key_flags(_module)
+  model_graph.define_flags(adopt_into=__name__)
   flags.DEFINE_string("train_dir", None,
                       "Ensemble directory with model_flags.json and the checkpoint.")
   flags.DEFINE_string("checkpoint_file", "inference_model",

@@ -15,10 +15,6 @@ from . import storage
 
 tf1 = tf.compat.v1
 
-# Aliases model_graph.py still reads (its owner switches it to dataset_layout).
-MAX_FRAMES = dataset_layout.MAX_FRAMES
-NUM_CLASSES = dataset_layout.NUM_CLASSES
-
 
 class InputDataError(ValueError):
   """Malformed input data; the message names the file and record at fault."""

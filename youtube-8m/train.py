@@ -34,11 +34,7 @@ tf1 = tf.compat.v1
 flags = tf1.flags
 FLAGS = flags.FLAGS
 
-model_graph.define_flags()
-# --help lists the model flags too (absl shows only the main module's own flags).
-for _module in (model_graph, model_graph.frame_level_models,
-                model_graph.video_level_models):
-  flags.adopt_module_key_flags(_module)
+model_graph.define_flags(adopt_into=__name__)
 flags.DEFINE_string("train_dir", "/tmp/yt8m_model/",
                     "Directory for checkpoints, event files and model_flags.json.")
 flags.DEFINE_string("train_data_pattern", "",
