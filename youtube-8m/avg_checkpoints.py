@@ -20,6 +20,7 @@ import numpy as np
 from . import checkpoint_utils
 from . import progress as progress_lib
 from . import storage
+from . import utils
 
 FLAGS = flags.FLAGS
 
@@ -60,7 +61,7 @@ _OPTIMIZER_STATE_RE = re.compile(
     r"ProximalGradientDescent|beta1_power|beta2_power)(_\d+)?$")
 
 
-class AvgCheckpointsError(Exception):
+class AvgCheckpointsError(ValueError):
   """A user-facing problem with the flags or the input checkpoints (nothing was written)."""
 
 
@@ -316,30 +317,25 @@ def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_sl
               peak_memory_mib=checkpoint_utils.peak_rss_mib(), seconds=time.time() - start_time)
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError("unexpected positional arguments: %s" % " ".join(argv[1:]))
+@utils.tool_main
+def main(unused_argv):
   if FLAGS.staging_dir:  # where checkpoint_utils makes its local copies
     os.makedirs(FLAGS.staging_dir, exist_ok=True)
     os.environ["YT8M_STORAGE_CACHE"] = FLAGS.staging_dir
-  try:
-    mode, selected = select_checkpoints(
-        prefix=FLAGS.prefix, checkpoints=FLAGS.checkpoints,
-        checkpoints_start_end=FLAGS.checkpoints_start_end,
-        num_last_checkpoints=FLAGS.num_last_checkpoints)
-    steps = [checkpoint_utils.parse_step(ckpt) for ckpt in selected]
-    logging.info("mode: --%s; %d checkpoints selected, steps (in order): %s", mode,
-                 len(selected), ", ".join("?" if s is None else str(s) for s in steps))
-    output_prefix = FLAGS.output_path + "-0"
-    if FLAGS.prefix and output_prefix.startswith(FLAGS.prefix) and (
-        output_prefix[len(FLAGS.prefix):].isdigit()):
-      logging.warning("the output %s matches '--prefix<step>': later range / last-N runs "
-                      "will select it as a training checkpoint", output_prefix)
-    summary = average_checkpoints(selected, output_prefix,
-                                  exclude_optimizer_slots=FLAGS.exclude_optimizer_slots)
-  except (AvgCheckpointsError, OSError) as e:  # OSError: storage (StorageError, missing files)
-    logging.error("avg_checkpoints: error: %s", e)
-    return 1
+  mode, selected = select_checkpoints(
+      prefix=FLAGS.prefix, checkpoints=FLAGS.checkpoints,
+      checkpoints_start_end=FLAGS.checkpoints_start_end,
+      num_last_checkpoints=FLAGS.num_last_checkpoints)
+  steps = [checkpoint_utils.parse_step(ckpt) for ckpt in selected]
+  logging.info("mode: --%s; %d checkpoints selected, steps (in order): %s", mode,
+               len(selected), ", ".join("?" if s is None else str(s) for s in steps))
+  output_prefix = FLAGS.output_path + "-0"
+  if FLAGS.prefix and output_prefix.startswith(FLAGS.prefix) and (
+      output_prefix[len(FLAGS.prefix):].isdigit()):
+    logging.warning("the output %s matches '--prefix<step>': later range / last-N runs "
+                    "will select it as a training checkpoint", output_prefix)
+  summary = average_checkpoints(selected, output_prefix,
+                                exclude_optimizer_slots=FLAGS.exclude_optimizer_slots)
   logging.info("averaged %d variables, skipped %d%s, global_step=0 (%s)",
                len(summary["averaged"]), len(summary["skipped"]),
                " (optimizer slots)" if summary["skipped"] else "",
@@ -350,7 +346,6 @@ def main(argv):
                "output data: %.1f MiB", summary["peak_memory_mib"],
                summary["largest_input_data_bytes"] / 2.0**20,
                summary["output_data_bytes"] / 2.0**20)
-  return 0
 
 
 if __name__ == "__main__":

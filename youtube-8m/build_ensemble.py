@@ -216,8 +216,6 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
 
 @utils.tool_main
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError("unexpected positional arguments: %s" % " ".join(argv[1:]))
   if not FLAGS.train_dir:
     raise BuildEnsembleError("--train_dir (the output directory) is required")
   if not FLAGS.output_name:

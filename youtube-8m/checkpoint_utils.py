@@ -155,9 +155,8 @@ def write_checkpoint(prefix, write_fn):
         for stale in _checkpoint_files(prefix):  # e.g. data shards of another count
           if stale[len(prefix):] not in suffixes:
             storage.remove(stale)
-      for path in written:  # uploaded (gs://) or renamed (local), the index last
-        move = storage.copy if remote else storage.rename
-        move(path, prefix + path[len(tmp_prefix):], overwrite=True)
+      for path in written:  # the index last
+        storage.publish(path, prefix + path[len(tmp_prefix):])
     finally:
       for path in storage.glob(tmp_prefix + "*"):
         storage.remove(path)

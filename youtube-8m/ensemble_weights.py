@@ -302,8 +302,6 @@ def run():
 
 @utils.tool_main
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError("unexpected positional arguments: %s" % " ".join(argv[1:]))
   run()
 
 

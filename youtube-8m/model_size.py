@@ -130,8 +130,6 @@ def format_report(report):
 
 @utils.tool_main
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError("unexpected positional arguments: %s" % " ".join(argv[1:]))
   if FLAGS.model_tgz and FLAGS.train_dir:
     raise ValueError("Give either --train_dir or --model_tgz, not both")
   if FLAGS.limit_bytes <= 0:

@@ -61,8 +61,6 @@ def overwrite(template_prefix, sources, output_prefix):
 
 @utils.tool_main
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError("unexpected positional arguments: %s" % " ".join(argv[1:]))
   if not FLAGS.inference_model:
     raise EnsembleCheckpointError("--inference_model is required (the template checkpoint, "
                                   "e.g. inference_model_10)")

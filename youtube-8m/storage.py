@@ -374,6 +374,16 @@ def copy(src, dst):
       shutil.copyfile(src, tmp)
 
 
+def publish(local_path, path):
+  """Moves a complete local file to path: renamed when path is local, uploaded when gs://
+  (the local file is then left for the caller to remove)."""
+  path, remote = _kind(path)
+  if remote:
+    upload(local_path, path)
+  else:
+    os.replace(local_path, path)
+
+
 def open(path, mode="r"):  # pylint: disable=redefined-builtin
   """A file opened for reading ('r': UTF-8 text, or 'rb'); a gs:// object is downloaded
   first (into memory when small, else into a temporary file)."""

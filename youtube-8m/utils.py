@@ -4,6 +4,7 @@ import json
 import os
 
 import tensorflow as tf
+from absl import app
 from absl import logging
 
 from . import storage
@@ -61,10 +62,13 @@ def write_model_flags(train_dir, model_flags):
 
 
 def tool_main(main_function):
-  """Wraps a command-line tool's main: graph mode (tf.compat.v1), INFO logging, and expected
-  input errors printed as one clear line with exit status 1 (no traceback)."""
+  """Wraps a command-line tool's main: positional arguments refused, graph mode
+  (tf.compat.v1), INFO logging, and expected input errors printed as one clear line with
+  exit status 1 (no traceback)."""
 
   def wrapped(argv):
+    if len(argv) > 1:
+      raise app.UsageError("unexpected positional arguments: %s" % " ".join(argv[1:]))
     tf.compat.v1.disable_eager_execution()
     logging.set_verbosity(logging.INFO)
     try:
