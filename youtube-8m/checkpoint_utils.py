@@ -18,7 +18,7 @@ import numpy as np
 
 from . import storage
 
-_SUFFIX_RE = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
+SUFFIX_RE = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 _STEP_RE = re.compile(r"^(?P<base>.+)-(?P<step>\d+)$")
 
 TRAIN_CHECKPOINT_BASENAME = "model.ckpt"
@@ -31,7 +31,7 @@ FEED_ALIGNMENT = 64
 
 def strip_checkpoint_suffix(name):
   """'model.ckpt-10.index' -> 'model.ckpt-10' (also .meta and .data-*); other names unchanged."""
-  return _SUFFIX_RE.sub("", name)
+  return SUFFIX_RE.sub("", name)
 
 
 def parse_step(prefix, basename=None):
@@ -117,7 +117,7 @@ def check_matches_graph(prefix, variables, model_description, name=None, allow_m
 def _checkpoint_files(prefix):
   """The files of a checkpoint prefix: <prefix>.index, .meta and .data-*."""
   return [path for path in storage.glob(prefix + ".*")
-          if _SUFFIX_RE.search(path) and _SUFFIX_RE.sub("", path) == prefix]
+          if SUFFIX_RE.search(path) and SUFFIX_RE.sub("", path) == prefix]
 
 
 def data_files(prefix):

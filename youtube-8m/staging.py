@@ -9,7 +9,6 @@ Both pass local paths (including /gcs/... FUSE paths) through untouched.
 import errno
 import fnmatch
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -17,6 +16,7 @@ import weakref
 
 from absl import logging
 
+from . import checkpoint_utils
 from . import storage
 
 DEFAULT_MAX_CACHE_BYTES = 2 << 30  # 2 GiB
@@ -151,21 +151,16 @@ class _Staging(object):
 
 
 class ShardStager(object):
-  """Iterates over `paths`, yielding LOCAL paths in the same order.
+  """Iterates over `paths`, yielding LOCAL paths in the same order (local ones pass through).
 
-  Local paths pass through. gs:// objects are downloaded ahead by a background thread into a
-  private temporary directory (under cache_dir if given): at most `prefetch` files the
-  consumer has not asked for yet, and at most `max_cache_bytes` on disk (a file the consumer
-  waits for is always fetched). A staged file is deleted once `keep_yielded` newer files have
-  been handed out (use the cycle length of an interleave), or by close(), which also removes
-  the directory; close() is thread-safe, idempotent, and runs when the stager is
-  garbage-collected or at exit. A download error (FileNotFoundError or StorageError naming
-  the path) is raised at that file's turn, and closes the stager.
-
-  With tf.data: names = Dataset.from_generator(lambda: stager, ...), then
-  names.flat_map(TFRecordDataset) (on POSIX a deleted open file stays readable).
-  Attributes: stage_dir (None if every path is local), stats (downloaded_files,
-  downloaded_bytes, peak_bytes, peak_files_ahead).
+  gs:// objects are downloaded by a background thread into a private temporary directory
+  (under cache_dir if given), at most `prefetch` files ahead of the consumer and
+  `max_cache_bytes` on disk (a file the consumer waits for is always fetched). A staged file
+  is deleted once `keep_yielded` newer ones were handed out (an interleave's cycle length;
+  on POSIX a deleted open file stays readable), or by close() (thread-safe, idempotent, also
+  at garbage collection or exit). A download error is raised at that file's turn and closes
+  the stager. stage_dir is None if every path is local; stats counts downloaded_files,
+  downloaded_bytes, peak_bytes, peak_files_ahead.
   """
 
   def __init__(self, paths, cache_dir=None, max_cache_bytes=DEFAULT_MAX_CACHE_BYTES,
@@ -210,17 +205,18 @@ class ShardStager(object):
     self.close()
 
 
-_DATA_FILE_RE = re.compile(r"\.data-\d+-of-\d+$")
 SYNC_EXCLUDE = (".*", "*.tmp*", "*_temp*", "*.part")
+_SUFFIX_RANK = {"data": 0, "meta": 1, "index": 3}
 
 
 def _upload_rank(name):
   """Checkpoint data files, .meta, other files, .index, then the `checkpoint` state file: a
   reader never sees an index (or a state file naming a checkpoint) before its data."""
   base = name.rsplit("/", 1)[-1]
-  rank = (0 if _DATA_FILE_RE.search(base) else 1 if base.endswith(".meta") else
-          3 if base.endswith(".index") else 4 if base == "checkpoint" else 2)
-  return (rank, name)
+  suffix = checkpoint_utils.SUFFIX_RE.search(base)
+  if suffix:
+    return (_SUFFIX_RANK[suffix.group(1).split("-")[0]], name)
+  return (4 if base == "checkpoint" else 2, name)
 
 
 def _match(name, pattern):
