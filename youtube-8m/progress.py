@@ -1,18 +1,13 @@
-"""Progress lines with done/total, rate and ETA for the long-running loops of the tools.
-
-    progress = Progress("eval", total=12000, unit="videos")
-    for batch in ...:
-      progress.update(len(batch))   # logs at the first call, then at most every 10 s
-    progress.finish()               # the final line (total reached or not)
-
-gives INFO lines such as
+"""Progress lines of the tools' long loops: Progress.update(n) logs at the first call, then at
+most every 10 s, finish() the final line, e.g.
     eval: 4,800/12,000 videos (40.0%) | 52.3 videos/s | elapsed 1m32s | ETA 2m18s
-`count_records(files)` supplies the totals of TFRecord inputs: exact for local files (a scan of
-the record headers, no payload is read), estimated for gs:// ones (bytes per record of the
-first MiBs of one file, times the files' total size), flagged by a '~'.
+count_records(files) supplies TFRecord totals: exact for local files (a scan of the record
+headers), estimated for gs:// ones (bytes per record of one file's first MiBs, times the
+files' total size), flagged by a '~'.
 """
 
 import concurrent.futures
+import io
 import os
 import struct
 import time
@@ -82,29 +77,19 @@ class Progress(object):
       self._log(self.line())
 
 
-def _count_local(path):
-  """Records of a TFRecord file from its headers: uint64 length, uint32 crc, data, uint32 crc."""
-  count = 0
-  with open(path, "rb") as f:
-    while True:
-      header = f.read(8)
-      if len(header) < 8:
-        return count
-      (length,) = struct.unpack("<Q", header)
-      f.seek(length + 8, os.SEEK_CUR)
-      count += 1
-
-
-def _records_in_prefix(data):
-  """(complete records, bytes they use) at the start of a TFRecord byte string."""
+def _scan_records(f, limit=None):
+  """(records, bytes they use) of an open TFRecord file from its headers (uint64 length,
+  uint32 crc, data, uint32 crc), counting only records that end within `limit` bytes."""
   count, offset = 0, 0
-  while offset + 8 <= len(data):
-    (length,) = struct.unpack("<Q", data[offset:offset + 8])
-    end = offset + 16 + length
-    if end > len(data):
-      break
-    count, offset = count + 1, end
-  return count, offset
+  while True:
+    header = f.read(8)
+    if len(header) < 8:
+      return count, offset
+    (length,) = struct.unpack("<Q", header)
+    if limit is not None and offset + 16 + length > limit:
+      return count, offset
+    f.seek(length + 8, os.SEEK_CUR)
+    count, offset = count + 1, offset + 16 + length
 
 
 def _estimate_gcs(paths):
@@ -115,7 +100,7 @@ def _estimate_gcs(paths):
   total_bytes = sum(sizes) * len(paths) / float(len(sample))
   with storage.open(sample[0], "rb") as f:
     data = f.read(_SAMPLE_BYTES)
-  count, used = _records_in_prefix(data)
+  count, used = _scan_records(io.BytesIO(data), limit=len(data))
   if count == 0:
     return None
   return int(round(total_bytes / (used / float(count))))
@@ -126,7 +111,10 @@ def count_records(files):
   local = [f for f in files if not storage.is_gcs(f)]
   remote = [f for f in files if storage.is_gcs(f)]
   try:
-    total = sum(_count_local(path) for path in local)
+    total = 0
+    for path in local:
+      with open(path, "rb") as f:
+        total += _scan_records(f)[0]
     if not remote:
       return total, True
     estimate = _estimate_gcs(remote)
