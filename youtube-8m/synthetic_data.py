@@ -1,25 +1,21 @@
-"""Synthetic YouTube-8M (2018) data with a planted, learnable signal.
+"""Synthetic YouTube-8M (2018) data with a planted, learnable signal (README "Synthetic data").
 
-Writes OUTPUT_DIR/{frame,video}/{train,validate,test}<CODE>.tfrecord as the release does:
-frame level SequenceExamples (context `id`, 4 alphanumeric chars, and `labels`, sorted unique
-int64, EMPTY in test files; feature_lists `rgb` / `audio` of one 1024 / 128 uint8 bytes entry
-per frame), video level Examples (`id`, `labels`, `mean_rgb` [1024] and `mean_audio` [128]:
-the means of the same videos' DEQUANTIZED frames). A float x in [-2, 2] is stored as
-q = clip(rint((x - QUANT_BIAS) / QUANT_SCALE), 0, 255) (dataset_layout). CODE is 2 chars of
+Writes OUTPUT_DIR/{frame,video}/{train,validate,test}<CODE>.tfrecord atomically (a hidden
+temporary name, then renamed): frame level SequenceExamples (context `id`, 4 alphanumeric
+chars, and `labels`, sorted unique int64, EMPTY in test files; feature_lists `rgb` / `audio`
+of one 1024 / 128 uint8 bytes entry per frame), video level Examples (`id`, `labels`,
+`mean_rgb` [1024] and `mean_audio` [128]: the means of the same videos' DEQUANTIZED frames).
+x is stored as q = clip(rint((x - QUANT_BIAS) / QUANT_SCALE), 0, 255). CODE is 2 chars of
 [0-9A-Za-z] in sorted order, but the first 60 validate files use HOLDOUT_VALIDATE_CODES.
-Files appear atomically (written under a hidden temporary name, then renamed).
 
 Labels: 1 + Poisson(2) per video (at most 20), the first by the TrainVideoCount of
 vocabulary.csv, each further one with probability SAME_VERTICAL_PROB from the first label's
 Vertical1. Signal: each label adds its class prototype (AMPLITUDE * sqrt(D) * a fixed random
 unit direction, for rgb and audio) to one random window of active_fraction of the frames, on
-top of a global offset, a per-video background and per-frame noise that do not depend on the
-labels (`difficulty_params`). class_directions(), class_prototypes() and global_offset()
-expose the ground truth.
-
-Determinism: global quantities come from np.random.default_rng([seed, K]), each file from
-default_rng([seed, split_index, file_index]); protos are serialized deterministically, so the
-same flags and seed give byte-identical files, whatever --num_threads.
+top of a global offset, a per-video background and per-frame noise independent of the labels
+(`difficulty_params`); class_directions(), class_prototypes() and global_offset() expose the
+ground truth. Global quantities come from default_rng([seed, K]), each file from
+default_rng([seed, split_index, file_index]): output bytes do not depend on --num_threads.
 """
 import concurrent.futures
 import csv
@@ -72,16 +68,12 @@ def difficulty_params(difficulty):
       "active_fraction": 0.9 - 0.5 * d,  # share of the frames carrying each label's signal
       "background_std": 0.15 + 0.3 * d,  # per-video background
       "frame_noise_std": 0.20 + 0.20 * d,  # per-frame noise
-      "amplitude": AMPLITUDE,
   }
 
 
 def class_directions(seed, num_classes=NUM_CLASSES):
-  """Unit class directions (rgb [num_classes, 1024], audio [num_classes, 128]).
-
-  Drawn for all NUM_CLASSES classes and then sliced: class c has the same direction
-  whatever num_classes is.
-  """
+  """Unit class directions (rgb [num_classes, 1024], audio [num_classes, 128]); drawn for
+  all NUM_CLASSES classes and sliced, so class c's direction does not depend on num_classes."""
   rng = np.random.default_rng([seed, _SEED_PROTOTYPES])
   rgb = rng.standard_normal((NUM_CLASSES, RGB_DIM))
   audio = rng.standard_normal((NUM_CLASSES, AUDIO_DIM))
@@ -190,10 +182,8 @@ def _varint(n):
 
 
 def encode_bytes_feature_list(q):
-  """Serialized tf.train.FeatureList with one bytes Feature per row of uint8 q [T, D].
-
-  The same bytes as building it from protos, in one numpy copy (the generator's hot path).
-  """
+  """Serialized tf.train.FeatureList with one bytes Feature per row of uint8 q [T, D]: the
+  protos' bytes, built in one numpy copy (the generator's hot path)."""
   q = np.asarray(q, dtype=np.uint8)
   num_rows, length = q.shape
   # The wire-format prefix of one Feature{bytes_list{value}} (field 1 everywhere).
@@ -229,11 +219,8 @@ def _video_record(vid, labels, mean_rgb, mean_audio):
 
 
 def gaussian_noise_table(std):
-  """int16 [256]: equiprobable levels of N(0, std^2) in quantization units.
-
-  Per-frame noise is table[uniform uint8], a 256-level discretized Gaussian (truncated at
-  ~2.7 sigma), ~3x cheaper than float normals.
-  """
+  """int16 [256]: equiprobable levels of N(0, std^2) in quantization units; per-frame noise
+  is table[uniform uint8] (truncated at ~2.7 sigma), ~3x cheaper than float normals."""
   nd = statistics.NormalDist()
   z = np.array([nd.inv_cdf((i + 0.5) / 256.0) for i in range(256)])
   return np.rint(z * (std / QUANT_SCALE)).astype(np.int16)
@@ -241,12 +228,9 @@ def gaussian_noise_table(std):
 
 def _generate_video(rng, sampler, prototypes_q, offset_q, params, noise_table, min_frames,
                     max_frames):
-  """(labels, quantized frames uint8 [T, 1152]).
-
-  Works in quantization units ((x - QUANT_BIAS) / QUANT_SCALE). The noise-free part
-  (offset + background + active prototypes) is constant between window bounds, so it is
-  computed per segment and repeated.
-  """
+  """(labels, quantized frames uint8 [T, 1152]), in quantization units. The noise-free part
+  (offset + background + active prototypes) is constant between window bounds: computed per
+  segment, then repeated."""
   num_frames = int(rng.integers(min_frames, max_frames + 1))
   labels = sampler.sample(rng)
   background = rng.standard_normal(FEATURE_DIM, dtype=np.float32)
@@ -315,12 +299,9 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
              videos_per_file=50, validate_videos_per_file=None, test_videos_per_file=None,
              num_classes=NUM_CLASSES, seed=0, difficulty=0.5, min_frames=60, max_frames=360,
              levels="both", num_threads=None):
-  """Writes a synthetic dataset under `output_dir` (arguments as the flags).
-
-  Returns a dict: output_dir, levels, seed, num_classes, difficulty, params, files
-  ({level: {split: [paths]}}), codes ({split: [codes]}), num_videos and num_frames
-  ({split: int}), num_bytes (total written), seconds (wall time).
-  """
+  """Writes a synthetic dataset under `output_dir` (arguments as the flags); returns
+  {"output_dir", "files": {level: {split: [paths]}}, "codes": {split: [codes]},
+  "num_videos": {split: int}}."""
   num_files = dict(zip(SPLITS, (num_train_files, num_validate_files, num_test_files)))
   for split in SPLITS:
     _check(0 <= num_files[split] <= MAX_FILES_PER_SPLIT, "num_%s_files" % split,
@@ -399,10 +380,7 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
       os.path.abspath(output_dir), total_videos, num_videos["train"], num_videos["validate"],
       num_videos["test"], sum(num_frames.values()), num_bytes / 1e6, seconds,
       total_videos / max(seconds, 1e-9))
-  return {"output_dir": output_dir, "levels": list(out_levels), "seed": seed,
-          "num_classes": num_classes, "difficulty": difficulty, "params": params,
-          "files": files, "codes": codes, "num_videos": num_videos, "num_frames": num_frames,
-          "num_bytes": num_bytes, "seconds": seconds}
+  return {"output_dir": output_dir, "files": files, "codes": codes, "num_videos": num_videos}
 
 
 FLAGS = flags.FLAGS
