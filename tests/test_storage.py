@@ -556,7 +556,7 @@ def generation(path):
   return int(gcs.Client(project=None).bucket(bucket).get_blob(name).generation)
 
 
-def test_synced_dir_push_order_push_new_and_pull(gcs_bucket, tmp_path):
+def test_synced_dir_push_order_push_new_and_pull(gcs_bucket):
   remote = gcs_bucket + "/train_dir"
   with staging.SyncedDir(remote) as synced:
     local = synced.local
@@ -593,8 +593,8 @@ def test_synced_dir_push_order_push_new_and_pull(gcs_bucket, tmp_path):
       storage.remove(remote + "/" + name)
   assert not os.path.exists(local)  # the temporary working dir is removed
 
-  pulled_dir = str(tmp_path / "pulled")
-  synced = staging.SyncedDir(remote, local_dir=pulled_dir)
+  synced = staging.SyncedDir(remote)
+  pulled_dir = synced.local
   assert synced.pull(["model.ckpt-*", "checkpoint", "model_flags.json"]) == [
       "checkpoint", "model.ckpt-20.data-00000-of-00001", "model.ckpt-20.index",
       "model_flags.json"]
@@ -608,7 +608,6 @@ def test_synced_dir_push_order_push_new_and_pull(gcs_bucket, tmp_path):
   assert synced.pull(["checkpoint", "model.ckpt-*"]) == ["checkpoint"]
   assert storage.read_bytes(os.path.join(pulled_dir, "checkpoint")) == b"model.ckpt-30"
   synced.close()
-  assert os.path.isdir(pulled_dir)  # a caller-given local_dir is kept
   assert staging.SyncedDir(gcs_bucket + "/fresh_dir").pull() == []
 
 

@@ -228,25 +228,21 @@ def _match(name, pattern):
 class SyncedDir(object):
   """A local working directory `.local` mirrored to a remote (gs://) directory.
 
-  For a gs:// remote_dir, `.local` is local_dir (created if needed) or a new temporary
-  directory (removed by close()); pull() downloads remote files, push() and push_new()
-  upload local ones. For a local remote_dir `.local` IS remote_dir and pull/push/push_new
-  return []. Names are relative, '/'-separated; patterns are globs whose '*' stays within
-  one path component.
+  For a gs:// remote_dir, `.local` is a new temporary directory (removed by close()); pull()
+  downloads remote files, push() and push_new() upload local ones. For a local remote_dir
+  `.local` IS remote_dir and pull/push/push_new return []. Names are relative,
+  '/'-separated; patterns are globs whose '*' stays within one path component.
   """
 
-  def __init__(self, remote_dir, local_dir=None):
-    self.remote = os.fspath(remote_dir)
+  def __init__(self, remote_dir):
+    self.remote = self.local = os.fspath(remote_dir)
     self.is_remote = storage.is_gcs(self.remote)
     self._synced = {}  # name -> (mtime_ns, size, remote generation) as last pulled/pushed
     self.close = lambda: None
-    if not self.is_remote:
-      self.local = self.remote
-    else:
+    if self.is_remote:
       storage.split_gcs(self.remote)
-      self.local = os.path.abspath(local_dir or tempfile.mkdtemp(prefix="yt8m-sync-"))
-      if local_dir is None:
-        self.close = weakref.finalize(self, shutil.rmtree, self.local, ignore_errors=True)
+      self.local = os.path.abspath(tempfile.mkdtemp(prefix="yt8m-sync-"))
+      self.close = weakref.finalize(self, shutil.rmtree, self.local, ignore_errors=True)
     os.makedirs(self.local, exist_ok=True)
 
   def __enter__(self):
