@@ -1,7 +1,4 @@
-"""`python -m youtube-8m`: the seed's workflow, step by step, with the command of each step.
-
-Every tool prints its flags with --help (e.g. `python -m youtube-8m.train --help`).
-"""
+"""`python -m youtube-8m`: the seed's workflow, step by step, with the command of each step."""
 
 WORKFLOW = """\
 YouTube-8M Gated NetVLAD ensemble (2nd YouTube-8M challenge, 10th place) - the seed workflow.

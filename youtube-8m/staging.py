@@ -22,6 +22,16 @@ from . import storage
 DEFAULT_MAX_CACHE_BYTES = 2 << 30  # 2 GiB
 
 
+class _ClosedByWith(object):
+  """`with x:` calls x.close() at the end."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *unused):
+    self.close()
+
+
 class _Staging(object):
   """A ShardStager's state, shared with its download thread (which references only this, so
   dropping the ShardStager lets its finalizer close it)."""
@@ -144,13 +154,11 @@ class _Staging(object):
         self.worker.join(timeout=60)
         if self.worker.is_alive():
           logging.warning("staging: the ShardStager download thread did not stop in 60 s")
-      with self.cond:
-        self.yielded, self.ready, self.bytes_on_disk = [], {}, 0
       if self.stage_dir:
         shutil.rmtree(self.stage_dir, ignore_errors=True)
 
 
-class ShardStager(object):
+class ShardStager(_ClosedByWith):
   """Iterates over `paths`, yielding LOCAL paths in the same order (local ones pass through).
 
   gs:// objects are downloaded by a background thread into a private temporary directory
@@ -198,12 +206,6 @@ class ShardStager(object):
     """Stops the download thread; deletes every staged file and the temporary directory."""
     self._state.close()
 
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *unused):
-    self.close()
-
 
 SYNC_EXCLUDE = (".*", "*.tmp*", "*_temp*", "*.part")
 _SUFFIX_RANK = {"data": 0, "meta": 1, "index": 3}
@@ -225,7 +227,7 @@ def _match(name, pattern):
   return len(names) == len(patterns) and all(map(fnmatch.fnmatchcase, names, patterns))
 
 
-class SyncedDir(object):
+class SyncedDir(_ClosedByWith):
   """A local working directory `.local` mirrored to a remote (gs://) directory.
 
   For a gs:// remote_dir, `.local` is a new temporary directory (removed by close()); pull()
@@ -244,12 +246,6 @@ class SyncedDir(object):
       self.local = os.path.abspath(tempfile.mkdtemp(prefix="yt8m-sync-"))
       self.close = weakref.finalize(self, shutil.rmtree, self.local, ignore_errors=True)
     os.makedirs(self.local, exist_ok=True)
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *unused):
-    self.close()
 
   def remote_path(self, name):
     if self.is_remote:

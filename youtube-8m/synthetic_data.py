@@ -127,10 +127,7 @@ class _LabelSampler(object):
   """Samples sorted label sets with the real long-tail frequencies."""
 
   def __init__(self, num_classes):
-    counts, verticals = load_vocabulary()
-    if num_classes > len(counts):
-      raise ValueError("num_classes=%d exceeds the vocabulary size %d"
-                       % (num_classes, len(counts)))
+    counts, verticals = load_vocabulary()  # generate() checks num_classes <= NUM_CLASSES
     self.num_classes = num_classes
     w = counts[:num_classes].astype(np.float64)
     self.weights = w / w.sum()
@@ -327,8 +324,6 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
   _check(total_videos <= MAX_VIDEOS // 2, "videos_per_file",
          "too many videos in total (%d > %d)" % (total_videos, MAX_VIDEOS // 2))
   out_levels = ("frame", "video") if levels == "both" else (levels,)
-  for level in out_levels:
-    os.makedirs(os.path.join(output_dir, level), exist_ok=True)
 
   _tf()  # import once in the main thread, before the worker threads start
   start_time = time.time()  # generation time, without the TF import
@@ -356,6 +351,7 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
       pos += per_file[split]
 
   for level in out_levels:
+    os.makedirs(os.path.join(output_dir, level), exist_ok=True)
     expected = set(os.path.basename(p) for v in files[level].values() for p in v)
     stale = sorted(n for n in os.listdir(os.path.join(output_dir, level))
                    if n.endswith(".tfrecord") and n not in expected)
@@ -363,11 +359,9 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
       logging.warning("%s/%s already holds %d other .tfrecord files (e.g. %s) that glob "
                       "patterns will also match.", output_dir, level, len(stale), stale[0])
 
-  if num_threads is None:
-    num_threads = min(4, os.cpu_count() or 1)
   num_frames = dict.fromkeys(SPLITS, 0)
   num_bytes = 0
-  with concurrent.futures.ThreadPoolExecutor(max_workers=num_threads) as ex:
+  with concurrent.futures.ThreadPoolExecutor(num_threads or min(4, os.cpu_count() or 1)) as ex:
     for task, (frames, size) in zip(tasks, ex.map(functools.partial(_generate_file, seed, model),
                                                   tasks)):
       num_frames[task[2]] += frames
@@ -405,9 +399,8 @@ def define_flags():
                        "num_classes vocabulary entries.")
   flags.DEFINE_integer("seed", 0, "Random seed (same seed -> same bytes).")
   flags.DEFINE_float("difficulty", 0.5,
-                     "Noise-to-signal knob in [0, 1]: 0 = easy (each label's signal on 90% "
-                     "of the frames, little noise), 1 = hard (signal on 40% of the frames, "
-                     "strong per-video background noise).")
+                     "Noise-to-signal knob in [0, 1]: 0 = easy (each label's signal on 90% of "
+                     "the frames), 1 = hard (on 40%, strong per-video background noise).")
   flags.DEFINE_integer("min_frames", 60, "Minimum frames (seconds) per video.")
   flags.DEFINE_integer("max_frames", 360, "Maximum frames (seconds) per video.")
   flags.DEFINE_enum("levels", "both", list(LEVELS), "Which levels to write: frame, video or both.")
