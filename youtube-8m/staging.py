@@ -1,9 +1,6 @@
-"""Local copies of gs:// data for TensorFlow, which reads and writes local files only.
-
-  * `ShardStager(paths)`: reading shards in order, downloaded ahead into a bounded cache;
-  * `SyncedDir(remote_dir)`: a local working directory mirrored to a gs:// directory.
-
-Both pass local paths (including /gcs/... FUSE paths) through untouched.
+"""Local copies of gs:// data for TensorFlow, which reads and writes local files only:
+ShardStager(paths) downloads shards ahead into a bounded cache, SyncedDir(remote_dir) mirrors
+a local working directory to a gs:// one. Both pass local (and /gcs/ FUSE) paths untouched.
 """
 
 import errno

@@ -385,18 +385,16 @@ def define_flags():
   flags.DEFINE_string("output_dir", None,
                       "Output directory; files go to OUTPUT_DIR/frame/ and OUTPUT_DIR/video/.")
   flags.DEFINE_integer("num_train_files", 20, "Number of train files.")
-  flags.DEFINE_integer("num_validate_files", 60,
-                       "Number of validate files. The first min(N, 60) use the 60 held-out "
-                       "codes (HOLDOUT_VALIDATE_CODES), in order; extra files use other codes.")
+  flags.DEFINE_integer("num_validate_files", 60, "Number of validate files; the first 60 use "
+                       "the held-out codes (HOLDOUT_VALIDATE_CODES) in order, others after.")
   flags.DEFINE_integer("num_test_files", 2, "Number of test files.")
   flags.DEFINE_integer("videos_per_file", 50, "Videos per file.")
   flags.DEFINE_integer("validate_videos_per_file", None,
                        "Videos per validate file (default: videos_per_file).")
   flags.DEFINE_integer("test_videos_per_file", None,
                        "Videos per test file (default: videos_per_file).")
-  flags.DEFINE_integer("num_classes", NUM_CLASSES,
-                       "Number of classes in [1, 3862]; labels are drawn from the first "
-                       "num_classes vocabulary entries.")
+  flags.DEFINE_integer("num_classes", NUM_CLASSES, "Number of classes in [1, 3862]; labels "
+                       "are drawn from the first num_classes vocabulary entries.")
   flags.DEFINE_integer("seed", 0, "Random seed (same seed -> same bytes).")
   flags.DEFINE_float("difficulty", 0.5,
                      "Noise-to-signal knob in [0, 1]: 0 = easy (each label's signal on 90% of "
