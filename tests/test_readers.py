@@ -54,7 +54,7 @@ def read_all(reader, files, batch_size=4):
 
 def test_dequantize_constants():
   q = np.array([0.0, 128.0, 255.0])
-  np.testing.assert_allclose(readers.dequantize(q),
+  np.testing.assert_allclose(dataset_layout.dequantize(q),
                              [-1.9921875, 128 * 4 / 255 + 4 / 512 - 2, 2.0078125])
 
 

@@ -9,6 +9,11 @@ MAX_FRAMES = 300  # frames kept per video by the frame-level reader
 QUANT_SCALE = 4.0 / 255.0
 QUANT_BIAS = 4.0 / 512.0 - 2.0
 
+
+def dequantize(quantized):
+  """uint8-quantized values (as float: numpy or a tensor) -> floats: q * 4/255 + (4/512 - 2)."""
+  return quantized * QUANT_SCALE + QUANT_BIAS
+
 # The 60 held-out validate files of the 10th-place solution (its 2-char GCS file codes):
 # the training set is train + validate minus these, and eval uses exactly these.
 HOLDOUT_VALIDATE_CODES = (

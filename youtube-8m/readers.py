@@ -20,11 +20,6 @@ class InputDataError(ValueError):
   """Malformed input data; the message names the file and record at fault."""
 
 
-def dequantize(feat_vector):
-  """uint8-quantized values (as float) -> floats: q * 4/255 + (4/512 - 2)."""
-  return feat_vector * dataset_layout.QUANT_SCALE + dataset_layout.QUANT_BIAS
-
-
 def holdout_validate_files(validate_pattern):
   """The 60 held-out file names built from a validate pattern (text before its first '*')."""
   stem = validate_pattern.split("*")[0]
@@ -223,7 +218,7 @@ class YT8MFrameFeatureReader(BaseReader):
                     " bytes, expected %d" % size])
     with tf.control_dependencies([check]):
       quantized = tf.reshape(tf.io.decode_raw(frame_bytes, tf.uint8), [-1, size])
-    return dequantize(tf.cast(quantized, tf.float32))
+    return dataset_layout.dequantize(tf.cast(quantized, tf.float32))
 
   def parse(self, filename, index, serialized):
     origin = _record_origin(filename, index)

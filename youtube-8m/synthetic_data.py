@@ -30,7 +30,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from .dataset_layout import HOLDOUT_VALIDATE_CODES, NUM_CLASSES, QUANT_BIAS, QUANT_SCALE
+from .dataset_layout import (HOLDOUT_VALIDATE_CODES, NUM_CLASSES, QUANT_BIAS, QUANT_SCALE,
+                             dequantize)
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 ALL_CODES = tuple(a + b for a in ALPHABET for b in ALPHABET)  # sorted, 3844
@@ -271,8 +272,8 @@ def _generate_file(seed, model, task):
       if "frame" in writers:
         writers["frame"].write(_frame_record(vid, stored_labels, q))
       if "video" in writers:
-        means = (q.sum(axis=0, dtype=np.int64) / float(q.shape[0]) *
-                 QUANT_SCALE + QUANT_BIAS).astype(np.float32)
+        means = dequantize(q.sum(axis=0, dtype=np.int64) / float(q.shape[0])).astype(
+            np.float32)
         writers["video"].write(
             _video_record(vid, stored_labels, means[:RGB_DIM], means[RGB_DIM:]))
     for level in levels:
