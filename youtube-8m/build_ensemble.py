@@ -205,8 +205,7 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
   summary = ensemble_checkpoint.write_plan(plan, copies, output_prefix, lambda tmp: (
       model_graph.export_inference_meta(tmp + ".meta", config)))
   model_flags = config.to_json_dict()
-  model_flags["ensemble_sources"] = [
-      c if storage.is_gcs(c) else os.path.abspath(c) for c in checkpoints]
+  model_flags["ensemble_sources"] = [storage.abspath(c) for c in checkpoints]
   if stored is not None and model_graph.TRAINING_KEY in stored:
     # e.g. the seed's ensemble dir: keep train.py's record of the dummy training run
     model_flags[model_graph.TRAINING_KEY] = stored[model_graph.TRAINING_KEY]

@@ -128,9 +128,7 @@ def data_files(prefix):
 
 def same_path(a, b):
   """True if a and b name the same file (local paths compared absolute, gs:// ones as text)."""
-  if storage.is_gcs(a) or storage.is_gcs(b):
-    return a.rstrip("/") == b.rstrip("/")
-  return os.path.abspath(a) == os.path.abspath(b)
+  return storage.abspath(a) == storage.abspath(b)
 
 
 def _index_last(paths):

@@ -59,6 +59,11 @@ def is_gcs(path):
   return _fspath(path).startswith("gs:")
 
 
+def abspath(path):
+  """A local path made absolute; a gs:// URL as it is (without a trailing slash)."""
+  return path.rstrip("/") if is_gcs(path) else os.path.abspath(path)
+
+
 def _kind(path):
   """(path as str, is_gcs); ValueError for URLs this module cannot serve (s3://, gs:/x)."""
   path = _fspath(path)
