@@ -17,13 +17,12 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench_util import run_child
 MIB = 2.0**20
 
 # (name, shape, trainable) of the (K=32 clusters, H=512 hidden) NetVLAD + context gating +
@@ -122,19 +121,6 @@ def write_checkpoint(prefix, variables, step, seed):
                     tensors=tensors)
 
 
-def run_measured(cmd, cwd, env=None):
-  """Runs cmd; returns (returncode, wall seconds, peak RSS MiB of that child, stderr)."""
-  start = time.time()
-  proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
-  output = proc.stdout.read()
-  _, status, rusage = os.wait4(proc.pid, 0)
-  proc.returncode = os.waitstatus_to_exitcode(status)
-  wall = time.time() - start
-  rss_mib = rusage.ru_maxrss / (MIB if sys.platform == "darwin" else 1024.0)
-  return proc.returncode, wall, rss_mib, output
-
-
 def main():
   if len(sys.argv) == 7 and sys.argv[1] == "--_write_one":  # child: write one checkpoint
     prefix, step, seed, num_params, slots = sys.argv[2:]
@@ -185,18 +171,15 @@ def main():
     for i, step in enumerate(steps):
       if args.reuse and os.path.exists(prefix + "%d.index" % step):
         continue
-      subprocess.run([sys.executable, os.path.abspath(__file__), "--_write_one",
-                      prefix + str(step), str(step), str(i), str(args.num_params),
-                      "0" if args.no_adam_slots else "1"],
-                     check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+      run_child([sys.executable, os.path.abspath(__file__), "--_write_one",
+                 prefix + str(step), str(step), str(i), str(args.num_params),
+                 "0" if args.no_adam_slots else "1"])
       print("  wrote %s%d (%.1f MiB) [%.0f s]" % (
           prefix, step, os.path.getsize(prefix + "%d.data-00000-of-00001" % step) / MIB,
           time.time() - start), flush=True)
     largest = max(os.path.getsize(prefix + "%d.data-00000-of-00001" % s) for s in steps)
 
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    _, base_wall, base_rss, _ = run_measured(
-        [sys.executable, "-c", BASELINE_CODE], REPO_ROOT, env)
+    base_wall, base_rss, _ = run_child([sys.executable, "-c", BASELINE_CODE])
     print("baseline (import tensorflow + one tiny session): peak RSS %.1f MiB, %.1f s"
           % (base_rss, base_wall))
 
@@ -207,10 +190,7 @@ def main():
              "--num_last_checkpoints=%d" % n, "--prefix=" + prefix, "--output_path=" + output]
       if args.exclude_optimizer_slots:
         cmd.append("--exclude_optimizer_slots")
-      code, wall, rss, log = run_measured(cmd, REPO_ROOT, env)
-      if code != 0:
-        print(log)
-        sys.exit("avg_checkpoints failed with exit code %d" % code)
+      wall, rss, log = run_child(cmd, os.path.join(args.work_dir, "avg_last%d.log" % n))
       logged = re.search(r"peak memory: .*", log)
       out_bytes = os.path.getsize(output + "-0.data-00000-of-00001")
       rows.append((n, wall, rss, out_bytes))

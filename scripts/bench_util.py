@@ -1,4 +1,4 @@
-"""What the benchmarks share: running a tool as a child process and measuring it.
+"""What the scripts share: running a tool (or any command) as a child process.
 
 Peak memory is the child's own peak RSS (os.wait4's ru_maxrss), so a benchmark that never
 imports TensorFlow itself reports only what the tool used.
@@ -12,26 +12,38 @@ import time
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_child(command, log_path, env=None):
-  """Runs command from the repo root, output to log_path; exits naming the log if it fails.
+def yt8m(module, *flags):
+  """The command line of `python -m youtube-8m.<module> flags...`."""
+  return [sys.executable, "-m", "youtube-8m." + module] + list(flags)
+
+
+def run_child(command, log_path=None, env=None, echo=None):
+  """Runs command from the repo root, its output (stdout and stderr) to log_path; exits
+  naming the command and the log if it fails.
 
   env: variables added to this process's environment (TF_CPP_MIN_LOG_LEVEL=2 by default).
-  Returns (wall seconds, the child's peak RSS in MiB, the log's text).
+  echo: a compiled regex; output lines it matches are also printed, as "    | line".
+  Returns (wall seconds, the child's peak RSS in MiB, the output's text).
   """
   full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   full_env.update(env or {})
   start = time.time()
-  with open(log_path, "w") as log:
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                               env=full_env)
+  lines = []
+  with open(log_path or os.devnull, "w") as log:
+    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, env=full_env, text=True, bufsize=1)
+    for line in process.stdout:
+      log.write(line)
+      lines.append(line)
+      if echo is not None and echo.search(line):
+        print("    | " + line.split("] ", 1)[-1].rstrip(), flush=True)
     _, status, usage = os.wait4(process.pid, 0)
   seconds = time.time() - start
-  with open(log_path) as handle:
-    text = handle.read()
+  text = "".join(lines)
   code = os.waitstatus_to_exitcode(status)
   if code != 0:
-    sys.exit("%s failed (exit %d), see %s:\n%s" % (" ".join(command[:4]), code, log_path,
-                                                   text[-3000:]))
+    sys.exit("FAILED (exit %d): %s (log: %s)\n%s" % (code, " ".join(command[:4]),
+                                                     log_path or "-", text[-3000:]))
   return seconds, usage.ru_maxrss / 1024.0, text
 
 

@@ -6,12 +6,11 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench_util import run_child, yt8m
+
 NUM_CLASSES = 100
 MODEL = ["--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,128",
          "--num_classes=%d" % NUM_CLASSES, "--iterations=60", "--moe_l2=1e-6",
@@ -19,13 +18,10 @@ MODEL = ["--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,
 
 
 def run(module, *flags):
-  command = [sys.executable, "-m", "youtube-8m." + module] + list(flags)
+  command = yt8m(module, *flags)
   print("+ " + " ".join(command), flush=True)
-  start = time.time()
-  result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
-  if result.returncode != 0:
-    sys.exit("FAILED (exit %d): %s\n%s" % (result.returncode, module, result.stderr[-4000:]))
-  return result.stderr, time.time() - start
+  seconds, _, log = run_child(command)
+  return log, seconds
 
 
 def median_speed(log):

@@ -22,13 +22,12 @@ import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 import time
 
+from bench_util import REPO_ROOT, run_child, yt8m
 from seed_flags import seed_model_flags
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse_args(argv):
@@ -96,24 +95,7 @@ def run(command, log_path=None):
   """Runs a `python -m youtube-8m.X` command (printed first); its output goes to log_path,
   its progress lines also to the console. Returns the seconds it took."""
   print("+ " + " ".join(shlex.quote(c) for c in command), flush=True)
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-  start = time.time()
-  with open(log_path or os.devnull, "w") as log:
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, env=env, text=True, bufsize=1)
-    for line in process.stdout:
-      log.write(line)
-      if ECHO_RE.search(line):
-        print("    | " + line.split("] ", 1)[-1].rstrip(), flush=True)
-    returncode = process.wait()
-  if returncode != 0:
-    tail = open(log_path).read()[-3000:] if log_path else ""
-    sys.exit("FAILED (exit %d): %s (log: %s)\n%s" % (returncode, command[2], log_path, tail))
-  return time.time() - start
-
-
-def yt8m(module, *flags):
-  return [sys.executable, "-m", "youtube-8m." + module] + list(flags)
+  return run_child(command, log_path, echo=ECHO_RE)[0]
 
 
 def eval_files_flags(args):
