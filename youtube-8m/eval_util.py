@@ -19,19 +19,13 @@ import numbers
 import numpy as np
 
 
-def _as_float(array):
-  array = np.asarray(array)
-  return array if array.dtype in (np.float32, np.float64) else array.astype(np.float64)
-
-
-def _as_bool(array):
-  array = np.asarray(array)
-  return array if array.dtype == np.bool_ else array > 0
-
-
 def _prepare_dense(predictions, actuals):
-  """Validates [N, C] inputs; returns (float predictions, bool labels)."""
-  predictions, actuals = _as_float(predictions), _as_bool(actuals)
+  """Validates [N, C] inputs; returns (float32/float64 predictions, bool labels)."""
+  predictions, actuals = np.asarray(predictions), np.asarray(actuals)
+  if predictions.dtype not in (np.float32, np.float64):
+    predictions = predictions.astype(np.float64)
+  if actuals.dtype != np.bool_:
+    actuals = actuals > 0
   if predictions.ndim != 2:
     raise ValueError("predictions must be a 2-D [num_videos, num_classes] array, got shape %s"
                      % (predictions.shape,))

@@ -203,11 +203,6 @@ def notice_flags_without_effect():
                  "as in the original")
 
 
-def is_original_model_flags(stored):
-  """True for a model_flags.json written by the original code (only its five keys)."""
-  return not set(stored) - set(ORIGINAL_KEYS)
-
-
 def read_stored_flags(directory, required=True):
   """The model settings recorded in directory/model_flags.json (None if absent and not
   required). An original json yields only its reader keys: the architecture of such a
@@ -216,7 +211,7 @@ def read_stored_flags(directory, required=True):
   if stored is None:
     return None
   path = utils.model_flags_path(directory)
-  if is_original_model_flags(stored):
+  if not set(stored) - set(ORIGINAL_KEYS):  # written by the original code
     logging.info("%s was written by the original code: the architecture comes from this "
                  "command's flags", path)
     return {key: stored[key] for key in ORIGINAL_READER_KEYS if key in stored}

@@ -91,6 +91,10 @@ TRAINING_FLAGS = ("batch_norm_warmup", "batch_size", "base_learning_rate", "lear
 EVENT_UPLOAD_SECS = 60
 
 
+class TrainingDiverged(ValueError):
+  """The loss or the weights became NaN or inf."""
+
+
 class StopRequest(object):
   """Turns SIGTERM/SIGINT into a clean stop after the current step (then a checkpoint)."""
 
@@ -328,7 +332,11 @@ def build_training_graph(config, files, devices):
                        ("labels", tf.cast(batch["labels"], tf.float32)),
                        ("train_op", train_op)):
     tf1.add_to_collection(name, tensor)
+  # Checked before each export: a diverged model is never saved.
+  weights_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v))
+                                  for v in tf1.global_variables() if v.dtype.is_floating])
   return {"global_step": global_step, "step_after": step_after, "label_loss": label_loss,
+          "weights_finite": weights_finite,
           "reg_loss": reg_loss, "learning_rate": learning_rate, "predictions": predictions,
           "labels": batch["labels"], "iterator": iterator}
 
@@ -470,7 +478,18 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
   last = {"cadence": step if resumed else None, "saved": step if resumed else None,
           "timer": time.time(), "events": time.time()}
 
+  def diverged(what):
+    if last["saved"] is None:
+      good = "no checkpoint was exported before; start again"
+    else:
+      good = "the last good checkpoint is %s/%s-%d; resume from it" % (
+          FLAGS.train_dir.rstrip("/"), checkpoint_utils.TRAIN_CHECKPOINT_BASENAME, last["saved"])
+    return TrainingDiverged("training diverged at step %d: %s, not exported; %s with a lower "
+                            "--base_learning_rate or --clip_gradient_norm" % (step, what, good))
+
   def export(step_to_save):
+    if not sess.run(tensors["weights_finite"]):
+      raise diverged("the weights hold NaN or inf")
     path = saver.save(sess, os.path.join(train_dir, checkpoint_utils.TRAIN_CHECKPOINT_BASENAME),
                       global_step=step_to_save)
     if synced:
@@ -495,6 +514,8 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
       examples_per_sec = (len(result["labels"]) if with_metrics
                           else FLAGS.batch_size * towers) / (time.time() - start)
       step = int(result["step"])
+      if not np.isfinite(result["loss"]):
+        raise diverged("the loss is %s" % result["loss"])
       if step % 10 == 0 and with_metrics:
         predictions, labels = result["predictions"], result["labels"]
         hit_at_one = eval_util.calculate_hit_at_one(predictions, labels)
