@@ -34,3 +34,23 @@ def test_divergence_stops_training_without_exporting_nan(tiny_data, tmp_path):
   for name, dtype in reader.get_variable_to_dtype_map().items():
     if dtype.is_floating:
       assert np.isfinite(reader.get_tensor(name)).all(), name
+
+
+def test_missing_checkpoint_is_one_line_naming_it(tiny_data, tmp_path):
+  """eval's --checkpoint and train's --checkpoint_file (warm start) name a checkpoint that is
+  not there: exit 1, one line naming the flag and the missing index."""
+  train_dir = str(tmp_path / "run")
+  run_cli("train", "--train_data_pattern=" + tiny_data["train_pattern"],
+          "--train_dir=" + train_dir, "--batch_size=8", "--max_steps=1", *MODEL_FLAGS)
+  missing = os.path.join(train_dir, "model.ckpt-999")
+  for result in (
+      run_cli("eval", "--train_dir=" + train_dir, "--checkpoint=model.ckpt-999.index",
+              "--eval_data_pattern=" + tiny_data["validate_pattern"], "--run_once=True",
+              check=False),
+      run_cli("train", "--train_data_pattern=" + tiny_data["train_pattern"],
+              "--train_dir=" + str(tmp_path / "warm"), "--checkpoint_file=" + missing,
+              "--max_steps=1", *MODEL_FLAGS, check=False)):
+    errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert errors == ["ERROR: --checkpoint_file: no checkpoint %s (missing %s.index)"
+                      % (missing, missing)], result.stderr[-2000:]

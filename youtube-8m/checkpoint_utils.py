@@ -77,6 +77,14 @@ def resolve_checkpoint(train_dir, name):
   return os.path.join(train_dir, name)
 
 
+def existing_checkpoint(train_dir, name, flag="checkpoint_file"):
+  """resolve_checkpoint, refusing (IOError naming --flag) a checkpoint without its index."""
+  prefix = resolve_checkpoint(train_dir, name)
+  if not checkpoint_exists(prefix):
+    raise IOError("--%s: no checkpoint %s (missing %s.index)" % (flag, prefix, prefix))
+  return prefix
+
+
 def variable_specs(reader):
   """{name: (shape tuple, tf.DType)} of the variables of a tf.train.load_checkpoint reader."""
   dtypes = reader.get_variable_to_dtype_map()

@@ -247,9 +247,7 @@ def run():
   if config.model != "NetVLADModelLF" or config.ensemble_num < 2:
     raise ValueError("%s holds %s, not an ensemble: nothing to weight" % (
         utils.model_flags_path(FLAGS.train_dir), config.describe()))
-  prefix = checkpoint_utils.resolve_checkpoint(FLAGS.train_dir, FLAGS.checkpoint_file)
-  if not checkpoint_utils.checkpoint_exists(prefix):
-    raise IOError("--checkpoint_file: no checkpoint %s (missing %s.index)" % (prefix, prefix))
+  prefix = checkpoint_utils.existing_checkpoint(FLAGS.train_dir, FLAGS.checkpoint_file)
   files = readers.eval_files(FLAGS.eval_data_pattern, FLAGS.eval_holdout_only)
   num_models = config.ensemble_num
   logging.info("Running %s over %d files once (member predictions kept as %s)",

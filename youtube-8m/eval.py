@@ -207,10 +207,7 @@ def evaluate():
   with tf1.Session(graph=graph, config=tf1.ConfigProto(allow_soft_placement=True)) as sess:
     while True:
       if requested:
-        prefix = checkpoint_utils.resolve_checkpoint(train_dir, requested)
-        if not checkpoint_utils.checkpoint_exists(prefix):
-          raise IOError("--checkpoint_file: no checkpoint %s (missing %s.index)" % (prefix,
-                                                                                   prefix))
+        prefix = checkpoint_utils.existing_checkpoint(train_dir, requested)
       else:
         newest = checkpoint_utils.newest_checkpoint(train_dir)
         prefix = newest[1] if newest else None

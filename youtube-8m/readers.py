@@ -6,6 +6,7 @@ Each video becomes ``video_id``, ``video_matrix`` [max_frames, sum(feature_sizes
 error naming its file and record index (``input_error_message``).
 """
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -292,7 +293,6 @@ class _StagedFiles(object):
     self.open_stagers = []  # [(stager, files handed out when its epoch ended)]
 
   def __call__(self):
-    import numpy as np  # pylint: disable=g-import-not-at-top
     for stager, _ in self.open_stagers:  # a previous pass's: its iterator was re-initialized
       stager.close()
     self.open_stagers = []

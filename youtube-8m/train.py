@@ -347,10 +347,7 @@ def restore_or_initialize(sess, saver, graph_vars, train_dir):
   newest = checkpoint_utils.newest_checkpoint(train_dir)
   warm = bool(FLAGS.checkpoint_file)
   if warm:
-    prefix = checkpoint_utils.resolve_checkpoint(FLAGS.train_dir, FLAGS.checkpoint_file)
-    if not checkpoint_utils.checkpoint_exists(prefix):
-      raise IOError("--checkpoint_file: checkpoint %s not found (no %s.index)" % (prefix,
-                                                                                prefix))
+    prefix = checkpoint_utils.existing_checkpoint(FLAGS.train_dir, FLAGS.checkpoint_file)
     if newest is not None:
       raise ValueError("--checkpoint_file=%s: %s already holds training checkpoints (newest "
                        "%s); warm-starting would mix two runs. Use an empty --train_dir."
