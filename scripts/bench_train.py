@@ -1,12 +1,16 @@
-"""Benchmark: training examples/sec of a seed-size NetVLAD model on this machine.
+"""Benchmark: training examples/sec and peak memory of a seed-size NetVLAD model.
 
     python scripts/bench_train.py [--cluster=32 --hidden=512 --batch_size=160 --iterations=300]
-                                  [--data=local|gcs|both]
+                                  [--data=local|gcs|both] [--eval_batch_size=1024]
 
 Generates a small synthetic frame-level dataset (3862 classes), trains the model with the
 seed's flags for --steps steps via `python -m youtube-8m.train`, and reports the median
 examples/sec of the logged steps (the first steps, which include graph warm-up, are
-skipped) and the training process's own peak memory (os.wait4's ru_maxrss).
+skipped) and the training process's own peak memory (os.wait4's ru_maxrss). The same
+train.py then runs on ONE in-memory batch (its first batch cached and repeated: the model
+step alone, no input pipeline), and the ratio end to end / step alone is printed. Last,
+eval.py evaluates the checkpoint at --eval_batch_size (the seed's 1024) and its peak memory
+is printed (--eval_batch_size=0 skips it).
 
 --data=gcs uploads the dataset to a local Cloud Storage emulator (gcp-storage-emulator on
 127.0.0.1, started here) and trains from its gs:// paths, the shards being staged ahead by
@@ -41,13 +45,26 @@ def parse_args(argv):
   parser.add_argument("--num_train_files", type=int, default=8)
   parser.add_argument("--data", choices=("local", "gcs", "both"), default="local",
                       help="train from local files, from gs:// on a local emulator, or both")
+  parser.add_argument("--eval_batch_size", type=int, default=1024)
   parser.add_argument("--work_dir", default=None)
   return parser.parse_args(argv)
 
 
-def train(args, pattern, train_dir, log_path):
+# train.py whose reader yields its first batch again and again: the model step alone.
+STEP_ALONE = """
+import importlib
+from absl import app
+readers = importlib.import_module("youtube-8m.readers")
+dataset = readers.BaseReader.dataset
+readers.BaseReader.dataset = lambda *args, **kwargs: dataset(*args, **kwargs).take(1).cache().repeat()
+app.run(importlib.import_module("youtube-8m.train").main)
+"""
+
+
+def train(args, pattern, train_dir, log_path, step_alone=False):
+  tool = ["-c", STEP_ALONE] if step_alone else ["-m", "youtube-8m.train"]
   command = [
-      sys.executable, "-m", "youtube-8m.train", "--train_data_pattern=" + pattern,
+      sys.executable, *tool, "--train_data_pattern=" + pattern,
       "--train_dir=" + train_dir, *seed_model_flags(args.cluster, args.hidden, args.iterations),
       "--batch_size=%d" % args.batch_size, "--base_learning_rate=0.0001",
       "--learning_rate_decay=0.8", "--max_steps=%d" % args.steps,
@@ -65,6 +82,25 @@ def train(args, pattern, train_dir, log_path):
   speeds.sort()
   return {"speeds": speeds, "median": speeds[len(speeds) // 2], "wall": wall,
           "peak_mib": peak_mib}
+
+
+def report(name, args, result):
+  print("[%s]" % name)
+  print("  steps timed: %d (after %d warm-up steps)" % (len(result["speeds"]), args.skip_steps))
+  print("  examples/sec: median %.1f (min %.1f, max %.1f)" % (
+      result["median"], result["speeds"][0], result["speeds"][-1]))
+  print("  seconds/step: median %.2f" % (args.batch_size / result["median"]))
+  print("  training process wall time %.0f s, its peak RSS %.0f MiB" % (
+      result["wall"], result["peak_mib"]), flush=True)
+
+
+def evaluate(args, pattern, train_dir, log_path):
+  """eval.py of train_dir's newest checkpoint on the training files: (wall s, peak MiB)."""
+  command = [sys.executable, "-m", "youtube-8m.eval", "--train_dir=" + train_dir,
+             "--eval_data_pattern=" + pattern, "--noeval_holdout_only", "--run_once",
+             "--batch_size=%d" % args.eval_batch_size]
+  wall, peak_mib, _ = run_child(command, log_path)
+  return wall, peak_mib
 
 
 def upload_to_emulator(data_dir):
@@ -91,6 +127,7 @@ def upload_to_emulator(data_dir):
 def main(argv):
   args = parse_args(argv)
   work_dir = args.work_dir or tempfile.mkdtemp(prefix="bench_train_")
+  os.makedirs(work_dir, exist_ok=True)
   emulator = None
   try:
     data = os.path.join(work_dir, "data")
@@ -99,6 +136,7 @@ def main(argv):
                "--videos_per_file=%d" % VIDEOS_PER_FILE, "--num_validate_files=0",
                "--num_test_files=0"], os.path.join(work_dir, "synthetic_data.log"))
     sources = ["local", "gcs"] if args.data == "both" else [args.data]
+    results = {}
     print("NetVLADModelLF K=%d H=%d, batch %d, %d frames sampled, %d cores" % (
         args.cluster, args.hidden, args.batch_size, args.iterations, os.cpu_count()))
     print("  " + allocator_setting())
@@ -106,20 +144,24 @@ def main(argv):
       pattern = os.path.join(data, "frame", "train*.tfrecord")
       if source == "gcs":
         emulator, pattern, megabytes = upload_to_emulator(data)
-      result = train(args, pattern, os.path.join(work_dir, "train_" + source),
-                     os.path.join(work_dir, "train_%s.log" % source))
-      print("[%s] %s" % (source, pattern))
-      print("  steps timed: %d (after %d warm-up steps)" % (len(result["speeds"]),
-                                                           args.skip_steps))
-      print("  examples/sec: median %.1f (min %.1f, max %.1f)" % (
-          result["median"], result["speeds"][0], result["speeds"][-1]))
-      print("  seconds/step: median %.2f" % (args.batch_size / result["median"]))
-      print("  training process wall time %.0f s, its peak RSS %.0f MiB" % (
-          result["wall"], result["peak_mib"]), flush=True)
+      train_dir = os.path.join(work_dir, "train_" + source)
+      result = results[source] = train(args, pattern, train_dir,
+                                       os.path.join(work_dir, "train_%s.log" % source))
+      report("%s: %s" % (source, pattern), args, result)
       if source == "gcs":
         per_video = megabytes * 1e6 / (VIDEOS_PER_FILE * args.num_train_files)
         print("  data read at the median speed: %.1f MB/s" % (
             result["median"] * per_video / 1e6))
+    pattern = os.path.join(data, "frame", "train*.tfrecord")
+    alone = train(args, pattern, os.path.join(work_dir, "train_step_alone"),
+                  os.path.join(work_dir, "train_step_alone.log"), step_alone=True)
+    report("model step alone: one in-memory batch", args, alone)
+    for source, result in results.items():
+      print("end to end (%s) / step alone: %.3f" % (source, result["median"] / alone["median"]))
+    if args.eval_batch_size:
+      wall, peak_mib = evaluate(args, pattern, train_dir, os.path.join(work_dir, "eval.log"))
+      print("[eval.py --batch_size=%d] %d videos: wall time %.0f s, peak RSS %.0f MiB" % (
+          args.eval_batch_size, VIDEOS_PER_FILE * args.num_train_files, wall, peak_mib))
   finally:
     if emulator is not None:
       emulator.stop()

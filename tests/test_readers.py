@@ -1,5 +1,6 @@
 """Readers: exact parsing, dequantization, padding, file selection and malformed records."""
 
+import glob
 import os
 
 import numpy as np
@@ -11,6 +12,8 @@ from conftest import yt8m
 tf1 = tf.compat.v1
 readers = yt8m("readers")
 dataset_layout = yt8m("dataset_layout")
+model_graph = yt8m("model_graph")
+model_utils = yt8m("model_utils")
 
 
 def frame_example(video_id, labels, rgb, audio):
@@ -58,7 +61,7 @@ def test_dequantize_constants():
                              [-1.9921875, 128 * 4 / 255 + 4 / 512 - 2, 2.0078125])
 
 
-def test_frame_reader_dequantizes_pads_and_truncates(tmp_path):
+def test_frame_reader_keeps_bytes_pads_and_truncates_and_the_graph_dequantizes(tmp_path):
   rng = np.random.default_rng(0)
   short_rgb = rng.integers(0, 256, (3, 1024), dtype=np.uint8)
   short_audio = rng.integers(0, 256, (3, 128), dtype=np.uint8)
@@ -71,23 +74,67 @@ def test_frame_reader_dequantizes_pads_and_truncates(tmp_path):
   ])
   out = read_all(readers.YT8MFrameFeatureReader(num_classes=10), [path])
   assert list(out["video_id"]) == [b"aaaa", b"bbbb", b"cccc"]
+  assert out["video_matrix"].dtype == np.uint8
   assert out["video_matrix"].shape == (3, 300, 1152)
   assert list(out["num_frames"]) == [3, 300, 0]
-  def dequantized(q):  # behavior.md 2.1, in float64
-    return q.astype(np.float64) * (4.0 / 255.0) + (4.0 / 512.0 - 2.0)
-
-  expected = dequantized(np.concatenate([short_rgb, short_audio], 1))
-  # float32 arithmetic: absolute error up to a few ulp of 2 (values are in [-2, 2.008])
-  np.testing.assert_allclose(out["video_matrix"][0, :3], expected, rtol=1e-6, atol=1e-6)
-  assert not out["video_matrix"][0, 3:].any()  # zero padding after dequantization
-  np.testing.assert_allclose(
-      out["video_matrix"][1],
-      dequantized(np.concatenate([long_rgb, long_audio], 1)[:300]),
-      rtol=1e-6, atol=1e-6)
-  assert not out["video_matrix"][2].any()
+  quantized = [np.concatenate([short_rgb, short_audio], 1),
+               np.concatenate([long_rgb, long_audio], 1)[:300]]
+  np.testing.assert_array_equal(out["video_matrix"][0, :3], quantized[0])
+  np.testing.assert_array_equal(out["video_matrix"][1], quantized[1])
+  assert not out["video_matrix"][0, 3:].any() and not out["video_matrix"][2].any()
   assert out["labels"].dtype == bool
   assert list(np.nonzero(out["labels"][0])[0]) == [1, 5]
   assert not out["labels"][1].any()
+
+  with tf.Graph().as_default(), tf1.Session() as sess:
+    valid = tf.sequence_mask(out["num_frames"], 300)
+    features = sess.run(model_utils.dequantize_frames(out["video_matrix"], valid))
+  def dequantized(q):  # behavior.md 2.1, in float64
+    return q.astype(np.float64) * (4.0 / 255.0) + (4.0 / 512.0 - 2.0)
+
+  assert features.dtype == np.float32
+  # float32 arithmetic: absolute error up to a few ulp of 2 (values are in [-2, 2.008])
+  np.testing.assert_allclose(features[0, :3], dequantized(quantized[0]), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(features[1], dequantized(quantized[1]), rtol=1e-6, atol=1e-6)
+  # zero padding after dequantization: +0.0 exactly
+  assert not np.signbit(features[0, 3:]).any() and not features[0, 3:].any()
+  assert not np.signbit(features[2]).any() and not features[2].any()
+
+
+@pytest.mark.parametrize("ensemble_num,iterations", [(1, 300), (1, 20), (3, 300), (3, 20)])
+def test_quantized_input_is_bit_identical_to_dequantized_input(tiny_data, tmp_path,
+                                                               ensemble_num, iterations):
+  """The model fed the reader's uint8 frames (dequantized and normalized in the graph, after
+  sampling for a single model) = the model fed the previous reader's float32 features
+  (dequantized per record, then zero-padded; normalized before sampling), bit for bit."""
+  edge = write_records(str(tmp_path / "edge.tfrecord"), [
+      frame_example("none", [1], np.zeros((0, 1024), np.uint8), np.zeros((0, 128), np.uint8)),
+      frame_example("long", [2], np.full((310, 1024), 255, np.uint8),
+                    np.full((310, 128), 7, np.uint8))])
+  files = sorted(glob.glob(tiny_data["test_pattern"])) + [edge]
+  out = read_all(readers.YT8MFrameFeatureReader(num_classes=40), files, batch_size=8)
+  assert 0 in out["num_frames"] and 300 in out["num_frames"] and len(out["num_frames"]) == 22
+  config = model_graph.ModelConfig(
+      frame_features=True, feature_names="rgb,audio", feature_sizes="1024,128",
+      num_classes=40, ensemble_num=ensemble_num, netvlad_cluster_size=[4] * ensemble_num,
+      netvlad_hidden_size=[8] * ensemble_num, ensemble_wts=[0.5, 0.3, 0.2][:ensemble_num],
+      gating=True, moe_prob_gating=True, iterations=iterations).validate()
+  with tf.Graph().as_default(), tf1.Session() as sess:
+    quantized = tf1.placeholder(tf.uint8, [None, 300, 1152])
+    num_frames = tf1.placeholder(tf.int32, [None])
+    padding = tf.logical_not(tf.sequence_mask(num_frames, 300))[:, :, None]
+    # the previous reader: dequantize (every frame), then padding rows of 0.0
+    dequantized = tf.where(padding, 0.0, dataset_layout.dequantize(tf.cast(quantized,
+                                                                           tf.float32)))
+    before = model_graph.build_model(config, dequantized, num_frames, is_training=False)
+    after = model_graph.build_model(config, quantized, num_frames, is_training=False,
+                                    reuse=True)
+    sess.run(tf1.global_variables_initializer())
+    (predictions, model_input), (new_predictions, new_model_input) = sess.run(
+        [before, after], {quantized: out["video_matrix"], num_frames: out["num_frames"]})
+  np.testing.assert_array_equal(new_model_input, model_input)
+  np.testing.assert_array_equal(new_predictions, predictions)
+  assert np.ptp(predictions, 0).max() > 1e-4  # the videos' predictions differ
 
 
 def test_video_level_reader(tmp_path):

@@ -21,6 +21,7 @@ from absl import app
 from absl import logging
 
 from . import dataset_layout
+from . import model_utils
 from . import progress as progress_lib
 from . import readers
 from . import staging
@@ -124,9 +125,13 @@ def predict(train_dir, model_name, files, output_file):
   with graph.as_default():
     iterator, batch = readers.one_pass(reader, files, FLAGS.batch_size, FLAGS.num_readers,
                                        "inference_input")
+    video_matrix = batch["video_matrix"]
+    if video_matrix.dtype == tf.uint8:  # the float32 features the (original's) graph takes
+      video_matrix = model_utils.dequantize_frames(
+          video_matrix, tf.sequence_mask(batch["num_frames"], tf.shape(video_matrix)[1]))
     # The model reads the reader's tensors directly (no feed copies).
     input_map = {}
-    for key, tensor in (("input_batch_raw", batch["video_matrix"]),
+    for key, tensor in (("input_batch_raw", video_matrix),
                         ("num_frames", batch["num_frames"])):
       names = meta_graph_def.collection_def[key].node_list.value
       if not names:

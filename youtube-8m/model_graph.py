@@ -19,6 +19,7 @@ from absl import logging
 from . import dataset_layout
 from . import frame_level_models
 from . import losses
+from . import model_utils
 from . import readers
 from . import utils
 from . import video_level_models
@@ -284,11 +285,21 @@ def create_global_step():
 def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
   """Builds the (ensemble) model under scope `tower`; returns (predictions, model_input).
 
-  The raw input is L2-normalized along the feature axis (each frame's rgb+audio vector as a
-  whole) inside the graph, so inference feeds raw dequantized features.
+  model_input_raw: the reader's video_matrix (frame level: uint8-quantized frames, zero bytes
+  past num_frames) or dequantized float32 features (the inference graph's placeholder).
+  model_input = the L2-normalized features (each frame's rgb+audio vector as a whole), the
+  original's `input_batch`. Quantized frames of a single model are instead dequantized and
+  normalized after its frame sampling (model_utils), the same values for far less work when
+  it samples fewer frames than the video holds.
   """
-  feature_dim = len(model_input_raw.shape) - 1
-  model_input = tf.nn.l2_normalize(model_input_raw, feature_dim)
+  valid = None
+  if config.frame_features:
+    valid = tf.sequence_mask(num_frames, tf.shape(model_input_raw)[1])
+  model_input = model_utils.input_features(model_input_raw, valid)
+  # An ensemble's models sample one normalized tensor, instead of normalizing n samples.
+  model_frames = (model_input_raw if model_input_raw.dtype == tf.uint8
+                  and config.ensemble_num * config.iterations <= (model_input_raw.shape[1] or 0)
+                  else model_input)
   classifier_params = dict(
       num_mixtures=config.moe_num_mixtures, l2_penalty=config.moe_l2,
       float16_flag=config.float16_flag, prob_gating=config.moe_prob_gating,
@@ -300,7 +311,7 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
         scope = "model%d" % index if index else tf1.get_variable_scope()
         with tf1.variable_scope(scope):
           result = frame_level_models.NetVLADModelLF().create_model(
-              model_input, config.num_classes, num_frames=num_frames,
+              model_frames, config.num_classes, num_frames=num_frames,
               cluster_size=config.netvlad_cluster_size[index],
               hidden_size=config.netvlad_hidden_size[index], is_training=is_training,
               iterations=config.iterations,

@@ -1,8 +1,38 @@
-"""Frame sampling used by the frame-level models."""
+"""The frame-level models' input: dequantization, L2 normalization and frame sampling."""
 
 import tensorflow as tf
 
+from . import dataset_layout
+
 tf1 = tf.compat.v1
+
+
+def dequantize_frames(quantized, valid):
+  """float32 features of uint8-quantized frames [..., frames, D] as the original's reader
+  computes them (dataset_layout.dequantize), exactly 0.0 where the bool `valid` [..., frames]
+  is False (the original pads after dequantizing)."""
+  valid = tf.expand_dims(tf.cast(valid, tf.float32), -1)
+  # The per-frame scale and bias (0 where invalid) cost no more than scalar ones, and
+  # q * scale + bias rounds exactly as dataset_layout.dequantize.
+  return (tf.cast(quantized, tf.float32) * (valid * dataset_layout.QUANT_SCALE)
+          + valid * dataset_layout.QUANT_BIAS)
+
+
+def input_features(frames, valid):
+  """The model's input features: each frame's vector L2-normalized as a whole, after
+  dequantize_frames if frames are uint8 (valid: as there), as the original's graph does."""
+  if frames.dtype == tf.uint8:
+    frames = dequantize_frames(frames, valid)
+  return tf.nn.l2_normalize(frames, -1)
+
+
+def _gather_frames(model_input, frame_index, num_frames):
+  """model_input's frames at frame_index [batch, num_samples]; uint8 (quantized) frames
+  become input_features, so only the sampled frames are dequantized and normalized."""
+  frames = tf.gather(model_input, frame_index, batch_dims=1)
+  if model_input.dtype != tf.uint8:
+    return frames
+  return input_features(frames, frame_index < tf.expand_dims(num_frames, 1))
 
 
 def _uniform(batch_size, num_samples, seed):
@@ -23,19 +53,20 @@ def _uniform(batch_size, num_samples, seed):
 def sample_random_frames(model_input, num_frames, num_samples, seed=None):
   """Samples num_samples frames per video uniformly with replacement among its valid frames.
 
-  model_input: [batch, max_frames, features]; num_frames: [batch] int. A video with 0 frames
-  gets index 0 (a zero row). Returns [batch, num_samples, features].
+  model_input: [batch, max_frames, features], the input features or the uint8-quantized
+  frames (then dequantized and normalized here, after sampling); num_frames: [batch] int32.
+  A video with 0 frames gets index 0 (a zero row). Returns [batch, num_samples, features].
   """
   batch_size = tf.shape(model_input)[0]
   frames = tf.cast(tf.expand_dims(num_frames, 1), tf.float32)
   frame_index = tf.cast(_uniform(batch_size, num_samples, seed) * frames, tf.int32)
   frame_index = tf.minimum(frame_index, tf.maximum(tf.cast(frames, tf.int32) - 1, 0))
-  return tf.gather(model_input, frame_index, batch_dims=1)
+  return _gather_frames(model_input, frame_index, num_frames)
 
 
 def sample_random_sequence(model_input, num_frames, num_samples, seed=None):
   """A random window of num_samples consecutive frames per video (short videos repeat the
-  last frame). Returns [batch, num_samples, features]."""
+  last frame). model_input as sample_random_frames'. Returns [batch, num_samples, features]."""
   batch_size = tf.shape(model_input)[0]
   frames = tf.cast(tf.expand_dims(num_frames, 1), tf.float32)
   max_start = tf.maximum(frames - num_samples, 0.0)
@@ -43,4 +74,4 @@ def sample_random_sequence(model_input, num_frames, num_samples, seed=None):
   start = tf.cast(offsets * (max_start + 1.0), tf.int32)
   frame_index = start + tf.expand_dims(tf.range(num_samples), 0)
   frame_index = tf.minimum(frame_index, tf.maximum(tf.cast(frames, tf.int32) - 1, 0))
-  return tf.gather(model_input, frame_index, batch_dims=1)
+  return _gather_frames(model_input, frame_index, num_frames)

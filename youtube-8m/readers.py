@@ -1,8 +1,10 @@
 """YouTube-8M TFRecord readers (2018 format) as tf.data pipelines for tf.compat.v1 graphs.
 
-Each video becomes ``video_id``, ``video_matrix`` [max_frames, sum(feature_sizes)] float32
-(frame level: dequantized, truncated or zero-padded; video level: [sum(feature_sizes)]),
-``num_frames`` and ``labels`` (dense bool [num_classes]). A malformed record fails with an
+Each video becomes ``video_id``, ``video_matrix``, ``num_frames`` and ``labels`` (dense bool
+[num_classes]). Frame level: video_matrix is the uint8-quantized frames [max_frames,
+sum(feature_sizes)], truncated or padded with zero bytes; the model graph dequantizes them
+(model_utils.dequantize_frames), so tf.data moves a quarter of the bytes. Video level:
+float32 [sum(feature_sizes)]. A malformed record fails with an
 error naming its file and record index (``input_error_message``).
 """
 
@@ -218,8 +220,7 @@ class YT8MFrameFeatureReader(BaseReader):
                    [origin, ": feature '%s' has a frame of " % name, bad_length,
                     " bytes, expected %d" % size])
     with tf.control_dependencies([check]):
-      quantized = tf.reshape(tf.io.decode_raw(frame_bytes, tf.uint8), [-1, size])
-    return dataset_layout.dequantize(tf.cast(quantized, tf.float32))
+      return tf.reshape(tf.io.decode_raw(frame_bytes, tf.uint8), [-1, size])
 
   def parse(self, filename, index, serialized):
     origin = _record_origin(filename, index)
