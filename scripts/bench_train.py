@@ -55,8 +55,8 @@ STEP_ALONE = """
 import importlib
 from absl import app
 readers = importlib.import_module("youtube-8m.readers")
-dataset = readers.BaseReader.dataset
-readers.BaseReader.dataset = lambda *args, **kwargs: dataset(*args, **kwargs).take(1).cache().repeat()
+full = readers.BaseReader.dataset
+readers.BaseReader.dataset = lambda *args, **kw: full(*args, **kw).take(1).cache().repeat()
 app.run(importlib.import_module("youtube-8m.train").main)
 """
 

@@ -4,8 +4,8 @@ Each video becomes ``video_id``, ``video_matrix``, ``num_frames`` and ``labels``
 [num_classes]). Frame level: video_matrix is the uint8-quantized frames [max_frames,
 sum(feature_sizes)], truncated or padded with zero bytes; the model graph dequantizes them
 (model_utils.dequantize_frames), so tf.data moves a quarter of the bytes. Video level:
-float32 [sum(feature_sizes)]. A malformed record fails with an
-error naming its file and record index (``input_error_message``).
+float32 [sum(feature_sizes)]. A malformed record fails with an error naming its file and
+record index (``input_error_message``).
 """
 
 import numpy as np
