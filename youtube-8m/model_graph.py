@@ -292,14 +292,13 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
   normalized after its frame sampling (model_utils), the same values for far less work when
   it samples fewer frames than the video holds.
   """
-  valid = None
-  if config.frame_features:
-    valid = tf.sequence_mask(num_frames, tf.shape(model_input_raw)[1])
+  quantized = model_input_raw.dtype == tf.uint8
+  valid = tf.sequence_mask(num_frames, tf.shape(model_input_raw)[1]) if quantized else None
   model_input = model_utils.input_features(model_input_raw, valid)
   # An ensemble's models sample one normalized tensor, instead of normalizing n samples.
-  model_frames = (model_input_raw if model_input_raw.dtype == tf.uint8
-                  and config.ensemble_num * config.iterations <= (model_input_raw.shape[1] or 0)
-                  else model_input)
+  model_frames = model_input
+  if quantized and config.ensemble_num * config.iterations <= model_input_raw.shape[1]:
+    model_frames = model_input_raw
   classifier_params = dict(
       num_mixtures=config.moe_num_mixtures, l2_penalty=config.moe_l2,
       float16_flag=config.float16_flag, prob_gating=config.moe_prob_gating,
