@@ -101,9 +101,10 @@ def test_frame_reader_keeps_bytes_pads_and_truncates_and_the_graph_dequantizes(t
   assert not np.signbit(features[2]).any() and not features[2].any()
 
 
-@pytest.mark.parametrize("ensemble_num,iterations", [(1, 300), (1, 20), (3, 300), (3, 20)])
-def test_quantized_input_is_bit_identical_to_dequantized_input(tiny_data, tmp_path,
-                                                               ensemble_num, iterations):
+@pytest.mark.parametrize("ensemble_num,iterations,random_frames", [
+    (1, 300, True), (1, 20, True), (1, 20, False), (3, 300, True), (3, 20, True)])
+def test_quantized_input_is_bit_identical_to_dequantized_input(
+    tiny_data, tmp_path, ensemble_num, iterations, random_frames):
   """The model fed the reader's uint8 frames (dequantized and normalized in the graph, after
   sampling for a single model) = the model fed the previous reader's float32 features
   (dequantized per record, then zero-padded; normalized before sampling), bit for bit."""
@@ -118,7 +119,8 @@ def test_quantized_input_is_bit_identical_to_dequantized_input(tiny_data, tmp_pa
       frame_features=True, feature_names="rgb,audio", feature_sizes="1024,128",
       num_classes=40, ensemble_num=ensemble_num, netvlad_cluster_size=[4] * ensemble_num,
       netvlad_hidden_size=[8] * ensemble_num, ensemble_wts=[0.5, 0.3, 0.2][:ensemble_num],
-      gating=True, moe_prob_gating=True, iterations=iterations).validate()
+      gating=True, moe_prob_gating=True, iterations=iterations,
+      sample_random_frames=random_frames).validate()
   with tf.Graph().as_default(), tf1.Session() as sess:
     quantized = tf1.placeholder(tf.uint8, [None, 300, 1152])
     num_frames = tf1.placeholder(tf.int32, [None])
