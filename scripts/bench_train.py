@@ -9,8 +9,9 @@ examples/sec of the logged steps (the first steps, which include graph warm-up, 
 skipped) and the training process's own peak memory (os.wait4's ru_maxrss). The same
 train.py then runs on ONE in-memory batch (its first batch cached and repeated: the model
 step alone, no input pipeline), and the ratio end to end / step alone is printed. Last,
-eval.py evaluates the checkpoint at --eval_batch_size (the seed's 1024) and its peak memory
-is printed (--eval_batch_size=0 skips it).
+eval.py evaluates the checkpoint on the training files (12 x 100 videos by default: one full
+batch of the seed's --eval_batch_size=1024) and its peak memory is printed
+(--eval_batch_size=0 skips it).
 
 --data=gcs uploads the dataset to a local Cloud Storage emulator (gcp-storage-emulator on
 127.0.0.1, started here) and trains from its gs:// paths, the shards being staged ahead by
@@ -42,7 +43,7 @@ def parse_args(argv):
   parser.add_argument("--iterations", type=int, default=300)
   parser.add_argument("--steps", type=int, default=25)
   parser.add_argument("--skip_steps", type=int, default=5)
-  parser.add_argument("--num_train_files", type=int, default=8)
+  parser.add_argument("--num_train_files", type=int, default=12)
   parser.add_argument("--data", choices=("local", "gcs", "both"), default="local",
                       help="train from local files, from gs:// on a local emulator, or both")
   parser.add_argument("--eval_batch_size", type=int, default=1024)
