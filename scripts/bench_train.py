@@ -8,7 +8,8 @@ seed's flags for --steps steps via `python -m youtube-8m.train`, and reports the
 examples/sec of the logged steps (the first steps, which include graph warm-up, are
 skipped) and the training process's own peak memory (os.wait4's ru_maxrss). The same
 train.py then runs on ONE in-memory batch (its first batch cached and repeated: the model
-step alone, no input pipeline), and the ratio end to end / step alone is printed. Last,
+step alone, no input pipeline), and the ratios end to end / step alone are printed, of the
+examples/sec and of the CPU seconds per step (the latter hardly moved by other jobs). Last,
 eval.py evaluates the checkpoint on the training files (12 x 100 videos by default: one full
 batch of the seed's --eval_batch_size=1024) and its peak memory is printed
 (--eval_batch_size=0 skips it).
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from bench_util import REPO_ROOT, allocator_setting, run_child
+from bench_util import REPO_ROOT, allocator_setting, run_child, run_child_usage
 from seed_flags import seed_model_flags
 
 VIDEOS_PER_FILE = 100
@@ -62,15 +63,27 @@ app.run(importlib.import_module("youtube-8m.train").main)
 """
 
 
-def train(args, pattern, train_dir, log_path, step_alone=False):
+def train_command(args, pattern, train_dir, steps, step_alone):
   tool = ["-c", STEP_ALONE] if step_alone else ["-m", "youtube-8m.train"]
-  command = [
+  return [
       sys.executable, *tool, "--train_data_pattern=" + pattern,
       "--train_dir=" + train_dir, *seed_model_flags(args.cluster, args.hidden, args.iterations),
       "--batch_size=%d" % args.batch_size, "--base_learning_rate=0.0001",
-      "--learning_rate_decay=0.8", "--max_steps=%d" % args.steps,
+      "--learning_rate_decay=0.8", "--max_steps=%d" % steps,
       "--export_model_steps=100000", "--num_epochs=1000", "--save_model_secs=0"]
-  wall, peak_mib, text = run_child(command, log_path)
+
+
+def train(args, pattern, train_dir, log_path, step_alone=False):
+  """Speeds of the timed steps, wall time, peak RSS and CPU seconds per timed step (user +
+  sys; a second run of only the warm-up steps gives the start-up's CPU to subtract): unlike
+  wall time, hardly changed by other jobs on the machine."""
+  command = train_command(args, pattern, train_dir, args.steps, step_alone)
+  wall, usage, text = run_child_usage(command, log_path)
+  _, warmup, _ = run_child_usage(
+      train_command(args, pattern, train_dir + "_warmup", args.skip_steps, step_alone))
+  shutil.rmtree(train_dir + "_warmup", ignore_errors=True)
+  cpu_per_step = ((usage.ru_utime + usage.ru_stime - warmup.ru_utime - warmup.ru_stime)
+                  / (args.steps - args.skip_steps))
   speeds = []
   for line in text.splitlines():
     if "training step " in line and "Examples/sec: " in line:
@@ -82,7 +95,7 @@ def train(args, pattern, train_dir, log_path, step_alone=False):
         log_path, args.steps, args.skip_steps))
   speeds.sort()
   return {"speeds": speeds, "median": speeds[len(speeds) // 2], "wall": wall,
-          "peak_mib": peak_mib}
+          "peak_mib": usage.ru_maxrss / 1024.0, "cpu_per_step": cpu_per_step}
 
 
 def report(name, args, result):
@@ -91,6 +104,7 @@ def report(name, args, result):
   print("  examples/sec: median %.1f (min %.1f, max %.1f)" % (
       result["median"], result["speeds"][0], result["speeds"][-1]))
   print("  seconds/step: median %.2f" % (args.batch_size / result["median"]))
+  print("  CPU seconds per step: %.2f" % result["cpu_per_step"])
   print("  training process wall time %.0f s, its peak RSS %.0f MiB" % (
       result["wall"], result["peak_mib"]), flush=True)
 
@@ -158,7 +172,9 @@ def main(argv):
                   os.path.join(work_dir, "train_step_alone.log"), step_alone=True)
     report("model step alone: one in-memory batch", args, alone)
     for source, result in results.items():
-      print("end to end (%s) / step alone: %.3f" % (source, result["median"] / alone["median"]))
+      print("end to end (%s) / step alone: examples/sec %.3f, CPU seconds per step %.3f" % (
+          source, result["median"] / alone["median"],
+          result["cpu_per_step"] / alone["cpu_per_step"]))
     if args.eval_batch_size:
       wall, peak_mib = evaluate(args, pattern, train_dir, os.path.join(work_dir, "eval.log"))
       print("[eval.py --batch_size=%d] %d videos: wall time %.0f s, peak RSS %.0f MiB" % (

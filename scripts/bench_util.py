@@ -25,6 +25,12 @@ def run_child(command, log_path=None, env=None, echo=None):
   echo: a compiled regex; output lines it matches are also printed, as "    | line".
   Returns (wall seconds, the child's peak RSS in MiB, the output's text).
   """
+  seconds, usage, text = run_child_usage(command, log_path, env, echo)
+  return seconds, usage.ru_maxrss / 1024.0, text
+
+
+def run_child_usage(command, log_path=None, env=None, echo=None):
+  """run_child, returning (wall seconds, the child's os.wait4 rusage, the output's text)."""
   full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   full_env.update(env or {})
   start = time.time()
@@ -44,7 +50,7 @@ def run_child(command, log_path=None, env=None, echo=None):
   if code != 0:
     sys.exit("FAILED (exit %d): %s (log: %s)\n%s" % (code, " ".join(command[:4]),
                                                      log_path or "-", text[-3000:]))
-  return seconds, usage.ru_maxrss / 1024.0, text
+  return seconds, usage, text
 
 
 def allocator_setting():
