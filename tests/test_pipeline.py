@@ -506,7 +506,11 @@ def test_seed_checkpoint_workflow_scripts(trained, tiny_data, tmp_path):
   assert [r.split(",")[0] for r in rows[1:4]] == ["10", "30", "60"]
   gaps = {r.split(",")[0]: float(r.split(",")[1]) for r in rows[1:4]}
   assert len(set(gaps.values())) == 3  # each step really is its own checkpoint
-  assert "--checkpoint=model.ckpt-30.index" in table.stderr
+  # one eval.py process for the three checkpoints
+  assert table.stderr.count("-m youtube-8m.eval ") == 1
+  assert ("--checkpoint=model.ckpt-10.index,model.ckpt-30.index,model.ckpt-60.index"
+          in table.stderr)
+  assert table.stdout.split("\n")[1].split()[0] == "10"
 
   run_script("avg_range.sh", train_dir, "4", "16", "30", "60")
   run_script("avg_select.sh", train_dir, "4", "16", "10_etc_3", "10,50,60")
