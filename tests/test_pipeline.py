@@ -173,9 +173,11 @@ def test_eval_of_a_checkpoint_list_equals_single_runs(trained, tiny_data, tmp_pa
   assert re.fullmatch(r"ERROR: --checkpoint_file: no checkpoint \S*model\.ckpt-70 .*",
                       missing.stderr.splitlines()[-1]), missing.stderr[-500:]
   assert "Restored" not in missing.stderr and not os.path.exists(results)
-  bad = run_cli("eval", *eval_args(tiny_data, list_dir, "--checkpoint=model.ckpt-10,"),
-                check=False)
-  assert bad.returncode != 0 and "--checkpoint=" in bad.stderr.splitlines()[-1]
+  for flags, message in ((["--checkpoint=model.ckpt-10,"], "--checkpoint='model.ckpt-10,'"),
+                         (["--checkpoint=model.ckpt-10,model.ckpt-60",
+                           "--force_output_model_name"], "--force_output_model_name")):
+    bad = run_cli("eval", *eval_args(tiny_data, list_dir, *flags), check=False)
+    assert bad.returncode != 0 and message in bad.stderr.splitlines()[-1], bad.stderr[-500:]
 
 
 def test_eval_checks_the_seed_flags_against_model_flags(trained, tiny_data, tmp_path):

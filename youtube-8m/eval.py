@@ -202,6 +202,9 @@ def evaluate():
   # Every listed checkpoint is checked before the graph is built and any data is read.
   requested = [(name, checkpoint_utils.existing_checkpoint(train_dir, name, flag))
                for flag, name in requested_checkpoints()]
+  if FLAGS.force_output_model_name and len(requested) > 1:
+    raise ValueError("--force_output_model_name saves each checkpoint as %s: give one "
+                     "checkpoint, not %d" % (INFERENCE_MODEL, len(requested)))
   files = None
   if not FLAGS.create_meta_only:
     files = readers.eval_files(FLAGS.eval_data_pattern, FLAGS.eval_holdout_only)
