@@ -210,7 +210,7 @@ class Bench:
         "eval", "--train_dir=" + train_dir, "--eval_data_pattern=" + self.train_pattern,
         "--noeval_holdout_only", "--run_once", "--force_output_model_name",
         "--batch_size=%d" % self.args.eval_batch_size), self.log("eval_memory"))
-    self.memory["eval.py --batch_size=%d" % self.args.eval_batch_size] = peak_mib
+    self.peak("eval.py --batch_size=%d" % self.args.eval_batch_size, peak_mib)
 
   def peer(self, mode):
     args = self.args
@@ -232,16 +232,20 @@ class Bench:
                                            "" if quiet else " (busy)"), flush=True)
     return value, not quiet
 
+  def measure_peer(self, mode, round_index):
+    """(peer examples/sec, busy): busy also if other processes took > 5% of the machine
+    during the peer's timed steps (its other_cpu_share; ../shared/bench/README.md)."""
+    (examples_per_sec, other_share), busy = self.measure("peer " + mode, "", round_index,
+                                                          self.peer, mode)
+    return examples_per_sec, busy or other_share > 0.05
+
   def round(self, round_index, dtypes):
     for dtype in dtypes:
       train_dir = os.path.join(self.work_dir, "train_" + dtype)
       (project, peak), busy = self.measure("train.py end to end", dtype, round_index,
                                           self.train, dtype, train_dir)
-      self.memory["train.py --batch_size=%d (%s)" % (self.args.batch_size, dtype)] = max(
-          peak, self.memory.get("train.py --batch_size=%d (%s)" % (self.args.batch_size,
-                                                                   dtype), 0))
-      (peer, _), peer_busy = self.measure("peer train", "", round_index, self.peer,
-                                                  "train")
+      self.peak("train.py --batch_size=%d (%s)" % (self.args.batch_size, dtype), peak)
+      peer, peer_busy = self.measure_peer("train", round_index)
       self.add("train.py end to end", dtype, round_index, project, peer, busy or peer_busy,
                "train")
       (alone, _), busy = self.measure("model step alone", dtype, round_index, self.train,
@@ -255,16 +259,21 @@ class Bench:
       (project, _), busy = self.measure("inference.py single model", dtype, round_index,
                                         self.inference, dtype, train_dir, self.test_pattern,
                                         "single")
-      (peer, _), peer_busy = self.measure("peer infer", "", round_index, self.peer, "infer")
+      peer, peer_busy = self.measure_peer("infer", round_index)
       self.add("inference.py, single model", dtype, round_index, project, peer,
                busy or peer_busy, "infer")
       if not self.args.no_ensemble:
         (project, peak), busy = self.measure(
             "seed 4-model float16 ensemble inference", dtype, round_index, self.inference,
             dtype, self.ensemble_dir, self.ensemble_pattern, "ensemble")
-        self.memory["inference.py, seed float16 ensemble (%s)" % dtype] = peak
+        self.peak("inference.py --batch_size=%d, seed float16 ensemble (%s)" % (
+            self.args.batch_size, dtype), peak)
         self.add("inference.py, seed 4-model float16 ensemble", dtype, round_index, project,
                  None, busy, "ensemble")
+
+  def peak(self, what, mib):
+    """Keeps the highest peak RSS seen for what."""
+    self.memory[what] = max(mib, self.memory.get(what, 0))
 
   def add(self, what, dtype, round_index, project, peer, busy, roofline):
     self.rows.append({"what": what, "compute_dtype": dtype, "round": round_index,
