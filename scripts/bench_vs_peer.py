@@ -104,7 +104,7 @@ class Bench:
     self.logs = os.path.join(work_dir, "logs")
     os.makedirs(self.logs, exist_ok=True)
     self.peer_python = os.path.join(args.peer_venv, "bin", "python")
-    self.rows = []  # {"what", "dtype", "round", "project", "peer", "busy"}
+    self.rows = []  # {"what", "compute_dtype", "round", "project", "peer", "busy", ...}
     self.memory = {}
     self.notes = []
     self.peer_runs = []  # the peer's JSON lines
@@ -252,8 +252,6 @@ class Bench:
                                       dtype, train_dir + "_step_alone", True)
       self.add("model step alone (in-memory batch)", dtype, round_index, alone, peer,
                busy or peer_busy, "train")
-      self.add("train.py end to end / model step alone", dtype, round_index, project, alone,
-               False, None)
       if not os.path.exists(os.path.join(train_dir, "inference_model.index")):
         self.export_and_eval_memory(train_dir)
       (project, _), busy = self.measure("inference.py single model", dtype, round_index,
@@ -321,19 +319,18 @@ def markdown(rows, ceilings, memory):
   lines = ["| measurement | compute dtype | round | project | peer | project / peer | "
            "fraction of roofline |", "|---|---|---|---|---|---|---|"]
   for row in rows:
-    ratio = row["project"] / row["peer"] if row["peer"] else None
-    if row["roofline"] is None:  # a ratio of two project figures
-      project, peer = "%.3f" % ratio, ""
-      ratio = None
-    else:
-      project = "%.1f" % row["project"]
-      peer = "%.1f" % row["peer"] if row["peer"] else "-"
-    fraction = (row["project"] / ceilings[row["roofline"]]
-                if row["roofline"] in ceilings else None)
-    lines.append("| %s | %s | %d%s | %s | %s | %s | %s |" % (
+    lines.append("| %s | %s | %d%s | %.1f | %s | %s | %.0f%% |" % (
         row["what"], row["compute_dtype"], row["round"], " (busy)" if row["busy"] else "",
-        project, peer, "%.2f" % ratio if ratio else "", "%.0f%%" % (100 * fraction)
-        if fraction else ""))
+        row["project"], "%.1f" % row["peer"] if row["peer"] else "-",
+        "%.2f" % (row["project"] / row["peer"]) if row["peer"] else "",
+        100 * row["project"] / ceilings[row["roofline"]]))
+  lines += ["", "| train.py end to end / model step alone | compute dtype | round |",
+            "|---|---|---|"]
+  training = {(r["what"], r["compute_dtype"], r["round"]): r["project"] for r in rows}
+  for (what, dtype, round_index), alone in training.items():
+    if what.startswith("model step alone"):
+      lines.append("| %.3f | %s | %d |" % (
+          training[("train.py end to end", dtype, round_index)] / alone, dtype, round_index))
   lines += ["", "| peak RSS | MiB |", "|---|---|"]
   lines += ["| %s | %.0f |" % item for item in sorted(memory.items())]
   return "\n".join(lines)
@@ -358,10 +355,11 @@ def main(argv):
     measured, ceilings = bench.roofline()
     table = markdown(bench.rows, ceilings, bench.memory)
     print("\n" + table)
-    print("roofline (flops.py, %.0f GFLOP/s on the model's shapes): train %.0f, infer %.0f%s "
-          "examples/sec" % (measured["sustained_gflops"], ceilings["train"],
-                            ceilings["infer"], ", seed ensemble %.0f" % ceilings["ensemble"]
-                            if "ensemble" in ceilings else ""))
+    print("roofline (flops.py, %.0f GFLOP/s on the model's shapes, other processes %.0f%% "
+          "of the machine meanwhile): train %.0f, infer %.0f%s examples/sec" % (
+              measured["sustained_gflops"], 100 * measured["other_cpu_share"],
+              ceilings["train"], ceilings["infer"], ", seed ensemble %.0f"
+              % ceilings["ensemble"] if "ensemble" in ceilings else ""))
     for note in bench.notes:
       print("note: " + note)
     results = {"config": {k: v for k, v in vars(args).items()}, "rows": bench.rows,
