@@ -4,8 +4,9 @@
 
 1. generate synthetic YouTube-8M frame-level data (python -m youtube-8m.synthetic_data);
 2. train each single model with the seed's flags (python -m youtube-8m.train);
-3. evaluate its exported checkpoints in a loop (eval.py --checkpoint=model.ckpt-N.index);
-4. average a range of checkpoints (avg_checkpoints.py) and evaluate the average;
+3. average a range of checkpoints (avg_checkpoints.py);
+4. evaluate the exported checkpoints and the average, in turn, in one eval.py process
+   (--checkpoint=model.ckpt-N.index,...,avg_...-0.index);
 5. pack the averaged single models into ONE graph (build_ensemble.py, the one-command form
    of the seed's ensemble steps 1-5), float32 and float16, and evaluate both;
 6. search the mixing weights (ensemble_weights.py), build the tuned float16 ensemble;
@@ -107,22 +108,24 @@ def model_flags(args, cluster, hidden):
       "--num_classes=%d" % args.num_classes]
 
 
-def evaluate(args, train_dir, eval_pattern, checkpoint, cluster, hidden, logs, *extra):
-  label = os.path.basename(checkpoint).replace(".index", "")
-  results = os.path.join(train_dir, "eval_results_%s.json" % label)
-  begin_step("evaluate %s/%s on the 60 held-out files" % (os.path.basename(train_dir), label))
+def evaluate_checkpoints(args, train_dir, eval_pattern, checkpoints, cluster, hidden, logs):
+  """Evaluates the checkpoints of train_dir (names relative to it) in ONE eval.py process;
+  returns {name: results}."""
+  label = os.path.basename(train_dir)
+  results = os.path.join(train_dir, "eval_results_checkpoints.json")
+  begin_step("evaluate %s: %s on the 60 held-out files" % (label, ", ".join(checkpoints)))
   seconds = run(yt8m("eval", "--eval_data_pattern=" + eval_pattern, "--model=NetVLADModelLF",
                      "--train_dir=" + train_dir, *model_flags(args, cluster, hidden),
                      "--batch_size=200", "--base_learning_rate=%g" % args.base_learning_rate,
                      "--learning_rate_decay=0.8", "--run_once=True",
-                     "--checkpoint=" + checkpoint, "--results_json=" + results,
-                     *(list(extra) + eval_files_flags(args))),
-                os.path.join(logs, "eval_%s_%s.log" % (os.path.basename(train_dir),
-                                                       os.path.basename(checkpoint))))
-  result = json.load(open(results))
-  done(seconds, "GAP %.5f, Hit@1 %.4f (%d videos)" % (result["gap"], result["hit_at_one"],
-                                                     result["examples"]))
-  return result
+                     "--checkpoint=" + ",".join(c + ".index" for c in checkpoints),
+                     "--results_json=" + results, *eval_files_flags(args)),
+                os.path.join(logs, "eval_%s.log" % label))
+  evaluated = json.load(open(results))
+  evaluated = dict(zip(checkpoints, evaluated if len(checkpoints) > 1 else [evaluated]))
+  done(seconds, "GAP " + ", ".join("%s %.5f" % (name.replace("model.ckpt-", ""), r["gap"])
+                                   for name, r in evaluated.items()))
+  return evaluated
 
 
 def train_single_model(args, data, cluster, hidden, logs):
@@ -144,10 +147,6 @@ def train_single_model(args, data, cluster, hidden, logs):
                  if n.startswith("model.ckpt-") and n.endswith(".index"))
   done(seconds, "checkpoints %s, median %.1f examples/sec" % (
       ",".join(str(s) for s in steps), sorted(speeds)[len(speeds) // 2] if speeds else 0.0))
-  singles = {}
-  for ckpt_step in steps:
-    singles[ckpt_step] = evaluate(args, train_dir, data["eval_pattern"],
-                                  "model.ckpt-%d.index" % ckpt_step, cluster, hidden, logs)
   first, last = steps[-args.average_last], steps[-1]
   average = "avg_c%dh%d_%d_%d.ckpt" % (cluster, hidden, first, last)
   begin_step("average the checkpoints %d..%d of %s" % (first, last, name))
@@ -156,8 +155,13 @@ def train_single_model(args, data, cluster, hidden, logs):
                          "--output_path=" + os.path.join(train_dir, average)),
                     os.path.join(logs, "avg_%s.log" % name))
   done(avg_seconds, os.path.join(train_dir, average + "-0"))
-  averaged = evaluate(args, train_dir, data["eval_pattern"], average + "-0.index", cluster,
-                      hidden, logs)
+  # The seed's eval loop over the exported checkpoints and the evaluation of the average, in
+  # one process: the graph and the held-out data pipeline are built once.
+  evaluated = evaluate_checkpoints(
+      args, train_dir, data["eval_pattern"],
+      ["model.ckpt-%d" % s for s in steps] + [average + "-0"], cluster, hidden, logs)
+  singles = {step: evaluated["model.ckpt-%d" % step] for step in steps}
+  averaged = evaluated[average + "-0"]
   median_speed = sorted(speeds)[len(speeds) // 2] if speeds else 0.0
   return {"name": name, "dir": train_dir, "cluster": cluster, "hidden": hidden,
           "train_seconds": seconds, "examples_per_sec": median_speed, "singles": singles,

@@ -43,14 +43,16 @@ def test_missing_checkpoint_is_one_line_naming_it(tiny_data, tmp_path):
   run_cli("train", "--train_data_pattern=" + tiny_data["train_pattern"],
           "--train_dir=" + train_dir, "--batch_size=8", "--max_steps=1", *MODEL_FLAGS)
   missing = os.path.join(train_dir, "model.ckpt-999")
-  for result in (
-      run_cli("eval", "--train_dir=" + train_dir, "--checkpoint=model.ckpt-999.index",
-              "--eval_data_pattern=" + tiny_data["validate_pattern"], "--run_once=True",
-              check=False),
-      run_cli("train", "--train_data_pattern=" + tiny_data["train_pattern"],
-              "--train_dir=" + str(tmp_path / "warm"), "--checkpoint_file=" + missing,
-              "--max_steps=1", *MODEL_FLAGS, check=False)):
+  for flag, result in (
+      ("checkpoint", run_cli("eval", "--train_dir=" + train_dir,
+                             "--checkpoint=model.ckpt-999.index",
+                             "--eval_data_pattern=" + tiny_data["validate_pattern"],
+                             "--run_once=True", check=False)),
+      ("checkpoint_file", run_cli("train", "--train_data_pattern=" + tiny_data["train_pattern"],
+                                  "--train_dir=" + str(tmp_path / "warm"),
+                                  "--checkpoint_file=" + missing, "--max_steps=1",
+                                  *MODEL_FLAGS, check=False))):
     errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert errors == ["ERROR: --checkpoint_file: no checkpoint %s (missing %s.index)"
-                      % (missing, missing)], result.stderr[-2000:]
+    assert errors == ["ERROR: --%s: no checkpoint %s (missing %s.index)"
+                      % (flag, missing, missing)], result.stderr[-2000:]

@@ -125,6 +125,61 @@ def test_eval_selects_the_requested_checkpoint(trained, tiny_data, tmp_path):
   assert missing.returncode != 0 and "model.ckpt-70" in missing.stderr
 
 
+def eval_summaries(train_dir):
+  """{(tag, step): value} of the eval.py summaries in train_dir."""
+  values = {}
+  for name in os.listdir(train_dir):
+    if name.startswith("events.out.tfevents") and ".eval." in name:
+      for event in tf.compat.v1.train.summary_iterator(os.path.join(train_dir, name)):
+        for value in event.summary.value:
+          values[(value.tag, event.step)] = value.simple_value
+  return values
+
+
+def test_eval_of_a_checkpoint_list_equals_single_runs(trained, tiny_data, tmp_path):
+  singles_dir, list_dir = str(tmp_path / "singles"), str(tmp_path / "list")
+  for directory in (singles_dir, list_dir):
+    shutil.copytree(trained["dir"], directory,
+                    ignore=shutil.ignore_patterns("inference_model*", "events.*"))
+  singles = [run_eval(tiny_data, singles_dir, tmp_path, "--checkpoint=model.ckpt-%d.index" % s)
+             for s in (10, 60)]
+  listed, log = run_eval(tiny_data, list_dir, tmp_path,
+                         "--checkpoint=model.ckpt-10.index,model.ckpt-60.index")
+  assert [r["global_step"] for r in listed] == ["10", "60"]
+  for (single, single_log), result in zip(singles, listed):
+    assert result["checkpoint"].startswith(list_dir)
+    result["checkpoint"] = result["checkpoint"].replace(list_dir, singles_dir)
+    assert result == single
+    step = single["global_step"]
+    for pattern in (r"Restored .*model\.ckpt-%s \(global step %s\)" % (step, step),
+                    r"epoch/eval number %s \| .* \| GAP: %.5f \|" % (step, single["gap"]),
+                    r"Saved inference checkpoint .*inference_model_%s " % step):
+      assert len(re.findall(pattern, log)) == 1 and re.search(pattern, single_log), pattern
+    for suffix in (".index", ".data-00000-of-00001", ".meta"):
+      assert os.path.exists(os.path.join(list_dir, "inference_model_%s%s" % (step, suffix)))
+    single_model = tf.train.load_checkpoint(os.path.join(singles_dir, "inference_model_" + step))
+    list_model = tf.train.load_checkpoint(os.path.join(list_dir, "inference_model_" + step))
+    for name in single_model.get_variable_to_shape_map():
+      assert np.array_equal(single_model.get_tensor(name), list_model.get_tensor(name)), name
+  assert eval_summaries(list_dir) == eval_summaries(singles_dir)
+  assert eval_summaries(list_dir)[("Epoch/Eval_GAP", 10)] == pytest.approx(listed[0]["gap"])
+  # --checkpoint_file takes the same list; one missing checkpoint stops the run before any
+  # evaluation, naming it
+  results = str(tmp_path / "missing.json")
+  missing = run_cli("eval", *eval_args(
+      tiny_data, list_dir, "--checkpoint_file=model.ckpt-10,model.ckpt-70",
+      "--results_json=" + results), check=False)
+  assert missing.returncode != 0
+  assert re.fullmatch(r"ERROR: --checkpoint_file: no checkpoint \S*model\.ckpt-70 .*",
+                      missing.stderr.splitlines()[-1]), missing.stderr[-500:]
+  assert "Restored" not in missing.stderr and not os.path.exists(results)
+  for flags, message in ((["--checkpoint=model.ckpt-10,"], "--checkpoint='model.ckpt-10,'"),
+                         (["--checkpoint=model.ckpt-10,model.ckpt-60",
+                           "--force_output_model_name"], "--force_output_model_name")):
+    bad = run_cli("eval", *eval_args(tiny_data, list_dir, *flags), check=False)
+    assert bad.returncode != 0 and message in bad.stderr.splitlines()[-1], bad.stderr[-500:]
+
+
 def test_eval_checks_the_seed_flags_against_model_flags(trained, tiny_data, tmp_path):
   seed_style, log = run_eval(
       tiny_data, trained["dir"], tmp_path, "--model=NetVLADModelLF", *MODEL_FLAGS,
@@ -453,7 +508,11 @@ def test_seed_checkpoint_workflow_scripts(trained, tiny_data, tmp_path):
   assert [r.split(",")[0] for r in rows[1:4]] == ["10", "30", "60"]
   gaps = {r.split(",")[0]: float(r.split(",")[1]) for r in rows[1:4]}
   assert len(set(gaps.values())) == 3  # each step really is its own checkpoint
-  assert "--checkpoint=model.ckpt-30.index" in table.stderr
+  # one eval.py process for the three checkpoints
+  assert table.stderr.count("-m youtube-8m.eval ") == 1
+  assert ("--checkpoint=model.ckpt-10.index,model.ckpt-30.index,model.ckpt-60.index"
+          in table.stderr)
+  assert table.stdout.split("\n")[1].split()[0] == "10"
 
   run_script("avg_range.sh", train_dir, "4", "16", "30", "60")
   run_script("avg_select.sh", train_dir, "4", "16", "10_etc_3", "10,50,60")

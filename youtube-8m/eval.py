@@ -6,7 +6,10 @@
 The model is rebuilt from DIR/model_flags.json (flags given here must agree with it). By
 default the 60 held-out validate files of the pattern are evaluated. Each evaluated checkpoint
 is also saved in DIR as an inference checkpoint (``inference_model_<step>``, ...; see
-inference_checkpoint_name) whose meta graph holds only the model.
+inference_checkpoint_name) whose meta graph holds only the model. A comma list
+(``--checkpoint=model.ckpt-10.index,model.ckpt-20.index``) evaluates each checkpoint in turn
+in one graph and session, restoring it and re-reading the data: the outputs of each are those
+of a run on it alone.
 """
 
 import json
@@ -35,8 +38,9 @@ model_graph.define_flags(adopt_into=__name__)
 flags.DEFINE_string("train_dir", "/tmp/yt8m_model/",
                     "Directory with model_flags.json and the checkpoints; outputs go here.")
 flags.DEFINE_string("checkpoint_file", "",
-                    "Checkpoint to evaluate, relative to train_dir (prefix, or one of its files). "
-                    "Empty: the newest model.ckpt-<step>.")
+                    "Checkpoint to evaluate, relative to train_dir (prefix, or one of its files), "
+                    "or a comma list of them, evaluated in turn. Empty: the newest "
+                    "model.ckpt-<step>.")
 flags.DEFINE_string("checkpoint", "",
                     "Same as --checkpoint_file (the seed README's spelling, e.g. "
                     "model.ckpt-170010.index).")
@@ -56,7 +60,8 @@ flags.DEFINE_bool("force_output_model_name", False,
 flags.DEFINE_bool("create_meta_only", False,
                   "Only write the inference checkpoint and its meta graph; read no data.")
 flags.DEFINE_string("results_json", "",
-                    "If set, also write the final metrics of each evaluation to this JSON file.")
+                    "If set, also write the final metrics of each evaluation to this JSON file "
+                    "(a list of them, in order, for a list of checkpoints).")
 # The seed's eval commands pass these training flags; they cannot change an evaluation, so
 # they are compared with the training run's values (a difference is reported).
 flags.DEFINE_float("base_learning_rate", None, "Training flag; checked, no effect on eval.")
@@ -101,14 +106,22 @@ def summary_tag_and_step(prefix, global_step, ensemble_wts=None):
   return name, global_step
 
 
-def requested_checkpoint():
-  """The checkpoint named by --checkpoint_file / --checkpoint (prefix), or None."""
-  names = {checkpoint_utils.strip_checkpoint_suffix(value)
-           for value in (FLAGS.checkpoint_file, FLAGS.checkpoint) if value}
-  if len(names) > 1:
+def requested_checkpoints():
+  """[(flag, name)] of the checkpoints (prefixes) listed by --checkpoint_file / --checkpoint,
+  in order; empty if neither is given."""
+  lists = {}
+  for flag in ("checkpoint_file", "checkpoint"):
+    names = [checkpoint_utils.strip_checkpoint_suffix(value.strip())
+             for value in getattr(FLAGS, flag).split(",")]
+    if names != [""]:
+      if "" in names:
+        raise ValueError("--%s=%r: empty name in the list" % (flag, getattr(FLAGS, flag)))
+      lists[flag] = names
+  if len(lists) > 1 and lists["checkpoint_file"] != lists["checkpoint"]:
     raise ValueError("--checkpoint_file=%r and --checkpoint=%r name different checkpoints"
                      % (FLAGS.checkpoint_file, FLAGS.checkpoint))
-  return names.pop() if names else None
+  flag = next(iter(lists), None)
+  return [(flag, name) for name in lists.get(flag, [])]
 
 
 def save_inference_checkpoint(sess, saver, config, name, synced):
@@ -186,12 +199,17 @@ def evaluate():
   train_dir = FLAGS.train_dir
   config = model_graph.config_for_evaluation(
       train_dir, explicit_checks=("base_learning_rate", "learning_rate_decay"))
+  # Every listed checkpoint is checked before the graph is built and any data is read.
+  requested = [(name, checkpoint_utils.existing_checkpoint(train_dir, name, flag))
+               for flag, name in requested_checkpoints()]
+  if FLAGS.force_output_model_name and len(requested) > 1:
+    raise ValueError("--force_output_model_name saves each checkpoint as %s: give one "
+                     "checkpoint, not %d" % (INFERENCE_MODEL, len(requested)))
   files = None
   if not FLAGS.create_meta_only:
     files = readers.eval_files(FLAGS.eval_data_pattern, FLAGS.eval_holdout_only)
     logging.info("Evaluating %s on %d files", config.describe(), len(files))
     total = progress_lib.count_inputs("eval", files)
-  requested = requested_checkpoint()
 
   graph = tf.Graph()
   with graph.as_default():
@@ -202,15 +220,42 @@ def evaluate():
   # events.out.tfevents.<second>.<host> alone collides for two evals started in the same
   # second on one host (the later upload to a gs:// train_dir would replace the other).
   writer = tf1.summary.FileWriter(synced.local, filename_suffix=".eval.%d" % os.getpid())
-  last_evaluated = None
-  results = None
+  all_results = []
+
+  def evaluate_checkpoint(sess, prefix, requested_name):
+    """Restores prefix, saves its inference checkpoint and, unless --create_meta_only,
+    evaluates it (the one_pass iterator re-initialized) and records its results."""
+    with checkpoint_utils.local_copy(prefix) as local_prefix:
+      checkpoint_utils.check_matches_graph(local_prefix, graph_vars, config.describe(),
+                                           name=prefix)
+      saver.restore(sess, local_prefix)
+    step_label = os.path.basename(prefix).rsplit("-", 1)[-1].rsplit("_", 1)[-1]
+    logging.info("Restored %s (global step %s)", prefix, step_label)
+    name = inference_checkpoint_name(requested_name, prefix, config)
+    if name:
+      save_inference_checkpoint(sess, saver, config, name, synced)
+    if FLAGS.create_meta_only:
+      return
+    summary = summary_tag_and_step(prefix, int(sess.run(tensors["global_step"])),
+                                   config.ensemble_wts if config.ensemble_num > 1 else None)
+    results = evaluate_batches(sess, tensors, config, step_label, writer, files, total,
+                               summary)
+    results.update(checkpoint=prefix, global_step=step_label)
+    writer.flush()
+    synced.push_new()
+    all_results.append(results)
+    if FLAGS.results_json:
+      # A list of checkpoints: the results of all evaluated so far, in order.
+      written = all_results if len(requested) > 1 else results
+      utils.write_atomically(FLAGS.results_json, json.dumps(written, indent=1) + "\n")
+
   with tf1.Session(graph=graph, config=tf1.ConfigProto(allow_soft_placement=True)) as sess:
-    while True:
-      if requested:
-        prefix = checkpoint_utils.existing_checkpoint(train_dir, requested)
-      else:
-        newest = checkpoint_utils.newest_checkpoint(train_dir)
-        prefix = newest[1] if newest else None
+    for name, prefix in requested:
+      evaluate_checkpoint(sess, prefix, name)
+    last_evaluated = None
+    while not requested:  # poll for the newest training checkpoint
+      newest = checkpoint_utils.newest_checkpoint(train_dir)
+      prefix = newest[1] if newest else None
       if prefix is None or prefix == last_evaluated:
         if prefix is None:
           logging.info("No checkpoint file found.")
@@ -218,31 +263,12 @@ def evaluate():
             raise IOError("No model.ckpt-<step> checkpoint in %s" % train_dir)
         time.sleep(FLAGS.eval_interval_secs)
         continue
-      with checkpoint_utils.local_copy(prefix) as local_prefix:
-        checkpoint_utils.check_matches_graph(local_prefix, graph_vars, config.describe(),
-                                             name=prefix)
-        saver.restore(sess, local_prefix)
-      step_label = os.path.basename(prefix).rsplit("-", 1)[-1].rsplit("_", 1)[-1]
-      logging.info("Restored %s (global step %s)", prefix, step_label)
-      name = inference_checkpoint_name(requested, prefix, config)
-      if name:
-        save_inference_checkpoint(sess, saver, config, name, synced)
+      evaluate_checkpoint(sess, prefix, None)
       last_evaluated = prefix
-      if FLAGS.create_meta_only:
-        break
-      summary = summary_tag_and_step(prefix, int(sess.run(tensors["global_step"])),
-                                     config.ensemble_wts if config.ensemble_num > 1 else None)
-      results = evaluate_batches(sess, tensors, config, step_label, writer, files, total,
-                                 summary)
-      results.update(checkpoint=prefix, global_step=step_label)
-      writer.flush()
-      synced.push_new()
-      if FLAGS.results_json:
-        utils.write_atomically(FLAGS.results_json, json.dumps(results, indent=1) + "\n")
-      if FLAGS.run_once or requested:
+      if FLAGS.run_once or FLAGS.create_meta_only:
         break
   writer.close()
-  return results
+  return all_results[-1] if all_results else None
 
 
 @utils.tool_main
