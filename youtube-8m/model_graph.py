@@ -17,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from . import dataset_layout
+from . import fp16_layers
 from . import frame_level_models
 from . import losses
 from . import readers
@@ -80,6 +81,20 @@ def define_flags(adopt_into=None):
     for source in (__name__, frame_level_models.__name__, video_level_models.__name__):
       for flag in FLAGS.get_key_flags_for_module(source):
         FLAGS.register_key_flag_for_module(module, flag)
+
+
+def define_compute_dtype_flag():
+  """--compute_dtype of the tools that run the model (train, eval, inference, ensemble_weights)."""
+  flags.DEFINE_enum("compute_dtype", "float32", list(fp16_layers.COMPUTE_DTYPES),
+                    "dtype of the model's matmuls: float32 (the original), bfloat16 (CPUs with "
+                    "AVX512-BF16/AMX, recent GPUs) or float16 (GPUs; training scales the loss "
+                    "dynamically). Variables, batch norm, losses and outputs stay float32: "
+                    "checkpoints do not depend on it.")
+
+
+def compute_dtype():
+  """The tf dtype of --compute_dtype."""
+  return fp16_layers.COMPUTE_DTYPES[FLAGS.compute_dtype]
 
 
 @dataclasses.dataclass
@@ -281,18 +296,22 @@ def create_global_step():
       collections=[tf1.GraphKeys.GLOBAL_VARIABLES, tf1.GraphKeys.GLOBAL_STEP])
 
 
-def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
+def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
+                compute_dtype=tf.float32):
   """Builds the (ensemble) model under scope `tower`; returns (predictions, model_input).
 
   The raw input is L2-normalized along the feature axis (each frame's rgb+audio vector as a
-  whole) inside the graph, so inference feeds raw dequantized features.
+  whole) inside the graph, so inference feeds raw dequantized features. compute_dtype (from
+  --compute_dtype, not part of the config: the variables do not depend on it) is the dtype
+  of the matmuls; predictions are float32.
   """
   feature_dim = len(model_input_raw.shape) - 1
   model_input = tf.nn.l2_normalize(model_input_raw, feature_dim)
   classifier_params = dict(
       num_mixtures=config.moe_num_mixtures, l2_penalty=config.moe_l2,
       float16_flag=config.float16_flag, prob_gating=config.moe_prob_gating,
-      prob_gating_input=config.moe_prob_gating_input, remove_diag=config.gating_remove_diag)
+      prob_gating_input=config.moe_prob_gating_input, remove_diag=config.gating_remove_diag,
+      compute_dtype=compute_dtype)
   with tf1.variable_scope("tower", reuse=reuse):
     if config.model == "NetVLADModelLF":
       predictions = []
