@@ -61,6 +61,20 @@ def model_variable(name, shape, dtype=tf.float32, initializer=None, regularizer=
 COMPUTE_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
 
 
+def define_compute_dtype_flag():
+  """--compute_dtype of the tools that run the model (train, eval, inference, ensemble_weights)."""
+  tf1.flags.DEFINE_enum(
+      "compute_dtype", "float32", list(COMPUTE_DTYPES),
+      "dtype of the model's matmuls: float32 (the original), bfloat16 (CPUs with AVX512-BF16 "
+      "or AMX, recent GPUs) or float16 (GPUs; training scales the loss dynamically). "
+      "Variables, batch norm, losses and outputs stay float32: checkpoints do not depend on it.")
+
+
+def compute_dtype():
+  """The tf dtype of --compute_dtype."""
+  return COMPUTE_DTYPES[tf1.flags.FLAGS.compute_dtype]
+
+
 def as_float32(tensor):
   """Cast a float16 kernel for float32 compute; float32 passes through unchanged."""
   return tensor if tensor.dtype == tf.float32 else tf.cast(tensor, tf.float32)

@@ -17,7 +17,6 @@ import tensorflow as tf
 from absl import logging
 
 from . import dataset_layout
-from . import fp16_layers
 from . import frame_level_models
 from . import losses
 from . import readers
@@ -81,20 +80,6 @@ def define_flags(adopt_into=None):
     for source in (__name__, frame_level_models.__name__, video_level_models.__name__):
       for flag in FLAGS.get_key_flags_for_module(source):
         FLAGS.register_key_flag_for_module(module, flag)
-
-
-def define_compute_dtype_flag():
-  """--compute_dtype of the tools that run the model (train, eval, inference, ensemble_weights)."""
-  flags.DEFINE_enum("compute_dtype", "float32", list(fp16_layers.COMPUTE_DTYPES),
-                    "dtype of the model's matmuls: float32 (the original), bfloat16 (CPUs with "
-                    "AVX512-BF16/AMX, recent GPUs) or float16 (GPUs; training scales the loss "
-                    "dynamically). Variables, batch norm, losses and outputs stay float32: "
-                    "checkpoints do not depend on it.")
-
-
-def compute_dtype():
-  """The tf dtype of --compute_dtype."""
-  return fp16_layers.COMPUTE_DTYPES[FLAGS.compute_dtype]
 
 
 @dataclasses.dataclass

@@ -35,7 +35,8 @@ flags = tf1.flags
 FLAGS = flags.FLAGS
 
 model_graph.define_flags(adopt_into=__name__)
-model_graph.define_compute_dtype_flag()
+fp16_layers.define_compute_dtype_flag()
+flags.declare_key_flag("compute_dtype")  # listed by --help
 flags.DEFINE_string("train_dir", "/tmp/yt8m_model/",
                     "Directory for checkpoints, event files and model_flags.json.")
 flags.DEFINE_string("train_data_pattern", "",
@@ -318,7 +319,7 @@ def build_training_graph(config, files, devices):
   DynamicLossScale). Returns a dict of the tensors to run.
   """
   towers = len(devices)
-  compute_dtype = model_graph.compute_dtype()
+  compute_dtype = fp16_layers.compute_dtype()
   loss_scale = DynamicLossScale() if compute_dtype == tf.float16 else None
   global_step = model_graph.create_global_step()
   if FLAGS.batch_norm_warmup:
