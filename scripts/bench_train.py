@@ -1,7 +1,7 @@
 """Benchmark: training examples/sec of a seed-size NetVLAD model on this machine.
 
     python scripts/bench_train.py [--cluster=32 --hidden=512 --batch_size=160 --iterations=300]
-                                  [--data=local|gcs|both]
+                                  [--data=local|gcs|both] [--compute_dtype=float32,bfloat16]
 
 Generates a small synthetic frame-level dataset (3862 classes), trains the model with the
 seed's flags for --steps steps via `python -m youtube-8m.train`, and reports the median
@@ -41,17 +41,20 @@ def parse_args(argv):
   parser.add_argument("--num_train_files", type=int, default=8)
   parser.add_argument("--data", choices=("local", "gcs", "both"), default="local",
                       help="train from local files, from gs:// on a local emulator, or both")
+  parser.add_argument("--compute_dtype", default="float32",
+                      help="comma list of train.py --compute_dtype values, run in turn")
   parser.add_argument("--work_dir", default=None)
   return parser.parse_args(argv)
 
 
-def train(args, pattern, train_dir, log_path):
+def train(args, pattern, train_dir, log_path, compute_dtype):
   command = [
       sys.executable, "-m", "youtube-8m.train", "--train_data_pattern=" + pattern,
       "--train_dir=" + train_dir, *seed_model_flags(args.cluster, args.hidden, args.iterations),
       "--batch_size=%d" % args.batch_size, "--base_learning_rate=0.0001",
       "--learning_rate_decay=0.8", "--max_steps=%d" % args.steps,
-      "--export_model_steps=100000", "--num_epochs=1000", "--save_model_secs=0"]
+      "--export_model_steps=100000", "--num_epochs=1000", "--save_model_secs=0",
+      "--compute_dtype=" + compute_dtype]
   wall, peak_mib, text = run_child(command, log_path)
   speeds = []
   for line in text.splitlines():
@@ -106,20 +109,25 @@ def main(argv):
       pattern = os.path.join(data, "frame", "train*.tfrecord")
       if source == "gcs":
         emulator, pattern, megabytes = upload_to_emulator(data)
-      result = train(args, pattern, os.path.join(work_dir, "train_" + source),
-                     os.path.join(work_dir, "train_%s.log" % source))
-      print("[%s] %s" % (source, pattern))
-      print("  steps timed: %d (after %d warm-up steps)" % (len(result["speeds"]),
-                                                           args.skip_steps))
-      print("  examples/sec: median %.1f (min %.1f, max %.1f)" % (
-          result["median"], result["speeds"][0], result["speeds"][-1]))
-      print("  seconds/step: median %.2f" % (args.batch_size / result["median"]))
-      print("  training process wall time %.0f s, its peak RSS %.0f MiB" % (
-          result["wall"], result["peak_mib"]), flush=True)
-      if source == "gcs":
-        per_video = megabytes * 1e6 / (VIDEOS_PER_FILE * args.num_train_files)
-        print("  data read at the median speed: %.1f MB/s" % (
-            result["median"] * per_video / 1e6))
+      first = None
+      for compute_dtype in args.compute_dtype.split(","):
+        name = "%s_%s" % (source, compute_dtype)
+        result = train(args, pattern, os.path.join(work_dir, "train_" + name),
+                       os.path.join(work_dir, "train_%s.log" % name), compute_dtype)
+        first = first or result
+        print("[%s, --compute_dtype=%s] %s" % (source, compute_dtype, pattern))
+        print("  steps timed: %d (after %d warm-up steps)" % (len(result["speeds"]),
+                                                             args.skip_steps))
+        print("  examples/sec: median %.1f (min %.1f, max %.1f), %.2fx the first dtype" % (
+            result["median"], result["speeds"][0], result["speeds"][-1],
+            result["median"] / first["median"]))
+        print("  seconds/step: median %.2f" % (args.batch_size / result["median"]))
+        print("  training process wall time %.0f s, its peak RSS %.0f MiB" % (
+            result["wall"], result["peak_mib"]), flush=True)
+        if source == "gcs":
+          per_video = megabytes * 1e6 / (VIDEOS_PER_FILE * args.num_train_files)
+          print("  data read at the median speed: %.1f MB/s" % (
+              result["median"] * per_video / 1e6))
   finally:
     if emulator is not None:
       emulator.stop()
