@@ -5,10 +5,10 @@
     python -m youtube-8m.inference --train_dir=DIR [--inference_model_file=inference_model] ...
 
 The model is the meta graph + checkpoint ``<inference_model_file>`` (as written by eval.py)
-with model_flags.json next to it, from --train_dir or from a submission tgz. With
+with model_flags.json next to it, from --train_dir or from a submission tgz; with
 --compute_dtype=bfloat16|float16 the model is rebuilt from model_flags.json instead (the meta
-graph computes in float32) and the checkpoint restored into it. The CSV is
-written under a temporary name and renamed when complete. --output_model_tgz packs the
+graph computes in float32) and the checkpoint restored into it. The CSV is written under a
+temporary name and renamed when complete. --output_model_tgz packs the
 model files and model_flags.json (at the archive root) into a submission tgz.
 """
 
@@ -22,6 +22,7 @@ import tensorflow as tf
 from absl import app
 from absl import logging
 
+from . import checkpoint_utils
 from . import dataset_layout
 from . import fp16_layers
 from . import progress as progress_lib
@@ -119,7 +120,6 @@ def rebuild_model(train_dir, prefix, batch, compute_dtype):
   """(saver, predictions): the model of train_dir/model_flags.json on the reader's batch, its
   matmuls in compute_dtype; the saver restores prefix into it."""
   # Imported here: the model modules define the training flags, which inference.py ignores.
-  from . import checkpoint_utils  # pylint: disable=g-import-not-at-top
   from . import model_graph  # pylint: disable=g-import-not-at-top
   stored = model_graph.read_stored_flags(train_dir)
   if not set(stored) - set(model_graph.ORIGINAL_KEYS):

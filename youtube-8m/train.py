@@ -87,7 +87,8 @@ OPTIMIZERS = ("AdamOptimizer", "GradientDescentOptimizer", "AdagradOptimizer",
 # Hyper-parameters recorded in model_flags.json["training"] (informational).
 TRAINING_FLAGS = ("batch_norm_warmup", "batch_size", "base_learning_rate", "learning_rate_decay",
                   "learning_rate_decay_examples", "regularization_penalty", "optimizer",
-                  "clip_gradient_norm", "num_epochs", "max_steps", "export_model_steps")
+                  "clip_gradient_norm", "num_epochs", "max_steps", "export_model_steps",
+                  "compute_dtype")
 # Dynamic loss scaling of --compute_dtype=float16 (the policy of TF's LossScaleOptimizer).
 LOSS_SCALE_INITIAL = 2.0**15
 LOSS_SCALE_GROWTH_STEPS = 2000
