@@ -97,7 +97,7 @@ def test_inference_rebuilds_the_model_in_bfloat16(trained, tiny_data, tmp_path):
     assert bfloat16[video_id].get(best) == pytest.approx(top[best], abs=0.02)
 
 
-def test_inference_refuses_bfloat16_for_an_original_model_flags(trained, tmp_path):
+def test_inference_refuses_bfloat16_for_an_original_model_flags(tiny_data, tmp_path):
   train_dir = tmp_path / "original"
   train_dir.mkdir()
   for suffix in (".meta", ".index", ".data-00000-of-00001"):
@@ -107,10 +107,13 @@ def test_inference_refuses_bfloat16_for_an_original_model_flags(trained, tmp_pat
                "feature_names": "rgb,audio", "frame_features": True,
                "label_loss": "CrossEntropyLoss"}, handle)
   result = run_cli("inference", "--train_dir=%s" % train_dir, "--output_file=%s/x.csv"
-                   % tmp_path, "--input_data_pattern=%s/none*" % tmp_path,
+                   % tmp_path, "--input_data_pattern=" + tiny_data["test_pattern"],
                    "--compute_dtype=bfloat16", check=False)
   assert result.returncode != 0
-  assert result.stderr.strip().splitlines()[-1].startswith("ERROR: ")
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert last_line.startswith("ERROR: --compute_dtype=bfloat16 rebuilds the model from ")
+  assert "use --compute_dtype=float32" in last_line
+  assert not (tmp_path / "x.csv").exists()
 
 
 def run_step(sess, tensors, variables):
