@@ -147,10 +147,34 @@ def test_dynamic_loss_scaling_skips_a_step_with_inf_gradients(tiny_data):
     assert sess.run([loss_scale.scale, loss_scale.good_steps]) == [2048.0, 0]
 
 
-@pytest.mark.parametrize("compute_dtype", [tf.float32, tf.bfloat16, tf.float16])
-def test_float16_kernels_are_never_copied_to_float32_below_float32_compute(compute_dtype):
-  """--float16_flag kernels: cast to float32 only by float32 compute (the original); float16
-  compute multiplies them as stored, bfloat16 casts them straight to bfloat16."""
+def matmul_operand_path(graph, variable):
+  """Op types (Cast as Cast:<dst dtype>) from each read of variable to the op using it,
+  ignoring Identity and the l2 regularizer (built but not run by inference)."""
+  paths = set()
+
+  def walk(tensor, path):
+    for op in tensor.consumers():
+      if "l2_regularizer" in op.name:
+        continue
+      if op.type in ("Identity", "Cast"):
+        step = [] if op.type == "Identity" else ["Cast:" + op.get_attr("DstT").name]
+        walk(op.outputs[0], path + step)
+      else:
+        paths.add(tuple(path + [op.type]))
+
+  for read in graph.get_operations():
+    if read.type == "ReadVariableOp" and read.inputs[0].op.name == variable.op.name:
+      walk(read.outputs[0], [])
+  return paths
+
+
+@pytest.mark.parametrize("compute_dtype,path", [
+    (tf.float32, ("Cast:float32", "MatMul")), (tf.float16, ("MatMul",)),
+    (tf.bfloat16, ("Cast:float32", "Cast:bfloat16", "MatMul"))])
+def test_float16_kernels_feed_the_matmuls_in_the_compute_dtype(compute_dtype, path):
+  """--float16_flag kernels: float32 compute casts them to float32 (the original), float16
+  compute multiplies them as stored, bfloat16 compute casts them to bfloat16 (through
+  float32, TF's faster cast)."""
   config = test_training_graph.frame_config()
   config.float16_flag = True
   graph = tf.Graph()
@@ -162,13 +186,6 @@ def test_float16_kernels_are_never_copied_to_float32_below_float32_compute(compu
     kernels = [v for v in tf1.global_variables() if v.dtype.base_dtype == tf.float16]
   assert len(kernels) == 4
   for kernel in kernels:
-    consumers = {(op.type, op.get_attr("DstT") if op.type == "Cast" else None)
-                 for read in graph.get_operations() if read.type == "ReadVariableOp"
-                 and read.inputs[0].op.name == kernel.op.name
-                 for op in read.outputs[0].consumers()
-                 if op.type != "Identity" and "l2_regularizer" not in op.name}  # not run
-    if compute_dtype == tf.float16:
-      assert consumers <= {("MatMul", None)}, kernel.op.name
-    else:
-      assert ("Cast", compute_dtype) in consumers, kernel.op.name
-      assert ("Cast", tf.float32) not in consumers or compute_dtype == tf.float32
+    paths = matmul_operand_path(graph, kernel)
+    # remove_diag is off: the matmul is the kernel's only use.
+    assert paths == {path}, kernel.op.name
