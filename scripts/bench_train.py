@@ -110,8 +110,8 @@ def main(argv):
       if source == "gcs":
         emulator, pattern, megabytes = upload_to_emulator(data)
       first = None
-      for compute_dtype in args.compute_dtype.split(","):
-        name = "%s_%s" % (source, compute_dtype)
+      for index, compute_dtype in enumerate(args.compute_dtype.split(",")):
+        name = "%s_%d_%s" % (source, index, compute_dtype)  # a dtype may be listed twice
         result = train(args, pattern, os.path.join(work_dir, "train_" + name),
                        os.path.join(work_dir, "train_%s.log" % name), compute_dtype)
         first = first or result
