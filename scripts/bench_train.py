@@ -112,8 +112,10 @@ def main(argv):
       first = None
       for index, compute_dtype in enumerate(args.compute_dtype.split(",")):
         name = "%s_%d_%s" % (source, index, compute_dtype)  # a dtype may be listed twice
-        result = train(args, pattern, os.path.join(work_dir, "train_" + name),
-                       os.path.join(work_dir, "train_%s.log" % name), compute_dtype)
+        train_dir = os.path.join(work_dir, "train_" + name)
+        result = train(args, pattern, train_dir, os.path.join(work_dir, "train_%s.log" % name),
+                       compute_dtype)
+        shutil.rmtree(train_dir)  # ~1 GB per checkpoint of the seed-size model
         first = first or result
         print("[%s, --compute_dtype=%s] %s" % (source, compute_dtype, pattern))
         print("  steps timed: %d (after %d warm-up steps)" % (len(result["speeds"]),
