@@ -2,6 +2,7 @@
 
     python scripts/bench_train.py [--cluster=32 --hidden=512 --batch_size=160 --iterations=300]
                                   [--data=local|gcs|both] [--eval_batch_size=1024]
+                                  [--compute_dtype=float32|bfloat16|float16]
 
 Generates a small synthetic frame-level dataset (3862 classes), trains the model with the
 seed's flags for --steps steps via `python -m youtube-8m.train`, and reports the median
@@ -48,6 +49,8 @@ def parse_args(argv):
   parser.add_argument("--data", choices=("local", "gcs", "both"), default="local",
                       help="train from local files, from gs:// on a local emulator, or both")
   parser.add_argument("--eval_batch_size", type=int, default=1024)
+  parser.add_argument("--compute_dtype", default="float32",
+                      help="train.py's and eval.py's --compute_dtype")
   parser.add_argument("--work_dir", default=None)
   return parser.parse_args(argv)
 
@@ -70,7 +73,8 @@ def train_command(args, pattern, train_dir, steps, step_alone):
       "--train_dir=" + train_dir, *seed_model_flags(args.cluster, args.hidden, args.iterations),
       "--batch_size=%d" % args.batch_size, "--base_learning_rate=0.0001",
       "--learning_rate_decay=0.8", "--max_steps=%d" % steps,
-      "--export_model_steps=100000", "--num_epochs=1000", "--save_model_secs=0"]
+      "--export_model_steps=100000", "--num_epochs=1000", "--save_model_secs=0",
+      "--compute_dtype=" + args.compute_dtype]
 
 
 def train(args, pattern, train_dir, log_path, step_alone=False):
@@ -113,7 +117,7 @@ def evaluate(args, pattern, train_dir, log_path):
   """eval.py of train_dir's newest checkpoint on the training files: (wall s, peak MiB)."""
   command = [sys.executable, "-m", "youtube-8m.eval", "--train_dir=" + train_dir,
              "--eval_data_pattern=" + pattern, "--noeval_holdout_only", "--run_once",
-             "--batch_size=%d" % args.eval_batch_size]
+             "--batch_size=%d" % args.eval_batch_size, "--compute_dtype=" + args.compute_dtype]
   wall, peak_mib, _ = run_child(command, log_path)
   return wall, peak_mib
 

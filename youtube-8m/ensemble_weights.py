@@ -26,6 +26,7 @@ from absl import logging
 
 from . import checkpoint_utils
 from . import eval_util
+from . import fp16_layers
 from . import model_graph
 from . import progress as progress_lib
 from . import readers
@@ -41,6 +42,8 @@ STEPS = (20, 10, 5, 2, 1)
 
 def define_flags():
   model_graph.define_flags(adopt_into=__name__)
+  fp16_layers.define_compute_dtype_flag()
+  flags.declare_key_flag("compute_dtype")  # listed by --help
   flags.DEFINE_string("train_dir", None,
                       "Ensemble directory with model_flags.json and the checkpoint.")
   flags.DEFINE_string("checkpoint_file", "inference_model",
@@ -148,8 +151,10 @@ def search(objective, num_models, seed=0, restarts=5):
 
 
 def collect_member_predictions(config, prefix, files, batch_size, num_readers, max_videos,
-                               member_dtype, top_k, checkpoint_name=None):
-  """Runs the eval graph once; returns (members [n][N, C], labels [N, C] bool, info).
+                               member_dtype, top_k, checkpoint_name=None,
+                               compute_dtype=tf.float32):
+  """Runs the eval graph once (matmuls in compute_dtype); returns (members [n][N, C], labels
+  [N, C] bool, info).
 
   prefix is a local checkpoint (a staged copy of checkpoint_name, which errors name);
   files may be local or gs:// (the reader stages them).
@@ -160,7 +165,8 @@ def collect_member_predictions(config, prefix, files, batch_size, num_readers, m
     iterator, batch = readers.one_pass(config.make_reader(), files, batch_size, num_readers,
                                        "eval_input")
     predictions, _ = model_graph.build_model(config, batch["video_matrix"],
-                                             batch["num_frames"], is_training=False)
+                                             batch["num_frames"], is_training=False,
+                                             compute_dtype=compute_dtype)
     members = tf1.get_collection(model_graph.MEMBER_PREDICTIONS)
     graph_vars = tf1.global_variables()
     saver = tf1.train.Saver(graph_vars)
@@ -255,7 +261,8 @@ def run():
   with checkpoint_utils.local_copy(prefix) as local_prefix:
     members, labels, info = collect_member_predictions(
         config, local_prefix, files, FLAGS.batch_size, FLAGS.num_readers, FLAGS.max_videos,
-        np.dtype(FLAGS.member_dtype), FLAGS.top_k, checkpoint_name=prefix)
+        np.dtype(FLAGS.member_dtype), FLAGS.top_k, checkpoint_name=prefix,
+        compute_dtype=fp16_layers.compute_dtype())
   notes = []
   if info["truncated"]:
     notes.append("NOTE: --max_videos=%d: only the first %d videos were used (the files hold "

@@ -23,6 +23,7 @@ from absl import logging
 
 from . import checkpoint_utils
 from . import eval_util
+from . import fp16_layers
 from . import losses
 from . import model_graph
 from . import progress as progress_lib
@@ -35,6 +36,8 @@ flags = tf1.flags
 FLAGS = flags.FLAGS
 
 model_graph.define_flags(adopt_into=__name__)
+fp16_layers.define_compute_dtype_flag()
+flags.declare_key_flag("compute_dtype")  # listed by --help
 flags.DEFINE_string("train_dir", "/tmp/yt8m_model/",
                     "Directory with model_flags.json and the checkpoints; outputs go here.")
 flags.DEFINE_string("checkpoint_file", "",
@@ -150,7 +153,8 @@ def build_eval_graph(config, files):
                                       name="input_batch_raw")
     num_frames = tf1.placeholder(tf.int32, [None], name="num_frames")
   predictions, _ = model_graph.build_model(config, model_input_raw, num_frames,
-                                           is_training=False)
+                                           is_training=False,
+                                           compute_dtype=fp16_layers.compute_dtype())
   tensors["predictions"] = predictions
   if files is not None:
     tensors["loss"] = losses.get_loss(config.label_loss).calculate_loss(predictions,

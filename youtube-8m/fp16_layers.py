@@ -9,6 +9,11 @@ original vendored with a dtype switch), so checkpoints stay name-compatible:
 With ``dtype=tf.float16`` only the kernel is stored in float16; it is cast to float32 right
 before the matmul, so all compute (activations, losses) stays float32. Biases and every
 batch-norm variable stay float32 (as in the original's float16 mode).
+
+Mixed precision (``compute_dtype`` bfloat16 or float16, --compute_dtype): only the matmuls run
+in that dtype (operands cast, product cast back to float32); variables, batch norm, softmax,
+sigmoid and losses stay float32, so checkpoints do not depend on it. A float16 kernel is used
+as stored by float16 compute and cast to bfloat16 (through float32) by bfloat16 compute.
 """
 
 import tensorflow as tf
@@ -53,17 +58,58 @@ def model_variable(name, shape, dtype=tf.float32, initializer=None, regularizer=
   return variable
 
 
+COMPUTE_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
+
+
+def define_compute_dtype_flag():
+  """--compute_dtype of the tools that run the model (train, eval, inference, ensemble_weights)."""
+  tf1.flags.DEFINE_enum(
+      "compute_dtype", "float32", list(COMPUTE_DTYPES),
+      "dtype of the model's matmuls: float32 (the original), bfloat16 (CPUs with AVX512-BF16 "
+      "or AMX, recent GPUs) or float16 (GPUs; training scales the loss dynamically). "
+      "Variables, batch norm, losses and outputs stay float32: checkpoints do not depend on it.")
+
+
+def compute_dtype():
+  """The tf dtype of --compute_dtype."""
+  return COMPUTE_DTYPES[tf1.flags.FLAGS.compute_dtype]
+
+
 def as_float32(tensor):
   """Cast a float16 kernel for float32 compute; float32 passes through unchanged."""
   return tensor if tensor.dtype == tf.float32 else tf.cast(tensor, tf.float32)
 
 
+def as_compute(tensor, compute_dtype):
+  """A matmul operand in compute_dtype (no op when it already is)."""
+  if tensor.dtype == compute_dtype:
+    return tensor
+  if tensor.dtype == tf.float16 and compute_dtype == tf.bfloat16:
+    # Through float32 (exact): TF's direct float16 -> bfloat16 CPU cast is 2-4x slower.
+    tensor = tf.cast(tensor, tf.float32)
+  return tf.cast(tensor, compute_dtype)
+
+
+def matmul(inputs, kernel, compute_dtype=tf.float32):
+  """inputs x kernel with a float32 product, computed in compute_dtype.
+
+  float32 is the original's graph (a float16 kernel cast to float32). Otherwise both operands
+  are cast to compute_dtype and the product back to float32: the gradients of the float32
+  variables come back float32 through the casts.
+  """
+  if compute_dtype == tf.float32:
+    return tf.matmul(inputs, as_float32(kernel))
+  return tf.cast(tf.matmul(as_compute(inputs, compute_dtype),
+                           as_compute(kernel, compute_dtype)), tf.float32)
+
+
 def fully_connected(inputs, num_outputs, activation_fn=tf.nn.relu, normalizer_fn=None,
                     normalizer_params=None, weights_regularizer=None,
-                    biases_initializer=tf.zeros_initializer(), scope=None, dtype=tf.float32):
+                    biases_initializer=tf.zeros_initializer(), scope=None, dtype=tf.float32,
+                    compute_dtype=tf.float32):
   """slim.fully_connected for rank-2 inputs: act(norm(x W) or x W + b) (a normalizer replaces
   the bias, as in slim), with Glorot uniform ``weights`` [in, out] stored as ``dtype`` (float32
-  or float16) and float32 ``biases`` [out]."""
+  or float16) and float32 ``biases`` [out]; x W is computed in compute_dtype (see matmul)."""
   if dtype not in (tf.float32, tf.float16):
     raise ValueError("fully_connected kernel dtype must be float32 or float16, got %s" % dtype)
   with tf1.variable_scope(scope, "fully_connected", [inputs]):
@@ -75,7 +121,7 @@ def fully_connected(inputs, num_outputs, activation_fn=tf.nn.relu, normalizer_fn
     weights = model_variable("weights", [int(input_size), num_outputs], dtype=dtype,
                              initializer=tf1.glorot_uniform_initializer(),
                              regularizer=weights_regularizer)
-    outputs = tf.matmul(tf.cast(inputs, tf.float32), as_float32(weights))
+    outputs = matmul(inputs, weights, compute_dtype)
     if normalizer_fn is not None:
       outputs = normalizer_fn(outputs, **(normalizer_params or {}))
     elif biases_initializer is not None:

@@ -33,17 +33,22 @@ flags.DEFINE_string("video_level_classifier_model", "MoeModel",
                     "Classifier on top of the NetVLAD features (a video_level_models class).")
 flags.DEFINE_bool("float16_flag", False,
                   "Store the four large kernels of each model (hidden1, MoE gates, MoE experts, "
-                  "probability gating) as float16 variables; compute stays float32.")
+                  "probability gating) as float16 variables; they are cast to --compute_dtype "
+                  "(float32 by default) for the matmuls.")
 
 
-def netvlad(reshaped_input, feature_size, max_frames, cluster_size, is_training):
-  """NetVLAD pooling of [batch*frames, feature_size] into [batch, feature_size*cluster_size]."""
+def netvlad(reshaped_input, feature_size, max_frames, cluster_size, is_training,
+            compute_dtype=tf.float32):
+  """NetVLAD pooling of [batch*frames, feature_size] into [batch, feature_size*cluster_size].
+
+  reshaped_input is in compute_dtype; both matmuls run in it, the rest in float32.
+  """
   stddev = 1 / math.sqrt(feature_size)
   with tf1.variable_scope("conv2"):
     cluster_weights = fp16_layers.model_variable(
         "cluster_weights", [feature_size, cluster_size],
         initializer=tf1.random_normal_initializer(stddev=stddev))
-  activation = tf.matmul(reshaped_input, cluster_weights)
+  activation = fp16_layers.matmul(reshaped_input, cluster_weights, compute_dtype)
   activation = fp16_layers.batch_norm(activation, is_training=is_training, scope="cluster_bn")
   activation = tf.nn.softmax(activation)
   activation = tf.reshape(activation, [-1, max_frames, cluster_size])
@@ -56,7 +61,7 @@ def netvlad(reshaped_input, feature_size, max_frames, cluster_size, is_training)
 
   activation = tf.transpose(activation, perm=[0, 2, 1])
   frames = tf.reshape(reshaped_input, [-1, max_frames, feature_size])
-  vlad = tf.matmul(activation, frames)
+  vlad = fp16_layers.matmul(activation, frames, compute_dtype)
   vlad = tf.transpose(vlad, perm=[0, 2, 1])
   vlad = tf.subtract(vlad, anchors)
   vlad = tf.nn.l2_normalize(vlad, 1)
@@ -69,11 +74,14 @@ class NetVLADModelLF(models.BaseModel):
   context gating -> MoE with probability gating.
 
   model_input: [batch, max_frames, 1024 + 128] (rgb columns first, then audio).
+  compute_dtype: the dtype of the matmuls (fp16_layers.matmul); the sampled frames are cast
+  to it once.
   """
 
   def create_model(self, model_input, vocab_size, num_frames, cluster_size, hidden_size,
                    iterations, sample_random_frames, gating, float16_flag, classifier_model,
-                   is_training=True, sampling_seed=None, **classifier_params):
+                   is_training=True, sampling_seed=None, compute_dtype=tf.float32,
+                   **classifier_params):
     kernel_dtype = tf.float16 if float16_flag else tf.float32
 
     sampler = (model_utils.sample_random_frames if sample_random_frames
@@ -83,14 +91,15 @@ class NetVLADModelLF(models.BaseModel):
     if feature_size <= 1024:
       raise ValueError("NetVLADModelLF needs rgb (1024) + audio features, got %d columns"
                        % feature_size)
-    reshaped_input = tf.reshape(model_input, [-1, feature_size])
+    reshaped_input = fp16_layers.as_compute(tf.reshape(model_input, [-1, feature_size]),
+                                            compute_dtype)
 
     with tf1.variable_scope("video_VLAD"):
       vlad_video = netvlad(reshaped_input[:, 0:1024], 1024, iterations, cluster_size,
-                           is_training)
+                           is_training, compute_dtype)
     with tf1.variable_scope("audio_VLAD"):
       vlad_audio = netvlad(reshaped_input[:, 1024:], feature_size - 1024, iterations,
-                           int(cluster_size / 2), is_training)
+                           int(cluster_size / 2), is_training, compute_dtype)
     vlad = tf.concat([vlad_video, vlad_audio], 1)
 
     vlad_dim = int(vlad.shape[1])
@@ -98,7 +107,7 @@ class NetVLADModelLF(models.BaseModel):
       hidden1_weights = fp16_layers.model_variable(
           "hidden1_weights", [vlad_dim, hidden_size], dtype=kernel_dtype,
           initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vlad_dim)))
-    activation = tf.matmul(vlad, fp16_layers.as_float32(hidden1_weights))
+    activation = fp16_layers.matmul(vlad, hidden1_weights, compute_dtype)
     activation = fp16_layers.batch_norm(activation, is_training=is_training, scope="hidden1_bn")
     activation = tf.nn.relu6(activation)
 
@@ -109,18 +118,19 @@ class NetVLADModelLF(models.BaseModel):
     hidden2_biases = fp16_layers.model_variable(
         "hidden2_biases", [2 * hidden_size],
         initializer=tf1.random_normal_initializer(stddev=0.01))
-    activation = tf.matmul(activation, hidden2_weights) + hidden2_biases
+    activation = (fp16_layers.matmul(activation, hidden2_weights, compute_dtype)
+                  + hidden2_biases)
 
     if gating:
       with tf1.variable_scope("gating_weights"):
         gating_weights = fp16_layers.model_variable(
             "gating_weights", [2 * hidden_size, 2 * hidden_size],
             initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(2 * hidden_size)))
-      gates = tf.matmul(activation, gating_weights)
+      gates = fp16_layers.matmul(activation, gating_weights, compute_dtype)
       gates = fp16_layers.batch_norm(gates, is_training=is_training, scope="gating_bn")
       activation = tf.multiply(activation, tf.sigmoid(gates))
 
     classifier = getattr(video_level_models, classifier_model)()
     return classifier.create_model(model_input=activation, vocab_size=vocab_size,
                                    is_training=is_training, float16_flag=float16_flag,
-                                   **classifier_params)
+                                   compute_dtype=compute_dtype, **classifier_params)

@@ -5,8 +5,10 @@
     python -m youtube-8m.inference --train_dir=DIR [--inference_model_file=inference_model] ...
 
 The model is the meta graph + checkpoint ``<inference_model_file>`` (as written by eval.py)
-with model_flags.json next to it, from --train_dir or from a submission tgz. The CSV is
-written under a temporary name and renamed when complete. --output_model_tgz packs the
+with model_flags.json next to it, from --train_dir or from a submission tgz; with
+--compute_dtype=bfloat16|float16 the model is rebuilt from model_flags.json instead (the meta
+graph computes in float32) and the checkpoint restored into it. The CSV is written under a
+temporary name and renamed when complete. --output_model_tgz packs the
 model files and model_flags.json (at the archive root) into a submission tgz.
 """
 
@@ -20,7 +22,9 @@ import tensorflow as tf
 from absl import app
 from absl import logging
 
+from . import checkpoint_utils
 from . import dataset_layout
+from . import fp16_layers
 from . import model_utils
 from . import progress as progress_lib
 from . import readers
@@ -48,6 +52,8 @@ flags.DEFINE_integer("top_k", 20, "Labels (with scores) per video in the CSV.")
 flags.DEFINE_integer("batch_size", 512, "Videos per inference batch.")
 flags.DEFINE_integer("num_readers", 1,
                      "Files read in parallel; 1 keeps the CSV rows in file order.")
+fp16_layers.define_compute_dtype_flag()
+flags.declare_key_flag("compute_dtype")  # listed by --help
 
 CSV_HEADER = "VideoId,LabelConfidencePairs\n"
 
@@ -111,6 +117,24 @@ def write_model_tgz(output_tgz, prefix, files):
   logging.info("Wrote %s", output_tgz)
 
 
+def rebuild_model(train_dir, prefix, batch, compute_dtype):
+  """(saver, predictions): the model of train_dir/model_flags.json on the reader's batch, its
+  matmuls in compute_dtype; the saver restores prefix into it."""
+  # Imported here: the model modules define the training flags, which inference.py ignores.
+  from . import model_graph  # pylint: disable=g-import-not-at-top
+  stored = model_graph.read_stored_flags(train_dir)
+  if not set(stored) - set(model_graph.ORIGINAL_KEYS):
+    raise ValueError("--compute_dtype=%s rebuilds the model from %s, but the original code "
+                     "wrote it without the architecture; use --compute_dtype=float32"
+                     % (FLAGS.compute_dtype, utils.model_flags_path(train_dir)))
+  config = model_graph.ModelConfig.from_dict(stored).validate()
+  model_graph.create_global_step()
+  predictions, _ = model_graph.build_model(config, batch["video_matrix"], batch["num_frames"],
+                                           is_training=False, compute_dtype=compute_dtype)
+  checkpoint_utils.check_matches_graph(prefix, tf1.global_variables(), config.describe())
+  return tf1.train.Saver(tf1.global_variables()), predictions
+
+
 def predict(train_dir, model_name, files, output_file):
   model_flags = utils.read_model_flags(train_dir)
   feature_names, feature_sizes = utils.parse_feature_flags(model_flags["feature_names"],
@@ -125,21 +149,25 @@ def predict(train_dir, model_name, files, output_file):
   with graph.as_default():
     iterator, batch = readers.one_pass(reader, files, FLAGS.batch_size, FLAGS.num_readers,
                                        "inference_input")
-    video_matrix = batch["video_matrix"]
-    if video_matrix.dtype == tf.uint8:  # the float32 features the (original's) graph takes
-      video_matrix = model_utils.dequantize_frames(
-          video_matrix, tf.sequence_mask(batch["num_frames"], tf.shape(video_matrix)[1]))
-    # The model reads the reader's tensors directly (no feed copies).
-    input_map = {}
-    for key, tensor in (("input_batch_raw", video_matrix),
-                        ("num_frames", batch["num_frames"])):
-      names = meta_graph_def.collection_def[key].node_list.value
-      if not names:
-        raise ValueError("The inference meta graph has no %r collection" % key)
-      input_map[names[0]] = tensor
-    saver = tf1.train.import_meta_graph(meta_graph_def, clear_devices=True,
-                                        input_map=input_map)
-    predictions = tf1.get_collection("predictions")[0]
+    compute_dtype = fp16_layers.compute_dtype()
+    if compute_dtype != tf.float32:
+      saver, predictions = rebuild_model(train_dir, prefix, batch, compute_dtype)
+    else:
+      video_matrix = batch["video_matrix"]
+      if video_matrix.dtype == tf.uint8:  # the float32 features the (original's) graph takes
+        video_matrix = model_utils.dequantize_frames(
+            video_matrix, tf.sequence_mask(batch["num_frames"], tf.shape(video_matrix)[1]))
+      # The model reads the reader's tensors directly (no feed copies).
+      input_map = {}
+      for key, tensor in (("input_batch_raw", video_matrix),
+                          ("num_frames", batch["num_frames"])):
+        names = meta_graph_def.collection_def[key].node_list.value
+        if not names:
+          raise ValueError("The inference meta graph has no %r collection" % key)
+        input_map[names[0]] = tensor
+      saver = tf1.train.import_meta_graph(meta_graph_def, clear_devices=True,
+                                          input_map=input_map)
+      predictions = tf1.get_collection("predictions")[0]
 
   count = 0
   start = time.time()

@@ -282,7 +282,8 @@ def create_global_step():
       collections=[tf1.GraphKeys.GLOBAL_VARIABLES, tf1.GraphKeys.GLOBAL_STEP])
 
 
-def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
+def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
+                compute_dtype=tf.float32):
   """Builds the (ensemble) model under scope `tower`; returns (predictions, model_input).
 
   model_input_raw: the reader's video_matrix (frame level: uint8-quantized frames, zero bytes
@@ -291,6 +292,8 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
   original's `input_batch`. Quantized frames of a single model are instead dequantized and
   normalized after its frame sampling (model_utils), the same values for far less work when
   it samples fewer frames than the video holds.
+  compute_dtype (from --compute_dtype, not part of the config: the variables do not depend on
+  it) is the dtype of the matmuls; predictions are float32.
   """
   quantized = model_input_raw.dtype == tf.uint8
   valid = tf.sequence_mask(num_frames, tf.shape(model_input_raw)[1]) if quantized else None
@@ -302,7 +305,8 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None):
   classifier_params = dict(
       num_mixtures=config.moe_num_mixtures, l2_penalty=config.moe_l2,
       float16_flag=config.float16_flag, prob_gating=config.moe_prob_gating,
-      prob_gating_input=config.moe_prob_gating_input, remove_diag=config.gating_remove_diag)
+      prob_gating_input=config.moe_prob_gating_input, remove_diag=config.gating_remove_diag,
+      compute_dtype=compute_dtype)
   with tf1.variable_scope("tower", reuse=reuse):
     if config.model == "NetVLADModelLF":
       predictions = []

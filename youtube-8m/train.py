@@ -35,6 +35,8 @@ flags = tf1.flags
 FLAGS = flags.FLAGS
 
 model_graph.define_flags(adopt_into=__name__)
+fp16_layers.define_compute_dtype_flag()
+flags.declare_key_flag("compute_dtype")  # listed by --help
 flags.DEFINE_string("train_dir", "/tmp/yt8m_model/",
                     "Directory for checkpoints, event files and model_flags.json.")
 flags.DEFINE_string("train_data_pattern", "",
@@ -85,7 +87,11 @@ OPTIMIZERS = ("AdamOptimizer", "GradientDescentOptimizer", "AdagradOptimizer",
 # Hyper-parameters recorded in model_flags.json["training"] (informational).
 TRAINING_FLAGS = ("batch_norm_warmup", "batch_size", "base_learning_rate", "learning_rate_decay",
                   "learning_rate_decay_examples", "regularization_penalty", "optimizer",
-                  "clip_gradient_norm", "num_epochs", "max_steps", "export_model_steps")
+                  "clip_gradient_norm", "num_epochs", "max_steps", "export_model_steps",
+                  "compute_dtype")
+# Dynamic loss scaling of --compute_dtype=float16 (the policy of TF's LossScaleOptimizer).
+LOSS_SCALE_INITIAL = 2.0**15
+LOSS_SCALE_GROWTH_STEPS = 2000
 # A gs:// train_dir gets its event files this often (TensorBoard follows training live), not
 # only with the checkpoint exports.
 EVENT_UPLOAD_SECS = 60
@@ -264,14 +270,58 @@ def average_gradients(tower_gradients):
   return averaged
 
 
+class DynamicLossScale(object):
+  """Loss scaling for float16 compute: the loss is multiplied by `scale` so that small float16
+  gradients do not flush to zero; the gradients are divided by it again. A step whose
+  gradients hold inf/NaN is skipped (global_step still advances) and halves the scale;
+  LOSS_SCALE_GROWTH_STEPS good steps in a row double it. Its variables are local, never in a
+  checkpoint: a resumed run starts again from LOSS_SCALE_INITIAL.
+  """
+
+  def __init__(self):
+    local = [tf1.GraphKeys.LOCAL_VARIABLES]
+    self.scale = tf1.get_variable("loss_scale", initializer=LOSS_SCALE_INITIAL,
+                                  trainable=False, collections=local)
+    self.good_steps = tf1.get_variable("loss_scale_good_steps", initializer=0,
+                                       trainable=False, collections=local)
+
+  def unscale(self, gradients):
+    return [(g / self.scale, v) for g, v in gradients]
+
+  def apply_if_finite(self, optimizer, gradients, global_step):
+    """The train op: applies the (unscaled) gradients if all are finite, then updates the
+    scale."""
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g, _ in gradients])
+
+    def apply():
+      with tf.control_dependencies([optimizer.apply_gradients(gradients, global_step)]):
+        return tf.constant(True)
+
+    def skip():
+      with tf.control_dependencies([global_step.assign_add(1)]):
+        return tf.constant(False)
+
+    applied = tf.cond(finite, apply, skip)
+    with tf.control_dependencies([applied]):
+      good_steps = tf.where(finite, self.good_steps + 1, 0)
+      grow = good_steps >= LOSS_SCALE_GROWTH_STEPS
+      scale = tf.where(finite, tf.where(grow, 2.0 * self.scale, self.scale),
+                       tf.maximum(0.5 * self.scale, 1.0))
+      return tf.group(self.scale.assign(scale),
+                      self.good_steps.assign(tf.where(grow, 0, good_steps)))
+
+
 def build_training_graph(config, files, devices):
   """The input pipeline, the model on each tower device, the loss and the train op.
 
   Towers share variables (scope `tower` reused); each gets 1/len(devices) of the batch
   of batch_size * towers examples; gradients are averaged over towers, then each gradient
-  tensor is clipped to --clip_gradient_norm. Returns a dict of the tensors to run.
+  tensor is clipped to --clip_gradient_norm. The matmuls run in --compute_dtype (float16 with
+  DynamicLossScale). Returns a dict of the tensors to run.
   """
   towers = len(devices)
+  compute_dtype = fp16_layers.compute_dtype()
+  loss_scale = DynamicLossScale() if compute_dtype == tf.float16 else None
   global_step = model_graph.create_global_step()
   if FLAGS.batch_norm_warmup:
     tf1.add_to_collection(fp16_layers.BATCH_NORM_WARMUP_STEP, global_step)
@@ -295,7 +345,7 @@ def build_training_graph(config, files, devices):
     with tf.device(device), tf1.name_scope("tower_%d" % index) as scope:
       predictions, model_input = model_graph.build_model(
           config, part["video_matrix"], part["num_frames"], is_training=True,
-          reuse=True if index else None)
+          reuse=True if index else None, compute_dtype=compute_dtype)
       label_loss = loss_fn.calculate_loss(predictions, part["labels"])
       if reg_loss is None:  # regularizers are registered once, by the first tower
         regularization_losses = tf1.get_collection(tf1.GraphKeys.REGULARIZATION_LOSSES)
@@ -310,17 +360,24 @@ def build_training_graph(config, files, devices):
         # float16 kernels of packed ensembles are filled from float32 models afterwards.
         logging.warning("--float16_flag: %d float16 kernels are not updated by training",
                         len(frozen))
+      total_loss = label_loss + FLAGS.regularization_penalty * reg_loss
+      if loss_scale:
+        total_loss *= loss_scale.scale
       tower_gradients.append(optimizer.compute_gradients(
-          label_loss + FLAGS.regularization_penalty * reg_loss,
-          var_list=[v for v in trainable if v.dtype.base_dtype != tf.float16]))
+          total_loss, var_list=[v for v in trainable if v.dtype.base_dtype != tf.float16]))
       tower_predictions.append(predictions)
       tower_losses.append(label_loss)
       tower_inputs.append(model_input)
 
   gradients = average_gradients(tower_gradients)
+  if loss_scale:
+    gradients = loss_scale.unscale(gradients)
   if FLAGS.clip_gradient_norm > 0:
     gradients = [(tf.clip_by_norm(g, FLAGS.clip_gradient_norm), v) for g, v in gradients]
-  train_op = optimizer.apply_gradients(gradients, global_step=global_step)
+  if loss_scale:
+    train_op = loss_scale.apply_if_finite(optimizer, gradients, global_step)
+  else:
+    train_op = optimizer.apply_gradients(gradients, global_step=global_step)
   with tf.control_dependencies([train_op]):
     step_after = tf.identity(global_step.read_value(), name="global_step_after")
   label_loss = tf.add_n(tower_losses) / float(towers)
@@ -336,7 +393,7 @@ def build_training_graph(config, files, devices):
   weights_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v))
                                   for v in tf1.global_variables() if v.dtype.is_floating])
   return {"global_step": global_step, "step_after": step_after, "label_loss": label_loss,
-          "weights_finite": weights_finite,
+          "weights_finite": weights_finite, "loss_scale": loss_scale,
           "reg_loss": reg_loss, "learning_rate": learning_rate, "predictions": predictions,
           "labels": batch["labels"], "iterator": iterator}
 
@@ -424,13 +481,14 @@ def train(config, task):
         tensors = build_training_graph(config, files, devices)
       signal_done = [queue.enqueue(1) for queue in done_queues(task)]
       if not task.is_chief:
-        ready_op = tf1.report_uninitialized_variables()
+        ready_op = tf1.report_uninitialized_variables(tf1.global_variables())
     else:
       tensors = build_training_graph(config, files, devices)
     graph_vars = tf1.global_variables()
     # Relative paths in the `checkpoint` state file: it stays valid when a gs:// train_dir
     # is worked on through a local mirror (and when a directory is copied or moved).
     saver = tf1.train.Saver(graph_vars, max_to_keep=None, save_relative_paths=True)
+    local_init = tf1.local_variables_initializer()  # DynamicLossScale's, never saved
     logging.info("%d variables, %d trainable parameters", len(graph_vars),
                  sum(int(np.prod(v.shape.as_list())) for v in tf1.trainable_variables()))
   session_config = tf1.ConfigProto(allow_soft_placement=True,
@@ -450,6 +508,7 @@ def train(config, task):
       sess = tf1.train.SessionManager(ready_op=ready_op, graph=graph,
                                       recovery_wait_secs=1).wait_for_session(
                                           target, config=session_config)
+    sess.run(local_init)
     try:
       return train_loop(sess, tensors, saver, writer, task, files, stop, len(devices),
                         train_dir, synced)
@@ -506,6 +565,8 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
       if with_metrics:
         fetches.update(predictions=tensors["predictions"], labels=tensors["labels"],
                        reg_loss=tensors["reg_loss"], learning_rate=tensors["learning_rate"])
+        if tensors["loss_scale"]:
+          fetches["loss_scale"] = tensors["loss_scale"].scale
       start = time.time()
       result = sess.run(fetches)
       examples_per_sec = (len(result["labels"]) if with_metrics
@@ -525,6 +586,8 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
                    "model/Training_GAP": gap, "global_step/Examples/Second": examples_per_sec,
                    "label_loss": result["loss"], "reg_loss": result["reg_loss"],
                    "learning_rate": result["learning_rate"]}
+        if "loss_scale" in result:
+          scalars["loss_scale"] = result["loss_scale"]
         writer.add_summary(tf1.Summary(value=[
             tf1.Summary.Value(tag=tag, simple_value=float(value))
             for tag, value in scalars.items()]), step)

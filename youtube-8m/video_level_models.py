@@ -31,11 +31,11 @@ class LogisticModel(models.BaseModel):
   """Logistic regression over the (L2-normalized) video-level features."""
 
   def create_model(self, model_input, vocab_size, l2_penalty=1e-8, float16_flag=False,
-                   **unused_params):
+                   compute_dtype=tf.float32, **unused_params):
     output = fp16_layers.fully_connected(
         model_input, vocab_size, activation_fn=tf.nn.sigmoid,
         weights_regularizer=fp16_layers.l2_regularizer(l2_penalty),
-        dtype=tf.float16 if float16_flag else tf.float32)
+        dtype=tf.float16 if float16_flag else tf.float32, compute_dtype=compute_dtype)
     return {"predictions": output}
 
 
@@ -46,21 +46,23 @@ class MoeModel(models.BaseModel):
   Variables (relative to the calling scope): gates/weights [D, V*(M+1)], experts/weights
   [D, V*M], experts/biases [V*M], and with prob gating gating_prob_weights [V, V] (or
   [D, V] for input gating) plus gating_prob_bn/*. Columns are class-major (v*(M+1)+m).
+  The matmuls run in compute_dtype (fp16_layers.matmul), the rest in float32.
   """
 
   def create_model(self, model_input, vocab_size, num_mixtures, l2_penalty, prob_gating,
                    prob_gating_input, remove_diag, is_training=True, float16_flag=False,
-                   **unused_params):
+                   compute_dtype=tf.float32, **unused_params):
     kernel_dtype = tf.float16 if float16_flag else tf.float32
     regularizer = fp16_layers.l2_regularizer(l2_penalty)
 
     gate_activations = fp16_layers.fully_connected(
         model_input, vocab_size * (num_mixtures + 1), activation_fn=None,
         biases_initializer=None, weights_regularizer=regularizer, scope="gates",
-        dtype=kernel_dtype)
+        dtype=kernel_dtype, compute_dtype=compute_dtype)
     expert_activations = fp16_layers.fully_connected(
         model_input, vocab_size * num_mixtures, activation_fn=None,
-        weights_regularizer=regularizer, scope="experts", dtype=kernel_dtype)
+        weights_regularizer=regularizer, scope="experts", dtype=kernel_dtype,
+        compute_dtype=compute_dtype)
 
     gating_distribution = tf.nn.softmax(
         tf.reshape(gate_activations, [-1, num_mixtures + 1]))
@@ -71,12 +73,12 @@ class MoeModel(models.BaseModel):
 
     if prob_gating:
       gating_input = probabilities if prob_gating_input == "prob" else model_input
-      gating_weights = fp16_layers.as_float32(fp16_layers.model_variable(
+      gating_weights = fp16_layers.model_variable(
           "gating_prob_weights", [int(gating_input.shape[-1]), vocab_size], dtype=kernel_dtype,
-          initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vocab_size))))
-      gates = tf.matmul(gating_input, gating_weights)
+          initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vocab_size)))
+      gates = fp16_layers.matmul(gating_input, gating_weights, compute_dtype)
       if remove_diag and prob_gating_input == "prob":
-        gates -= probabilities * tf.linalg.diag_part(gating_weights)
+        gates -= probabilities * fp16_layers.as_float32(tf.linalg.diag_part(gating_weights))
       gates = fp16_layers.batch_norm(gates, is_training=is_training, scope="gating_prob_bn")
       probabilities = tf.multiply(probabilities, tf.sigmoid(gates))
     return {"predictions": probabilities}
