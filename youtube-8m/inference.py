@@ -11,13 +11,11 @@ model files and model_flags.json (at the archive root) into a submission tgz.
 """
 
 import contextlib
-import gzip
 import os
 import shutil
 import tarfile
 import tempfile
 import time
-import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -89,15 +87,9 @@ def extracted_model_tgz(tgz_path, untar_model_dir):
   os.makedirs(untar_model_dir, exist_ok=True)
   directory = tempfile.mkdtemp(prefix="model-", dir=untar_model_dir)
   try:
-    try:
-      with tarfile.open(storage.stage_file(tgz_path), mode="r:gz") as archive:
-        archive.extractall(directory, filter="data")  # refuses members outside directory
-        # To the end: gzip's length and CRC check also catches a tgz cut after its last file.
-        while archive.fileobj.read(1 << 20):
-          pass
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
-      raise ValueError("--input_model_tgz %s is truncated or not a tgz: %s"
-                       % (tgz_path, utils.one_line(str(error))))
+    with open(storage.stage_file(tgz_path), "rb") as handle, utils.reading_tgz(
+        "--input_model_tgz " + tgz_path, handle) as archive:
+      archive.extractall(directory, filter="data")  # refuses members outside directory
     model_dirs = [root for root, _, names in os.walk(directory)
                   if utils.MODEL_FLAGS_FILE in names]
     if not model_dirs:
@@ -175,8 +167,11 @@ def import_model(prefix, batch, num_classes):
 
 def predict(train_dir, model_name, files, output_file):
   model_flags = utils.read_model_flags(train_dir)
-  feature_names, feature_sizes = utils.parse_feature_flags(model_flags["feature_names"],
-                                                           model_flags["feature_sizes"])
+  try:
+    feature_names, feature_sizes = utils.parse_feature_flags(model_flags["feature_names"],
+                                                             model_flags["feature_sizes"])
+  except ValueError as error:
+    raise ValueError("%s: %s" % (utils.model_flags_path(train_dir), error))
   num_classes = model_flags.get("num_classes", dataset_layout.NUM_CLASSES)
   reader = readers.make_reader(model_flags["frame_features"], feature_names, feature_sizes,
                                num_classes)

@@ -1,7 +1,11 @@
 """Small helpers shared by the command-line tools: model_flags.json, atomic writes, logging."""
 
+import contextlib
+import gzip
 import json
 import os
+import tarfile
+import zlib
 
 import tensorflow as tf
 from absl import app
@@ -108,6 +112,20 @@ def write_model_flags(train_dir, model_flags):
   storage.makedirs(train_dir)
   write_atomically(model_flags_path(train_dir), json.dumps(model_flags, indent=1,
                                                            sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def reading_tgz(tgz_path, fileobj):
+  """The tarfile of the gzip tar fileobj (the contents of tgz_path) for the block, then read to
+  its end: gzip's length and CRC check also catch a tgz cut after its last member. Truncated
+  or corrupt: ValueError naming tgz_path."""
+  try:
+    with tarfile.open(fileobj=fileobj, mode="r:gz") as archive:
+      yield archive
+      while archive.fileobj.read(1 << 20):
+        pass
+  except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+    raise ValueError("%s is truncated or not a tgz: %s" % (tgz_path, one_line(str(error))))
 
 
 def one_line(message):
