@@ -7,7 +7,6 @@ error naming its file and record index (``input_error_message``).
 """
 
 import os
-import re
 
 import numpy as np
 import tensorflow as tf
@@ -99,8 +98,7 @@ def input_error_message(error, files):
   marker = "assertion failed: ["
   if marker in text:
     text = text.split(marker, 1)[1].split("\n")[0].rsplit("]", 1)[0].replace("\\'", "'")
-  # An error raised by _StagedFiles (a py_func) comes as "<ExceptionClass>: ...".
-  return re.sub(r"^\w*Error: ", "", utils.one_line(text))
+  return utils.one_line(text)
 
 
 def find_video(files, video_id):

@@ -4,6 +4,7 @@ import contextlib
 import gzip
 import json
 import os
+import re
 import tarfile
 import zlib
 
@@ -131,7 +132,7 @@ def reading_tgz(tgz_path, fileobj):
 def one_line(message):
   """A TensorFlow or Python error message as one line: without TensorFlow's "Graph execution
   error:" header, its "Detected at node ... Node: '...'" stack and [[node]] trailers, and
-  without a Python traceback embedded by a py_func."""
+  without the exception class and traceback of an error raised in a py_func."""
   lines, in_stack = [], False
   for line in message.splitlines():
     line = line.strip()
@@ -144,7 +145,9 @@ def one_line(message):
     elif line and not in_stack and line != "Graph execution error:" and not line.startswith(
         "[["):
       lines.append(line)
-  return " ".join(lines)
+  # An exception raised in a py_func (e.g. by the readers' file generator) comes as
+  # "<ExceptionClass>: <message>".
+  return re.sub(r"^\w*Error: ", "", " ".join(lines))
 
 
 def tool_main(main_function):
