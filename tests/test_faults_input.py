@@ -378,19 +378,23 @@ def test_hand_edited_model_flags_json_in_every_tool(model, tiny_data, tmp_path, 
 
 def test_gcs_shard_refused_mid_run_is_one_line(model, gcs_bucket, gcs_emulator, tmp_path):
   """A shard whose download fails for good once the run has started (a 403 through the fault
-  proxy; retried faults are test_storage.py's): one line naming the gs:// shard, no CSV."""
+  proxy; retried faults are test_storage.py's): inference and training stop with one line
+  naming the gs:// shard; no CSV."""
   for index in range(2):
     local = write_records(str(tmp_path / ("test%02d.tfrecord" % index)),
                           good_videos(3, 3 * index))
     storage.copy(local, "%s/data/test%02d.tfrecord" % (gcs_bucket, index))
+  pattern = "%s/data/test*.tfrecord" % gcs_bucket
   (tmp_path / "out").mkdir()
-  output = str(tmp_path / "out" / "sub.csv")
-  with FaultProxy(gcs_emulator.host) as proxy:
-    proxy.fail("403", 10, when="test01.tfrecord?alt=media")
-    result = run_cli("inference", "--train_dir=" + model["dir"],
-                     "--input_data_pattern=%s/data/test*.tfrecord" % gcs_bucket,
-                     "--output_file=" + output, "--batch_size=2", check=False,
-                     env={"STORAGE_EMULATOR_HOST": proxy.host,
-                          "YT8M_STORAGE_CACHE": str(tmp_path / "cache")})
-  one_error(result, "%s/data/test01.tfrecord" % gcs_bucket)
+  runs = {"inference": ["--train_dir=" + model["dir"], "--input_data_pattern=" + pattern,
+                        "--output_file=" + str(tmp_path / "out" / "sub.csv")],
+          "train": ["--train_data_pattern=" + pattern, "--num_epochs=1",
+                    "--train_dir=" + str(tmp_path / "train")] + MODEL_FLAGS}
+  for tool, args in runs.items():
+    with FaultProxy(gcs_emulator.host) as proxy:
+      proxy.fail("403", 10, when="test01.tfrecord?alt=media")
+      result = run_cli(tool, "--batch_size=2", *args, check=False,
+                       env={"STORAGE_EMULATOR_HOST": proxy.host,
+                            "YT8M_STORAGE_CACHE": str(tmp_path / ("cache_" + tool))})
+    one_error(result, "download %s/data/test01.tfrecord failed: Forbidden" % gcs_bucket)
   assert os.listdir(str(tmp_path / "out")) == []
