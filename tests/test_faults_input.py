@@ -338,19 +338,31 @@ def test_meta_graph_that_does_not_match_the_checkpoint(model, tiny_data, tmp_pat
   assert not os.path.exists(output)
 
 
-@pytest.mark.parametrize("edit,message", [
-    (lambda text: text[:40], "is not valid JSON"),
-    (lambda text: json.dumps(dict(json.loads(text), netvlad_cluster_size=4)),
-     "netvlad_cluster_size is 4, expected a list of integers"),
-    (lambda text: json.dumps({k: v for k, v in json.loads(text).items()
-                              if k != "feature_sizes"}), "lacks feature_sizes"),
+@pytest.mark.parametrize("text,message", [
+    ('{"feature_names": "rgb,audio", "feature_sizes": "1024,1', "is not valid JSON"),
+    ("[]", "holds a JSON list, expected an object of model flags"),
+    ('{"feature_names": "rgb,audio", "frame_features": true}', "lacks feature_sizes"),
+    ('{"feature_names": "rgb,audio", "feature_sizes": "1024,128", "frame_features": 1}',
+     "frame_features is 1, expected true or false"),
+    ('{"feature_names": "rgb,audio", "feature_sizes": "1024,128", "frame_features": true, '
+     '"num_classes": true}', "num_classes is true, expected an integer"),
+    ('{"feature_names": "rgb,audio", "feature_sizes": "1024,128", "frame_features": true, '
+     '"ensemble_wts": [0.5, "x"]}', 'ensemble_wts is [0.5, "x"], expected a list of numbers'),
 ])
-def test_hand_edited_model_flags_json_in_every_tool(model, tiny_data, tmp_path, edit, message):
+def test_read_model_flags_names_the_key_at_fault(tmp_path, text, message):
+  (tmp_path / "model_flags.json").write_text(text)
+  with pytest.raises(ValueError) as error:
+    yt8m("utils").read_model_flags(str(tmp_path))
+  assert str(tmp_path / "model_flags.json") in str(error.value) and message in str(error.value)
+
+
+def test_hand_edited_model_flags_json_in_every_tool(model, tiny_data, tmp_path):
+  """One check where the file is read: every tool reading it stops with the same line."""
   train_dir = str(tmp_path / "edited")
   shutil.copytree(model["dir"], train_dir)
   path = os.path.join(train_dir, "model_flags.json")
   text = open(path).read()
-  open(path, "w").write(edit(text))
+  open(path, "w").write(json.dumps(dict(json.loads(text), netvlad_cluster_size=4)))
   before = sorted(os.listdir(train_dir))
   runs = {
       "eval": ["--train_dir=" + train_dir, "--run_once", "--noeval_holdout_only",
@@ -366,7 +378,8 @@ def test_hand_edited_model_flags_json_in_every_tool(model, tiny_data, tmp_path, 
                     "--input_data_pattern=" + tiny_data["test_pattern"]],
   }
   for tool, args in runs.items():
-    one_error(run_cli(tool, *args, check=False), path, message)
+    one_error(run_cli(tool, *args, check=False), path,
+              "netvlad_cluster_size is 4, expected a list of integers")
   assert sorted(os.listdir(train_dir)) == before
   assert not [name for name in os.listdir(str(tmp_path)) if name not in ("edited",)]
 
