@@ -220,7 +220,7 @@ def errors_naming(shown, local, separator="/"):
     if local == shown:
       raise
     text = str(error).replace(local + os.sep, shown + separator).replace(local, shown)
-    raise type(error)(text) from None
+    raise (ValueError if isinstance(error, ValueError) else IOError)(text) from None
 
 
 def run():
