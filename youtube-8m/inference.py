@@ -130,9 +130,10 @@ def write_model_tgz(output_tgz, prefix, files):
   logging.info("Wrote %s", output_tgz)
 
 
-def import_model(prefix, batch, num_classes):
+def import_model(prefix, batch, num_classes=None):
   """(saver, predictions) of the meta graph prefix.meta imported onto the reader's tensors
-  (no feed copies), checked against the reader and the checkpoint prefix."""
+  (no feed copies), checked against the reader, num_classes (if known) and the checkpoint
+  prefix."""
   meta_graph_def = tf1.MetaGraphDef()
   try:
     meta_graph_def.ParseFromString(storage.read_bytes(prefix + ".meta"))
@@ -154,7 +155,7 @@ def import_model(prefix, batch, num_classes):
   if not saver or not predictions:
     raise ValueError("The inference meta graph %s.meta has no %s" % (
         prefix, "variables" if not saver else "'predictions' collection"))
-  if predictions[0].shape[-1] != num_classes:
+  if num_classes and predictions[0].shape[-1] != num_classes:
     raise ValueError("%s.meta predicts %s classes, model_flags.json says num_classes=%d"
                      % (prefix, predictions[0].shape[-1], num_classes))
   try:
@@ -172,9 +173,9 @@ def predict(train_dir, model_name, files, output_file):
                                                              model_flags["feature_sizes"])
   except ValueError as error:
     raise ValueError("%s: %s" % (utils.model_flags_path(train_dir), error))
-  num_classes = model_flags.get("num_classes", dataset_layout.NUM_CLASSES)
+  num_classes = model_flags.get("num_classes")  # not in the original's json
   reader = readers.make_reader(model_flags["frame_features"], feature_names, feature_sizes,
-                               num_classes)
+                               num_classes or dataset_layout.NUM_CLASSES)
   prefix, _ = model_files(train_dir, model_name)
 
   graph = tf.Graph()
