@@ -12,7 +12,9 @@ temporary name and renamed when complete. --output_model_tgz packs the
 model files and model_flags.json (at the archive root) into a submission tgz.
 """
 
+import contextlib
 import os
+import shutil
 import tarfile
 import tempfile
 import time
@@ -21,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 from absl import app
 from absl import logging
+from google.protobuf import message
 
 from . import checkpoint_utils
 from . import dataset_layout
@@ -64,26 +67,42 @@ def format_row(video_id, scores, top_k):
   top = np.argpartition(scores, -top_k)[-top_k:]
   top = top[np.argsort(-scores[top], kind="stable")]
   pairs = " ".join("%i %g" % (label, scores[label]) for label in top)
-  if isinstance(video_id, bytes):
-    video_id = video_id.decode("utf-8")
   return "%s,%s\n" % (video_id, pairs)
 
 
-def extract_model_tgz(tgz_path, untar_model_dir):
-  """Extracts the tgz into a fresh subdirectory; returns the directory of the model files."""
+def csv_video_id(video_id, files):
+  """The bytes video_id as CSV text; InputDataError naming its record if it is not UTF-8 or
+  holds a comma or a line break."""
+  try:
+    text = video_id.decode("utf-8")
+    if not any(separator in text for separator in ",\r\n"):
+      return text
+    problem = "holds a comma or a line break"
+  except UnicodeDecodeError:
+    problem = "is not UTF-8"
+  raise readers.InputDataError("%s: video id %r %s" % (
+      readers.find_video(files, video_id) or "--input_data_pattern", video_id, problem))
+
+
+@contextlib.contextmanager
+def extracted_model_tgz(tgz_path, untar_model_dir):
+  """The directory of the model files of the tgz, extracted into a fresh subdirectory of
+  untar_model_dir that is removed afterwards."""
   if not storage.exists(tgz_path):
     raise IOError("--input_model_tgz: %s does not exist" % tgz_path)
   os.makedirs(untar_model_dir, exist_ok=True)
   directory = tempfile.mkdtemp(prefix="model-", dir=untar_model_dir)
   try:
-    with tarfile.open(storage.stage_file(tgz_path), mode="r:*") as archive:
+    with open(storage.stage_file(tgz_path), "rb") as handle, utils.reading_tgz(
+        "--input_model_tgz " + tgz_path, handle) as archive:
       archive.extractall(directory, filter="data")  # refuses members outside directory
-  except tarfile.TarError as error:
-    raise ValueError("--input_model_tgz %s is not a readable tgz: %s" % (tgz_path, error))
-  for root, _, names in os.walk(directory):
-    if utils.MODEL_FLAGS_FILE in names:
-      return root
-  raise IOError("--input_model_tgz %s holds no %s" % (tgz_path, utils.MODEL_FLAGS_FILE))
+    model_dirs = [root for root, _, names in os.walk(directory)
+                  if utils.MODEL_FLAGS_FILE in names]
+    if not model_dirs:
+      raise IOError("--input_model_tgz %s holds no %s" % (tgz_path, utils.MODEL_FLAGS_FILE))
+    yield model_dirs[0]
+  finally:
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def model_files(train_dir, model_name):
@@ -135,15 +154,53 @@ def rebuild_model(train_dir, prefix, batch, compute_dtype):
   return tf1.train.Saver(tf1.global_variables()), predictions
 
 
+def import_model(prefix, batch, num_classes=None):
+  """(saver, predictions) of the meta graph prefix.meta imported onto the reader's tensors
+  (no feed copies), checked against the reader, num_classes (if known) and the checkpoint
+  prefix."""
+  meta_graph_def = tf1.MetaGraphDef()
+  try:
+    meta_graph_def.ParseFromString(storage.read_bytes(prefix + ".meta"))
+  except message.DecodeError as error:
+    raise ValueError("%s.meta is not a meta graph (truncated or corrupt?): %s" % (prefix, error))
+  input_map = {}
+  for key, tensor in (("input_batch_raw", batch["video_matrix"]),
+                      ("num_frames", batch["num_frames"])):
+    names = meta_graph_def.collection_def[key].node_list.value
+    if not names:
+      raise ValueError("The inference meta graph %s.meta has no %r collection" % (prefix, key))
+    input_map[names[0]] = tensor
+  try:
+    saver = tf1.train.import_meta_graph(meta_graph_def, clear_devices=True, input_map=input_map)
+  except ValueError as error:  # e.g. another input shape than the reader's
+    raise ValueError("%s.meta does not fit the input of model_flags.json: %s"
+                     % (prefix, utils.one_line(str(error))))
+  predictions = tf1.get_collection("predictions")
+  if not saver or not predictions:
+    raise ValueError("The inference meta graph %s.meta has no %s" % (
+        prefix, "variables" if not saver else "'predictions' collection"))
+  if num_classes and predictions[0].shape[-1] != num_classes:
+    raise ValueError("%s.meta predicts %s classes, model_flags.json says num_classes=%d"
+                     % (prefix, predictions[0].shape[-1], num_classes))
+  try:
+    checkpoint_utils.check_matches_graph(prefix, tf1.global_variables(),
+                                         "of %s.meta" % prefix)
+  except tf.errors.OpError as error:
+    raise ValueError("Cannot read the checkpoint %s: %s" % (prefix, utils.one_line(error.message)))
+  return saver, predictions[0]
+
+
 def predict(train_dir, model_name, files, output_file):
   model_flags = utils.read_model_flags(train_dir)
-  feature_names, feature_sizes = utils.parse_feature_flags(model_flags["feature_names"],
-                                                           model_flags["feature_sizes"])
+  try:
+    feature_names, feature_sizes = utils.parse_feature_flags(model_flags["feature_names"],
+                                                             model_flags["feature_sizes"])
+  except ValueError as error:
+    raise ValueError("%s: %s" % (utils.model_flags_path(train_dir), error))
+  num_classes = model_flags.get("num_classes")  # not in the original's json
   reader = readers.make_reader(model_flags["frame_features"], feature_names, feature_sizes,
-                               model_flags.get("num_classes", dataset_layout.NUM_CLASSES))
+                               num_classes or dataset_layout.NUM_CLASSES)
   prefix, _ = model_files(train_dir, model_name)
-  meta_graph_def = tf1.MetaGraphDef()
-  meta_graph_def.ParseFromString(storage.read_bytes(prefix + ".meta"))
 
   graph = tf.Graph()
   with graph.as_default():
@@ -157,37 +214,47 @@ def predict(train_dir, model_name, files, output_file):
       if video_matrix.dtype == tf.uint8:  # the float32 features the (original's) graph takes
         video_matrix = model_utils.dequantize_frames(
             video_matrix, tf.sequence_mask(batch["num_frames"], tf.shape(video_matrix)[1]))
-      # The model reads the reader's tensors directly (no feed copies).
-      input_map = {}
-      for key, tensor in (("input_batch_raw", video_matrix),
-                          ("num_frames", batch["num_frames"])):
-        names = meta_graph_def.collection_def[key].node_list.value
-        if not names:
-          raise ValueError("The inference meta graph has no %r collection" % key)
-        input_map[names[0]] = tensor
-      saver = tf1.train.import_meta_graph(meta_graph_def, clear_devices=True,
-                                          input_map=input_map)
-      predictions = tf1.get_collection("predictions")[0]
+      saver, predictions = import_model(
+          prefix, {"video_matrix": video_matrix, "num_frames": batch["num_frames"]}, num_classes)
 
   count = 0
   start = time.time()
   progress = progress_lib.input_progress("inference", files)
   with storage.local_output(output_file) as tmp_output:
     with tf1.Session(graph=graph) as sess, open(tmp_output, "w") as out:
-      saver.restore(sess, prefix)
+      try:
+        saver.restore(sess, prefix)
+      except tf.errors.OpError as error:
+        raise ValueError("Cannot restore the inference model %s: %s"
+                         % (prefix, utils.one_line(error.message)))
       sess.run([tf1.local_variables_initializer(), iterator.initializer])
       out.write(CSV_HEADER)
       fetches = {"video_ids": batch["video_id"], "scores": predictions}
       for result in readers.run_batches(sess, fetches, files, progress, count_key="video_ids"):
         video_ids, scores = result["video_ids"], result["scores"]
-        out.write("".join(format_row(video_id, row, FLAGS.top_k)
+        out.write("".join(format_row(csv_video_id(video_id, files), row, FLAGS.top_k)
                           for video_id, row in zip(video_ids, scores)))
         count += len(video_ids)
         elapsed = time.time() - start
         logging.info("num examples processed: %d elapsed seconds: %.2f (%.1f videos/sec)",
                      count, elapsed, count / max(elapsed, 1e-9))
+      if not count:
+        raise IOError("--input_data_pattern: the %d file(s) hold no videos" % len(files))
   logging.info("Wrote %d predictions to %s", count, output_file)
   return count
+
+
+@contextlib.contextmanager
+def errors_naming(shown, local, separator="/"):
+  """Errors of the block that name the directory local (a temporary copy) or files in it name
+  shown (+ separator + file name) instead."""
+  try:
+    yield
+  except (ValueError, IOError) as error:
+    if local == shown:
+      raise
+    text = str(error).replace(local + os.sep, shown + separator).replace(local, shown)
+    raise (ValueError if isinstance(error, ValueError) else IOError)(text) from None
 
 
 def run():
@@ -197,23 +264,31 @@ def run():
     raise ValueError("--input_data_pattern is required")
   if FLAGS.top_k < 1 or FLAGS.batch_size < 1 or FLAGS.num_readers < 1:
     raise ValueError("--top_k, --batch_size and --num_readers must be >= 1")
+  files = readers.glob_files(FLAGS.input_data_pattern, "input_data_pattern")
   if FLAGS.input_model_tgz:
     if FLAGS.train_dir:
       raise ValueError("--train_dir must be empty when --input_model_tgz is given (got %r)"
                        % FLAGS.train_dir)
-    train_dir = extract_model_tgz(FLAGS.input_model_tgz, FLAGS.untar_model_dir)
+    with extracted_model_tgz(FLAGS.input_model_tgz, FLAGS.untar_model_dir) as train_dir:
+      with errors_naming(FLAGS.input_model_tgz, train_dir, separator=":"):
+        return predict_and_pack(train_dir, files)
   elif FLAGS.train_dir:
     synced = staging.SyncedDir(FLAGS.train_dir)  # TF restores from local files
     synced.pull([FLAGS.inference_model_file + ".*", utils.MODEL_FLAGS_FILE])
-    train_dir = synced.local
+    with errors_naming(FLAGS.train_dir, synced.local):
+      return predict_and_pack(synced.local, files)
   else:
     raise ValueError("Give --train_dir or --input_model_tgz")
-  files = readers.glob_files(FLAGS.input_data_pattern, "input_data_pattern")
-  prefix, checkpoint_files = model_files(train_dir, FLAGS.inference_model_file)
+
+
+def predict_and_pack(train_dir, files):
+  """The CSV, then (a model that worked) the tgz."""
+  count = predict(train_dir, FLAGS.inference_model_file, files, FLAGS.output_file)
   if FLAGS.output_model_tgz:
+    prefix, checkpoint_files = model_files(train_dir, FLAGS.inference_model_file)
     write_model_tgz(FLAGS.output_model_tgz, prefix,
                     checkpoint_files + [utils.model_flags_path(train_dir)])
-  return predict(train_dir, FLAGS.inference_model_file, files, FLAGS.output_file)
+  return count
 
 
 @utils.tool_main

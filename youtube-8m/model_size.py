@@ -12,7 +12,6 @@ tensor as float32, and "FITS" or "DOES NOT FIT" --limit_bytes (exit status 1 the
 
 import json
 import os
-import tarfile
 import tempfile
 
 import numpy as np
@@ -53,8 +52,8 @@ def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFA
     if model_tgz:
       report["tgz_bytes"] = storage.size(model_tgz)
       # A gs:// tgz is downloaded (into memory when small, else a temporary file).
-      with storage.open(model_tgz, "rb") as handle, tarfile.open(
-          fileobj=handle, mode="r:*") as archive:
+      with storage.open(model_tgz, "rb") as handle, utils.reading_tgz(
+          model_tgz, handle) as archive:
         members = {os.path.basename(m.name): m for m in archive.getmembers()
                    if m.isfile() and _is_model_file(os.path.basename(m.name), model_name)}
         if index_name not in members:
@@ -79,7 +78,11 @@ def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFA
     if utils.MODEL_FLAGS_FILE not in files:
       logging.warning("%s has no %s (a submission needs it)", report["source"],
                       utils.MODEL_FLAGS_FILE)
-    reader = tf.train.load_checkpoint(index_file[:-len(".index")])
+    try:
+      reader = tf.train.load_checkpoint(index_file[:-len(".index")])
+    except tf.errors.OpError as error:  # e.g. a truncated .index
+      raise ValueError("%s in %s is not readable: %s" % (index_name, report["source"],
+                                                         utils.one_line(error.message)))
     dtypes = reader.get_variable_to_dtype_map()
     counts = {name: int(np.prod(shape, dtype=np.int64))
               for name, shape in reader.get_variable_to_shape_map().items()}

@@ -77,7 +77,7 @@ class Progress(object):
       self._log(self.line())
 
 
-def _scan_records(f, limit=None):
+def scan_records(f, limit=None):
   """(records, bytes they use) of an open TFRecord file from its headers (uint64 length,
   uint32 crc, data, uint32 crc), counting only records that end within `limit` bytes."""
   count, offset = 0, 0
@@ -100,7 +100,7 @@ def _estimate_gcs(paths):
   total_bytes = sum(sizes) * len(paths) / float(len(sample))
   with storage.open(sample[0], "rb") as f:
     data = f.read(_SAMPLE_BYTES)
-  count, used = _scan_records(io.BytesIO(data), limit=len(data))
+  count, used = scan_records(io.BytesIO(data), limit=len(data))
   if count == 0:
     return None
   return int(round(total_bytes / (used / float(count))))
@@ -114,7 +114,7 @@ def count_records(files):
     total = 0
     for path in local:
       with open(path, "rb") as f:
-        total += _scan_records(f)[0]
+        total += scan_records(f)[0]
     if not remote:
       return total, True
     estimate = _estimate_gcs(remote)

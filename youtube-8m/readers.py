@@ -8,13 +8,17 @@ float32 [sum(feature_sizes)]. A malformed record fails with an error naming its 
 record index (``input_error_message``).
 """
 
+import os
+
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
 from . import dataset_layout
+from . import progress as progress_lib
 from . import staging
 from . import storage
+from . import utils
 
 tf1 = tf.compat.v1
 
@@ -79,7 +83,7 @@ def eval_files(eval_data_pattern, holdout_only=True, flag_name="eval_data_patter
 
 
 def input_error_message(error, files):
-  """A message naming the file and record of a tf.errors.OpError raised by a reader dataset."""
+  """One line naming the file and record of a tf.errors.OpError raised by a reader dataset."""
   if isinstance(error, tf.errors.DataLossError):  # find the first record of broken framing
     for path in files:
       index = 0
@@ -87,13 +91,27 @@ def input_error_message(error, files):
         for _ in tf1.io.tf_record_iterator(storage.stage_file(path)):
           index += 1
       except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as corrupt:
+        if "truncated record" in corrupt.message:
+          return "%s: record %d: truncated TFRecord file (it ends inside this record)" % (
+              path, index)
         return "%s: record %d: corrupted TFRecord (%s)" % (path, index, corrupt.message)
   text = error.message
   # Assertion messages of the validation ops already start with "<file>: record <i>: ...".
   marker = "assertion failed: ["
   if marker in text:
     text = text.split(marker, 1)[1].split("\n")[0].rsplit("]", 1)[0].replace("\\'", "'")
-  return text
+  return utils.one_line(text)
+
+
+def find_video(files, video_id):
+  """'<file>: record <i>' of the first record whose id is video_id (bytes), or None."""
+  for path in files:
+    for index, record in enumerate(tf1.io.tf_record_iterator(storage.stage_file(path))):
+      # A SequenceExample's context and an Example's features are both field 1 (Features).
+      if video_id in record and tf.train.Example.FromString(record).features.feature[
+          "id"].bytes_list.value == [video_id]:
+        return "%s: record %d" % (path, index)
+  return None
 
 
 def one_pass(reader, files, batch_size, num_readers, scope):
@@ -116,7 +134,8 @@ def run_batches(sess, fetches, files, progress, limit=0, count_key="labels"):
         result = sess.run(fetches)
       except tf.errors.OutOfRangeError:
         return
-      except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
+      except (tf.errors.InvalidArgumentError, tf.errors.DataLossError,
+              tf.errors.UnknownError) as error:  # Unknown: raised in _StagedFiles
         raise InputDataError(input_error_message(error, files))
       count = len(result[count_key])
       if limit and done + count > limit:
@@ -136,6 +155,15 @@ def _record_origin(filename, index):
 def _check(condition, message_parts):
   """An assertion whose message is the joined string of message_parts."""
   return tf.debugging.Assert(condition, [tf.strings.join(message_parts)])
+
+
+def _video_id(ids, origin):
+  """The one value of a record's `id` feature (parsed as a VarLenFeature), checked."""
+  count = tf.size(ids.values)
+  check = _check(tf.equal(count, 1), [origin, ": ", tf.strings.as_string(count),
+                                      " values of feature 'id', expected 1"])
+  with tf.control_dependencies([check]):
+    return tf.reshape(ids.values[:1], [])
 
 
 def _dense_labels(labels, num_classes, origin):
@@ -226,7 +254,7 @@ class YT8MFrameFeatureReader(BaseReader):
     origin = _record_origin(filename, index)
     context, sequences = tf.io.parse_single_sequence_example(
         serialized,
-        context_features={"id": tf.io.FixedLenFeature([], tf.string),
+        context_features={"id": tf.io.VarLenFeature(tf.string),
                           "labels": tf.io.VarLenFeature(tf.int64)},
         sequence_features={name: tf.io.FixedLenSequenceFeature([], dtype=tf.string)
                            for name in self.feature_names},
@@ -247,7 +275,7 @@ class YT8MFrameFeatureReader(BaseReader):
     num_frames = tf.minimum(frame_counts[0], self.max_frames)
     video = tf.pad(video, [[0, self.max_frames - num_frames], [0, 0]])
     video.set_shape([self.max_frames, self.feature_dim])
-    return {"video_id": context["id"],
+    return {"video_id": _video_id(context["id"], origin),
             "video_matrix": video,
             "labels": _dense_labels(context["labels"].values, self.num_classes, origin),
             "num_frames": tf.cast(num_frames, tf.int32)}
@@ -263,14 +291,14 @@ class YT8MAggregatedFeatureReader(BaseReader):
 
   def parse(self, filename, index, serialized):
     origin = _record_origin(filename, index)
-    spec = {"id": tf.io.FixedLenFeature([], tf.string),
+    spec = {"id": tf.io.VarLenFeature(tf.string),
             "labels": tf.io.VarLenFeature(tf.int64)}
     for name, size in zip(self.feature_names, self.feature_sizes):
       spec[name] = tf.io.FixedLenFeature([size], tf.float32)
     example = tf.io.parse_single_example(serialized, spec, example_names=origin)
     video = tf.concat([example[name] for name in self.feature_names], 0)
     video.set_shape([self.feature_dim])
-    return {"video_id": example["id"],
+    return {"video_id": _video_id(example["id"], origin),
             "video_matrix": video,
             "labels": _dense_labels(example["labels"].values, self.num_classes, origin),
             "num_frames": tf.constant(1, tf.int32)}
@@ -304,12 +332,34 @@ class _StagedFiles(object):
       epoch_files = [self.files[i] for i in order]
       stager = staging.ShardStager(epoch_files, prefetch=self.prefetch, keep_yielded=self.keep)
       for name, local in zip(epoch_files, stager):
+        if epoch == 0:
+          _check_file_end(local, name)
         handed_out += 1
         while self.open_stagers and handed_out - self.open_stagers[0][1] >= self.keep:
           self.open_stagers.pop(0)[0].close()  # its last shard was handed out `keep` ago
         yield local, name
       self.open_stagers.append((stager, handed_out))
       epoch += 1
+
+
+def _check_file_end(local_path, name):
+  """Warns about an empty file; raises InputDataError for a truncated one (TFRecordDataset
+  reads a file cut within a record's first 12 bytes as complete, losing it silently)."""
+  size = os.path.getsize(local_path)
+  if not size:
+    logging.warning("%s is empty (0 bytes): no videos", name)
+    return
+  with open(local_path, "rb") as f:
+    end = progress_lib.scan_records(f)[1]
+  if end != size:  # corrupted or truncated: the dataset reports it, unless TensorFlow can't
+    count = 0
+    try:
+      for _ in tf1.io.tf_record_iterator(local_path):
+        count += 1
+    except tf.errors.DataLossError:
+      return
+    raise InputDataError("%s: record %d: truncated TFRecord file (it ends inside this record)"
+                         % (name, count))
 
 
 def make_reader(frame_features, feature_names, feature_sizes,

@@ -414,8 +414,8 @@ def main(argv):
   names = list(inspect.signature(generate).parameters)[1:]  # a flag for each but output_dir
   try:
     generate(FLAGS.output_dir, **{name: FLAGS[name].value for name in names})
-  except ValueError as e:
-    raise app.UsageError(str(e))
+  except (ValueError, OSError) as e:  # a bad flag, an unwritable --output_dir: one line
+    raise SystemExit("ERROR: %s" % e)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,52 @@
 """Small helpers shared by the command-line tools: model_flags.json, atomic writes, logging."""
 
+import contextlib
+import gzip
 import json
 import os
+import re
+import tarfile
+import zlib
 
 import tensorflow as tf
 from absl import app
+from absl import flags
 from absl import logging
 
 from . import storage
 
 MODEL_FLAGS_FILE = "model_flags.json"
+
+
+def _is_int(value):
+  return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not 1 here
+
+
+def _is_number(value):
+  return _is_int(value) or isinstance(value, float)
+
+
+def _is_list_of(is_item):
+  return lambda value: isinstance(value, list) and value and all(map(is_item, value))
+
+
+# The model_flags.json values ModelConfig (model_graph.py) and the readers use, by kind:
+# checked on every read, so that a hand-edited file fails naming its key.
+_MODEL_FLAG_KINDS = (
+    ("a string", lambda value: isinstance(value, str),
+     ("model", "feature_names", "feature_sizes", "label_loss", "video_level_classifier_model",
+      "moe_prob_gating_input")),
+    ("true or false", lambda value: isinstance(value, bool),
+     ("frame_features", "float16_flag", "gating", "gating_remove_diag",
+      "netvlad_add_batch_norm", "sample_random_frames", "moe_prob_gating")),
+    ("an integer", _is_int, ("num_classes", "ensemble_num", "iterations", "moe_num_mixtures")),
+    ("a number", _is_number, ("moe_l2",)),
+    ("a list of integers", _is_list_of(_is_int),
+     ("netvlad_cluster_size", "netvlad_hidden_size")),
+    ("a list of numbers", _is_list_of(_is_number), ("ensemble_wts",)),
+    ("an object", lambda value: isinstance(value, dict), ("training",)))
+# Written by the original code as well as by this project's tools.
+_REQUIRED_MODEL_FLAGS = ("feature_names", "feature_sizes", "frame_features")
 
 
 def parse_feature_flags(feature_names, feature_sizes):
@@ -50,9 +87,26 @@ def read_model_flags(train_dir, required=True):
                     % path)
     return None
   try:
-    return json.loads(storage.read_text(path))
-  except ValueError as error:
+    model_flags = json.loads(storage.read_text(path))
+  except ValueError as error:  # UnicodeDecodeError included
     raise ValueError("%s is not valid JSON: %s" % (path, error))
+  _check_model_flags(path, model_flags)
+  return model_flags
+
+
+def _check_model_flags(path, model_flags):
+  """Raises ValueError naming path and the key of a missing or mistyped value."""
+  if not isinstance(model_flags, dict):
+    raise ValueError("%s holds a JSON %s, expected an object of model flags"
+                     % (path, type(model_flags).__name__))
+  missing = [key for key in _REQUIRED_MODEL_FLAGS if key not in model_flags]
+  if missing:
+    raise ValueError("%s lacks %s" % (path, ", ".join(missing)))
+  for expected, is_valid, keys in _MODEL_FLAG_KINDS:
+    for key in keys:
+      if key in model_flags and not is_valid(model_flags[key]):
+        raise ValueError("%s: %s is %s, expected %s"
+                         % (path, key, json.dumps(model_flags[key]), expected))
 
 
 def write_model_flags(train_dir, model_flags):
@@ -61,20 +115,59 @@ def write_model_flags(train_dir, model_flags):
                                                            sort_keys=True) + "\n")
 
 
+@contextlib.contextmanager
+def reading_tgz(tgz_path, fileobj):
+  """The tarfile of the gzip tar fileobj (the contents of tgz_path) for the block, then read to
+  its end: gzip's length and CRC check also catch a tgz cut after its last member. Truncated
+  or corrupt: ValueError naming tgz_path."""
+  try:
+    with tarfile.open(fileobj=fileobj, mode="r:gz") as archive:
+      yield archive
+      while archive.fileobj.read(1 << 20):
+        pass
+  except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
+    raise ValueError("%s is truncated or not a tgz: %s" % (tgz_path, one_line(str(error))))
+
+
+def one_line(message):
+  """A TensorFlow or Python error message as one line: without TensorFlow's "Graph execution
+  error:" header, its "Detected at node ... Node: '...'" stack and [[node]] trailers, and
+  without the exception class and traceback of an error raised in a py_func."""
+  lines, in_stack = [], False
+  for line in message.splitlines():
+    line = line.strip()
+    if line.startswith("Traceback (most recent call last)"):
+      break
+    if line.startswith("Detected at node"):
+      in_stack = True
+    elif in_stack and line.startswith("Node: '"):
+      in_stack = False
+    elif line and not in_stack and line != "Graph execution error:" and not line.startswith(
+        "[["):
+      lines.append(line)
+  # An exception raised in a py_func (e.g. by the readers' file generator) comes as
+  # "<ExceptionClass>: <message>".
+  return re.sub(r"^\w*Error: ", "", " ".join(lines))
+
+
 def tool_main(main_function):
   """Wraps a command-line tool's main: positional arguments refused, graph mode
-  (tf.compat.v1), INFO logging, and expected input errors printed as one clear line with
-  exit status 1 (no traceback)."""
+  (tf.compat.v1), INFO logging, and expected input errors and TensorFlow runtime errors
+  printed as one clear line with exit status 1 (the traceback at --verbosity=1)."""
 
   def wrapped(argv):
     if len(argv) > 1:
       raise app.UsageError("unexpected positional arguments: %s" % " ".join(argv[1:]))
     tf.compat.v1.disable_eager_execution()
-    logging.set_verbosity(logging.INFO)
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.INFO)
     try:
       return main_function(argv)
-    except (ValueError, IOError, OSError, KeyError) as error:  # StorageError is an OSError
-      logging.error("%s", error)
-      raise SystemExit("ERROR: %s" % (error,))
+    # StorageError is an OSError; tf.errors.OpError: e.g. a checkpoint that fails to restore.
+    except (ValueError, IOError, OSError, KeyError, tf.errors.OpError) as error:
+      logging.debug("%s", error, exc_info=True)
+      message = one_line(error.message if isinstance(error, tf.errors.OpError) else str(error))
+      logging.error("%s", message)
+      raise SystemExit("ERROR: %s" % message)
 
   return wrapped
