@@ -221,7 +221,8 @@ def evaluate():
       with checkpoint_utils.local_copy(prefix) as local_prefix:
         checkpoint_utils.check_matches_graph(local_prefix, graph_vars, config.describe(),
                                              name=prefix)
-        saver.restore(sess, local_prefix)
+        with checkpoint_utils.reading(prefix, local_prefix):
+          saver.restore(sess, local_prefix)
       step_label = os.path.basename(prefix).rsplit("-", 1)[-1].rsplit("_", 1)[-1]
       logging.info("Restored %s (global step %s)", prefix, step_label)
       name = inference_checkpoint_name(requested, prefix, config)

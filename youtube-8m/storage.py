@@ -463,22 +463,78 @@ def stage_file(path, cache_dir=None):
   return local
 
 
+def temp_name(name):
+  """'.<name>.tmp-<pid>-<random>': a hidden temporary name for name that carries this
+  process's id, so that remove_orphans can tell a live write from a killed one."""
+  return ".%s.tmp-%d-%s" % (name[:100], os.getpid(), os.urandom(4).hex())
+
+
+def _running(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # e.g. EPERM: another user's process
+    pass
+  return True
+
+
+def remove_orphans(directory, name):
+  """Removes the files and directories temp_name(name) named in a local directory for a
+  process no longer running on this machine (what a kill -9 mid-write leaves)."""
+  stem = ".%s.tmp-" % name[:100]
+  try:
+    entries = [entry for entry in os.listdir(directory) if entry.startswith(stem)]
+  except OSError:
+    return
+  for entry in entries:
+    pid = entry[len(stem):].split("-", 1)[0]
+    if pid.isdigit() and not _running(int(pid)):
+      path = os.path.join(directory, entry)
+      logging.info("Removing %s, left by an interrupted write", path)
+      if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+      else:
+        with contextlib.suppress(OSError):
+          os.remove(path)
+
+
+# A full disk, a quota, no write permission, a read-only file system.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def write_error(path, error):
+  """An OSError (same errno) saying path could not be written, and why."""
+  wrapped = OSError("cannot write %s: %s" % (path, os.strerror(error.errno)))
+  wrapped.errno = error.errno
+  return wrapped
+
+
 @contextlib.contextmanager
 def local_output(path):
   """Yields a new local file (mode 0666 & ~umask, as open() makes) that becomes `path` (renamed
-  into place, or uploaded) only if the block succeeds: a failure leaves nothing there."""
+  into place, or uploaded) only if the block succeeds: a failure leaves nothing there. A
+  missing local directory is created; a full disk or a denied permission raises an OSError
+  naming path."""
   path, remote = _kind(path)
   directory = (tempfile.mkdtemp(prefix="yt8m-output-") if remote
                else os.path.dirname(os.path.abspath(path)))
-  tmp = os.path.join(directory, ".%s.tmp-%s" % (os.path.basename(path)[:100],
-                                                os.urandom(4).hex()))
-  os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+  tmp = os.path.join(directory, temp_name(os.path.basename(path)))
   try:
-    yield tmp
-    if remote:
-      upload(tmp, path)
-    else:
-      os.replace(tmp, path)
+    try:
+      if not remote:
+        os.makedirs(directory, exist_ok=True)
+        remove_orphans(directory, os.path.basename(path))
+      os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+      yield tmp
+      if remote:
+        upload(tmp, path)
+      else:
+        os.replace(tmp, path)
+    except OSError as error:
+      if error.errno not in WRITE_ERRNOS or path in str(error):
+        raise
+      raise write_error(path, error) from error
   finally:
     with contextlib.suppress(OSError):
       os.remove(tmp)
