@@ -9,8 +9,8 @@ import glob
 import os
 import re
 import resource
+import shutil
 import sys
-import tempfile
 import time
 
 from absl import logging
@@ -280,14 +280,15 @@ class LocalCopies(contextlib.ExitStack):
     return self._local[prefix]
 
 
+@contextlib.contextmanager
 def _temp_dir(name):
   """A temporary local directory under storage.default_cache_dir(), removed on exit (or by a
-  later call if this process is killed)."""
-  directory = storage.default_cache_dir()
-  os.makedirs(directory, exist_ok=True)
-  storage.remove_orphans(directory, name)
-  return tempfile.TemporaryDirectory(prefix=storage.temp_name(name), dir=directory,
-                                     ignore_cleanup_errors=True)
+  later one if this process is killed)."""
+  directory = storage.temp_dir(name, storage.default_cache_dir())
+  try:
+    yield directory
+  finally:
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def aligned_empty(shape, dtype):

@@ -25,6 +25,7 @@ from . import model_graph
 from . import progress as progress_lib
 from . import readers
 from . import staging
+from . import storage
 from . import utils
 
 tf1 = tf.compat.v1
@@ -252,7 +253,8 @@ def main(unused_argv):
     raise ValueError("--batch_size must be >= 1, got %d" % FLAGS.batch_size)
   if FLAGS.top_k < 1:
     raise ValueError("--top_k must be >= 1, got %d" % FLAGS.top_k)
-  evaluate()
+  with storage.event_file_errors():
+    evaluate()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from absl import logging
 
 GCS_SCHEME = "gs://"
 _READ_IN_MEMORY_BYTES = 64 << 20  # open(gs, 'rb') buffers up to this much in memory
+# Failed writes: a full disk, a quota, no write permission, a read-only file system.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 # Overrides of api_core Retry's initial, maximum, multiplier, timeout (1 s, 60 s, x2, 120 s).
 RETRY_OPTIONS = {}
@@ -318,7 +320,12 @@ def makedirs(path):
   if remote:
     split_gcs(path)
   elif path:
-    os.makedirs(path, exist_ok=True)
+    try:
+      os.makedirs(path, exist_ok=True)
+    except OSError as error:
+      if error.errno not in WRITE_ERRNOS:
+        raise
+      raise write_error(path, error, "create directory") from error
 
 
 def remove(path):
@@ -469,6 +476,15 @@ def temp_name(name):
   return ".%s.tmp-%d-%s" % (name[:100], os.getpid(), os.urandom(4).hex())
 
 
+def temp_dir(name, parent=None):
+  """A new directory temp_name(name) in parent (default: the system's temporary directory),
+  made after removing those of killed processes; the caller removes it."""
+  parent = parent or tempfile.gettempdir()
+  os.makedirs(parent, exist_ok=True)
+  remove_orphans(parent, name)
+  return tempfile.mkdtemp(prefix=temp_name(name), dir=parent)
+
+
 def _running(pid):
   try:
     os.kill(pid, 0)
@@ -499,13 +515,31 @@ def remove_orphans(directory, name):
           os.remove(path)
 
 
-# A full disk, a quota, no write permission, a read-only file system.
-WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+def _skip_event_thread_traceback(args):
+  """threading.excepthook: TF's EventLoggerThread logs its error (e.g. a full disk) and the
+  summary writer raises it again in the main thread, so the thread's traceback is left out."""
+  if args.thread is None or args.thread.name != "EventLoggerThread":
+    threading.__excepthook__(args)
 
 
-def write_error(path, error):
-  """An OSError (same errno) saying path could not be written, and why."""
-  wrapped = OSError("cannot write %s: %s" % (path, os.strerror(error.errno)))
+@contextlib.contextmanager
+def event_file_errors():
+  """A tf.compat.v1.summary.FileWriter's failures, which TF raises as RuntimeError naming the
+  event file, raised as one OSError."""
+  hook, threading.excepthook = threading.excepthook, _skip_event_thread_traceback
+  try:
+    yield
+  except RuntimeError as error:
+    if ".tfevents." not in str(error):
+      raise
+    raise OSError("cannot write the event file %s" % str(error).splitlines()[0]) from error
+  finally:
+    threading.excepthook = hook
+
+
+def write_error(path, error, what="write"):
+  """An OSError (same errno) saying path could not be written (created, ...), and why."""
+  wrapped = OSError("cannot %s %s: %s" % (what, path, os.strerror(error.errno)))
   wrapped.errno = error.errno
   return wrapped
 
@@ -517,14 +551,14 @@ def local_output(path):
   missing local directory is created; a full disk or a denied permission raises an OSError
   naming path."""
   path, remote = _kind(path)
-  directory = (tempfile.mkdtemp(prefix="yt8m-output-") if remote
+  directory = (temp_dir("yt8m-output") if remote
                else os.path.dirname(os.path.abspath(path)))
+  if not remote:
+    makedirs(directory)
+    remove_orphans(directory, os.path.basename(path))
   tmp = os.path.join(directory, temp_name(os.path.basename(path)))
   try:
     try:
-      if not remote:
-        os.makedirs(directory, exist_ok=True)
-        remove_orphans(directory, os.path.basename(path))
       os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
       yield tmp
       if remote:

@@ -10,6 +10,7 @@ Checkpoints ``DIR/model.ckpt-<step>`` are exported at steps 10, 10+E, 10+2E, ...
 (weights, optimizer state and global_step); a changed architecture is refused.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -467,18 +468,20 @@ def train(config, task):
                                       recovery_wait_secs=1).wait_for_session(
                                           target, config=session_config)
     try:
-      return train_loop(sess, tensors, saver, writer, task, files, stop, len(devices),
+      step = train_loop(sess, tensors, saver, writer, task, files, stop, len(devices),
                         train_dir, synced)
-    finally:
       if writer:
         writer.flush()
+      return step
+    finally:
+      if writer:
+        with contextlib.suppress(RuntimeError):  # a failed event write was raised above
+          writer.close()
       if synced:
         synced.push_new()
       if task.distributed:
         sess.run(signal_done)
       sess.close()
-      if writer:
-        writer.close()
 
 
 def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_dir, synced):
@@ -576,7 +579,8 @@ def main(unused_argv):
   check_flags()
   task = cluster_task()
   config = model_graph.config_from_flags()
-  train(config, task)
+  with storage.event_file_errors():
+    train(config, task)
 
 
 if __name__ == "__main__":
