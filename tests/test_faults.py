@@ -28,9 +28,9 @@ def one_error_line(result, returncode=1):
   return errors[0]
 
 
-def train_args(tiny_data, train_dir, *extra):
+def train_args(tiny_data, train_dir, *extra, model_flags=MODEL_FLAGS):
   return ["--train_data_pattern=" + tiny_data["train_pattern"], "--train_dir=" + train_dir,
-          "--batch_size=8", "--export_model_steps=10", "--num_epochs=100"] + MODEL_FLAGS + list(
+          "--batch_size=8", "--export_model_steps=10", "--num_epochs=100"] + model_flags + list(
               extra)
 
 
@@ -128,8 +128,8 @@ def test_kill_9_mid_checkpoint_write_then_same_command_resumes(tiny_data, tmp_pa
   soon as its hidden temporary output appears. The same commands run again resume from (or
   redo) the newest complete checkpoint, and the leftovers of the killed writes are removed."""
   train_dir = str(tmp_path / "run")
-  args = train_args(tiny_data, train_dir, "--max_steps=20", "--netvlad_cluster_size=64",
-                    "--netvlad_hidden_size=256")
+  args = train_args(tiny_data, train_dir, "--max_steps=20", model_flags=TINY_FLAGS + [
+      "--netvlad_cluster_size=64", "--netvlad_hidden_size=256"])
   with open(str(tmp_path / "train.log"), "w") as log:
     process = start_cli("train", *args, stdout=subprocess.DEVNULL, stderr=log)
     try:

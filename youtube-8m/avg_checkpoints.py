@@ -232,8 +232,8 @@ def _write_meta(meta_path, specs):
 
 def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_slots=False):
   """Averages checkpoint prefixes into '<output_prefix>.{data-00000-of-00001,index,meta}' and
-  returns a summary dict; raises AvgCheckpointsError (or storage.StorageError) before
-  writing anything."""
+  returns a summary dict; raises AvgCheckpointsError (or an IOError: an unreadable input,
+  storage) before writing anything."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   start_time = time.time()
   checkpoint_prefixes = list(checkpoint_prefixes)

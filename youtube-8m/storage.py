@@ -537,11 +537,17 @@ def event_file_errors():
     threading.excepthook = hook
 
 
+class WriteError(OSError):
+  """A path could not be written (or created): a full disk, a denied permission, ... ."""
+
+  def __str__(self):
+    return self.strerror
+
+
 def write_error(path, error, what="write"):
-  """An OSError (same errno) saying path could not be written (created, ...), and why."""
-  wrapped = OSError("cannot %s %s: %s" % (what, path, os.strerror(error.errno)))
-  wrapped.errno = error.errno
-  return wrapped
+  """A WriteError (errno of error, filename path) saying path could not be written."""
+  return WriteError(error.errno, "cannot %s %s: %s" % (what, path, os.strerror(error.errno)),
+                    path)
 
 
 @contextlib.contextmanager
@@ -566,8 +572,8 @@ def local_output(path):
       else:
         os.replace(tmp, path)
     except OSError as error:
-      if error.errno not in WRITE_ERRNOS or path in str(error):
-        raise
+      if error.errno not in WRITE_ERRNOS or error.filename not in (None, tmp):
+        raise  # e.g. an input file that cannot be read
       raise write_error(path, error) from error
   finally:
     with contextlib.suppress(OSError):
