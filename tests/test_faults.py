@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_FLAGS, cli_env, run, run_cli, start_cli
+from conftest import TINY_FLAGS, cli_env, run, run_cli, start_cli, yt8m
+
+storage = yt8m("storage")
 
 MODEL_FLAGS = TINY_FLAGS + ["--netvlad_cluster_size=4", "--netvlad_hidden_size=8"]
 
@@ -347,3 +349,25 @@ def test_permission_denied(tiny_data, tmp_path):
   finally:
     os.chmod(train_dir, 0o755)
   assert_restorable(os.path.join(train_dir, "model.ckpt-10"), 10)
+
+
+def test_broken_newest_checkpoint_on_gcs(tiny_data, tmp_path, gcs_bucket):
+  """The same on a gs:// train_dir (the emulator): the truncated newest checkpoint is skipped,
+  the previous one downloaded and restored, and the re-exported one uploaded over it."""
+  local_dir = str(tmp_path / "run")
+  run_cli("train", *train_args(tiny_data, local_dir, "--max_steps=30"))
+  data = os.path.join(local_dir, "model.ckpt-30.data-00000-of-00001")
+  with open(data, "r+b") as handle:
+    handle.truncate(100)
+  train_dir = gcs_bucket + "/run"
+  for name in os.listdir(local_dir):
+    storage.copy(os.path.join(local_dir, name), train_dir + "/" + name)
+  result = run_cli("train", *train_args(tiny_data, train_dir, "--max_steps=30"))
+  assert "Skipping %s/model.ckpt-30: cannot read checkpoint" % train_dir in result.stderr
+  assert ("Resumed from %s/model.ckpt-20 (step 20) instead of the unreadable model.ckpt-30"
+          % train_dir) in result.stderr
+  assert storage.size(train_dir + "/model.ckpt-30.data-00000-of-00001") > 100
+  for name in ("index", "data-00000-of-00001"):
+    storage.copy("%s/model.ckpt-30.%s" % (train_dir, name),
+                 str(tmp_path / ("copy.%s" % name)))
+  assert_restorable(str(tmp_path / "copy"), 30)
