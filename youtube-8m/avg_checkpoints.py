@@ -188,16 +188,13 @@ def check_compatible(checkpoint_prefixes, all_specs):
   return ref
 
 
-def _average_variable(name, shape, dtype, readers, checkpoint_prefixes):
-  """Mean of one variable over all readers in its stored dtype (one input tensor at a time)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+def _average_variable(name, shape, dtype, readers, checkpoint_prefixes, copies):
+  """Mean of one variable over all readers (of checkpoint_prefixes' copies) in its stored
+  dtype (one input tensor at a time)."""
   acc = np.zeros(shape, dtype=np.float64)
   for ckpt, reader in zip(checkpoint_prefixes, readers):
-    try:
+    with checkpoint_utils.reading(ckpt, copies.local(ckpt)):
       tensor = np.asarray(reader.get_tensor(name))
-    except tf.errors.OpError as e:
-      raise AvgCheckpointsError(
-          "cannot read variable %r from checkpoint %r: %s" % (name, ckpt, e)) from e
     if tensor.dtype.kind in "fiub":
       np.add(acc, tensor, out=acc)
     else:  # e.g. bfloat16 (ml_dtypes): convert explicitly.
@@ -235,8 +232,8 @@ def _write_meta(meta_path, specs):
 
 def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_slots=False):
   """Averages checkpoint prefixes into '<output_prefix>.{data-00000-of-00001,index,meta}' and
-  returns a summary dict; raises AvgCheckpointsError (or storage.StorageError) before
-  writing anything."""
+  returns a summary dict; raises AvgCheckpointsError (or an IOError: an unreadable input,
+  storage) before writing anything."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   start_time = time.time()
   checkpoint_prefixes = list(checkpoint_prefixes)
@@ -291,7 +288,8 @@ def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_sl
         checkpoint_utils.nbytes(*specs[n]) for n in by_size), "MiB", scale=2**20)
     for name in by_size:
       shape, dtype = specs[name]
-      tensors[name] = _average_variable(name, shape, dtype, readers, checkpoint_prefixes)
+      tensors[name] = _average_variable(name, shape, dtype, readers, checkpoint_prefixes,
+                                        copies)
       progress.update(checkpoint_utils.nbytes(shape, dtype))
     progress.finish()
     del readers

@@ -5,13 +5,13 @@ that avg_checkpoints reports flag errors without waiting for it.
 """
 
 import contextlib
+import glob
 import os
 import re
 import resource
+import shutil
 import sys
-import tempfile
 import time
-import uuid
 
 from absl import logging
 import numpy as np
@@ -85,6 +85,69 @@ def existing_checkpoint(train_dir, name, flag="checkpoint_file"):
   return prefix
 
 
+class UnreadableCheckpointError(IOError):
+  """TensorFlow cannot read a checkpoint's files (e.g. a truncated or corrupt data file)."""
+
+
+_TF_NOISE_RE = re.compile(r"^(\s|$|Graph execution error|Detected at node|Node: |Original stack "
+                          r"trace|Hint: )")
+
+
+def tf_error_line(error, replacements=()):
+  """The line of a TensorFlow error that says what went wrong (not the op's stack trace), with
+  each (temporary path, user's path) of replacements substituted."""
+  lines = [line for line in str(getattr(error, "message", error)).splitlines()
+           if not _TF_NOISE_RE.match(line)]
+  text = lines[0] if lines else type(error).__name__
+  for old, new in replacements:
+    text = text.replace(old, new)
+  return re.sub(r"\.tempstate\d+", "", text)  # TF's BundleWriter's temporary names
+
+
+@contextlib.contextmanager
+def reading(name, local_prefix=None):
+  """Raises TensorFlow's errors reading checkpoint ``name`` (through local_prefix, its local
+  copy) as one UnreadableCheckpointError naming it."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    yield
+  except (tf.errors.OpError, IndexError) as error:  # IndexError: CheckpointReader's short read
+    raise UnreadableCheckpointError("cannot read checkpoint %s (truncated or corrupt?): %s" % (
+        name, tf_error_line(error, [(local_prefix or name, name)]))) from error
+
+
+@contextlib.contextmanager
+def writing(prefix, tmp_prefix=None):
+  """Raises TensorFlow's errors writing checkpoint ``prefix`` (as tmp_prefix) - a full disk,
+  a permission denied - as one IOError naming prefix."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    yield
+  except tf.errors.OpError as error:
+    raise IOError("cannot write checkpoint %s: %s" % (
+        prefix, tf_error_line(error, [(tmp_prefix or prefix, prefix)]))) from error
+
+
+# What a tf.compat.v1.train.Saver killed while saving leaves: BundleWriter's
+# '<file>.tempstate<digits>' and file_io.atomic_write_string_to_file's '<file>.tmp<32 hex>'.
+_SAVER_TEMP_RE = re.compile(r"\.(tempstate\d+|tmp[0-9a-f]{32})$")
+
+
+def remove_interrupted_saves(directory, basename=TRAIN_CHECKPOINT_BASENAME):
+  """Removes what a Saver killed while saving '<directory>/<basename>-<step>' left behind:
+  its temporary files, and the data or meta files of a step whose index (written last) is
+  missing. Only for a directory whose Saver is not running (train.py's chief at start)."""
+  paths = (storage.glob(os.path.join(directory, basename + "-*")) +
+           storage.glob(os.path.join(directory, "checkpoint.tmp*")))
+  indexed = {path[:-len(".index")] for path in paths if path.endswith(".index")}
+  for path in paths:
+    prefix = strip_checkpoint_suffix(path)
+    if _SAVER_TEMP_RE.search(path) or (prefix != path and prefix not in indexed and
+                                       parse_step(prefix, basename) is not None):
+      logging.info("Removing %s, left by an interrupted save", path)
+      storage.remove(path)
+
+
 def variable_specs(reader):
   """{name: (shape tuple, tf.DType)} of the variables of a tf.train.load_checkpoint reader."""
   dtypes = reader.get_variable_to_dtype_map()
@@ -102,7 +165,8 @@ def check_matches_graph(prefix, variables, model_description, name=None, allow_m
   or stores with another shape or dtype. ``name``: the checkpoint as the user gave it (prefix
   may be a local copy)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  specs = variable_specs(tf.train.load_checkpoint(prefix))
+  with reading(name or prefix, prefix):
+    specs = variable_specs(tf.train.load_checkpoint(prefix))
   problems = []
   for variable in variables:
     key = variable.op.name
@@ -146,14 +210,19 @@ def _index_last(paths):
 def write_checkpoint(prefix, write_fn):
   """Writes a checkpoint that appears under ``prefix`` only when complete; returns prefix.
   write_fn(tmp_prefix) writes <tmp>.index, .data-* (and .meta) on local disk. An existing
-  checkpoint loses its index first, so no reader pairs an old index with new data."""
+  checkpoint loses its index first, so no reader pairs an old index with new data. What an
+  earlier write of prefix that was killed left is removed; a full disk or a denied permission
+  raises an IOError naming prefix."""
   remote = storage.is_gcs(prefix)
-  with (_temp_dir("yt8m-write-") if remote else
+  name = os.path.basename(prefix)
+  with (_temp_dir("yt8m-write") if remote else
         contextlib.nullcontext(os.path.dirname(prefix))) as directory:
-    tmp_prefix = os.path.join(directory, ".tmp-%s-%s" % (uuid.uuid4().hex[:8],
-                                                          os.path.basename(prefix)))
+    if not remote:
+      storage.remove_orphans(directory, name)
+    tmp_prefix = os.path.join(directory, storage.temp_name(name))
     try:
-      write_fn(tmp_prefix)
+      with writing(prefix, tmp_prefix):
+        write_fn(tmp_prefix)
       written = _index_last(storage.glob(tmp_prefix + ".*"))
       if storage.exists(prefix + ".index"):
         storage.remove(prefix + ".index")
@@ -163,8 +232,12 @@ def write_checkpoint(prefix, write_fn):
             storage.remove(stale)
       for path in written:  # the index last
         storage.publish(path, prefix + path[len(tmp_prefix):])
+    except OSError as error:
+      if error.errno not in storage.WRITE_ERRNOS:
+        raise
+      raise IOError("cannot write checkpoint %s: %s" % (prefix, os.strerror(error.errno)))
     finally:
-      for path in storage.glob(tmp_prefix + "*"):
+      for path in storage.glob(glob.escape(tmp_prefix) + "*"):
         storage.remove(path)
   return prefix
 
@@ -179,7 +252,7 @@ def local_copy(prefix):
   files = _checkpoint_files(prefix)
   if not any(path.endswith(".index") for path in files):
     raise IOError("checkpoint %s not found (no %s.index)" % (prefix, prefix))
-  with _temp_dir("yt8m-ckpt-") as directory:
+  with _temp_dir("yt8m-ckpt") as directory:
     local_prefix = os.path.join(directory, os.path.basename(prefix))
     for path in _index_last(files):
       storage.copy(path, local_prefix + path[len(prefix):])
@@ -207,11 +280,15 @@ class LocalCopies(contextlib.ExitStack):
     return self._local[prefix]
 
 
-def _temp_dir(prefix):
-  """A temporary local directory under storage.default_cache_dir(), removed on exit."""
-  directory = storage.default_cache_dir()
-  os.makedirs(directory, exist_ok=True)
-  return tempfile.TemporaryDirectory(prefix=prefix, dir=directory, ignore_cleanup_errors=True)
+@contextlib.contextmanager
+def _temp_dir(name):
+  """A temporary local directory under storage.default_cache_dir(), removed on exit (or by a
+  later one if this process is killed)."""
+  directory = storage.temp_dir(name, storage.default_cache_dir())
+  try:
+    yield directory
+  finally:
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def aligned_empty(shape, dtype):

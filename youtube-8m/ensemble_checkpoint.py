@@ -172,11 +172,8 @@ def write_plan(plan, copies, output_prefix, meta_fn):
   progress = progress_lib.Progress("converting the ensemble tensors", plan.output_bytes(),
                                    "MiB", scale=2**20)
   for name, shape, dtype, index, source_name in order:
-    try:
+    with checkpoint_utils.reading(plan.sources[index], copies.local(plan.sources[index])):
       value = np.asarray(readers[index].get_tensor(source_name))
-    except tf.errors.OpError as error:
-      raise EnsembleCheckpointError("cannot read variable %r from %s: %s" % (
-          source_name, source_label(index, plan.sources[index]), error))
     out = checkpoint_utils.aligned_empty(value.shape, dtype.as_numpy_dtype)
     with np.errstate(over="ignore"):  # overflows are counted and reported below
       np.copyto(out, value, casting="unsafe")

@@ -29,6 +29,7 @@ from . import model_graph
 from . import progress as progress_lib
 from . import readers
 from . import staging
+from . import storage
 from . import utils
 
 tf1 = tf.compat.v1
@@ -232,7 +233,8 @@ def evaluate():
     with checkpoint_utils.local_copy(prefix) as local_prefix:
       checkpoint_utils.check_matches_graph(local_prefix, graph_vars, config.describe(),
                                            name=prefix)
-      saver.restore(sess, local_prefix)
+      with checkpoint_utils.reading(prefix, local_prefix):
+        saver.restore(sess, local_prefix)
     step_label = os.path.basename(prefix).rsplit("-", 1)[-1].rsplit("_", 1)[-1]
     logging.info("Restored %s (global step %s)", prefix, step_label)
     name = inference_checkpoint_name(requested_name, prefix, config)
@@ -281,7 +283,8 @@ def main(unused_argv):
     raise ValueError("--batch_size must be >= 1, got %d" % FLAGS.batch_size)
   if FLAGS.top_k < 1:
     raise ValueError("--top_k must be >= 1, got %d" % FLAGS.top_k)
-  evaluate()
+  with storage.event_file_errors():
+    evaluate()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import errno
 import fnmatch
 import os
 import shutil
-import tempfile
 import threading
 import weakref
 
@@ -182,9 +181,7 @@ class ShardStager(_ClosedByWith):
     self._state = _Staging(paths, remote, int(max_cache_bytes), int(prefetch),
                            int(keep_yielded))
     if any(remote):
-      if cache_dir:
-        os.makedirs(cache_dir, exist_ok=True)
-      self._state.stage_dir = tempfile.mkdtemp(prefix="yt8m-stage-", dir=cache_dir or None)
+      self._state.stage_dir = storage.temp_dir("yt8m-stage", cache_dir)
       self._state.worker = threading.Thread(target=self._state.work, name="ShardStager",
                                             daemon=True)
       self._state.worker.start()
@@ -240,7 +237,7 @@ class SyncedDir(_ClosedByWith):
     self.close = lambda: None
     if self.is_remote:
       storage.split_gcs(self.remote)
-      self.local = os.path.abspath(tempfile.mkdtemp(prefix="yt8m-sync-"))
+      self.local = os.path.abspath(storage.temp_dir("yt8m-sync"))
       self.close = weakref.finalize(self, shutil.rmtree, self.local, ignore_errors=True)
     os.makedirs(self.local, exist_ok=True)
 

@@ -27,6 +27,8 @@ from absl import logging
 
 GCS_SCHEME = "gs://"
 _READ_IN_MEMORY_BYTES = 64 << 20  # open(gs, 'rb') buffers up to this much in memory
+# Failed writes: a full disk, a quota, no write permission, a read-only file system.
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
 
 # Overrides of api_core Retry's initial, maximum, multiplier, timeout (1 s, 60 s, x2, 120 s).
 RETRY_OPTIONS = {}
@@ -318,7 +320,12 @@ def makedirs(path):
   if remote:
     split_gcs(path)
   elif path:
-    os.makedirs(path, exist_ok=True)
+    try:
+      os.makedirs(path, exist_ok=True)
+    except OSError as error:
+      if error.errno not in WRITE_ERRNOS:
+        raise
+      raise write_error(path, error, "create directory") from error
 
 
 def remove(path):
@@ -463,22 +470,111 @@ def stage_file(path, cache_dir=None):
   return local
 
 
+def temp_name(name):
+  """'.<name>.tmp-<pid>-<random>': a hidden temporary name for name that carries this
+  process's id, so that remove_orphans can tell a live write from a killed one."""
+  return ".%s.tmp-%d-%s" % (name[:100], os.getpid(), os.urandom(4).hex())
+
+
+def temp_dir(name, parent=None):
+  """A new directory temp_name(name) in parent (default: the system's temporary directory),
+  made after removing those of killed processes; the caller removes it."""
+  parent = parent or tempfile.gettempdir()
+  os.makedirs(parent, exist_ok=True)
+  remove_orphans(parent, name)
+  return tempfile.mkdtemp(prefix=temp_name(name), dir=parent)
+
+
+def _running(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # e.g. EPERM: another user's process
+    pass
+  return True
+
+
+def remove_orphans(directory, name):
+  """Removes the files and directories temp_name(name) named in a local directory for a
+  process no longer running on this machine (what a kill -9 mid-write leaves)."""
+  stem = ".%s.tmp-" % name[:100]
+  try:
+    entries = [entry for entry in os.listdir(directory) if entry.startswith(stem)]
+  except OSError:
+    return
+  for entry in entries:
+    pid = entry[len(stem):].split("-", 1)[0]
+    if pid.isdigit() and not _running(int(pid)):
+      path = os.path.join(directory, entry)
+      logging.info("Removing %s, left by an interrupted write", path)
+      if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+      else:
+        with contextlib.suppress(OSError):
+          os.remove(path)
+
+
+def _skip_event_thread_traceback(args):
+  """threading.excepthook: TF's EventLoggerThread logs its error (e.g. a full disk) and the
+  summary writer raises it again in the main thread, so the thread's traceback is left out."""
+  if args.thread is None or args.thread.name != "EventLoggerThread":
+    threading.__excepthook__(args)
+
+
+@contextlib.contextmanager
+def event_file_errors():
+  """A tf.compat.v1.summary.FileWriter's failures, which TF raises as RuntimeError naming the
+  event file, raised as one OSError."""
+  hook, threading.excepthook = threading.excepthook, _skip_event_thread_traceback
+  try:
+    yield
+  except RuntimeError as error:
+    if ".tfevents." not in str(error):
+      raise
+    raise OSError("cannot write the event file %s" % str(error).splitlines()[0]) from error
+  finally:
+    threading.excepthook = hook
+
+
+class WriteError(OSError):
+  """A path could not be written (or created): a full disk, a denied permission, ... ."""
+
+  def __str__(self):
+    return self.strerror
+
+
+def write_error(path, error, what="write"):
+  """A WriteError (errno of error, filename path) saying path could not be written."""
+  return WriteError(error.errno, "cannot %s %s: %s" % (what, path, os.strerror(error.errno)),
+                    path)
+
+
 @contextlib.contextmanager
 def local_output(path):
   """Yields a new local file (mode 0666 & ~umask, as open() makes) that becomes `path` (renamed
-  into place, or uploaded) only if the block succeeds: a failure leaves nothing there."""
+  into place, or uploaded) only if the block succeeds: a failure leaves nothing there. A
+  missing local directory is created; a full disk or a denied permission raises an OSError
+  naming path."""
   path, remote = _kind(path)
-  directory = (tempfile.mkdtemp(prefix="yt8m-output-") if remote
+  directory = (temp_dir("yt8m-output") if remote
                else os.path.dirname(os.path.abspath(path)))
-  tmp = os.path.join(directory, ".%s.tmp-%s" % (os.path.basename(path)[:100],
-                                                os.urandom(4).hex()))
-  os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+  if not remote:
+    makedirs(directory)
+    remove_orphans(directory, os.path.basename(path))
+  tmp = os.path.join(directory, temp_name(os.path.basename(path)))
   try:
-    yield tmp
-    if remote:
-      upload(tmp, path)
-    else:
-      os.replace(tmp, path)
+    try:
+      os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+      yield tmp
+      if remote:
+        upload(tmp, path)
+      else:
+        os.replace(tmp, path)
+    except OSError as error:
+      if error.errno not in WRITE_ERRNOS or error.filename not in (None, tmp):
+        raise  # e.g. an input file that cannot be read
+      raise write_error(path, error) from error
   finally:
     with contextlib.suppress(OSError):
       os.remove(tmp)

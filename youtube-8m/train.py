@@ -10,6 +10,7 @@ Checkpoints ``DIR/model.ckpt-<step>`` are exported at steps 10, 10+E, 10+2E, ...
 (weights, optimizer state and global_step); a changed architecture is refused.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -398,41 +399,58 @@ def build_training_graph(config, files, devices):
           "labels": batch["labels"], "iterator": iterator}
 
 
-def restore_or_initialize(sess, saver, graph_vars, train_dir):
-  """Restores the newest model.ckpt-<step>, or warm-starts from --checkpoint_file (variables
-  it lacks start fresh), else initializes."""
-  newest = checkpoint_utils.newest_checkpoint(train_dir)
-  warm = bool(FLAGS.checkpoint_file)
-  if warm:
+def restore_or_initialize(sess, saver, graph_vars, synced):
+  """Restores the newest model.ckpt-<step> of synced.remote that can be read (a truncated or
+  corrupt newer one is skipped, with a warning), or warm-starts from --checkpoint_file
+  (variables it lacks start fresh), else initializes."""
+  found = checkpoint_utils.list_checkpoints(synced.remote)
+  if FLAGS.checkpoint_file:
     prefix = checkpoint_utils.existing_checkpoint(FLAGS.train_dir, FLAGS.checkpoint_file)
-    if newest is not None:
+    if found:
       raise ValueError("--checkpoint_file=%s: %s already holds training checkpoints (newest "
                        "%s); warm-starting would mix two runs. Use an empty --train_dir."
-                       % (FLAGS.checkpoint_file, train_dir, newest[1]))
-  elif newest is None:
-    sess.run(tf1.global_variables_initializer())
-    logging.info("No checkpoint in %s: starting a new model", train_dir)
+                       % (FLAGS.checkpoint_file, synced.remote, found[-1][1]))
+    warm_start(sess, graph_vars, prefix)
     return
-  else:
-    prefix = newest[1]
-  with checkpoint_utils.local_copy(prefix) as local_prefix:
+  if not found:
+    sess.run(tf1.global_variables_initializer())
+    logging.info("No checkpoint in %s: starting a new model", synced.remote)
+    return
+  skipped = []
+  for step, prefix in reversed(found):
+    name = os.path.basename(prefix)
+    synced.pull([name + ".*"])
+    local_prefix = synced.local_path(name)
     try:
-      checkpoint_utils.check_matches_graph(
-          local_prefix, graph_vars, "of --checkpoint_file" if warm else "of these flags",
-          name=prefix, allow_missing=warm)
+      checkpoint_utils.check_matches_graph(local_prefix, graph_vars, "of these flags",
+                                           name=prefix)
+      with checkpoint_utils.reading(prefix, local_prefix):
+        saver.restore(sess, local_prefix)
+    except checkpoint_utils.UnreadableCheckpointError as error:
+      logging.warning("Skipping %s: %s", prefix, error)
+      skipped.append(name)
+      continue
     except ValueError as error:
-      if warm:
-        raise
       raise ValueError("Cannot resume: %s. Use --start_new_model or another --train_dir."
                        % error)
-    if not warm:
-      saver.restore(sess, local_prefix)
-      logging.info("Resumed from %s (step %d)", prefix, newest[0])
-      return
-    stored = tf.train.load_checkpoint(local_prefix).get_variable_to_shape_map()
-    present = [v for v in graph_vars if v.op.name in stored]
-    sess.run(tf1.global_variables_initializer())
-    tf1.train.Saver(present).restore(sess, local_prefix)
+    logging.info("Resumed from %s (step %d)%s", prefix, step, " instead of the unreadable %s"
+                 % ", ".join(skipped) if skipped else "")
+    return
+  raise IOError("Cannot resume: no checkpoint in %s can be read (%s; see the warnings "
+                "above). Use --start_new_model or another --train_dir."
+                % (synced.remote, ", ".join(skipped)))
+
+
+def warm_start(sess, graph_vars, prefix):
+  """Initializes, then restores the variables checkpoint prefix holds."""
+  with checkpoint_utils.local_copy(prefix) as local_prefix:
+    checkpoint_utils.check_matches_graph(local_prefix, graph_vars, "of --checkpoint_file",
+                                         name=prefix, allow_missing=True)
+    with checkpoint_utils.reading(prefix, local_prefix):
+      stored = tf.train.load_checkpoint(local_prefix).get_variable_to_shape_map()
+      present = [v for v in graph_vars if v.op.name in stored]
+      sess.run(tf1.global_variables_initializer())
+      tf1.train.Saver(present).restore(sess, local_prefix)
   logging.info("Warm start from %s: restored %d variables, %d start fresh", prefix,
                len(present), len(graph_vars) - len(present))
 
@@ -458,10 +476,9 @@ def train(config, task):
       remove_training_artifacts(train_dir)
     # TF writes locally; for a gs:// train_dir, a local mirror holds what is needed to resume
     # and every new file is uploaded after each export.
+    checkpoint_utils.remove_interrupted_saves(train_dir)
     synced = staging.SyncedDir(train_dir)
-    newest = checkpoint_utils.newest_checkpoint(train_dir)
-    synced.pull([utils.MODEL_FLAGS_FILE] + (
-        [os.path.basename(newest[1]) + ".*"] if newest else []))
+    synced.pull([utils.MODEL_FLAGS_FILE])
     train_dir = synced.local
     record_model_flags(train_dir, config)
     synced.push([utils.MODEL_FLAGS_FILE])
@@ -503,25 +520,27 @@ def train(config, task):
   with graph.as_default():
     if task.is_chief:
       sess = tf1.Session(target, graph=graph, config=session_config)
-      restore_or_initialize(sess, saver, graph_vars, train_dir)
+      restore_or_initialize(sess, saver, graph_vars, synced)
     else:  # workers wait until the chief has initialized or restored the variables
       sess = tf1.train.SessionManager(ready_op=ready_op, graph=graph,
                                       recovery_wait_secs=1).wait_for_session(
                                           target, config=session_config)
     sess.run(local_init)
     try:
-      return train_loop(sess, tensors, saver, writer, task, files, stop, len(devices),
+      step = train_loop(sess, tensors, saver, writer, task, files, stop, len(devices),
                         train_dir, synced)
-    finally:
       if writer:
         writer.flush()
+      return step
+    finally:
+      if writer:
+        with contextlib.suppress(RuntimeError):  # a failed event write was raised above
+          writer.close()
       if synced:
         synced.push_new()
       if task.distributed:
         sess.run(signal_done)
       sess.close()
-      if writer:
-        writer.close()
 
 
 def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_dir, synced):
@@ -546,8 +565,9 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
   def export(step_to_save):
     if not sess.run(tensors["weights_finite"]):
       raise diverged("the weights hold NaN or inf")
-    path = saver.save(sess, os.path.join(train_dir, checkpoint_utils.TRAIN_CHECKPOINT_BASENAME),
-                      global_step=step_to_save)
+    prefix = os.path.join(train_dir, checkpoint_utils.TRAIN_CHECKPOINT_BASENAME)
+    with checkpoint_utils.writing("%s-%d" % (prefix, step_to_save)):
+      path = saver.save(sess, prefix, global_step=step_to_save)
     if synced:
       writer.flush()
       synced.push_new()
@@ -622,7 +642,8 @@ def main(unused_argv):
   check_flags()
   task = cluster_task()
   config = model_graph.config_from_flags()
-  train(config, task)
+  with storage.event_file_errors():
+    train(config, task)
 
 
 if __name__ == "__main__":
