@@ -27,6 +27,11 @@ class InputDataError(ValueError):
   """Malformed input data; the message names the file and record at fault."""
 
 
+# What a reader dataset raises for bad input (UnknownError: a shard _StagedFiles could not
+# fetch), turned into InputDataError by input_error_message.
+INPUT_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.DataLossError, tf.errors.UnknownError)
+
+
 def holdout_validate_files(validate_pattern):
   """The 60 held-out file names built from a validate pattern (text before its first '*')."""
   stem = validate_pattern.split("*")[0]
@@ -134,8 +139,7 @@ def run_batches(sess, fetches, files, progress, limit=0, count_key="labels"):
         result = sess.run(fetches)
       except tf.errors.OutOfRangeError:
         return
-      except (tf.errors.InvalidArgumentError, tf.errors.DataLossError,
-              tf.errors.UnknownError) as error:  # Unknown: raised in _StagedFiles
+      except INPUT_ERRORS as error:
         raise InputDataError(input_error_message(error, files))
       count = len(result[count_key])
       if limit and done + count > limit:

@@ -627,7 +627,7 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
         last["events"] = time.time()
   except tf.errors.OutOfRangeError:
     reason = "Done training -- epoch limit reached."
-  except (tf.errors.InvalidArgumentError, tf.errors.DataLossError) as error:
+  except readers.INPUT_ERRORS as error:
     if task.is_chief and last["saved"] != step and step > 0:
       export(step)
     raise readers.InputDataError(readers.input_error_message(error, files))
