@@ -24,9 +24,10 @@ Each round measures, alternating project and peer (A B A B), each measurement on
   * the seed's 4-model float16 ensemble (random weights, made once by
     scripts/bench_ensemble.py --keep) with inference.py at --batch_size.
 Then ../shared/bench/flops.py measures this machine's GEMM rate on the model's shapes and
-gives the roofline, as which fraction each figure is reported (the ensemble's: the rate over
-the four models' forward FLOPs). Peak RSS (the child's own ru_maxrss) of train.py at
---batch_size, of eval.py at --eval_batch_size and of the ensemble's inference.py.
+gives the float32 roofline, as which fraction each figure is reported (the ensemble's: each
+member's forward FLOPs at its own measured GEMM rate, summed; bfloat16 may exceed it). Peak
+RSS (the child's own ru_maxrss) of train.py at --batch_size, of eval.py at --eval_batch_size
+and of the ensemble's inference.py.
 
 --compute_dtype is passed to the project's tools when they define it (their --helpfull);
 a dtype other than float32 is skipped with a note otherwise. Prints a markdown table and
@@ -291,14 +292,18 @@ class Bench:
     ceilings = {"train": measured["roofline_train_ex_per_sec"],
                 "infer": measured["roofline_infer_ex_per_sec"]}
     if not args.no_ensemble:
-      forward = 0
+      # Each member's GEMM rate on its own shapes (the bigger models' matmuls run faster than
+      # K=32/H=512's): the ensemble's ceiling is 1 / sum of the members' seconds per example.
+      seconds_per_example = 0.0
       for cluster, hidden in bench_ensemble.SEED_MODELS:
+        self.wait_quiet()
         text = run_child([self.peer_python, os.path.join(BENCH_DIR, "flops.py"),
-                          "--no_measure", "--cluster_size=%d" % cluster,
-                          "--hidden_size=%d" % hidden, "--frames=%d" % args.iterations],
-                         self.log("flops_c%dh%d" % (cluster, hidden)))[2]
-        forward += json.loads(text.strip().splitlines()[-1])["forward_flops_per_example"]
-      ceilings["ensemble"] = measured["sustained_gflops"] * 1e9 / forward
+                          "--cluster_size=%d" % cluster, "--hidden_size=%d" % hidden,
+                          "--batch_size=%d" % args.batch_size, "--frames=%d" % args.iterations]
+                         + flops[4:], self.log("flops_c%dh%d" % (cluster, hidden)))[2]
+        member = json.loads(text.strip().splitlines()[-1])
+        seconds_per_example += 1.0 / member["roofline_infer_ex_per_sec"]
+      ceilings["ensemble"] = 1.0 / seconds_per_example
     return measured, ceilings
 
 
@@ -317,7 +322,7 @@ def steady_rate(log_text, first_step, batch_size):
 
 def markdown(rows, ceilings, memory):
   lines = ["| measurement | compute dtype | round | project | peer | project / peer | "
-           "fraction of roofline |", "|---|---|---|---|---|---|---|"]
+           "fraction of float32 roofline |", "|---|---|---|---|---|---|---|"]
   for row in rows:
     lines.append("| %s | %s | %d%s | %.1f | %s | %s | %.0f%% |" % (
         row["what"], row["compute_dtype"], row["round"], " (busy)" if row["busy"] else "",
