@@ -23,6 +23,15 @@ def yt8m(module):
   return importlib.import_module("youtube-8m." + module)
 
 
+def write_records(path, records):
+  """Writes serialized records to a TFRecord file at path; returns path."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top (conftest stays light)
+  with tf.io.TFRecordWriter(path) as writer:
+    for record in records:
+      writer.write(record)
+  return path
+
+
 def cli_env(env=None):
   """os.environ with TensorFlow's C++ logs quiet, plus `env`."""
   full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_FLAGS, run_cli, yt8m
+from conftest import TINY_FLAGS, run_cli, write_records, yt8m
 from gcs_emulator import FaultProxy
 
 tf1 = tf.compat.v1
@@ -43,13 +43,6 @@ def video(video_id, frames, labels=(1,), rgb_size=1024, seed=0):
     for frame in rng.integers(0, 256, (frames, size), dtype=np.uint8):
       feature_list.feature.add().bytes_list.value.append(frame.tobytes())
   return example.SerializeToString()
-
-
-def write_records(path, records):
-  with tf.io.TFRecordWriter(path) as writer:
-    for record in records:
-      writer.write(record)
-  return path
 
 
 def good_videos(count, start=0):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import yt8m
+from conftest import write_records, yt8m
 
 tf1 = tf.compat.v1
 readers = yt8m("readers")
@@ -26,13 +26,6 @@ def frame_example(video_id, labels, rgb, audio):
     for frame in frames:
       feature_list.feature.add().bytes_list.value.append(bytes(bytearray(frame)))
   return example.SerializeToString()
-
-
-def write_records(path, records):
-  with tf.io.TFRecordWriter(path) as writer:
-    for record in records:
-      writer.write(record)
-  return path
 
 
 def read_all(reader, files, batch_size=4):
