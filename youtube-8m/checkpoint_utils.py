@@ -1,7 +1,6 @@
 """Checkpoints (a V2 prefix such as ``train_dir/model.ckpt-5010`` with ``.index``,
 ``.data-00000-of-00001`` and usually ``.meta`` files): naming, discovery, reading through local
-copies and writing atomically, local or gs://. TensorFlow is imported only where needed, so
-that avg_checkpoints reports flag errors without waiting for it.
+copies and writing atomically, local or gs://.
 """
 
 import contextlib
@@ -17,6 +16,7 @@ from absl import logging
 import numpy as np
 
 from . import storage
+from . import utils
 
 SUFFIX_RE = re.compile(r"\.(index|meta|data-\d{5}-of-\d{5})$")
 _STEP_RE = re.compile(r"^(?P<base>.+)-(?P<step>\d+)$")
@@ -89,15 +89,10 @@ class UnreadableCheckpointError(IOError):
   """TensorFlow cannot read a checkpoint's files (e.g. a truncated or corrupt data file)."""
 
 
-_TF_NOISE_RE = re.compile(r"^(\s|$|Graph execution error|Detected at node|Node: |Original stack "
-                          r"trace|Hint: )")
-
-
 def tf_error_line(error, replacements=()):
-  """The line of a TensorFlow error that says what went wrong (not the op's stack trace), with
-  each (temporary path, user's path) of replacements substituted."""
-  lines = [line for line in str(getattr(error, "message", error)).splitlines()
-           if not _TF_NOISE_RE.match(line)]
+  """The first line of a TensorFlow error that says what went wrong (utils.message_lines),
+  with each (temporary path, user's path) of replacements substituted."""
+  lines = utils.message_lines(str(getattr(error, "message", error)))
   text = lines[0] if lines else type(error).__name__
   for old, new in replacements:
     text = text.replace(old, new)

@@ -129,10 +129,10 @@ def reading_tgz(tgz_path, fileobj):
     raise ValueError("%s is truncated or not a tgz: %s" % (tgz_path, one_line(str(error))))
 
 
-def one_line(message):
-  """A TensorFlow or Python error message as one line: without TensorFlow's "Graph execution
-  error:" header, its "Detected at node ... Node: '...'" stack and [[node]] trailers, and
-  without the exception class and traceback of an error raised in a py_func."""
+def message_lines(message):
+  """The lines of a TensorFlow or Python error message that say what went wrong: without
+  TensorFlow's "Graph execution error:" header, its "Detected at node ... Node: '...'" stack
+  and [[node]] trailers, and without the traceback of an error raised in a py_func."""
   lines, in_stack = [], False
   for line in message.splitlines():
     line = line.strip()
@@ -145,9 +145,14 @@ def one_line(message):
     elif line and not in_stack and line != "Graph execution error:" and not line.startswith(
         "[["):
       lines.append(line)
+  return lines
+
+
+def one_line(message):
+  """message_lines(message) as one line."""
   # An exception raised in a py_func (e.g. by the readers' file generator) comes as
   # "<ExceptionClass>: <message>".
-  return re.sub(r"^\w*Error: ", "", " ".join(lines))
+  return re.sub(r"^\w*Error: ", "", " ".join(message_lines(message)))
 
 
 def tool_main(main_function):
