@@ -230,7 +230,7 @@ def write_checkpoint(prefix, write_fn):
     except OSError as error:
       if error.errno not in storage.WRITE_ERRNOS:
         raise
-      raise IOError("cannot write checkpoint %s: %s" % (prefix, os.strerror(error.errno)))
+      raise storage.write_error(prefix, error, "write checkpoint") from error
     finally:
       for path in storage.glob(glob.escape(tmp_prefix) + "*"):
         storage.remove(path)

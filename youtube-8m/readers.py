@@ -91,21 +91,31 @@ def input_error_message(error, files):
   """One line naming the file and record of a tf.errors.OpError raised by a reader dataset."""
   if isinstance(error, tf.errors.DataLossError):  # find the first record of broken framing
     for path in files:
-      index = 0
-      try:
-        for _ in tf1.io.tf_record_iterator(storage.stage_file(path)):
-          index += 1
-      except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as corrupt:
-        if "truncated record" in corrupt.message:
-          return "%s: record %d: truncated TFRecord file (it ends inside this record)" % (
-              path, index)
-        return "%s: record %d: corrupted TFRecord (%s)" % (path, index, corrupt.message)
+      index, corrupt = _intact_records(storage.stage_file(path))
+      if corrupt is None:
+        continue
+      if "truncated record" in corrupt.message:
+        return "%s: record %d: truncated TFRecord file (it ends inside this record)" % (
+            path, index)
+      return "%s: record %d: corrupted TFRecord (%s)" % (path, index, corrupt.message)
   text = error.message
   # Assertion messages of the validation ops already start with "<file>: record <i>: ...".
   marker = "assertion failed: ["
   if marker in text:
     text = text.split(marker, 1)[1].split("\n")[0].rsplit("]", 1)[0].replace("\\'", "'")
   return utils.one_line(text)
+
+
+def _intact_records(local_path):
+  """(records TensorFlow reads from local_path before a broken one, the DataLossError or
+  OutOfRangeError it raised there, or None if the file reads to its end)."""
+  count = 0
+  try:
+    for _ in tf1.io.tf_record_iterator(local_path):
+      count += 1
+  except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as error:
+    return count, error
+  return count, None
 
 
 def find_video(files, video_id):
@@ -356,11 +366,8 @@ def _check_file_end(local_path, name):
   with open(local_path, "rb") as f:
     end = progress_lib.scan_records(f)[1]
   if end != size:  # corrupted or truncated: the dataset reports it, unless TensorFlow can't
-    count = 0
-    try:
-      for _ in tf1.io.tf_record_iterator(local_path):
-        count += 1
-    except tf.errors.DataLossError:
+    count, corrupt = _intact_records(local_path)
+    if isinstance(corrupt, tf.errors.DataLossError):
       return
     raise InputDataError("%s: record %d: truncated TFRecord file (it ends inside this record)"
                          % (name, count))
