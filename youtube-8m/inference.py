@@ -182,11 +182,7 @@ def import_model(prefix, batch, num_classes=None):
   if num_classes and predictions[0].shape[-1] != num_classes:
     raise ValueError("%s.meta predicts %s classes, model_flags.json says num_classes=%d"
                      % (prefix, predictions[0].shape[-1], num_classes))
-  try:
-    checkpoint_utils.check_matches_graph(prefix, tf1.global_variables(),
-                                         "of %s.meta" % prefix)
-  except tf.errors.OpError as error:
-    raise ValueError("Cannot read the checkpoint %s: %s" % (prefix, utils.one_line(error.message)))
+  checkpoint_utils.check_matches_graph(prefix, tf1.global_variables(), "of %s.meta" % prefix)
   return saver, predictions[0]
 
 
