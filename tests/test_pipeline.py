@@ -98,10 +98,18 @@ def test_training_exports_on_the_original_cadence(trained):
 def test_eval_beats_label_prior_and_is_deterministic(trained, tiny_data, tmp_path):
   first, log = run_eval(tiny_data, trained["dir"], tmp_path,
                         "--checkpoint=model.ckpt-60.index")
-  second, _ = run_eval(tiny_data, trained["dir"], tmp_path, "--checkpoint_file=model.ckpt-60")
+  # Each batch of 64 read and evaluated in 4 parts of 16 videos: the same metrics and log.
+  second, second_log = run_eval(tiny_data, trained["dir"], tmp_path,
+                                "--checkpoint_file=model.ckpt-60", "--videos_per_run=16")
   prior = label_prior_gap(tiny_data)
   assert first["examples"] == 240  # the 60 held-out files x 4 videos, not the 2 extra files
-  assert first["gap"] == second["gap"]
+  assert first["examples"] == second["examples"]
+  for key in ("gap", "hit_at_one", "perr", "map", "loss"):  # matmuls of 16 rows, not 64
+    assert second[key] == pytest.approx(first[key], rel=1e-6), key
+  batch_line = r"examples_processed: (\d+) \| global_step 60 \| Batch Hit@1: ([\d.]+) \| "
+  assert re.findall(batch_line, log) == re.findall(batch_line, second_log)
+  assert len(re.findall(batch_line, log)) == 4  # 64, 128, 192, 240
+  assert "in 4 parts of 16 videos" in second_log
   assert first["gap"] > prior + 0.1, (first["gap"], prior)
   assert re.search(r"epoch/eval number 60 \| Avg_Hit@1: [\d.]+ \| Avg_PERR: [\d.]+ \| "
                    r"MAP: [\d.]+ \| GAP: \d\.\d{5} \| Avg_Loss: [\d.]+", log)
@@ -123,6 +131,9 @@ def test_eval_selects_the_requested_checkpoint(trained, tiny_data, tmp_path):
   missing = run_cli("eval", *eval_args(tiny_data, trained["dir"],
                                        "--checkpoint=model.ckpt-70.index"), check=False)
   assert missing.returncode != 0 and "model.ckpt-70" in missing.stderr
+  negative = run_cli("eval", *eval_args(tiny_data, trained["dir"], "--videos_per_run=-1"),
+                     check=False)
+  assert negative.returncode == 1 and "ERROR: --videos_per_run must be >= 0" in negative.stderr
 
 
 def eval_summaries(train_dir):

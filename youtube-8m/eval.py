@@ -52,7 +52,12 @@ flags.DEFINE_string("eval_data_pattern", "", "Glob of the validation files.")
 flags.DEFINE_bool("eval_holdout_only", True,
                   "Evaluate only the 60 held-out validate files named from the pattern (as "
                   "the original). False: every file the glob matches.")
-flags.DEFINE_integer("batch_size", 1024, "Examples per evaluation batch.")
+flags.DEFINE_integer("batch_size", 1024, "Examples per evaluation batch (of the logged batch "
+                     "metrics).")
+flags.DEFINE_integer("videos_per_run", 256,
+                     "Each batch is read and evaluated in parts of at most this many videos "
+                     "(peak memory grows with it; the metrics do not depend on it). 0: whole "
+                     "batches.")
 flags.DEFINE_integer("num_readers", 8,
                      "Files read in parallel (interleaved in a fixed order).")
 flags.DEFINE_bool("run_once", False, "Evaluate one checkpoint and exit; else keep polling.")
@@ -141,11 +146,23 @@ def save_inference_checkpoint(sess, saver, config, name, synced):
   return prefix
 
 
+def batch_parts():
+  """(parts per batch, videos per part): --batch_size in the fewest parts of at most
+  --videos_per_run videos, all of one size; when they do not divide --batch_size, a logged
+  batch holds a few more videos (1023 -> 4 parts of 256)."""
+  if FLAGS.videos_per_run <= 0 or FLAGS.videos_per_run >= FLAGS.batch_size:
+    return 1, FLAGS.batch_size
+  parts = -(-FLAGS.batch_size // FLAGS.videos_per_run)
+  return parts, -(-FLAGS.batch_size // parts)
+
+
 def build_eval_graph(config, files):
   global_step = model_graph.create_global_step()
   tensors = {"global_step": global_step}
   if files is not None:
-    iterator, batch = readers.one_pass(config.make_reader(), files, FLAGS.batch_size,
+    # The model runs on one part of a batch at a time: a seed-size model's float32
+    # features of 1024 videos alone are 1.4 GB.
+    iterator, batch = readers.one_pass(config.make_reader(), files, batch_parts()[1],
                                        FLAGS.num_readers, "eval_input")
     model_input_raw, num_frames = batch["video_matrix"], batch["num_frames"]
     tensors.update(iterator=iterator, labels=batch["labels"])
@@ -163,6 +180,17 @@ def build_eval_graph(config, files):
   return tensors
 
 
+def log_batch(examples, step_label, batch_sums, batch_start):
+  """Logs one batch's metrics (the original's line) from its parts' video-weighted sums,
+  which it resets."""
+  videos = batch_sums["videos"]
+  logging.info("examples_processed: %d | global_step %s | Batch Hit@1: %.3f | Batch "
+               "PERR: %.3f | Batch Loss: %.3f | Examples_per_sec: %.3f", examples,
+               step_label, batch_sums["hit_at_one"] / videos, batch_sums["perr"] / videos,
+               batch_sums["loss"] / videos, videos / (time.time() - batch_start))
+  batch_sums.update(dict.fromkeys(batch_sums, 0.0))
+
+
 def evaluate_batches(sess, tensors, config, step_label, writer, files, total, summary):
   """Metrics of one pass over files. total: (videos in files, exact) from
   progress.count_inputs; summary: (tag prefix, step) from summary_tag_and_step."""
@@ -175,15 +203,24 @@ def evaluate_batches(sess, tensors, config, step_label, writer, files, total, su
   progress = progress_lib.Progress(
       "eval %s" % (step_label if summary[0] == "Epoch" else summary[0]), total[0], "videos",
       approximate=not total[1])
-  for result in readers.run_batches(sess, fetches, files, progress):
-    batch_metrics = metrics.accumulate(result["predictions"], result["labels"],
-                                       result["loss"])
-    examples += len(result["labels"])
-    logging.info("examples_processed: %d | global_step %s | Batch Hit@1: %.3f | Batch "
-                 "PERR: %.3f | Batch Loss: %.3f | Examples_per_sec: %.3f", examples,
-                 step_label, batch_metrics["hit_at_one"], batch_metrics["perr"],
-                 batch_metrics["loss"], len(result["labels"]) / (time.time() - batch_start))
-    batch_start = time.time()
+  parts_per_batch = batch_parts()[0]
+  # A batch's metrics are the video-weighted means of its parts' (the same as of the
+  # whole batch, the loss up to float32 rounding).
+  batch_sums = dict.fromkeys(("videos", "hit_at_one", "perr", "loss"), 0.0)
+  parts = 0
+  for part in readers.run_batches(sess, fetches, files, progress):
+    part_metrics = metrics.accumulate(part["predictions"], part["labels"], part["loss"])
+    videos = len(part["labels"])
+    examples += videos
+    batch_sums["videos"] += videos
+    for key, value in part_metrics.items():
+      batch_sums[key] += value * videos
+    parts += 1
+    if parts % parts_per_batch == 0:
+      log_batch(examples, step_label, batch_sums, batch_start)
+      batch_start = time.time()
+  if parts % parts_per_batch:
+    log_batch(examples, step_label, batch_sums, batch_start)
   if examples == 0:
     raise IOError("--eval_data_pattern: the evaluation files hold no videos")
   final = metrics.get()
@@ -214,6 +251,10 @@ def evaluate():
   if not FLAGS.create_meta_only:
     files = readers.eval_files(FLAGS.eval_data_pattern, FLAGS.eval_holdout_only)
     logging.info("Evaluating %s on %d files", config.describe(), len(files))
+    parts, size = batch_parts()
+    if parts > 1:
+      logging.info("Each batch is evaluated in %d parts of %d videos (--videos_per_run)",
+                   parts, size)
     total = progress_lib.count_inputs("eval", files)
 
   graph = tf.Graph()
@@ -283,6 +324,9 @@ def main(unused_argv):
     raise ValueError("--batch_size must be >= 1, got %d" % FLAGS.batch_size)
   if FLAGS.top_k < 1:
     raise ValueError("--top_k must be >= 1, got %d" % FLAGS.top_k)
+  if FLAGS.videos_per_run < 0:
+    raise ValueError("--videos_per_run must be >= 0 (0: whole batches), got %d"
+                     % FLAGS.videos_per_run)
   with storage.event_file_errors():
     evaluate()
 
