@@ -165,6 +165,22 @@ def test_each_gradient_tensor_is_clipped_separately(video_file, optimizer):
                                err_msg=name)
 
 
+def test_clip_by_norm_equals_tensorflows():
+  rng = np.random.default_rng(0)
+  cases = [rng.normal(size=(300, 70)).astype(np.float32) * scale for scale in (1e-4, 1, 50)]
+  cases.append(np.zeros((3, 4), np.float32))
+  graph = tf.Graph()
+  with graph.as_default(), tf1.Session() as sess:
+    for values in cases:
+      ours, reference = sess.run([train.clip_by_norm(tf.constant(values), 1.0),
+                                  tf.clip_by_norm(tf.constant(values), 1.0)])
+      np.testing.assert_allclose(ours, reference, rtol=2e-6, atol=1e-30)
+      if np.linalg.norm(values) <= 1.0:
+        np.testing.assert_array_equal(ours, values)  # below the norm: untouched
+      else:
+        np.testing.assert_allclose(np.linalg.norm(ours), 1.0, rtol=1e-5)
+
+
 @pytest.mark.parametrize("label_loss", ["CrossEntropyLoss", "HingeLoss", "SoftmaxLoss"])
 def test_training_uses_the_configured_label_loss(video_file, label_loss):
   graph, tensors = build(video_config(label_loss), [video_file])
