@@ -230,8 +230,9 @@ class BaseReader(object):
         output_signature=(spec, spec))
 
     def records_of(local_name, filename):
-      return tf.data.TFRecordDataset(local_name).enumerate().map(
-          lambda index, record: (filename, index, record))
+      # (filename, (index, record)) by zip: no function call per record.
+      return tf.data.Dataset.zip((tf.data.Dataset.from_tensors(filename).repeat(),
+                                  tf.data.TFRecordDataset(local_name).enumerate()))
 
     if num_readers > 1:
       records = file_names.interleave(records_of, cycle_length=num_readers, block_length=1,
@@ -241,7 +242,8 @@ class BaseReader(object):
       records = file_names.flat_map(records_of)
     if shuffle:
       records = records.shuffle(shuffle_buffer or 5 * batch_size, seed=seed)
-    parsed = records.map(self.parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    parsed = records.map(lambda filename, indexed: self.parse(filename, *indexed),
+                         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return parsed.batch(batch_size).prefetch(2)
 
 
