@@ -14,6 +14,7 @@ import time
 
 from absl import logging
 import numpy as np
+import tensorflow as tf
 
 from . import storage
 from . import utils
@@ -103,7 +104,6 @@ def tf_error_line(error, replacements=()):
 def reading(name, local_prefix=None):
   """Raises TensorFlow's errors reading checkpoint ``name`` (through local_prefix, its local
   copy) as one UnreadableCheckpointError naming it."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     yield
   except (tf.errors.OpError, IndexError) as error:  # IndexError: CheckpointReader's short read
@@ -115,7 +115,6 @@ def reading(name, local_prefix=None):
 def writing(prefix, tmp_prefix=None):
   """Raises TensorFlow's errors writing checkpoint ``prefix`` (as tmp_prefix) - a full disk,
   a permission denied - as one IOError naming prefix."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
     yield
   except tf.errors.OpError as error:
@@ -159,7 +158,6 @@ def check_matches_graph(prefix, variables, model_description, name=None, allow_m
   """Raises ValueError naming each graph variable the checkpoint lacks (unless allow_missing)
   or stores with another shape or dtype. ``name``: the checkpoint as the user gave it (prefix
   may be a local copy)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   with reading(name or prefix, prefix):
     specs = variable_specs(tf.train.load_checkpoint(prefix))
   problems = []
@@ -300,7 +298,6 @@ def write_checkpoint_tensors(prefix, tensors):
   """Saves {name: ndarray} as the single-shard V2 checkpoint '<prefix>.{index,data-*}' with
   one SaveV2 op (peak memory: the arrays + the runtime when aligned). Not atomic: see
   write_checkpoint."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   names = sorted(tensors)
   graph = tf.Graph()
   with graph.as_default():

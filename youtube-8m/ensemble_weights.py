@@ -214,6 +214,8 @@ def eval_command(weights):
                FLAGS.checkpoint_file), "--eval_data_pattern=" + FLAGS.eval_data_pattern,
            "--run_once=True"] + ([] if FLAGS.eval_holdout_only else ["--noeval_holdout_only"])
   parts += ["--ensemble_wts=" + w for w in format_weights(weights)]
+  if FLAGS.compute_dtype != "float32":  # the dtype the weights were searched in
+    parts.append("--compute_dtype=" + FLAGS.compute_dtype)
   return " ".join(shlex.quote(p) for p in parts)
 
 
