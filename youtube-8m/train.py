@@ -314,13 +314,16 @@ class DynamicLossScale(object):
 
 
 def clip_by_norm(t, clip_norm):
-  """tf.clip_by_norm(t, clip_norm) (all axes), the same values without its temporary t * t (a
-  gradient-size tensor: 57-90 MiB for the MoE kernels at the seed's size): reduce_euclidean_norm
-  sums the squares as reduce_sum(t * t) does (one Eigen sum of in * in), then the same sqrt,
-  product and quotient (its where() only guards the gradient of the norm at 0)."""
+  """tf.clip_by_norm(t, clip_norm) (all axes), the same values without its gradient-size
+  temporaries (57-90 MiB each for the MoE kernels at the seed's size): reduce_euclidean_norm
+  sums the squares as reduce_sum(t * t) does (one Eigen sum of in * in) without a tensor of
+  them, then the same sqrt, product and quotient (its where() only guards the gradient of the
+  norm at 0); the product waits for the norm, so that it can write into t's buffer."""
   with tf1.name_scope("clip_by_norm"):
     l2norm = tf.math.reduce_euclidean_norm(t, keepdims=True)
-    return (t * clip_norm) / tf.maximum(l2norm, clip_norm)
+    with tf.control_dependencies([l2norm]):
+      intermediate = t * clip_norm
+    return intermediate / tf.maximum(l2norm, clip_norm)
 
 
 def loss_gradients(optimizer, label_loss, reg_loss, loss_scale, var_list):
