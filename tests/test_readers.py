@@ -96,11 +96,15 @@ def test_frame_reader_keeps_bytes_pads_and_truncates_and_the_graph_dequantizes(t
 
 @pytest.mark.parametrize("ensemble_num,iterations,random_frames", [
     (1, 300, True), (1, 20, True), (1, 20, False), (3, 300, True), (3, 20, True)])
-def test_quantized_input_is_bit_identical_to_dequantized_input(
+def test_quantized_input_equals_dequantized_input(
     tiny_data, tmp_path, ensemble_num, iterations, random_frames):
   """The model fed the reader's uint8 frames (dequantized and normalized in the graph, after
   sampling for a single model) = the model fed the previous reader's float32 features
-  (dequantized per record, then zero-padded; normalized before sampling), bit for bit."""
+  (dequantized per record, then zero-padded; normalized before sampling): the input features
+  bit for bit; the predictions bit for bit when the models sample the normalized features
+  (an ensemble sampling more frames than a video holds), else up to float32 rounding (the
+  sampled uint8 frames' rgb and audio columns are normalized apart, the squares summed in
+  another order: model_utils.sampled_feature_blocks)."""
   edge = write_records(str(tmp_path / "edge.tfrecord"), [
       frame_example("none", [1], np.zeros((0, 1024), np.uint8), np.zeros((0, 128), np.uint8)),
       frame_example("long", [2], np.full((310, 1024), 255, np.uint8),
@@ -128,7 +132,10 @@ def test_quantized_input_is_bit_identical_to_dequantized_input(
     (predictions, model_input), (new_predictions, new_model_input) = sess.run(
         [before, after], {quantized: out["video_matrix"], num_frames: out["num_frames"]})
   np.testing.assert_array_equal(new_model_input, model_input)
-  np.testing.assert_array_equal(new_predictions, predictions)
+  if ensemble_num * iterations > 300:
+    np.testing.assert_array_equal(new_predictions, predictions)
+  else:
+    np.testing.assert_allclose(new_predictions, predictions, rtol=1e-6, atol=1e-7)
   assert np.ptp(predictions, 0).max() > 1e-4  # the videos' predictions differ
 
 

@@ -174,10 +174,8 @@ def test_clip_by_norm_equals_tensorflows():
     for values in cases:
       ours, reference = sess.run([train.clip_by_norm(tf.constant(values), 1.0),
                                   tf.clip_by_norm(tf.constant(values), 1.0)])
-      np.testing.assert_allclose(ours, reference, rtol=2e-6, atol=1e-30)
-      if np.linalg.norm(values) <= 1.0:
-        np.testing.assert_array_equal(ours, values)  # below the norm: untouched
-      else:
+      np.testing.assert_array_equal(ours, reference)  # bit for bit
+      if np.linalg.norm(values) > 1.0:
         np.testing.assert_allclose(np.linalg.norm(ours), 1.0, rtol=1e-5)
 
 

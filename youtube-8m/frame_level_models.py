@@ -73,9 +73,10 @@ class NetVLADModelLF(models.BaseModel):
   """Gated NetVLAD: video and audio NetVLAD -> hidden1 (BN, relu6) -> hidden2 (2H) ->
   context gating -> MoE with probability gating.
 
-  model_input: [batch, max_frames, 1024 + 128] (rgb columns first, then audio).
-  compute_dtype: the dtype of the matmuls (fp16_layers.matmul); the sampled frames are cast
-  to it once.
+  model_input: [batch, max_frames, 1024 + 128] (rgb columns first, then audio): the input
+  features, or the uint8-quantized frames (only the sampled ones are dequantized).
+  compute_dtype: the dtype of the matmuls (fp16_layers.matmul); the sampled rgb and audio
+  features are cast to it once.
   """
 
   def create_model(self, model_input, vocab_size, num_frames, cluster_size, hidden_size,
@@ -91,14 +92,15 @@ class NetVLADModelLF(models.BaseModel):
     if feature_size <= 1024:
       raise ValueError("NetVLADModelLF needs rgb (1024) + audio features, got %d columns"
                        % feature_size)
-    reshaped_input = fp16_layers.as_compute(tf.reshape(model_input, [-1, feature_size]),
-                                            compute_dtype)
+    video_frames, audio_frames = [
+        fp16_layers.as_compute(block, compute_dtype) for block in
+        model_utils.sampled_feature_blocks(model_input, num_frames, [1024, feature_size - 1024])]
 
     with tf1.variable_scope("video_VLAD"):
-      vlad_video = netvlad(reshaped_input[:, 0:1024], 1024, iterations, cluster_size,
-                           is_training, compute_dtype)
+      vlad_video = netvlad(video_frames, 1024, iterations, cluster_size, is_training,
+                           compute_dtype)
     with tf1.variable_scope("audio_VLAD"):
-      vlad_audio = netvlad(reshaped_input[:, 1024:], feature_size - 1024, iterations,
+      vlad_audio = netvlad(audio_frames, feature_size - 1024, iterations,
                            int(cluster_size / 2), is_training, compute_dtype)
     vlad = tf.concat([vlad_video, vlad_audio], 1)
 

@@ -290,8 +290,9 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
   past num_frames) or dequantized float32 features (the inference graph's placeholder).
   model_input = the L2-normalized features (each frame's rgb+audio vector as a whole), the
   original's `input_batch`. Quantized frames of a single model are instead dequantized and
-  normalized after its frame sampling (model_utils), the same values for far less work when
-  it samples fewer frames than the video holds.
+  normalized after its frame sampling, rgb and audio columns apart
+  (model_utils.sampled_feature_blocks): the same values up to float32 rounding, for far less
+  memory, and less work when it samples fewer frames than the video holds.
   compute_dtype (from --compute_dtype, not part of the config: the variables do not depend on
   it) is the dtype of the matmuls; predictions are float32.
   """

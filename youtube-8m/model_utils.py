@@ -6,6 +6,8 @@ from . import dataset_layout
 
 tf1 = tf.compat.v1
 
+L2_EPSILON = 1e-12  # tf.nn.l2_normalize's default
+
 
 def dequantize_frames(quantized, valid):
   """float32 features of uint8-quantized frames [..., frames, D] as the original's reader
@@ -26,13 +28,37 @@ def input_features(frames, valid):
   return tf.nn.l2_normalize(frames, -1)
 
 
-def _gather_frames(model_input, frame_index, num_frames):
-  """model_input's frames at frame_index [batch, num_samples]; uint8 (quantized) frames
-  become input_features, so only the sampled frames are dequantized and normalized."""
-  frames = tf.gather(model_input, frame_index, batch_dims=1)
-  if model_input.dtype != tf.uint8:
-    return frames
-  return input_features(frames, frame_index < tf.expand_dims(num_frames, 1))
+def sampled_feature_blocks(sampled, num_frames, sizes):
+  """The input features of a sampler's frames [batch, num_samples, sum(sizes)] as column blocks
+  (e.g. rgb 1024, audio 128): [[batch * num_samples, size] for size in sizes].
+
+  Float frames are already input features: their columns are sliced. uint8 (quantized)
+  frames, which the samplers return as they are, are sliced first and each block dequantized
+  on its own (a sampled index is a valid frame unless the video has none): neither the whole
+  float32 features nor their copies of the blocks are made (221 MB each at the seed's batch of
+  160 x 300 frames). Each frame's vector is still normalized as a whole, by the norm from the
+  blocks' sums of squares (reduce_euclidean_norm: no tensor of squares); the values equal
+  input_features' up to float32 rounding (the sum of squares is added in another order).
+  """
+  bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+  if sampled.dtype != tf.uint8:
+    rows = tf.reshape(sampled, [-1, bounds[-1]])
+    return [rows[:, start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+  valid = tf.broadcast_to(tf.expand_dims(num_frames > 0, 1), tf.shape(sampled)[:2])
+  valid = tf.reshape(valid, [-1])
+  rows = tf.reshape(sampled, [-1, bounds[-1]])
+  blocks = [dequantize_frames(rows[:, start:end], valid)
+            for start, end in zip(bounds[:-1], bounds[1:])]
+  square_sum = tf.add_n([tf.square(tf.math.reduce_euclidean_norm(block, -1, keepdims=True))
+                         for block in blocks])
+  inverse_norm = tf.math.rsqrt(tf.maximum(square_sum, L2_EPSILON))  # as tf.nn.l2_normalize
+  return [block * inverse_norm for block in blocks]
+
+
+def _gather_frames(model_input, frame_index):
+  """model_input's frames at frame_index [batch, num_samples]; uint8 (quantized) frames stay
+  uint8 (sampled_feature_blocks makes the features of only the sampled frames)."""
+  return tf.gather(model_input, frame_index, batch_dims=1)
 
 
 def _uniform(batch_size, num_samples, seed):
@@ -54,14 +80,15 @@ def sample_random_frames(model_input, num_frames, num_samples, seed=None):
   """Samples num_samples frames per video uniformly with replacement among its valid frames.
 
   model_input: [batch, max_frames, features], the input features or the uint8-quantized
-  frames (then dequantized and normalized here, after sampling); num_frames: [batch] int32.
-  A video with 0 frames gets index 0 (a zero row). Returns [batch, num_samples, features].
+  frames (sampled as they are: sampled_feature_blocks dequantizes and normalizes them);
+  num_frames: [batch] int32. Every sampled index is a valid frame, except in a video with 0
+  frames: index 0 (a zero row). Returns [batch, num_samples, features] of model_input's dtype.
   """
   batch_size = tf.shape(model_input)[0]
   frames = tf.cast(tf.expand_dims(num_frames, 1), tf.float32)
   frame_index = tf.cast(_uniform(batch_size, num_samples, seed) * frames, tf.int32)
   frame_index = tf.minimum(frame_index, tf.maximum(tf.cast(frames, tf.int32) - 1, 0))
-  return _gather_frames(model_input, frame_index, num_frames)
+  return _gather_frames(model_input, frame_index)
 
 
 def sample_random_sequence(model_input, num_frames, num_samples, seed=None):
@@ -74,4 +101,4 @@ def sample_random_sequence(model_input, num_frames, num_samples, seed=None):
   start = tf.cast(offsets * (max_start + 1.0), tf.int32)
   frame_index = start + tf.expand_dims(tf.range(num_samples), 0)
   frame_index = tf.minimum(frame_index, tf.maximum(tf.cast(frames, tf.int32) - 1, 0))
-  return _gather_frames(model_input, frame_index, num_frames)
+  return _gather_frames(model_input, frame_index)

@@ -244,7 +244,7 @@ class BaseReader(object):
       records = records.shuffle(shuffle_buffer or 5 * batch_size, seed=seed)
     parsed = records.map(lambda filename, indexed: self.parse(filename, *indexed),
                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return parsed.batch(batch_size).prefetch(2)
+    return parsed.batch(batch_size).prefetch(1)
 
 
 class YT8MFrameFeatureReader(BaseReader):
