@@ -389,12 +389,13 @@ def mixture(members, weights):
 
 def brute_force_gap(predictions, labels, top_k=20):
   """GAP@k written out (behavior.md 6.2): pool every video's top-k (score, is_true) pairs,
-  sort by score, average the precision at each true pair over ALL true labels."""
+  sort by score, average the precision at each true pair over ALL true labels. Exactly equal
+  scores: within a video by class index, in the pool negatives first (README, "GAP ties")."""
   pool = []
   for scores, truth in zip(predictions, labels):
-    for label in sorted(range(len(scores)), key=lambda c: -scores[c])[:top_k]:
+    for label in sorted(range(len(scores)), key=lambda c: (-scores[c], c))[:top_k]:
       pool.append((scores[label], bool(truth[label])))
-  pool.sort(key=lambda pair: -pair[0])
+  pool.sort(key=lambda pair: (-pair[0], pair[1]))
   hits, total = 0, 0.0
   for rank, (_, is_true) in enumerate(pool, 1):
     if is_true:
