@@ -383,8 +383,12 @@ def test_seed_steps_1_to_5(ens):
 
 
 def mixture(members, weights):
-  """sum_i w_i * member_i in float64 (independent of ensemble_weights.mix)."""
-  return sum(w * m.astype(np.float64) for w, m in zip(weights, members))
+  """sum_i w_i * member_i in float32, in member order, as the graph's add_n sums them (written
+  independently of ensemble_weights.mix): float64 sums can break or make exact score ties."""
+  total = np.float32(weights[0]) * members[0].astype(np.float32)
+  for weight, member in zip(weights[1:], members[1:]):
+    total = total + np.float32(weight) * member.astype(np.float32)
+  return total
 
 
 def brute_force_gap(predictions, labels, top_k=20):
