@@ -41,24 +41,17 @@ def sampled_feature_blocks(sampled, num_frames, sizes):
   input_features' up to float32 rounding (the sum of squares is added in another order).
   """
   bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+  rows = tf.reshape(sampled, [-1, bounds[-1]])
   if sampled.dtype != tf.uint8:
-    rows = tf.reshape(sampled, [-1, bounds[-1]])
     return [rows[:, start:end] for start, end in zip(bounds[:-1], bounds[1:])]
   valid = tf.broadcast_to(tf.expand_dims(num_frames > 0, 1), tf.shape(sampled)[:2])
   valid = tf.reshape(valid, [-1])
-  rows = tf.reshape(sampled, [-1, bounds[-1]])
   blocks = [dequantize_frames(rows[:, start:end], valid)
             for start, end in zip(bounds[:-1], bounds[1:])]
   square_sum = tf.add_n([tf.square(tf.math.reduce_euclidean_norm(block, -1, keepdims=True))
                          for block in blocks])
   inverse_norm = tf.math.rsqrt(tf.maximum(square_sum, L2_EPSILON))  # as tf.nn.l2_normalize
   return [block * inverse_norm for block in blocks]
-
-
-def _gather_frames(model_input, frame_index):
-  """model_input's frames at frame_index [batch, num_samples]; uint8 (quantized) frames stay
-  uint8 (sampled_feature_blocks makes the features of only the sampled frames)."""
-  return tf.gather(model_input, frame_index, batch_dims=1)
 
 
 def _uniform(batch_size, num_samples, seed):
@@ -88,7 +81,7 @@ def sample_random_frames(model_input, num_frames, num_samples, seed=None):
   frames = tf.cast(tf.expand_dims(num_frames, 1), tf.float32)
   frame_index = tf.cast(_uniform(batch_size, num_samples, seed) * frames, tf.int32)
   frame_index = tf.minimum(frame_index, tf.maximum(tf.cast(frames, tf.int32) - 1, 0))
-  return _gather_frames(model_input, frame_index)
+  return tf.gather(model_input, frame_index, batch_dims=1)
 
 
 def sample_random_sequence(model_input, num_frames, num_samples, seed=None):
@@ -101,4 +94,4 @@ def sample_random_sequence(model_input, num_frames, num_samples, seed=None):
   start = tf.cast(offsets * (max_start + 1.0), tf.int32)
   frame_index = start + tf.expand_dims(tf.range(num_samples), 0)
   frame_index = tf.minimum(frame_index, tf.maximum(tf.cast(frames, tf.int32) - 1, 0))
-  return _gather_frames(model_input, frame_index)
+  return tf.gather(model_input, frame_index, batch_dims=1)
