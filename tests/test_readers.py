@@ -54,6 +54,18 @@ def test_dequantize_constants():
                              [-1.9921875, 128 * 4 / 255 + 4 / 512 - 2, 2.0078125])
 
 
+def test_graph_dequantize_is_the_original_float32_product_and_sum_bit_for_bit():
+  """model_utils.dequantize (one Dequantize op) = the original's float32 graph, q * scale +
+  bias as two float32 ops, for every uint8 value; a regression here changes every feature."""
+  q = np.arange(256, dtype=np.uint8).reshape(16, 16)
+  with tf.Graph().as_default(), tf1.Session() as sess:
+    graph_values = sess.run(model_utils.dequantize(tf.constant(q)))
+  expected = (q.astype(np.float32) * np.float32(dataset_layout.QUANT_SCALE)
+              + np.float32(dataset_layout.QUANT_BIAS))
+  assert graph_values.dtype == np.float32
+  np.testing.assert_array_equal(graph_values.view(np.uint32), expected.view(np.uint32))
+
+
 def test_frame_reader_keeps_bytes_pads_and_truncates_and_the_graph_dequantizes(tmp_path):
   rng = np.random.default_rng(0)
   short_rgb = rng.integers(0, 256, (3, 1024), dtype=np.uint8)

@@ -9,15 +9,25 @@ tf1 = tf.compat.v1
 L2_EPSILON = 1e-12  # tf.nn.l2_normalize's default
 
 
+def dequantize(quantized):
+  """float32 q * QUANT_SCALE + QUANT_BIAS of a uint8 tensor, in one pass over the data.
+
+  Dequantize (MIN_COMBINED, quint8) computes q * ((max - min) / 255) + min in float32; with
+  min = QUANT_BIAS and max - min = 4.0 (both exact in float32) that is the same product and
+  sum as dataset_layout.dequantize, bit for bit (tests/test_readers.py checks all 256 values),
+  where a cast, a product and a sum would write the float32 tensor three times.
+  """
+  return tf.raw_ops.Dequantize(
+      input=tf.bitcast(quantized, tf.quint8),
+      min_range=tf.constant(dataset_layout.QUANT_BIAS, tf.float32),
+      max_range=tf.constant(dataset_layout.QUANT_BIAS + 4.0, tf.float32), mode="MIN_COMBINED")
+
+
 def dequantize_frames(quantized, valid):
   """float32 features of uint8-quantized frames [..., frames, D] as the original's reader
-  computes them (dataset_layout.dequantize), exactly 0.0 where the bool `valid` [..., frames]
+  computes them (dataset_layout.dequantize), exactly +0.0 where the bool `valid` [..., frames]
   is False (the original pads after dequantizing)."""
-  valid = tf.expand_dims(tf.cast(valid, tf.float32), -1)
-  # The per-frame scale and bias (0 where invalid) cost no more than scalar ones, and
-  # q * scale + bias rounds exactly as dataset_layout.dequantize.
-  return (tf.cast(quantized, tf.float32) * (valid * dataset_layout.QUANT_SCALE)
-          + valid * dataset_layout.QUANT_BIAS)
+  return tf.where(tf.expand_dims(valid, -1), dequantize(quantized), 0.0)
 
 
 def input_features(frames, valid):
@@ -44,13 +54,14 @@ def sampled_feature_blocks(sampled, num_frames, sizes):
   rows = tf.reshape(sampled, [-1, bounds[-1]])
   if sampled.dtype != tf.uint8:
     return [rows[:, start:end] for start, end in zip(bounds[:-1], bounds[1:])]
-  valid = tf.broadcast_to(tf.expand_dims(num_frames > 0, 1), tf.shape(sampled)[:2])
-  valid = tf.reshape(valid, [-1])
-  blocks = [dequantize_frames(rows[:, start:end], valid)
-            for start, end in zip(bounds[:-1], bounds[1:])]
+  blocks = [dequantize(rows[:, start:end]) for start, end in zip(bounds[:-1], bounds[1:])]
   square_sum = tf.add_n([tf.square(tf.math.reduce_euclidean_norm(block, -1, keepdims=True))
                          for block in blocks])
   inverse_norm = tf.math.rsqrt(tf.maximum(square_sum, L2_EPSILON))  # as tf.nn.l2_normalize
+  # A video without frames samples its zero padding: zero features (-0.0 here, as q = 0
+  # dequantizes to a negative value), by a zero scale instead of a pass over the blocks.
+  valid = tf.broadcast_to(tf.expand_dims(num_frames > 0, 1), tf.shape(sampled)[:2])
+  inverse_norm = tf.where(tf.reshape(valid, [-1, 1]), inverse_norm, 0.0)
   return [block * inverse_norm for block in blocks]
 
 
