@@ -319,3 +319,54 @@ def test_batch_norm_warmup_decay_follows_step():
       mean = sess.run(updates, {step: 0})[0]
   # decay at step 0 is min(0.999, 1/10) = 0.1: the moving mean jumps 90% of the way to 3
   np.testing.assert_allclose(mean, [2.7], rtol=1e-5)
+
+
+@pytest.mark.parametrize("compute_dtype", [tf.float32, tf.bfloat16])
+def test_recomputed_features_give_autodiffs_gradients_bit_for_bit(compute_dtype):
+  """Training recomputes the sampled rgb features in the backward pass (from the uint8 frames
+  and the frames' norms) instead of holding them: every gradient equals autodiff's through
+  the held features, bit for bit (a frameless video included), and the recomputation waits
+  for the backward pass (it must not run with the forward one)."""
+  frame_level_models = yt8m("frame_level_models")
+  frames = np.random.default_rng(3).integers(0, 256, (4, 30, 1152), dtype=np.uint8)
+  num_frames = np.array([30, 7, 0, 12], np.int32)
+
+  def gradients(recompute):
+    with tf.Graph().as_default() as graph:
+      tf1.set_random_seed(5)
+      result = frame_level_models.NetVLADModelLF().create_model(
+          tf.constant(frames), 40, num_frames=tf.constant(num_frames), cluster_size=4,
+          hidden_size=8, iterations=20, sample_random_frames=True, gating=True,
+          float16_flag=False, classifier_model="MoeModel", is_training=True,
+          compute_dtype=compute_dtype, recompute_features=recompute, num_mixtures=2,
+          l2_penalty=1e-6, prob_gating=True, prob_gating_input="prediction", remove_diag=False)
+      loss = tf.reduce_sum(tf.square(result["predictions"] - 0.25))
+      variables = tf1.trainable_variables()
+      grads = tf.gradients(loss, variables)
+      dequantize_ops = [op for op in graph.get_operations() if op.type == "Dequantize"]
+      with tf1.Session() as sess:
+        sess.run(tf1.global_variables_initializer())
+        values = sess.run(grads)
+    return {v.op.name: g for v, g in zip(variables, values)}, dequantize_ops
+
+  recomputed, ops = gradients(True)
+  held, held_ops = gradients(False)
+  assert len(held_ops) == 2 and len(ops) == 3  # rgb + audio, and rgb once more
+  again = [op for op in ops if op.name.startswith("gradients/")]
+  assert len(again) == 1
+  ancestors, todo = set(), [again[0]]
+  while todo:
+    op = todo.pop()
+    for parent in [t.op for t in op.inputs] + list(op.control_inputs):
+      if parent not in ancestors:
+        ancestors.add(parent)
+        todo.append(parent)
+  # it waits for the incoming gradient: backward ops other than its own input's
+  assert [op for op in ancestors if op.name.startswith("gradients/")
+          and op.type not in ("Bitcast", "Const", "StridedSlice")]
+  assert sorted(recomputed) == sorted(held) and len(held) >= 20
+  for name, value in held.items():
+    assert value.dtype == np.float32
+    np.testing.assert_array_equal(recomputed[name].view(np.uint32), value.view(np.uint32),
+                                  err_msg=name)
+  assert np.abs(held["video_VLAD/conv2/cluster_weights"]).sum() > 0

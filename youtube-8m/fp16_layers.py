@@ -103,6 +103,24 @@ def matmul(inputs, kernel, compute_dtype=tf.float32):
                            as_compute(kernel, compute_dtype)), tf.float32)
 
 
+def recomputed_in_backward(forward, inputs, recompute, *others):
+  """forward(inputs, *others), whose gradients w.r.t. others are the ops autodiff builds,
+  but on recompute() instead of inputs: inputs is not held from the forward pass to the
+  backward pass (the sampled features, 188 MiB at the seed's batch of 160 x 300 frames).
+
+  inputs must need no gradient; recompute() must return the same values (it runs only when
+  the gradient arrives, so that the tensor lives only at the end of the backward pass).
+  """
+  @tf.custom_gradient
+  def call(*args):
+    def grad(output_gradient):
+      with tf.control_dependencies([output_gradient]):
+        again = recompute()
+      return tf.gradients(forward(again, *args), list(args), grad_ys=output_gradient)
+    return forward(inputs, *args), grad
+  return call(*others)
+
+
 def fully_connected(inputs, num_outputs, activation_fn=tf.nn.relu, normalizer_fn=None,
                     normalizer_params=None, weights_regularizer=None,
                     biases_initializer=tf.zeros_initializer(), scope=None, dtype=tf.float32,

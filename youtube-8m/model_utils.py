@@ -38,7 +38,7 @@ def input_features(frames, valid):
   return tf.nn.l2_normalize(frames, -1)
 
 
-def sampled_feature_blocks(sampled, num_frames, sizes):
+def sampled_feature_blocks(sampled, num_frames, sizes, recomputable=False):
   """The input features of a sampler's frames [batch, num_samples, sum(sizes)] as column blocks
   (e.g. rgb 1024, audio 128): [[batch * num_samples, size] for size in sizes].
 
@@ -49,12 +49,18 @@ def sampled_feature_blocks(sampled, num_frames, sizes):
   160 x 300 frames). Each frame's vector is still normalized as a whole, by the norm from the
   blocks' sums of squares (reduce_euclidean_norm: no tensor of squares); the values equal
   input_features' up to float32 rounding (the sum of squares is added in another order).
+
+  recomputable: returns [(block, recompute)], recompute() making the same values anew (for
+  uint8 frames; None for float frames) from the sampled frames and the norms, which are far
+  smaller than the blocks (fp16_layers.recomputed_in_backward).
   """
   bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
   rows = tf.reshape(sampled, [-1, bounds[-1]])
   if sampled.dtype != tf.uint8:
-    return [rows[:, start:end] for start, end in zip(bounds[:-1], bounds[1:])]
-  blocks = [dequantize(rows[:, start:end]) for start, end in zip(bounds[:-1], bounds[1:])]
+    blocks = [rows[:, start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+    return [(block, None) for block in blocks] if recomputable else blocks
+  quantized = [rows[:, start:end] for start, end in zip(bounds[:-1], bounds[1:])]
+  blocks = [dequantize(block) for block in quantized]
   square_sum = tf.add_n([tf.square(tf.math.reduce_euclidean_norm(block, -1, keepdims=True))
                          for block in blocks])
   inverse_norm = tf.math.rsqrt(tf.maximum(square_sum, L2_EPSILON))  # as tf.nn.l2_normalize
@@ -62,7 +68,10 @@ def sampled_feature_blocks(sampled, num_frames, sizes):
   # dequantizes to a negative value), by a zero scale instead of a pass over the blocks.
   valid = tf.broadcast_to(tf.expand_dims(num_frames > 0, 1), tf.shape(sampled)[:2])
   inverse_norm = tf.where(tf.reshape(valid, [-1, 1]), inverse_norm, 0.0)
-  return [block * inverse_norm for block in blocks]
+  if not recomputable:
+    return [block * inverse_norm for block in blocks]
+  return [(block * inverse_norm, lambda frames=frames: dequantize(frames) * inverse_norm)
+          for block, frames in zip(blocks, quantized)]
 
 
 def _uniform(batch_size, num_samples, seed):
