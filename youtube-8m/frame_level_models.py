@@ -98,9 +98,9 @@ class NetVLADModelLF(models.BaseModel):
   features, or the uint8-quantized frames (only the sampled ones are dequantized).
   compute_dtype: the dtype of the matmuls (fp16_layers.matmul); the sampled rgb and audio
   features are cast to it once.
-  recompute_features: in training, the backward pass makes the sampled uint8 frames' rgb
-  features anew instead of holding them from the forward pass (the same gradients, bit for
-  bit; 188 MiB less at the seed's batch of 160 x 300 frames, for one more dequantization).
+  recompute_features: in float32 training, the backward pass makes the sampled uint8 frames'
+  rgb features anew instead of holding them from the forward pass (the same gradients, bit
+  for bit; 188 MiB less at the seed's batch of 160 x 300 frames, for one more dequantization).
   """
 
   def create_model(self, model_input, vocab_size, num_frames, cluster_size, hidden_size,
@@ -120,9 +120,11 @@ class NetVLADModelLF(models.BaseModel):
         (fp16_layers.as_compute(block, compute_dtype), make_block)
         for block, make_block in model_utils.sampled_feature_blocks(
             model_input, num_frames, [1024, feature_size - 1024], recomputable=True)]
-    # Only the rgb features are worth recomputing (the audio ones are 8 times smaller).
+    # Only the float32 rgb features are worth recomputing: the audio ones are 8 times smaller,
+    # and a narrower compute dtype's copy is smaller and costs a cast more to make again.
     video_again = None
-    if is_training and recompute_features and make_video_frames:
+    if (is_training and recompute_features and make_video_frames
+        and compute_dtype == tf.float32):
       video_again = _once(lambda: fp16_layers.as_compute(make_video_frames(), compute_dtype))
 
     with tf1.variable_scope("video_VLAD"):
