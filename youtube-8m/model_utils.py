@@ -56,11 +56,10 @@ def sampled_feature_blocks(sampled, num_frames, sizes, recomputable=False):
   """
   bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
   rows = tf.reshape(sampled, [-1, bounds[-1]])
+  columns = [rows[:, start:end] for start, end in zip(bounds[:-1], bounds[1:])]
   if sampled.dtype != tf.uint8:
-    blocks = [rows[:, start:end] for start, end in zip(bounds[:-1], bounds[1:])]
-    return [(block, None) for block in blocks] if recomputable else blocks
-  quantized = [rows[:, start:end] for start, end in zip(bounds[:-1], bounds[1:])]
-  blocks = [dequantize(block) for block in quantized]
+    return [(block, None) for block in columns] if recomputable else columns
+  blocks = [dequantize(block) for block in columns]
   square_sum = tf.add_n([tf.square(tf.math.reduce_euclidean_norm(block, -1, keepdims=True))
                          for block in blocks])
   inverse_norm = tf.math.rsqrt(tf.maximum(square_sum, L2_EPSILON))  # as tf.nn.l2_normalize
@@ -71,7 +70,7 @@ def sampled_feature_blocks(sampled, num_frames, sizes, recomputable=False):
   if not recomputable:
     return [block * inverse_norm for block in blocks]
   return [(block * inverse_norm, lambda frames=frames: dequantize(frames) * inverse_norm)
-          for block, frames in zip(blocks, quantized)]
+          for block, frames in zip(blocks, columns)]
 
 
 def _uniform(batch_size, num_samples, seed):
