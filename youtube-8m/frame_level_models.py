@@ -119,7 +119,7 @@ class NetVLADModelLF(models.BaseModel):
     (video_frames, make_video_frames), (audio_frames, _) = [
         (fp16_layers.as_compute(block, compute_dtype), make_block)
         for block, make_block in model_utils.sampled_feature_blocks(
-            model_input, num_frames, [1024, feature_size - 1024], recomputable=True)]
+            model_input, num_frames, [1024, feature_size - 1024])]
     # Only the float32 rgb features are worth recomputing: the audio ones are 8 times smaller,
     # and a narrower compute dtype's copy is smaller and costs a cast more to make again.
     video_again = None

@@ -38,9 +38,10 @@ def input_features(frames, valid):
   return tf.nn.l2_normalize(frames, -1)
 
 
-def sampled_feature_blocks(sampled, num_frames, sizes, recomputable=False):
+def sampled_feature_blocks(sampled, num_frames, sizes):
   """The input features of a sampler's frames [batch, num_samples, sum(sizes)] as column blocks
-  (e.g. rgb 1024, audio 128): [[batch * num_samples, size] for size in sizes].
+  (e.g. rgb 1024, audio 128): [(block [batch * num_samples, size], recompute) for size in
+  sizes], recompute() making the block's values anew (None for float frames).
 
   Float frames are already input features: their columns are sliced. uint8 (quantized)
   frames, which the samplers return as they are, are sliced first and each block dequantized
@@ -49,16 +50,14 @@ def sampled_feature_blocks(sampled, num_frames, sizes, recomputable=False):
   160 x 300 frames). Each frame's vector is still normalized as a whole, by the norm from the
   blocks' sums of squares (reduce_euclidean_norm: no tensor of squares); the values equal
   input_features' up to float32 rounding (the sum of squares is added in another order).
-
-  recomputable: returns [(block, recompute)], recompute() making the same values anew (for
-  uint8 frames; None for float frames) from the sampled frames and the norms, which are far
-  smaller than the blocks (fp16_layers.recomputed_in_backward).
+  recompute() works from the sampled uint8 frames and the norms, which are far smaller than
+  the block (fp16_layers.recomputed_in_backward).
   """
   bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
   rows = tf.reshape(sampled, [-1, bounds[-1]])
   columns = [rows[:, start:end] for start, end in zip(bounds[:-1], bounds[1:])]
   if sampled.dtype != tf.uint8:
-    return [(block, None) for block in columns] if recomputable else columns
+    return [(block, None) for block in columns]
   blocks = [dequantize(block) for block in columns]
   square_sum = tf.add_n([tf.square(tf.math.reduce_euclidean_norm(block, -1, keepdims=True))
                          for block in blocks])
@@ -67,8 +66,6 @@ def sampled_feature_blocks(sampled, num_frames, sizes, recomputable=False):
   # dequantizes to a negative value), by a zero scale instead of a pass over the blocks.
   valid = tf.broadcast_to(tf.expand_dims(num_frames > 0, 1), tf.shape(sampled)[:2])
   inverse_norm = tf.where(tf.reshape(valid, [-1, 1]), inverse_norm, 0.0)
-  if not recomputable:
-    return [block * inverse_norm for block in blocks]
   return [(block * inverse_norm, lambda frames=frames: dequantize(frames) * inverse_norm)
           for block, frames in zip(blocks, columns)]
 
