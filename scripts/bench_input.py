@@ -1,11 +1,13 @@
 """Benchmark: CPU time per video of train.py's input pipeline alone (no model).
 
     python scripts/bench_input.py [--videos_per_file=100 --num_files=12 --repeats=3]
+                                  [--baseline=OTHER_CHECKOUT]
 
 Generates synthetic frame-level files (300-frame videos on average), then iterates the
 training dataset (readers.dataset: 8 interleaved files, shuffled records, parsed, batches
 of 160) in a child process, once with the package's malloc settings and once with glibc's
-defaults (MALLOC_TRIM_THRESHOLD_ set, which the package leaves alone), and prints CPU ms
+defaults (MALLOC_TRIM_THRESHOLD_ set, which the package leaves alone), and, with --baseline,
+once with another checkout's package (e.g. `git worktree add /tmp/base main`), and prints CPU ms
 (user + system), page faults and wall ms per video for each. Every CPU millisecond here is
 taken from the model on a 2-core machine. Not a test: it prints numbers.
 """
@@ -21,6 +23,7 @@ from bench_util import REPO_ROOT, run_child
 
 CHILD = """
 import glob, importlib, json, resource, sys, time
+sys.path.insert(0, sys.argv[4])  # the checkout measured, ahead of the working directory
 readers = importlib.import_module("youtube-8m.readers")
 files = sorted(glob.glob(sys.argv[1]))
 repeats, batch_size = int(sys.argv[2]), int(sys.argv[3])
@@ -50,8 +53,13 @@ def main(argv):
   parser.add_argument("--repeats", type=int, default=3, help="passes over the files")
   parser.add_argument("--batch_size", type=int, default=160)
   parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
+  parser.add_argument("--baseline", default=None,
+                      help="another checkout of the project, measured alternately with this one")
   parser.add_argument("--work_dir", default=None)
   args = parser.parse_args(argv)
+  variants = [(name, env, REPO_ROOT) for name, env in SETTINGS]
+  if args.baseline:
+    variants.append(("baseline checkout", {}, os.path.abspath(args.baseline)))
   work_dir = args.work_dir or tempfile.mkdtemp(prefix="bench_input_")
   try:
     data = os.path.join(work_dir, "data")
@@ -62,10 +70,10 @@ def main(argv):
                  "--num_test_files=0"])
     pattern = os.path.join(data, "frame", "train*.tfrecord")
     for round_index in range(args.rounds):
-      for name, env in SETTINGS:
+      for name, env, root in variants:
         _, peak_mib, text = run_child(
-            [sys.executable, "-c", CHILD, pattern, str(args.repeats), str(args.batch_size)],
-            env=dict(env, PYTHONPATH=REPO_ROOT))
+            [sys.executable, "-c", CHILD, pattern, str(args.repeats), str(args.batch_size), root],
+            env=env)
         result = json.loads(text.split("RESULT ", 1)[1].splitlines()[0])
         print("round %d, %-24s %d videos: CPU %.3f ms/video (system %.3f), %.1f page faults"
               "/video, wall %.3f ms/video, peak RSS %.0f MiB" % (

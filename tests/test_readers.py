@@ -171,6 +171,14 @@ def good(index):
                        np.full((4, 128), index, np.uint8))
 
 
+def two_values_per_frame():
+  example = tf.train.SequenceExample.FromString(
+      frame_example("bad3", [1], np.zeros((4, 1024), np.uint8), np.zeros((4, 128), np.uint8)))
+  example.feature_lists.feature_list["rgb"].feature[2].bytes_list.value.append(b"x" * 1024)
+  return example.SerializeToString()
+
+
+@pytest.mark.parametrize("batch_size", [3, 4])  # the bad record second / first in its batch
 @pytest.mark.parametrize("bad,message", [
     (frame_example("bad0", [1], np.zeros((4, 1000), np.uint8), np.zeros((4, 128), np.uint8)),
      "record 2: feature 'rgb' has a frame of 1000 bytes, expected 1024"),
@@ -179,15 +187,31 @@ def good(index):
      "record 2: label id 4000 outside the vocabulary [0, 3862)"),
     (frame_example("bad2", [1], np.zeros((4, 1024), np.uint8), np.zeros((3, 128), np.uint8)),
      "record 2: feature 'audio' has 3 frames but 'rgb' has 4"),
+    (two_values_per_frame(), "record 2: feature 'rgb' has a frame of 2 values, expected 1"),
     (b"this is not a protocol buffer", "record 2"),
 ])
-def test_malformed_record_names_file_and_record(tmp_path, bad, message):
+def test_malformed_record_names_file_and_record(tmp_path, bad, message, batch_size):
   first = write_records(str(tmp_path / "a.tfrecord"), [good(0), good(1)])
   second = write_records(str(tmp_path / "b.tfrecord"), [good(2), good(3), bad, good(4)])
   with pytest.raises(readers.InputDataError) as error:
-    read_all(readers.YT8MFrameFeatureReader(), [first, second])
+    read_all(readers.YT8MFrameFeatureReader(), [first, second], batch_size)
   assert second in str(error.value)
   assert message in str(error.value)
+
+
+def test_the_first_bad_record_of_a_batch_is_named(tmp_path):
+  """Records are parsed a batch at a time: of two bad records in one batch, the error names
+  the earlier, whatever the later one's fault."""
+  bad_size = frame_example("size", [1], np.zeros((4, 1000), np.uint8),
+                           np.zeros((4, 128), np.uint8))
+  bad_label = frame_example("label", [3, 4000], np.zeros((4, 1024), np.uint8),
+                            np.zeros((4, 128), np.uint8))
+  path = write_records(str(tmp_path / "a.tfrecord"),
+                       [good(0), bad_label, good(1), bad_size, bad_label])
+  with pytest.raises(readers.InputDataError) as error:
+    read_all(readers.YT8MFrameFeatureReader(), [path], batch_size=8)
+  assert str(error.value) == "%s: record 1: label id 4000 outside the vocabulary [0, 3862)" % (
+      path)
 
 
 def test_corrupted_tfrecord_names_file_and_record(tmp_path):
