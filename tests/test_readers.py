@@ -151,6 +151,36 @@ def test_quantized_input_equals_dequantized_input(
   assert np.ptp(predictions, 0).max() > 1e-4  # the videos' predictions differ
 
 
+def test_a_batch_of_frameless_videos(tmp_path):
+  """A batch whose videos have no frames at all is all padding, not a shape error."""
+  empty = np.zeros((0, 1024), np.uint8), np.zeros((0, 128), np.uint8)
+  path = write_records(str(tmp_path / "e.tfrecord"),
+                       [frame_example("e%d" % i, [i], *empty) for i in range(3)] + [good(5)])
+  out = read_all(readers.YT8MFrameFeatureReader(num_classes=10), [path], batch_size=3)
+  assert out["video_matrix"].shape == (4, 300, 1152)
+  assert not out["video_matrix"][:3].any()
+  assert (out["video_matrix"][3, :4] == 5).all() and not out["video_matrix"][3, 4:].any()
+  assert list(out["num_frames"]) == [0, 0, 0, 4]
+  assert [list(np.nonzero(row)[0]) for row in out["labels"]] == [[0], [1], [2], [1]]
+
+
+def test_batches_larger_than_the_parse_batch_are_the_same(tmp_path, monkeypatch):
+  path = write_records(str(tmp_path / "a.tfrecord"), [good(i) for i in range(7)])
+  whole = read_all(readers.YT8MFrameFeatureReader(), [path], batch_size=5)
+  monkeypatch.setattr(readers, "MAX_PARSE_BATCH", 2)
+  graph = tf.Graph()
+  with graph.as_default():
+    batch = tf1.data.make_one_shot_iterator(readers.YT8MFrameFeatureReader().dataset(
+        [path], 5, num_readers=1)).get_next()
+    with tf1.Session() as sess:
+      first, second = sess.run(batch), sess.run(batch)
+      with pytest.raises(tf.errors.OutOfRangeError):
+        sess.run(batch)
+  assert [len(first["labels"]), len(second["labels"])] == [5, 2]
+  for key, value in whole.items():
+    np.testing.assert_array_equal(np.concatenate([first[key], second[key]]), value)
+
+
 def test_video_level_reader(tmp_path):
   example = tf.train.Example()
   example.features.feature["id"].bytes_list.value.append(b"vvvv")

@@ -240,6 +240,9 @@ def _ragged(dtype):
 _ID_AND_LABELS = {"id": _ragged(tf.string), "labels": _ragged(tf.int64)}
 
 
+MAX_PARSE_BATCH = 256  # records parsed at once (eval.py parses its 256-video parts whole)
+
+
 class BaseReader(object):
   """Builds a tf.data.Dataset of parsed videos from a list of files."""
 
@@ -290,14 +293,18 @@ class BaseReader(object):
       records = file_names.flat_map(records_of)
     if shuffle:
       records = records.shuffle(shuffle_buffer or 5 * batch_size, seed=seed)
-    batches = records.batch(batch_size).map(
-        lambda filenames, indexed: self.parse(filenames, *indexed)).prefetch(1)
+    # Parsing a batch holds a few copies of it: larger batches are parsed in parts.
+    parse_size = min(batch_size, MAX_PARSE_BATCH)
+    batches = records.batch(parse_size).map(
+        lambda filenames, indexed: self.parse(filenames, *indexed))
+    if parse_size < batch_size:
+      batches = batches.rebatch(batch_size)
     # One thread reads and parses, ahead of the model: it keeps up (~0.2 ms of CPU per
     # seed-size video) and takes at most one core from the model's step, and the
     # sequential interleave buffers no records beyond the shuffle's.
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
-    return batches.with_options(options)
+    return batches.prefetch(1).with_options(options)
 
 
 class YT8MFrameFeatureReader(BaseReader):
@@ -327,8 +334,10 @@ class YT8MFrameFeatureReader(BaseReader):
           " frames but '%s' has " % first_name, tf.strings.as_string(frame_counts[row])])
     _check_labels(checks, context["labels"], self.num_classes)
     with tf.control_dependencies([checks.passed()]):
-      frames = tf.concat([tf.io.decode_raw(sequences[name].flat_values, tf.uint8)
-                          for name in self.feature_names], 1)
+      # The reshape keeps the size when a batch has no frames at all.
+      frames = tf.concat([tf.reshape(tf.io.decode_raw(sequences[name].flat_values, tf.uint8),
+                                     [-1, size])
+                          for name, size in zip(self.feature_names, self.feature_sizes)], 1)
       labels = _dense_labels(context["labels"], self.num_classes)
       video_ids = tf.identity(context["id"].flat_values)
     # One copy into [B, max_frames, feature_dim]: cut to max_frames, padded with zero bytes.
