@@ -301,9 +301,11 @@ class BaseReader(object):
       batches = batches.rebatch(batch_size)
     # One thread reads and parses, ahead of the model: it keeps up (~0.2 ms of CPU per
     # seed-size video) and takes at most one core from the model's step, and the
-    # sequential interleave buffers no records beyond the shuffle's.
+    # sequential interleave buffers no records beyond the shuffle's. Nothing is autotuned,
+    # so no autotuning thread: destroying the iterator waited for its sleep (up to ~30 s).
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
+    options.autotune.enabled = False
     return batches.prefetch(1).with_options(options)
 
 
