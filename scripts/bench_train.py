@@ -15,6 +15,11 @@ eval.py evaluates the checkpoint on the training files (12 x 100 videos by defau
 batch of the seed's --eval_batch_size=1024) and its peak memory is printed
 (--eval_batch_size=0 skips it).
 
+--model_threads=N runs both trainings with TensorFlow's intra-op and inter-op pools at N
+threads (TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS): with N below the core count the
+input pipeline has a core of its own, as on a GPU machine, and end to end / step alone then
+shows whether the pipeline is on the step's critical path or only competes with it for CPU.
+
 --data=gcs uploads the dataset to a local Cloud Storage emulator (gcp-storage-emulator on
 127.0.0.1, started here) and trains from its gs:// paths, the shards being staged ahead by
 readers.py / staging.ShardStager; --data=both runs local then gs://, to show whether reading
@@ -51,8 +56,17 @@ def parse_args(argv):
   parser.add_argument("--eval_batch_size", type=int, default=1024)
   parser.add_argument("--compute_dtype", default="float32",
                       help="train.py's and eval.py's --compute_dtype")
+  parser.add_argument("--model_threads", type=int, default=0,
+                      help="TensorFlow's intra-op and inter-op threads (0: one per core)")
   parser.add_argument("--work_dir", default=None)
   return parser.parse_args(argv)
+
+
+def thread_env(args):
+  if not args.model_threads:
+    return {}
+  return {"TF_NUM_INTRAOP_THREADS": str(args.model_threads),
+          "TF_NUM_INTEROP_THREADS": str(args.model_threads)}
 
 
 # train.py whose reader yields its first batch again and again: the model step alone.
@@ -82,9 +96,10 @@ def train(args, pattern, train_dir, log_path, step_alone=False):
   sys; a second run of only the warm-up steps gives the start-up's CPU to subtract): unlike
   wall time, hardly changed by other jobs on the machine."""
   command = train_command(args, pattern, train_dir, args.steps, step_alone)
-  wall, usage, text = run_child_usage(command, log_path)
+  wall, usage, text = run_child_usage(command, log_path, env=thread_env(args))
   _, warmup, _ = run_child_usage(
-      train_command(args, pattern, train_dir + "_warmup", args.skip_steps, step_alone))
+      train_command(args, pattern, train_dir + "_warmup", args.skip_steps, step_alone),
+      env=thread_env(args))
   shutil.rmtree(train_dir + "_warmup", ignore_errors=True)
   cpu_per_step = ((usage.ru_utime + usage.ru_stime - warmup.ru_utime - warmup.ru_stime)
                   / (args.steps - args.skip_steps))
@@ -159,6 +174,8 @@ def main(argv):
     print("NetVLADModelLF K=%d H=%d, batch %d, %d frames sampled, %d cores" % (
         args.cluster, args.hidden, args.batch_size, args.iterations, os.cpu_count()))
     print("  " + allocator_setting())
+    if args.model_threads:
+      print("  TensorFlow's intra-op and inter-op pools: %d threads each" % args.model_threads)
     for source in sources:
       pattern = os.path.join(data, "frame", "train*.tfrecord")
       if source == "gcs":

@@ -50,6 +50,15 @@ def run(argv, check=True, timeout=600, env=None):
   return result
 
 
+def corrupt(path):
+  """Flips one byte in every 256 of a file (its size unchanged): every tensor's CRC fails."""
+  with open(path, "rb") as handle:
+    data = bytearray(handle.read())
+  data[::256] = bytes(b ^ 0xFF for b in data[::256])
+  with open(path, "wb") as handle:
+    handle.write(data)
+
+
 def run_cli(module, *args, check=True, timeout=600, env=None):
   """Runs `python -m youtube-8m.<module> args...` (env added to cli_env())."""
   return run([sys.executable, "-m", "youtube-8m." + module] + list(args), check=check,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_FLAGS, cli_env, run, run_cli, start_cli, yt8m
+from conftest import TINY_FLAGS, cli_env, corrupt, run, run_cli, start_cli, yt8m
 
 storage = yt8m("storage")
 
@@ -55,15 +55,6 @@ def dead_pid():
   process = subprocess.Popen(["true"])
   process.wait()
   return process.pid
-
-
-def corrupt(path):
-  """Flips one byte in every 256 of a file (its size unchanged): every tensor's CRC fails."""
-  with open(path, "rb") as handle:
-    data = bytearray(handle.read())
-  data[::256] = bytes(b ^ 0xFF for b in data[::256])
-  with open(path, "wb") as handle:
-    handle.write(data)
 
 
 def test_divergence_stops_training_without_exporting_nan(tiny_data, tmp_path):

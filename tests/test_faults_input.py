@@ -191,6 +191,20 @@ def test_empty_shards_are_named_and_no_videos_is_an_error(model, tmp_path):
   assert not os.path.exists(out)
 
 
+def test_training_on_files_without_videos_is_an_error(tmp_path):
+  """train.py on input files that hold no record trains nothing: an error naming the flag,
+  and no checkpoint (before, it said the epochs were done and exited 0)."""
+  data = tmp_path / "data"
+  data.mkdir()
+  for name in ("train00.tfrecord", "train01.tfrecord"):
+    open(str(data / name), "wb").close()
+  train_dir = str(tmp_path / "run")
+  result = run_cli("train", "--train_data_pattern=%s/train*.tfrecord" % data,
+                   "--train_dir=" + train_dir, "--batch_size=2", *MODEL_FLAGS, check=False)
+  one_error(result, "--train_data_pattern: the 2 training file(s) hold no videos")
+  assert not [name for name in os.listdir(train_dir) if name.startswith("model.ckpt")]
+
+
 def test_zero_frame_and_long_videos_are_scored(model, tmp_path):
   """A video without frames is scored, as the original (its sampled frames are the zero
   padding), with the graph's prediction for an all-zero input; a video longer than 300

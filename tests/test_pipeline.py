@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, TINY_FLAGS, TINY_NUM_CLASSES, cli_env, run, run_cli, yt8m
+from conftest import (REPO_ROOT, TINY_FLAGS, TINY_NUM_CLASSES, cli_env, corrupt, run, run_cli,
+                      yt8m)
 
 eval_util = yt8m("eval_util")
 readers = yt8m("readers")
@@ -484,6 +485,17 @@ def test_eval_polling_loop_evaluates_each_new_checkpoint_once(trained, tiny_data
     while len(evaluated()) < 1:
       assert time.time() < deadline and process.poll() is None, open(log_path).read()[-2000:]
       time.sleep(0.5)
+    # an unreadable newer checkpoint is named and skipped: the loop waits for the next one
+    for name in sorted(os.listdir(trained["dir"]), key=lambda n: n.endswith(".index")):
+      if name.startswith("model.ckpt-10."):
+        broken_copy = os.path.join(poll_dir, name.replace("-10.", "-20."))
+        shutil.copy(os.path.join(trained["dir"], name), broken_copy)
+        if ".data-" in name:
+          corrupt(broken_copy)
+    broken = "cannot read checkpoint %s/model.ckpt-20 (truncated or corrupt?)" % poll_dir
+    while broken not in open(log_path).read():
+      assert time.time() < deadline and process.poll() is None, open(log_path).read()[-2000:]
+      time.sleep(0.5)
     # the .index last, as a Saver writes it: eval may poll between two copies
     for name in sorted(os.listdir(trained["dir"]), key=lambda n: n.endswith(".index")):
       if name.startswith("model.ckpt-30."):
@@ -497,6 +509,7 @@ def test_eval_polling_loop_evaluates_each_new_checkpoint_once(trained, tiny_data
     process.wait()
   assert evaluated() == ["10", "30"]
   assert open(log_path).read().count("Restored ") == 2
+  assert open(log_path).read().count(broken) == 1  # named once, not retried at every poll
 
 
 def run_script(name, *args):

@@ -310,8 +310,15 @@ def evaluate():
             raise IOError("No model.ckpt-<step> checkpoint in %s" % train_dir)
         time.sleep(FLAGS.eval_interval_secs)
         continue
-      evaluate_checkpoint(sess, prefix, None)
       last_evaluated = prefix
+      try:
+        evaluate_checkpoint(sess, prefix, None)
+      except checkpoint_utils.UnreadableCheckpointError as error:
+        if FLAGS.run_once:
+          raise
+        # Training goes on: a later checkpoint may read, so polling goes on too.
+        logging.error("%s; waiting for a newer checkpoint", error)
+        continue
       if FLAGS.run_once or FLAGS.create_meta_only:
         break
   writer.close()

@@ -590,7 +590,7 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
   """Runs training steps until the input ends, --max_steps or a stop signal; the chief logs
   metrics every 10 steps and exports checkpoints. Returns the last global step."""
   sess.run(tensors["iterator"].initializer)
-  step = int(sess.run(tensors["global_step"]))
+  step = first_step = int(sess.run(tensors["global_step"]))
   resumed = checkpoint_utils.newest_checkpoint(train_dir) is not None
   # Step exports at 10, 10+E, ...; the --save_model_secs timer exports whatever they do.
   last = {"cadence": step if resumed else None, "saved": step if resumed else None,
@@ -669,6 +669,10 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
         synced.push(["events.out.tfevents.*"])
         last["events"] = time.time()
   except tf.errors.OutOfRangeError:
+    if step == first_step:  # a run reads its files from the start: they are empty
+      raise readers.InputDataError(
+          "--train_data_pattern: the %d training file(s) hold no videos: nothing to train "
+          "on" % len(files))
     reason = "Done training -- epoch limit reached."
   except readers.INPUT_ERRORS as error:
     if task.is_chief and last["saved"] != step and step > 0:
