@@ -670,9 +670,10 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
         last["events"] = time.time()
   except tf.errors.OutOfRangeError:
     if step == first_step:  # a run reads its files from the start: they are empty
+      share = " of %s" % task.device if task.distributed else ""
       raise readers.InputDataError(
-          "--train_data_pattern: the %d training file(s) hold no videos: nothing to train "
-          "on" % len(files))
+          "--train_data_pattern: the %d training file(s)%s hold no videos: nothing to train "
+          "on" % (len(files), share))
     reason = "Done training -- epoch limit reached."
   except readers.INPUT_ERRORS as error:
     if task.is_chief and last["saved"] != step and step > 0:
