@@ -479,37 +479,40 @@ def test_eval_polling_loop_evaluates_each_new_checkpoint_once(trained, tiny_data
   try:
     deadline = time.time() + 240
 
-    def evaluated():
-      return re.findall(r"epoch/eval number (\d+) ", open(log_path).read())
+    def log_text():
+      return open(log_path).read()
 
-    while len(evaluated()) < 1:
-      assert time.time() < deadline and process.poll() is None, open(log_path).read()[-2000:]
-      time.sleep(0.5)
+    def evaluated():
+      return re.findall(r"epoch/eval number (\d+) ", log_text())
+
+    def wait_until(condition):
+      while not condition():
+        assert time.time() < deadline and process.poll() is None, log_text()[-2000:]
+        time.sleep(0.5)
+
+    def copy_checkpoint(step, as_step, corrupt_data=False):
+      # the .index last, as a Saver writes it: eval may poll between two copies
+      for name in sorted(os.listdir(trained["dir"]), key=lambda n: n.endswith(".index")):
+        if name.startswith("model.ckpt-%d." % step):
+          copy = os.path.join(poll_dir, name.replace("-%d." % step, "-%d." % as_step))
+          shutil.copy(os.path.join(trained["dir"], name), copy)
+          if corrupt_data and ".data-" in name:
+            corrupt(copy)
+
+    wait_until(lambda: len(evaluated()) >= 1)
     # an unreadable newer checkpoint is named and skipped: the loop waits for the next one
-    for name in sorted(os.listdir(trained["dir"]), key=lambda n: n.endswith(".index")):
-      if name.startswith("model.ckpt-10."):
-        broken_copy = os.path.join(poll_dir, name.replace("-10.", "-20."))
-        shutil.copy(os.path.join(trained["dir"], name), broken_copy)
-        if ".data-" in name:
-          corrupt(broken_copy)
+    copy_checkpoint(10, 20, corrupt_data=True)
     broken = "cannot read checkpoint %s/model.ckpt-20 (truncated or corrupt?)" % poll_dir
-    while broken not in open(log_path).read():
-      assert time.time() < deadline and process.poll() is None, open(log_path).read()[-2000:]
-      time.sleep(0.5)
-    # the .index last, as a Saver writes it: eval may poll between two copies
-    for name in sorted(os.listdir(trained["dir"]), key=lambda n: n.endswith(".index")):
-      if name.startswith("model.ckpt-30."):
-        shutil.copy(os.path.join(trained["dir"], name), poll_dir)
-    while len(evaluated()) < 2:
-      assert time.time() < deadline and process.poll() is None, open(log_path).read()[-2000:]
-      time.sleep(0.5)
+    wait_until(lambda: broken in log_text())
+    copy_checkpoint(30, 30)
+    wait_until(lambda: len(evaluated()) >= 2)
     time.sleep(3)  # several more polls: nothing new, nothing re-evaluated
   finally:
     process.terminate()
     process.wait()
   assert evaluated() == ["10", "30"]
-  assert open(log_path).read().count("Restored ") == 2
-  assert open(log_path).read().count(broken) == 1  # named once, not retried at every poll
+  assert log_text().count("Restored ") == 2
+  assert log_text().count(broken) == 1  # named once, not retried at every poll
 
 
 def run_script(name, *args):
