@@ -26,7 +26,7 @@ import re
 import shutil
 import sys
 
-from bench_util import REPO_ROOT, allocator_setting, run_child
+from bench_util import REPO_ROOT, allocator_setting, host_setting, run_child
 from seed_flags import seed_model_flags
 
 SEED_MODELS = ((24, 1440), (32, 1024), (16, 800), (32, 512))
@@ -199,6 +199,7 @@ def main():
           "%.1f videos/sec after the first batch; process %.0f s, peak RSS %.0f MiB" % (
               videos, overall, steady, seconds, rss), flush=True)
     print(allocator_setting())
+    print(host_setting())
     with open(os.path.join(logs, "results.json"), "w") as handle:
       json.dump(results, handle, indent=1)
     print(json.dumps(results, indent=1))

@@ -36,7 +36,8 @@ import sys
 import tempfile
 import time
 
-from bench_util import REPO_ROOT, allocator_setting, run_child, run_child_usage
+from bench_util import (REPO_ROOT, allocator_setting, host_setting, run_child,
+                        run_child_usage)
 from seed_flags import seed_model_flags
 
 VIDEOS_PER_FILE = 100
@@ -174,6 +175,7 @@ def main(argv):
     print("NetVLADModelLF K=%d H=%d, batch %d, %d frames sampled, %d cores" % (
         args.cluster, args.hidden, args.batch_size, args.iterations, os.cpu_count()))
     print("  " + allocator_setting())
+    print("  " + host_setting(thread_env(args)))
     if args.model_threads:
       print("  TensorFlow's intra-op and inter-op pools: %d threads each" % args.model_threads)
     for source in sources:

@@ -57,3 +57,21 @@ def allocator_setting():
   """The CPU allocator the tools run with (youtube-8m/__init__.py defaults to BFC)."""
   return "TF_CPU_ALLOCATOR_USE_BFC=%s" % os.environ.get("TF_CPU_ALLOCATOR_USE_BFC",
                                                         "true (package default)")
+
+
+# The CPU and oneDNN as the tools see them (a child: this process does not import TensorFlow).
+_HOST_PROBE = """
+import importlib
+settings = importlib.import_module("youtube-8m.runtime_settings")
+print(settings.HostCpu().describe())
+print(settings.onednn_state())
+"""
+
+
+def host_setting(env=None):
+  """'CPU: <model (flags)>; oneDNN on|off (why)' for the tools run with env added."""
+  full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  full_env.update(env or {})
+  lines = subprocess.run([sys.executable, "-c", _HOST_PROBE], cwd=REPO_ROOT, env=full_env,
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+  return "CPU: %s; %s" % (lines[-2], lines[-1])

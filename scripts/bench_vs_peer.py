@@ -46,7 +46,7 @@ import tempfile
 
 import bench_ensemble
 import bench_train
-from bench_util import REPO_ROOT, allocator_setting, run_child, yt8m
+from bench_util import REPO_ROOT, allocator_setting, host_setting, run_child, yt8m
 from seed_flags import seed_model_flags
 
 BENCH_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "bench")
@@ -347,9 +347,10 @@ def main(argv):
   os.makedirs(work_dir, exist_ok=True)
   bench = Bench(args, work_dir)
   try:
-    print("NetVLADModelLF K=%d H=%d, batch %d, %d frames sampled, %d cores; %s" % (
+    host = host_setting()
+    print("NetVLADModelLF K=%d H=%d, batch %d, %d frames sampled, %d cores; %s\n%s" % (
         args.cluster, args.hidden, args.batch_size, args.iterations, os.cpu_count(),
-        allocator_setting()), flush=True)
+        allocator_setting(), host), flush=True)
     bench.setup_peer()
     dtypes = bench.supported_dtypes()
     bench.make_data()
@@ -367,7 +368,8 @@ def main(argv):
               % ceilings["ensemble"] if "ensemble" in ceilings else ""))
     for note in bench.notes:
       print("note: " + note)
-    results = {"config": {k: v for k, v in vars(args).items()}, "rows": bench.rows,
+    print(host)
+    results = {"config": {k: v for k, v in vars(args).items()}, "host": host, "rows": bench.rows,
                "peak_rss_mib": bench.memory, "roofline": ceilings, "flops": measured,
                "peer_runs": bench.peer_runs, "notes": bench.notes, "markdown": table}
     with open(args.results_json, "w") as handle:

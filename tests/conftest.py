@@ -1,11 +1,15 @@
 """Shared fixtures: the package importer, CLI runner and tiny synthetic datasets."""
 
 import importlib
+import locale
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
+
+import cli_forkserver
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
@@ -39,11 +43,40 @@ def cli_env(env=None):
   return full_env
 
 
+_forkserver = None
+
+
+def forkserver():
+  """The session's cli_forkserver.Client (None with YT8M_TEST_FORKSERVER=0)."""
+  global _forkserver
+  if _forkserver is None and os.environ.get("YT8M_TEST_FORKSERVER", "1") != "0":
+    _forkserver = cli_forkserver.Client(tempfile.mkdtemp(prefix="yt8m_forkserver_"), cli_env())
+  return _forkserver
+
+
 def run(argv, check=True, timeout=600, env=None):
   """Runs argv from the repo root (env: the whole environment, default cli_env()) and returns
-  the CompletedProcess (text stdout/stderr); check: a non-zero exit fails the test."""
-  result = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=cli_env() if env is None else env)
+  the CompletedProcess (text stdout/stderr); check: a non-zero exit fails the test.
+
+  `python -m youtube-8m.<tool>` runs as a fork of a process that imported TensorFlow already
+  (tests/cli_forkserver.py) unless env changes what a process reads at start-up."""
+  env = cli_env() if env is None else env
+  server = forkserver()
+  if server is not None and server.can_serve(argv, REPO_ROOT, env):
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+      try:
+        status = server.run(argv, REPO_ROOT, env, stdout, stderr, timeout)
+      except TimeoutError:
+        raise subprocess.TimeoutExpired(argv, timeout)
+      outputs = []
+      for stream in (stdout, stderr):
+        stream.seek(0)
+        outputs.append(stream.read().decode(locale.getpreferredencoding(False), "replace")
+                       .replace("\r\n", "\n"))
+    result = subprocess.CompletedProcess(argv, status, outputs[0], outputs[1])
+  else:
+    result = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True,
+                            timeout=timeout, env=env)
   if check and result.returncode != 0:
     raise AssertionError("%s failed (exit %d):\n%s" % (" ".join(argv[:4]), result.returncode,
                                                       result.stderr[-4000:]))

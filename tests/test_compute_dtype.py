@@ -23,15 +23,26 @@ STEPS = 40
 
 @pytest.fixture(scope="module")
 def trained(tiny_data, tmp_path_factory):
-  """{compute dtype: train_dir} of the same model trained STEPS steps in float32 / bfloat16."""
+  """{compute dtype: train_dir, compute dtype + " log": its stderr} of the same model trained
+  STEPS steps in float32 / bfloat16."""
   dirs = {}
   for dtype in ("float32", "bfloat16"):
     dirs[dtype] = str(tmp_path_factory.mktemp("train_" + dtype))
-    run_cli("train", "--train_data_pattern=" + tiny_data["train_pattern"],
-            "--train_dir=" + dirs[dtype], "--batch_size=32", "--base_learning_rate=0.01",
-            "--num_epochs=100", "--max_steps=%d" % STEPS, "--random_seed=5",
-            "--compute_dtype=" + dtype, *MODEL_FLAGS)
+    result = run_cli("train", "--train_data_pattern=" + tiny_data["train_pattern"],
+                     "--train_dir=" + dirs[dtype], "--batch_size=32",
+                     "--base_learning_rate=0.01", "--num_epochs=100",
+                     "--max_steps=%d" % STEPS, "--random_seed=5",
+                     "--compute_dtype=" + dtype, *MODEL_FLAGS)
+    dirs[dtype + " log"] = result.stderr
   return dirs
+
+
+def test_bfloat16_on_a_cpu_without_it_says_so_once(trained):
+  warnings = [line for line in trained["bfloat16 log"].splitlines()
+              if "--compute_dtype=bfloat16: this CPU" in line]
+  emulated = not yt8m("runtime_settings").HostCpu().has_native_bfloat16
+  assert len(warnings) == (1 if emulated else 0), warnings
+  assert "--compute_dtype=bfloat16: this CPU" not in trained["float32 log"]
 
 
 def evaluate(tiny_data, train_dir, dtype, tmp_path):
@@ -45,7 +56,7 @@ def evaluate(tiny_data, train_dir, dtype, tmp_path):
 
 def test_bfloat16_training_writes_the_float32_checkpoint(trained):
   specs = {dtype: checkpoint_utils.variable_specs(tf.train.load_checkpoint(
-      "%s/model.ckpt-%d" % (train_dir, STEPS))) for dtype, train_dir in trained.items()}
+      "%s/model.ckpt-%d" % (trained[dtype], STEPS))) for dtype in ("float32", "bfloat16")}
   assert specs["bfloat16"] == specs["float32"]
   model_variables = [name for name in specs["bfloat16"]
                      if name.startswith("tower/") and "Adam" not in name]

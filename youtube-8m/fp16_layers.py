@@ -17,6 +17,9 @@ as stored by float16 compute and cast to bfloat16 (through float32) by bfloat16 
 """
 
 import tensorflow as tf
+from absl import logging
+
+from . import runtime_settings
 
 tf1 = tf.compat.v1
 
@@ -71,8 +74,23 @@ def define_compute_dtype_flag():
 
 
 def compute_dtype():
-  """The tf dtype of --compute_dtype."""
-  return COMPUTE_DTYPES[tf1.flags.FLAGS.compute_dtype]
+  """The tf dtype of --compute_dtype; bfloat16 on a CPU without it in hardware logs a warning."""
+  dtype = COMPUTE_DTYPES[tf1.flags.FLAGS.compute_dtype]
+  if dtype == tf.bfloat16:
+    warning = emulated_bfloat16_warning(runtime_settings.HostCpu())
+    if warning:
+      logging.log_first_n(logging.WARNING, "%s", 1, warning)
+  return dtype
+
+
+def emulated_bfloat16_warning(cpu):
+  """The one line saying bfloat16 matmuls are emulated here, or None (native, or on a GPU)."""
+  if cpu.has_native_bfloat16 or tf.config.list_physical_devices("GPU"):
+    return None
+  return ("--compute_dtype=bfloat16: this CPU, %s, has no bfloat16 in hardware (AVX512_BF16 "
+          "or AMX): its bfloat16 matmuls are emulated, slower than float32 (README, \"CPU "
+          "hosts\"), and their products rounded; --compute_dtype=float32 is faster here"
+          % cpu.describe())
 
 
 def as_float32(tensor):

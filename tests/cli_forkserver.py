@@ -1,0 +1,223 @@
+"""Runs `python -m youtube-8m.<tool> ...` as forks of one process that imported TensorFlow.
+
+Every CLI test pays TensorFlow's import (~4 CPU-seconds on an AVX2 host) before the tool
+does anything; the suite runs a few hundred tools. This server imports TensorFlow and the
+package's flag-free modules once, then forks a child per request: the child takes the
+request's stdout/stderr, working directory, environment and argv, and runs the tool's module
+as `__main__` exactly as `python -m` does (own process, own pid, own flags, own exit status).
+
+What a fork cannot honour falls back to a plain subprocess (conftest.run decides, see
+`can_serve`): a different Python, a working directory other than the repo root, or settings
+that TensorFlow, glibc or Python read once at start-up (TF_*, MALLOC_*, LD_*, PYTHON*, ...)
+different from the server's.
+
+Protocol (a Unix socket, one request per connection): the client sends a length-prefixed JSON
+{"argv", "cwd", "env"} with three file descriptors (stdin, stdout, stderr); the server answers
+{"pid"} once the child runs, then {"status"} (an exit code, or -signal as subprocess gives).
+
+    python tests/cli_forkserver.py SOCKET_PATH    # serves until its parent exits
+"""
+
+import atexit
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import sys
+import threading
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Read once when a process starts (by TensorFlow, glibc, Python or this package's
+# runtime_settings): a request whose environment differs in any of these runs in a subprocess.
+STARTUP_ENV_PREFIXES = ("TF_", "MALLOC_", "LD_", "PYTHON", "OMP_", "KMP_", "ONEDNN_", "DNNL_",
+                        "CUDA_", "OPENBLAS", "MKL_", "XLA_", "GRPC_", "NVIDIA_", "GLIBC_")
+# Flag-free modules every tool imports: their import is the start-up cost saved. A module that
+# defines absl flags at import must not be here (a tool that never imports it would then accept
+# its flags); the server checks this.
+PRELOAD = ("tensorflow", "numpy", "google.cloud.storage", "youtube-8m", "youtube-8m.storage",
+           "youtube-8m.utils", "youtube-8m.staging", "youtube-8m.checkpoint_utils",
+           "youtube-8m.eval_util", "youtube-8m.progress")
+
+
+def startup_env(env):
+  return {name: value for name, value in env.items()
+          if name.startswith(STARTUP_ENV_PREFIXES)}
+
+
+def _send(connection, message, fds=()):
+  data = json.dumps(message).encode()
+  header = struct.pack("!I", len(data))
+  if fds:
+    socket.send_fds(connection, [header + data], list(fds))
+  else:
+    connection.sendall(header + data)
+
+
+def _receive(connection, max_fds=0):
+  """(message, fds) of one length-prefixed JSON message (None at end of stream)."""
+  buffer, fds = b"", []
+  while len(buffer) < 4 or len(buffer) < 4 + struct.unpack("!I", buffer[:4])[0]:
+    if max_fds:
+      chunk, new_fds, _, _ = socket.recv_fds(connection, 1 << 16, max_fds)
+      fds += new_fds
+    else:
+      chunk = connection.recv(1 << 16)
+    if not chunk:
+      return None, fds
+    buffer += chunk
+  return json.loads(buffer[4:].decode()), fds
+
+
+def _run_tool(request, fds):
+  """In the forked child: becomes `python -m MODULE ARGS` and never returns."""
+  import runpy  # pylint: disable=g-import-not-at-top
+  import traceback  # pylint: disable=g-import-not-at-top
+  status = 1
+  try:
+    for target, fd in enumerate(fds):
+      os.dup2(fd, target)
+      os.close(fd)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    # A fresh process draws its own random state; a fork would share the server's.
+    random.seed()
+    import numpy  # pylint: disable=g-import-not-at-top
+    numpy.random.seed()
+    module = request["argv"][2]
+    sys.argv = [module] + request["argv"][3:]
+    try:
+      runpy.run_module(module, run_name="__main__", alter_sys=True)
+      status = 0
+    except SystemExit as exit_request:
+      code = exit_request.code
+      if code is None:
+        status = 0
+      elif isinstance(code, int):
+        status = code
+      else:
+        sys.stderr.write("%s\n" % code)
+        status = 1
+    except BaseException:  # pylint: disable=broad-except (as the interpreter would report it)
+      traceback.print_exc()
+      status = 1
+    atexit._run_exitfuncs()  # pylint: disable=protected-access
+  finally:
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except Exception:  # pylint: disable=broad-except
+        pass
+    os._exit(status)  # pylint: disable=protected-access
+
+
+def _serve_one(listener, connection):
+  request, fds = _receive(connection, max_fds=3)
+  if request is None or len(fds) != 3:
+    for fd in fds:
+      os.close(fd)
+    return
+  sys.stdout.flush()
+  sys.stderr.flush()
+  pid = os.fork()
+  if pid == 0:
+    connection.close()
+    listener.close()
+    _run_tool(request, fds)
+  for fd in fds:
+    os.close(fd)
+  _send(connection, {"pid": pid})
+  _, wait_status = os.waitpid(pid, 0)
+  _send(connection, {"status": os.waitstatus_to_exitcode(wait_status)})
+
+
+def _exit_with_parent(parent_pid):
+  while True:
+    threading.Event().wait(2)
+    if os.getppid() != parent_pid:
+      os._exit(0)  # pylint: disable=protected-access
+
+
+def serve(socket_path):
+  import importlib  # pylint: disable=g-import-not-at-top
+  sys.path[0] = REPO_ROOT  # as `python -m` from the repo root
+  for name in PRELOAD:
+    importlib.import_module(name)
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  defined = [module for module in flags.FLAGS.flags_by_module_dict()
+             if "youtube-8m" in module]
+  if defined:
+    sys.exit("cli_forkserver: PRELOAD defines flags (%s): a tool would accept them" % defined)
+  listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+  listener.bind(socket_path)
+  listener.listen(8)
+  print("ready", flush=True)
+  # The watcher is a thread of the server only: a fork copies just the forking thread.
+  threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+  while True:
+    connection, _ = listener.accept()
+    with connection:
+      try:
+        _serve_one(listener, connection)
+      except OSError:  # the client went away (e.g. it timed out and killed the child)
+        pass
+
+
+class Client(object):
+  """Starts the server (lazily, once) and runs requests through it."""
+
+  def __init__(self, socket_dir, env):
+    self.socket_path = os.path.join(socket_dir, "cli_forkserver.sock")
+    self.env = dict(env)
+    self.process = None
+    self.failed = False
+
+  def _start(self):
+    import subprocess  # pylint: disable=g-import-not-at-top
+    self.process = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), self.socket_path], cwd=REPO_ROOT,
+        env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    if self.process.stdout.readline().strip() != "ready":
+      self.process.kill()
+      self.failed = True
+    atexit.register(self.stop)
+
+  def stop(self):
+    if self.process and self.process.poll() is None:
+      self.process.kill()
+      self.process.wait()
+
+  def can_serve(self, argv, cwd, env):
+    return (not self.failed and len(argv) >= 3 and argv[0] == sys.executable
+            and argv[1] == "-m" and argv[2].startswith("youtube-8m.") and cwd == REPO_ROOT
+            and startup_env(env) == startup_env(self.env))
+
+  def run(self, argv, cwd, env, stdout, stderr, timeout):
+    """Runs argv (can_serve) writing to the files stdout/stderr; returns the exit status.
+    Raises TimeoutError (the child killed) after timeout seconds."""
+    if self.process is None:
+      self._start()
+    with open(os.devnull) as stdin, socket.socket(socket.AF_UNIX,
+                                                  socket.SOCK_STREAM) as connection:
+      connection.connect(self.socket_path)
+      _send(connection, {"argv": list(argv), "cwd": cwd, "env": dict(env)},
+            fds=(stdin.fileno(), stdout.fileno(), stderr.fileno()))
+      connection.settimeout(timeout)
+      started, _ = _receive(connection)
+      try:
+        finished, _ = _receive(connection)
+      except socket.timeout:
+        os.kill(started["pid"], signal.SIGKILL)
+        raise TimeoutError("%s timed out after %s s" % (" ".join(argv[:4]), timeout))
+      if finished is None:
+        raise RuntimeError("cli_forkserver: the server died running %s" % " ".join(argv[:4]))
+      return finished["status"]
+
+
+if __name__ == "__main__":
+  serve(sys.argv[1])
