@@ -29,7 +29,7 @@ PROJECT = "tester-project"
 VERSION = re.search(r'^version = "([^"]+)"', open(os.path.join(REPO_ROOT, "pyproject.toml")).read(),
                     re.M).group(1)
 # The image build_image.sh pushes and the submit scripts use by default.
-IMAGE = "us-central1-docker.pkg.dev/%s/yt8m/yt8m-netvlad-ensemble:%s" % (PROJECT, VERSION)
+IMAGE = "us-east1-docker.pkg.dev/%s/yt8m/yt8m-netvlad-ensemble:%s" % (PROJECT, VERSION)
 TRAIN_PATTERN = ("gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord,"
                  "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord")
 EVAL_PATTERN = "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord"
@@ -230,7 +230,7 @@ def parse_dry_run(stdout):
   return {"lines": lines, "raw": raw, "files": files, "jobs": jobs}
 
 
-def check_job(job, module, output_dir, config=None, region="us-central1", image=IMAGE,
+def check_job(job, module, output_dir, config=None, region="us-east1", image=IMAGE,
               spot=True):
   """The Vertex AI job around the module flags: the container, its command, Spot scheduling
   that restarts the job after a preemption, and the output directory."""
@@ -430,15 +430,15 @@ def test_options(tmp_path):
   [job] = out["jobs"]
   # The default image lives in the job's region.
   check_job(job, "train", BUCKET + "/c16h128_80", region="europe-west4",
-            image=IMAGE.replace("us-central1", "europe-west4"))
+            image=IMAGE.replace("us-east1", "europe-west4"))
   assert job["module_flags"][:2] == ["--train_data_pattern=" + pattern,
                                      "--train_dir=%s/c16h128_80" % BUCKET]
   # --VAR=value, environment variables, --job-name, --image-uri (no project needed), on-demand.
   out = dry_run("submit_train.sh", "--cs=16", "--hs=128", "--batch_size=80",
                 "--job-name=my_job", "--image-uri=example.com/image:1", "--no-spot",
-                tmp_path=tmp_path, env={"BUCKET_NAME": BUCKET, "REGION": "us-east1"},
+                tmp_path=tmp_path, env={"BUCKET_NAME": BUCKET, "REGION": "us-west1"},
                 project=False)
-  check_job(out["jobs"][0], "train", BUCKET + "/c16h128_80", region="us-east1",
+  check_job(out["jobs"][0], "train", BUCKET + "/c16h128_80", region="us-west1",
             image="example.com/image:1", spot=False)
   assert out["jobs"][0]["name"] == "my_job"
   out = dry_run("submit_train.sh", *variables, tmp_path=tmp_path, project=False,

@@ -23,7 +23,7 @@ yt8m_parse_args "$@"
 builder=${builder:-cloud-build}
 case $builder in cloud-build|docker) ;; *) yt8m_die "--builder must be cloud-build or docker," \
   "got '$builder'" ;; esac
-REGION=${REGION:-us-central1}
+REGION=${REGION:-$YT8M_DEFAULT_REGION}
 PYTHON=${PYTHON:-$YT8M_REPO_ROOT/.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 if [ "$DRY_RUN" != 1 ]; then

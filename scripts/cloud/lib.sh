@@ -24,7 +24,8 @@
 #   --image-uri=URI           (env IMAGE_URI) the container image (default
 #                             REGION-docker.pkg.dev/PROJECT/yt8m/yt8m-netvlad-ensemble:VERSION,
 #                             as build_image.sh pushes it; VERSION from pyproject.toml)
-#   --region=R                (env REGION; default us-central1, the seed's)
+#   --region=R                (env REGION; default us-east1, the region of the public data
+#                             bucket gs://youtube8m-ml-us-east1: no cross-region reads)
 #   --config=FILE             job config template (default cloud/vertex-gpu.yaml; the
 #                             distributed script: cloud/vertex-distributed.yaml)
 #   --no-spot                 on-demand VMs (scheduling strategy STANDARD) instead of Spot VMs
@@ -40,6 +41,8 @@ YT8M_SCRIPT="$(basename "$0")"
 YT8M_SEED_TRAIN_PATTERN='gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord,gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord'
 YT8M_SEED_EVAL_PATTERN='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord'
 YT8M_IMAGE_NAME=yt8m/yt8m-netvlad-ensemble  # Artifact Registry repository/image
+# The jobs run where the data is: the public bucket gs://youtube8m-ml-us-east1 is in us-east1.
+YT8M_DEFAULT_REGION=us-east1
 # Options also read from the environment (the seed's own variables come on top, per script).
 YT8M_ENV_OPTIONS="REGION DATA_PATTERN EVAL_DATA_PATTERN PROJECT IMAGE_URI"
 
@@ -170,7 +173,7 @@ yt8m_default_image() {
 # yt8m_setup single|distributed: defaults, checks, and the tools of a real run.
 yt8m_setup() {
   local kind=$1
-  REGION=${REGION:-us-central1}
+  REGION=${REGION:-$YT8M_DEFAULT_REGION}
   DATA_PATTERN=${DATA_PATTERN:-$YT8M_SEED_TRAIN_PATTERN}
   EVAL_DATA_PATTERN=${EVAL_DATA_PATTERN:-$YT8M_SEED_EVAL_PATTERN}
   PYTHON=${PYTHON:-$YT8M_REPO_ROOT/.venv/bin/python}
