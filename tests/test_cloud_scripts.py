@@ -33,6 +33,9 @@ IMAGE = "us-east1-docker.pkg.dev/%s/yt8m/yt8m-netvlad-ensemble:%s" % (PROJECT, V
 TRAIN_PATTERN = ("gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord,"
                  "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord")
 EVAL_PATTERN = "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord"
+TEST_PATTERN = "gs://youtube8m-ml-us-east1/2/frame/test/test*.tfrecord"
+# Vertex AI's default maximum running time (7 days), stated in the job configs.
+SCHEDULING = {"strategy": "SPOT", "restartJobOnWorkerRestart": True, "timeout": "604800s"}
 
 # The seed README's module flags (the text after `--`), with its shell variables as {names}.
 SEED_TRAIN = (
@@ -202,12 +205,23 @@ def load_yaml(text):
 # The dry-run output: shell lines, and `cat > FILE <<'YT8M_EOF'` here-documents.
 
 def parse_dry_run(stdout):
-  """-> {"lines": [argv, ...], "raw": [line, ...], "files": {path: text}, "jobs": [job, ...]}
-  where a job is {"name", "module", "module_flags", "argv", "options", "config"}."""
-  lines, raw, files, jobs = [], [], {}, []
+  """-> {"lines": [argv, ...], "raw": [line, ...], "files": {path: text}, "jobs": [job, ...],
+  "follow": [(job name, [argv, ...])]} where a job is {"name", "module", "module_flags",
+  "argv", "options", "config"}; "follow" holds the commented commands printed after each job
+  ("# follow NAME...:" then "#   gcloud ...")."""
+  lines, raw, files, jobs, follow = [], [], {}, [], []
   text_lines = stdout.splitlines()
   i = 0
   while i < len(text_lines):
+    match = re.match(r"^# follow (\S+?)( \(JOB_ID: .*\))?:$", text_lines[i])
+    if match:
+      follow.append((match.group(1), []))
+      i += 1
+      continue
+    if text_lines[i].startswith("#   gcloud "):
+      follow[-1][1].append(shlex.split(text_lines[i][len("#   "):]))
+      i += 1
+      continue
     match = re.match(r"^cat > (\S+) <<'YT8M_EOF'$", text_lines[i])
     if match:
       end = text_lines.index("YT8M_EOF", i + 1)
@@ -227,7 +241,15 @@ def parse_dry_run(stdout):
       jobs.append({"name": options["--display-name"], "argv": argv, "options": options,
                    "config": config, "module": spec["command"][2],
                    "module_flags": spec["args"]})
-  return {"lines": lines, "raw": raw, "files": files, "jobs": jobs}
+  return {"lines": lines, "raw": raw, "files": files, "jobs": jobs, "follow": follow}
+
+
+def check_follow(out, region="us-east1", job_id="JOB_ID"):
+  """After each job: the commands that follow it, in the job's region."""
+  assert [name for name, _ in out["follow"]] == [job["name"] for job in out["jobs"]]
+  for _, commands in out["follow"]:
+    assert commands == [["gcloud", "ai", "custom-jobs", verb, job_id, "--region=" + region]
+                        for verb in ("stream-logs", "describe", "cancel")]
 
 
 def check_job(job, module, output_dir, config=None, region="us-east1", image=IMAGE,
@@ -246,8 +268,7 @@ def check_job(job, module, output_dir, config=None, region="us-east1", image=IMA
     assert spec["imageUri"] == image
     assert spec["command"][:2] == ["python3", "-m"]
     assert pool["replicaCount"] >= 1
-  assert job["config"]["scheduling"] == {"strategy": "SPOT" if spot else "STANDARD",
-                                         "restartJobOnWorkerRestart": True}
+  assert job["config"]["scheduling"] == dict(SCHEDULING, strategy="SPOT" if spot else "STANDARD")
   assert job["config"]["baseOutputDirectory"] == {"outputUriPrefix": output_dir}
   assert job["module"] == "youtube-8m." + module
 
@@ -269,7 +290,7 @@ def test_seed_config_kept_and_points_to_vertex():
 def test_vertex_configs(name, pools):
   config = load_yaml(open(os.path.join(REPO_ROOT, "cloud", name)).read())
   assert list(config) == ["baseOutputDirectory", "scheduling", "workerPoolSpecs"]
-  assert config["scheduling"] == {"strategy": "SPOT", "restartJobOnWorkerRestart": True}
+  assert config["scheduling"] == SCHEDULING
   specs = config["workerPoolSpecs"]
   assert len(specs) == pools
   for index, pool in enumerate(specs):
@@ -307,6 +328,7 @@ def test_train(tmp_path):
   assert job["module_flags"][0] == "--train_data_pattern=" + TRAIN_PATTERN
   assert len(out["lines"]) == 2  # mkdir of the job-config directory, gcloud
   assert out["lines"][0] == ["mkdir", "-p", os.path.dirname(job["options"]["--config"])]
+  check_follow(out)
 
 
 def test_eval_loop_one_job_per_checkpoint(tmp_path):
@@ -320,6 +342,7 @@ def test_eval_loop_one_job_per_checkpoint(tmp_path):
     assert re.fullmatch(r"yt8m_eval_c10h400_%s_\d\dH\d\dM\d\dS" % ckpt, job["name"])
     assert job["module_flags"] == seed_flags(SEED_EVAL_LOOP, CKPT=ckpt, **variables)
   assert len({job["options"]["--config"] for job in out["jobs"]}) == len(ckpts)
+  check_follow(out)  # one block per job
   # Commas work as separators too (the seed writes a bash array).
   out = dry_run("submit_eval_loop.sh", *script_args(variables), "CKPTS=(170010,180010)",
                 tmp_path=tmp_path)
@@ -418,6 +441,160 @@ def test_distributed_train_with_evaluator(tmp_path):
   assert result.returncode != 0 and "--evaluator-count" in result.stderr
 
 
+# The seed's steps 6-7 (inference.py, README "The seed's commands, locally")
+SEED_INFERENCE_FROM_DIR = (
+    "--train_dir={BUCKET_NAME}/{ENSEMBLE_DIR} --output_model_tgz={tgz} "
+    "--input_data_pattern='gs://youtube8m-ml-us-east1/2/frame/test/test*.tfrecord' "
+    "--output_file={csv} --batch_size=512")
+SEED_INFERENCE_FROM_TGZ = (
+    "--input_model_tgz={tgz} "
+    "--input_data_pattern='gs://youtube8m-ml-us-east1/2/frame/test/test*.tfrecord' "
+    "--output_file={csv} --batch_size=512")
+
+
+def test_inference_from_train_dir_writes_csv_and_tgz(tmp_path):
+  tgz = BUCKET + "/submission/ensemble_YHLS.tgz"
+  out = dry_run("submit_inference.sh", "BUCKET_NAME=" + BUCKET, "ENSEMBLE_DIR=ensemble_YHLS",
+                "--output_model_tgz=" + tgz, tmp_path=tmp_path)
+  [job] = out["jobs"]
+  check_job(job, "inference", BUCKET + "/ensemble_YHLS")
+  assert re.fullmatch(r"yt8m_inference_ensemble_YHLS_\d{8}_\d{6}", job["name"])
+  assert job["module_flags"] == seed_flags(
+      SEED_INFERENCE_FROM_DIR, BUCKET_NAME=BUCKET, ENSEMBLE_DIR="ensemble_YHLS", tgz=tgz,
+      csv=BUCKET + "/ensemble_YHLS/submission.csv")
+  check_follow(out)
+  # Without --output_model_tgz: the CSV only; --output_file and batch_size as given.
+  out = dry_run("submit_inference.sh", "BUCKET_NAME=" + BUCKET, "ENSEMBLE_DIR=e2",
+                "--output_file=gs://other/sub/e2.csv", "batch_size=128", tmp_path=tmp_path,
+                env={"TEST_DATA_PATTERN": "gs://other/test/*.tfrecord"})
+  assert out["jobs"][0]["module_flags"] == [
+      "--train_dir=%s/e2" % BUCKET, "--input_data_pattern=gs://other/test/*.tfrecord",
+      "--output_file=gs://other/sub/e2.csv", "--batch_size=128"]
+
+
+def test_inference_from_tgz(tmp_path):
+  tgz = "gs://other_bucket/subs/ensemble_YHLS.tgz"
+  out = dry_run("submit_inference.sh", "BUCKET_NAME=" + BUCKET, "--input_model_tgz=" + tgz,
+                "--region=europe-west4", tmp_path=tmp_path)
+  [job] = out["jobs"]
+  # The job writes next to the tgz: the CSV's directory is its output directory.
+  check_job(job, "inference", "gs://other_bucket/subs", region="europe-west4",
+            image=IMAGE.replace("us-east1", "europe-west4"))
+  assert job["module_flags"] == seed_flags(SEED_INFERENCE_FROM_TGZ, tgz=tgz,
+                                           csv="gs://other_bucket/subs/ensemble_YHLS.csv")
+  assert re.fullmatch(r"yt8m_inference_ensemble_YHLS_\d{8}_\d{6}", job["name"])
+  check_follow(out, region="europe-west4")
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "give ENSEMBLE_DIR"),
+    (["ENSEMBLE_DIR=e", "--input_model_tgz=gs://b/s.tgz"], "not both"),
+    (["--input_model_tgz=gs://b/s.tgz", "--output_model_tgz=gs://b/t.tgz"],
+     "--output_model_tgz packs the model of a train_dir"),
+    (["--input_model_tgz=sub.tgz"], "--input_model_tgz must be a gs:// URL"),
+    (["--input_model_tgz=gs://b/s.zip"], "--input_model_tgz must name a .tgz"),
+    (["ENSEMBLE_DIR=e", "--output_model_tgz=/tmp/s.tgz"], "--output_model_tgz must be a gs://"),
+    (["ENSEMBLE_DIR=e", "--output_file=out.csv"], "--output_file must be a gs://"),
+    (["ENSEMBLE_DIR=e", "--output_file=gs://b/out.txt"], "--output_file must name a .csv"),
+    (["ENSEMBLE_DIR=gs://b/e"], "ENSEMBLE_DIR is a directory name"),
+    (["ENSEMBLE_DIR=e", "batch_size=0"], "batch_size must be >= 1"),
+    (["ENSEMBLE_DIR=e", "batch_size=x"], "batch_size must be a non-negative integer"),
+])
+def test_inference_bad_input(tmp_path, args, message):
+  result = run_script("submit_inference.sh", "--dry-run", "PROJECT=" + PROJECT,
+                      "BUCKET_NAME=" + BUCKET, *args, tmp_path=tmp_path)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # one clear line
+  assert result.stdout == ""
+
+
+# Every submit script, with the variables of one job.
+ONE_JOB_RUNS = [
+    ("submit_train.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3"}),
+    ("submit_eval_loop.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3",
+                                 "CKPTS": "10"}),
+    ("submit_avg_range.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3",
+                                 "ckpt_start": "1", "ckpt_end": "2"}),
+    ("submit_avg_select.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2",
+                                  "batch_size": "3", "RANGE_NAME": "r", "CHECKPOINTS": "1,2"}),
+    ("submit_eval_average.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2",
+                                    "batch_size": "3", "checkpoint": "1_2"}),
+    ("submit_ensemble.sh", ["4"], ENSEMBLE_VARS),
+    ("submit_distributed_train.sh", ["--evaluator-count=1"],
+     {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3"}),
+    ("submit_inference.sh", [], {"BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "e"}),
+]
+
+
+def test_every_submit_script_is_covered():
+  scripts = {name for name in os.listdir(CLOUD_DIR) if name.startswith("submit_")}
+  assert scripts == {script for script, _, _ in ONE_JOB_RUNS}
+
+
+@pytest.mark.parametrize("script,extra,variables", ONE_JOB_RUNS)
+def test_submit_scripts_print_follow_commands_and_attach_tensorboard(tmp_path, script, extra,
+                                                                     variables):
+  """Every script prints how to follow its job; --tensorboard/--service-account become the
+  CustomJobSpec fields `tensorboard` and `serviceAccount` of the job config."""
+  out = dry_run(script, *(extra + script_args(variables)), "--region=us-west1",
+                tmp_path=tmp_path)
+  assert len(out["jobs"]) == 1
+  check_follow(out, region="us-west1")
+  assert "tensorboard" not in out["jobs"][0]["config"]
+  tensorboard = "projects/%s/locations/us-west1/tensorboards/1234" % PROJECT
+  account = "yt8m-jobs@%s.iam.gserviceaccount.com" % PROJECT
+  out = dry_run(script, *(extra + script_args(variables)), "--region=us-west1",
+                "--tensorboard=" + tensorboard, tmp_path=tmp_path,
+                env={"SERVICE_ACCOUNT": account})
+  config = out["jobs"][0]["config"]
+  assert config["tensorboard"] == tensorboard and config["serviceAccount"] == account
+  assert set(config) == {"baseOutputDirectory", "scheduling", "serviceAccount", "tensorboard",
+                         "workerPoolSpecs"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tensorboard=projects/p/locations/us-east1/tensorboards/1"], "needs --service-account"),
+    (["--tensorboard=projects/p/locations/europe-west4/tensorboards/1",
+      "--service-account=a@p.iam.gserviceaccount.com"], "in europe-west4 but the jobs run in"),
+    (["--tensorboard=my-board", "--service-account=a@p.iam.gserviceaccount.com"],
+     "--tensorboard must be a TensorBoard instance name"),
+    (["--service-account=not-an-email"], "--service-account must be a service account"),
+])
+def test_tensorboard_options_checked(tmp_path, args, message):
+  base = {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3", "PROJECT": PROJECT}
+  result = run_script("submit_train.sh", "--dry-run", *(script_args(base) + args),
+                      tmp_path=tmp_path)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr
+  assert result.stdout == ""
+
+
+@pytest.mark.parametrize("edit,message", [
+    (("restartJobOnWorkerRestart: true", "restartJobOnWorkerRestart: true\n  maxRunTime: 1"),
+     "'maxRunTime' is not a field of CustomJobSpec.scheduling"),
+    (("\nscheduling:\n", "\nserviceAcount: \"x\"\nscheduling:\n"),
+     "'serviceAcount' is not a field of CustomJobSpec in"),
+    (("  replicaCount: 1", "  replicaCount: 1\n  replica_count: 1"),
+     "'replica_count' is not a field of WorkerPoolSpec (pool 0)"),
+    (("    acceleratorCount: 1", "    acceleratorCount: 1\n    gpuCount: 1"),
+     "'gpuCount' is not a field of WorkerPoolSpec (pool 0).machineSpec"),
+    (('timeout: "604800s"', "timeout: 7d"), "scheduling.timeout '7d' is not a duration"),
+])
+def test_config_field_names_checked_against_the_v1_api(tmp_path, edit, message):
+  """A misspelt key of a job config template is refused before anything is submitted."""
+  text = open(os.path.join(REPO_ROOT, "cloud", "vertex-gpu.yaml")).read()
+  assert edit[0] in text
+  bad = tmp_path / "bad.yaml"
+  bad.write_text(text.replace(edit[0], edit[1], 1))
+  base = {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3", "PROJECT": PROJECT}
+  result = run_script("submit_train.sh", "--dry-run", "--config=%s" % bad, *script_args(base),
+                      tmp_path=tmp_path)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr
+  assert result.stdout == ""
+
+
 # ---------------------------------------------------------------------------------------------
 # Options
 
@@ -433,6 +610,7 @@ def test_options(tmp_path):
             image=IMAGE.replace("us-east1", "europe-west4"))
   assert job["module_flags"][:2] == ["--train_data_pattern=" + pattern,
                                      "--train_dir=%s/c16h128_80" % BUCKET]
+  check_follow(out, region="europe-west4")
   # --VAR=value, environment variables, --job-name, --image-uri (no project needed), on-demand.
   out = dry_run("submit_train.sh", "--cs=16", "--hs=128", "--batch_size=80",
                 "--job-name=my_job", "--image-uri=example.com/image:1", "--no-spot",
@@ -559,6 +737,12 @@ for arg in args:
     record["config_text"] = open(arg.split("=", 1)[1]).read()
 with open(os.environ["GCLOUD_LOG"], "a") as log:
   log.write(json.dumps(record) + "\\n")
+  count = sum(1 for _ in open(os.environ["GCLOUD_LOG"]))  # calls before this one
+if "create" in args:  # what gcloud ai custom-jobs create prints (on stderr)
+  region = [a for a in args if a.startswith("--region=")][0].split("=", 1)[1]
+  sys.stderr.write("Using endpoint [https://%s-aiplatform.googleapis.com/]\\n"
+                   "CustomJob [projects/123456/locations/%s/customJobs/%d] is submitted "
+                   "successfully.\\n" % (region, region, 7000 + count))
 """
 
 
@@ -577,7 +761,16 @@ def test_real_run_runs_the_dry_run_commands(tmp_path):
   result = run_script("submit_eval_loop.sh", *variables, tmp_path=tmp_path,
                       env={"GCLOUD_LOG": str(log)}, path=path)
   assert result.returncode == 0, result.stderr
-  assert result.stdout == ""
+  # stdout: only the commands that follow each job, with the ID gcloud printed for it.
+  real = parse_dry_run(result.stdout)
+  assert real["lines"] == [] and len(real["follow"]) == 2
+  for index, (name, commands) in enumerate(real["follow"]):
+    assert re.fullmatch(r"yt8m_eval_c10h400_%s_\d\dH\d\dM\d\dS" % ("170010", "180010")[index],
+                        name)
+    job_id = "projects/123456/locations/us-east1/customJobs/%d" % (7001 + index)
+    assert commands == [["gcloud", "ai", "custom-jobs", verb, job_id, "--region=us-east1"]
+                        for verb in ("stream-logs", "describe", "cancel")]
+  assert "is submitted successfully" in result.stderr  # gcloud's own output stays visible
   calls = [json.loads(line) for line in log.read_text().splitlines()]
   assert calls[0]["argv"] == ["config", "get-value", "project"]
   calls = calls[1:]
@@ -668,6 +861,10 @@ def seed_module_flags(tmp_path):
   runs += [("submit_ensemble.sh", [str(step)], ENSEMBLE_VARS) for step in range(1, 6)]
   runs += [("submit_distributed_train.sh", ["--evaluator-count=1"], {
       "BUCKET_NAME": BUCKET, "cs": "10", "hs": "400", "batch_size": "160"})]
+  runs += [("submit_inference.sh", [], {"BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "e",
+                                        "output_model_tgz": BUCKET + "/e.tgz"}),
+           ("submit_inference.sh", [], {"BUCKET_NAME": BUCKET,
+                                        "input_model_tgz": BUCKET + "/e.tgz"})]
   by_module = {}
   for script, extra, variables in runs:
     for job in dry_run(script, *(extra + script_args(variables)), tmp_path=tmp_path)["jobs"]:
@@ -675,7 +872,7 @@ def seed_module_flags(tmp_path):
         spec = pool["containerSpec"]
         by_module.setdefault(spec["command"][2], []).append(spec["args"])
   assert sorted(by_module) == ["youtube-8m." + m for m in (
-      "avg_checkpoints", "eval", "overwrite_float16_ckpt", "train")]
+      "avg_checkpoints", "eval", "inference", "overwrite_float16_ckpt", "train")]
   return by_module
 
 
