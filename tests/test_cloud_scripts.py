@@ -596,6 +596,148 @@ def test_config_field_names_checked_against_the_v1_api(tmp_path, edit, message):
 
 
 # ---------------------------------------------------------------------------------------------
+# Before the first job: the region and the preflight checks
+
+def test_default_region_is_the_data_buckets():
+  """The jobs run where the public data is (gs://youtube8m-ml-us-east1 is in us-east1), and
+  every place that names the default says so."""
+  lib = open(os.path.join(CLOUD_DIR, "lib.sh")).read()
+  default = re.search(r"^YT8M_DEFAULT_REGION=(\S+)$", lib, re.M).group(1)
+  data_bucket = re.search(r"gs://youtube8m-ml-([a-z0-9-]+)/", TRAIN_PATTERN).group(1)
+  assert default == data_bucket == "us-east1"
+  for path in ("README.md", "scripts/cloud/README.md", "scripts/cloud/lib.sh",
+               "scripts/cloud/build_image.sh"):
+    text = open(os.path.join(REPO_ROOT, path)).read()
+    assert "us-central1" not in text, path
+
+
+PREFLIGHT_STUB = """#!/usr/bin/env python3
+# gcloud for preflight.sh: answers from the JSON in $GCLOUD_WORLD.
+import json, os, sys
+world = json.load(open(os.environ["GCLOUD_WORLD"]))
+args = sys.argv[1:]
+if args[:2] == ["services", "list"]:
+  print("\\n".join(world["apis"]))
+elif args[:2] == ["storage", "ls"]:
+  files = world["files"].get(args[2], [])
+  if not files:
+    sys.stderr.write("ERROR: (gcloud.storage.ls) One or more URLs matched no objects.\\n")
+    sys.exit(1)
+  print("\\n".join(files))
+elif args[:3] == ["storage", "buckets", "describe"]:
+  location = world["locations"].get(args[3])
+  if location is None:
+    sys.stderr.write("ERROR: (gcloud.storage.buckets.describe) HTTPError 403: no "
+                     "storage.buckets.get access\\n")
+    sys.exit(1)
+  print(location)
+else:
+  sys.exit("unexpected gcloud call: %r" % args)
+"""
+ALL_APIS = ["aiplatform.googleapis.com", "storage.googleapis.com",
+            "artifactregistry.googleapis.com", "cloudbuild.googleapis.com",
+            "compute.googleapis.com"]
+SEED_FILES = {
+    "gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord": [
+        "gs://youtube8m-ml-us-east1/2/frame/train/train%04d.tfrecord" % i for i in range(5)],
+    EVAL_PATTERN: ["gs://youtube8m-ml-us-east1/2/frame/validate/validate00.tfrecord"],
+    TEST_PATTERN: ["gs://youtube8m-ml-us-east1/2/frame/test/test%02d.tfrecord" % i
+                   for i in range(4)],
+}
+
+
+def test_preflight_dry_run(tmp_path):
+  result = run_script("preflight.sh", "--dry-run", "BUCKET_NAME=%s/sub/" % BUCKET,
+                      "PROJECT=" + PROJECT, tmp_path=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert [shlex.split(line) for line in result.stdout.splitlines()] == [
+      ["gcloud", "services", "list", "--enabled", "--project=" + PROJECT,
+       "--format=value(config.name)"],
+      # the validate glob of the training data and the evaluation data, listed once
+      ["gcloud", "storage", "ls", TRAIN_PATTERN.split(",")[0]],
+      ["gcloud", "storage", "ls", EVAL_PATTERN],
+      ["gcloud", "storage", "ls", TEST_PATTERN],
+      ["gcloud", "storage", "buckets", "describe", "gs://tester_yt8m_train_bucket",
+       "--format=value(location)"],
+      ["gcloud", "storage", "buckets", "describe", "gs://youtube8m-ml-us-east1",
+       "--format=value(location)"]]
+
+
+def run_preflight(tmp_path, world, *args):
+  stub_dir = tmp_path / "stub"
+  stub_dir.mkdir(exist_ok=True)
+  (stub_dir / "gcloud").write_text(PREFLIGHT_STUB)
+  os.chmod(str(stub_dir / "gcloud"), 0o755)
+  (tmp_path / "world.json").write_text(json.dumps(world))
+  return run_script("preflight.sh", "BUCKET_NAME=" + BUCKET, *args, tmp_path=tmp_path,
+                    env={"GCLOUD_WORLD": str(tmp_path / "world.json")},
+                    path="%s:%s" % (stub_dir, os.environ.get("PATH", "/usr/bin:/bin")))
+
+
+def test_preflight_passes(tmp_path):
+  world = {"apis": ALL_APIS, "files": SEED_FILES,
+           "locations": {"gs://tester_yt8m_train_bucket": "US-EAST1"}}
+  result = run_preflight(tmp_path, world, "shards=2")
+  assert result.returncode == 0, result.stderr
+  assert "ok: DATA_PATTERN: 5 file(s) match %s; the first 2:" % TRAIN_PATTERN.split(",")[0] \
+      in result.stdout
+  assert "    gs://youtube8m-ml-us-east1/2/frame/train/train0001.tfrecord" in result.stdout
+  assert "train0002" not in result.stdout
+  assert "ok: DATA_PATTERN/EVAL_DATA_PATTERN: 1 file(s) match " + EVAL_PATTERN in result.stdout
+  assert "ok: gs://tester_yt8m_train_bucket is in us-east1, the jobs' region" in result.stdout
+  # The public bucket's location cannot be read: a note, not a failure.
+  assert re.search(r"note: the location of data bucket gs://youtube8m-ml-us-east1 cannot be "
+                   r"read \(.*403.*\); not checked", result.stderr)
+  assert result.stdout.rstrip().endswith("preflight passed: the jobs can run in us-east1")
+
+
+def test_preflight_reports_every_failure(tmp_path):
+  files = dict(SEED_FILES)
+  del files[TEST_PATTERN]
+  world = {"apis": [api for api in ALL_APIS if api != "aiplatform.googleapis.com"],
+           "files": files, "locations": {"gs://tester_yt8m_train_bucket": "US-CENTRAL1",
+                                         "gs://youtube8m-ml-us-east1": "US-EAST1"}}
+  result = run_preflight(tmp_path, world)
+  assert result.returncode == 1
+  failed = [line for line in result.stderr.splitlines() if "FAILED" in line]
+  assert len(failed) == 3, result.stderr
+  assert "API aiplatform.googleapis.com is not enabled: gcloud services enable " \
+      "aiplatform.googleapis.com" in failed[0]
+  assert "TEST_DATA_PATTERN: gcloud storage ls %s: ERROR:" % TEST_PATTERN in failed[1]
+  assert "BUCKET_NAME gs://tester_yt8m_train_bucket is in us-central1 but the jobs run in " \
+      "us-east1" in failed[2]
+  assert "3 check(s) failed" in result.stderr
+  # The data bucket elsewhere than the jobs: named too.
+  world["locations"]["gs://tester_yt8m_train_bucket"] = "europe-west4"
+  world["apis"], world["files"] = ALL_APIS, SEED_FILES
+  result = run_preflight(tmp_path, world, "--region=europe-west4")
+  assert result.returncode == 1
+  assert "data bucket gs://youtube8m-ml-us-east1 is in us-east1 but the jobs run in " \
+      "europe-west4" in result.stderr
+  # An own bucket that cannot be described (missing): how to create it.
+  del world["locations"]["gs://tester_yt8m_train_bucket"]
+  result = run_preflight(tmp_path, world)
+  assert "BUCKET_NAME: cannot read the location of gs://tester_yt8m_train_bucket" in \
+      result.stderr
+  assert "gcloud storage buckets create gs://tester_yt8m_train_bucket --location=us-east1" in \
+      result.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["BUCKET_NAME=bucket"], "BUCKET_NAME must be a gs:// URL"),
+    (["BUCKET_NAME=" + BUCKET, "--data-pattern=/data/train*.tfrecord"],
+     "DATA_PATTERN: '/data/train*.tfrecord' is not a gs:// pattern"),
+    (["BUCKET_NAME=" + BUCKET, "shards=many"], "shards must be"),
+    ([], "BUCKET_NAME"),
+])
+def test_preflight_bad_options(tmp_path, args, message):
+  result = run_script("preflight.sh", "--dry-run", *args, tmp_path=tmp_path)
+  assert result.returncode == 2
+  assert message in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+  assert result.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------------
 # Options
 
 def test_options(tmp_path):

@@ -182,13 +182,30 @@ yt8m_default_image() {
   IMAGE_URI="$REGION-docker.pkg.dev/$PROJECT/$YT8M_IMAGE_NAME:$version"
 }
 
-# yt8m_setup single|distributed: defaults, checks, and the tools of a real run.
-yt8m_setup() {
-  local kind=$1
+yt8m_defaults() {  # the region and the data patterns, unless given
   REGION=${REGION:-$YT8M_DEFAULT_REGION}
   DATA_PATTERN=${DATA_PATTERN:-$YT8M_SEED_TRAIN_PATTERN}
   EVAL_DATA_PATTERN=${EVAL_DATA_PATTERN:-$YT8M_SEED_EVAL_PATTERN}
   TEST_DATA_PATTERN=${TEST_DATA_PATTERN:-$YT8M_SEED_TEST_PATTERN}
+}
+
+yt8m_check_bucket() {  # BUCKET_NAME: set, a gs:// URL; the trailing slash dropped
+  yt8m_require BUCKET_NAME
+  [[ $BUCKET_NAME == gs://?* ]] || yt8m_die "BUCKET_NAME must be a gs:// URL (the seed's" \
+    "gs://\${USER}_yt8m_train_bucket), got '$BUCKET_NAME'"
+  BUCKET_NAME=${BUCKET_NAME%/}
+}
+
+yt8m_need_gcloud() {  # a real run needs gcloud
+  [ "$DRY_RUN" = 1 ] || command -v gcloud > /dev/null || yt8m_die "gcloud is not on PATH" \
+    "(install the Google Cloud SDK and run 'gcloud init'), or use --dry-run to print the" \
+    "commands"
+}
+
+# yt8m_setup single|distributed: defaults, checks, and the tools of a real run.
+yt8m_setup() {
+  local kind=$1
+  yt8m_defaults
   PYTHON=${PYTHON:-$YT8M_REPO_ROOT/.venv/bin/python}
   [ -x "$PYTHON" ] || PYTHON=python3
   if [ -z "$CONFIG" ]; then
@@ -206,14 +223,8 @@ yt8m_setup() {
     yt8m_require_int EVALUATOR_COUNT
   fi
   yt8m_check_tensorboard
-  yt8m_require BUCKET_NAME
-  [[ $BUCKET_NAME == gs://?* ]] || yt8m_die "BUCKET_NAME must be a gs:// URL (the seed's" \
-    "gs://\${USER}_yt8m_train_bucket), got '$BUCKET_NAME'"
-  BUCKET_NAME=${BUCKET_NAME%/}
-  if [ "$DRY_RUN" != 1 ]; then
-    command -v gcloud > /dev/null || yt8m_die "gcloud is not on PATH (install the Google Cloud" \
-      "SDK and run 'gcloud init'), or use --dry-run to print the commands"
-  fi
+  yt8m_check_bucket
+  yt8m_need_gcloud
   yt8m_default_image
   # Check the template now rather than after the first job.
   "$PYTHON" "$YT8M_CLOUD_DIR/render_vertex_config.py" "$CONFIG" --image-uri="$IMAGE_URI" \
