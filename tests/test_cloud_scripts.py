@@ -1025,12 +1025,15 @@ def _run(argv, **kwargs):
   return result
 
 
+@pytest.mark.slow
 def test_container_install_step_in_a_fresh_venv(tmp_path):
   """What the image's Dockerfile does, without Docker: build_image.sh's dry-run build lines,
   pasted, build the wheel into the build context (nothing is written into the repo); a fresh
   venv gets TensorFlow 2.21 (the CPU build of requirements.txt standing in for the GPU base
   image's) and then cloud/container/install.sh, the Dockerfile's RUN step, installs the wheel
-  with requirements-runtime.txt. From outside the repo, the installed package shows the model
+  with requirements-runtime.txt. The wheel installed is the one the OLDEST setuptools that
+  pyproject.toml declares builds without build isolation (identical package files and
+  requirements). From outside the repo, the installed package shows the model
   flags in `python -m youtube-8m.train --help`, its modules accept every flag list the submit
   scripts pass, and it trains a tiny model for 5 steps on data it generates."""
   timings = {}
@@ -1052,11 +1055,49 @@ def test_container_install_step_in_a_fresh_venv(tmp_path):
     metadata = archive.read("yt8m_netvlad_ensemble-%s.dist-info/METADATA" % VERSION).decode()
   for name in ("train.py", "eval.py", "__main__.py", "vocabulary.csv"):
     assert "youtube-8m/" + name in names
-  assert "Requires-Python: <3.14,>=3.10" in metadata
+  assert "Requires-Python: <3.14,>=3.11" in metadata
   assert "Provides-Extra: tensorboard" in metadata
   # TensorFlow only in extras: the image keeps its own GPU build.
   assert not re.search(r"^Requires-Dist: tensorflow(?!.*extra ==)", metadata, re.M)
   timings["wheel"] = time.time() - started
+
+  # The OLDEST setuptools pyproject.toml declares must build it, without build isolation (as
+  # `pip install --no-build-isolation .` does with whatever setuptools is installed): the same
+  # wheel, which is the one installed below.
+  started = time.time()
+  pyproject = open(os.path.join(REPO_ROOT, "pyproject.toml")).read()
+  [oldest] = re.findall(r'^requires = \["setuptools>=([0-9.]+)"\]$', pyproject, re.M)
+  build_venv = tmp_path / "build-venv"
+  _run([sys.executable, "-m", "venv", str(build_venv)], timeout=120)
+  build_python = str(build_venv / "bin" / "python")
+  # wheel: bdist_wheel of setuptools < 70.1 (pinned to the version of this project's .venv)
+  _run([build_python, "-m", "pip", "install", "--quiet", "setuptools==" + oldest,
+        "wheel==0.48.0"], timeout=300)
+  assert _run([build_python, "-c", "import setuptools; print(setuptools.__version__)"]
+              ).stdout.split(".")[:2] == (oldest + ".0").split(".")[:2]
+  source = tmp_path / "source"
+  source.mkdir()
+  for name in ("pyproject.toml", "setup.py", "README.md"):
+    shutil.copy(os.path.join(REPO_ROOT, name), str(source / name))
+  shutil.copytree(os.path.join(REPO_ROOT, "youtube-8m"), str(source / "youtube-8m"),
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  _run([build_python, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--wheel-dir",
+        str(tmp_path / "oldest"), str(source)], timeout=300)
+  assert os.listdir(str(tmp_path / "oldest")) == [wheel]
+  with zipfile.ZipFile(str(tmp_path / "oldest" / wheel)) as archive:
+    assert sorted(archive.namelist()) == sorted(names)
+    package = {name: archive.read(name) for name in names if name.startswith("youtube-8m/")}
+    old_metadata = archive.read("yt8m_netvlad_ensemble-%s.dist-info/METADATA" % VERSION).decode()
+  with zipfile.ZipFile(os.path.join(context, "dist", wheel)) as archive:
+    assert package == {name: archive.read(name) for name in package}
+  def requirements(text):  # Metadata-Version etc. differ between setuptools versions
+    return sorted(line for line in text.splitlines() if re.match(
+        r"(Name|Version|Requires-Python|Requires-Dist|Provides-Extra): ", line))
+
+  assert requirements(old_metadata) == requirements(metadata)
+  assert "Requires-Dist: google-cloud-storage<4,>=3.0" in requirements(metadata)
+  shutil.copy(str(tmp_path / "oldest" / wheel), os.path.join(context, "dist", wheel))
+  timings["wheel with setuptools " + oldest] = time.time() - started
 
   started = time.time()
   venv = tmp_path / "venv"
