@@ -855,10 +855,12 @@ def test_real_run_needs_gcloud(tmp_path):
     found = shutil.which(tool)
     if found:
       os.symlink(found, str(bin_dir / tool))
-  variables = script_args({"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3"})
-  for script in ("submit_train.sh", "build_image.sh"):
-    result = run_script(script, "PROJECT=p", *(variables if script != "build_image.sh" else []),
-                        tmp_path=tmp_path, path=str(bin_dir))
+  variables = {"submit_train.sh": script_args({"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2",
+                                                "batch_size": "3"}),
+               "submit_inference.sh": ["BUCKET_NAME=" + BUCKET, "ENSEMBLE_DIR=e"],
+               "preflight.sh": ["BUCKET_NAME=" + BUCKET], "build_image.sh": []}
+  for script, args in variables.items():
+    result = run_script(script, "PROJECT=p", *args, tmp_path=tmp_path, path=str(bin_dir))
     assert result.returncode != 0
     assert "gcloud is not on PATH" in result.stderr, result.stderr
     assert result.stdout == ""

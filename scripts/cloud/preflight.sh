@@ -10,8 +10,9 @@
 #    `gcloud storage ls` on each, printing how many and the first `shards` (default 3);
 # 3. BUCKET_NAME and the data buckets are in the jobs' region (--region, default us-east1):
 #    reading data across regions is slower and billed, and a Vertex AI TensorBoard instance
-#    needs its bucket in the job's region. A data bucket whose location cannot be read (the
-#    public one grants no storage.buckets.get) is named in a note, not checked.
+#    needs its bucket in the job's region. A data bucket whose location cannot be read (no
+#    storage.buckets.get there, as may be the case for a public bucket) is named in a note,
+#    not checked.
 # Each failed check is one line on stderr; the exit status is 1 if any failed, 0 if all
 # passed (2 for bad options). --dry-run prints the gcloud commands and checks nothing.
 # Variables (VAR=value, --VAR=value or environment): BUCKET_NAME, shards, and the common
