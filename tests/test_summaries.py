@@ -50,15 +50,26 @@ def event_files(directory):
           if name.startswith("events.out.tfevents.")}
 
 
+def by_kind(files):
+  """{"train" | "eval": (scalars, has a graph)} of one training and one evaluation event file
+  (their names carry the second each writer was created in: the two copies' may differ)."""
+  kinds = {}
+  for name, content in files.items():
+    kind = "eval" if ".eval." in name else "train"
+    assert kind not in kinds, sorted(files)
+    kinds[kind] = content
+  return kinds
+
+
 def check_same_events(train_events, mirrored):
   """The train_dir's event files (training's and the evaluation's) and the mirror's: the same
-  names, the same scalars and graphs."""
-  assert sorted(mirrored) == sorted(train_events)
-  assert len(train_events) == 2
-  for name, (scalars, graph) in train_events.items():
-    assert mirrored[name] == (scalars, graph), name
+  scalars and graphs."""
+  train_events, mirrored = by_kind(train_events), by_kind(mirrored)
+  assert sorted(train_events) == sorted(mirrored) == ["eval", "train"]
+  for kind, (scalars, graph) in train_events.items():
+    assert mirrored[kind] == (scalars, graph), kind
     tags = {tag for _, tag, _ in scalars}
-    if ".eval." in name:
+    if kind == "eval":
       assert "Epoch/Eval_GAP" in tags and not graph
       assert {step for step, _, _ in scalars} == {20}
     else:
