@@ -882,7 +882,11 @@ for arg in args:
 with open(os.environ["GCLOUD_LOG"], "a") as log:
   log.write(json.dumps(record) + "\\n")
   count = sum(1 for _ in open(os.environ["GCLOUD_LOG"]))  # calls before this one
-if "create" in args:  # what gcloud ai custom-jobs create prints (on stderr)
+if "create" in args and os.environ.get("GCLOUD_CREATE") == "fail":
+  sys.stderr.write("ERROR: (gcloud.ai.custom-jobs.create) PERMISSION_DENIED: stub\\n")
+  sys.exit(1)
+if "create" in args and os.environ.get("GCLOUD_CREATE") != "quiet":
+  # what gcloud ai custom-jobs create prints (on stderr)
   region = [a for a in args if a.startswith("--region=")][0].split("=", 1)[1]
   sys.stderr.write("Using endpoint [https://%s-aiplatform.googleapis.com/]\\n"
                    "CustomJob [projects/123456/locations/%s/customJobs/%d] is submitted "
@@ -934,6 +938,36 @@ def test_real_run_runs_the_dry_run_commands(tmp_path):
     assert real_config == job["config"]
     assert real_config["workerPoolSpecs"][0]["containerSpec"]["imageUri"] == IMAGE.replace(
         PROJECT, "stub-project")
+
+
+def test_real_run_without_a_job_name_or_failing(tmp_path):
+  """gcloud's create output without a customJobs/ID: the follow commands keep the JOB_ID
+  placeholder and a note says how to find the job; a failing create stops the script with
+  gcloud's own message and one line naming the command."""
+  stub_dir = tmp_path / "stub"
+  stub_dir.mkdir()
+  (stub_dir / "gcloud").write_text(GCLOUD_STUB)
+  os.chmod(str(stub_dir / "gcloud"), 0o755)
+  path = "%s:%s" % (stub_dir, os.environ.get("PATH", "/usr/bin:/bin"))
+  variables = script_args({"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3"})
+  env = {"GCLOUD_LOG": str(tmp_path / "gcloud.log"), "GCLOUD_CREATE": "quiet"}
+  result = run_script("submit_train.sh", "PROJECT=p", *variables, tmp_path=tmp_path, env=env,
+                      path=path)
+  assert result.returncode == 0, result.stderr
+  out = parse_dry_run(result.stdout)
+  assert [name for name, _ in out["follow"]] == ["yt8m_train_c1h2_3"]
+  assert out["follow"][0][1][0] == ["gcloud", "ai", "custom-jobs", "stream-logs", "JOB_ID",
+                                    "--region=us-east1"]
+  assert "note: no customJobs/ID in gcloud's output: find the job with 'gcloud ai " \
+      "custom-jobs list --region=us-east1 --filter=displayName=yt8m_train_c1h2_3'" in \
+      result.stderr
+  env["GCLOUD_CREATE"] = "fail"
+  result = run_script("submit_train.sh", "PROJECT=p", *variables, tmp_path=tmp_path, env=env,
+                      path=path)
+  assert result.returncode == 2 and result.stdout == ""
+  assert "PERMISSION_DENIED: stub" in result.stderr
+  assert "submit_train.sh: error: command failed: gcloud --verbosity=debug ai custom-jobs " \
+      "create --region=us-east1 --display-name=yt8m_train_c1h2_3" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------
