@@ -123,6 +123,9 @@ def tiny_data(tmp_path_factory):
 
 
 def pytest_configure(config):
+  # Tests that build and install the package in fresh venvs (minutes, pip's cache warm):
+  # `-m "not slow"` leaves them out.
+  config.addinivalue_line("markers", "slow: builds/installs the package in fresh venvs")
   # In-process tests build graphs from explicit configs; flags keep their defaults and must
   # not try to parse pytest's own command line.
   from absl import flags

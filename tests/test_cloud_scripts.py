@@ -29,10 +29,13 @@ PROJECT = "tester-project"
 VERSION = re.search(r'^version = "([^"]+)"', open(os.path.join(REPO_ROOT, "pyproject.toml")).read(),
                     re.M).group(1)
 # The image build_image.sh pushes and the submit scripts use by default.
-IMAGE = "us-central1-docker.pkg.dev/%s/yt8m/yt8m-netvlad-ensemble:%s" % (PROJECT, VERSION)
+IMAGE = "us-east1-docker.pkg.dev/%s/yt8m/yt8m-netvlad-ensemble:%s" % (PROJECT, VERSION)
 TRAIN_PATTERN = ("gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord,"
                  "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord")
 EVAL_PATTERN = "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord"
+TEST_PATTERN = "gs://youtube8m-ml-us-east1/2/frame/test/test*.tfrecord"
+# Vertex AI's default maximum running time (7 days), stated in the job configs.
+SCHEDULING = {"strategy": "SPOT", "restartJobOnWorkerRestart": True, "timeout": "604800s"}
 
 # The seed README's module flags (the text after `--`), with its shell variables as {names}.
 SEED_TRAIN = (
@@ -202,12 +205,23 @@ def load_yaml(text):
 # The dry-run output: shell lines, and `cat > FILE <<'YT8M_EOF'` here-documents.
 
 def parse_dry_run(stdout):
-  """-> {"lines": [argv, ...], "raw": [line, ...], "files": {path: text}, "jobs": [job, ...]}
-  where a job is {"name", "module", "module_flags", "argv", "options", "config"}."""
-  lines, raw, files, jobs = [], [], {}, []
+  """-> {"lines": [argv, ...], "raw": [line, ...], "files": {path: text}, "jobs": [job, ...],
+  "follow": [(job name, [argv, ...])]} where a job is {"name", "module", "module_flags",
+  "argv", "options", "config"}; "follow" holds the commented commands printed after each job
+  ("# follow NAME...:" then "#   gcloud ...")."""
+  lines, raw, files, jobs, follow = [], [], {}, [], []
   text_lines = stdout.splitlines()
   i = 0
   while i < len(text_lines):
+    match = re.match(r"^# follow (\S+?)( \(JOB_ID: .*\))?:$", text_lines[i])
+    if match:
+      follow.append((match.group(1), []))
+      i += 1
+      continue
+    if text_lines[i].startswith("#   gcloud "):
+      follow[-1][1].append(shlex.split(text_lines[i][len("#   "):]))
+      i += 1
+      continue
     match = re.match(r"^cat > (\S+) <<'YT8M_EOF'$", text_lines[i])
     if match:
       end = text_lines.index("YT8M_EOF", i + 1)
@@ -227,10 +241,18 @@ def parse_dry_run(stdout):
       jobs.append({"name": options["--display-name"], "argv": argv, "options": options,
                    "config": config, "module": spec["command"][2],
                    "module_flags": spec["args"]})
-  return {"lines": lines, "raw": raw, "files": files, "jobs": jobs}
+  return {"lines": lines, "raw": raw, "files": files, "jobs": jobs, "follow": follow}
 
 
-def check_job(job, module, output_dir, config=None, region="us-central1", image=IMAGE,
+def check_follow(out, region="us-east1", job_id="JOB_ID"):
+  """After each job: the commands that follow it, in the job's region."""
+  assert [name for name, _ in out["follow"]] == [job["name"] for job in out["jobs"]]
+  for _, commands in out["follow"]:
+    assert commands == [["gcloud", "ai", "custom-jobs", verb, job_id, "--region=" + region]
+                        for verb in ("stream-logs", "describe", "cancel")]
+
+
+def check_job(job, module, output_dir, config=None, region="us-east1", image=IMAGE,
               spot=True):
   """The Vertex AI job around the module flags: the container, its command, Spot scheduling
   that restarts the job after a preemption, and the output directory."""
@@ -246,8 +268,7 @@ def check_job(job, module, output_dir, config=None, region="us-central1", image=
     assert spec["imageUri"] == image
     assert spec["command"][:2] == ["python3", "-m"]
     assert pool["replicaCount"] >= 1
-  assert job["config"]["scheduling"] == {"strategy": "SPOT" if spot else "STANDARD",
-                                         "restartJobOnWorkerRestart": True}
+  assert job["config"]["scheduling"] == dict(SCHEDULING, strategy="SPOT" if spot else "STANDARD")
   assert job["config"]["baseOutputDirectory"] == {"outputUriPrefix": output_dir}
   assert job["module"] == "youtube-8m." + module
 
@@ -269,7 +290,7 @@ def test_seed_config_kept_and_points_to_vertex():
 def test_vertex_configs(name, pools):
   config = load_yaml(open(os.path.join(REPO_ROOT, "cloud", name)).read())
   assert list(config) == ["baseOutputDirectory", "scheduling", "workerPoolSpecs"]
-  assert config["scheduling"] == {"strategy": "SPOT", "restartJobOnWorkerRestart": True}
+  assert config["scheduling"] == SCHEDULING
   specs = config["workerPoolSpecs"]
   assert len(specs) == pools
   for index, pool in enumerate(specs):
@@ -307,6 +328,7 @@ def test_train(tmp_path):
   assert job["module_flags"][0] == "--train_data_pattern=" + TRAIN_PATTERN
   assert len(out["lines"]) == 2  # mkdir of the job-config directory, gcloud
   assert out["lines"][0] == ["mkdir", "-p", os.path.dirname(job["options"]["--config"])]
+  check_follow(out)
 
 
 def test_eval_loop_one_job_per_checkpoint(tmp_path):
@@ -320,6 +342,7 @@ def test_eval_loop_one_job_per_checkpoint(tmp_path):
     assert re.fullmatch(r"yt8m_eval_c10h400_%s_\d\dH\d\dM\d\dS" % ckpt, job["name"])
     assert job["module_flags"] == seed_flags(SEED_EVAL_LOOP, CKPT=ckpt, **variables)
   assert len({job["options"]["--config"] for job in out["jobs"]}) == len(ckpts)
+  check_follow(out)  # one block per job
   # Commas work as separators too (the seed writes a bash array).
   out = dry_run("submit_eval_loop.sh", *script_args(variables), "CKPTS=(170010,180010)",
                 tmp_path=tmp_path)
@@ -418,6 +441,302 @@ def test_distributed_train_with_evaluator(tmp_path):
   assert result.returncode != 0 and "--evaluator-count" in result.stderr
 
 
+# The seed's steps 6-7 (inference.py, README "The seed's commands, locally")
+SEED_INFERENCE_FROM_DIR = (
+    "--train_dir={BUCKET_NAME}/{ENSEMBLE_DIR} --output_model_tgz={tgz} "
+    "--input_data_pattern='gs://youtube8m-ml-us-east1/2/frame/test/test*.tfrecord' "
+    "--output_file={csv} --batch_size=512")
+SEED_INFERENCE_FROM_TGZ = (
+    "--input_model_tgz={tgz} "
+    "--input_data_pattern='gs://youtube8m-ml-us-east1/2/frame/test/test*.tfrecord' "
+    "--output_file={csv} --batch_size=512")
+
+
+def test_inference_from_train_dir_writes_csv_and_tgz(tmp_path):
+  tgz = BUCKET + "/submission/ensemble_YHLS.tgz"
+  out = dry_run("submit_inference.sh", "BUCKET_NAME=" + BUCKET, "ENSEMBLE_DIR=ensemble_YHLS",
+                "--output_model_tgz=" + tgz, tmp_path=tmp_path)
+  [job] = out["jobs"]
+  check_job(job, "inference", BUCKET + "/ensemble_YHLS")
+  assert re.fullmatch(r"yt8m_inference_ensemble_YHLS_\d{8}_\d{6}", job["name"])
+  assert job["module_flags"] == seed_flags(
+      SEED_INFERENCE_FROM_DIR, BUCKET_NAME=BUCKET, ENSEMBLE_DIR="ensemble_YHLS", tgz=tgz,
+      csv=BUCKET + "/ensemble_YHLS/submission.csv")
+  check_follow(out)
+  # Without --output_model_tgz: the CSV only; --output_file and batch_size as given.
+  out = dry_run("submit_inference.sh", "BUCKET_NAME=" + BUCKET, "ENSEMBLE_DIR=e2",
+                "--output_file=gs://other/sub/e2.csv", "batch_size=128", tmp_path=tmp_path,
+                env={"TEST_DATA_PATTERN": "gs://other/test/*.tfrecord"})
+  assert out["jobs"][0]["module_flags"] == [
+      "--train_dir=%s/e2" % BUCKET, "--input_data_pattern=gs://other/test/*.tfrecord",
+      "--output_file=gs://other/sub/e2.csv", "--batch_size=128"]
+
+
+def test_inference_from_tgz(tmp_path):
+  tgz = "gs://other_bucket/subs/ensemble_YHLS.tgz"
+  out = dry_run("submit_inference.sh", "BUCKET_NAME=" + BUCKET, "--input_model_tgz=" + tgz,
+                "--region=europe-west4", tmp_path=tmp_path)
+  [job] = out["jobs"]
+  # The job writes next to the tgz: the CSV's directory is its output directory.
+  check_job(job, "inference", "gs://other_bucket/subs", region="europe-west4",
+            image=IMAGE.replace("us-east1", "europe-west4"))
+  assert job["module_flags"] == seed_flags(SEED_INFERENCE_FROM_TGZ, tgz=tgz,
+                                           csv="gs://other_bucket/subs/ensemble_YHLS.csv")
+  assert re.fullmatch(r"yt8m_inference_ensemble_YHLS_\d{8}_\d{6}", job["name"])
+  check_follow(out, region="europe-west4")
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "give ENSEMBLE_DIR"),
+    (["ENSEMBLE_DIR=e", "--input_model_tgz=gs://b/s.tgz"], "not both"),
+    (["--input_model_tgz=gs://b/s.tgz", "--output_model_tgz=gs://b/t.tgz"],
+     "--output_model_tgz packs the model of a train_dir"),
+    (["--input_model_tgz=sub.tgz"], "--input_model_tgz must be a gs:// URL"),
+    (["--input_model_tgz=gs://b/s.zip"], "--input_model_tgz must name a .tgz"),
+    (["ENSEMBLE_DIR=e", "--output_model_tgz=/tmp/s.tgz"], "--output_model_tgz must be a gs://"),
+    (["ENSEMBLE_DIR=e", "--output_file=out.csv"], "--output_file must be a gs://"),
+    (["ENSEMBLE_DIR=e", "--output_file=gs://b/out.txt"], "--output_file must name a .csv"),
+    (["ENSEMBLE_DIR=gs://b/e"], "ENSEMBLE_DIR is a directory name"),
+    (["ENSEMBLE_DIR=e", "batch_size=0"], "batch_size must be >= 1"),
+    (["ENSEMBLE_DIR=e", "batch_size=x"], "batch_size must be a non-negative integer"),
+])
+def test_inference_bad_input(tmp_path, args, message):
+  result = run_script("submit_inference.sh", "--dry-run", "PROJECT=" + PROJECT,
+                      "BUCKET_NAME=" + BUCKET, *args, tmp_path=tmp_path)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # one clear line
+  assert result.stdout == ""
+
+
+# Every submit script, with the variables of one job.
+ONE_JOB_RUNS = [
+    ("submit_train.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3"}),
+    ("submit_eval_loop.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3",
+                                 "CKPTS": "10"}),
+    ("submit_avg_range.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3",
+                                 "ckpt_start": "1", "ckpt_end": "2"}),
+    ("submit_avg_select.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2",
+                                  "batch_size": "3", "RANGE_NAME": "r", "CHECKPOINTS": "1,2"}),
+    ("submit_eval_average.sh", [], {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2",
+                                    "batch_size": "3", "checkpoint": "1_2"}),
+    ("submit_ensemble.sh", ["4"], ENSEMBLE_VARS),
+    ("submit_distributed_train.sh", ["--evaluator-count=1"],
+     {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3"}),
+    ("submit_inference.sh", [], {"BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "e"}),
+]
+
+
+def test_every_submit_script_is_covered():
+  scripts = {name for name in os.listdir(CLOUD_DIR) if name.startswith("submit_")}
+  assert scripts == {script for script, _, _ in ONE_JOB_RUNS}
+
+
+@pytest.mark.parametrize("script,extra,variables", ONE_JOB_RUNS)
+def test_submit_scripts_print_follow_commands_and_attach_tensorboard(tmp_path, script, extra,
+                                                                     variables):
+  """Every script prints how to follow its job; --tensorboard/--service-account become the
+  CustomJobSpec fields `tensorboard` and `serviceAccount` of the job config."""
+  out = dry_run(script, *(extra + script_args(variables)), "--region=us-west1",
+                tmp_path=tmp_path)
+  assert len(out["jobs"]) == 1
+  check_follow(out, region="us-west1")
+  assert "tensorboard" not in out["jobs"][0]["config"]
+  tensorboard = "projects/%s/locations/us-west1/tensorboards/1234" % PROJECT
+  account = "yt8m-jobs@%s.iam.gserviceaccount.com" % PROJECT
+  out = dry_run(script, *(extra + script_args(variables)), "--region=us-west1",
+                "--tensorboard=" + tensorboard, tmp_path=tmp_path,
+                env={"SERVICE_ACCOUNT": account})
+  config = out["jobs"][0]["config"]
+  assert config["tensorboard"] == tensorboard and config["serviceAccount"] == account
+  assert set(config) == {"baseOutputDirectory", "scheduling", "serviceAccount", "tensorboard",
+                         "workerPoolSpecs"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tensorboard=projects/p/locations/us-east1/tensorboards/1"], "needs --service-account"),
+    (["--tensorboard=projects/p/locations/europe-west4/tensorboards/1",
+      "--service-account=a@p.iam.gserviceaccount.com"], "in europe-west4 but the jobs run in"),
+    (["--tensorboard=my-board", "--service-account=a@p.iam.gserviceaccount.com"],
+     "--tensorboard must be a TensorBoard instance name"),
+    (["--service-account=not-an-email"], "--service-account must be a service account"),
+])
+def test_tensorboard_options_checked(tmp_path, args, message):
+  base = {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3", "PROJECT": PROJECT}
+  result = run_script("submit_train.sh", "--dry-run", *(script_args(base) + args),
+                      tmp_path=tmp_path)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr
+  assert result.stdout == ""
+
+
+@pytest.mark.parametrize("edit,message", [
+    (("restartJobOnWorkerRestart: true", "restartJobOnWorkerRestart: true\n  maxRunTime: 1"),
+     "'maxRunTime' is not a field of CustomJobSpec.scheduling"),
+    (("\nscheduling:\n", "\nserviceAcount: \"x\"\nscheduling:\n"),
+     "'serviceAcount' is not a field of CustomJobSpec in"),
+    (("  replicaCount: 1", "  replicaCount: 1\n  replica_count: 1"),
+     "'replica_count' is not a field of WorkerPoolSpec (pool 0)"),
+    (("    acceleratorCount: 1", "    acceleratorCount: 1\n    gpuCount: 1"),
+     "'gpuCount' is not a field of WorkerPoolSpec (pool 0).machineSpec"),
+    (('timeout: "604800s"', "timeout: 7d"), "scheduling.timeout '7d' is not a duration"),
+])
+def test_config_field_names_checked_against_the_v1_api(tmp_path, edit, message):
+  """A misspelt key of a job config template is refused before anything is submitted."""
+  text = open(os.path.join(REPO_ROOT, "cloud", "vertex-gpu.yaml")).read()
+  assert edit[0] in text
+  bad = tmp_path / "bad.yaml"
+  bad.write_text(text.replace(edit[0], edit[1], 1))
+  base = {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3", "PROJECT": PROJECT}
+  result = run_script("submit_train.sh", "--dry-run", "--config=%s" % bad, *script_args(base),
+                      tmp_path=tmp_path)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr
+  assert result.stdout == ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Before the first job: the region and the preflight checks
+
+def test_default_region_is_the_data_buckets():
+  """The jobs run where the public data is (gs://youtube8m-ml-us-east1 is in us-east1), and
+  every place that names the default says so."""
+  lib = open(os.path.join(CLOUD_DIR, "lib.sh")).read()
+  default = re.search(r"^YT8M_DEFAULT_REGION=(\S+)$", lib, re.M).group(1)
+  data_bucket = re.search(r"gs://youtube8m-ml-([a-z0-9-]+)/", TRAIN_PATTERN).group(1)
+  assert default == data_bucket == "us-east1"
+  for path in ("README.md", "scripts/cloud/README.md", "scripts/cloud/lib.sh",
+               "scripts/cloud/build_image.sh"):
+    text = open(os.path.join(REPO_ROOT, path)).read()
+    assert "us-central1" not in text, path
+
+
+PREFLIGHT_STUB = """#!/usr/bin/env python3
+# gcloud for preflight.sh: answers from the JSON in $GCLOUD_WORLD.
+import json, os, sys
+world = json.load(open(os.environ["GCLOUD_WORLD"]))
+args = sys.argv[1:]
+if args[:2] == ["services", "list"]:
+  print("\\n".join(world["apis"]))
+elif args[:2] == ["storage", "ls"]:
+  files = world["files"].get(args[2], [])
+  if not files:
+    sys.stderr.write("ERROR: (gcloud.storage.ls) One or more URLs matched no objects.\\n")
+    sys.exit(1)
+  print("\\n".join(files))
+elif args[:3] == ["storage", "buckets", "describe"]:
+  location = world["locations"].get(args[3])
+  if location is None:
+    sys.stderr.write("ERROR: (gcloud.storage.buckets.describe) HTTPError 403: no "
+                     "storage.buckets.get access\\n")
+    sys.exit(1)
+  print(location)
+else:
+  sys.exit("unexpected gcloud call: %r" % args)
+"""
+ALL_APIS = ["aiplatform.googleapis.com", "storage.googleapis.com",
+            "artifactregistry.googleapis.com", "cloudbuild.googleapis.com",
+            "compute.googleapis.com"]
+SEED_FILES = {
+    "gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord": [
+        "gs://youtube8m-ml-us-east1/2/frame/train/train%04d.tfrecord" % i for i in range(5)],
+    EVAL_PATTERN: ["gs://youtube8m-ml-us-east1/2/frame/validate/validate00.tfrecord"],
+    TEST_PATTERN: ["gs://youtube8m-ml-us-east1/2/frame/test/test%02d.tfrecord" % i
+                   for i in range(4)],
+}
+
+
+def test_preflight_dry_run(tmp_path):
+  result = run_script("preflight.sh", "--dry-run", "BUCKET_NAME=%s/sub/" % BUCKET,
+                      "PROJECT=" + PROJECT, tmp_path=tmp_path)
+  assert result.returncode == 0, result.stderr
+  assert [shlex.split(line) for line in result.stdout.splitlines()] == [
+      ["gcloud", "services", "list", "--enabled", "--project=" + PROJECT,
+       "--format=value(config.name)"],
+      # the validate glob of the training data and the evaluation data, listed once
+      ["gcloud", "storage", "ls", TRAIN_PATTERN.split(",")[0]],
+      ["gcloud", "storage", "ls", EVAL_PATTERN],
+      ["gcloud", "storage", "ls", TEST_PATTERN],
+      ["gcloud", "storage", "buckets", "describe", "gs://tester_yt8m_train_bucket",
+       "--format=value(location)"],
+      ["gcloud", "storage", "buckets", "describe", "gs://youtube8m-ml-us-east1",
+       "--format=value(location)"]]
+
+
+def run_preflight(tmp_path, world, *args):
+  stub_dir = tmp_path / "stub"
+  stub_dir.mkdir(exist_ok=True)
+  (stub_dir / "gcloud").write_text(PREFLIGHT_STUB)
+  os.chmod(str(stub_dir / "gcloud"), 0o755)
+  (tmp_path / "world.json").write_text(json.dumps(world))
+  return run_script("preflight.sh", "BUCKET_NAME=" + BUCKET, *args, tmp_path=tmp_path,
+                    env={"GCLOUD_WORLD": str(tmp_path / "world.json")},
+                    path="%s:%s" % (stub_dir, os.environ.get("PATH", "/usr/bin:/bin")))
+
+
+def test_preflight_passes(tmp_path):
+  world = {"apis": ALL_APIS, "files": SEED_FILES,
+           "locations": {"gs://tester_yt8m_train_bucket": "US-EAST1"}}
+  result = run_preflight(tmp_path, world, "shards=2")
+  assert result.returncode == 0, result.stderr
+  assert "ok: DATA_PATTERN: 5 file(s) match %s; the first 2:" % TRAIN_PATTERN.split(",")[0] \
+      in result.stdout
+  assert "    gs://youtube8m-ml-us-east1/2/frame/train/train0001.tfrecord" in result.stdout
+  assert "train0002" not in result.stdout
+  assert "ok: DATA_PATTERN/EVAL_DATA_PATTERN: 1 file(s) match " + EVAL_PATTERN in result.stdout
+  assert "ok: gs://tester_yt8m_train_bucket is in us-east1, the jobs' region" in result.stdout
+  # The public bucket's location cannot be read: a note, not a failure.
+  assert re.search(r"note: the location of data bucket gs://youtube8m-ml-us-east1 cannot be "
+                   r"read \(.*403.*\); not checked", result.stderr)
+  assert result.stdout.rstrip().endswith("preflight passed: the jobs can run in us-east1")
+
+
+def test_preflight_reports_every_failure(tmp_path):
+  files = dict(SEED_FILES)
+  del files[TEST_PATTERN]
+  world = {"apis": [api for api in ALL_APIS if api != "aiplatform.googleapis.com"],
+           "files": files, "locations": {"gs://tester_yt8m_train_bucket": "US-CENTRAL1",
+                                         "gs://youtube8m-ml-us-east1": "US-EAST1"}}
+  result = run_preflight(tmp_path, world)
+  assert result.returncode == 1
+  failed = [line for line in result.stderr.splitlines() if "FAILED" in line]
+  assert len(failed) == 3, result.stderr
+  assert "API aiplatform.googleapis.com is not enabled: gcloud services enable " \
+      "aiplatform.googleapis.com" in failed[0]
+  assert "TEST_DATA_PATTERN: gcloud storage ls %s: ERROR:" % TEST_PATTERN in failed[1]
+  assert "BUCKET_NAME gs://tester_yt8m_train_bucket is in us-central1 but the jobs run in " \
+      "us-east1" in failed[2]
+  assert "3 check(s) failed" in result.stderr
+  # The data bucket elsewhere than the jobs: named too.
+  world["locations"]["gs://tester_yt8m_train_bucket"] = "europe-west4"
+  world["apis"], world["files"] = ALL_APIS, SEED_FILES
+  result = run_preflight(tmp_path, world, "--region=europe-west4")
+  assert result.returncode == 1
+  assert "data bucket gs://youtube8m-ml-us-east1 is in us-east1 but the jobs run in " \
+      "europe-west4" in result.stderr
+  # An own bucket that cannot be described (missing): how to create it.
+  del world["locations"]["gs://tester_yt8m_train_bucket"]
+  result = run_preflight(tmp_path, world)
+  assert "BUCKET_NAME: cannot read the location of gs://tester_yt8m_train_bucket" in \
+      result.stderr
+  assert "gcloud storage buckets create gs://tester_yt8m_train_bucket --location=us-east1" in \
+      result.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["BUCKET_NAME=bucket"], "BUCKET_NAME must be a gs:// URL"),
+    (["BUCKET_NAME=" + BUCKET, "--data-pattern=/data/train*.tfrecord"],
+     "DATA_PATTERN: '/data/train*.tfrecord' is not a gs:// pattern"),
+    (["BUCKET_NAME=" + BUCKET, "shards=many"], "shards must be"),
+    ([], "BUCKET_NAME"),
+])
+def test_preflight_bad_options(tmp_path, args, message):
+  result = run_script("preflight.sh", "--dry-run", *args, tmp_path=tmp_path)
+  assert result.returncode == 2
+  assert message in result.stderr and len(result.stderr.splitlines()) == 1, result.stderr
+  assert result.stdout == ""
+
+
 # ---------------------------------------------------------------------------------------------
 # Options
 
@@ -430,15 +749,16 @@ def test_options(tmp_path):
   [job] = out["jobs"]
   # The default image lives in the job's region.
   check_job(job, "train", BUCKET + "/c16h128_80", region="europe-west4",
-            image=IMAGE.replace("us-central1", "europe-west4"))
+            image=IMAGE.replace("us-east1", "europe-west4"))
   assert job["module_flags"][:2] == ["--train_data_pattern=" + pattern,
                                      "--train_dir=%s/c16h128_80" % BUCKET]
+  check_follow(out, region="europe-west4")
   # --VAR=value, environment variables, --job-name, --image-uri (no project needed), on-demand.
   out = dry_run("submit_train.sh", "--cs=16", "--hs=128", "--batch_size=80",
                 "--job-name=my_job", "--image-uri=example.com/image:1", "--no-spot",
-                tmp_path=tmp_path, env={"BUCKET_NAME": BUCKET, "REGION": "us-east1"},
+                tmp_path=tmp_path, env={"BUCKET_NAME": BUCKET, "REGION": "us-west1"},
                 project=False)
-  check_job(out["jobs"][0], "train", BUCKET + "/c16h128_80", region="us-east1",
+  check_job(out["jobs"][0], "train", BUCKET + "/c16h128_80", region="us-west1",
             image="example.com/image:1", spot=False)
   assert out["jobs"][0]["name"] == "my_job"
   out = dry_run("submit_train.sh", *variables, tmp_path=tmp_path, project=False,
@@ -535,10 +855,12 @@ def test_real_run_needs_gcloud(tmp_path):
     found = shutil.which(tool)
     if found:
       os.symlink(found, str(bin_dir / tool))
-  variables = script_args({"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3"})
-  for script in ("submit_train.sh", "build_image.sh"):
-    result = run_script(script, "PROJECT=p", *(variables if script != "build_image.sh" else []),
-                        tmp_path=tmp_path, path=str(bin_dir))
+  variables = {"submit_train.sh": script_args({"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2",
+                                                "batch_size": "3"}),
+               "submit_inference.sh": ["BUCKET_NAME=" + BUCKET, "ENSEMBLE_DIR=e"],
+               "preflight.sh": ["BUCKET_NAME=" + BUCKET], "build_image.sh": []}
+  for script, args in variables.items():
+    result = run_script(script, "PROJECT=p", *args, tmp_path=tmp_path, path=str(bin_dir))
     assert result.returncode != 0
     assert "gcloud is not on PATH" in result.stderr, result.stderr
     assert result.stdout == ""
@@ -559,6 +881,16 @@ for arg in args:
     record["config_text"] = open(arg.split("=", 1)[1]).read()
 with open(os.environ["GCLOUD_LOG"], "a") as log:
   log.write(json.dumps(record) + "\\n")
+  count = sum(1 for _ in open(os.environ["GCLOUD_LOG"]))  # calls before this one
+if "create" in args and os.environ.get("GCLOUD_CREATE") == "fail":
+  sys.stderr.write("ERROR: (gcloud.ai.custom-jobs.create) PERMISSION_DENIED: stub\\n")
+  sys.exit(1)
+if "create" in args and os.environ.get("GCLOUD_CREATE") != "quiet":
+  # what gcloud ai custom-jobs create prints (on stderr)
+  region = [a for a in args if a.startswith("--region=")][0].split("=", 1)[1]
+  sys.stderr.write("Using endpoint [https://%s-aiplatform.googleapis.com/]\\n"
+                   "CustomJob [projects/123456/locations/%s/customJobs/%d] is submitted "
+                   "successfully.\\n" % (region, region, 7000 + count))
 """
 
 
@@ -577,7 +909,16 @@ def test_real_run_runs_the_dry_run_commands(tmp_path):
   result = run_script("submit_eval_loop.sh", *variables, tmp_path=tmp_path,
                       env={"GCLOUD_LOG": str(log)}, path=path)
   assert result.returncode == 0, result.stderr
-  assert result.stdout == ""
+  # stdout: only the commands that follow each job, with the ID gcloud printed for it.
+  real = parse_dry_run(result.stdout)
+  assert real["lines"] == [] and len(real["follow"]) == 2
+  for index, (name, commands) in enumerate(real["follow"]):
+    assert re.fullmatch(r"yt8m_eval_c10h400_%s_\d\dH\d\dM\d\dS" % ("170010", "180010")[index],
+                        name)
+    job_id = "projects/123456/locations/us-east1/customJobs/%d" % (7001 + index)
+    assert commands == [["gcloud", "ai", "custom-jobs", verb, job_id, "--region=us-east1"]
+                        for verb in ("stream-logs", "describe", "cancel")]
+  assert "is submitted successfully" in result.stderr  # gcloud's own output stays visible
   calls = [json.loads(line) for line in log.read_text().splitlines()]
   assert calls[0]["argv"] == ["config", "get-value", "project"]
   calls = calls[1:]
@@ -597,6 +938,36 @@ def test_real_run_runs_the_dry_run_commands(tmp_path):
     assert real_config == job["config"]
     assert real_config["workerPoolSpecs"][0]["containerSpec"]["imageUri"] == IMAGE.replace(
         PROJECT, "stub-project")
+
+
+def test_real_run_without_a_job_name_or_failing(tmp_path):
+  """gcloud's create output without a customJobs/ID: the follow commands keep the JOB_ID
+  placeholder and a note says how to find the job; a failing create stops the script with
+  gcloud's own message and one line naming the command."""
+  stub_dir = tmp_path / "stub"
+  stub_dir.mkdir()
+  (stub_dir / "gcloud").write_text(GCLOUD_STUB)
+  os.chmod(str(stub_dir / "gcloud"), 0o755)
+  path = "%s:%s" % (stub_dir, os.environ.get("PATH", "/usr/bin:/bin"))
+  variables = script_args({"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3"})
+  env = {"GCLOUD_LOG": str(tmp_path / "gcloud.log"), "GCLOUD_CREATE": "quiet"}
+  result = run_script("submit_train.sh", "PROJECT=p", *variables, tmp_path=tmp_path, env=env,
+                      path=path)
+  assert result.returncode == 0, result.stderr
+  out = parse_dry_run(result.stdout)
+  assert [name for name, _ in out["follow"]] == ["yt8m_train_c1h2_3"]
+  assert out["follow"][0][1][0] == ["gcloud", "ai", "custom-jobs", "stream-logs", "JOB_ID",
+                                    "--region=us-east1"]
+  assert "note: no customJobs/ID in gcloud's output: find the job with 'gcloud ai " \
+      "custom-jobs list --region=us-east1 --filter=displayName=yt8m_train_c1h2_3'" in \
+      result.stderr
+  env["GCLOUD_CREATE"] = "fail"
+  result = run_script("submit_train.sh", "PROJECT=p", *variables, tmp_path=tmp_path, env=env,
+                      path=path)
+  assert result.returncode == 2 and result.stdout == ""
+  assert "PERMISSION_DENIED: stub" in result.stderr
+  assert "submit_train.sh: error: command failed: gcloud --verbosity=debug ai custom-jobs " \
+      "create --region=us-east1 --display-name=yt8m_train_c1h2_3" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -668,6 +1039,10 @@ def seed_module_flags(tmp_path):
   runs += [("submit_ensemble.sh", [str(step)], ENSEMBLE_VARS) for step in range(1, 6)]
   runs += [("submit_distributed_train.sh", ["--evaluator-count=1"], {
       "BUCKET_NAME": BUCKET, "cs": "10", "hs": "400", "batch_size": "160"})]
+  runs += [("submit_inference.sh", [], {"BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "e",
+                                        "output_model_tgz": BUCKET + "/e.tgz"}),
+           ("submit_inference.sh", [], {"BUCKET_NAME": BUCKET,
+                                        "input_model_tgz": BUCKET + "/e.tgz"})]
   by_module = {}
   for script, extra, variables in runs:
     for job in dry_run(script, *(extra + script_args(variables)), tmp_path=tmp_path)["jobs"]:
@@ -675,7 +1050,7 @@ def seed_module_flags(tmp_path):
         spec = pool["containerSpec"]
         by_module.setdefault(spec["command"][2], []).append(spec["args"])
   assert sorted(by_module) == ["youtube-8m." + m for m in (
-      "avg_checkpoints", "eval", "overwrite_float16_ckpt", "train")]
+      "avg_checkpoints", "eval", "inference", "overwrite_float16_ckpt", "train")]
   return by_module
 
 
@@ -686,12 +1061,15 @@ def _run(argv, **kwargs):
   return result
 
 
+@pytest.mark.slow
 def test_container_install_step_in_a_fresh_venv(tmp_path):
   """What the image's Dockerfile does, without Docker: build_image.sh's dry-run build lines,
   pasted, build the wheel into the build context (nothing is written into the repo); a fresh
   venv gets TensorFlow 2.21 (the CPU build of requirements.txt standing in for the GPU base
   image's) and then cloud/container/install.sh, the Dockerfile's RUN step, installs the wheel
-  with requirements-runtime.txt. From outside the repo, the installed package shows the model
+  with requirements-runtime.txt. The wheel installed is the one the OLDEST setuptools that
+  pyproject.toml declares builds without build isolation (identical package files and
+  requirements). From outside the repo, the installed package shows the model
   flags in `python -m youtube-8m.train --help`, its modules accept every flag list the submit
   scripts pass, and it trains a tiny model for 5 steps on data it generates."""
   timings = {}
@@ -713,11 +1091,49 @@ def test_container_install_step_in_a_fresh_venv(tmp_path):
     metadata = archive.read("yt8m_netvlad_ensemble-%s.dist-info/METADATA" % VERSION).decode()
   for name in ("train.py", "eval.py", "__main__.py", "vocabulary.csv"):
     assert "youtube-8m/" + name in names
-  assert "Requires-Python: <3.14,>=3.10" in metadata
+  assert "Requires-Python: <3.14,>=3.11" in metadata
   assert "Provides-Extra: tensorboard" in metadata
   # TensorFlow only in extras: the image keeps its own GPU build.
   assert not re.search(r"^Requires-Dist: tensorflow(?!.*extra ==)", metadata, re.M)
   timings["wheel"] = time.time() - started
+
+  # The OLDEST setuptools pyproject.toml declares must build it, without build isolation (as
+  # `pip install --no-build-isolation .` does with whatever setuptools is installed): the same
+  # wheel, which is the one installed below.
+  started = time.time()
+  pyproject = open(os.path.join(REPO_ROOT, "pyproject.toml")).read()
+  [oldest] = re.findall(r'^requires = \["setuptools>=([0-9.]+)"\]$', pyproject, re.M)
+  build_venv = tmp_path / "build-venv"
+  _run([sys.executable, "-m", "venv", str(build_venv)], timeout=120)
+  build_python = str(build_venv / "bin" / "python")
+  # wheel: bdist_wheel of setuptools < 70.1 (pinned to the version of this project's .venv)
+  _run([build_python, "-m", "pip", "install", "--quiet", "setuptools==" + oldest,
+        "wheel==0.48.0"], timeout=300)
+  assert _run([build_python, "-c", "import setuptools; print(setuptools.__version__)"]
+              ).stdout.split(".")[:2] == (oldest + ".0").split(".")[:2]
+  source = tmp_path / "source"
+  source.mkdir()
+  for name in ("pyproject.toml", "setup.py", "README.md"):
+    shutil.copy(os.path.join(REPO_ROOT, name), str(source / name))
+  shutil.copytree(os.path.join(REPO_ROOT, "youtube-8m"), str(source / "youtube-8m"),
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  _run([build_python, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--wheel-dir",
+        str(tmp_path / "oldest"), str(source)], timeout=300)
+  assert os.listdir(str(tmp_path / "oldest")) == [wheel]
+  with zipfile.ZipFile(str(tmp_path / "oldest" / wheel)) as archive:
+    assert sorted(archive.namelist()) == sorted(names)
+    package = {name: archive.read(name) for name in names if name.startswith("youtube-8m/")}
+    old_metadata = archive.read("yt8m_netvlad_ensemble-%s.dist-info/METADATA" % VERSION).decode()
+  with zipfile.ZipFile(os.path.join(context, "dist", wheel)) as archive:
+    assert package == {name: archive.read(name) for name in package}
+  def requirements(text):  # Metadata-Version etc. differ between setuptools versions
+    return sorted(line for line in text.splitlines() if re.match(
+        r"(Name|Version|Requires-Python|Requires-Dist|Provides-Extra): ", line))
+
+  assert requirements(old_metadata) == requirements(metadata)
+  assert "Requires-Dist: google-cloud-storage<4,>=3.0" in requirements(metadata)
+  shutil.copy(str(tmp_path / "oldest" / wheel), os.path.join(context, "dist", wheel))
+  timings["wheel with setuptools " + oldest] = time.time() - started
 
   started = time.time()
   venv = tmp_path / "venv"

@@ -618,3 +618,48 @@ def test_synced_dir_on_a_local_directory_is_a_no_op(tmp_path):
     storage.write_bytes(os.path.join(directory, "model.ckpt-1.index"), b"i")
     assert synced.pull(["*"]) == [] and synced.push(["*"]) == [] and synced.push_new() == []
   assert os.path.exists(os.path.join(directory, "model.ckpt-1.index"))
+
+
+def _private_google_uses(source):
+  """[(line, name)] of private (`_`-prefixed, not dunder) names of google.* packages that
+  source uses: imported from them, or read as attributes of a module imported from them."""
+  import ast  # pylint: disable=g-import-not-at-top
+  private = lambda name: name.startswith("_") and not name.startswith("__")
+  aliases, found = set(), []
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("google"):
+      for part in node.module.split("."):
+        if private(part):
+          found.append((node.lineno, node.module))
+      for alias in node.names:
+        if private(alias.name):
+          found.append((node.lineno, alias.name))
+        aliases.add(alias.asname or alias.name)
+    elif isinstance(node, ast.Import):
+      for alias in node.names:
+        if alias.name.startswith("google"):
+          aliases.add(alias.asname or alias.name.split(".")[0])
+  for node in ast.walk(ast.parse(source)):
+    if (isinstance(node, ast.Attribute) and private(node.attr)
+        and isinstance(node.value, ast.Name) and node.value.id in aliases):
+      found.append((node.lineno, "%s.%s" % (node.value.id, node.attr)))
+  return found
+
+
+def test_no_private_google_cloud_storage_api():
+  """The package uses google-cloud-storage / api_core only through their public names (a
+  private one may change in any release within the declared range)."""
+  assert _private_google_uses("from google.cloud.storage import retry as r\nr._should_retry\n"
+                              "from google.cloud.storage._media import x\n") == [
+                                  (3, "google.cloud.storage._media"), (2, "r._should_retry")]
+  package = os.path.join(REPO_ROOT, "youtube-8m")
+  for name in sorted(os.listdir(package)):
+    if name.endswith(".py"):
+      with open(os.path.join(package, name)) as handle:
+        assert _private_google_uses(handle.read()) == [], name
+
+
+def test_retry_options_checked(monkeypatch):
+  monkeypatch.setattr(storage, "RETRY_OPTIONS", dict(deadline=5))
+  with pytest.raises(ValueError, match=r"RETRY_OPTIONS: unknown option\(s\) deadline"):
+    storage._retry("stat", "gs://b/x")  # pylint: disable=protected-access

@@ -30,6 +30,7 @@ from . import progress as progress_lib
 from . import readers
 from . import staging
 from . import storage
+from . import summaries
 from . import utils
 
 tf1 = tf.compat.v1
@@ -265,7 +266,8 @@ def evaluate():
   synced = staging.SyncedDir(train_dir)  # TF reads and writes local files only
   # events.out.tfevents.<second>.<host> alone collides for two evals started in the same
   # second on one host (the later upload to a gs:// train_dir would replace the other).
-  writer = tf1.summary.FileWriter(synced.local, filename_suffix=".eval.%d" % os.getpid())
+  # Also into AIP_TENSORBOARD_LOG_DIR when Vertex AI sets it (a TensorBoard instance reads there).
+  writer = summaries.SummaryWriter(synced.local, filename_suffix=".eval.%d" % os.getpid())
   all_results = []
 
   def evaluate_checkpoint(sess, prefix, requested_name):

@@ -121,17 +121,42 @@ def _client(path):
   return clients[host]
 
 
+class _LoggedRetry(object):
+  """The library's DEFAULT_RETRY (its predicate says which errors are transient) with
+  RETRY_OPTIONS' delays and timeout, calling on_error(exception) before each retry.
+
+  Public API only: google-cloud-storage (>= 3.0) wraps every request as `retry(func)`, and
+  api_core's Retry.__call__(func, on_error) takes the callback; the predicate has no public
+  accessor, so a new Retry could not be built from it.
+  """
+
+  def __init__(self, on_error):
+    from google.cloud.storage.retry import DEFAULT_RETRY  # pylint: disable=g-import-not-at-top
+    options = dict(RETRY_OPTIONS)
+    retry = DEFAULT_RETRY
+    if "timeout" in options:
+      retry = retry.with_timeout(options.pop("timeout"))
+    delay = {key: options.pop(key) for key in ("initial", "maximum", "multiplier")
+             if key in options}
+    if delay:
+      retry = retry.with_delay(**delay)
+    if options:
+      raise ValueError("storage.RETRY_OPTIONS: unknown option(s) %s (known: initial, "
+                       "maximum, multiplier, timeout)" % ", ".join(sorted(options)))
+    self._retry, self._on_error = retry, on_error
+
+  def __call__(self, func, on_error=None):
+    del on_error  # the library passes none; ours logs
+    return self._retry(func, on_error=self._on_error)
+
+
 def _retry(what, path):
   """The library's retry policy, logging each retry with the path."""
-  from google.api_core.retry import Retry  # pylint: disable=g-import-not-at-top
-  from google.cloud.storage import retry as gcs_retry  # pylint: disable=g-import-not-at-top
 
   def log(error):
     logging.warning("storage: %s %s failed (%s); retrying", what, path, _describe(error))
 
-  # DEFAULT_RETRY is Retry(predicate=_should_retry); api_core has no public way to add an
-  # on_error callback to an existing Retry.
-  return Retry(predicate=gcs_retry._should_retry, on_error=log, **RETRY_OPTIONS)  # pylint: disable=protected-access
+  return _LoggedRetry(log)
 
 
 def _describe(error):  # one line, at most ~300 characters

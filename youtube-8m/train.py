@@ -30,6 +30,7 @@ from . import model_graph
 from . import readers
 from . import staging
 from . import storage
+from . import summaries
 from . import utils
 
 tf1 = tf.compat.v1
@@ -558,7 +559,8 @@ def train(config, task):
   if task.distributed:
     session_config.device_filters.extend(["/job:ps", task.device])
   stop = StopRequest()
-  writer = tf1.summary.FileWriter(train_dir, graph=graph) if task.is_chief else None
+  # Also into AIP_TENSORBOARD_LOG_DIR when Vertex AI sets it (a TensorBoard instance reads there).
+  writer = summaries.SummaryWriter(train_dir, graph=graph) if task.is_chief else None
   target = server.target if server else ""
   with graph.as_default():
     if task.is_chief:

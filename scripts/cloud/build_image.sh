@@ -6,7 +6,7 @@
 #   bash scripts/cloud/build_image.sh [--dry-run] [--builder=cloud-build|docker] PROJECT=my-project
 #
 # 1. builds the wheel (python -m build, or pip wheel where `build` is not installed) from a copy
-#    of pyproject.toml, README.md and youtube-8m/ (nothing is written into the repo) into a
+#    of pyproject.toml, setup.py, README.md and youtube-8m/ (nothing is written into the repo) into a
 #    temporary build context with the Dockerfile, install.sh and requirements-runtime.txt;
 # 2. creates the Docker repository REGION-docker.pkg.dev/PROJECT/yt8m if it does not exist;
 # 3. --builder=cloud-build (default): gcloud builds submit (no local Docker needed);
@@ -23,7 +23,7 @@ yt8m_parse_args "$@"
 builder=${builder:-cloud-build}
 case $builder in cloud-build|docker) ;; *) yt8m_die "--builder must be cloud-build or docker," \
   "got '$builder'" ;; esac
-REGION=${REGION:-us-central1}
+REGION=${REGION:-$YT8M_DEFAULT_REGION}
 PYTHON=${PYTHON:-$YT8M_REPO_ROOT/.venv/bin/python}
 [ -x "$PYTHON" ] || PYTHON=python3
 if [ "$DRY_RUN" != 1 ]; then
@@ -45,7 +45,8 @@ else
 fi
 container=$YT8M_REPO_ROOT/cloud/container
 yt8m_run_line "$(yt8m_line mkdir -p "$context/src") && $(yt8m_line cp -r \
-  "$YT8M_REPO_ROOT/pyproject.toml" "$YT8M_REPO_ROOT/README.md" "$YT8M_REPO_ROOT/youtube-8m" \
+  "$YT8M_REPO_ROOT/pyproject.toml" "$YT8M_REPO_ROOT/setup.py" "$YT8M_REPO_ROOT/README.md" \
+  "$YT8M_REPO_ROOT/youtube-8m" \
   "$context/src/") && $(yt8m_line cp "$container/Dockerfile" "$container/install.sh" \
   "$YT8M_REPO_ROOT/requirements-runtime.txt" "$context/")"
 yt8m_run_line "$wheel_cmd && $(yt8m_line rm -rf "$context/src")"

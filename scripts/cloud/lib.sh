@@ -13,6 +13,8 @@
 # scheduling (Spot VMs, restartJobOnWorkerRestart: a preempted worker gets SIGTERM, train.py
 # exports a checkpoint, and the restarted job resumes from it).
 # (The seed's `gcloud ml-engine` / AI Platform Training was shut down on 2025-01-31.)
+# After each job (and in a dry run, with JOB_ID as a placeholder) the script prints the gcloud
+# commands that follow it: stream-logs, describe, cancel.
 #
 # Options of every script (seed variables also as VAR=VALUE or --VAR=VALUE, or from the
 # environment):
@@ -24,12 +26,21 @@
 #   --image-uri=URI           (env IMAGE_URI) the container image (default
 #                             REGION-docker.pkg.dev/PROJECT/yt8m/yt8m-netvlad-ensemble:VERSION,
 #                             as build_image.sh pushes it; VERSION from pyproject.toml)
-#   --region=R                (env REGION; default us-central1, the seed's)
+#   --region=R                (env REGION; default us-east1, the region of the public data
+#                             bucket gs://youtube8m-ml-us-east1: no cross-region reads)
 #   --config=FILE             job config template (default cloud/vertex-gpu.yaml; the
 #                             distributed script: cloud/vertex-distributed.yaml)
 #   --no-spot                 on-demand VMs (scheduling strategy STANDARD) instead of Spot VMs
 #   --data-pattern=P          (env DATA_PATTERN) --train_data_pattern of training jobs
 #   --eval-data-pattern=P     (env EVAL_DATA_PATTERN) --eval_data_pattern of evaluation jobs
+#   --test-data-pattern=P     (env TEST_DATA_PATTERN) --input_data_pattern of inference jobs
+#   --service-account=EMAIL   (env SERVICE_ACCOUNT) the service account the jobs run as
+#                             (CustomJobSpec.serviceAccount; default: Vertex AI's custom code
+#                             service agent)
+#   --tensorboard=NAME        (env TENSORBOARD) a Vertex AI TensorBoard instance,
+#                             projects/P/locations/REGION/tensorboards/ID, in the jobs' region,
+#                             that streams the summaries train.py and eval.py write to
+#                             AIP_TENSORBOARD_LOG_DIR (needs --service-account)
 #   --verbosity=LEVEL         gcloud's --verbosity (default debug, as the seed)
 #   --job-name=NAME           instead of the seed's job name (single-job scripts)
 #   --evaluator-count=N       (submit_distributed_train.sh) replicas of the evaluator pool
@@ -39,9 +50,13 @@ YT8M_REPO_ROOT="$(cd "$YT8M_CLOUD_DIR/../.." && pwd)"
 YT8M_SCRIPT="$(basename "$0")"
 YT8M_SEED_TRAIN_PATTERN='gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord,gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord'
 YT8M_SEED_EVAL_PATTERN='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord'
+YT8M_SEED_TEST_PATTERN='gs://youtube8m-ml-us-east1/2/frame/test/test*.tfrecord'
 YT8M_IMAGE_NAME=yt8m/yt8m-netvlad-ensemble  # Artifact Registry repository/image
+# The jobs run where the data is: the public bucket gs://youtube8m-ml-us-east1 is in us-east1.
+YT8M_DEFAULT_REGION=us-east1
 # Options also read from the environment (the seed's own variables come on top, per script).
-YT8M_ENV_OPTIONS="REGION DATA_PATTERN EVAL_DATA_PATTERN PROJECT IMAGE_URI"
+YT8M_ENV_OPTIONS="REGION DATA_PATTERN EVAL_DATA_PATTERN TEST_DATA_PATTERN PROJECT IMAGE_URI"
+YT8M_ENV_OPTIONS+=" SERVICE_ACCOUNT TENSORBOARD"
 
 yt8m_die() { echo "$YT8M_SCRIPT: error: $*" >&2; exit 2; }
 yt8m_note() { echo "$YT8M_SCRIPT: note: $*" >&2; }
@@ -167,12 +182,30 @@ yt8m_default_image() {
   IMAGE_URI="$REGION-docker.pkg.dev/$PROJECT/$YT8M_IMAGE_NAME:$version"
 }
 
+yt8m_defaults() {  # the region and the data patterns, unless given
+  REGION=${REGION:-$YT8M_DEFAULT_REGION}
+  DATA_PATTERN=${DATA_PATTERN:-$YT8M_SEED_TRAIN_PATTERN}
+  EVAL_DATA_PATTERN=${EVAL_DATA_PATTERN:-$YT8M_SEED_EVAL_PATTERN}
+  TEST_DATA_PATTERN=${TEST_DATA_PATTERN:-$YT8M_SEED_TEST_PATTERN}
+}
+
+yt8m_check_bucket() {  # BUCKET_NAME: set, a gs:// URL; the trailing slash dropped
+  yt8m_require BUCKET_NAME
+  [[ $BUCKET_NAME == gs://?* ]] || yt8m_die "BUCKET_NAME must be a gs:// URL (the seed's" \
+    "gs://\${USER}_yt8m_train_bucket), got '$BUCKET_NAME'"
+  BUCKET_NAME=${BUCKET_NAME%/}
+}
+
+yt8m_need_gcloud() {  # a real run needs gcloud
+  [ "$DRY_RUN" = 1 ] || command -v gcloud > /dev/null || yt8m_die "gcloud is not on PATH" \
+    "(install the Google Cloud SDK and run 'gcloud init'), or use --dry-run to print the" \
+    "commands"
+}
+
 # yt8m_setup single|distributed: defaults, checks, and the tools of a real run.
 yt8m_setup() {
   local kind=$1
-  REGION=${REGION:-us-central1}
-  DATA_PATTERN=${DATA_PATTERN:-$YT8M_SEED_TRAIN_PATTERN}
-  EVAL_DATA_PATTERN=${EVAL_DATA_PATTERN:-$YT8M_SEED_EVAL_PATTERN}
+  yt8m_defaults
   PYTHON=${PYTHON:-$YT8M_REPO_ROOT/.venv/bin/python}
   [ -x "$PYTHON" ] || PYTHON=python3
   if [ -z "$CONFIG" ]; then
@@ -189,32 +222,53 @@ yt8m_setup() {
     [ "$kind" = distributed ] || yt8m_die "--evaluator-count is for the distributed config"
     yt8m_require_int EVALUATOR_COUNT
   fi
-  yt8m_require BUCKET_NAME
-  [[ $BUCKET_NAME == gs://?* ]] || yt8m_die "BUCKET_NAME must be a gs:// URL (the seed's" \
-    "gs://\${USER}_yt8m_train_bucket), got '$BUCKET_NAME'"
-  BUCKET_NAME=${BUCKET_NAME%/}
-  if [ "$DRY_RUN" != 1 ]; then
-    command -v gcloud > /dev/null || yt8m_die "gcloud is not on PATH (install the Google Cloud" \
-      "SDK and run 'gcloud init'), or use --dry-run to print the commands"
-  fi
+  yt8m_check_tensorboard
+  yt8m_check_bucket
+  yt8m_need_gcloud
   yt8m_default_image
   # Check the template now rather than after the first job.
   "$PYTHON" "$YT8M_CLOUD_DIR/render_vertex_config.py" "$CONFIG" --image-uri="$IMAGE_URI" \
     --python-module=x --output-dir=gs://x/y ${EVALUATOR_COUNT:+"--replica-count=3:$EVALUATOR_COUNT"} \
-    > /dev/null || yt8m_die "$CONFIG is not a usable Vertex AI job config template"
+    ${YT8M_JOB_FIELDS[@]+"${YT8M_JOB_FIELDS[@]}"} > /dev/null \
+    || yt8m_die "$CONFIG is not a usable Vertex AI job config template"
   YT8M_JOB_CONFIG_DIR=""
   YT8M_EXTRA_POOLS=()  # "@@pool=N @@python-module=M FLAG..." for render_vertex_config.py
 }
 
+# yt8m_check_tensorboard: --tensorboard/--service-account, checked before any job (Vertex AI
+# would refuse the job only after the image is built).
+yt8m_check_tensorboard() {
+  YT8M_JOB_FIELDS=()
+  if [ -n "$SERVICE_ACCOUNT" ]; then
+    [[ $SERVICE_ACCOUNT =~ ^[^@[:space:]]+@[^@[:space:]]+$ ]] || yt8m_die "--service-account" \
+      "must be a service account e-mail (NAME@PROJECT.iam.gserviceaccount.com), got" \
+      "'$SERVICE_ACCOUNT'"
+    YT8M_JOB_FIELDS+=("--service-account=$SERVICE_ACCOUNT")
+  fi
+  [ -n "$TENSORBOARD" ] || return 0
+  [[ $TENSORBOARD =~ ^projects/[^/]+/locations/([^/]+)/tensorboards/[0-9]+$ ]] \
+    || yt8m_die "--tensorboard must be a TensorBoard instance name" \
+      "projects/PROJECT/locations/REGION/tensorboards/ID (gcloud ai tensorboards list" \
+      "--region=$REGION), got '$TENSORBOARD'"
+  [ "${BASH_REMATCH[1]}" = "$REGION" ] || yt8m_die "--tensorboard is in" \
+    "${BASH_REMATCH[1]} but the jobs run in $REGION (--region): a job can only use a" \
+    "TensorBoard instance of its own region"
+  [ -n "$SERVICE_ACCOUNT" ] || yt8m_die "--tensorboard needs --service-account=EMAIL: Vertex" \
+    "AI uploads a job's TensorBoard logs only when it runs as a user-managed service account" \
+    "(see 'Vertex AI TensorBoard' in the README)"
+  YT8M_JOB_FIELDS+=("--tensorboard=$TENSORBOARD")
+}
+
 # yt8m_output_dir FLAG...: the directory the job writes (its --train_dir, else the directory of
-# --output_path), which becomes the job's baseOutputDirectory.
+# --output_path or --output_file), which becomes the job's baseOutputDirectory.
 yt8m_output_dir() {
   local flag
   for flag in "$@"; do
     case $flag in --train_dir=*) printf '%s' "${flag#--train_dir=}"; return ;; esac
   done
   for flag in "$@"; do
-    case $flag in --output_path=*) flag=${flag#--output_path=}; printf '%s' "${flag%/*}"; return ;;
+    case $flag in --output_path=*|--output_file=*) flag=${flag#--output_*=}
+      printf '%s' "${flag%/*}"; return ;;
     esac
   done
   printf '%s' "$BUCKET_NAME"
@@ -233,10 +287,46 @@ yt8m_submit() {
     "--image-uri=$IMAGE_URI" "--python-module=$module" "--output-dir=$(yt8m_output_dir "$@")")
   [ "$SPOT" = 1 ] || render+=(--no-spot)
   [ -z "$EVALUATOR_COUNT" ] || render+=("--replica-count=3:$EVALUATOR_COUNT")
+  render+=(${YT8M_JOB_FIELDS[@]+"${YT8M_JOB_FIELDS[@]}"})
   local spec file="$YT8M_JOB_CONFIG_DIR/$job.yaml"
   spec=$("${render[@]}" -- "$@" ${YT8M_EXTRA_POOLS[@]+"${YT8M_EXTRA_POOLS[@]}"}) \
     || yt8m_die "cannot write the Vertex AI job config from $CONFIG"
   yt8m_write_file "$file" "$spec"$'\n'
-  yt8m_run_line "$(yt8m_line gcloud "--verbosity=$VERBOSITY" ai custom-jobs create \
+  yt8m_create_job "$job" "$(yt8m_line gcloud "--verbosity=$VERBOSITY" ai custom-jobs create \
     "--region=$REGION" "--display-name=$job" "--config=$file")"
+}
+
+# yt8m_create_job NAME LINE: runs (or, in a dry run, prints) the create command, then prints
+# the commands that follow the job, with the job's resource name from gcloud's output
+# ("CustomJob [projects/N/locations/R/customJobs/ID] is submitted successfully.").
+yt8m_create_job() {
+  local job=$1 line=$2 id=JOB_ID output
+  if [ "$DRY_RUN" = 1 ]; then
+    printf '%s\n' "$line"
+  else
+    printf '+ %s\n' "$line" >&2
+    output=$(eval "$line" 2>&1) || { printf '%s\n' "$output" >&2
+      yt8m_die "command failed: $line"; }
+    printf '%s\n' "$output" >&2
+    id=$(printf '%s\n' "$output" | grep -o 'projects/[^/[:space:]]*/locations/[^/[:space:]]*/customJobs/[0-9][0-9]*' \
+      | head -n 1 || true)
+    if [ -z "$id" ]; then
+      yt8m_note "no customJobs/ID in gcloud's output: find the job with 'gcloud ai" \
+        "custom-jobs list --region=$REGION --filter=displayName=$job'"
+      id=JOB_ID
+    fi
+  fi
+  yt8m_follow "$job" "$id"
+}
+
+yt8m_follow() {  # yt8m_follow NAME ID: the commands that follow one job (stdout)
+  local job=$1 id=$2 verb
+  if [ "$id" = JOB_ID ]; then
+    printf '# follow %s (JOB_ID: the customJobs/... name that the create command prints):\n' "$job"
+  else
+    printf '# follow %s:\n' "$job"
+  fi
+  for verb in stream-logs describe cancel; do
+    printf '#   %s\n' "$(yt8m_line gcloud ai custom-jobs "$verb" "$id" "--region=$REGION")"
+  done
 }

@@ -16,6 +16,13 @@ end of the list: gcloud wants a containerSpec in every pool it is given). Commen
 dropped. Standard library only (the scripts must run where PyYAML is not installed), so the
 template's layout is restricted: ``workerPoolSpecs:`` at column 0, as the last top-level key;
 pools as ``- `` items at column 0; the keys above on one line each.
+
+Every key of the template is checked against the field names of Vertex AI's v1 API
+(CustomJobSpec, Scheduling, GcsDestination, WorkerPoolSpec, MachineSpec, ContainerSpec,
+DiskSpec): gcloud would reject a misspelt key only at submission, after the image is built.
+--service-account and --tensorboard add (or replace) the CustomJobSpec fields
+``serviceAccount`` and ``tensorboard`` (a Vertex AI TensorBoard instance needs a service
+account to upload with).
 """
 
 import argparse
@@ -24,8 +31,59 @@ import re
 import sys
 
 _KEY_RE = re.compile(r"^(?P<indent>\s*(?:- )?)(?P<key>[A-Za-z0-9]+):(?P<value>.*)$")
+_ANY_KEY_RE = re.compile(r"^(?P<indent>\s*(?:- )?)(?P<key>[^\s:#][^:#]*?):(?:\s|$)")
 _REPLACED = ("imageUri", "command", "args")
 _HEADER_REPLACED = ("outputUriPrefix", "strategy", "restartJobOnWorkerRestart")
+
+# Field names of the v1 REST API (projects.locations.customJobs): CustomJobSpec, and the
+# messages under the keys the templates use. A key elsewhere is not checked.
+CUSTOM_JOB_SPEC_FIELDS = frozenset((
+    "persistentResourceId", "workerPoolSpecs", "scheduling", "serviceAccount", "network",
+    "reservedIpRanges", "pscInterfaceConfig", "baseOutputDirectory",
+    "protectedArtifactLocationId", "tensorboard", "enableWebAccess", "enableDashboardAccess",
+    "experiment", "experimentRun", "models"))
+NESTED_FIELDS = {  # (parent key, depth below the job spec / the pool) -> fields
+    "scheduling": frozenset(("timeout", "restartJobOnWorkerRestart", "strategy",
+                             "disableRetries", "maxWaitDuration")),
+    "baseOutputDirectory": frozenset(("outputUriPrefix",)),
+    "machineSpec": frozenset(("machineType", "acceleratorType", "acceleratorCount",
+                              "tpuTopology", "reservationAffinity")),
+    "containerSpec": frozenset(("imageUri", "command", "args", "env")),
+    "diskSpec": frozenset(("bootDiskType", "bootDiskSizeGb")),
+}
+WORKER_POOL_SPEC_FIELDS = frozenset(("containerSpec", "pythonPackageSpec", "machineSpec",
+                                     "replicaCount", "nfsMounts", "diskSpec"))
+# google.protobuf.Duration in JSON/YAML: seconds with an "s" ("604800s" = 7 days).
+_DURATION_RE = re.compile(r'^"?\d+(\.\d{1,9})?s"?$')
+
+
+def check_field_names(lines, template, where, top_fields):
+  """Fails on a key that is not a field of the v1 message it sits in: top_fields at the
+  first level of `lines` (the job spec's header, or one pool), NESTED_FIELDS one level below
+  the keys they name."""
+  parents = []  # [(indent, key)] of the enclosing mappings
+  for line in lines:
+    match = _ANY_KEY_RE.match(line)
+    if not match:
+      continue
+    indent, key = len(match.group("indent")), match.group("key").strip()
+    while parents and parents[-1][0] >= indent:
+      parents.pop()
+    if not parents:
+      allowed, message = top_fields, where
+    elif len(parents) == 1 and parents[0][1] in NESTED_FIELDS:
+      allowed, message = NESTED_FIELDS[parents[0][1]], "%s.%s" % (where, parents[0][1])
+    else:
+      allowed = None
+    if allowed is not None and key not in allowed:
+      fail("%s: %r is not a field of %s in Vertex AI's v1 API (known: %s)"
+           % (template, key, message, ", ".join(sorted(allowed))))
+    if parents and parents[-1][1] == "scheduling" and key == "timeout":
+      value = line.split(":", 1)[1].split("#")[0].strip()
+      if not _DURATION_RE.match(value):
+        fail("%s: scheduling.timeout %r is not a duration in seconds such as \"604800s\""
+             % (template, value))
+    parents.append((indent, key))
 
 
 def fail(message):
@@ -59,17 +117,24 @@ def split_pools(lines, template):
   return header, pools
 
 
-def render_header(header, template, output_dir, spot):
+def render_header(header, template, output_dir, spot, job_fields=None):
+  """job_fields: {top-level CustomJobSpec field: string value} to set (serviceAccount, ...)."""
+  check_field_names(header, template, "CustomJobSpec", CUSTOM_JOB_SPEC_FIELDS)
   values = {"outputUriPrefix": json.dumps(output_dir),
             "strategy": "SPOT" if spot else "STANDARD"}
+  job_fields = {key: json.dumps(value) for key, value in (job_fields or {}).items()}
   seen, out = set(), []
   for line in header:
     match = _KEY_RE.match(line)
     key = match.group("key") if match else None
     if key in values:
       line = "%s%s: %s" % (match.group("indent"), key, values[key])
+    elif key in job_fields and not match.group("indent"):
+      line = "%s: %s" % (key, job_fields.pop(key))
     if key in _HEADER_REPLACED:
       seen.add(key)
+    if line.rstrip() == "workerPoolSpecs:":  # the header's last line: new fields go before
+      out.extend("%s: %s" % item for item in sorted(job_fields.items()))
     out.append(line)
   missing = [key for key in _HEADER_REPLACED if key not in seen]
   if missing:
@@ -81,12 +146,16 @@ def render_header(header, template, output_dir, spot):
 
 
 def render(template, image_uri, python_module, module_args, output_dir, spot=True,
-           replica_counts=None, pool_overrides=None):
-  """pool_overrides: {pool index: (python module, [module flags])}."""
+           replica_counts=None, pool_overrides=None, job_fields=None):
+  """pool_overrides: {pool index: (python module, [module flags])}; job_fields: see
+  render_header."""
   with open(template) as f:
     lines = f.read().splitlines()
   header, pools = split_pools(lines, template)
-  header = render_header(header, template, output_dir, spot)
+  header = render_header(header, template, output_dir, spot, job_fields)
+  for index, pool in enumerate(pools):
+    check_field_names([" " * 2 + line[2:] if line.startswith("- ") else line for line in pool],
+                      template, "WorkerPoolSpec (pool %d)" % index, WORKER_POOL_SPEC_FIELDS)
   replica_counts = dict(replica_counts or {})
   pool_overrides = dict(pool_overrides or {})
   for pool_index in list(replica_counts) + list(pool_overrides):
@@ -154,9 +223,29 @@ def main(argv):
   parser.add_argument("--no-spot", action="store_true",
                       help="scheduling strategy STANDARD (on-demand) instead of SPOT")
   parser.add_argument("--replica-count", action="append", default=[], metavar="POOL:N")
+  parser.add_argument("--service-account", default="",
+                      help="CustomJobSpec.serviceAccount: the service account the job runs as")
+  parser.add_argument("--tensorboard", default="",
+                      help="CustomJobSpec.tensorboard: "
+                      "projects/P/locations/L/tensorboards/ID (needs --service-account)")
   args = parser.parse_args(argv)
   if not args.output_dir.startswith("gs://"):
     fail("--output-dir must be a gs:// URI, got %r" % args.output_dir)
+  job_fields = {}
+  if args.service_account:
+    if not re.match(r"^[^@\s]+@[^@\s]+\.[a-z]+$", args.service_account):
+      fail("--service-account=%r is not a service account e-mail address (NAME@PROJECT"
+           ".iam.gserviceaccount.com)" % args.service_account)
+    job_fields["serviceAccount"] = args.service_account
+  if args.tensorboard:
+    if not re.match(r"^projects/[^/\s]+/locations/[^/\s]+/tensorboards/[0-9]+$",
+                    args.tensorboard):
+      fail("--tensorboard=%r is not a TensorBoard resource name "
+           "(projects/PROJECT/locations/REGION/tensorboards/ID)" % args.tensorboard)
+    if not args.service_account:
+      fail("--tensorboard needs --service-account: Vertex AI uploads the job's TensorBoard "
+           "logs only as a user-managed service account")
+    job_fields["tensorboard"] = args.tensorboard
   overrides, current = {}, None
   default_args = []
   for token in module_args:
@@ -185,7 +274,7 @@ def main(argv):
       fail("--replica-count=%r is not POOL:N" % item)
     counts[int(match.group(1))] = int(match.group(2))
   sys.stdout.write(render(args.template, args.image_uri, args.python_module, default_args,
-                          args.output_dir, not args.no_spot, counts, overrides))
+                          args.output_dir, not args.no_spot, counts, overrides, job_fields))
 
 
 if __name__ == "__main__":
