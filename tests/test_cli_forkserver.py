@@ -1,0 +1,67 @@
+"""tests/cli_forkserver.py: a tool forked from the server behaves as `python -m` started anew."""
+
+import filecmp
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT, cli_env, forkserver
+
+
+def both_ways(tmp_path, module, *args):
+  """(forked, started anew) CompletedProcess of `python -m youtube-8m.<module>` with the
+  arguments, each given its own output directory for {out} in args."""
+  server = forkserver()
+  if server is None:
+    pytest.skip("YT8M_TEST_FORKSERVER=0")
+  results = []
+  for way in ("forked", "plain"):
+    argv = [sys.executable, "-m", "youtube-8m." + module] + [
+        arg.format(out=tmp_path / way) for arg in args]
+    assert server.can_serve(argv, REPO_ROOT, cli_env())
+    if way == "forked":
+      with open(tmp_path / "stdout", "w+b") as stdout, open(tmp_path / "stderr", "w+b") as stderr:
+        status = server.run(argv, REPO_ROOT, cli_env(), stdout, stderr, timeout=300)
+        stdout.seek(0)
+        stderr.seek(0)
+        results.append(subprocess.CompletedProcess(argv, status, stdout.read().decode(),
+                                                   stderr.read().decode()))
+    else:
+      results.append(subprocess.run(argv, cwd=REPO_ROOT, env=cli_env(), capture_output=True,
+                                    text=True, timeout=300))
+  return results
+
+
+def test_the_same_files_exit_status_and_help(tmp_path):
+  forked, plain = both_ways(tmp_path, "synthetic_data", "--output_dir={out}", "--levels=frame",
+                            "--num_train_files=1", "--num_validate_files=1",
+                            "--num_test_files=0", "--videos_per_file=3",
+                            "--validate_videos_per_file=2", "--num_classes=20")
+  assert forked.returncode == plain.returncode == 0, forked.stderr[-2000:]
+  comparison = filecmp.dircmp(tmp_path / "forked" / "frame", tmp_path / "plain" / "frame")
+  assert comparison.left_list == comparison.right_list and len(comparison.left_list) == 2
+  assert not filecmp.cmpfiles(comparison.left, comparison.right, comparison.common_files,
+                              shallow=False)[1]
+  # A flag of another tool's module is unknown here, forked or not.
+  forked, plain = both_ways(tmp_path, "synthetic_data", "--netvlad_cluster_size=4")
+  assert forked.returncode == plain.returncode == 1
+  assert forked.stderr.splitlines()[-2:] == plain.stderr.splitlines()[-2:]
+  assert "Unknown command line flag 'netvlad_cluster_size'" in forked.stderr
+  forked, plain = both_ways(tmp_path, "train", "--helpfull")
+  assert forked.returncode == plain.returncode
+  assert forked.stdout == plain.stdout and "--netvlad_cluster_size" in forked.stdout
+
+
+def test_startup_settings_and_other_pythons_are_not_forked():
+  server = forkserver()
+  if server is None:
+    pytest.skip("YT8M_TEST_FORKSERVER=0")
+  argv = [sys.executable, "-m", "youtube-8m.train", "--helpfull"]
+  assert server.can_serve(argv, REPO_ROOT, cli_env({"STORAGE_EMULATOR_HOST": "x"}))
+  assert not server.can_serve(argv, REPO_ROOT, cli_env({"TF_ENABLE_ONEDNN_OPTS": "0"}))
+  assert not server.can_serve(argv, REPO_ROOT, cli_env({"MALLOC_ARENA_MAX": "1"}))
+  assert not server.can_serve(argv, os.path.dirname(REPO_ROOT), cli_env())
+  assert not server.can_serve(["python3"] + argv[1:], REPO_ROOT, cli_env())
+  assert not server.can_serve([sys.executable, "scripts/main_job.py"], REPO_ROOT, cli_env())
