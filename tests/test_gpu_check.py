@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO_ROOT, cli_env, run, yt8m
+from conftest import TINY_FLAGS, cli_env, run, run_cli, yt8m
 
 gpu_check = yt8m("gpu_check")
 
@@ -157,3 +157,94 @@ def test_bad_usage_exits_1():
     result = check(*args)
     assert result.returncode == 1, args
     assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# train, eval and inference on a machine with NVIDIA GPUs that TensorFlow (here: the CPU build)
+# cannot use, faked by a device-node directory with nvidia0.
+
+MODEL_FLAGS = TINY_FLAGS + ["--netvlad_cluster_size=4", "--netvlad_hidden_size=8"]
+CPU_ONLY_LINE = "Devices: CPU only (TensorFlow lists no GPU); towers: /cpu:0"
+
+
+def test_nvidia_machine_signs(tmp_path):
+  devices = tmp_path / "dev"
+  devices.mkdir()
+  for name in ("nvidiactl", "nvidia1", "nvidia0", "nvidia-uvm", "null", "nvidia10"):
+    (devices / name).write_text("")
+  signs = gpu_check.nvidia_machine_signs({gpu_check.DEVICE_DIR_ENV: str(devices)})
+  assert signs == [str(devices / name) for name in ("nvidia0", "nvidia1", "nvidia10",
+                                                    "nvidiactl")]
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  for visible, expected in (("all", ["NVIDIA_VISIBLE_DEVICES=all"]), ("0,1", [
+      "NVIDIA_VISIBLE_DEVICES=0,1"]), ("void", []), ("none", []), ("", [])):
+    assert gpu_check.nvidia_machine_signs({gpu_check.DEVICE_DIR_ENV: str(empty),
+                                           "NVIDIA_VISIBLE_DEVICES": visible}) == expected
+  with pytest.raises(gpu_check.GpuCheckError, match="^YT8M_NVIDIA_DEVICE_DIR=%s is not a "
+                     "directory" % (tmp_path / "missing")):
+    gpu_check.nvidia_machine_signs({gpu_check.DEVICE_DIR_ENV: str(tmp_path / "missing")})
+
+
+def one_error_line(result):
+  assert result.returncode == 1, result.stderr[-3000:]
+  errors = error_lines(result)
+  assert len(errors) == 1, result.stderr[-3000:]
+  return errors[0]
+
+
+def test_tools_refuse_the_cpu_of_a_gpu_machine(tiny_data, tmp_path):
+  """With nvidia0 in the device directory, train, eval and inference exit 1 with one line that
+  says why (the CPU-only build) and writes nothing; --allow_cpu_on_gpu_machine runs them on the
+  CPU (with a warning); a device directory without NVIDIA nodes runs them as before, on the CPU
+  with the device line."""
+  gpu_dev, cpu_dev = tmp_path / "gpu_dev", tmp_path / "cpu_dev"
+  for directory in (gpu_dev, cpu_dev):
+    directory.mkdir()
+    (directory / "null").write_text("")
+  (gpu_dev / "nvidia0").write_text("")
+  (gpu_dev / "nvidiactl").write_text("")
+  on_gpu_machine = {gpu_check.DEVICE_DIR_ENV: str(gpu_dev), "NVIDIA_VISIBLE_DEVICES": ""}
+  on_cpu_machine = {gpu_check.DEVICE_DIR_ENV: str(cpu_dev), "NVIDIA_VISIBLE_DEVICES": ""}
+  expected_error = (
+      "ERROR: this machine has NVIDIA GPUs (%s, %s) but TensorFlow lists none: TensorFlow "
+      "2.21.0 is a CPU-only build (is_cuda_build: False): it cannot use NVIDIA GPUs; %s; or "
+      "pass --allow_cpu_on_gpu_machine to run on the CPU anyway" % (
+          gpu_dev / "nvidia0", gpu_dev / "nvidiactl", gpu_check.FIX_HINT))
+  warning = "--allow_cpu_on_gpu_machine: running on the CPU; this machine has NVIDIA GPUs"
+  train_dir = str(tmp_path / "train")
+  output_csv = str(tmp_path / "predictions.csv")
+  tools = {
+      "train": ["--train_data_pattern=" + tiny_data["train_pattern"], "--train_dir=" + train_dir,
+                "--batch_size=8", "--num_epochs=100", "--export_model_steps=1000"] + MODEL_FLAGS,
+      "eval": ["--train_dir=" + train_dir, "--eval_data_pattern=" + tiny_data["validate_pattern"],
+               "--batch_size=64", "--run_once=True"],
+      "inference": ["--train_dir=" + train_dir, "--inference_model_file=inference_model_4",
+                    "--input_data_pattern=" + tiny_data["test_pattern"],
+                    "--output_file=" + output_csv, "--batch_size=8"]}
+
+  def written():
+    return sorted(os.listdir(train_dir)) if os.path.isdir(train_dir) else None, os.path.exists(
+        output_csv)
+
+  for tool, args in tools.items():
+    args = args + (["--max_steps=2"] if tool == "train" else [])
+    before = written()
+    result = run_cli(tool, *args, check=False, env=on_gpu_machine)
+    assert one_error_line(result) == expected_error, tool
+    assert written() == before, tool
+    result = run_cli(tool, *args, "--allow_cpu_on_gpu_machine", env=on_gpu_machine)
+    assert warning in result.stderr and CPU_ONLY_LINE in result.stderr, tool
+    if tool == "train":
+      assert os.path.isfile(os.path.join(train_dir, "model.ckpt-2.index"))
+    args = args if tool != "train" else args[:-1] + ["--max_steps=4"]  # resumes to step 4
+    result = run_cli(tool, *args, env=on_cpu_machine)
+    assert CPU_ONLY_LINE in result.stderr and warning not in result.stderr, tool
+  assert os.path.isfile(os.path.join(train_dir, "inference_model_4.index"))
+  assert open(output_csv).readline() == "VideoId,LabelConfidencePairs\n"
+
+  result = run_cli("train", *tools["train"], "--max_steps=6", check=False,
+                   env={gpu_check.DEVICE_DIR_ENV: str(tmp_path / "no_such_dir")})
+  assert one_error_line(result) == (
+      "ERROR: YT8M_NVIDIA_DEVICE_DIR=%s is not a directory (where the NVIDIA device nodes are "
+      "looked for; default /dev)" % (tmp_path / "no_such_dir"))

@@ -246,15 +246,28 @@ def gpu_name(gpu):
 
 
 def device_line(gpus, towers):
-  """One line naming the devices a tool uses: the GPUs (name x count) or CPU only, and the
-  devices the model runs on (towers)."""
+  """One line naming the devices a tool uses: the GPUs (count x name) or CPU only, and the
+  devices the model runs on (its towers)."""
   if gpus:
     names = collections.Counter(gpu_name(gpu) for gpu in gpus)
     what = "%d GPU%s (%s)" % (len(gpus), "s" if len(gpus) > 1 else "", ", ".join(
         "%d x %s" % (count, name) if count > 1 else name for name, count in names.items()))
   else:
     what = "CPU only (TensorFlow lists no GPU)"
-  return "Devices: %s; the model runs on %s" % (what, ", ".join(towers))
+  return "Devices: %s; towers: %s" % (what, ", ".join(towers))
+
+
+def model_devices(allow_cpu_on_gpu_machine, max_gpus=1, cpu_towers=0):
+  """The devices the model runs on, one a tower: min(max_gpus, GPUs) GPUs, else /cpu:0 (as
+  the original: no GPU, no error); cpu_towers > 0: that many CPU devices. Logs device_line;
+  raises GpuCheckError as check_devices."""
+  gpus = check_devices(allow_cpu_on_gpu_machine)
+  if cpu_towers:
+    towers = ["/cpu:%d" % i for i in range(cpu_towers)]
+  else:
+    towers = ["/gpu:%d" % i for i in range(min(max_gpus, len(gpus)))] or ["/cpu:0"]
+  logging.info("%s", device_line(gpus, towers))
+  return towers
 
 
 def define_flags():

@@ -25,6 +25,7 @@ from tensorflow.core.protobuf import rewriter_config_pb2
 from . import checkpoint_utils
 from . import eval_util
 from . import fp16_layers
+from . import gpu_check
 from . import losses
 from . import model_graph
 from . import readers
@@ -56,6 +57,8 @@ flags.DEFINE_integer("num_gpu", 1,
 flags.DEFINE_bool("cpu_towers", False,
                   "Use --num_gpu CPU devices as the towers (multi-tower training on a machine "
                   "without GPUs).")
+gpu_check.define_device_flag()
+flags.declare_key_flag("allow_cpu_on_gpu_machine")  # listed by --help
 flags.DEFINE_integer("batch_size", 1024, "Examples per tower per step.")
 flags.DEFINE_float("regularization_penalty", 1.0, "Weight of the regularization losses.")
 flags.DEFINE_float("base_learning_rate", 0.01, "Initial learning rate.")
@@ -217,13 +220,13 @@ def run_parameter_server(task, server):
 
 
 def tower_devices():
-  """min(--num_gpu, GPUs) GPUs, else one CPU; with --cpu_towers, --num_gpu CPU devices."""
+  """min(--num_gpu, GPUs) GPUs, else one CPU; with --cpu_towers, --num_gpu CPU devices. Logs
+  one line naming them; on a machine with NVIDIA GPUs that TensorFlow cannot use, raises
+  gpu_check.GpuCheckError saying why (unless --allow_cpu_on_gpu_machine)."""
   if FLAGS.num_gpu < 0:
     raise ValueError("--num_gpu must be >= 0, got %d" % FLAGS.num_gpu)
-  if FLAGS.cpu_towers:
-    return ["/cpu:%d" % i for i in range(max(FLAGS.num_gpu, 1))]
-  towers = min(FLAGS.num_gpu, len(tf.config.list_physical_devices("GPU")))
-  return ["/gpu:%d" % i for i in range(towers)] or ["/cpu:0"]
+  return gpu_check.model_devices(FLAGS.allow_cpu_on_gpu_machine, FLAGS.num_gpu,
+                                 max(FLAGS.num_gpu, 1) if FLAGS.cpu_towers else 0)
 
 
 def remove_training_artifacts(train_dir):
@@ -496,6 +499,9 @@ def train(config, task):
   """Trains on this process's share; the chief alone writes model_flags.json, checkpoints
   and summaries. Returns the last global step."""
   train_dir = FLAGS.train_dir
+  # Before anything is started or written: a GPU machine whose GPUs TensorFlow cannot use
+  # stops here instead of training on its CPUs (parameter servers use no tower).
+  devices = tower_devices() if task.task_type != "ps" else None
   server = None
   if task.distributed:
     server = tf1.train.Server(tf.train.ClusterSpec(task.cluster), job_name=task.task_type,
@@ -506,7 +512,6 @@ def train(config, task):
   files = readers.training_files(FLAGS.train_data_pattern)
   if task.distributed and len(files) >= len(task.trainers):
     files = files[task.trainer_index::len(task.trainers)]  # each trainer its own files
-  devices = tower_devices()
   synced = None
   if task.is_chief:
     if FLAGS.start_new_model:
