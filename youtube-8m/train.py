@@ -28,6 +28,7 @@ from . import fp16_layers
 from . import gpu_check
 from . import losses
 from . import model_graph
+from . import progress as progress_lib
 from . import readers
 from . import staging
 from . import storage
@@ -434,6 +435,7 @@ def build_training_graph(config, files, devices):
   weights_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v))
                                   for v in tf1.global_variables() if v.dtype.is_floating])
   return {"global_step": global_step, "step_after": step_after, "label_loss": label_loss,
+          "batch_examples": tf.shape(batch["labels"])[0],
           "weights_finite": weights_finite, "loss_scale": loss_scale,
           "reg_loss": reg_loss, "learning_rate": learning_rate, "predictions": predictions,
           "labels": batch["labels"], "iterator": iterator}
@@ -528,6 +530,8 @@ def train(config, task):
                len(files), FLAGS.batch_size, len(devices), train_dir,
                " as %s (%d trainers, %d ps)" % (task.device, len(task.trainers), task.num_ps)
                if task.distributed else "")
+  # The records of this process's files: the epoch of the progress line (--num_epochs).
+  epoch_examples = progress_lib.count_inputs("training", files)
 
   graph = tf.Graph()
   with graph.as_default():
@@ -575,8 +579,8 @@ def train(config, task):
                                           target, config=session_config)
     sess.run(local_init)
     try:
-      step = train_loop(sess, tensors, saver, writer, task, files, stop, len(devices),
-                        train_dir, synced)
+      step = train_loop(sess, tensors, saver, writer, task, files, stop, train_dir, synced,
+                        epoch_examples)
       if writer:
         writer.flush()
       return step
@@ -591,11 +595,16 @@ def train(config, task):
       sess.close()
 
 
-def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_dir, synced):
+def train_loop(sess, tensors, saver, writer, task, files, stop, train_dir, synced,
+               epoch_examples=(None, False)):
   """Runs training steps until the input ends, --max_steps or a stop signal; the chief logs
-  metrics every 10 steps and exports checkpoints. Returns the last global step."""
+  metrics every 10 steps and exports checkpoints; every process logs its progress (step of
+  --max_steps or epoch of --num_epochs, examples/sec, ETA). epoch_examples: (records of
+  files or None, exact). Returns the last global step."""
   sess.run(tensors["iterator"].initializer)
   step = first_step = int(sess.run(tensors["global_step"]))
+  progress = progress_lib.TrainingProgress(first_step, FLAGS.max_steps, epoch_examples[0],
+                                           FLAGS.num_epochs, approximate=not epoch_examples[1])
   resumed = checkpoint_utils.newest_checkpoint(train_dir) is not None
   # Step exports at 10, 10+E, ...; the --save_model_secs timer exports whatever they do.
   last = {"cadence": step if resumed else None, "saved": step if resumed else None,
@@ -629,7 +638,8 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
         reason = "stopped by %s" % stop.signal_name
         break
       with_metrics = task.is_chief and (step + 1) % 10 == 0
-      fetches = {"step": tensors["step_after"], "loss": tensors["label_loss"]}
+      fetches = {"step": tensors["step_after"], "loss": tensors["label_loss"],
+                 "examples": tensors["batch_examples"]}
       if with_metrics:
         fetches.update(predictions=tensors["predictions"], labels=tensors["labels"],
                        reg_loss=tensors["reg_loss"], learning_rate=tensors["learning_rate"])
@@ -637,9 +647,9 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
           fetches["loss_scale"] = tensors["loss_scale"].scale
       start = time.time()
       result = sess.run(fetches)
-      examples_per_sec = (len(result["labels"]) if with_metrics
-                          else FLAGS.batch_size * towers) / (time.time() - start)
+      examples_per_sec = result["examples"] / (time.time() - start)
       step = int(result["step"])
+      progress.update(step, int(result["examples"]))
       if not np.isfinite(result["loss"]):
         raise diverged("the loss is %s" % result["loss"])
       if step % 10 == 0 and with_metrics:
@@ -685,6 +695,7 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
       export(step)
     raise readers.InputDataError(readers.input_error_message(error, files))
   logging.info("%s (step %d)", reason, step)
+  progress.finish()
   if task.is_chief and step > 0 and last["saved"] != step:
     export(step)
   return step
