@@ -248,3 +248,28 @@ def test_tools_refuse_the_cpu_of_a_gpu_machine(tiny_data, tmp_path):
   assert one_error_line(result) == (
       "ERROR: YT8M_NVIDIA_DEVICE_DIR=%s is not a directory (where the NVIDIA device nodes are "
       "looked for; default /dev)" % (tmp_path / "no_such_dir"))
+
+
+def test_gpu_check_script(tmp_path):
+  """scripts/gpu_check.sh's step 1 is gpu_check: on a machine with NVIDIA GPUs (nvidia0 in the
+  device directory) its failure stops the script with its status; without them the script goes
+  on to train and evaluate on CPU towers."""
+  gpu_dev, cpu_dev = tmp_path / "gpu_dev", tmp_path / "cpu_dev"
+  gpu_dev.mkdir()
+  cpu_dev.mkdir()
+  (gpu_dev / "nvidia0").write_text("")
+  script = [os.path.join("scripts", "gpu_check.sh"), "--steps=2"]
+  env = {"PYTHON": sys.executable, "NVIDIA_VISIBLE_DEVICES": ""}
+  result = run(["bash"] + script, check=False, timeout=300,
+               env=cli_env(dict(env, **{gpu_check.DEVICE_DIR_ENV: str(gpu_dev)})))
+  assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+  assert len(error_lines(result)) == 1
+  assert result.stdout.splitlines()[-1] == (
+      "GPU check FAILED at step 1 (exit 2): this machine has NVIDIA GPUs (%s) that TensorFlow "
+      "cannot use; see the ERROR line above." % (gpu_dev / "nvidia0"))
+  result = run(["bash"] + script, timeout=600,
+               env=cli_env(dict(env, **{gpu_check.DEVICE_DIR_ENV: str(cpu_dev)})))
+  lines = result.stdout.splitlines()
+  assert "   (no NVIDIA GPU on this machine: expected)" in lines
+  assert lines[-1] == "GPU check passed (on CPU: no GPU found).", result.stdout[-3000:]
+  assert any(line.startswith("4. float16 ensemble evaluation: ") for line in lines)
