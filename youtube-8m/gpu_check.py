@@ -165,13 +165,13 @@ def check_libraries(version=None, build_info=None):
   if not failed:
     return loaded
   error = next(iter(failed.values()))  # names the file, e.g. "libcudnn.so.9: cannot open ..."
-  present = [(soname, directory) for soname in failed for directory in nvidia_library_dirs()
-             if glob.glob(os.path.join(directory, soname + "*"))]
-  where = ""
-  if present:
-    where = "; %s: the loader does not search %s" % (
-        ", ".join("%s is in %s" % item for item in present),
-        ", ".join(sorted(set(directory for _, directory in present))))
+  found_in = []  # the NVIDIA wheels' directories that hold a library that did not load
+  for soname in failed:
+    for directory in nvidia_library_dirs():
+      if glob.glob(os.path.join(directory, soname + "*")) and directory not in found_in:
+        found_in.append(directory)
+  where = ("; found in %s, which the loader does not search" % ", ".join(found_in)
+           if found_in else "")
   raise GpuCheckError("%s cannot load %s (%s)%s; %s" % (
       describe_build(version, build_info), ", ".join(failed), one_line(error), where,
       LOADER_HINT), EXIT_LIBRARY_MISSING)
