@@ -65,8 +65,8 @@ def library_dir(tmp_path, libraries, missing=(), name="lib"):
 
 
 def check(*args, build_info=CUDA12_BUILD, ld_library_path=None, pythonpath=None):
-  env = cli_env({"LD_LIBRARY_PATH": ld_library_path or "",
-                 "PYTHONPATH": pythonpath or ""})
+  env = cli_env({"LD_LIBRARY_PATH": ld_library_path or "", "PYTHONPATH": pythonpath or "",
+                 "CUDA_VISIBLE_DEVICES": ""})
   if build_info is None:
     return run([sys.executable, "-m", "youtube-8m.gpu_check"] + list(args), check=False,
                env=env, timeout=300)
@@ -102,10 +102,13 @@ def test_the_cpu_only_build_fails_in_one_line():
 
 
 def test_one_missing_library_is_named(tmp_path, libraries):
+  """Named in one line, by the build-time check and the full check alike."""
   directory = library_dir(tmp_path, libraries, missing=["libcudnn.so.9"])
   result = check("--libraries_only", ld_library_path=directory)
   assert result.returncode == 3, result.stderr[-3000:]
   [line] = error_lines(result)
+  result = check(ld_library_path=directory)
+  assert result.returncode == 3 and error_lines(result) == [line]
   assert line.startswith("ERROR: TensorFlow 2.21.0 (CUDA 12.5.1, cuDNN 9 build) cannot load "
                          "libcudnn.so.9 (libcudnn.so.9: cannot open shared object file"), line
   assert line.endswith("; " + gpu_check.LOADER_HINT)
@@ -147,8 +150,19 @@ def test_all_libraries_present_pass(tmp_path, libraries):
   result = check(ld_library_path=directory)
   assert result.returncode == 4
   [line] = error_lines(result)
-  assert line.startswith("ERROR: TensorFlow lists no GPU: TensorFlow's CUDA libraries load, but "
-                         "the NVIDIA driver's libcuda.so.1 does not ("), line
+  assert line.startswith("ERROR: TensorFlow lists no GPU: TensorFlow 2.21.0 (CUDA 12.5.1, cuDNN "
+                         "9 build) cannot load the NVIDIA driver's libcuda.so.1 (libcuda.so.1: "
+                         "cannot open shared object file"), line
+  # With a stand-in for the driver's library: the libraries and the driver load, no GPU.
+  driver = tmp_path / "driver"
+  driver.mkdir()
+  build_library(str(driver), "libcuda.so.1")
+  result = check(ld_library_path="%s:%s" % (directory, driver))
+  assert result.returncode == 4
+  assert error_lines(result) == [
+      "ERROR: TensorFlow lists no GPU: TensorFlow's CUDA libraries and the driver's libcuda.so.1 "
+      "load, yet TensorFlow lists no GPU (CUDA_VISIBLE_DEVICES=''; TensorFlow's log above says "
+      "more, and nvidia-smi)"]
 
 
 def test_bad_usage_exits_1():

@@ -201,17 +201,22 @@ def nvidia_machine_signs(environ=None):
 
 
 def why_no_gpu(version=None, build_info=None):
-  """Why TensorFlow lists no GPU, as far as its build info and the loader tell."""
+  """Why TensorFlow lists no GPU, as far as its build info and the loader tell: not a CUDA
+  build, no driver (a machine or container without GPU access), or a CUDA library that
+  cannot be loaded."""
+  if build_info is None:
+    version, build_info = tensorflow_build()
   try:
+    required_libraries(version, build_info)
+    try:
+      ctypes.CDLL(DRIVER_LIBRARY)
+    except OSError as error:
+      return ("%s cannot load the NVIDIA driver's %s (%s): the container was started without "
+              "GPU access, or the driver is not installed (check nvidia-smi)" % (
+                  describe_build(version, build_info), DRIVER_LIBRARY, one_line(str(error))))
     check_libraries(version, build_info)
   except GpuCheckError as error:
     return str(error)
-  try:
-    ctypes.CDLL(DRIVER_LIBRARY)
-  except OSError as error:
-    return ("TensorFlow's CUDA libraries load, but the NVIDIA driver's %s does not (%s): the "
-            "container was started without GPU access, or the driver is not installed (check "
-            "nvidia-smi)" % (DRIVER_LIBRARY, one_line(str(error))))
   return ("TensorFlow's CUDA libraries and the driver's %s load, yet TensorFlow lists no GPU "
           "(CUDA_VISIBLE_DEVICES=%r; TensorFlow's log above says more, and nvidia-smi)"
           % (DRIVER_LIBRARY, os.environ.get("CUDA_VISIBLE_DEVICES", "")))
