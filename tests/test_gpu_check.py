@@ -13,6 +13,7 @@ from conftest import TINY_FLAGS, cli_env, run, run_cli, yt8m
 
 gpu_check = yt8m("gpu_check")
 
+# What tf.sysconfig.get_build_info() of the tensorflow 2.21.0 (CUDA) wheel says, in part.
 CUDA12_BUILD = {"is_cuda_build": True, "is_rocm_build": False, "cuda_version": "12.5.1",
                 "cudnn_version": "9"}
 CUDA12_LIBRARIES = ["libnvJitLink.so.12", "libcudart.so.12", "libcublasLt.so.12",
@@ -65,6 +66,8 @@ def library_dir(tmp_path, libraries, missing=(), name="lib"):
 
 
 def check(*args, build_info=CUDA12_BUILD, ld_library_path=None, pythonpath=None):
+  """Runs gpu_check with build_info standing in for TensorFlow's (None: the installed CPU
+  build's) and this LD_LIBRARY_PATH and PYTHONPATH."""
   env = cli_env({"LD_LIBRARY_PATH": ld_library_path or "", "PYTHONPATH": pythonpath or "",
                  "CUDA_VISIBLE_DEVICES": ""})
   if build_info is None:

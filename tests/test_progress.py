@@ -101,8 +101,8 @@ def test_training_progress_picks_the_bound_that_ends_the_run():
 
 
 # "training: step 12/12 (100.0%) | 98.1 examples/s | elapsed 3s | ETA 0s"
-TRAINING_RE = (r"training: (step|epoch) ([\d,.]+)/([\d,]+) \((\d+\.\d)%\) \| ([\d.]+) examples/s \| "
-               r"elapsed \S+ \| ETA (\S+)$")
+TRAINING_RE = (r"training: (step|epoch) ([\d,.]+)/([\d,]+) \((\d+\.\d)%\) \| "
+               r"([\d.]+) examples/s \| elapsed \S+ \| ETA (\S+)$")
 
 
 def test_training_logs_its_progress(tiny_data, tmp_path):
@@ -130,7 +130,8 @@ def test_python_m_package_prints_the_seed_workflow():
   result = run([sys.executable, "-m", "youtube-8m"], timeout=60)
   for command in ("youtube-8m.train", "youtube-8m.eval", "youtube-8m.avg_checkpoints",
                   "youtube-8m.build_ensemble", "youtube-8m.ensemble_weights",
-                  "youtube-8m.inference", "--input_model_tgz", "scripts/main_job.sh"):
+                  "youtube-8m.inference", "--input_model_tgz", "scripts/main_job.sh",
+                  "youtube-8m.gpu_check"):
     assert command in result.stdout
 
 
