@@ -1,15 +1,19 @@
-"""The GPU readiness check of scripts/gpu_check.sh (see there): devices, tiny multi-tower
-training, a float16 ensemble, examples/sec. Exits 1 if a step fails."""
+"""The GPU readiness check of scripts/gpu_check.sh (see there): TensorFlow's CUDA libraries and
+GPUs (python -m youtube-8m.gpu_check), tiny multi-tower training, a float16 ensemble,
+examples/sec. Exits with gpu_check's status if step 1 fails on a machine with NVIDIA GPUs, 1 if
+a later step fails."""
 
 import argparse
+import importlib
 import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 
-from bench_util import run_child, yt8m
+from bench_util import REPO_ROOT, run_child, yt8m
 
 NUM_CLASSES = 100
 MODEL = ["--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,128",
@@ -31,31 +35,44 @@ def median_speed(log):
   return sorted(speeds)[len(speeds) // 2] if speeds else 0.0
 
 
+def library_check():
+  """Step 1, python -m youtube-8m.gpu_check: its output, and its exit status if it fails on
+  a machine with NVIDIA GPUs (then nothing else is worth running); else None."""
+  command = yt8m("gpu_check")
+  print("1. + " + " ".join(command), flush=True)
+  status = subprocess.call(command, cwd=REPO_ROOT)
+  if status == 0:
+    return None
+  sys.path.insert(0, REPO_ROOT)
+  signs = importlib.import_module("youtube-8m.gpu_check").nvidia_machine_signs()
+  if signs:
+    print("GPU check FAILED at step 1 (exit %d): this machine has NVIDIA GPUs (%s) that "
+          "TensorFlow cannot use; see the ERROR line above." % (status, ", ".join(signs)),
+          flush=True)
+    return status
+  print("   (no NVIDIA GPU on this machine: expected)", flush=True)
+  return None
+
+
 def main(argv):
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  gpus = tf.config.list_physical_devices("GPU")
   parser = argparse.ArgumentParser(description="GPU readiness check (scripts/gpu_check.sh).")
-  parser.add_argument("--num_gpu", type=int, default=max(len(gpus), 1),
+  parser.add_argument("--num_gpu", type=int, default=None,
                       help="towers to train on (default: every GPU)")
   parser.add_argument("--steps", type=int, default=60, help="training steps per model")
   parser.add_argument("--work_dir", default="", help="default: a temporary directory")
   args = parser.parse_args(argv)
-  if args.num_gpu < 1 or args.steps < 1:
+  if (args.num_gpu is not None and args.num_gpu < 1) or args.steps < 1:
     parser.error("--num_gpu and --steps must be >= 1")
-
-  build = tf.sysconfig.get_build_info()
-  print("1. TensorFlow %s (CUDA %s, cuDNN %s), Python %s" % (
-      tf.__version__, build.get("cuda_version", "-"), build.get("cudnn_version", "-"),
-      sys.version.split()[0]))
-  for device in tf.config.list_physical_devices():
-    details = tf.config.experimental.get_device_details(device) if device.device_type == "GPU" \
-        else {}
-    print("   %s %s" % (device.name, json.dumps(details) if details else ""))
+  status = library_check()
+  if status is not None:
+    sys.exit(status)
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel (after step 1's output)
+  gpus = tf.config.list_physical_devices("GPU")
+  args.num_gpu = args.num_gpu or max(len(gpus), 1)
   towers = ["--num_gpu=%d" % args.num_gpu]
   if not gpus:
     print("   NO GPU visible to TensorFlow: running on CPU towers (--cpu_towers), which checks "
-          "the script, not a GPU. On a GPU machine: pip install '.[gpu]' and check "
-          "nvidia-smi.")
+          "the script, not a GPU.")
     towers.append("--cpu_towers")
   elif args.num_gpu > len(gpus):
     print("   --num_gpu=%d but %d GPU(s): train.py uses %d tower(s)" % (

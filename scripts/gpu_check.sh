@@ -4,15 +4,18 @@
 #   bash scripts/gpu_check.sh [--num_gpu=N] [--steps=S] [--work_dir=DIR]
 #
 # It shows what TensorFlow sees and whether the project's graphs run on it:
-#   1. TensorFlow's version, CUDA/cuDNN build info and the devices (GPUs with their names);
+#   1. python -m youtube-8m.gpu_check: TensorFlow's CUDA/cuDNN build info, each CUDA library
+#      that build needs loaded (or the one that cannot be, in one line), then the GPUs
+#      TensorFlow lists (name, compute capability); on a machine with NVIDIA GPUs (device nodes
+#      /dev/nvidia*, or NVIDIA_VISIBLE_DEVICES) a failure stops the script with its exit status;
 #   2. trains a tiny Gated NetVLAD model on N towers (--num_gpu, default: every GPU; the batch
 #      is 32 per tower) for S steps (default 60) on synthetic data and prints examples/sec;
 #   3. trains a tiny 2-model float16 ensemble (the seed's --ensemble_num --float16_flag=True
 #      graph: float16 weights on the GPU) and prints its examples/sec;
 #   4. evaluates the float16 ensemble (GAP, videos/sec), which also exercises inference.
-# Without a GPU it still runs, on CPU "towers" (--cpu_towers), and says so: a check of the
-# script, not of a GPU. PYTHON selects the interpreter (default: python3 on PATH, else the
-# repo's .venv, whose TensorFlow is the CPU build).
+# On a machine without NVIDIA GPUs, steps 2-4 still run, on CPU "towers" (--cpu_towers), and say
+# so: a check of the script, not of a GPU. PYTHON selects the interpreter (default: python3 on
+# PATH, else the repo's .venv, whose TensorFlow is the CPU build).
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ -z "${PYTHON:-}" ]; then

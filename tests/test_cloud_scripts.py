@@ -307,9 +307,16 @@ def test_vertex_configs(name, pools):
 
 
 def test_dockerfile_uses_the_tested_tensorflow_and_install_script():
+  """A slim Python 3.11 base pinned by digest (with how to refresh it), the tested TensorFlow
+  version with its NVIDIA wheels, and install.sh --cuda: the build fails unless TensorFlow's
+  CUDA libraries load."""
   text = open(os.path.join(REPO_ROOT, "cloud", "container", "Dockerfile")).read()
-  assert re.search(r"^FROM tensorflow/tensorflow:2\.21\.0-gpu$", text, re.M)
-  assert re.search(r"^RUN bash /tmp/yt8m/install\.sh python3 /tmp/yt8m", text, re.M)
+  assert re.search(r"^FROM python:3\.11-slim-bookworm@sha256:[0-9a-f]{64}$", text, re.M)
+  assert "docker buildx imagetools inspect python:3.11-slim-bookworm" in text
+  run_line = re.search(r"^RUN (bash /tmp/yt8m/install\.sh .*\\\n.*)$", text, re.M).group(1)
+  assert shlex.split(run_line.replace("\\\n", " ")) == [
+      "bash", "/tmp/yt8m/install.sh", "--tensorflow=tensorflow[and-cuda]==2.21.0", "--cuda",
+      "python3", "/tmp/yt8m", "&&", "rm", "-rf", "/tmp/yt8m"]
   pinned = open(os.path.join(REPO_ROOT, "requirements.txt")).read()
   assert "tensorflow-cpu==2.21.0" in pinned  # the tested build, CPU variant of the image's
 
@@ -1065,13 +1072,14 @@ def _run(argv, **kwargs):
 def test_container_install_step_in_a_fresh_venv(tmp_path):
   """What the image's Dockerfile does, without Docker: build_image.sh's dry-run build lines,
   pasted, build the wheel into the build context (nothing is written into the repo); a fresh
-  venv gets TensorFlow 2.21 (the CPU build of requirements.txt standing in for the GPU base
-  image's) and then cloud/container/install.sh, the Dockerfile's RUN step, installs the wheel
-  with requirements-runtime.txt. The wheel installed is the one the OLDEST setuptools that
-  pyproject.toml declares builds without build isolation (identical package files and
-  requirements). From outside the repo, the installed package shows the model
-  flags in `python -m youtube-8m.train --help`, its modules accept every flag list the submit
-  scripts pass, and it trains a tiny model for 5 steps on data it generates."""
+  venv gets cloud/container/install.sh, the Dockerfile's RUN step, with TensorFlow 2.21's CPU
+  build (requirements.txt's) standing in for the image's tensorflow[and-cuda]: it installs the
+  wheel with requirements-runtime.txt, and --cuda refuses the CPU-only build. The wheel
+  installed is the one the OLDEST setuptools that pyproject.toml declares builds without build
+  isolation (identical package files and requirements). From outside the repo, the installed
+  package shows the model flags in `python -m youtube-8m.train --help`, its modules accept
+  every flag list the submit scripts pass, and it trains a tiny model for 5 steps on data it
+  generates."""
   timings = {}
   started = time.time()
   result = run_script("build_image.sh", "--dry-run", "PROJECT=" + PROJECT, tmp_path=tmp_path)
@@ -1142,12 +1150,32 @@ def test_container_install_step_in_a_fresh_venv(tmp_path):
   tf_pin = [line.strip() for line in open(os.path.join(REPO_ROOT, "requirements.txt"))
             if line.startswith("tensorflow")]
   assert tf_pin == ["tensorflow-cpu==2.21.0"]
-  _run([python, "-m", "pip", "install", "--quiet"] + tf_pin, timeout=600)
-  timings["tensorflow"] = time.time() - started
+  # The image's command with the CPU build for tensorflow[and-cuda]: everything installs and
+  # imports, then --cuda's library check refuses the CPU-only build (exit 2, one line) before it
+  # writes the loader's configuration.
+  conf = "/etc/ld.so.conf.d/yt8m-nvidia.conf"
+  assert not os.path.exists(conf)
+  install = ["bash", os.path.join(context, "install.sh"), "--tensorflow=" + tf_pin[0]]
+  refused = subprocess.run(install + ["--cuda", python, context], capture_output=True,
+                           text=True, timeout=900)
+  assert refused.returncode == 2, refused.stderr[-3000:]
+  assert "yt8m install check: TensorFlow 2.21." in refused.stdout
+  assert [line for line in refused.stderr.splitlines() if line.startswith("ERROR: ")] == [
+      "ERROR: TensorFlow 2.21.0 is a CPU-only build (is_cuda_build: False): it cannot use "
+      "NVIDIA GPUs; fix: install TensorFlow's CUDA build (pip install '.[gpu]', i.e. "
+      "tensorflow[and-cuda]; or use the image of cloud/container/Dockerfile), then run "
+      "python -m youtube-8m.gpu_check"]
+  assert not os.path.exists(conf)
+  timings["install.sh --cuda"] = time.time() - started
   started = time.time()
-  installed = _run(["bash", os.path.join(context, "install.sh"), python, context], timeout=600)
+  installed = _run(install + [python, context], timeout=600)
   assert "yt8m install check: TensorFlow 2.21." in installed.stdout
   timings["install.sh"] = time.time() - started
+  bad = subprocess.run(["bash", os.path.join(context, "install.sh"), "--gpu", python, context],
+                       capture_output=True, text=True, timeout=60)
+  assert bad.returncode == 2 and bad.stderr == (
+      "install.sh: unknown option '--gpu' (usage: install.sh [--tensorflow=REQUIREMENT] [--cuda] "
+      "PYTHON DIR)\n")
 
   outside = tmp_path / "outside"
   outside.mkdir()

@@ -50,11 +50,88 @@ def test_progress_line_and_record_count(tiny_data):
   assert progress.format_duration(3725) == "1h02m"
 
 
+class FakeClock(object):
+
+  def __init__(self):
+    self.now = 1000.0
+
+  def __call__(self):
+    return self.now
+
+
+def test_training_progress_picks_the_bound_that_ends_the_run():
+  """The step of --max_steps or the epoch of --num_epochs, whichever ends the run first, with
+  this run's examples/sec and the ETA at that rate; '~' when the records were estimated."""
+  clock, lines = FakeClock(), []
+  # Resumed at step 100 of 1,000; 10 steps of 64 examples in 20 s; 5 epochs of 64,000 would
+  # take far longer than the 900 steps left.
+  line = progress.TrainingProgress(100, 1000, 64000, 5, log=lines.append, clock=clock)
+  clock.now += 20
+  line.update(110, 640)
+  assert lines == ["training: step 110/1,000 (11.0%) | 32.0 examples/s | elapsed 20s | "
+                   "ETA 29m40s"]  # 890 steps at 0.5 steps/s
+  # Epochs end first: 2 epochs of 640 examples, 1,280 - 640 left at 32 examples/s.
+  line = progress.TrainingProgress(100, 1000, 640, 2, log=lines.append, clock=clock)
+  clock.now += 20
+  line.update(110, 640)
+  assert lines[-1] == ("training: epoch 1.00/2 (50.0%) | 32.0 examples/s | elapsed 20s | "
+                       "ETA 20s")
+  for step in range(111, 120):  # within 10 s of the last line: not logged
+    clock.now += 1
+    line.update(step, 64)
+  assert len(lines) == 2
+  clock.now += 1
+  line.update(120, 64)
+  line.finish()  # the last update was logged already
+  assert lines[-1] == ("training: epoch 2.00/2 (100.0%) | 42.7 examples/s | elapsed 30s | "
+                       "ETA 0s") and len(lines) == 3
+  # Without --max_steps, estimated records (gs://): the epoch, marked '~'.
+  line = progress.TrainingProgress(0, None, 1000, 10, approximate=True, log=lines.append,
+                                   clock=clock)
+  clock.now += 100
+  line.update(50, 5000)
+  assert lines[-1] == ("training: epoch ~5.00/10 (~50.0%) | 50.0 examples/s | elapsed 1m40s | "
+                       "ETA ~1m40s")
+  # Records unknown and no --max_steps: the step alone, no ETA.
+  line = progress.TrainingProgress(0, None, None, 10, log=lines.append, clock=clock)
+  clock.now += 4
+  line.update(3, 24)
+  line.finish()
+  assert lines[-1] == "training: step 3 | 6.0 examples/s | elapsed 4s"
+
+
+# "training: step 12/12 (100.0%) | 98.1 examples/s | elapsed 3s | ETA 0s"
+TRAINING_RE = (r"training: (step|epoch) ([\d,.]+)/([\d,]+) \((\d+\.\d)%\) \| "
+               r"([\d.]+) examples/s \| elapsed \S+ \| ETA (\S+)$")
+
+
+def test_training_logs_its_progress(tiny_data, tmp_path):
+  """train.py's progress: the step out of --max_steps, or the epoch out of --num_epochs when
+  that ends the run (the 4 train files of 40 videos and the 2 validate files of 4 that are not
+  held out: 168 videos, 6 batches of at most 32)."""
+  common = ["--train_data_pattern=" + tiny_data["train_pattern"], "--batch_size=32",
+            "--export_model_steps=1000", "--num_readers=2"] + MODEL_FLAGS
+  result = run_cli("train", "--train_dir=%s" % (tmp_path / "steps"), "--max_steps=12",
+                   "--num_epochs=100", *common)
+  assert "training: 168 videos in 6 file(s) (counted" in result.stderr
+  lines = re.findall(TRAINING_RE, result.stderr, re.M)
+  assert lines[0][:4] == ("step", "1", "12", "8.3"), result.stderr[-3000:]
+  assert lines[-1][:4] == ("step", "12", "12", "100.0") and lines[-1][5] == "0s"
+  assert float(lines[-1][4]) > 0
+  result = run_cli("train", "--train_dir=%s" % (tmp_path / "epochs"), "--max_steps=1000",
+                   "--num_epochs=1", *common)
+  lines = re.findall(TRAINING_RE, result.stderr, re.M)
+  assert lines[0][:4] == ("epoch", "0.19", "1", "19.0"), result.stderr[-3000:]  # 32/168
+  assert lines[-1][:4] == ("epoch", "1.00", "1", "100.0") and lines[-1][5] == "0s"
+  assert "Done training -- epoch limit reached. (step 6)" in result.stderr
+
+
 def test_python_m_package_prints_the_seed_workflow():
   result = run([sys.executable, "-m", "youtube-8m"], timeout=60)
   for command in ("youtube-8m.train", "youtube-8m.eval", "youtube-8m.avg_checkpoints",
                   "youtube-8m.build_ensemble", "youtube-8m.ensemble_weights",
-                  "youtube-8m.inference", "--input_model_tgz", "scripts/main_job.sh"):
+                  "youtube-8m.inference", "--input_model_tgz", "scripts/main_job.sh",
+                  "youtube-8m.gpu_check"):
     assert command in result.stdout
 
 

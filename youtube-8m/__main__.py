@@ -41,6 +41,7 @@ First run: `bash scripts/main_job.sh` does steps 0-7 on synthetic data and print
      python -m youtube-8m.inference --input_model_tgz=SUB.tgz \\
        --input_data_pattern='DATA/frame/test*.tfrecord' --output_file=SUB.csv --batch_size=512
 
+On a GPU machine or job, first: python -m youtube-8m.gpu_check (TensorFlow's CUDA libraries and GPUs).
 On Google Cloud (Vertex AI, us-east1 by default, where the data is): once
 scripts/cloud/preflight.sh, then scripts/cloud/build_image.sh and scripts/cloud/submit_*.sh
 (steps 6-7: submit_inference.sh).

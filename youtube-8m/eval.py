@@ -24,6 +24,7 @@ from absl import logging
 from . import checkpoint_utils
 from . import eval_util
 from . import fp16_layers
+from . import gpu_check
 from . import losses
 from . import model_graph
 from . import progress as progress_lib
@@ -40,6 +41,8 @@ FLAGS = flags.FLAGS
 model_graph.define_flags(adopt_into=__name__)
 fp16_layers.define_compute_dtype_flag()
 flags.declare_key_flag("compute_dtype")  # listed by --help
+gpu_check.define_device_flag()
+flags.declare_key_flag("allow_cpu_on_gpu_machine")
 flags.DEFINE_string("train_dir", "/tmp/yt8m_model/",
                     "Directory with model_flags.json and the checkpoints; outputs go here.")
 flags.DEFINE_string("checkpoint_file", "",
@@ -336,6 +339,8 @@ def main(unused_argv):
   if FLAGS.videos_per_run < 0:
     raise ValueError("--videos_per_run must be >= 0 (0: whole batches), got %d"
                      % FLAGS.videos_per_run)
+  # The session places the model on the first GPU, if any; nothing is read or written before.
+  gpu_check.model_devices(FLAGS.allow_cpu_on_gpu_machine)
   with storage.event_file_errors():
     evaluate()
 

@@ -28,6 +28,7 @@ from google.protobuf import message
 from . import checkpoint_utils
 from . import dataset_layout
 from . import fp16_layers
+from . import gpu_check
 from . import model_utils
 from . import progress as progress_lib
 from . import readers
@@ -57,6 +58,8 @@ flags.DEFINE_integer("num_readers", 1,
                      "Files read in parallel; 1 keeps the CSV rows in file order.")
 fp16_layers.define_compute_dtype_flag()
 flags.declare_key_flag("compute_dtype")  # listed by --help
+gpu_check.define_device_flag()
+flags.declare_key_flag("allow_cpu_on_gpu_machine")
 
 CSV_HEADER = "VideoId,LabelConfidencePairs\n"
 
@@ -260,6 +263,8 @@ def run():
     raise ValueError("--input_data_pattern is required")
   if FLAGS.top_k < 1 or FLAGS.batch_size < 1 or FLAGS.num_readers < 1:
     raise ValueError("--top_k, --batch_size and --num_readers must be >= 1")
+  # The session places the model on the first GPU, if any; nothing is read or written before.
+  gpu_check.model_devices(FLAGS.allow_cpu_on_gpu_machine)
   files = readers.glob_files(FLAGS.input_data_pattern, "input_data_pattern")
   if FLAGS.input_model_tgz:
     if FLAGS.train_dir:

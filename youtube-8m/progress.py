@@ -1,6 +1,9 @@
 """Progress lines of the tools' long loops: Progress.update(n) logs at the first call, then at
 most every 10 s, finish() the final line, e.g.
     eval: 4,800/12,000 videos (40.0%) | 52.3 videos/s | elapsed 1m32s | ETA 2m18s
+TrainingProgress does the same for train.py's steps, e.g.
+    training: step 1,200/500,000 (0.2%) | 412.3 examples/s | elapsed 3m02s | ETA 2h01m
+    training: epoch 1.25/10 (12.5%) | 412.3 examples/s | elapsed 3m02s | ETA 21m14s
 count_records(files) supplies TFRecord totals: exact for local files (a scan of the record
 headers), estimated for gs:// ones (bytes per record of one file's first MiBs, times the
 files' total size), flagged by a '~'.
@@ -74,6 +77,70 @@ class Progress(object):
     """Logs the final line (unless the last update logged it already)."""
     if self._logged_done != self.done:
       self._last_log, self._logged_done = time.time(), self.done
+      self._log(self.line())
+
+
+class TrainingProgress(object):
+  """Training's progress: the global step out of max_steps, or the epoch (this process's
+  examples over its files' records) out of num_epochs when that ends the run sooner; the
+  examples/sec of this run and the ETA of whichever bound comes first."""
+
+  def __init__(self, first_step, max_steps=None, epoch_examples=None, num_epochs=None,
+               approximate=False, interval=LOG_INTERVAL_SECS, log=None, clock=time.time):
+    """first_step: the global step this run starts from; epoch_examples: the records of this
+    process's training files (None: unknown), approximate if estimated."""
+    self.first_step = self.step = first_step
+    self.max_steps, self.epoch_examples, self.num_epochs = max_steps, epoch_examples, num_epochs
+    self.approximate, self.interval, self.clock = approximate, interval, clock
+    self.examples = 0
+    self.start = clock()
+    self._last_log = None
+    self._logged_step = None
+    self._log = log or (lambda line: logging.info("%s", line))
+
+  def _bounds(self, elapsed):
+    """[(eta seconds or None, text)] of the bounds that apply."""
+    bounds = []
+    if self.max_steps:
+      rate = (self.step - self.first_step) / elapsed if elapsed > 0 else 0.0
+      eta = max(self.max_steps - self.step, 0) / rate if rate > 0 else None
+      bounds.append((eta, "step {:,}/{:,} ({:.1f}%)".format(
+          self.step, self.max_steps, 100.0 * self.step / self.max_steps), ""))
+    if self.epoch_examples and self.num_epochs:
+      total = self.epoch_examples * self.num_epochs
+      rate = self.examples / elapsed if elapsed > 0 else 0.0
+      eta = max(total - self.examples, 0) / rate if rate > 0 else None
+      mark = "~" if self.approximate else ""
+      bounds.append((eta, "epoch %s%.2f/%d (%s%.1f%%)" % (
+          mark, float(self.examples) / self.epoch_examples, self.num_epochs, mark,
+          100.0 * self.examples / total), mark))
+    return bounds
+
+  def line(self):
+    elapsed = self.clock() - self.start
+    bounds = self._bounds(elapsed)
+    known = [bound for bound in bounds if bound[0] is not None]
+    eta, where, mark = (min(known) if known else bounds[0] if bounds else
+                        (None, "step {:,}".format(self.step), ""))
+    text = "training: %s | %.1f examples/s | elapsed %s" % (
+        where, self.examples / elapsed if elapsed > 0 else 0.0, format_duration(elapsed))
+    if eta is not None:
+      text += " | ETA %s%s" % (mark, format_duration(eta))
+    return text
+
+  def update(self, step, examples):
+    """After a training step: the global step it reached and the examples it read here."""
+    self.step = step
+    self.examples += examples
+    now = self.clock()
+    if self._last_log is None or now - self._last_log >= self.interval:
+      self._last_log, self._logged_step = now, step
+      self._log(self.line())
+
+  def finish(self):
+    """Logs the final line (unless the last update logged it already)."""
+    if self._logged_step != self.step:
+      self._last_log, self._logged_step = self.clock(), self.step
       self._log(self.line())
 
 

@@ -25,8 +25,10 @@ from tensorflow.core.protobuf import rewriter_config_pb2
 from . import checkpoint_utils
 from . import eval_util
 from . import fp16_layers
+from . import gpu_check
 from . import losses
 from . import model_graph
+from . import progress as progress_lib
 from . import readers
 from . import staging
 from . import storage
@@ -57,6 +59,8 @@ flags.DEFINE_integer("num_gpu", 1,
 flags.DEFINE_bool("cpu_towers", False,
                   "Use --num_gpu CPU devices as the towers (multi-tower training on a machine "
                   "without GPUs).")
+gpu_check.define_device_flag()
+flags.declare_key_flag("allow_cpu_on_gpu_machine")  # listed by --help
 flags.DEFINE_integer("batch_size", 1024, "Examples per tower per step.")
 flags.DEFINE_float("regularization_penalty", 1.0, "Weight of the regularization losses.")
 flags.DEFINE_float("base_learning_rate", 0.01, "Initial learning rate.")
@@ -218,13 +222,13 @@ def run_parameter_server(task, server):
 
 
 def tower_devices():
-  """min(--num_gpu, GPUs) GPUs, else one CPU; with --cpu_towers, --num_gpu CPU devices."""
+  """min(--num_gpu, GPUs) GPUs, else one CPU; with --cpu_towers, --num_gpu CPU devices. Logs
+  one line naming them; on a machine with NVIDIA GPUs that TensorFlow cannot use, raises
+  gpu_check.GpuCheckError saying why (unless --allow_cpu_on_gpu_machine)."""
   if FLAGS.num_gpu < 0:
     raise ValueError("--num_gpu must be >= 0, got %d" % FLAGS.num_gpu)
-  if FLAGS.cpu_towers:
-    return ["/cpu:%d" % i for i in range(max(FLAGS.num_gpu, 1))]
-  towers = min(FLAGS.num_gpu, len(tf.config.list_physical_devices("GPU")))
-  return ["/gpu:%d" % i for i in range(towers)] or ["/cpu:0"]
+  return gpu_check.model_devices(FLAGS.allow_cpu_on_gpu_machine, FLAGS.num_gpu,
+                                 max(FLAGS.num_gpu, 1) if FLAGS.cpu_towers else 0)
 
 
 def remove_training_artifacts(train_dir):
@@ -432,6 +436,7 @@ def build_training_graph(config, files, devices):
   weights_finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v))
                                   for v in tf1.global_variables() if v.dtype.is_floating])
   return {"global_step": global_step, "step_after": step_after, "label_loss": label_loss,
+          "batch_examples": tf.shape(batch["labels"])[0],
           "weights_finite": weights_finite, "loss_scale": loss_scale,
           "reg_loss": reg_loss, "learning_rate": learning_rate, "predictions": predictions,
           "labels": batch["labels"], "iterator": iterator}
@@ -497,6 +502,9 @@ def train(config, task):
   """Trains on this process's share; the chief alone writes model_flags.json, checkpoints
   and summaries. Returns the last global step."""
   train_dir = FLAGS.train_dir
+  # Before anything is started or written: a GPU machine whose GPUs TensorFlow cannot use
+  # stops here instead of training on its CPUs (parameter servers use no tower).
+  devices = tower_devices() if task.task_type != "ps" else None
   server = None
   if task.distributed:
     server = tf1.train.Server(tf.train.ClusterSpec(task.cluster), job_name=task.task_type,
@@ -507,7 +515,6 @@ def train(config, task):
   files = readers.training_files(FLAGS.train_data_pattern)
   if task.distributed and len(files) >= len(task.trainers):
     files = files[task.trainer_index::len(task.trainers)]  # each trainer its own files
-  devices = tower_devices()
   synced = None
   if task.is_chief:
     if FLAGS.start_new_model:
@@ -524,6 +531,8 @@ def train(config, task):
                len(files), FLAGS.batch_size, len(devices), train_dir,
                " as %s (%d trainers, %d ps)" % (task.device, len(task.trainers), task.num_ps)
                if task.distributed else "")
+  # The records of this process's files: the epoch of the progress line (--num_epochs).
+  epoch_examples = progress_lib.count_inputs("training", files)
 
   graph = tf.Graph()
   with graph.as_default():
@@ -572,8 +581,8 @@ def train(config, task):
                                           target, config=session_config)
     sess.run(local_init)
     try:
-      step = train_loop(sess, tensors, saver, writer, task, files, stop, len(devices),
-                        train_dir, synced)
+      step = train_loop(sess, tensors, saver, writer, task, files, stop, train_dir, synced,
+                        epoch_examples)
       if writer:
         writer.flush()
       return step
@@ -588,11 +597,16 @@ def train(config, task):
       sess.close()
 
 
-def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_dir, synced):
+def train_loop(sess, tensors, saver, writer, task, files, stop, train_dir, synced,
+               epoch_examples=(None, False)):
   """Runs training steps until the input ends, --max_steps or a stop signal; the chief logs
-  metrics every 10 steps and exports checkpoints. Returns the last global step."""
+  metrics every 10 steps and exports checkpoints; every process logs its progress (step of
+  --max_steps or epoch of --num_epochs, examples/sec, ETA). epoch_examples: (records of
+  files or None, exact). Returns the last global step."""
   sess.run(tensors["iterator"].initializer)
   step = first_step = int(sess.run(tensors["global_step"]))
+  progress = progress_lib.TrainingProgress(first_step, FLAGS.max_steps, epoch_examples[0],
+                                           FLAGS.num_epochs, approximate=not epoch_examples[1])
   resumed = checkpoint_utils.newest_checkpoint(train_dir) is not None
   # Step exports at 10, 10+E, ...; the --save_model_secs timer exports whatever they do.
   last = {"cadence": step if resumed else None, "saved": step if resumed else None,
@@ -626,7 +640,8 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
         reason = "stopped by %s" % stop.signal_name
         break
       with_metrics = task.is_chief and (step + 1) % 10 == 0
-      fetches = {"step": tensors["step_after"], "loss": tensors["label_loss"]}
+      fetches = {"step": tensors["step_after"], "loss": tensors["label_loss"],
+                 "examples": tensors["batch_examples"]}
       if with_metrics:
         fetches.update(predictions=tensors["predictions"], labels=tensors["labels"],
                        reg_loss=tensors["reg_loss"], learning_rate=tensors["learning_rate"])
@@ -634,9 +649,9 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
           fetches["loss_scale"] = tensors["loss_scale"].scale
       start = time.time()
       result = sess.run(fetches)
-      examples_per_sec = (len(result["labels"]) if with_metrics
-                          else FLAGS.batch_size * towers) / (time.time() - start)
+      examples_per_sec = result["examples"] / (time.time() - start)
       step = int(result["step"])
+      progress.update(step, int(result["examples"]))
       if not np.isfinite(result["loss"]):
         raise diverged("the loss is %s" % result["loss"])
       if step % 10 == 0 and with_metrics:
@@ -682,6 +697,7 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, towers, train_di
       export(step)
     raise readers.InputDataError(readers.input_error_message(error, files))
   logging.info("%s (step %d)", reason, step)
+  progress.finish()
   if task.is_chief and step > 0 and last["saved"] != step:
     export(step)
   return step

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the container image of the Vertex AI jobs (cloud/container/Dockerfile: FROM
-# tensorflow/tensorflow:2.21.0-gpu + this package's wheel and requirements-runtime.txt) and
-# pushes it to Artifact Registry, where scripts/cloud/submit_*.sh find it by default:
+# Builds the container image of the Vertex AI jobs (cloud/container/Dockerfile: Python 3.11 +
+# tensorflow[and-cuda]==2.21.0 + this package's wheel and requirements-runtime.txt; the build
+# fails unless TensorFlow's CUDA libraries load) and pushes it to Artifact Registry, where
+# scripts/cloud/submit_*.sh find it by default:
 #
 #   bash scripts/cloud/build_image.sh [--dry-run] [--builder=cloud-build|docker] PROJECT=my-project
 #

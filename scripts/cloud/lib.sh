@@ -4,7 +4,7 @@
 # this file, calls yt8m_parse_args "$@" and yt8m_setup, then yt8m_submit per job.
 #
 # A job (gcloud ai custom-jobs create) runs `python3 -m youtube-8m.MODULE FLAG...` in the
-# project's container image (cloud/container/Dockerfile: tensorflow/tensorflow:2.21.0-gpu plus
+# project's container image (cloud/container/Dockerfile: tensorflow[and-cuda]==2.21.0 plus
 # this package and its pinned runtime dependencies; scripts/cloud/build_image.sh builds and
 # pushes it). Per job, the script writes a CustomJobSpec from the config template
 # (cloud/vertex-*.yaml, with render_vertex_config.py): containerSpec imageUri/command/args (the
