@@ -180,7 +180,9 @@ def test_bad_usage_exits_1():
 # cannot use, faked by a device-node directory with nvidia0.
 
 MODEL_FLAGS = TINY_FLAGS + ["--netvlad_cluster_size=4", "--netvlad_hidden_size=8"]
-CPU_ONLY_LINE = "Devices: CPU only (TensorFlow lists no GPU); towers: /cpu:0"
+# With the CPU as the tools run it (the test process imported the package too).
+CPU_ONLY_LINE = "Devices: CPU only (TensorFlow lists no GPU): %s, %s; towers: /cpu:0" % (
+    yt8m("runtime_settings").HostCpu().describe(), yt8m("runtime_settings").onednn_state())
 
 
 def test_nvidia_machine_signs(tmp_path):

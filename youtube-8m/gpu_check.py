@@ -35,6 +35,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from . import runtime_settings
+
 FLAGS = flags.FLAGS
 
 # Where the NVIDIA device nodes are looked for (tests point it at a fake directory).
@@ -258,7 +260,8 @@ def device_line(gpus, towers):
     what = "%d GPU%s (%s)" % (len(gpus), "s" if len(gpus) > 1 else "", ", ".join(
         "%d x %s" % (count, name) if count > 1 else name for name, count in names.items()))
   else:
-    what = "CPU only (TensorFlow lists no GPU)"
+    what = "CPU only (TensorFlow lists no GPU): %s, %s" % (
+        runtime_settings.HostCpu().describe(), runtime_settings.onednn_state())
   return "Devices: %s; towers: %s" % (what, ", ".join(towers))
 
 

@@ -29,9 +29,6 @@ ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 BFC_ENV = "TF_CPU_ALLOCATOR_USE_BFC"
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 
-# The variables apply() set in this process (not the user's): {name: value}.
-PACKAGE_SET = {}
-
 
 def _read_cpuinfo(path):
   """{field: value} of the first CPU in path ({} where it is unreadable)."""
@@ -106,20 +103,16 @@ def defaults_for(cpu, environ):
 
 def apply(cpu=None):
   """Sets this process's defaults (module docstring) unless the environment sets them."""
-  chosen = defaults_for(cpu or HostCpu(), os.environ)
-  os.environ.update(chosen)
-  PACKAGE_SET.update(chosen)
+  os.environ.update(defaults_for(cpu or HostCpu(), os.environ))
   _keep_freed_memory(os.environ)
 
 
 def onednn_state():
-  """'oneDNN on|off (why)' as this process's TensorFlow runs (imports TensorFlow)."""
+  """'oneDNN on|off (TF_ENABLE_ONEDNN_OPTS=... or TensorFlow's default)' as this process's
+  TensorFlow runs (imports TensorFlow)."""
   from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
   state = "on" if _pywrap_util_port.IsMklEnabled() else "off"
-  if ONEDNN_ENV in PACKAGE_SET:
-    why = "set by this package for this CPU"
-  elif ONEDNN_ENV in os.environ:
-    why = "%s=%s in the environment" % (ONEDNN_ENV, os.environ[ONEDNN_ENV])
-  else:
-    why = "TensorFlow's default for this CPU"
+  # Whoever set the variable (this package, for this process or its parent, or the user).
+  why = ("%s=%s" % (ONEDNN_ENV, os.environ[ONEDNN_ENV]) if ONEDNN_ENV in os.environ
+         else "TensorFlow's default for this CPU")
   return "oneDNN %s (%s)" % (state, why)
