@@ -3,6 +3,8 @@
 import json
 import sys
 
+import pytest
+
 from conftest import run, yt8m
 
 runtime_settings = yt8m("runtime_settings")
@@ -119,3 +121,16 @@ def test_bfloat16_warning_only_without_it_in_hardware(tmp_path):
   assert warning.startswith("--compute_dtype=bfloat16: this CPU, AMD EPYC family 25 model 1 ")
   assert "--compute_dtype=float32 is faster here" in warning
   assert fp16_layers.emulated_bfloat16_warning(cpu(tmp_path, AVX512_CPUINFO)) is None
+
+
+def test_tensorflow_imported_first_keeps_its_default_and_says_so():
+  code = ("import importlib, tensorflow; importlib.import_module('youtube-8m'); "
+          "print(importlib.import_module('youtube-8m.runtime_settings').onednn_state())")
+  result = run([sys.executable, "-c", code], env={"PATH": "/usr/bin:/bin",
+                                                  "TF_CPP_MIN_LOG_LEVEL": "3"})
+  if not runtime_settings.HostCpu().wants_onednn():
+    pytest.skip("this CPU keeps TensorFlow's oneDNN default")
+  # The variable is set (for child processes), but this process's TensorFlow started without.
+  assert result.stdout.strip() == "oneDNN off (TF_ENABLE_ONEDNN_OPTS=1)"
+  assert ("youtube-8m: TensorFlow was imported before this package, so its oneDNN kernels stay "
+          "off") in result.stderr

@@ -103,7 +103,14 @@ def defaults_for(cpu, environ):
 
 def apply(cpu=None):
   """Sets this process's defaults (module docstring) unless the environment sets them."""
-  os.environ.update(defaults_for(cpu or HostCpu(), os.environ))
+  chosen = defaults_for(cpu or HostCpu(), os.environ)
+  os.environ.update(chosen)
+  if ONEDNN_ENV in chosen and "tensorflow" in sys.modules:
+    # TensorFlow read the variable when it was imported: this process keeps its default.
+    sys.stderr.write(
+        "youtube-8m: TensorFlow was imported before this package, so its oneDNN kernels stay "
+        "off on this CPU (AVX2 without AVX-512 VNNI/BF16/AMX): import youtube-8m first, or set "
+        "%s=1 before starting Python\n" % ONEDNN_ENV)
   _keep_freed_memory(os.environ)
 
 
