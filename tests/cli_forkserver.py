@@ -32,8 +32,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Read once when a process starts (by TensorFlow, glibc, Python or this package's
 # runtime_settings): a request whose environment differs in any of these runs in a subprocess.
+# (CUDA_* and NVIDIA_* are read when CUDA starts, after the fork; an empty search path is none.)
 STARTUP_ENV_PREFIXES = ("TF_", "MALLOC_", "LD_", "PYTHON", "OMP_", "KMP_", "ONEDNN_", "DNNL_",
-                        "CUDA_", "OPENBLAS", "MKL_", "XLA_", "GRPC_", "NVIDIA_", "GLIBC_")
+                        "OPENBLAS", "MKL_", "XLA_", "GRPC_", "GLIBC_")
+EMPTY_IS_UNSET = ("LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH")
 # Flag-free modules every tool imports: their import is the start-up cost saved. A module that
 # defines absl flags at import must not be here (a tool that never imports it would then accept
 # its flags); the server checks this.
@@ -44,7 +46,8 @@ PRELOAD = ("tensorflow", "numpy", "google.cloud.storage", "youtube-8m", "youtube
 
 def startup_env(env):
   return {name: value for name, value in env.items()
-          if name.startswith(STARTUP_ENV_PREFIXES)}
+          if name.startswith(STARTUP_ENV_PREFIXES)
+          and (value or name not in EMPTY_IS_UNSET)}
 
 
 def _send(connection, message, fds=()):

@@ -62,6 +62,9 @@ def test_startup_settings_and_other_pythons_are_not_forked():
   assert server.can_serve(argv, REPO_ROOT, cli_env({"STORAGE_EMULATOR_HOST": "x"}))
   assert not server.can_serve(argv, REPO_ROOT, cli_env({"TF_ENABLE_ONEDNN_OPTS": "0"}))
   assert not server.can_serve(argv, REPO_ROOT, cli_env({"MALLOC_ARENA_MAX": "1"}))
+  assert not server.can_serve(argv, REPO_ROOT, cli_env({"LD_LIBRARY_PATH": "/opt/lib"}))
+  assert server.can_serve(argv, REPO_ROOT, cli_env({"LD_LIBRARY_PATH": "", "PYTHONPATH": "",
+                                                    "CUDA_VISIBLE_DEVICES": ""}))
   assert not server.can_serve(argv, os.path.dirname(REPO_ROOT), cli_env())
   assert not server.can_serve(["python3"] + argv[1:], REPO_ROOT, cli_env())
   assert not server.can_serve([sys.executable, "scripts/main_job.py"], REPO_ROOT, cli_env())
