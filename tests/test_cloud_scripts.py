@@ -560,23 +560,6 @@ def test_submit_scripts_print_follow_commands_and_attach_tensorboard(tmp_path, s
                          "workerPoolSpecs"}
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--tensorboard=projects/p/locations/us-east1/tensorboards/1"], "needs --service-account"),
-    (["--tensorboard=projects/p/locations/europe-west4/tensorboards/1",
-      "--service-account=a@p.iam.gserviceaccount.com"], "in europe-west4 but the jobs run in"),
-    (["--tensorboard=my-board", "--service-account=a@p.iam.gserviceaccount.com"],
-     "--tensorboard must be a TensorBoard instance name"),
-    (["--service-account=not-an-email"], "--service-account must be a service account"),
-])
-def test_tensorboard_options_checked(tmp_path, args, message):
-  base = {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3", "PROJECT": PROJECT}
-  result = run_script("submit_train.sh", "--dry-run", *(script_args(base) + args),
-                      tmp_path=tmp_path)
-  assert result.returncode != 0
-  assert message in result.stderr, result.stderr
-  assert result.stdout == ""
-
-
 @pytest.mark.parametrize("edit,message", [
     (("restartJobOnWorkerRestart: true", "restartJobOnWorkerRestart: true\n  maxRunTime: 1"),
      "'maxRunTime' is not a field of CustomJobSpec.scheduling"),
@@ -784,6 +767,12 @@ def test_options(tmp_path):
     (["cs=x"], "cs must be"),
     (["BUCKET_NAME=bucket"], "gs://"),
     (["PROJECT="], "no Google Cloud project"),
+    (["--tensorboard=projects/p/locations/us-east1/tensorboards/1"], "needs --service-account"),
+    (["--tensorboard=projects/p/locations/europe-west4/tensorboards/1",
+      "--service-account=a@p.iam.gserviceaccount.com"], "in europe-west4 but the jobs run in"),
+    (["--tensorboard=my-board", "--service-account=a@p.iam.gserviceaccount.com"],
+     "--tensorboard must be a TensorBoard instance name"),
+    (["--service-account=not-an-email"], "--service-account must be a service account"),
 ])
 def test_bad_options(tmp_path, args, message):
   base = {"BUCKET_NAME": BUCKET, "cs": "1", "hs": "2", "batch_size": "3", "PROJECT": PROJECT}
