@@ -83,6 +83,7 @@ def test_host_cpu_reads_the_first_cpu(tmp_path):
       "AMD EPYC 9B14 family 25 model 17 (x86_64: avx2 fma avx512f avx512_vnni avx512_bf16; "
       "no AMX)")
   assert avx512.has_native_bfloat16
+  assert avx512.tensorflow_enables_onednn and not avx2.tensorflow_enables_onednn
   unreadable = runtime_settings.HostCpu(str(tmp_path / "missing"), machine="x86_64")
   assert unreadable.flags == set() and not unreadable.wants_onednn()
 
@@ -128,8 +129,9 @@ def test_tensorflow_imported_first_keeps_its_default_and_says_so():
           "print(importlib.import_module('youtube-8m.runtime_settings').onednn_state())")
   result = run([sys.executable, "-c", code], env={"PATH": "/usr/bin:/bin",
                                                   "TF_CPP_MIN_LOG_LEVEL": "3"})
-  if not runtime_settings.HostCpu().wants_onednn():
-    pytest.skip("this CPU keeps TensorFlow's oneDNN default")
+  cpu = runtime_settings.HostCpu()
+  if not cpu.wants_onednn() or cpu.tensorflow_enables_onednn:
+    pytest.skip("TensorFlow's own oneDNN default is this package's on this CPU")
   # The variable is set (for child processes), but this process's TensorFlow started without.
   assert result.stdout.strip() == "oneDNN off (TF_ENABLE_ONEDNN_OPTS=1)"
   assert ("youtube-8m: TensorFlow was imported before this package, so its oneDNN kernels stay "

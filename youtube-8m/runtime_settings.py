@@ -25,6 +25,9 @@ import sys
 # /proc/cpuinfo flag names, by what they tell about this project's kernels.
 VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
 NATIVE_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
+# Where TensorFlow's x86 wheels turn oneDNN on by themselves.
+TENSORFLOW_ONEDNN_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16",
+                           "amx_int8")
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 BFC_ENV = "TF_CPU_ALLOCATOR_USE_BFC"
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
@@ -66,6 +69,11 @@ class HostCpu(object):
     """bfloat16 dot products in hardware (AVX512_BF16 or AMX); elsewhere they are emulated."""
     return any(flag in self.flags for flag in NATIVE_BFLOAT16_FLAGS)
 
+  @property
+  def tensorflow_enables_onednn(self):
+    """TensorFlow's own default: oneDNN on where the CPU has VNNI, BF16 or AMX."""
+    return self.is_x86_64 and any(flag in self.flags for flag in TENSORFLOW_ONEDNN_FLAGS)
+
   def wants_onednn(self):
     """Where this package turns oneDNN on: x86-64 with AVX2."""
     return self.is_x86_64 and "avx2" in self.flags
@@ -103,9 +111,11 @@ def defaults_for(cpu, environ):
 
 def apply(cpu=None):
   """Sets this process's defaults (module docstring) unless the environment sets them."""
-  chosen = defaults_for(cpu or HostCpu(), os.environ)
+  cpu = cpu or HostCpu()
+  chosen = defaults_for(cpu, os.environ)
   os.environ.update(chosen)
-  if ONEDNN_ENV in chosen and "tensorflow" in sys.modules:
+  if (ONEDNN_ENV in chosen and "tensorflow" in sys.modules
+      and not cpu.tensorflow_enables_onednn):
     # TensorFlow read the variable when it was imported: this process keeps its default.
     sys.stderr.write(
         "youtube-8m: TensorFlow was imported before this package, so its oneDNN kernels stay "
