@@ -50,6 +50,18 @@ def test_progress_line_and_record_count(tiny_data):
   assert progress.format_duration(3725) == "1h02m"
 
 
+def test_many_local_files_are_counted_from_a_sample(tiny_data, monkeypatch):
+  """Beyond _LOCAL_EXACT_FILES local files, a spread sample's headers are read and the total
+  scaled by all the files' sizes: close to the true count, and said to be an estimate."""
+  files = readers.eval_files(tiny_data["validate_pattern"])  # 60 files of 4 videos
+  exact = records(files)
+  monkeypatch.setattr(progress, "_LOCAL_EXACT_FILES", 10)
+  total, is_exact = progress.count_records(files)
+  assert not is_exact and abs(total - exact) <= 0.2 * exact, (total, exact)
+  monkeypatch.setattr(progress, "_LOCAL_EXACT_FILES", len(files))
+  assert progress.count_records(files) == (exact, True)
+
+
 class FakeClock(object):
 
   def __init__(self):
