@@ -194,6 +194,8 @@ class Client(object):
     if self.process and self.process.poll() is None:
       self.process.kill()
       self.process.wait()
+    import shutil  # pylint: disable=g-import-not-at-top
+    shutil.rmtree(os.path.dirname(self.socket_path), ignore_errors=True)
 
   def can_serve(self, argv, cwd, env):
     return (not self.failed and len(argv) >= 3 and argv[0] == sys.executable
