@@ -39,7 +39,8 @@ EMPTY_IS_UNSET = ("LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH")
 # Flag-free modules every tool imports: their import is the start-up cost saved. A module that
 # defines absl flags at import must not be here (a tool that never imports it would then accept
 # its flags); the server checks this.
-PRELOAD = ("tensorflow", "numpy", "google.cloud.storage", "youtube-8m", "youtube-8m.storage",
+# The package first: its runtime settings must be in place before TensorFlow is imported.
+PRELOAD = ("youtube-8m", "tensorflow", "numpy", "google.cloud.storage", "youtube-8m.storage",
            "youtube-8m.utils", "youtube-8m.staging", "youtube-8m.checkpoint_utils",
            "youtube-8m.eval_util", "youtube-8m.progress")
 
@@ -88,6 +89,10 @@ def _run_tool(request, fds):
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
+    # What importing the package sets in a process started anew (the server imported it once,
+    # with an environment whose start-up variables are the request's).
+    settings = sys.modules["youtube-8m.runtime_settings"]
+    os.environ.update(settings.defaults_for(settings.HostCpu(), os.environ))
     # A fresh process draws its own random state; a fork would share the server's.
     random.seed()
     import numpy  # pylint: disable=g-import-not-at-top
@@ -202,13 +207,17 @@ class Client(object):
             and argv[1] == "-m" and argv[2].startswith("youtube-8m.") and cwd == REPO_ROOT
             and startup_env(env) == startup_env(self.env))
 
-  def run(self, argv, cwd, env, stdout, stderr, timeout):
-    """Runs argv (can_serve) writing to the files stdout/stderr; returns the exit status.
-    Raises TimeoutError (the child killed) after timeout seconds."""
+  def run(self, argv, cwd, env, timeout):
+    """Runs argv (can_serve) as subprocess.run(capture_output=True, text=True) would: the
+    CompletedProcess, or subprocess.TimeoutExpired (the child killed) after timeout seconds."""
+    import locale  # pylint: disable=g-import-not-at-top
+    import subprocess  # pylint: disable=g-import-not-at-top
+    import tempfile  # pylint: disable=g-import-not-at-top
     if self.process is None:
       self._start()
-    with open(os.devnull) as stdin, socket.socket(socket.AF_UNIX,
-                                                  socket.SOCK_STREAM) as connection:
+    with open(os.devnull) as stdin, tempfile.TemporaryFile() as stdout, \
+        tempfile.TemporaryFile() as stderr, \
+        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
       connection.connect(self.socket_path)
       _send(connection, {"argv": list(argv), "cwd": cwd, "env": dict(env)},
             fds=(stdin.fileno(), stdout.fileno(), stderr.fileno()))
@@ -218,10 +227,15 @@ class Client(object):
         finished, _ = _receive(connection)
       except socket.timeout:
         os.kill(started["pid"], signal.SIGKILL)
-        raise TimeoutError("%s timed out after %s s" % (" ".join(argv[:4]), timeout))
+        raise subprocess.TimeoutExpired(argv, timeout)
       if finished is None:
         raise RuntimeError("cli_forkserver: the server died running %s" % " ".join(argv[:4]))
-      return finished["status"]
+      outputs = []
+      for stream in (stdout, stderr):  # text as subprocess decodes it (universal newlines)
+        stream.seek(0)
+        outputs.append(stream.read().decode(locale.getpreferredencoding(False), "replace")
+                       .replace("\r\n", "\n"))
+    return subprocess.CompletedProcess(argv, finished["status"], outputs[0], outputs[1])
 
 
 if __name__ == "__main__":

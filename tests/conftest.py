@@ -1,7 +1,6 @@
 """Shared fixtures: the package importer, CLI runner and tiny synthetic datasets."""
 
 import importlib
-import locale
 import os
 import subprocess
 import sys
@@ -63,17 +62,7 @@ def run(argv, check=True, timeout=600, env=None):
   env = cli_env() if env is None else env
   server = forkserver()
   if server is not None and server.can_serve(argv, REPO_ROOT, env):
-    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
-      try:
-        status = server.run(argv, REPO_ROOT, env, stdout, stderr, timeout)
-      except TimeoutError:
-        raise subprocess.TimeoutExpired(argv, timeout)
-      outputs = []
-      for stream in (stdout, stderr):
-        stream.seek(0)
-        outputs.append(stream.read().decode(locale.getpreferredencoding(False), "replace")
-                       .replace("\r\n", "\n"))
-    result = subprocess.CompletedProcess(argv, status, outputs[0], outputs[1])
+    result = server.run(argv, REPO_ROOT, env, timeout)
   else:
     result = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=timeout, env=env)

@@ -22,12 +22,7 @@ def both_ways(tmp_path, module, *args):
         arg.format(out=tmp_path / way) for arg in args]
     assert server.can_serve(argv, REPO_ROOT, cli_env())
     if way == "forked":
-      with open(tmp_path / "stdout", "w+b") as stdout, open(tmp_path / "stderr", "w+b") as stderr:
-        status = server.run(argv, REPO_ROOT, cli_env(), stdout, stderr, timeout=300)
-        stdout.seek(0)
-        stderr.seek(0)
-        results.append(subprocess.CompletedProcess(argv, status, stdout.read().decode(),
-                                                   stderr.read().decode()))
+      results.append(server.run(argv, REPO_ROOT, cli_env(), timeout=300))
     else:
       results.append(subprocess.run(argv, cwd=REPO_ROOT, env=cli_env(), capture_output=True,
                                     text=True, timeout=300))
