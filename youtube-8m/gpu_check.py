@@ -167,11 +167,9 @@ def check_libraries(version=None, build_info=None):
   if not failed:
     return loaded
   error = next(iter(failed.values()))  # names the file, e.g. "libcudnn.so.9: cannot open ..."
-  found_in = []  # the NVIDIA wheels' directories that hold a library that did not load
-  for soname in failed:
-    for directory in nvidia_library_dirs():
-      if glob.glob(os.path.join(directory, soname + "*")) and directory not in found_in:
-        found_in.append(directory)
+  # The NVIDIA wheels' directories that hold a library that did not load.
+  found_in = [directory for directory in nvidia_library_dirs()
+              if any(glob.glob(os.path.join(directory, soname + "*")) for soname in failed)]
   where = ("; found in %s, which the loader does not search" % ", ".join(found_in)
            if found_in else "")
   raise GpuCheckError("%s cannot load %s (%s)%s; %s" % (

@@ -4,9 +4,9 @@ most every 10 s, finish() the final line, e.g.
 TrainingProgress does the same for train.py's steps, e.g.
     training: step 1,200/500,000 (0.2%) | 412.3 examples/s | elapsed 3m02s | ETA 2h01m
     training: epoch 1.25/10 (12.5%) | 412.3 examples/s | elapsed 3m02s | ETA 21m14s
-count_records(files) supplies TFRecord totals: exact for local files (a scan of the record
-headers), estimated for gs:// ones (bytes per record of one file's first MiBs, times the
-files' total size), flagged by a '~'.
+count_records(files) supplies TFRecord totals: exact for up to 200 local files (a scan of
+the record headers), else estimated, flagged by a '~': for more local files from a spread
+sample's headers, for gs:// ones from one file's first MiBs, each times the files' total size.
 """
 
 import concurrent.futures
