@@ -324,6 +324,7 @@ def test_dockerfile_uses_the_tested_tensorflow_and_install_script():
 # ---------------------------------------------------------------------------------------------
 # The seed's jobs
 
+@pytest.mark.slow
 def test_train(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800", "batch_size": "160"}
   out = dry_run("submit_train.sh", *script_args(variables), tmp_path=tmp_path)
@@ -338,6 +339,7 @@ def test_train(tmp_path):
   check_follow(out)
 
 
+@pytest.mark.slow
 def test_eval_loop_one_job_per_checkpoint(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400", "batch_size": "160"}
   ckpts = ["170010", "180010", "190010", "200010", "210010", "220010"]
@@ -357,6 +359,7 @@ def test_eval_loop_one_job_per_checkpoint(tmp_path):
       "--checkpoint=model.ckpt-170010.index", "--checkpoint=model.ckpt-180010.index"]
 
 
+@pytest.mark.slow
 def test_avg_range(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400", "batch_size": "160",
                "ckpt_start": "150010", "ckpt_end": "220010"}
@@ -367,6 +370,7 @@ def test_avg_range(tmp_path):
   assert job["module_flags"] == seed_flags(SEED_AVG_RANGE, **variables)
 
 
+@pytest.mark.slow
 def test_avg_select(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "32", "hs": "512", "batch_size": "160",
                "RANGE_NAME": "122304_etc_19"}
@@ -380,6 +384,7 @@ def test_avg_select(tmp_path):
   assert job["module_flags"] == seed_flags(SEED_AVG_SELECT, **variables)
 
 
+@pytest.mark.slow
 def test_eval_average(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "32", "hs": "512", "batch_size": "160",
                "checkpoint": "122304_etc_19"}
@@ -390,6 +395,7 @@ def test_eval_average(tmp_path):
   assert job["module_flags"] == seed_flags(SEED_EVAL_AVERAGE, **variables)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", [1, 2, 3, 4, 5])
 def test_ensemble_steps(tmp_path, step):
   out = dry_run("submit_ensemble.sh", str(step), *script_args(ENSEMBLE_VARS), tmp_path=tmp_path)
@@ -405,6 +411,7 @@ def test_ensemble_steps(tmp_path, step):
         "--ensemble_wts=%s" % w for w in ENSEMBLE_VARS["MIXING_WEIGHTS"]]
 
 
+@pytest.mark.slow
 def test_ensemble_model_count_follows_the_variables(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "e2", "MODEL1_PARAM": "8,64",
                "MODEL2_PARAM": "(16 128)", "MIXING_WEIGHTS": "0.6,0.4"}
@@ -417,6 +424,7 @@ def test_ensemble_model_count_follows_the_variables(tmp_path):
       "--netvlad_cluster_size=16", "--netvlad_hidden_size=128", "--ensemble_wts=0.4"]
 
 
+@pytest.mark.slow
 def test_distributed_train(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800", "batch_size": "160"}
   out = dry_run("submit_distributed_train.sh", *script_args(variables), tmp_path=tmp_path)
@@ -431,6 +439,7 @@ def test_distributed_train(tmp_path):
     assert pool["containerSpec"]["args"] == job["module_flags"]
 
 
+@pytest.mark.slow
 def test_distributed_train_with_evaluator(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800", "batch_size": "160"}
   out = dry_run("submit_distributed_train.sh", *script_args(variables), "--evaluator-count=1",
@@ -459,6 +468,7 @@ SEED_INFERENCE_FROM_TGZ = (
     "--output_file={csv} --batch_size=512")
 
 
+@pytest.mark.slow
 def test_inference_from_train_dir_writes_csv_and_tgz(tmp_path):
   tgz = BUCKET + "/submission/ensemble_YHLS.tgz"
   out = dry_run("submit_inference.sh", "BUCKET_NAME=" + BUCKET, "ENSEMBLE_DIR=ensemble_YHLS",
@@ -479,6 +489,7 @@ def test_inference_from_train_dir_writes_csv_and_tgz(tmp_path):
       "--output_file=gs://other/sub/e2.csv", "--batch_size=128"]
 
 
+@pytest.mark.slow
 def test_inference_from_tgz(tmp_path):
   tgz = "gs://other_bucket/subs/ensemble_YHLS.tgz"
   out = dry_run("submit_inference.sh", "BUCKET_NAME=" + BUCKET, "--input_model_tgz=" + tgz,
@@ -493,6 +504,7 @@ def test_inference_from_tgz(tmp_path):
   check_follow(out, region="europe-west4")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     ([], "give ENSEMBLE_DIR"),
     (["ENSEMBLE_DIR=e", "--input_model_tgz=gs://b/s.tgz"], "not both"),
@@ -539,6 +551,7 @@ def test_every_submit_script_is_covered():
   assert scripts == {script for script, _, _ in ONE_JOB_RUNS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,extra,variables", ONE_JOB_RUNS)
 def test_submit_scripts_print_follow_commands_and_attach_tensorboard(tmp_path, script, extra,
                                                                      variables):
@@ -560,6 +573,7 @@ def test_submit_scripts_print_follow_commands_and_attach_tensorboard(tmp_path, s
                          "workerPoolSpecs"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit,message", [
     (("restartJobOnWorkerRestart: true", "restartJobOnWorkerRestart: true\n  maxRunTime: 1"),
      "'maxRunTime' is not a field of CustomJobSpec.scheduling"),
@@ -636,6 +650,7 @@ SEED_FILES = {
 }
 
 
+@pytest.mark.slow
 def test_preflight_dry_run(tmp_path):
   result = run_script("preflight.sh", "--dry-run", "BUCKET_NAME=%s/sub/" % BUCKET,
                       "PROJECT=" + PROJECT, tmp_path=tmp_path)
@@ -664,6 +679,7 @@ def run_preflight(tmp_path, world, *args):
                     path="%s:%s" % (stub_dir, os.environ.get("PATH", "/usr/bin:/bin")))
 
 
+@pytest.mark.slow
 def test_preflight_passes(tmp_path):
   world = {"apis": ALL_APIS, "files": SEED_FILES,
            "locations": {"gs://tester_yt8m_train_bucket": "US-EAST1"}}
@@ -681,6 +697,7 @@ def test_preflight_passes(tmp_path):
   assert result.stdout.rstrip().endswith("preflight passed: the jobs can run in us-east1")
 
 
+@pytest.mark.slow
 def test_preflight_reports_every_failure(tmp_path):
   files = dict(SEED_FILES)
   del files[TEST_PATTERN]
@@ -713,6 +730,7 @@ def test_preflight_reports_every_failure(tmp_path):
       result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["BUCKET_NAME=bucket"], "BUCKET_NAME must be a gs:// URL"),
     (["BUCKET_NAME=" + BUCKET, "--data-pattern=/data/train*.tfrecord"],
@@ -730,6 +748,7 @@ def test_preflight_bad_options(tmp_path, args, message):
 # ---------------------------------------------------------------------------------------------
 # Options
 
+@pytest.mark.slow
 def test_options(tmp_path):
   variables = script_args({"BUCKET_NAME": BUCKET + "/", "cs": "16", "hs": "128",
                            "batch_size": "80"})
@@ -757,6 +776,7 @@ def test_options(tmp_path):
       "example.com/image:2"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--backend=ai-platform"], "shut down on 2025-01-31"),
     (["--config=cloudml-gpu.yaml"], "cloud/vertex-gpu.yaml"),
@@ -783,6 +803,7 @@ def test_bad_options(tmp_path, args, message):
   assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_help(tmp_path):
   for script in sorted(os.listdir(CLOUD_DIR)):
     if script.endswith(".sh") and script != "lib.sh":
@@ -833,6 +854,7 @@ MISSING_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,positional,variables,missing", MISSING_CASES)
 def test_missing_variables(tmp_path, script, positional, variables, missing):
   result = run_script(script, *positional, "--dry-run", "PROJECT=" + PROJECT,
@@ -842,6 +864,7 @@ def test_missing_variables(tmp_path, script, positional, variables, missing):
   assert "gcloud" not in result.stdout
 
 
+@pytest.mark.slow
 def test_real_run_needs_gcloud(tmp_path):
   """Without --dry-run the scripts look for gcloud first and say so when it is missing."""
   bin_dir = tmp_path / "bin"
@@ -890,6 +913,7 @@ if "create" in args and os.environ.get("GCLOUD_CREATE") != "quiet":
 """
 
 
+@pytest.mark.slow
 def test_real_run_runs_the_dry_run_commands(tmp_path):
   """Without --dry-run (gcloud replaced by a recording stub) the scripts run the commands that
   their dry run prints: same gcloud arguments, same job config; the project comes from gcloud's
@@ -936,6 +960,7 @@ def test_real_run_runs_the_dry_run_commands(tmp_path):
         PROJECT, "stub-project")
 
 
+@pytest.mark.slow
 def test_real_run_without_a_job_name_or_failing(tmp_path):
   """gcloud's create output without a customJobs/ID: the follow commands keep the JOB_ID
   placeholder and a note says how to find the job; a failing create stops the script with
@@ -969,6 +994,7 @@ def test_real_run_without_a_job_name_or_failing(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The container image and the module flags
 
+@pytest.mark.slow
 def test_build_image_dry_run(tmp_path):
   result = run_script("build_image.sh", "--dry-run", "PROJECT=" + PROJECT, tmp_path=tmp_path)
   assert result.returncode == 0, result.stderr

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT, TINY_FLAGS, run_cli, yt8m
@@ -29,6 +30,7 @@ def free_ports(count):
   return ports
 
 
+@pytest.mark.slow
 def test_cluster_of_ps_chief_and_worker_trains_and_exits(tiny_data, tmp_path):
   chief, worker, ps = ("127.0.0.1:%d" % port for port in free_ports(3))
   # the original's job name "master" is accepted as the chief
@@ -130,6 +132,7 @@ def test_tf_config_parsing():
     del os.environ["TF_CONFIG"]
 
 
+@pytest.mark.slow
 def test_multi_tower_training_with_cpu_devices(tiny_data, tmp_path):
   train_dir = str(tmp_path / "towers")
   # 3 towers of 5: 15 per step; the epochs' smaller final batches split unevenly

@@ -347,6 +347,7 @@ def check_ensemble_checkpoint(prefix, float16=True):
   return reader
 
 
+@pytest.mark.slow
 def test_seed_steps_1_to_5(ens):
   files = list_dir(ens["ens"])
   for name in ("model.ckpt-10", "inference_model_10", NAME + "-0", TAGGED,
@@ -413,6 +414,7 @@ def brute_force_gap(predictions, labels, top_k=20):
 FLOAT16_TOLERANCE = 5e-3
 
 
+@pytest.mark.slow
 def test_float16_predictions_are_close_to_float32(ens):
   check_ensemble_checkpoint(os.path.join(ens["built32"], "inference_model"), float16=False)
   np.testing.assert_array_equal(ens["labels16"], ens["labels32"])  # the same videos
@@ -426,6 +428,7 @@ def test_float16_predictions_are_close_to_float32(ens):
   assert np.mean(overlap) >= 0.95, np.mean(overlap)
 
 
+@pytest.mark.slow
 def test_one_command_path_equals_the_seed_path(ens):
   built = check_ensemble_checkpoint(os.path.join(ens["built"], "inference_model"))
   for other in (NAME + "-0", "inference_model"):
@@ -448,6 +451,7 @@ def test_one_command_path_equals_the_seed_path(ens):
   assert open(ens["csv"]["tgz"]).read() == seed_csv
 
 
+@pytest.mark.slow
 def test_submission_tgz_layout(ens):
   with tarfile.open(ens["tgz"]) as archive:
     assert sorted(archive.getnames()) == [
@@ -461,6 +465,7 @@ def error_line(result):
   return lines[-1]
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_refused_and_write_nothing(ens, tmp_path):
   # command lines: exit status 1, one ERROR line naming the flag, no output
   message = error_line(ens["C"]["bad_count"])
@@ -502,6 +507,7 @@ def test_bad_inputs_are_refused_and_write_nothing(ens, tmp_path):
       "c2h8-inference_model_0.data-00000-of-00001", "c2h8-inference_model_0.index"]
 
 
+@pytest.mark.slow
 def test_weight_search_beats_equal_weights_and_matches_eval(ens):
   results = read_json(ens["json"]["weights"])
   output = ens["D"]["weights"].output
@@ -559,6 +565,7 @@ def expected_tensor_bytes(float16):
   return total
 
 
+@pytest.mark.slow
 def test_model_size_report(ens):
   report = model_size.measure(ens["built"])
   data = os.path.join(ens["built"], "inference_model.data-00000-of-00001")

@@ -202,6 +202,7 @@ def evaluated(original_dir, tiny_data):
   return dict(original_dir, stderr=result.stderr, json_before=json_before)
 
 
+@pytest.mark.slow
 def test_seed_eval_command_on_an_original_train_dir(evaluated):
   line = gap_line(evaluated["stderr"])
   assert "epoch/eval number 10 " in line  # model.ckpt-10, not the newest (20)
@@ -216,6 +217,7 @@ def test_seed_eval_command_on_an_original_train_dir(evaluated):
       "json_before"]
 
 
+@pytest.mark.slow
 def test_predictions_of_an_original_checkpoint_are_the_originals_network(
     evaluated, constant_videos, tmp_path):
   """inference.py on eval's inference_model_10 equals an independent numpy forward pass
@@ -238,6 +240,7 @@ def test_predictions_of_an_original_checkpoint_are_the_originals_network(
     assert np.max(np.abs(without_relu6 - expected)) > 100 * 2e-5 * np.max(expected)
 
 
+@pytest.mark.slow
 def test_shapes_that_contradict_the_flags_are_refused(original_dir, tiny_data):
   flags = [f.replace("--netvlad_hidden_size=%d" % H, "--netvlad_hidden_size=16")
            for f in SEED_EVAL_FLAGS]
@@ -251,6 +254,7 @@ def test_shapes_that_contradict_the_flags_are_refused(original_dir, tiny_data):
          "[%d, 16]" % (1024 * K + 128 * (K // 2), H, 1024 * K + 128 * (K // 2)) in errors[0]
 
 
+@pytest.mark.slow
 def test_seed_average_and_its_eval_on_an_original_train_dir(original_dir, tiny_data):
   """The seed's "average all checkpoints in a range" and "evaluate an averaged checkpoint"
   commands (the latter passes no --model)."""
@@ -281,6 +285,7 @@ ENSEMBLE_FLAGS = [
     "--float16_flag=True", "--num_classes=%d" % V]
 
 
+@pytest.mark.slow
 def test_seed_ensemble_steps_on_original_directories(original_dir, tiny_data, tmp_path):
   """Seed steps 3-5 and 7 (and the weight search) on an ensemble dir in the original's form:
   its 32*2+1-tensor float16 template inference_model_10 and 5-key json."""
@@ -323,6 +328,7 @@ def test_seed_ensemble_steps_on_original_directories(original_dir, tiny_data, tm
   assert len(read_csv(output)) == 20  # 2 test files x 10 videos
 
 
+@pytest.mark.slow
 def test_build_ensemble_from_original_single_models(original_dir, tmp_path):
   """build_ensemble reads the members' original json (model "LogisticModel") as a reader
   description and takes the architecture from the shapes and flags."""
@@ -337,6 +343,7 @@ def test_build_ensemble_from_original_single_models(original_dir, tmp_path):
   assert built["model"] == "NetVLADModelLF" and built["netvlad_hidden_size"] == [H, H]
 
 
+@pytest.mark.slow
 def test_seed_training_exports_relu6_after_hidden1(tiny_data, tmp_path):
   """The seed's flags (with --netvlad_relu=False) train the original's network: the
   inference meta graph eval writes from the training checkpoint has relu6 fed by hidden1's

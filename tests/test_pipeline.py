@@ -17,6 +17,9 @@ import tensorflow as tf
 from conftest import (REPO_ROOT, TINY_FLAGS, TINY_NUM_CLASSES, cli_env, corrupt, run, run_cli,
                       yt8m)
 
+# Every test here starts tool processes: `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 eval_util = yt8m("eval_util")
 readers = yt8m("readers")
 
