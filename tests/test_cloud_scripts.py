@@ -1,9 +1,9 @@
 """Cloud job submission: scripts/cloud/*.sh dry runs, the job configs, the container image.
 
 There is no cloud access here, so every script runs with --dry-run and the printed commands are
-parsed (shlex) and compared with the seed README's commands: the gcloud command, the job name
+parsed (shlex) and compared with the original README's commands: the gcloud command, the job name
 pattern, the Vertex AI job config (containerSpec, Spot scheduling, baseOutputDirectory) and the
-module flags, which must be exactly the seed's (the containerSpec `args` list). The module flags
+module flags, which must be exactly the original's (the containerSpec `args` list). The module flags
 are also parsed by the real modules' absl flag definitions, and the container image's install
 step (cloud/container/install.sh on the wheel that build_image.sh builds) runs in a fresh venv,
 which then trains from outside the repo.
@@ -37,8 +37,8 @@ TEST_PATTERN = "gs://youtube8m-ml-us-east1/2/frame/test/test*.tfrecord"
 # Vertex AI's default maximum running time (7 days), stated in the job configs.
 SCHEDULING = {"strategy": "SPOT", "restartJobOnWorkerRestart": True, "timeout": "604800s"}
 
-# The seed README's module flags (the text after `--`), with its shell variables as {names}.
-SEED_TRAIN = (
+# The original README's module flags (the text after `--`), with its shell variables as {names}.
+ORIGINAL_TRAIN = (
     "--train_data_pattern='gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord,"
     "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' "
     "--train_dir={BUCKET_NAME}/c{cs}h{hs}_{batch_size} "
@@ -47,7 +47,7 @@ SEED_TRAIN = (
     "--netvlad_hidden_size={hs} --moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 "
     "--netvlad_relu=False --gating=True --moe_prob_gating=True --max_steps=500000 "
     "--export_model_steps=5000 --num_epochs=10")
-SEED_EVAL_LOOP = (
+ORIGINAL_EVAL_LOOP = (
     "--eval_data_pattern='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' "
     "--model=NetVLADModelLF "
     "--train_dir={BUCKET_NAME}/c{cs}h{hs}_{batch_size} --frame_features "
@@ -55,17 +55,17 @@ SEED_EVAL_LOOP = (
     "--base_learning_rate=0.0001 --netvlad_cluster_size={cs} --netvlad_hidden_size={hs} "
     "--moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 --netvlad_relu=False "
     "--gating=True --moe_prob_gating=True --run_once=True --checkpoint=model.ckpt-{CKPT}.index")
-SEED_AVG_RANGE = (
+ORIGINAL_AVG_RANGE = (
     '--checkpoints_start_end="{ckpt_start},{ckpt_end}" '
     '--prefix="{BUCKET_NAME}/c{cs}h{hs}_{batch_size}/model.ckpt-" '
     '--output_path="{BUCKET_NAME}/c{cs}h{hs}_{batch_size}/avg_c{cs}h{hs}_{ckpt_start}_{ckpt_end}'
     '.ckpt"')
-SEED_AVG_SELECT = (
+ORIGINAL_AVG_SELECT = (
     '--prefix="{BUCKET_NAME}/c{cs}h{hs}_{batch_size}/model.ckpt-" '
     '--output_path="{BUCKET_NAME}/c{cs}h{hs}_{batch_size}/avg_c{cs}h{hs}_{RANGE_NAME}.ckpt" '
     "--checkpoints=122304,125397,133210,137879,140959,145600,150210,153324,156475,159900,"
     "164900,168029,172960,176234,181138,186032,189900,202410,207267")
-SEED_EVAL_AVERAGE = (
+ORIGINAL_EVAL_AVERAGE = (
     "--eval_data_pattern='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' "
     "--train_dir={BUCKET_NAME}/c{cs}h{hs}_{batch_size} "
     "--frame_features --feature_names='rgb,audio' --feature_sizes='1024,128' --batch_size=1024 "
@@ -73,22 +73,22 @@ SEED_EVAL_AVERAGE = (
     "--moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 --netvlad_relu=False "
     "--gating=True --moe_prob_gating=True --run_once=True "
     "--checkpoint=avg_c{cs}h{hs}_{checkpoint}.ckpt-0.index")
-_SEED_REPEATED = "".join(
+_ORIGINAL_REPEATED = "".join(
     "--netvlad_cluster_size={MODEL%d_PARAM[0]} --netvlad_hidden_size={MODEL%d_PARAM[1]} "
     "--ensemble_wts={MIXING_WEIGHTS[%d]} " % (i, i, i - 1) for i in range(1, 5))
-SEED_ENSEMBLE = {
+ORIGINAL_ENSEMBLE = {
     1: ("--train_data_pattern='gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord,"
         "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' --model=NetVLADModelLF "
         "--train_dir={BUCKET_NAME}/{ENSEMBLE_DIR} --frame_features --feature_names='rgb,audio' "
         "--feature_sizes='1024,128' --batch_size=10 --base_learning_rate=0.00003 "
-        + _SEED_REPEATED +
+        + _ORIGINAL_REPEATED +
         "--moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 --netvlad_relu=False "
         "--gating=True --moe_prob_gating=True --max_steps=10 --export_model_steps=2000 "
         "--ensemble_num=4 --float16_flag=True"),
     2: ("--eval_data_pattern='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' "
         "--model=NetVLADModelLF --train_dir={BUCKET_NAME}/{ENSEMBLE_DIR} --frame_features "
         "--feature_names='rgb,audio' --feature_sizes='1024,128' --batch_size=500 "
-        "--base_learning_rate=0.0001 " + _SEED_REPEATED +
+        "--base_learning_rate=0.0001 " + _ORIGINAL_REPEATED +
         "--moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 --netvlad_relu=False "
         "--gating=True --moe_prob_gating=True --run_once=True --ensemble_num=4 "
         "--float16_flag=True --create_meta_only"),
@@ -98,15 +98,16 @@ SEED_ENSEMBLE = {
     4: ("--eval_data_pattern='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' "
         "--model=NetVLADModelLF --train_dir={BUCKET_NAME}/{ENSEMBLE_DIR} --frame_features "
         "--feature_names='rgb,audio' --feature_sizes='1024,128' --batch_size=1024 "
-        "--base_learning_rate=0.0001 " + _SEED_REPEATED +
+        "--base_learning_rate=0.0001 " + _ORIGINAL_REPEATED +
         "--moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 --netvlad_relu=False "
         "--gating=True --moe_prob_gating=True --run_once=True --ensemble_num=4 "
         '--float16_flag=True --checkpoint_file="{INFERENCE_MODEL_NAME}-0"'),
 }
-SEED_ENSEMBLE[5] = SEED_ENSEMBLE[4] + " --force_output_model_name=True"
-SEED_ENSEMBLE_MODULES = {1: "train", 2: "eval", 3: "overwrite_float16_ckpt", 4: "eval", 5: "eval"}
+ORIGINAL_ENSEMBLE[5] = ORIGINAL_ENSEMBLE[4] + " --force_output_model_name=True"
+ORIGINAL_ENSEMBLE_MODULES = {1: "train", 2: "eval", 3: "overwrite_float16_ckpt", 4: "eval",
+                             5: "eval"}
 
-# The seed's step-0 variables (MIXING_WEIGHTS as tuned in its steps 4-5).
+# The original's step-0 variables (MIXING_WEIGHTS as tuned in its steps 4-5).
 ENSEMBLE_VARS = {
     "BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "ensemble_YHLS",
     "MODEL1_PARAM": ("24", "1440"), "MODEL2_PARAM": ("32", "1024"),
@@ -120,8 +121,8 @@ ENSEMBLE_VARS = {
 }
 
 
-def seed_flags(template, **variables):
-  """The seed's module flags as the shell would pass them (its quotes removed)."""
+def original_flags(template, **variables):
+  """The original's module flags as the shell would pass them (its quotes removed)."""
   return shlex.split(template.format(**variables))
 
 
@@ -276,7 +277,7 @@ def check_job(job, module, output_dir, config=None, region="us-east1", image=IMA
 # ---------------------------------------------------------------------------------------------
 # Job configs
 
-def test_seed_config_kept_and_points_to_vertex():
+def test_original_config_kept_and_points_to_vertex():
   text = open(os.path.join(REPO_ROOT, "cloudml-gpu.yaml")).read()
   # As the original: one standard_gpu machine; the runtime versions are kept as strings.
   assert load_yaml(text) == {"trainingInput": {
@@ -322,7 +323,7 @@ def test_dockerfile_uses_the_tested_tensorflow_and_install_script():
 
 
 # ---------------------------------------------------------------------------------------------
-# The seed's jobs
+# The original's jobs
 
 @pytest.mark.slow
 def test_train(tmp_path):
@@ -331,7 +332,7 @@ def test_train(tmp_path):
   [job] = out["jobs"]
   check_job(job, "train", BUCKET + "/c100h800_160")
   assert job["name"] == "yt8m_train_c100h800_160"
-  assert job["module_flags"] == seed_flags(SEED_TRAIN, **variables)
+  assert job["module_flags"] == original_flags(ORIGINAL_TRAIN, **variables)
   # The two globs stay one flag value (a list item, not split on the comma).
   assert job["module_flags"][0] == "--train_data_pattern=" + TRAIN_PATTERN
   assert len(out["lines"]) == 2  # mkdir of the job-config directory, gcloud
@@ -349,10 +350,10 @@ def test_eval_loop_one_job_per_checkpoint(tmp_path):
   for job, ckpt in zip(out["jobs"], ckpts):
     check_job(job, "eval", BUCKET + "/c10h400_160")
     assert re.fullmatch(r"yt8m_eval_c10h400_%s_\d\dH\d\dM\d\dS" % ckpt, job["name"])
-    assert job["module_flags"] == seed_flags(SEED_EVAL_LOOP, CKPT=ckpt, **variables)
+    assert job["module_flags"] == original_flags(ORIGINAL_EVAL_LOOP, CKPT=ckpt, **variables)
   assert len({job["options"]["--config"] for job in out["jobs"]}) == len(ckpts)
   check_follow(out)  # one block per job
-  # Commas work as separators too (the seed writes a bash array).
+  # Commas work as separators too (the original's commands write a bash array).
   out = dry_run("submit_eval_loop.sh", *script_args(variables), "CKPTS=(170010,180010)",
                 tmp_path=tmp_path)
   assert [job["module_flags"][-1] for job in out["jobs"]] == [
@@ -367,7 +368,7 @@ def test_avg_range(tmp_path):
   [job] = out["jobs"]
   check_job(job, "avg_checkpoints", BUCKET + "/c10h400_160")
   assert job["name"] == "yt8m_avgckpt_c10h400_150010_220010"
-  assert job["module_flags"] == seed_flags(SEED_AVG_RANGE, **variables)
+  assert job["module_flags"] == original_flags(ORIGINAL_AVG_RANGE, **variables)
 
 
 @pytest.mark.slow
@@ -381,7 +382,7 @@ def test_avg_select(tmp_path):
   [job] = out["jobs"]
   check_job(job, "avg_checkpoints", BUCKET + "/c32h512_160")
   assert job["name"] == "yt8m_avgckpt_c32h512_122304_etc_19"
-  assert job["module_flags"] == seed_flags(SEED_AVG_SELECT, **variables)
+  assert job["module_flags"] == original_flags(ORIGINAL_AVG_SELECT, **variables)
 
 
 @pytest.mark.slow
@@ -392,7 +393,7 @@ def test_eval_average(tmp_path):
   [job] = out["jobs"]
   check_job(job, "eval", BUCKET + "/c32h512_160")
   assert job["name"] == "yt8m_eval_c32h512_122304_etc_19"
-  assert job["module_flags"] == seed_flags(SEED_EVAL_AVERAGE, **variables)
+  assert job["module_flags"] == original_flags(ORIGINAL_EVAL_AVERAGE, **variables)
 
 
 @pytest.mark.slow
@@ -400,9 +401,9 @@ def test_eval_average(tmp_path):
 def test_ensemble_steps(tmp_path, step):
   out = dry_run("submit_ensemble.sh", str(step), *script_args(ENSEMBLE_VARS), tmp_path=tmp_path)
   [job] = out["jobs"]
-  check_job(job, SEED_ENSEMBLE_MODULES[step], BUCKET + "/ensemble_YHLS")
+  check_job(job, ORIGINAL_ENSEMBLE_MODULES[step], BUCKET + "/ensemble_YHLS")
   assert re.fullmatch(r"yt8m_train_ensemble_ensemble_YHLS_\d{8}_\d{6}", job["name"])
-  assert job["module_flags"] == seed_flags(SEED_ENSEMBLE[step], **ENSEMBLE_VARS)
+  assert job["module_flags"] == original_flags(ORIGINAL_ENSEMBLE[step], **ENSEMBLE_VARS)
   if step != 3:  # the repeated flags, in model order
     flags = job["module_flags"]
     assert [f for f in flags if f.startswith("--netvlad_cluster_size=")] == [
@@ -431,7 +432,7 @@ def test_distributed_train(tmp_path):
   [job] = out["jobs"]
   check_job(job, "train", BUCKET + "/c100h800_160", config="cloud/vertex-distributed.yaml")
   assert job["name"] == "yt8m_train_c100h800_160_dist"
-  assert job["module_flags"] == seed_flags(SEED_TRAIN, **variables)
+  assert job["module_flags"] == original_flags(ORIGINAL_TRAIN, **variables)
   pools = job["config"]["workerPoolSpecs"]
   assert [pool["replicaCount"] for pool in pools] == [1, 2, 1]  # evaluator left out
   for pool in pools:
@@ -449,20 +450,20 @@ def test_distributed_train_with_evaluator(tmp_path):
   evaluator = pools[3]["containerSpec"]
   assert evaluator["command"] == ["python3", "-m", "youtube-8m.eval"]
   assert evaluator["imageUri"] == IMAGE
-  # The seed's evaluation flags for this train_dir, polling (no --run_once / --checkpoint).
-  expected = seed_flags(SEED_EVAL_LOOP, CKPT="0", **variables)
+  # The original's evaluation flags for this train_dir, polling (no --run_once / --checkpoint).
+  expected = original_flags(ORIGINAL_EVAL_LOOP, CKPT="0", **variables)
   assert evaluator["args"] == expected[:expected.index("--run_once=True")]
   result = run_script("submit_train.sh", "--dry-run", "--evaluator-count=1", "PROJECT=p",
                       *script_args(variables), tmp_path=tmp_path)
   assert result.returncode != 0 and "--evaluator-count" in result.stderr
 
 
-# The seed's steps 6-7 (inference.py, README "The seed's commands, locally")
-SEED_INFERENCE_FROM_DIR = (
+# The original's steps 6-7 (inference.py, README "The original's commands, locally")
+ORIGINAL_INFERENCE_FROM_DIR = (
     "--train_dir={BUCKET_NAME}/{ENSEMBLE_DIR} --output_model_tgz={tgz} "
     "--input_data_pattern='gs://youtube8m-ml-us-east1/2/frame/test/test*.tfrecord' "
     "--output_file={csv} --batch_size=512")
-SEED_INFERENCE_FROM_TGZ = (
+ORIGINAL_INFERENCE_FROM_TGZ = (
     "--input_model_tgz={tgz} "
     "--input_data_pattern='gs://youtube8m-ml-us-east1/2/frame/test/test*.tfrecord' "
     "--output_file={csv} --batch_size=512")
@@ -476,8 +477,8 @@ def test_inference_from_train_dir_writes_csv_and_tgz(tmp_path):
   [job] = out["jobs"]
   check_job(job, "inference", BUCKET + "/ensemble_YHLS")
   assert re.fullmatch(r"yt8m_inference_ensemble_YHLS_\d{8}_\d{6}", job["name"])
-  assert job["module_flags"] == seed_flags(
-      SEED_INFERENCE_FROM_DIR, BUCKET_NAME=BUCKET, ENSEMBLE_DIR="ensemble_YHLS", tgz=tgz,
+  assert job["module_flags"] == original_flags(
+      ORIGINAL_INFERENCE_FROM_DIR, BUCKET_NAME=BUCKET, ENSEMBLE_DIR="ensemble_YHLS", tgz=tgz,
       csv=BUCKET + "/ensemble_YHLS/submission.csv")
   check_follow(out)
   # Without --output_model_tgz: the CSV only; --output_file and batch_size as given.
@@ -498,7 +499,7 @@ def test_inference_from_tgz(tmp_path):
   # The job writes next to the tgz: the CSV's directory is its output directory.
   check_job(job, "inference", "gs://other_bucket/subs", region="europe-west4",
             image=IMAGE.replace("us-east1", "europe-west4"))
-  assert job["module_flags"] == seed_flags(SEED_INFERENCE_FROM_TGZ, tgz=tgz,
+  assert job["module_flags"] == original_flags(ORIGINAL_INFERENCE_FROM_TGZ, tgz=tgz,
                                            csv="gs://other_bucket/subs/ensemble_YHLS.csv")
   assert re.fullmatch(r"yt8m_inference_ensemble_YHLS_\d{8}_\d{6}", job["name"])
   check_follow(out, region="europe-west4")
@@ -641,7 +642,7 @@ else:
 ALL_APIS = ["aiplatform.googleapis.com", "storage.googleapis.com",
             "artifactregistry.googleapis.com", "cloudbuild.googleapis.com",
             "compute.googleapis.com"]
-SEED_FILES = {
+ORIGINAL_FILES = {
     "gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord": [
         "gs://youtube8m-ml-us-east1/2/frame/train/train%04d.tfrecord" % i for i in range(5)],
     EVAL_PATTERN: ["gs://youtube8m-ml-us-east1/2/frame/validate/validate00.tfrecord"],
@@ -681,7 +682,7 @@ def run_preflight(tmp_path, world, *args):
 
 @pytest.mark.slow
 def test_preflight_passes(tmp_path):
-  world = {"apis": ALL_APIS, "files": SEED_FILES,
+  world = {"apis": ALL_APIS, "files": ORIGINAL_FILES,
            "locations": {"gs://tester_yt8m_train_bucket": "US-EAST1"}}
   result = run_preflight(tmp_path, world, "shards=2")
   assert result.returncode == 0, result.stderr
@@ -699,7 +700,7 @@ def test_preflight_passes(tmp_path):
 
 @pytest.mark.slow
 def test_preflight_reports_every_failure(tmp_path):
-  files = dict(SEED_FILES)
+  files = dict(ORIGINAL_FILES)
   del files[TEST_PATTERN]
   world = {"apis": [api for api in ALL_APIS if api != "aiplatform.googleapis.com"],
            "files": files, "locations": {"gs://tester_yt8m_train_bucket": "US-CENTRAL1",
@@ -716,7 +717,7 @@ def test_preflight_reports_every_failure(tmp_path):
   assert "3 check(s) failed" in result.stderr
   # The data bucket elsewhere than the jobs: named too.
   world["locations"]["gs://tester_yt8m_train_bucket"] = "europe-west4"
-  world["apis"], world["files"] = ALL_APIS, SEED_FILES
+  world["apis"], world["files"] = ALL_APIS, ORIGINAL_FILES
   result = run_preflight(tmp_path, world, "--region=europe-west4")
   assert result.returncode == 1
   assert "data bucket gs://youtube8m-ml-us-east1 is in us-east1 but the jobs run in " \
@@ -1044,7 +1045,7 @@ print(json.dumps(results))
 """
 
 
-def seed_module_flags(tmp_path):
+def original_module_flags(tmp_path):
   """{module: [module flags of each job the scripts submit]}, evaluator pool included."""
   runs = [("submit_train.sh", [], {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800",
                                    "batch_size": "160"}),
@@ -1199,7 +1200,7 @@ def test_container_install_step_in_a_fresh_venv(tmp_path):
   started = time.time()
   help_run = subprocess.Popen([python, "-m", "youtube-8m.train", "--help"], cwd=str(outside),
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  by_module = seed_module_flags(tmp_path)
+  by_module = original_module_flags(tmp_path)
   flag_run = subprocess.Popen(
       [python, "-c", FLAG_CHECKER, json.dumps(sorted(by_module.items()))],
       cwd=str(outside), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -140,7 +140,7 @@ def test_training_logs_its_progress(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_python_m_package_prints_the_seed_workflow():
+def test_python_m_package_prints_the_original_workflow():
   result = run([sys.executable, "-m", "youtube-8m"], timeout=60)
   for command in ("youtube-8m.train", "youtube-8m.eval", "youtube-8m.avg_checkpoints",
                   "youtube-8m.build_ensemble", "youtube-8m.ensemble_weights",
