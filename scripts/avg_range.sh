@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's "Average all checkpoints in a range", locally:
+# The original's "Average all checkpoints in a range", locally:
 #   scripts/avg_range.sh TRAIN_DIR CS HS START END
 # writes TRAIN_DIR/avg_c${CS}h${HS}_${START}_${END}.ckpt-0.* (the training 'checkpoint' file
 # is left alone). Extra avg_checkpoints flags may follow, e.g. --exclude_optimizer_slots.

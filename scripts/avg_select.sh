@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's "Average select checkpoints", locally:
+# The original's "Average select checkpoints", locally:
 #   scripts/avg_select.sh TRAIN_DIR CS HS RANGE_NAME STEP1,STEP2,...
 # writes TRAIN_DIR/avg_c${CS}h${HS}_${RANGE_NAME}.ckpt-0.*
 set -euo pipefail

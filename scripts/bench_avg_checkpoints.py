@@ -10,7 +10,7 @@ session is reported as the runtime baseline. This parent process never imports T
 (checkpoints are written by child processes), so the children's ru_maxrss cannot include a
 large parent image inherited through fork.
 
-  .venv/bin/python scripts/bench_avg_checkpoints.py --work_dir=/work/bench_tmp --runs=10,3
+  .venv/bin/python scripts/bench_avg_checkpoints.py --work_dir=DIR --runs=10,3
 """
 
 import argparse

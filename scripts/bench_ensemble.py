@@ -1,14 +1,15 @@
-"""Benchmark of the float16 ensemble tools on the seed's real 4-model ensemble (random weights).
+"""Benchmark of the float16 ensemble tools on the original's real 4-model ensemble (random weights).
 
-  .venv/bin/python scripts/bench_ensemble.py --work_dir=/work/bench_tmp [--keep]
+  .venv/bin/python scripts/bench_ensemble.py --work_dir=DIR [--keep]
 
 1. Creates the four single-model float32 inference checkpoints (K, H) = (24, 1440),
    (32, 1024), (16, 800), (32, 512) with RANDOM weights: each in its own child process,
    one at a time, which builds the model's inference graph (model_graph.build_inference_graph),
    initializes it and saves it (33 tensors, ~2.04 GB in all).
 2. build_ensemble (the one-command path) -> the float16 inference model, in a child process.
-3. overwrite_float16_ckpt (seed step 3) with the result as its template, in a child process.
-4. model_size on the result: bytes vs 2**30 and vs float32 (behavior.md "Numbers": 1,069,237,572
+3. overwrite_float16_ckpt (the original's step 3) with the result as its template, in a child
+   process.
+4. model_size on the result: bytes vs 2**30 and vs float32 (docs/original.md, "Sizes": 1,069,237,572
    bytes of tensor data expected).
 5. inference.py on a few synthetic frame-level test videos (youtube-8m.synthetic_data), batch
    --batch_size, 300 frames sampled per video: videos/sec.
@@ -24,13 +25,14 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import sys
 
 from bench_util import REPO_ROOT, allocator_setting, host_setting, run_child
-from seed_flags import seed_model_flags
+from original_flags import original_model_flags
 
-SEED_MODELS = ((24, 1440), (32, 1024), (16, 800), (32, 512))
-SEED_WEIGHTS = (0.39, 0.26, 0.21, 0.14)
+ORIGINAL_MODELS = ((24, 1440), (32, 1024), (16, 800), (32, 512))
+ORIGINAL_WEIGHTS = (0.39, 0.26, 0.21, 0.14)
 EXPECTED_FLOAT16_BYTES = 1069237572
 MIB = 2.0**20
 
@@ -63,7 +65,7 @@ def data_bytes(prefix):
 
 
 def parameters(cluster, hidden, classes=3862):
-  """behavior.md "Numbers": parameters of one model (all 32 variables)."""
+  """docs/original.md, "Sizes": parameters of one model (all 32 variables)."""
   audio = int(cluster / 2)
   dv = 1024 * cluster + 128 * audio
   return (2052 * cluster + 260 * audio + dv * hidden + 6 * hidden**2 + 14 * hidden
@@ -86,7 +88,8 @@ def inference_rate(log_text):
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--work_dir", default="/work/bench_tmp/ensemble")
+  parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(),
+                                                       "yt8m_bench_ensemble"))
   parser.add_argument("--keep", action="store_true", help="keep the work directory")
   parser.add_argument("--videos", type=int, default=96, help="synthetic test videos")
   parser.add_argument("--batch_size", type=int, default=32, help="inference batch")
@@ -118,7 +121,7 @@ def main():
 
     # 1. the single models, one at a time
     sources = []
-    for cluster, hidden in SEED_MODELS:
+    for cluster, hidden in ORIGINAL_MODELS:
       prefix = os.path.join(singles_dir, "c%dh%d-inference_model_0" % (cluster, hidden))
       seconds, rss, _ = run_child(
           [sys.executable, os.path.abspath(__file__), "--_make_single", str(cluster),
@@ -136,8 +139,8 @@ def main():
 
     # 2. the one-command path
     build_args = ["--train_dir=" + ensemble_dir, "--checkpoints=" + ",".join(sources),
-                  *seed_model_flags(iterations=args.iterations)]
-    for (cluster, hidden), weight in zip(SEED_MODELS, SEED_WEIGHTS):
+                  *original_model_flags(iterations=args.iterations)]
+    for (cluster, hidden), weight in zip(ORIGINAL_MODELS, ORIGINAL_WEIGHTS):
       build_args += ["--netvlad_cluster_size=%d" % cluster,
                      "--netvlad_hidden_size=%d" % hidden, "--ensemble_wts=%g" % weight]
     seconds, rss, _ = run_child(module("build_ensemble", *build_args),
@@ -147,7 +150,7 @@ def main():
     print("build_ensemble: %.0f s, peak RSS %.0f MiB (%.2f bytes per parameter)"
           % (seconds, rss, rss * MIB / total_params), flush=True)
 
-    # 3. seed step 3 (template: the build output, same 129 names/dtypes, clean meta)
+    # 3. the original's step 3 (template: the build output, same 129 names/dtypes, clean meta)
     seconds, rss, _ = run_child(module(
         "overwrite_float16_ckpt", "--train_dir=" + ensemble_dir,
         "--inference_model=inference_model", "--out_name=inference_model_ensemble_YHLS",

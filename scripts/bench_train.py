@@ -1,18 +1,19 @@
-"""Benchmark: training examples/sec and peak memory of a seed-size NetVLAD model.
+"""Benchmark: training examples/sec and peak memory of a NetVLAD model of the
+original's size.
 
     python scripts/bench_train.py [--cluster=32 --hidden=512 --batch_size=160 --iterations=300]
                                   [--data=local|gcs|both] [--eval_batch_size=1024]
                                   [--compute_dtype=float32|bfloat16|float16]
 
 Generates a small synthetic frame-level dataset (3862 classes), trains the model with the
-seed's flags for --steps steps via `python -m youtube-8m.train`, and reports the median
+original's flags for --steps steps via `python -m youtube-8m.train`, and reports the median
 examples/sec of the logged steps (the first steps, which include graph warm-up, are
 skipped) and the training process's own peak memory (os.wait4's ru_maxrss). The same
 train.py then runs on ONE in-memory batch (its first batch cached and repeated: the model
 step alone, no input pipeline), and the ratios end to end / step alone are printed, of the
 examples/sec and of the CPU seconds per step (the latter hardly moved by other jobs). Last,
 eval.py evaluates the checkpoint on the training files (12 x 100 videos by default: one full
-batch of the seed's --eval_batch_size=1024) and its peak memory is printed
+batch of the original's --eval_batch_size=1024) and its peak memory is printed
 (--eval_batch_size=0 skips it).
 
 --model_threads=N runs both trainings with TensorFlow's intra-op and inter-op pools at N
@@ -38,7 +39,7 @@ import time
 
 from bench_util import (REPO_ROOT, allocator_setting, host_setting, run_child,
                         run_child_usage)
-from seed_flags import seed_model_flags
+from original_flags import original_model_flags
 
 VIDEOS_PER_FILE = 100
 
@@ -85,7 +86,7 @@ def train_command(args, pattern, train_dir, steps, step_alone):
   tool = ["-c", STEP_ALONE] if step_alone else ["-m", "youtube-8m.train"]
   return [
       sys.executable, *tool, "--train_data_pattern=" + pattern,
-      "--train_dir=" + train_dir, *seed_model_flags(args.cluster, args.hidden, args.iterations),
+      "--train_dir=" + train_dir, *original_model_flags(args.cluster, args.hidden, args.iterations),
       "--batch_size=%d" % args.batch_size, "--base_learning_rate=0.0001",
       "--learning_rate_decay=0.8", "--max_steps=%d" % steps,
       "--export_model_steps=100000", "--num_epochs=1000", "--save_model_secs=0",

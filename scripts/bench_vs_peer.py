@@ -1,15 +1,17 @@
 """Side-by-side benchmark: the project against the PyTorch peer, in ONE run.
 
-    python scripts/bench_vs_peer.py [--rounds=2] [--compute_dtypes=float32,bfloat16]
+    python scripts/bench_vs_peer.py --peer_dir=DIR [--rounds=2]
+                                    [--compute_dtypes=float32,bfloat16]
                                     [--work_dir=DIR] [--results_json=PATH] [--quick]
 
-The peer is ../shared/bench/torch_netvlad.py (the same Gated NetVLAD in PyTorch, in-memory
-random data) in its own venv, --peer_venv (created with python3.11 -m venv + pip install
-torch==2.13.0 numpy if missing; torch is not a project dependency). Seed configuration by
-default: K=32, H=512, batch 160, 300 frames sampled.
+The peer is an independent PyTorch implementation of the same Gated NetVLAD model (in-memory random
+data), kept outside this repository: --peer_dir (default $YT8M_PEER_DIR) is the directory holding
+its torch_netvlad.py, flops.py and wait_quiet.py. It runs in its own venv, --peer_venv (created with
+python3.11 -m venv + pip install torch==2.13.0 numpy if missing; torch is not a project dependency).
+The original's configuration by default: K=32, H=512, batch 160, 300 frames sampled.
 
 Each round measures, alternating project and peer (A B A B), each measurement only after
-../shared/bench/wait_quiet.py reports a quiet machine, for each --compute_dtypes:
+the peer's wait_quiet.py reports a quiet machine, for each --compute_dtypes:
   * train.py end to end (synthetic TFRecords -> checkpoints): examples/sec over the steady
     steps, i.e. batch x (last step - first timed step) / the time between those two steps'
     log lines (absl timestamps): the input pipeline, the metrics of every 10th step and
@@ -21,9 +23,9 @@ Each round measures, alternating project and peer (A B A B), each measurement on
   * inference.py of the trained model (its inference_model written by eval.py), steady
     videos/sec after the first batch (bench_ensemble.inference_rate);
   * the peer's inference (torch_netvlad.py infer);
-  * the seed's 4-model float16 ensemble (random weights, made once by
+  * the original's 4-model float16 ensemble (random weights, made once by
     scripts/bench_ensemble.py --keep) with inference.py at --batch_size.
-Then ../shared/bench/flops.py measures this machine's GEMM rate on the model's shapes and
+Then the peer's flops.py measures this machine's GEMM rate on the model's shapes and
 gives the float32 roofline, as which fraction each figure is reported (the ensemble's: each
 member's forward FLOPs at its own measured GEMM rate, summed; bfloat16 may exceed it). Peak
 RSS (the child's own ru_maxrss) of train.py at --batch_size, of eval.py at --eval_batch_size
@@ -32,7 +34,7 @@ and of the ensemble's inference.py.
 --compute_dtype is passed to the project's tools when they define it (their --helpfull);
 a dtype other than float32 is skipped with a note otherwise. Prints a markdown table and
 writes all figures as JSON. --quick: tiny sizes and few steps, to try the script on a busy
-machine (its numbers mean nothing; the ensemble keeps the seed's sizes). Not a test.
+machine (its numbers mean nothing; the ensemble keeps the original's sizes). Not a test.
 """
 
 import argparse
@@ -47,9 +49,8 @@ import tempfile
 import bench_ensemble
 import bench_train
 from bench_util import REPO_ROOT, allocator_setting, host_setting, run_child, yt8m
-from seed_flags import seed_model_flags
+from original_flags import original_model_flags
 
-BENCH_DIR = os.path.join(os.path.dirname(REPO_ROOT), "shared", "bench")
 PEER_TORCH = "torch==2.13.0"
 # absl's log line prefix, e.g. "I1130 14:38:08.123456 1234 train.py:521] training step 11 |"
 STEP_LINE = re.compile(r"^I\d{4} (\d\d):(\d\d):(\d\d\.\d+) .*\] training step (\d+) \|", re.M)
@@ -73,7 +74,10 @@ def parse_args(argv):
                       help="synthetic test videos for inference.py")
   parser.add_argument("--eval_batch_size", type=int, default=1024)
   parser.add_argument("--no_ensemble", action="store_true",
-                      help="skip the seed's 4-model ensemble (~2 GB of random checkpoints)")
+                      help="skip the original's 4-model ensemble (~2 GB of random checkpoints)")
+  parser.add_argument("--peer_dir", default=os.environ.get("YT8M_PEER_DIR"),
+                      help="the peer's directory (torch_netvlad.py, flops.py, wait_quiet.py); "
+                           "default $YT8M_PEER_DIR")
   parser.add_argument("--peer_venv", default=os.path.expanduser("~/.cache/torchvenv"))
   parser.add_argument("--max_wait", type=float, default=900,
                       help="seconds wait_quiet.py waits for a quiet machine")
@@ -86,6 +90,8 @@ def parse_args(argv):
   parser.add_argument("--results_json", default="bench_vs_peer.json",
                       help="where all the figures go as JSON")
   args = parser.parse_args(argv)
+  if not args.peer_dir:
+    parser.error("--peer_dir (or $YT8M_PEER_DIR) must name the peer's directory")
   if args.quick:
     args.cluster, args.hidden, args.batch_size, args.iterations = 4, 32, 32, 20
     args.steps, args.num_train_files, args.test_videos = 16, 2, 96
@@ -118,7 +124,7 @@ class Bench:
 
   def wait_quiet(self):
     """True if the machine is quiet; False (a 'busy' measurement) with --allow_busy."""
-    result = subprocess.run([sys.executable, os.path.join(BENCH_DIR, "wait_quiet.py"),
+    result = subprocess.run([sys.executable, os.path.join(self.args.peer_dir, "wait_quiet.py"),
                              "--max_wait=%g" % self.args.max_wait], capture_output=True,
                             text=True)
     if result.returncode == 0:
@@ -168,7 +174,7 @@ class Bench:
     self.test_pattern = os.path.join(data, "frame", "test*.tfrecord")
 
   def make_ensemble(self):
-    """The seed's float16 ensemble (random weights) and its test data, by bench_ensemble."""
+    """The original's float16 ensemble (random weights) and its test data, by bench_ensemble."""
     directory = os.path.join(self.work_dir, "ensemble")
     run_child([sys.executable, os.path.join(REPO_ROOT, "scripts", "bench_ensemble.py"),
                "--work_dir=" + directory, "--keep", "--videos=%d" % self.args.test_videos,
@@ -186,7 +192,7 @@ class Bench:
     shutil.rmtree(train_dir, ignore_errors=True)
     command = [sys.executable, *tool, "--train_data_pattern=" + self.train_pattern,
                "--train_dir=" + train_dir,
-               *seed_model_flags(args.cluster, args.hidden, args.iterations),
+               *original_model_flags(args.cluster, args.hidden, args.iterations),
                "--batch_size=%d" % args.batch_size, "--base_learning_rate=0.0001",
                "--learning_rate_decay=0.8", "--max_steps=%d" % args.steps,
                "--export_model_steps=100000", "--num_epochs=1000", "--save_model_secs=0",
@@ -215,7 +221,7 @@ class Bench:
 
   def peer(self, mode):
     args = self.args
-    command = [self.peer_python, os.path.join(BENCH_DIR, "torch_netvlad.py"), mode,
+    command = [self.peer_python, os.path.join(self.args.peer_dir, "torch_netvlad.py"), mode,
                "--cluster_size=%d" % args.cluster, "--hidden_size=%d" % args.hidden,
                "--batch_size=%d" % args.batch_size, "--frames=%d" % args.iterations]
     if args.quick:
@@ -235,7 +241,7 @@ class Bench:
 
   def measure_peer(self, mode, round_index):
     """(peer examples/sec, busy): busy also if other processes took > 5% of the machine
-    during the peer's timed steps (its other_cpu_share; ../shared/bench/README.md)."""
+    during the peer's timed steps (its other_cpu_share, as the peer reports it)."""
     (examples_per_sec, other_share), busy = self.measure("peer " + mode, "", round_index,
                                                           self.peer, mode)
     return examples_per_sec, busy or other_share > 0.05
@@ -263,12 +269,12 @@ class Bench:
                busy or peer_busy, "infer")
       if not self.args.no_ensemble:
         (project, peak), busy = self.measure(
-            "seed 4-model float16 ensemble inference", dtype, round_index, self.inference,
+            "the original's 4-model float16 ensemble inference", dtype, round_index, self.inference,
             dtype, self.ensemble_dir, self.ensemble_pattern, "ensemble")
-        self.peak("inference.py --batch_size=%d, seed float16 ensemble (%s)" % (
+        self.peak("inference.py --batch_size=%d, the original's float16 ensemble (%s)" % (
             self.args.batch_size, dtype), peak)
-        self.add("inference.py, seed 4-model float16 ensemble", dtype, round_index, project,
-                 None, busy, "ensemble")
+        self.add("inference.py, the original's 4-model float16 ensemble", dtype, round_index,
+                 project, None, busy, "ensemble")
 
   def peak(self, what, mib):
     """Keeps the highest peak RSS seen for what."""
@@ -286,7 +292,7 @@ class Bench:
              "--batch_size=%d" % args.batch_size, "--frames=%d" % args.iterations]
     if args.quick:
       flops.append("--min_seconds=0.05")
-    text = run_child([self.peer_python, os.path.join(BENCH_DIR, "flops.py")] + flops,
+    text = run_child([self.peer_python, os.path.join(self.args.peer_dir, "flops.py")] + flops,
                      self.log("flops"))[2]
     measured = json.loads(text.strip().splitlines()[-1])
     ceilings = {"train": measured["roofline_train_ex_per_sec"],
@@ -295,9 +301,9 @@ class Bench:
       # Each member's GEMM rate on its own shapes (the bigger models' matmuls run faster than
       # K=32/H=512's): the ensemble's ceiling is 1 / sum of the members' seconds per example.
       seconds_per_example = 0.0
-      for cluster, hidden in bench_ensemble.SEED_MODELS:
+      for cluster, hidden in bench_ensemble.ORIGINAL_MODELS:
         self.wait_quiet()
-        text = run_child([self.peer_python, os.path.join(BENCH_DIR, "flops.py"),
+        text = run_child([self.peer_python, os.path.join(self.args.peer_dir, "flops.py"),
                           "--cluster_size=%d" % cluster, "--hidden_size=%d" % hidden,
                           "--batch_size=%d" % args.batch_size, "--frames=%d" % args.iterations]
                          + flops[4:], self.log("flops_c%dh%d" % (cluster, hidden)))[2]

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's "Evaluate several single checkpoints in a loop", locally:
+# The original's "Evaluate several single checkpoints in a loop", locally:
 #   scripts/eval_checkpoints.sh TRAIN_DIR EVAL_PATTERN CS HS BATCH_SIZE STEP [STEP ...]
 # Evaluates model.ckpt-STEP for each STEP (each also saved as inference_model_STEP), then
 # prints a table step -> GAP and writes it as TRAIN_DIR/eval_checkpoints.csv. One eval.py
@@ -14,7 +14,7 @@ csv="$train_dir/eval_checkpoints.csv"
 results="$train_dir/eval_results_checkpoints.json"
 checkpoints=$(printf 'model.ckpt-%s.index,' "$@")
 run "$PYTHON" -m youtube-8m.eval --eval_data_pattern="$eval_pattern" --model=NetVLADModelLF \
-  --train_dir="$train_dir" $(seed_model_flags) "${EXTRA[@]}" --batch_size="$batch_size" \
+  --train_dir="$train_dir" $(original_model_flags) "${EXTRA[@]}" --batch_size="$batch_size" \
   --base_learning_rate=0.0001 --learning_rate_decay=0.8 --run_once=True \
   --checkpoint="${checkpoints%,}" --results_json="$results"
 "$PYTHON" - "$results" "$csv" <<'PY'

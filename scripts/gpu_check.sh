@@ -10,7 +10,7 @@
 #      /dev/nvidia*, or NVIDIA_VISIBLE_DEVICES) a failure stops the script with its exit status;
 #   2. trains a tiny Gated NetVLAD model on N towers (--num_gpu, default: every GPU; the batch
 #      is 32 per tower) for S steps (default 60) on synthetic data and prints examples/sec;
-#   3. trains a tiny 2-model float16 ensemble (the seed's --ensemble_num --float16_flag=True
+#   3. trains a tiny 2-model float16 ensemble (the original's --ensemble_num --float16_flag=True
 #      graph: float16 weights on the GPU) and prints its examples/sec;
 #   4. evaluates the float16 ensemble (GAP, videos/sec), which also exercises inference.
 # On a machine without NVIDIA GPUs, steps 2-4 still run, on CPU "towers" (--cpu_towers), and say

@@ -1,14 +1,14 @@
-"""The main job: the seed README's whole flow, locally, on a bundled synthetic dataset.
+"""The main job: the original README's whole flow, locally, on a bundled synthetic dataset.
 
     python scripts/main_job.py [--work_dir=main_job] [--max_steps=300] ...
 
 1. generate synthetic YouTube-8M frame-level data (python -m youtube-8m.synthetic_data);
-2. train each single model with the seed's flags (python -m youtube-8m.train);
+2. train each single model with the flags of the original's commands (python -m youtube-8m.train);
 3. average a range of checkpoints (avg_checkpoints.py);
 4. evaluate the exported checkpoints and the average, in turn, in one eval.py process
    (--checkpoint=model.ckpt-N.index,...,avg_...-0.index);
 5. pack the averaged single models into ONE graph (build_ensemble.py, the one-command form
-   of the seed's ensemble steps 1-5), float32 and float16, and evaluate both;
+   of the original's ensemble steps 1-5), float32 and float16, and evaluate both;
 6. search the mixing weights (ensemble_weights.py), build the tuned float16 ensemble;
 7. write the submission: tgz (inference.py --output_model_tgz), its size report
    (model_size.py), and the CSV from the tgz (inference.py --input_model_tgz).
@@ -27,7 +27,7 @@ import sys
 import time
 
 from bench_util import REPO_ROOT, run_child, yt8m
-from seed_flags import seed_model_flags
+from original_flags import original_model_flags
 
 
 
@@ -104,7 +104,7 @@ def eval_files_flags(args):
 
 
 def model_flags(args, cluster, hidden):
-  return seed_model_flags(cluster, hidden, args.iterations) + [
+  return original_model_flags(cluster, hidden, args.iterations) + [
       "--num_classes=%d" % args.num_classes]
 
 
@@ -155,7 +155,7 @@ def train_single_model(args, data, cluster, hidden, logs):
                          "--output_path=" + os.path.join(train_dir, average)),
                     os.path.join(logs, "avg_%s.log" % name))
   done(avg_seconds, os.path.join(train_dir, average + "-0"))
-  # The seed's eval loop over the exported checkpoints and the evaluation of the average, in
+  # The original's eval loop over the exported checkpoints and the evaluation of the average, in
   # one process: the graph and the held-out data pipeline are built once.
   evaluated = evaluate_checkpoints(
       args, train_dir, data["eval_pattern"],
@@ -177,7 +177,7 @@ def main(argv):
   data_dir = os.path.join(args.work_dir, "data")
   frame = os.path.join(data_dir, "frame")
   _JOB_START[0] = start
-  print("Main job: the seed's flow on %s in %s (models %s, %d steps each)" % (
+  print("Main job: the original's flow on %s in %s (models %s, %d steps each)" % (
       "real data" if args.train_data_pattern else "synthetic data", args.work_dir,
       ", ".join("%dx%d" % m for m in args.models), args.max_steps), flush=True)
   if args.train_data_pattern:

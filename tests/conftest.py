@@ -112,9 +112,11 @@ def tiny_data(tmp_path_factory):
 
 
 def pytest_configure(config):
-  # Tests that build and install the package in fresh venvs (minutes, pip's cache warm):
-  # `-m "not slow"` leaves them out.
-  config.addinivalue_line("markers", "slow: builds/installs the package in fresh venvs")
+  # Tests that start processes (a tool through run/run_cli/start_cli, a script, a cluster,
+  # the fork server) or build the package in a fresh venv: `pytest -m "not slow"` leaves them
+  # out (fast feedback, under two minutes on 2 cores); the full suite runs them all.
+  config.addinivalue_line(
+      "markers", "slow: starts tool or script processes (or builds the package in a venv)")
   # In-process tests build graphs from explicit configs; flags keep their defaults and must
   # not try to parse pytest's own command line.
   from absl import flags

@@ -182,6 +182,7 @@ def ws(tmp_path_factory):
 # Library-level tests.
 
 
+@pytest.mark.slow
 def test_average_of_three_equals_numpy_mean(ws, tmp_path):
   steps = (10, 5010, 15010)
   out = str(tmp_path / "avg.ckpt-0")
@@ -204,6 +205,7 @@ def test_average_of_three_equals_numpy_mean(ws, tmp_path):
       ws.prefix + "10.data-00000-of-00001")
 
 
+@pytest.mark.slow
 def test_dtypes_preserved_for_mixed_checkpoint(ws, tmp_path):
   out = str(tmp_path / "avg.ckpt-0")
   avg.average_checkpoints([ws.prefix + "10", ws.prefix + "5010"], out)
@@ -247,6 +249,7 @@ def test_bfloat16_variable_keeps_dtype(tmp_path):
   np.testing.assert_array_equal(result["bf"], expected)
 
 
+@pytest.mark.slow
 def test_state_file_untouched_and_meta_restores(ws, tmp_path):
   out = os.path.join(ws.train_dir, "avg_inprocess.ckpt-0")
   avg.average_checkpoints([ws.prefix + "10", ws.prefix + "15010"], out)
@@ -271,6 +274,7 @@ def test_state_file_untouched_and_meta_restores(ws, tmp_path):
   os.remove(out + ".meta")
 
 
+@pytest.mark.slow
 def test_exclude_optimizer_slots(ws, tmp_path):
   out = str(tmp_path / "avg.ckpt-0")
   summary = avg.average_checkpoints([ws.prefix + "10", ws.prefix + "5010"], out,
@@ -298,6 +302,7 @@ def test_result_arrays_are_aligned_for_zero_copy_feeds():
       assert array.ctypes.data % 64 == 0
 
 
+@pytest.mark.slow
 def test_selection_modes_with_digits_in_dir_and_prefix(ws):
   p = ws.prefix
   assert avg.find_checkpoints(p) == [(s, p + str(s)) for s in STEPS]
@@ -317,6 +322,7 @@ def test_selection_modes_with_digits_in_dir_and_prefix(ws):
   assert avg.find_checkpoints(avg_prefix) == [(0, avg_prefix + "0")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kwargs, message", [
     (dict(checkpoints="10,777"), "model.ckpt-777"),
     (dict(checkpoints=" , "), "--checkpoints"),
@@ -341,6 +347,7 @@ def test_missing_prefix_directory():
     avg.select_checkpoints("/nonexistent_dir_xyz/model.ckpt-", num_last_checkpoints=1)
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_existing_average(ws, tmp_path):
   out = str(tmp_path / "avg.ckpt-0")
   avg.average_checkpoints([ws.prefix + "10", ws.prefix + "5010"], out)
@@ -353,6 +360,7 @@ def test_overwrite_replaces_existing_average(ws, tmp_path):
       "avg.ckpt-0.data-00000-of-00001", "avg.ckpt-0.index", "avg.ckpt-0.meta"]
 
 
+@pytest.mark.slow
 def test_failed_write_leaves_no_files_and_keeps_old_output(ws, tmp_path, monkeypatch):
   out = str(tmp_path / "avg.ckpt-0")
 
@@ -376,6 +384,7 @@ def test_failed_write_leaves_no_files_and_keeps_old_output(ws, tmp_path, monkeyp
       "avg.ckpt-0.data-00000-of-00001", "avg.ckpt-0.index", "avg.ckpt-0.meta"]
 
 
+@pytest.mark.slow
 def test_incompatible_checkpoints_raise_before_writing(ws, tmp_path):
   out = str(tmp_path / "sub" / "avg.ckpt-0")
   with pytest.raises(avg.AvgCheckpointsError, match="tower/gates/weights"):
@@ -403,6 +412,7 @@ CLI_ERRORS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", sorted(CLI_ERRORS))
 def test_cli_errors_write_nothing(ws, key):
   returncode, _, err = ws.result(key)
@@ -415,6 +425,7 @@ def test_cli_errors_write_nothing(ws, key):
 # Background CLI runs (started by the fixture).
 
 
+@pytest.mark.slow
 def test_cli_variable_mismatch_errors(ws):
   for key, out, message in (
       ("shape", ws.out_shape, "'tower/gates/weights' has shape [4, 5] in checkpoint"),
@@ -425,6 +436,7 @@ def test_cli_variable_mismatch_errors(ws):
     assert not os.path.exists(os.path.dirname(out)), key
 
 
+@pytest.mark.slow
 def test_cli_select_mode(ws):
   returncode, _, err = ws.result("select")
   assert returncode == 0, err
@@ -443,6 +455,7 @@ def test_cli_select_mode(ws):
   assert not [n for n in os.listdir(ws.train_dir) if ".tmp-" in n]
 
 
+@pytest.mark.slow
 def test_cli_range_mode(ws):
   returncode, _, err = ws.result("range")
   assert returncode == 0, err
@@ -453,6 +466,7 @@ def test_cli_range_mode(ws):
     np.testing.assert_array_equal(result[name], value, err_msg=name)
 
 
+@pytest.mark.slow
 def test_cli_last_mode_excluding_slots(ws):
   returncode, _, err = ws.result("last")
   assert returncode == 0, err

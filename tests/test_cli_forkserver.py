@@ -9,6 +9,9 @@ import pytest
 
 from conftest import REPO_ROOT, cli_env, forkserver
 
+# Every test here starts tool processes: `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 
 def both_ways(tmp_path, module, *args):
   """(forked, started anew) CompletedProcess of `python -m youtube-8m.<module>` with the

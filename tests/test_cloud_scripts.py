@@ -1,9 +1,9 @@
 """Cloud job submission: scripts/cloud/*.sh dry runs, the job configs, the container image.
 
 There is no cloud access here, so every script runs with --dry-run and the printed commands are
-parsed (shlex) and compared with the seed README's commands: the gcloud command, the job name
+parsed (shlex) and compared with the original README's commands: the gcloud command, the job name
 pattern, the Vertex AI job config (containerSpec, Spot scheduling, baseOutputDirectory) and the
-module flags, which must be exactly the seed's (the containerSpec `args` list). The module flags
+module flags, which must be exactly the original's (the containerSpec `args` list). The module flags
 are also parsed by the real modules' absl flag definitions, and the container image's install
 step (cloud/container/install.sh on the wheel that build_image.sh builds) runs in a fresh venv,
 which then trains from outside the repo.
@@ -37,8 +37,8 @@ TEST_PATTERN = "gs://youtube8m-ml-us-east1/2/frame/test/test*.tfrecord"
 # Vertex AI's default maximum running time (7 days), stated in the job configs.
 SCHEDULING = {"strategy": "SPOT", "restartJobOnWorkerRestart": True, "timeout": "604800s"}
 
-# The seed README's module flags (the text after `--`), with its shell variables as {names}.
-SEED_TRAIN = (
+# The original README's module flags (the text after `--`), with its shell variables as {names}.
+ORIGINAL_TRAIN = (
     "--train_data_pattern='gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord,"
     "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' "
     "--train_dir={BUCKET_NAME}/c{cs}h{hs}_{batch_size} "
@@ -47,7 +47,7 @@ SEED_TRAIN = (
     "--netvlad_hidden_size={hs} --moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 "
     "--netvlad_relu=False --gating=True --moe_prob_gating=True --max_steps=500000 "
     "--export_model_steps=5000 --num_epochs=10")
-SEED_EVAL_LOOP = (
+ORIGINAL_EVAL_LOOP = (
     "--eval_data_pattern='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' "
     "--model=NetVLADModelLF "
     "--train_dir={BUCKET_NAME}/c{cs}h{hs}_{batch_size} --frame_features "
@@ -55,17 +55,17 @@ SEED_EVAL_LOOP = (
     "--base_learning_rate=0.0001 --netvlad_cluster_size={cs} --netvlad_hidden_size={hs} "
     "--moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 --netvlad_relu=False "
     "--gating=True --moe_prob_gating=True --run_once=True --checkpoint=model.ckpt-{CKPT}.index")
-SEED_AVG_RANGE = (
+ORIGINAL_AVG_RANGE = (
     '--checkpoints_start_end="{ckpt_start},{ckpt_end}" '
     '--prefix="{BUCKET_NAME}/c{cs}h{hs}_{batch_size}/model.ckpt-" '
     '--output_path="{BUCKET_NAME}/c{cs}h{hs}_{batch_size}/avg_c{cs}h{hs}_{ckpt_start}_{ckpt_end}'
     '.ckpt"')
-SEED_AVG_SELECT = (
+ORIGINAL_AVG_SELECT = (
     '--prefix="{BUCKET_NAME}/c{cs}h{hs}_{batch_size}/model.ckpt-" '
     '--output_path="{BUCKET_NAME}/c{cs}h{hs}_{batch_size}/avg_c{cs}h{hs}_{RANGE_NAME}.ckpt" '
     "--checkpoints=122304,125397,133210,137879,140959,145600,150210,153324,156475,159900,"
     "164900,168029,172960,176234,181138,186032,189900,202410,207267")
-SEED_EVAL_AVERAGE = (
+ORIGINAL_EVAL_AVERAGE = (
     "--eval_data_pattern='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' "
     "--train_dir={BUCKET_NAME}/c{cs}h{hs}_{batch_size} "
     "--frame_features --feature_names='rgb,audio' --feature_sizes='1024,128' --batch_size=1024 "
@@ -73,22 +73,22 @@ SEED_EVAL_AVERAGE = (
     "--moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 --netvlad_relu=False "
     "--gating=True --moe_prob_gating=True --run_once=True "
     "--checkpoint=avg_c{cs}h{hs}_{checkpoint}.ckpt-0.index")
-_SEED_REPEATED = "".join(
+_ORIGINAL_REPEATED = "".join(
     "--netvlad_cluster_size={MODEL%d_PARAM[0]} --netvlad_hidden_size={MODEL%d_PARAM[1]} "
     "--ensemble_wts={MIXING_WEIGHTS[%d]} " % (i, i, i - 1) for i in range(1, 5))
-SEED_ENSEMBLE = {
+ORIGINAL_ENSEMBLE = {
     1: ("--train_data_pattern='gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord,"
         "gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' --model=NetVLADModelLF "
         "--train_dir={BUCKET_NAME}/{ENSEMBLE_DIR} --frame_features --feature_names='rgb,audio' "
         "--feature_sizes='1024,128' --batch_size=10 --base_learning_rate=0.00003 "
-        + _SEED_REPEATED +
+        + _ORIGINAL_REPEATED +
         "--moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 --netvlad_relu=False "
         "--gating=True --moe_prob_gating=True --max_steps=10 --export_model_steps=2000 "
         "--ensemble_num=4 --float16_flag=True"),
     2: ("--eval_data_pattern='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' "
         "--model=NetVLADModelLF --train_dir={BUCKET_NAME}/{ENSEMBLE_DIR} --frame_features "
         "--feature_names='rgb,audio' --feature_sizes='1024,128' --batch_size=500 "
-        "--base_learning_rate=0.0001 " + _SEED_REPEATED +
+        "--base_learning_rate=0.0001 " + _ORIGINAL_REPEATED +
         "--moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 --netvlad_relu=False "
         "--gating=True --moe_prob_gating=True --run_once=True --ensemble_num=4 "
         "--float16_flag=True --create_meta_only"),
@@ -98,15 +98,16 @@ SEED_ENSEMBLE = {
     4: ("--eval_data_pattern='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord' "
         "--model=NetVLADModelLF --train_dir={BUCKET_NAME}/{ENSEMBLE_DIR} --frame_features "
         "--feature_names='rgb,audio' --feature_sizes='1024,128' --batch_size=1024 "
-        "--base_learning_rate=0.0001 " + _SEED_REPEATED +
+        "--base_learning_rate=0.0001 " + _ORIGINAL_REPEATED +
         "--moe_l2=1e-6 --iterations=300 --learning_rate_decay=0.8 --netvlad_relu=False "
         "--gating=True --moe_prob_gating=True --run_once=True --ensemble_num=4 "
         '--float16_flag=True --checkpoint_file="{INFERENCE_MODEL_NAME}-0"'),
 }
-SEED_ENSEMBLE[5] = SEED_ENSEMBLE[4] + " --force_output_model_name=True"
-SEED_ENSEMBLE_MODULES = {1: "train", 2: "eval", 3: "overwrite_float16_ckpt", 4: "eval", 5: "eval"}
+ORIGINAL_ENSEMBLE[5] = ORIGINAL_ENSEMBLE[4] + " --force_output_model_name=True"
+ORIGINAL_ENSEMBLE_MODULES = {1: "train", 2: "eval", 3: "overwrite_float16_ckpt", 4: "eval",
+                             5: "eval"}
 
-# The seed's step-0 variables (MIXING_WEIGHTS as tuned in its steps 4-5).
+# The original's step-0 variables (MIXING_WEIGHTS as tuned in its steps 4-5).
 ENSEMBLE_VARS = {
     "BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "ensemble_YHLS",
     "MODEL1_PARAM": ("24", "1440"), "MODEL2_PARAM": ("32", "1024"),
@@ -120,8 +121,8 @@ ENSEMBLE_VARS = {
 }
 
 
-def seed_flags(template, **variables):
-  """The seed's module flags as the shell would pass them (its quotes removed)."""
+def original_flags(template, **variables):
+  """The original's module flags as the shell would pass them (its quotes removed)."""
   return shlex.split(template.format(**variables))
 
 
@@ -276,7 +277,7 @@ def check_job(job, module, output_dir, config=None, region="us-east1", image=IMA
 # ---------------------------------------------------------------------------------------------
 # Job configs
 
-def test_seed_config_kept_and_points_to_vertex():
+def test_original_config_kept_and_points_to_vertex():
   text = open(os.path.join(REPO_ROOT, "cloudml-gpu.yaml")).read()
   # As the original: one standard_gpu machine; the runtime versions are kept as strings.
   assert load_yaml(text) == {"trainingInput": {
@@ -322,15 +323,16 @@ def test_dockerfile_uses_the_tested_tensorflow_and_install_script():
 
 
 # ---------------------------------------------------------------------------------------------
-# The seed's jobs
+# The original's jobs
 
+@pytest.mark.slow
 def test_train(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800", "batch_size": "160"}
   out = dry_run("submit_train.sh", *script_args(variables), tmp_path=tmp_path)
   [job] = out["jobs"]
   check_job(job, "train", BUCKET + "/c100h800_160")
   assert job["name"] == "yt8m_train_c100h800_160"
-  assert job["module_flags"] == seed_flags(SEED_TRAIN, **variables)
+  assert job["module_flags"] == original_flags(ORIGINAL_TRAIN, **variables)
   # The two globs stay one flag value (a list item, not split on the comma).
   assert job["module_flags"][0] == "--train_data_pattern=" + TRAIN_PATTERN
   assert len(out["lines"]) == 2  # mkdir of the job-config directory, gcloud
@@ -338,6 +340,7 @@ def test_train(tmp_path):
   check_follow(out)
 
 
+@pytest.mark.slow
 def test_eval_loop_one_job_per_checkpoint(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400", "batch_size": "160"}
   ckpts = ["170010", "180010", "190010", "200010", "210010", "220010"]
@@ -347,16 +350,17 @@ def test_eval_loop_one_job_per_checkpoint(tmp_path):
   for job, ckpt in zip(out["jobs"], ckpts):
     check_job(job, "eval", BUCKET + "/c10h400_160")
     assert re.fullmatch(r"yt8m_eval_c10h400_%s_\d\dH\d\dM\d\dS" % ckpt, job["name"])
-    assert job["module_flags"] == seed_flags(SEED_EVAL_LOOP, CKPT=ckpt, **variables)
+    assert job["module_flags"] == original_flags(ORIGINAL_EVAL_LOOP, CKPT=ckpt, **variables)
   assert len({job["options"]["--config"] for job in out["jobs"]}) == len(ckpts)
   check_follow(out)  # one block per job
-  # Commas work as separators too (the seed writes a bash array).
+  # Commas work as separators too (the original's commands write a bash array).
   out = dry_run("submit_eval_loop.sh", *script_args(variables), "CKPTS=(170010,180010)",
                 tmp_path=tmp_path)
   assert [job["module_flags"][-1] for job in out["jobs"]] == [
       "--checkpoint=model.ckpt-170010.index", "--checkpoint=model.ckpt-180010.index"]
 
 
+@pytest.mark.slow
 def test_avg_range(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "10", "hs": "400", "batch_size": "160",
                "ckpt_start": "150010", "ckpt_end": "220010"}
@@ -364,9 +368,10 @@ def test_avg_range(tmp_path):
   [job] = out["jobs"]
   check_job(job, "avg_checkpoints", BUCKET + "/c10h400_160")
   assert job["name"] == "yt8m_avgckpt_c10h400_150010_220010"
-  assert job["module_flags"] == seed_flags(SEED_AVG_RANGE, **variables)
+  assert job["module_flags"] == original_flags(ORIGINAL_AVG_RANGE, **variables)
 
 
+@pytest.mark.slow
 def test_avg_select(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "32", "hs": "512", "batch_size": "160",
                "RANGE_NAME": "122304_etc_19"}
@@ -377,9 +382,10 @@ def test_avg_select(tmp_path):
   [job] = out["jobs"]
   check_job(job, "avg_checkpoints", BUCKET + "/c32h512_160")
   assert job["name"] == "yt8m_avgckpt_c32h512_122304_etc_19"
-  assert job["module_flags"] == seed_flags(SEED_AVG_SELECT, **variables)
+  assert job["module_flags"] == original_flags(ORIGINAL_AVG_SELECT, **variables)
 
 
+@pytest.mark.slow
 def test_eval_average(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "32", "hs": "512", "batch_size": "160",
                "checkpoint": "122304_etc_19"}
@@ -387,16 +393,17 @@ def test_eval_average(tmp_path):
   [job] = out["jobs"]
   check_job(job, "eval", BUCKET + "/c32h512_160")
   assert job["name"] == "yt8m_eval_c32h512_122304_etc_19"
-  assert job["module_flags"] == seed_flags(SEED_EVAL_AVERAGE, **variables)
+  assert job["module_flags"] == original_flags(ORIGINAL_EVAL_AVERAGE, **variables)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", [1, 2, 3, 4, 5])
 def test_ensemble_steps(tmp_path, step):
   out = dry_run("submit_ensemble.sh", str(step), *script_args(ENSEMBLE_VARS), tmp_path=tmp_path)
   [job] = out["jobs"]
-  check_job(job, SEED_ENSEMBLE_MODULES[step], BUCKET + "/ensemble_YHLS")
+  check_job(job, ORIGINAL_ENSEMBLE_MODULES[step], BUCKET + "/ensemble_YHLS")
   assert re.fullmatch(r"yt8m_train_ensemble_ensemble_YHLS_\d{8}_\d{6}", job["name"])
-  assert job["module_flags"] == seed_flags(SEED_ENSEMBLE[step], **ENSEMBLE_VARS)
+  assert job["module_flags"] == original_flags(ORIGINAL_ENSEMBLE[step], **ENSEMBLE_VARS)
   if step != 3:  # the repeated flags, in model order
     flags = job["module_flags"]
     assert [f for f in flags if f.startswith("--netvlad_cluster_size=")] == [
@@ -405,6 +412,7 @@ def test_ensemble_steps(tmp_path, step):
         "--ensemble_wts=%s" % w for w in ENSEMBLE_VARS["MIXING_WEIGHTS"]]
 
 
+@pytest.mark.slow
 def test_ensemble_model_count_follows_the_variables(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "ENSEMBLE_DIR": "e2", "MODEL1_PARAM": "8,64",
                "MODEL2_PARAM": "(16 128)", "MIXING_WEIGHTS": "0.6,0.4"}
@@ -417,13 +425,14 @@ def test_ensemble_model_count_follows_the_variables(tmp_path):
       "--netvlad_cluster_size=16", "--netvlad_hidden_size=128", "--ensemble_wts=0.4"]
 
 
+@pytest.mark.slow
 def test_distributed_train(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800", "batch_size": "160"}
   out = dry_run("submit_distributed_train.sh", *script_args(variables), tmp_path=tmp_path)
   [job] = out["jobs"]
   check_job(job, "train", BUCKET + "/c100h800_160", config="cloud/vertex-distributed.yaml")
   assert job["name"] == "yt8m_train_c100h800_160_dist"
-  assert job["module_flags"] == seed_flags(SEED_TRAIN, **variables)
+  assert job["module_flags"] == original_flags(ORIGINAL_TRAIN, **variables)
   pools = job["config"]["workerPoolSpecs"]
   assert [pool["replicaCount"] for pool in pools] == [1, 2, 1]  # evaluator left out
   for pool in pools:
@@ -431,6 +440,7 @@ def test_distributed_train(tmp_path):
     assert pool["containerSpec"]["args"] == job["module_flags"]
 
 
+@pytest.mark.slow
 def test_distributed_train_with_evaluator(tmp_path):
   variables = {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800", "batch_size": "160"}
   out = dry_run("submit_distributed_train.sh", *script_args(variables), "--evaluator-count=1",
@@ -440,25 +450,26 @@ def test_distributed_train_with_evaluator(tmp_path):
   evaluator = pools[3]["containerSpec"]
   assert evaluator["command"] == ["python3", "-m", "youtube-8m.eval"]
   assert evaluator["imageUri"] == IMAGE
-  # The seed's evaluation flags for this train_dir, polling (no --run_once / --checkpoint).
-  expected = seed_flags(SEED_EVAL_LOOP, CKPT="0", **variables)
+  # The original's evaluation flags for this train_dir, polling (no --run_once / --checkpoint).
+  expected = original_flags(ORIGINAL_EVAL_LOOP, CKPT="0", **variables)
   assert evaluator["args"] == expected[:expected.index("--run_once=True")]
   result = run_script("submit_train.sh", "--dry-run", "--evaluator-count=1", "PROJECT=p",
                       *script_args(variables), tmp_path=tmp_path)
   assert result.returncode != 0 and "--evaluator-count" in result.stderr
 
 
-# The seed's steps 6-7 (inference.py, README "The seed's commands, locally")
-SEED_INFERENCE_FROM_DIR = (
+# The original's steps 6-7 (inference.py, README "The original's commands, locally")
+ORIGINAL_INFERENCE_FROM_DIR = (
     "--train_dir={BUCKET_NAME}/{ENSEMBLE_DIR} --output_model_tgz={tgz} "
     "--input_data_pattern='gs://youtube8m-ml-us-east1/2/frame/test/test*.tfrecord' "
     "--output_file={csv} --batch_size=512")
-SEED_INFERENCE_FROM_TGZ = (
+ORIGINAL_INFERENCE_FROM_TGZ = (
     "--input_model_tgz={tgz} "
     "--input_data_pattern='gs://youtube8m-ml-us-east1/2/frame/test/test*.tfrecord' "
     "--output_file={csv} --batch_size=512")
 
 
+@pytest.mark.slow
 def test_inference_from_train_dir_writes_csv_and_tgz(tmp_path):
   tgz = BUCKET + "/submission/ensemble_YHLS.tgz"
   out = dry_run("submit_inference.sh", "BUCKET_NAME=" + BUCKET, "ENSEMBLE_DIR=ensemble_YHLS",
@@ -466,8 +477,8 @@ def test_inference_from_train_dir_writes_csv_and_tgz(tmp_path):
   [job] = out["jobs"]
   check_job(job, "inference", BUCKET + "/ensemble_YHLS")
   assert re.fullmatch(r"yt8m_inference_ensemble_YHLS_\d{8}_\d{6}", job["name"])
-  assert job["module_flags"] == seed_flags(
-      SEED_INFERENCE_FROM_DIR, BUCKET_NAME=BUCKET, ENSEMBLE_DIR="ensemble_YHLS", tgz=tgz,
+  assert job["module_flags"] == original_flags(
+      ORIGINAL_INFERENCE_FROM_DIR, BUCKET_NAME=BUCKET, ENSEMBLE_DIR="ensemble_YHLS", tgz=tgz,
       csv=BUCKET + "/ensemble_YHLS/submission.csv")
   check_follow(out)
   # Without --output_model_tgz: the CSV only; --output_file and batch_size as given.
@@ -479,6 +490,7 @@ def test_inference_from_train_dir_writes_csv_and_tgz(tmp_path):
       "--output_file=gs://other/sub/e2.csv", "--batch_size=128"]
 
 
+@pytest.mark.slow
 def test_inference_from_tgz(tmp_path):
   tgz = "gs://other_bucket/subs/ensemble_YHLS.tgz"
   out = dry_run("submit_inference.sh", "BUCKET_NAME=" + BUCKET, "--input_model_tgz=" + tgz,
@@ -487,12 +499,13 @@ def test_inference_from_tgz(tmp_path):
   # The job writes next to the tgz: the CSV's directory is its output directory.
   check_job(job, "inference", "gs://other_bucket/subs", region="europe-west4",
             image=IMAGE.replace("us-east1", "europe-west4"))
-  assert job["module_flags"] == seed_flags(SEED_INFERENCE_FROM_TGZ, tgz=tgz,
+  assert job["module_flags"] == original_flags(ORIGINAL_INFERENCE_FROM_TGZ, tgz=tgz,
                                            csv="gs://other_bucket/subs/ensemble_YHLS.csv")
   assert re.fullmatch(r"yt8m_inference_ensemble_YHLS_\d{8}_\d{6}", job["name"])
   check_follow(out, region="europe-west4")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     ([], "give ENSEMBLE_DIR"),
     (["ENSEMBLE_DIR=e", "--input_model_tgz=gs://b/s.tgz"], "not both"),
@@ -539,6 +552,7 @@ def test_every_submit_script_is_covered():
   assert scripts == {script for script, _, _ in ONE_JOB_RUNS}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,extra,variables", ONE_JOB_RUNS)
 def test_submit_scripts_print_follow_commands_and_attach_tensorboard(tmp_path, script, extra,
                                                                      variables):
@@ -560,6 +574,7 @@ def test_submit_scripts_print_follow_commands_and_attach_tensorboard(tmp_path, s
                          "workerPoolSpecs"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit,message", [
     (("restartJobOnWorkerRestart: true", "restartJobOnWorkerRestart: true\n  maxRunTime: 1"),
      "'maxRunTime' is not a field of CustomJobSpec.scheduling"),
@@ -627,7 +642,7 @@ else:
 ALL_APIS = ["aiplatform.googleapis.com", "storage.googleapis.com",
             "artifactregistry.googleapis.com", "cloudbuild.googleapis.com",
             "compute.googleapis.com"]
-SEED_FILES = {
+ORIGINAL_FILES = {
     "gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord": [
         "gs://youtube8m-ml-us-east1/2/frame/train/train%04d.tfrecord" % i for i in range(5)],
     EVAL_PATTERN: ["gs://youtube8m-ml-us-east1/2/frame/validate/validate00.tfrecord"],
@@ -636,6 +651,7 @@ SEED_FILES = {
 }
 
 
+@pytest.mark.slow
 def test_preflight_dry_run(tmp_path):
   result = run_script("preflight.sh", "--dry-run", "BUCKET_NAME=%s/sub/" % BUCKET,
                       "PROJECT=" + PROJECT, tmp_path=tmp_path)
@@ -664,8 +680,9 @@ def run_preflight(tmp_path, world, *args):
                     path="%s:%s" % (stub_dir, os.environ.get("PATH", "/usr/bin:/bin")))
 
 
+@pytest.mark.slow
 def test_preflight_passes(tmp_path):
-  world = {"apis": ALL_APIS, "files": SEED_FILES,
+  world = {"apis": ALL_APIS, "files": ORIGINAL_FILES,
            "locations": {"gs://tester_yt8m_train_bucket": "US-EAST1"}}
   result = run_preflight(tmp_path, world, "shards=2")
   assert result.returncode == 0, result.stderr
@@ -681,8 +698,9 @@ def test_preflight_passes(tmp_path):
   assert result.stdout.rstrip().endswith("preflight passed: the jobs can run in us-east1")
 
 
+@pytest.mark.slow
 def test_preflight_reports_every_failure(tmp_path):
-  files = dict(SEED_FILES)
+  files = dict(ORIGINAL_FILES)
   del files[TEST_PATTERN]
   world = {"apis": [api for api in ALL_APIS if api != "aiplatform.googleapis.com"],
            "files": files, "locations": {"gs://tester_yt8m_train_bucket": "US-CENTRAL1",
@@ -699,7 +717,7 @@ def test_preflight_reports_every_failure(tmp_path):
   assert "3 check(s) failed" in result.stderr
   # The data bucket elsewhere than the jobs: named too.
   world["locations"]["gs://tester_yt8m_train_bucket"] = "europe-west4"
-  world["apis"], world["files"] = ALL_APIS, SEED_FILES
+  world["apis"], world["files"] = ALL_APIS, ORIGINAL_FILES
   result = run_preflight(tmp_path, world, "--region=europe-west4")
   assert result.returncode == 1
   assert "data bucket gs://youtube8m-ml-us-east1 is in us-east1 but the jobs run in " \
@@ -713,6 +731,7 @@ def test_preflight_reports_every_failure(tmp_path):
       result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["BUCKET_NAME=bucket"], "BUCKET_NAME must be a gs:// URL"),
     (["BUCKET_NAME=" + BUCKET, "--data-pattern=/data/train*.tfrecord"],
@@ -730,6 +749,7 @@ def test_preflight_bad_options(tmp_path, args, message):
 # ---------------------------------------------------------------------------------------------
 # Options
 
+@pytest.mark.slow
 def test_options(tmp_path):
   variables = script_args({"BUCKET_NAME": BUCKET + "/", "cs": "16", "hs": "128",
                            "batch_size": "80"})
@@ -757,6 +777,7 @@ def test_options(tmp_path):
       "example.com/image:2"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--backend=ai-platform"], "shut down on 2025-01-31"),
     (["--config=cloudml-gpu.yaml"], "cloud/vertex-gpu.yaml"),
@@ -783,6 +804,7 @@ def test_bad_options(tmp_path, args, message):
   assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_help(tmp_path):
   for script in sorted(os.listdir(CLOUD_DIR)):
     if script.endswith(".sh") and script != "lib.sh":
@@ -833,6 +855,7 @@ MISSING_CASES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,positional,variables,missing", MISSING_CASES)
 def test_missing_variables(tmp_path, script, positional, variables, missing):
   result = run_script(script, *positional, "--dry-run", "PROJECT=" + PROJECT,
@@ -842,6 +865,7 @@ def test_missing_variables(tmp_path, script, positional, variables, missing):
   assert "gcloud" not in result.stdout
 
 
+@pytest.mark.slow
 def test_real_run_needs_gcloud(tmp_path):
   """Without --dry-run the scripts look for gcloud first and say so when it is missing."""
   bin_dir = tmp_path / "bin"
@@ -890,6 +914,7 @@ if "create" in args and os.environ.get("GCLOUD_CREATE") != "quiet":
 """
 
 
+@pytest.mark.slow
 def test_real_run_runs_the_dry_run_commands(tmp_path):
   """Without --dry-run (gcloud replaced by a recording stub) the scripts run the commands that
   their dry run prints: same gcloud arguments, same job config; the project comes from gcloud's
@@ -936,6 +961,7 @@ def test_real_run_runs_the_dry_run_commands(tmp_path):
         PROJECT, "stub-project")
 
 
+@pytest.mark.slow
 def test_real_run_without_a_job_name_or_failing(tmp_path):
   """gcloud's create output without a customJobs/ID: the follow commands keep the JOB_ID
   placeholder and a note says how to find the job; a failing create stops the script with
@@ -969,6 +995,7 @@ def test_real_run_without_a_job_name_or_failing(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # The container image and the module flags
 
+@pytest.mark.slow
 def test_build_image_dry_run(tmp_path):
   result = run_script("build_image.sh", "--dry-run", "PROJECT=" + PROJECT, tmp_path=tmp_path)
   assert result.returncode == 0, result.stderr
@@ -1018,7 +1045,7 @@ print(json.dumps(results))
 """
 
 
-def seed_module_flags(tmp_path):
+def original_module_flags(tmp_path):
   """{module: [module flags of each job the scripts submit]}, evaluator pool included."""
   runs = [("submit_train.sh", [], {"BUCKET_NAME": BUCKET, "cs": "100", "hs": "800",
                                    "batch_size": "160"}),
@@ -1173,7 +1200,7 @@ def test_container_install_step_in_a_fresh_venv(tmp_path):
   started = time.time()
   help_run = subprocess.Popen([python, "-m", "youtube-8m.train", "--help"], cwd=str(outside),
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  by_module = seed_module_flags(tmp_path)
+  by_module = original_module_flags(tmp_path)
   flag_run = subprocess.Popen(
       [python, "-c", FLAG_CHECKER, json.dumps(sorted(by_module.items()))],
       cwd=str(outside), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -37,6 +37,7 @@ def trained(tiny_data, tmp_path_factory):
   return dirs
 
 
+@pytest.mark.slow
 def test_bfloat16_on_a_cpu_without_it_says_so_once(trained):
   warnings = [line for line in trained["bfloat16 log"].splitlines()
               if "--compute_dtype=bfloat16: this CPU" in line]
@@ -54,6 +55,7 @@ def evaluate(tiny_data, train_dir, dtype, tmp_path):
     return json.load(handle)
 
 
+@pytest.mark.slow
 def test_bfloat16_training_writes_the_float32_checkpoint(trained):
   specs = {dtype: checkpoint_utils.variable_specs(tf.train.load_checkpoint(
       "%s/model.ckpt-%d" % (trained[dtype], STEPS))) for dtype in ("float32", "bfloat16")}
@@ -66,6 +68,7 @@ def test_bfloat16_training_writes_the_float32_checkpoint(trained):
   assert np.isfinite(values.get_tensor("tower/hidden1_weights/hidden1_weights")).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trained_in,evaluated_in", [
     ("float32", "bfloat16"), ("float32", "float16"), ("bfloat16", "float32")])
 def test_checkpoints_evaluate_alike_in_every_compute_dtype(trained, tiny_data, tmp_path,
@@ -90,6 +93,7 @@ def read_scores(path):
   return scores
 
 
+@pytest.mark.slow
 def test_inference_rebuilds_the_model_in_bfloat16(trained, tiny_data, tmp_path):
   train_dir = trained["float32"]
   run_cli("eval", "--eval_data_pattern=" + tiny_data["validate_pattern"],
@@ -108,6 +112,7 @@ def test_inference_rebuilds_the_model_in_bfloat16(trained, tiny_data, tmp_path):
     assert bfloat16[video_id].get(best) == pytest.approx(top[best], abs=0.02)
 
 
+@pytest.mark.slow
 def test_inference_refuses_bfloat16_for_an_original_model_flags(tiny_data, tmp_path):
   train_dir = tmp_path / "original"
   train_dir.mkdir()

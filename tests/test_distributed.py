@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import tensorflow as tf
 
 from conftest import REPO_ROOT, TINY_FLAGS, run_cli, yt8m
@@ -29,6 +30,7 @@ def free_ports(count):
   return ports
 
 
+@pytest.mark.slow
 def test_cluster_of_ps_chief_and_worker_trains_and_exits(tiny_data, tmp_path):
   chief, worker, ps = ("127.0.0.1:%d" % port for port in free_ports(3))
   # the original's job name "master" is accepted as the chief
@@ -130,6 +132,7 @@ def test_tf_config_parsing():
     del os.environ["TF_CONFIG"]
 
 
+@pytest.mark.slow
 def test_multi_tower_training_with_cpu_devices(tiny_data, tmp_path):
   train_dir = str(tmp_path / "towers")
   # 3 towers of 5: 15 per step; the epochs' smaller final batches split unevenly
@@ -144,9 +147,9 @@ def test_multi_tower_training_with_cpu_devices(tiny_data, tmp_path):
   assert step >= 2 * 164 // 15  # every example of both epochs went through a tower
   variables = dict(tf.train.list_variables(os.path.join(train_dir, "model.ckpt-%d" % step)))
   assert len([n for n in variables if not n.endswith(("Adam", "Adam_1"))]) == 32 + 3
-  # The logged learning rate: 0.01 * 0.5^floor(step * 5 * 3 / 110) (behavior.md 5.3). It is
-  # fetched in the run that moves global_step from step - 1 to step; 110 puts no decay
-  # boundary between the two at steps 10 and 20 (135..150 and 285..300 examples).
+  # The logged learning rate: 0.01 * 0.5^floor(step * 5 * 3 / 110) (docs/original.md, "Loss and
+  # optimizer"). It is fetched in the run that moves global_step from step - 1 to step; 110 puts no
+  # decay boundary between the two at steps 10 and 20 (135..150 and 285..300 examples).
   logged = {}
   for name in os.listdir(train_dir):
     if name.startswith("events.out.tfevents"):

@@ -1,10 +1,10 @@
-"""Ensemble tools: overwrite_float16_ckpt (seed step 3), build_ensemble, ensemble_weights,
-model_size, and the seed's 5-step float16 ensemble path, on tiny real models.
+"""Ensemble tools: overwrite_float16_ckpt (the original's step 3), build_ensemble, ensemble_weights,
+model_size, and the original's 5-step float16 ensemble path, on tiny real models.
 
 Three single models (K, H) = (4, 16), (2, 8), (4, 8) are trained for 20 steps (model 0 is
 also turned into an inference checkpoint by eval.py, models 1-2 are used as training
-checkpoints); the seed's steps 1-5 then run as subprocesses with the seed's repeated flags
-(tiny values), next to the one-command path. Independent command lines run concurrently,
+checkpoints); the original's steps 1-5 then run as subprocesses with the original's repeated
+flags (tiny values), next to the one-command path. Independent command lines run concurrently,
 stage by stage (module fixture `ens`), and library calls run in-process meanwhile.
 """
 
@@ -32,20 +32,20 @@ readers = yt8m("readers")
 tf1 = tf.compat.v1
 
 SINGLES = ((4, 16), (2, 8), (4, 8))
-STEP1_WTS = (0.4, 0.3, 0.3)  # the seed's first MIXING_WEIGHTS (steps 1-2)
+STEP1_WTS = (0.4, 0.3, 0.3)  # the original's first MIXING_WEIGHTS (steps 1-2)
 WTS = (0.5, 0.3, 0.2)  # the "tuned" weights of steps 4-5
-NAME = "inference_model_ensemble_X"  # the seed's INFERENCE_MODEL_NAME
+NAME = "inference_model_ensemble_X"  # the original's INFERENCE_MODEL_NAME
 TAGGED = "inference_model_ensemble_05_03_02_X-0"
 FP16_KERNELS = ("hidden1_weights/hidden1_weights", "gates/weights", "experts/weights",
                 "gating_prob_weights")
-# The seed's model flags, with tiny values (TINY_FLAGS: 40 classes, 20 frames).
-SEED_MODEL_FLAGS = ["--moe_l2=1e-6", "--iterations=20", "--netvlad_relu=False", "--gating=True",
+# The original's model flags, with tiny values (TINY_FLAGS: 40 classes, 20 frames).
+ORIGINAL_MODEL_FLAGS = ["--moe_l2=1e-6", "--iterations=20", "--netvlad_relu=False", "--gating=True",
                     "--moe_prob_gating=True", "--num_classes=%d" % TINY_NUM_CLASSES]
 READER_FLAGS = ["--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,128"]
 
 
 def repeated_flags(weights):
-  """The seed's per-model lines: K, H and mixing weight of each model, in model order."""
+  """The original's per-model lines: K, H and mixing weight of each model, in model order."""
   args = []
   for (cluster, hidden), weight in zip(SINGLES, weights):
     args += ["--netvlad_cluster_size=%d" % cluster, "--netvlad_hidden_size=%d" % hidden,
@@ -124,14 +124,14 @@ def ens(tiny_data, tmp_path_factory):
   singles = {}
   for cluster, hidden in SINGLES:
     singles[(cluster, hidden)] = os.path.join(root, "c%dh%d" % (cluster, hidden))
-  # Model 0's source is eval.py's inference checkpoint (as in the seed); models 1 and 2 use
-  # their training checkpoints directly (the tools ignore the Adam slots), which keeps the
+  # Model 0's source is eval.py's inference checkpoint (as in the original's commands); models 1
+  # and 2 use their training checkpoints directly (the tools ignore the Adam slots), which keeps the
   # number of TensorFlow processes of this file down.
   d["sources"] = [os.path.join(singles[SINGLES[0]], "inference_model_20")] + [
       os.path.join(singles[kh], "model.ckpt-20") for kh in SINGLES[1:]]
   validate = "--eval_data_pattern=" + tiny_data["validate_pattern"]
 
-  # Stage A: the single models, and the seed's step 1 (train 10 steps, float16 graph).
+  # Stage A: the single models, and the original's step 1 (train 10 steps, float16 graph).
   jobs = {}
   for (cluster, hidden), train_dir in singles.items():
     jobs["train_c%dh%d" % (cluster, hidden)] = ("train", [
@@ -143,7 +143,7 @@ def ens(tiny_data, tmp_path_factory):
       "--train_data_pattern=" + tiny_data["train_pattern"], "--model=NetVLADModelLF",
       "--train_dir=" + d["ens"]] + READER_FLAGS + [
           "--batch_size=10", "--base_learning_rate=0.00003"] + repeated_flags(STEP1_WTS)
-      + SEED_MODEL_FLAGS + ["--learning_rate_decay=0.8", "--max_steps=10",
+      + ORIGINAL_MODEL_FLAGS + ["--learning_rate_decay=0.8", "--max_steps=10",
                             "--export_model_steps=2000", "--ensemble_num=3",
                             "--float16_flag=True"])
   d["A"] = Stage(logs, jobs).finish()
@@ -153,7 +153,7 @@ def ens(tiny_data, tmp_path_factory):
                                    "--run_once"])}
   jobs["step2"] = ("eval", [validate, "--model=NetVLADModelLF", "--train_dir=" + d["ens"]]
                    + READER_FLAGS + ["--batch_size=500", "--base_learning_rate=0.0001"]
-                   + repeated_flags(STEP1_WTS) + SEED_MODEL_FLAGS
+                   + repeated_flags(STEP1_WTS) + ORIGINAL_MODEL_FLAGS
                    + ["--learning_rate_decay=0.8", "--run_once=True", "--ensemble_num=3",
                       "--float16_flag=True", "--create_meta_only"])
   d["B"] = Stage(logs, jobs).finish()
@@ -168,13 +168,13 @@ def ens(tiny_data, tmp_path_factory):
           "--out_name=" + NAME, "--checkpoints=" + ",".join(d["sources"])]),
       "build16": ("build_ensemble", ["--train_dir=" + d["built"],
                                      "--checkpoints=" + ",".join(d["sources"])]
-                  + repeated_flags(WTS) + SEED_MODEL_FLAGS),
+                  + repeated_flags(WTS) + ORIGINAL_MODEL_FLAGS),
       "bad_count": ("overwrite_float16_ckpt", overwrite_common + [
           "--out_name=bad_count", "--checkpoints=" + ",".join(d["sources"][:2])]),
       "bad_wts": ("build_ensemble", [
           "--train_dir=" + os.path.join(root, "bad_wts"),
           "--checkpoints=" + ",".join(d["sources"]), "--ensemble_wts=0.5",
-          "--ensemble_wts=0.5"] + SEED_MODEL_FLAGS),
+          "--ensemble_wts=0.5"] + ORIGINAL_MODEL_FLAGS),
   })
   d["config32"] = tiny_ensemble_config(d["sources"], float16=False)
   with checkpoint_utils.LocalCopies() as copies:
@@ -185,16 +185,16 @@ def ens(tiny_data, tmp_path_factory):
   # search. Meanwhile, in-process: the float32 ensemble's GAP (eval.py's metric code).
   d["json"] = {name: os.path.join(root, name + ".json")
                for name in ("step4", "weights", "eval_best", "size")}
-  seed_eval = [validate, "--model=NetVLADModelLF", "--train_dir=" + d["ens"]] + (
+  original_eval = [validate, "--model=NetVLADModelLF", "--train_dir=" + d["ens"]] + (
       READER_FLAGS + ["--batch_size=64", "--base_learning_rate=0.0001"] + repeated_flags(WTS)
-      + SEED_MODEL_FLAGS + ["--learning_rate_decay=0.8", "--run_once=True",
+      + ORIGINAL_MODEL_FLAGS + ["--learning_rate_decay=0.8", "--run_once=True",
                             "--ensemble_num=3", "--float16_flag=True",
                             "--checkpoint_file=%s-0" % NAME])
   d["tgz"] = os.path.join(root, "submission.tgz")
-  d["csv"] = {name: os.path.join(root, name + ".csv") for name in ("seed", "built", "tgz")}
+  d["csv"] = {name: os.path.join(root, name + ".csv") for name in ("original", "built", "tgz")}
   test_data = "--input_data_pattern=" + tiny_data["test_pattern"]
   stage = Stage(logs, {
-      "step5": ("eval", seed_eval + ["--force_output_model_name=True"]),
+      "step5": ("eval", original_eval + ["--force_output_model_name=True"]),
       "infer_built": ("inference", ["--train_dir=" + d["built"], test_data, "--batch_size=7",
                                     "--output_file=" + d["csv"]["built"],
                                     "--output_model_tgz=" + d["tgz"]]),
@@ -207,13 +207,13 @@ def ens(tiny_data, tmp_path_factory):
       readers.eval_files(tiny_data["validate_pattern"]), 64, 8, 0, np.float32, 20)
   d["D"] = stage.finish()
 
-  # Stage E: step 4 (evaluate, weights-tagged copy), inference with the seed path's
+  # Stage E: step 4 (evaluate, weights-tagged copy), inference with the original's path's
   # submission model and from the tgz, eval.py with the best weights, size of the tgz.
   best = read_json(d["json"]["weights"])["best_weights"]["flags"]
   stage = Stage(logs, {
-      "step4": ("eval", seed_eval + ["--results_json=" + d["json"]["step4"]]),
-      "infer_seed": ("inference", ["--train_dir=" + d["ens"], test_data, "--batch_size=7",
-                                   "--output_file=" + d["csv"]["seed"]]),
+      "step4": ("eval", original_eval + ["--results_json=" + d["json"]["step4"]]),
+      "infer_original": ("inference", ["--train_dir=" + d["ens"], test_data, "--batch_size=7",
+                                   "--output_file=" + d["csv"]["original"]]),
       "infer_tgz": ("inference", ["--input_model_tgz=" + d["tgz"], test_data,
                                   "--untar_model_dir=" + os.path.join(root, "untar"),
                                   "--batch_size=7", "--output_file=" + d["csv"]["tgz"]]),
@@ -228,7 +228,7 @@ def ens(tiny_data, tmp_path_factory):
   d["members16"], d["labels16"], _ = weights_lib.collect_member_predictions(
       tiny_ensemble_config(d["sources"]), os.path.join(d["built"], "inference_model"),
       readers.eval_files(tiny_data["validate_pattern"]), 64, 8, 0, np.float32, 20)
-  d["E"] = stage.finish(must_succeed=("step4", "infer_seed", "infer_tgz", "eval_best"))
+  d["E"] = stage.finish(must_succeed=("step4", "infer_original", "infer_tgz", "eval_best"))
   return d
 
 
@@ -326,7 +326,7 @@ def test_float32_to_float16_rounds_once_to_nearest_even(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------
-# The seed's 5-step path and the one-command path.
+# The original's 5-step path and the one-command path.
 
 
 def check_ensemble_checkpoint(prefix, float16=True):
@@ -347,7 +347,8 @@ def check_ensemble_checkpoint(prefix, float16=True):
   return reader
 
 
-def test_seed_steps_1_to_5(ens):
+@pytest.mark.slow
+def test_original_steps_1_to_5(ens):
   files = list_dir(ens["ens"])
   for name in ("model.ckpt-10", "inference_model_10", NAME + "-0", TAGGED,
                "inference_model"):
@@ -376,7 +377,7 @@ def test_seed_steps_1_to_5(ens):
   # models 1, 2 come from training checkpoints: 22 Adam slot pairs + 2 powers not used
   assert "model 2 (tower/model2/) <- %s: 32 variables, 53040 parameters (46 other " % (
       ens["sources"][2]) in log
-  # step 4's GAP is reported; the seed's weights tag names the copy
+  # step 4's GAP is reported; the original's weights tag names the copy
   step4 = read_json(ens["json"]["step4"])
   assert step4["examples"] == 240 and 0 < step4["gap"] <= 1
   assert "Saved inference checkpoint %s/%s" % (ens["ens"], TAGGED) in ens["E"]["step4"].output
@@ -392,9 +393,10 @@ def mixture(members, weights):
 
 
 def brute_force_gap(predictions, labels, top_k=20):
-  """GAP@k written out (behavior.md 6.2): pool every video's top-k (score, is_true) pairs,
-  sort by score, average the precision at each true pair over ALL true labels. Exactly equal
-  scores: within a video by class index, in the pool negatives first (README, "GAP ties")."""
+  """GAP@k written out (docs/original.md, "Metrics"): pool every video's top-k (score, is_true)
+  pairs, sort by score, average the precision at each true pair over ALL true labels. Exactly equal
+  scores: within a video by class index, in the pool negatives first (docs/differences.md, "GAP
+  ties")."""
   pool = []
   for scores, truth in zip(predictions, labels):
     for label in sorted(range(len(scores)), key=lambda c: (-scores[c], c))[:top_k]:
@@ -413,6 +415,7 @@ def brute_force_gap(predictions, labels, top_k=20):
 FLOAT16_TOLERANCE = 5e-3
 
 
+@pytest.mark.slow
 def test_float16_predictions_are_close_to_float32(ens):
   check_ensemble_checkpoint(os.path.join(ens["built32"], "inference_model"), float16=False)
   np.testing.assert_array_equal(ens["labels16"], ens["labels32"])  # the same videos
@@ -426,13 +429,14 @@ def test_float16_predictions_are_close_to_float32(ens):
   assert np.mean(overlap) >= 0.95, np.mean(overlap)
 
 
-def test_one_command_path_equals_the_seed_path(ens):
+@pytest.mark.slow
+def test_one_command_path_equals_the_original_path(ens):
   built = check_ensemble_checkpoint(os.path.join(ens["built"], "inference_model"))
   for other in (NAME + "-0", "inference_model"):
-    seed = tf.train.load_checkpoint(os.path.join(ens["ens"], other))
-    assert seed.get_variable_to_dtype_map() == built.get_variable_to_dtype_map()
+    original = tf.train.load_checkpoint(os.path.join(ens["ens"], other))
+    assert original.get_variable_to_dtype_map() == built.get_variable_to_dtype_map()
     for name in built.get_variable_to_shape_map():
-      a, b = seed.get_tensor(name), built.get_tensor(name)
+      a, b = original.get_tensor(name), built.get_tensor(name)
       assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), name
   model_flags = read_json(os.path.join(ens["built"], "model_flags.json"))
   assert model_flags["ensemble_num"] == 3 and model_flags["float16_flag"] is True
@@ -442,12 +446,13 @@ def test_one_command_path_equals_the_seed_path(ens):
   assert sorted(list_dir(ens["built"])) == sorted([
       "inference_model.data-00000-of-00001", "inference_model.index", "inference_model.meta",
       "model_flags.json"] + [n for n in list_dir(ens["built"]) if n.startswith("events")])
-  seed_csv = open(ens["csv"]["seed"]).read()
-  assert seed_csv.count("\n") == 21
-  assert open(ens["csv"]["built"]).read() == seed_csv
-  assert open(ens["csv"]["tgz"]).read() == seed_csv
+  original_csv = open(ens["csv"]["original"]).read()
+  assert original_csv.count("\n") == 21
+  assert open(ens["csv"]["built"]).read() == original_csv
+  assert open(ens["csv"]["tgz"]).read() == original_csv
 
 
+@pytest.mark.slow
 def test_submission_tgz_layout(ens):
   with tarfile.open(ens["tgz"]) as archive:
     assert sorted(archive.getnames()) == [
@@ -461,6 +466,7 @@ def error_line(result):
   return lines[-1]
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_refused_and_write_nothing(ens, tmp_path):
   # command lines: exit status 1, one ERROR line naming the flag, no output
   message = error_line(ens["C"]["bad_count"])
@@ -502,6 +508,7 @@ def test_bad_inputs_are_refused_and_write_nothing(ens, tmp_path):
       "c2h8-inference_model_0.data-00000-of-00001", "c2h8-inference_model_0.index"]
 
 
+@pytest.mark.slow
 def test_weight_search_beats_equal_weights_and_matches_eval(ens):
   results = read_json(ens["json"]["weights"])
   output = ens["D"]["weights"].output
@@ -535,8 +542,8 @@ def test_weight_search_beats_equal_weights_and_matches_eval(ens):
   # eval.py with the printed flags reports the same GAP
   assert abs(read_json(ens["json"]["eval_best"])["gap"] - best["gap"]) < 1e-4
   # the numpy mixture of the checkpoint's own weights = eval.py's GAP of that checkpoint
-  # eval.py's GAP of the seed path's checkpoint (byte-identical to the one-command one, see
-  # test_one_command_path_equals_the_seed_path) = the independent GAP of the mixture
+  # eval.py's GAP of the original's path's checkpoint (byte-identical to the one-command one, see
+  # test_one_command_path_equals_the_original_path) = the independent GAP of the mixture
   step4_gap = read_json(ens["json"]["step4"])["gap"]
   assert abs(gap_of(WTS) - step4_gap) < 1e-5, (gap_of(WTS), step4_gap)
   assert len(results["members"]) == 3
@@ -547,7 +554,8 @@ def test_weight_search_beats_equal_weights_and_matches_eval(ens):
 
 
 def expected_tensor_bytes(float16):
-  """Bytes of the 3 tiny models' tensors from behavior.md's formulas (V classes, M=5)."""
+  """Bytes of the 3 tiny models' tensors from the formulas of docs/original.md, "Sizes" (V classes,
+  M=5)."""
   v = TINY_NUM_CLASSES
   total = 4  # global_step
   for k, h in SINGLES:
@@ -559,6 +567,7 @@ def expected_tensor_bytes(float16):
   return total
 
 
+@pytest.mark.slow
 def test_model_size_report(ens):
   report = model_size.measure(ens["built"])
   data = os.path.join(ens["built"], "inference_model.data-00000-of-00001")

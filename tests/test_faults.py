@@ -15,6 +15,9 @@ import tensorflow as tf
 
 from conftest import TINY_FLAGS, cli_env, corrupt, run, run_cli, start_cli, yt8m
 
+# Every test here starts tool processes: `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 storage = yt8m("storage")
 
 MODEL_FLAGS = TINY_FLAGS + ["--netvlad_cluster_size=4", "--netvlad_hidden_size=8"]

@@ -145,6 +145,7 @@ def bad_data_dir(directory, case):
   return bad_file
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(BAD_DATA))
 def test_inference_names_the_bad_record_and_writes_no_csv(model, tmp_path, case):
   bad_file = bad_data_dir(str(tmp_path / "data"), case)
@@ -156,6 +157,7 @@ def test_inference_names_the_bad_record_and_writes_no_csv(model, tmp_path, case)
   assert os.listdir(str(out_dir)) == []  # neither the CSV nor its temporary file
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing_id", "truncated_in_header", "label_id"])
 def test_train_and_eval_name_the_bad_record_too(model, tmp_path, case):
   bad_file = bad_data_dir(str(tmp_path / "data"), case)
@@ -171,6 +173,7 @@ def test_train_and_eval_name_the_bad_record_too(model, tmp_path, case):
   assert not os.path.exists(results)
 
 
+@pytest.mark.slow
 def test_empty_shards_are_named_and_no_videos_is_an_error(model, tmp_path):
   """A 0-byte shard is a valid TFRecord file without records: warned about by name; no video
   in any input file is an error (an empty submission), as in eval."""
@@ -191,6 +194,7 @@ def test_empty_shards_are_named_and_no_videos_is_an_error(model, tmp_path):
   assert not os.path.exists(out)
 
 
+@pytest.mark.slow
 def test_training_on_files_without_videos_is_an_error(tmp_path):
   """train.py on input files that hold no record trains nothing: an error naming the flag,
   and no checkpoint (before, it said the epochs were done and exited 0)."""
@@ -205,6 +209,7 @@ def test_training_on_files_without_videos_is_an_error(tmp_path):
   assert not [name for name in os.listdir(train_dir) if name.startswith("model.ckpt")]
 
 
+@pytest.mark.slow
 def test_zero_frame_and_long_videos_are_scored(model, tmp_path):
   """A video without frames is scored, as the original (its sampled frames are the zero
   padding), with the graph's prediction for an all-zero input; a video longer than 300
@@ -313,6 +318,7 @@ def bad_tgz(case, tgz, tmp_path):
   raise ValueError(case)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [
     "truncated", "cut_after_last_member", "not_gzip", "no_model_files", "no_model_flags",
     "corrupt_json", "edited_json", "truncated_meta", "truncated_data",
@@ -333,6 +339,7 @@ def test_bad_submission_tgz_is_one_line_naming_it(model, tiny_data, tmp_path, ca
               "%s is truncated or not a tgz" % tgz)
 
 
+@pytest.mark.slow
 def test_meta_graph_that_does_not_match_the_checkpoint(model, tiny_data, tmp_path):
   train_dir = str(tmp_path / "mixed")
   shutil.copytree(model["dir"], train_dir)
@@ -363,6 +370,7 @@ def test_read_model_flags_names_the_key_at_fault(tmp_path, text, message):
   assert str(tmp_path / "model_flags.json") in str(error.value) and message in str(error.value)
 
 
+@pytest.mark.slow
 def test_hand_edited_model_flags_json_in_every_tool(model, tiny_data, tmp_path):
   """One check where the file is read: every tool reading it stops with the same line."""
   train_dir = str(tmp_path / "edited")
@@ -396,6 +404,7 @@ def test_hand_edited_model_flags_json_in_every_tool(model, tiny_data, tmp_path):
 # and test_gcs_pipeline.py).
 
 
+@pytest.mark.slow
 def test_gcs_shard_refused_mid_run_is_one_line(model, gcs_bucket, gcs_emulator, tmp_path):
   """A shard whose download fails for good once the run has started (a 403 through the fault
   proxy; retried faults are test_storage.py's): inference and training stop with one line

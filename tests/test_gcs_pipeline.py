@@ -42,6 +42,9 @@ import tensorflow as tf
 from conftest import REPO_ROOT, TINY_FLAGS, yt8m
 from gcs_emulator import EMULATOR_PROJECT
 
+# Every test here starts tool processes: `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 storage = yt8m("storage")
 readers = yt8m("readers")
 model_size = yt8m("model_size")

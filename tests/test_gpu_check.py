@@ -90,6 +90,7 @@ def test_sonames_follow_the_build_info():
     assert raised.value.exit_status == status and text in str(raised.value)
 
 
+@pytest.mark.slow
 def test_the_cpu_only_build_fails_in_one_line():
   """This machine's TensorFlow (the CPU build): exit 2, one line, for the build-time check, the
   full check and --print_library_dirs alike."""
@@ -104,6 +105,7 @@ def test_the_cpu_only_build_fails_in_one_line():
     assert result.stdout == ""
 
 
+@pytest.mark.slow
 def test_one_missing_library_is_named(tmp_path, libraries):
   """Named in one line, by the build-time check and the full check alike."""
   directory = library_dir(tmp_path, libraries, missing=["libcudnn.so.9"])
@@ -117,6 +119,7 @@ def test_one_missing_library_is_named(tmp_path, libraries):
   assert line.endswith("; " + gpu_check.LOADER_HINT)
 
 
+@pytest.mark.slow
 def test_a_library_the_loader_does_not_search_is_found_and_named(tmp_path, libraries):
   """libnvJitLink.so.12 installed in a wheel's nvidia/nvjitlink/lib that is not on the loader
   path: named with its directory; --print_library_dirs prints that directory, and with it on
@@ -138,6 +141,7 @@ def test_a_library_the_loader_does_not_search_is_found_and_named(tmp_path, libra
   assert result.returncode == 0, result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_all_libraries_present_pass(tmp_path, libraries):
   directory = library_dir(tmp_path, libraries)
   result = check("--libraries_only", ld_library_path=directory)
@@ -168,6 +172,7 @@ def test_all_libraries_present_pass(tmp_path, libraries):
       "more, and nvidia-smi)"]
 
 
+@pytest.mark.slow
 def test_bad_usage_exits_1():
   for args in (["--libraries_only", "--print_library_dirs"], ["--no_such_flag"], ["extra"]):
     result = check(*args)
@@ -211,6 +216,7 @@ def one_error_line(result):
   return errors[0]
 
 
+@pytest.mark.slow
 def test_tools_refuse_the_cpu_of_a_gpu_machine(tiny_data, tmp_path):
   """With nvidia0 in the device directory, train, eval and inference exit 1 with one line that
   says why (the CPU-only build) and writes nothing; --allow_cpu_on_gpu_machine runs them on the
@@ -268,6 +274,7 @@ def test_tools_refuse_the_cpu_of_a_gpu_machine(tiny_data, tmp_path):
       "looked for; default /dev)" % (tmp_path / "no_such_dir"))
 
 
+@pytest.mark.slow
 def test_gpu_check_script(tmp_path):
   """scripts/gpu_check.sh's step 1 is gpu_check: on a machine with NVIDIA GPUs (nvidia0 in the
   device directory) its failure stops the script with its status; without them the script goes

@@ -15,7 +15,7 @@ model_graph = yt8m("model_graph")
 V = 3862
 
 
-def seed_config(clusters, hiddens, weights=None, float16=False, num_classes=V):
+def original_config(clusters, hiddens, weights=None, float16=False, num_classes=V):
   n = len(clusters)
   return model_graph.ModelConfig(
       frame_features=True, feature_names="rgb,audio", feature_sizes="1024,128",
@@ -25,7 +25,8 @@ def seed_config(clusters, hiddens, weights=None, float16=False, num_classes=V):
 
 
 def expected_variables(K, H, scope="tower/", float16=False, num_classes=V):
-  """behavior.md 3.4: the 32 variables of one model: name -> (shape, trainable, fp16)."""
+  """The 32 variables of one model (docs/original.md, "The 32 variables of a model"):
+  name -> (shape, trainable, fp16)."""
   V = num_classes  # pylint: disable=redefined-outer-name,invalid-name
   Ka = int(K / 2)
   Dv = 1024 * K + 128 * Ka
@@ -68,7 +69,7 @@ def graph_variables(config):
 
 @pytest.mark.parametrize("K,H", [(32, 512), (25, 100)])
 def test_netvlad_has_the_original_32_variables(K, H):
-  _, variables = graph_variables(seed_config([K], [H]))
+  _, variables = graph_variables(original_config([K], [H]))
   expected = expected_variables(K, H)
   assert variables.pop("global_step") == ([], False, False)
   assert variables == expected
@@ -81,8 +82,8 @@ def test_netvlad_has_the_original_32_variables(K, H):
                     + 9 * V)
 
 
-def test_seed_32_512_parameter_count_matches_reference():
-  _, variables = graph_variables(seed_config([32], [512]))
+def test_original_32_512_parameter_count_matches_reference():
+  _, variables = graph_variables(original_config([32], [512]))
   params = sum(int(np.prod(shape)) for name, (shape, _, _) in variables.items()
                if name != "global_step")
   assert params == 77927018
@@ -90,7 +91,7 @@ def test_seed_32_512_parameter_count_matches_reference():
 
 def test_float16_ensemble_names_dtypes_and_count():
   clusters, hiddens = [8, 6, 4], [16, 24, 8]
-  graph, variables = graph_variables(seed_config(clusters, hiddens, [0.5, 0.3, 0.2],
+  graph, variables = graph_variables(original_config(clusters, hiddens, [0.5, 0.3, 0.2],
                                                  float16=True))
   assert len(variables) == 32 * 3 + 1
   for index, (K, H) in enumerate(zip(clusters, hiddens)):
@@ -108,9 +109,9 @@ def test_float16_ensemble_names_dtypes_and_count():
 
 def test_wrong_repeated_flag_count_names_the_flag():
   with pytest.raises(ValueError, match="--netvlad_hidden_size was given 1 time"):
-    seed_config([8, 8], [16])
+    original_config([8, 8], [16])
   with pytest.raises(ValueError, match="--ensemble_wts was given 1 time"):
-    model_graph.ModelConfig(**dict(seed_config([8, 8], [16, 16]).to_json_dict(),
+    model_graph.ModelConfig(**dict(original_config([8, 8], [16, 16]).to_json_dict(),
                                    ensemble_wts=[1.0])).validate()
 
 
@@ -132,7 +133,7 @@ def test_config_defaults_are_the_flag_defaults():
 
 def test_ensemble_prediction_is_weighted_sum_and_eval_is_deterministic():
   weights = [0.7, 0.3]
-  config = seed_config([4, 2], [8, 6], weights, num_classes=20)
+  config = original_config([4, 2], [8, 6], weights, num_classes=20)
   config.iterations = 10
   graph, _ = model_graph.build_inference_graph(config)
   rng = np.random.default_rng(0)
@@ -168,9 +169,9 @@ def sigmoid(x):
 
 @pytest.mark.parametrize("prob_gating", [False, True])
 def test_moe_softmax_over_m_plus_1_with_a_dummy_expert(prob_gating):
-  """behavior.md 3.2 step 7-8, in numpy: class-major columns, softmax over M+1 gates, the
-  (M+1)-th gate's expert contributes 0; prob gating multiplies by sigmoid(BN(p W)), BN with
-  the initial moving statistics (0, 1) at inference."""
+  """docs/original.md, "The network" (MoE and probability gating), in numpy: class-major columns,
+  softmax over M+1 gates, the (M+1)-th gate's expert contributes 0; prob gating multiplies by
+  sigmoid(BN(p W)), BN with the initial moving statistics (0, 1) at inference."""
   video_level_models = yt8m("video_level_models")
   V, M, D = 3, 2, 6
   rng = np.random.default_rng(5)
@@ -206,7 +207,8 @@ def test_moe_softmax_over_m_plus_1_with_a_dummy_expert(prob_gating):
 
 @pytest.mark.parametrize("seed", [None, (0, 0)])
 def test_frame_sampling_stays_within_each_videos_frames(seed):
-  """Uniform with replacement over [0, num_frames - 1] (behavior.md 3.1); 0 frames -> row 0.
+  """Uniform with replacement over [0, num_frames - 1] (docs/original.md, "Frame sampling");
+  0 frames -> row 0.
   Each frame row holds its index + 1, padding rows -1, so a sampled value names its frame."""
   model_utils = yt8m("model_utils")
   num_frames = np.array([1, 7, 300, 0, 150], np.int32)

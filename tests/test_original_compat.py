@@ -1,11 +1,10 @@
-"""The seed's commands build the original's network and work on train_dirs the original wrote.
+"""The original's commands build the original's network and work on train_dirs the original wrote.
 
-The "original" directories here are written with plain TensorFlow (tf.compat.v1 variables and
-a Saver), never with this project's training code: checkpoints ``model.ckpt-N`` holding the
-original's variable names (behavior.md 3.4) with Adam slots, beta powers and an int32
-global_step, an absolute-path ``checkpoint`` state file, and the original's 5-key
-model_flags.json that says ``"model": "LogisticModel"`` for a single model.
-"""
+The "original" directories here are written with plain TensorFlow (tf.compat.v1 variables and a
+Saver), never with this project's training code: checkpoints ``model.ckpt-N`` holding the original's
+variable names (docs/original.md, "The 32 variables of a model") with Adam slots, beta powers and an
+int32 global_step, an absolute-path ``checkpoint`` state file, and the original's 5-key
+model_flags.json that says ``"model": "LogisticModel"`` for a single model."""
 
 import json
 import logging
@@ -31,8 +30,8 @@ BN_EPSILON = 0.001
 ORIGINAL_MODEL_FLAGS = {"model": "LogisticModel", "feature_sizes": "1024,128",
                         "feature_names": "rgb,audio", "frame_features": True,
                         "label_loss": "CrossEntropyLoss"}
-# The seed's eval command, verbatim but for the sizes (and this test's 40 classes).
-SEED_EVAL_FLAGS = [
+# The original's eval command, verbatim but for the sizes (and this test's 40 classes).
+ORIGINAL_EVAL_FLAGS = [
     "--model=NetVLADModelLF", "--frame_features", "--feature_names=rgb,audio",
     "--feature_sizes=1024,128", "--batch_size=1024", "--base_learning_rate=0.0001",
     "--netvlad_cluster_size=%d" % K, "--netvlad_hidden_size=%d" % H, "--moe_l2=1e-6",
@@ -133,7 +132,8 @@ def constant_videos(tmp_path_factory):
 
 
 def numpy_predictions(values, quantized, relu6=True, scope="tower/"):
-  """behavior.md 3.2 in float64, eval mode, for a video whose every frame is `quantized`."""
+  """docs/original.md, "The network", in float64, eval mode, for a video whose every frame is
+  `quantized`."""
   v = lambda name: values[scope + name].astype(np.float64)
 
   def batch_norm(x, prefix):
@@ -194,15 +194,16 @@ def gap_line(stderr):
 
 @pytest.fixture(scope="module")
 def evaluated(original_dir, tiny_data):
-  """The seed's loop-eval command on model.ckpt-10 of the original dir."""
+  """The original's loop-eval command on model.ckpt-10 of the original dir."""
   json_before = open(os.path.join(original_dir["dir"], "model_flags.json")).read()
-  result = run_cli("eval", *SEED_EVAL_FLAGS, "--train_dir=" + original_dir["dir"],
+  result = run_cli("eval", *ORIGINAL_EVAL_FLAGS, "--train_dir=" + original_dir["dir"],
                    "--eval_data_pattern=" + tiny_data["validate_pattern"],
                    "--checkpoint=model.ckpt-10.index")
   return dict(original_dir, stderr=result.stderr, json_before=json_before)
 
 
-def test_seed_eval_command_on_an_original_train_dir(evaluated):
+@pytest.mark.slow
+def test_original_eval_command_on_an_original_train_dir(evaluated):
   line = gap_line(evaluated["stderr"])
   assert "epoch/eval number 10 " in line  # model.ckpt-10, not the newest (20)
   assert 0 <= float(line.split("GAP: ")[1].split()[0]) <= 1
@@ -216,6 +217,7 @@ def test_seed_eval_command_on_an_original_train_dir(evaluated):
       "json_before"]
 
 
+@pytest.mark.slow
 def test_predictions_of_an_original_checkpoint_are_the_originals_network(
     evaluated, constant_videos, tmp_path):
   """inference.py on eval's inference_model_10 equals an independent numpy forward pass
@@ -238,9 +240,10 @@ def test_predictions_of_an_original_checkpoint_are_the_originals_network(
     assert np.max(np.abs(without_relu6 - expected)) > 100 * 2e-5 * np.max(expected)
 
 
+@pytest.mark.slow
 def test_shapes_that_contradict_the_flags_are_refused(original_dir, tiny_data):
   flags = [f.replace("--netvlad_hidden_size=%d" % H, "--netvlad_hidden_size=16")
-           for f in SEED_EVAL_FLAGS]
+           for f in ORIGINAL_EVAL_FLAGS]
   result = run_cli("eval", *flags, "--train_dir=" + original_dir["dir"],
                    "--eval_data_pattern=" + tiny_data["validate_pattern"],
                    "--checkpoint=model.ckpt-20.index", check=False)
@@ -251,8 +254,9 @@ def test_shapes_that_contradict_the_flags_are_refused(original_dir, tiny_data):
          "[%d, 16]" % (1024 * K + 128 * (K // 2), H, 1024 * K + 128 * (K // 2)) in errors[0]
 
 
-def test_seed_average_and_its_eval_on_an_original_train_dir(original_dir, tiny_data):
-  """The seed's "average all checkpoints in a range" and "evaluate an averaged checkpoint"
+@pytest.mark.slow
+def test_original_average_and_its_eval_on_an_original_train_dir(original_dir, tiny_data):
+  """The original's "average all checkpoints in a range" and "evaluate an averaged checkpoint"
   commands (the latter passes no --model)."""
   directory = original_dir["dir"]
   run_cli("avg_checkpoints", "--checkpoints_start_end=10,20",
@@ -264,7 +268,7 @@ def test_seed_average_and_its_eval_on_an_original_train_dir(original_dir, tiny_d
       reader.get_tensor(name),
       (original_dir["values"][10][name].astype(np.float64)
        + original_dir["values"][20][name]) / 2, rtol=1e-6)
-  flags = [f for f in SEED_EVAL_FLAGS if not f.startswith("--model=")]
+  flags = [f for f in ORIGINAL_EVAL_FLAGS if not f.startswith("--model=")]
   result = run_cli("eval", *flags, "--train_dir=" + directory,
                    "--eval_data_pattern=" + tiny_data["validate_pattern"],
                    "--checkpoint=avg_c%dh%d_10_20.ckpt-0.index" % (K, H))
@@ -281,9 +285,10 @@ ENSEMBLE_FLAGS = [
     "--float16_flag=True", "--num_classes=%d" % V]
 
 
-def test_seed_ensemble_steps_on_original_directories(original_dir, tiny_data, tmp_path):
-  """Seed steps 3-5 and 7 (and the weight search) on an ensemble dir in the original's form:
-  its 32*2+1-tensor float16 template inference_model_10 and 5-key json."""
+@pytest.mark.slow
+def test_original_ensemble_steps_on_original_directories(original_dir, tiny_data, tmp_path):
+  """The original's steps 3-5 and 7 (and the weight search) on an ensemble dir in the
+  original's form: its 32*2+1-tensor float16 template inference_model_10 and 5-key json."""
   directory = str(tmp_path / "ensemble_YHLS")
   os.makedirs(directory)
   rng = np.random.default_rng(3)
@@ -323,6 +328,7 @@ def test_seed_ensemble_steps_on_original_directories(original_dir, tiny_data, tm
   assert len(read_csv(output)) == 20  # 2 test files x 10 videos
 
 
+@pytest.mark.slow
 def test_build_ensemble_from_original_single_models(original_dir, tmp_path):
   """build_ensemble reads the members' original json (model "LogisticModel") as a reader
   description and takes the architecture from the shapes and flags."""
@@ -337,8 +343,9 @@ def test_build_ensemble_from_original_single_models(original_dir, tmp_path):
   assert built["model"] == "NetVLADModelLF" and built["netvlad_hidden_size"] == [H, H]
 
 
-def test_seed_training_exports_relu6_after_hidden1(tiny_data, tmp_path):
-  """The seed's flags (with --netvlad_relu=False) train the original's network: the
+@pytest.mark.slow
+def test_original_training_exports_relu6_after_hidden1(tiny_data, tmp_path):
+  """The original's flags (with --netvlad_relu=False) train the original's network: the
   inference meta graph eval writes from the training checkpoint has relu6 fed by hidden1's
   batch norm, in every model."""
   train_dir = str(tmp_path / "trained")

@@ -17,6 +17,9 @@ import tensorflow as tf
 from conftest import (REPO_ROOT, TINY_FLAGS, TINY_NUM_CLASSES, cli_env, corrupt, run, run_cli,
                       yt8m)
 
+# Every test here starts tool processes: `pytest -m "not slow"` leaves them out.
+pytestmark = pytest.mark.slow
+
 eval_util = yt8m("eval_util")
 readers = yt8m("readers")
 
@@ -81,7 +84,8 @@ def test_training_exports_on_the_original_cadence(trained):
   assert re.search(r"training step 10 \| Loss: [\d.]+ Examples/sec: [\d.]+ \| Hit@1: [\d.]+ "
                    r"PERR: [\d.]+ GAP: [\d.]+", trained["log"])
   assert "training step 11 | Loss:" in trained["log"]
-  # the 4 train files + the 62 validate files minus the 60 held-out ones (behavior.md 5.1)
+  # the 4 train files + the 62 validate files minus the 60 held-out ones (docs/original.md,
+  # "Training data")
   assert re.search(r"Training .* on 6 files, batch 32 x 1 tower", trained["log"])
   model_flags = json.load(open(os.path.join(trained["dir"], "model_flags.json")))
   assert model_flags["model"] == "NetVLADModelLF"
@@ -192,8 +196,8 @@ def test_eval_of_a_checkpoint_list_equals_single_runs(trained, tiny_data, tmp_pa
     assert bad.returncode != 0 and message in bad.stderr.splitlines()[-1], bad.stderr[-500:]
 
 
-def test_eval_checks_the_seed_flags_against_model_flags(trained, tiny_data, tmp_path):
-  seed_style, log = run_eval(
+def test_eval_checks_the_original_flags_against_model_flags(trained, tiny_data, tmp_path):
+  original_style, log = run_eval(
       tiny_data, trained["dir"], tmp_path, "--model=NetVLADModelLF", *MODEL_FLAGS,
       "--base_learning_rate=0.0001", "--learning_rate_decay=0.8",
       "--checkpoint=model.ckpt-60.index")
@@ -219,7 +223,7 @@ def read_csv(path):
 
 def parse_test_videos(pattern):
   """{video id: (raw [300, 1152] float32, num_frames)} read and dequantized in numpy
-  (behavior.md 2.1: q * 4/255 + 4/512 - 2, zero padding after dequantization)."""
+  (docs/original.md, "Input data": q * 4/255 + 4/512 - 2, zero padding after dequantization)."""
   videos = {}
   for path in sorted(tf.io.gfile.glob(pattern)):
     for record in tf.compat.v1.io.tf_record_iterator(path):
@@ -521,8 +525,8 @@ def run_script(name, *args):
                           "PYTHON": sys.executable}))
 
 
-def test_seed_checkpoint_workflow_scripts(trained, tiny_data, tmp_path):
-  """The seed's loop / range / select / evaluate-average commands, then resume training."""
+def test_original_checkpoint_workflow_scripts(trained, tiny_data, tmp_path):
+  """The original's loop / range / select / evaluate-average commands, then resume training."""
   train_dir = str(tmp_path / "c4h16_32")
   shutil.copytree(trained["dir"], train_dir)
   state_file = os.path.join(train_dir, "checkpoint")

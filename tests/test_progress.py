@@ -117,6 +117,7 @@ TRAINING_RE = (r"training: (step|epoch) ([\d,.]+)/([\d,]+) \((\d+\.\d)%\) \| "
                r"([\d.]+) examples/s \| elapsed \S+ \| ETA (\S+)$")
 
 
+@pytest.mark.slow
 def test_training_logs_its_progress(tiny_data, tmp_path):
   """train.py's progress: the step out of --max_steps, or the epoch out of --num_epochs when
   that ends the run (the 4 train files of 40 videos and the 2 validate files of 4 that are not
@@ -138,7 +139,8 @@ def test_training_logs_its_progress(tiny_data, tmp_path):
   assert "Done training -- epoch limit reached. (step 6)" in result.stderr
 
 
-def test_python_m_package_prints_the_seed_workflow():
+@pytest.mark.slow
+def test_python_m_package_prints_the_original_workflow():
   result = run([sys.executable, "-m", "youtube-8m"], timeout=60)
   for command in ("youtube-8m.train", "youtube-8m.eval", "youtube-8m.avg_checkpoints",
                   "youtube-8m.build_ensemble", "youtube-8m.ensemble_weights",
@@ -147,6 +149,7 @@ def test_python_m_package_prints_the_seed_workflow():
     assert command in result.stdout
 
 
+@pytest.mark.slow
 def test_help_lists_every_flag_a_tool_accepts():
   """absl's --help shows only the main module's key flags: each tool adopts the flags of the
   project modules it uses (model flags included), so every project flag it parses is listed."""
@@ -194,6 +197,7 @@ def summaries(train_dir):
   return found
 
 
+@pytest.mark.slow
 def test_averages_progress_and_tensorboard_tags(trained, tiny_data, tmp_path):
   """Two averages and a training checkpoint evaluated into one train_dir: each average's
   summaries are under its own tag (both have global_step 0), the checkpoint's under the
@@ -234,6 +238,7 @@ def test_averages_progress_and_tensorboard_tags(trained, tiny_data, tmp_path):
   assert lines[0][1] == test_videos and lines[-1] == (test_videos, test_videos, 100.0)
 
 
+@pytest.mark.slow
 def test_ensemble_dry_run_build_and_weight_search_progress(trained, tiny_data, tmp_path):
   for first, last in ((10, 20), (20, 30)):
     name = "avg_e_%d_%d.ckpt" % (first, last)
@@ -263,6 +268,7 @@ def test_ensemble_dry_run_build_and_weight_search_progress(trained, tiny_data, t
   assert searched[-1][0] == searched[-1][1] and len(searched) >= 2
 
 
+@pytest.mark.slow
 def test_summary_tags_of_checkpoints_averages_and_ensembles():
   """(In a subprocess: importing eval.py defines its flags, which train.py's would clash with
   in this process.)"""
@@ -297,6 +303,7 @@ app.run(train.main)
 """
 
 
+@pytest.mark.slow
 def test_gcs_train_dir_gets_event_files_on_a_timer(gcs_bucket, tiny_data):
   """Between checkpoint exports, train.py uploads the event files of a gs:// train_dir every
   EVENT_UPLOAD_SECS (TensorBoard follows training live)."""

@@ -53,6 +53,7 @@ def probe(env):
   return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 def test_freed_buffers_are_reused_not_faulted_in_again():
   pages = (64 << 20) // 4096
   tuned = probe({"PATH": "/usr/bin:/bin"})
@@ -103,6 +104,7 @@ def test_onednn_is_turned_on_for_x86_64_with_avx2_only_unless_set(tmp_path):
   assert "TF_ENABLE_ONEDNN_OPTS" not in defaults_for(no_avx2, {})
 
 
+@pytest.mark.slow
 def test_tensorflow_runs_with_the_setting_and_says_why():
   code = ("import importlib; s = importlib.import_module('youtube-8m.runtime_settings'); "
           "importlib.import_module('youtube-8m'); print(s.onednn_state())")
@@ -124,6 +126,7 @@ def test_bfloat16_warning_only_without_it_in_hardware(tmp_path):
   assert fp16_layers.emulated_bfloat16_warning(cpu(tmp_path, AVX512_CPUINFO)) is None
 
 
+@pytest.mark.slow
 def test_tensorflow_imported_first_keeps_its_default_and_says_so():
   code = ("import importlib, tensorflow; importlib.import_module('youtube-8m'); "
           "print(importlib.import_module('youtube-8m.runtime_settings').onednn_state())")

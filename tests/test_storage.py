@@ -64,6 +64,7 @@ def retry_warnings(caplog):
 # Paths and import.
 
 
+@pytest.mark.slow
 def test_import_loads_neither_tensorflow_nor_google_cloud():
   code = ("import importlib, sys; importlib.import_module('youtube-8m.storage'); "
           "bad = [m for m in ('tensorflow', 'google.cloud.storage', 'google.auth') "
@@ -263,6 +264,7 @@ def test_missing_bucket_and_missing_object_messages(gcs_bucket):
   assert not isinstance(FileNotFoundError(), storage.StorageError)
 
 
+@pytest.mark.slow
 def test_no_credentials_gives_clear_error(tmp_path):
   """Without STORAGE_EMULATOR_HOST and without credentials (and with the GCE metadata check
   disabled, so nothing leaves the machine) a gs:// call explains how to log in."""

@@ -77,6 +77,7 @@ def check_same_events(train_events, mirrored):
       assert {step for step, _, _ in scalars} == {10, 20}
 
 
+@pytest.mark.slow
 def test_summaries_mirrored_into_a_local_tensorboard_dir(data, tmp_path):
   train_dir, logs = str(tmp_path / "train"), str(tmp_path / "base" / "logs")
   train_and_evaluate(data, train_dir, {summaries.TENSORBOARD_DIR_ENV: logs + "/"})
@@ -84,6 +85,7 @@ def test_summaries_mirrored_into_a_local_tensorboard_dir(data, tmp_path):
   assert sorted(os.listdir(logs)) == sorted(event_files(logs))  # nothing else there
 
 
+@pytest.mark.slow
 def test_summaries_mirrored_into_gcs(data, tmp_path, gcs_bucket):
   """As Vertex AI sets it: gs://BUCKET/<baseOutputDirectory>/logs/, here below a gs://
   train_dir (the scripts' baseOutputDirectory is the job's train_dir)."""

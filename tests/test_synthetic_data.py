@@ -86,6 +86,7 @@ def cli_dir(tmp_path_factory):
   return out
 
 
+@pytest.mark.slow
 def test_cli_file_names(cli_dir):
   for level in ("frame", "video"):
     names = sorted(os.listdir(os.path.join(cli_dir, level)))
@@ -94,6 +95,7 @@ def test_cli_file_names(cli_dir):
                             "test00.tfrecord"])
 
 
+@pytest.mark.slow
 def test_cli_frame_level_format(cli_dir):
   ids = []
   for path in sorted(glob.glob(os.path.join(cli_dir, "frame", "*.tfrecord"))):
@@ -113,6 +115,7 @@ def test_cli_frame_level_format(cli_dir):
   assert len(ids) == len(set(ids)) == 2 * 12 + 2 * 12 + 5
 
 
+@pytest.mark.slow
 def test_cli_frame_counts_vary(cli_dir):
   counts = []
   for path in glob.glob(os.path.join(cli_dir, "frame", "*.tfrecord")):
@@ -122,6 +125,7 @@ def test_cli_frame_counts_vary(cli_dir):
   assert any(c > 300 for c in counts)
 
 
+@pytest.mark.slow
 def test_cli_video_level_matches_frame_level(cli_dir):
   frame_dir = os.path.join(cli_dir, "frame")
   for path in sorted(glob.glob(os.path.join(cli_dir, "video", "*.tfrecord"))):
@@ -139,12 +143,14 @@ def test_cli_video_level_matches_frame_level(cli_dir):
       assert np.abs(mean_rgb).max() < 2.0
 
 
+@pytest.mark.slow
 def test_cli_leaves_no_temp_files(cli_dir):
   for root, _, names in os.walk(cli_dir):
     for name in names:
       assert name.endswith(".tfrecord") and not name.startswith("."), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,flag", [
     (["--num_classes=0"], "num_classes"),
     (["--num_classes=5000"], "num_classes"),
@@ -160,6 +166,7 @@ def test_cli_bad_flags(tmp_path, args, flag):
   assert not os.path.exists(str(tmp_path / "out"))
 
 
+@pytest.mark.slow
 def test_cli_requires_output_dir():
   res = run_cli("synthetic_data", "--num_train_files=1", check=False)
   assert res.returncode != 0

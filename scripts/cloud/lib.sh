@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Shared by scripts/cloud/submit_*.sh and build_image.sh: option parsing, shell quoting and the
-# Vertex AI job builder. Each submit script sets YT8M_VARS (the seed variables it takes), sources
-# this file, calls yt8m_parse_args "$@" and yt8m_setup, then yt8m_submit per job.
+# Vertex AI job builder. Each submit script sets YT8M_VARS (the variables of the original's
+# commands that it takes), sources this file, calls yt8m_parse_args "$@" and yt8m_setup, then
+# yt8m_submit per job.
 #
 # A job (gcloud ai custom-jobs create) runs `python3 -m youtube-8m.MODULE FLAG...` in the
 # project's container image (cloud/container/Dockerfile: tensorflow[and-cuda]==2.21.0 plus
@@ -12,12 +13,12 @@
 # --feature_names=rgb,audio stay whole), baseOutputDirectory (the job's train_dir) and
 # scheduling (Spot VMs, restartJobOnWorkerRestart: a preempted worker gets SIGTERM, train.py
 # exports a checkpoint, and the restarted job resumes from it).
-# (The seed's `gcloud ml-engine` / AI Platform Training was shut down on 2025-01-31.)
+# (The original's `gcloud ml-engine` / AI Platform Training was shut down on 2025-01-31.)
 # After each job (and in a dry run, with JOB_ID as a placeholder) the script prints the gcloud
 # commands that follow it: stream-logs, describe, cancel.
 #
-# Options of every script (seed variables also as VAR=VALUE or --VAR=VALUE, or from the
-# environment):
+# Options of every script (the variables of the original's commands also as VAR=VALUE or
+# --VAR=VALUE, or from the environment):
 #   --dry-run                 print the commands, shell-quoted, one per line (the job config as
 #                             a `cat > FILE <<'YT8M_EOF'` here-document), and exit 0 without
 #                             calling gcloud
@@ -41,20 +42,20 @@
 #                             projects/P/locations/REGION/tensorboards/ID, in the jobs' region,
 #                             that streams the summaries train.py and eval.py write to
 #                             AIP_TENSORBOARD_LOG_DIR (needs --service-account)
-#   --verbosity=LEVEL         gcloud's --verbosity (default debug, as the seed)
-#   --job-name=NAME           instead of the seed's job name (single-job scripts)
+#   --verbosity=LEVEL         gcloud's --verbosity (default debug, as in the original's commands)
+#   --job-name=NAME           instead of the original's job name (single-job scripts)
 #   --evaluator-count=N       (submit_distributed_train.sh) replicas of the evaluator pool
 
 YT8M_CLOUD_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 YT8M_REPO_ROOT="$(cd "$YT8M_CLOUD_DIR/../.." && pwd)"
 YT8M_SCRIPT="$(basename "$0")"
-YT8M_SEED_TRAIN_PATTERN='gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord,gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord'
-YT8M_SEED_EVAL_PATTERN='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord'
-YT8M_SEED_TEST_PATTERN='gs://youtube8m-ml-us-east1/2/frame/test/test*.tfrecord'
+YT8M_ORIGINAL_TRAIN_PATTERN='gs://youtube8m-ml-us-east1/2/frame/train/train*.tfrecord,gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord'
+YT8M_ORIGINAL_EVAL_PATTERN='gs://youtube8m-ml-us-east1/2/frame/validate/validate*.tfrecord'
+YT8M_ORIGINAL_TEST_PATTERN='gs://youtube8m-ml-us-east1/2/frame/test/test*.tfrecord'
 YT8M_IMAGE_NAME=yt8m/yt8m-netvlad-ensemble  # Artifact Registry repository/image
 # The jobs run where the data is: the public bucket gs://youtube8m-ml-us-east1 is in us-east1.
 YT8M_DEFAULT_REGION=us-east1
-# Options also read from the environment (the seed's own variables come on top, per script).
+# Options also read from the environment (the original's own variables come on top, per script).
 YT8M_ENV_OPTIONS="REGION DATA_PATTERN EVAL_DATA_PATTERN TEST_DATA_PATTERN PROJECT IMAGE_URI"
 YT8M_ENV_OPTIONS+=" SERVICE_ACCOUNT TENSORBOARD"
 
@@ -68,7 +69,8 @@ yt8m_usage() {  # the script's header comment, then the common options (from thi
        on { sub(/^# ?/, ""); print }' "${BASH_SOURCE[0]}"
 }
 
-# yt8m_parse_args "$@": options and seed variables; positional arguments go to YT8M_POSITIONAL.
+# yt8m_parse_args "$@": options and the variables of the original's commands; positional
+# arguments go to YT8M_POSITIONAL.
 yt8m_parse_args() {
   local allowed=" ${YT8M_VARS:-} " arg name value upper
   YT8M_POSITIONAL=()
@@ -184,14 +186,14 @@ yt8m_default_image() {
 
 yt8m_defaults() {  # the region and the data patterns, unless given
   REGION=${REGION:-$YT8M_DEFAULT_REGION}
-  DATA_PATTERN=${DATA_PATTERN:-$YT8M_SEED_TRAIN_PATTERN}
-  EVAL_DATA_PATTERN=${EVAL_DATA_PATTERN:-$YT8M_SEED_EVAL_PATTERN}
-  TEST_DATA_PATTERN=${TEST_DATA_PATTERN:-$YT8M_SEED_TEST_PATTERN}
+  DATA_PATTERN=${DATA_PATTERN:-$YT8M_ORIGINAL_TRAIN_PATTERN}
+  EVAL_DATA_PATTERN=${EVAL_DATA_PATTERN:-$YT8M_ORIGINAL_EVAL_PATTERN}
+  TEST_DATA_PATTERN=${TEST_DATA_PATTERN:-$YT8M_ORIGINAL_TEST_PATTERN}
 }
 
 yt8m_check_bucket() {  # BUCKET_NAME: set, a gs:// URL; the trailing slash dropped
   yt8m_require BUCKET_NAME
-  [[ $BUCKET_NAME == gs://?* ]] || yt8m_die "BUCKET_NAME must be a gs:// URL (the seed's" \
+  [[ $BUCKET_NAME == gs://?* ]] || yt8m_die "BUCKET_NAME must be a gs:// URL (the original's" \
     "gs://\${USER}_yt8m_train_bucket), got '$BUCKET_NAME'"
   BUCKET_NAME=${BUCKET_NAME%/}
 }
@@ -214,7 +216,7 @@ yt8m_setup() {
   fi
   if [ "$CONFIG" = youtube-8m/cloudml-gpu.yaml ] || [ "$(basename "$CONFIG")" = cloudml-gpu.yaml ]
   then
-    yt8m_die "$CONFIG is the seed's AI Platform config (AI Platform Training was shut down on" \
+    yt8m_die "$CONFIG is the original's AI Platform config (AI Platform Training was shut down on" \
       "2025-01-31); its Vertex AI equivalent is cloud/vertex-gpu.yaml, the default"
   fi
   yt8m_resolve_config "$CONFIG"
@@ -255,7 +257,7 @@ yt8m_check_tensorboard() {
     "TensorBoard instance of its own region"
   [ -n "$SERVICE_ACCOUNT" ] || yt8m_die "--tensorboard needs --service-account=EMAIL: Vertex" \
     "AI uploads a job's TensorBoard logs only when it runs as a user-managed service account" \
-    "(see 'Vertex AI TensorBoard' in the README)"
+    "(see 'Vertex AI TensorBoard' in docs/cloud.md)"
   YT8M_JOB_FIELDS+=("--tensorboard=$TENSORBOARD")
 }
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Checks, before the first job, what the jobs will need (README "Before your first job"):
+# Checks, before the first job, what the jobs will need (docs/cloud.md, "Before your first job"):
 #
 #   bash scripts/cloud/preflight.sh [--dry-run] BUCKET_NAME=gs://... [--region=R] [shards=N]
 #
 # 1. the APIs the jobs and the image build use are enabled (aiplatform, storage,
 #    artifactregistry, cloudbuild);
 # 2. every data pattern the jobs read (DATA_PATTERN's globs, EVAL_DATA_PATTERN,
-#    TEST_DATA_PATTERN; default the seed's, in gs://youtube8m-ml-us-east1) matches files:
+#    TEST_DATA_PATTERN; default the original's, in gs://youtube8m-ml-us-east1) matches files:
 #    `gcloud storage ls` on each, printing how many and the first `shards` (default 3);
 # 3. BUCKET_NAME and the data buckets are in the jobs' region (--region, default us-east1):
 #    reading data across regions is slower and billed, and a Vertex AI TensorBoard instance

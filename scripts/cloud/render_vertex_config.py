@@ -111,7 +111,7 @@ def split_pools(lines, template):
            "top-level key): %r" % (template, line))
   if not in_specs:
     fail("%s: no 'workerPoolSpecs:' line at column 0 (is it a Vertex AI CustomJobSpec? "
-         "the seed's cloudml-gpu.yaml is an AI Platform config)" % template)
+         "the original's cloudml-gpu.yaml is an AI Platform config)" % template)
   if not pools:
     fail("%s: workerPoolSpecs has no '- ' items at column 0" % template)
   return header, pools

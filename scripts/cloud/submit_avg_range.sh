@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's "Average all checkpoints in a range" job (avg_checkpoints.py over every
+# The original's "Average all checkpoints in a range" job (avg_checkpoints.py over every
 # model.ckpt-<step> with ckpt_start <= step <= ckpt_end), on Vertex AI:
 #
 #   bash scripts/cloud/submit_avg_range.sh [--dry-run] \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's "Average select checkpoints" job (avg_checkpoints.py over a list of steps), on
+# The original's "Average select checkpoints" job (avg_checkpoints.py over a list of steps), on
 # Vertex AI:
 #
 #   bash scripts/cloud/submit_avg_select.sh [--dry-run] \
@@ -9,7 +9,7 @@
 # Job name yt8m_avgckpt_c${cs}h${hs}_${RANGE_NAME}; writes
 # $BUCKET_NAME/c${cs}h${hs}_${batch_size}/avg_c${cs}h${hs}_${RANGE_NAME}.ckpt-0.*
 # Variables (VAR=value, --VAR=value or environment): BUCKET_NAME cs hs batch_size RANGE_NAME,
-# CHECKPOINTS (the steps, separated by commas or spaces; the seed writes them inline).
+# CHECKPOINTS (the steps, separated by commas or spaces; the original's commands write them inline).
 set -euo pipefail
 YT8M_VARS="BUCKET_NAME cs hs batch_size RANGE_NAME CHECKPOINTS"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's "Train" job (same module flags) with the distributed job config: a chief (master),
+# The original's "Train" job (same module flags) with the distributed job config: a chief (master),
 # workers and parameter servers, every replica running youtube-8m.train, which takes its role
 # from TF_CONFIG, on Vertex AI (cloud/vertex-distributed.yaml):
 #
@@ -7,8 +7,8 @@
 #       BUCKET_NAME=gs://... cs=100 hs=800 batch_size=160 [--evaluator-count=1]
 #
 # --evaluator-count=N (Vertex AI) adds the config's evaluator pool (workerpool3). train.py does
-# not evaluate, so that pool runs youtube-8m.eval instead, with the seed's evaluation flags for
-# the same train_dir but without --run_once/--checkpoint: eval.py then evaluates every new
+# not evaluate, so that pool runs youtube-8m.eval instead, with the original's evaluation flags
+# for the same train_dir but without --run_once/--checkpoint: eval.py then evaluates every new
 # checkpoint as the trainers export it (it polls until it is stopped).
 # Job name yt8m_train_c${cs}h${hs}_${batch_size}_dist; train_dir as submit_train.sh's.
 # Variables (VAR=value, --VAR=value or environment): BUCKET_NAME cs hs batch_size, DATA_PATTERN

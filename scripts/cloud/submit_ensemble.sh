@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's ensemble/float16 steps 1-5, one job per call, on Vertex AI:
+# The original's ensemble/float16 steps 1-5, one job per call, on Vertex AI:
 #
 #   bash scripts/cloud/submit_ensemble.sh STEP [--dry-run] VARS...
 #
@@ -9,7 +9,7 @@
 #   4  eval.py --checkpoint_file=${INFERENCE_MODEL_NAME}-0 with MIXING_WEIGHTS (tune them)
 #   5  as 4 + --force_output_model_name=True (writes inference_model.* for the submission tgz)
 #
-# e.g. (the seed's step 0 variables):
+# e.g. (the original's step 0 variables):
 #   bash scripts/cloud/submit_ensemble.sh 1 --dry-run BUCKET_NAME=gs://... \
 #       ENSEMBLE_DIR=ensemble_YHLS MODEL1_PARAM="24 1440" MODEL2_PARAM="32 1024" \
 #       MODEL3_PARAM="16 800" MODEL4_PARAM="32 512" MIXING_WEIGHTS="0.25 0.25 0.25 0.25"
@@ -17,14 +17,15 @@
 #       INFERENCE_MODEL_NAME=inference_model_ensemble_YHLS \
 #       MODEL1_CKPT=gs://.../single_models/c24h1440-inference_model_0 MODEL2_CKPT=... ...
 #
-# Job names yt8m_train_ensemble_${ENSEMBLE_DIR}_<YYYYmmdd_HHMMSS> (as the seed, for every step).
+# Job names yt8m_train_ensemble_${ENSEMBLE_DIR}_<YYYYmmdd_HHMMSS> (as the original's,
+# for every step).
 # Variables (VAR=value, --VAR=value or environment; lists separated by spaces or commas):
 #   BUCKET_NAME ENSEMBLE_DIR                                   every step
 #   MODEL1_PARAM .. MODELn_PARAM ("CLUSTER_SIZE HIDDEN_SIZE"),  steps 1 2 4 5: n = how many
 #   MIXING_WEIGHTS (n weights)                                 are set, from MODEL1_PARAM on
 #   MODEL1_CKPT .. MODELn_CKPT (single-model checkpoints)      step 3
 #   INFERENCE_MODEL_NAME                                       steps 3 4 5
-#   DATA_PATTERN (step 1), EVAL_DATA_PATTERN (steps 2 4 5): default the seed's globs.
+#   DATA_PATTERN (step 1), EVAL_DATA_PATTERN (steps 2 4 5): default the original's globs.
 set -euo pipefail
 YT8M_VARS="BUCKET_NAME ENSEMBLE_DIR MIXING_WEIGHTS INFERENCE_MODEL_NAME"
 for i in $(seq 1 32); do YT8M_VARS+=" MODEL${i}_PARAM MODEL${i}_CKPT"; done
@@ -62,7 +63,7 @@ else
   weights=("${YT8M_LIST[@]}")
   [ ${#weights[@]} -eq "$n" ] || yt8m_die "MIXING_WEIGHTS has ${#weights[@]} weights for $n" \
     "models (MODEL1_PARAM..MODEL${n}_PARAM)"
-  # The seed's repeated flags, one triple per model in model order.
+  # The repeated flags of the original's commands, one triple per model in model order.
   repeated=()
   for i in $(seq 1 "$n"); do
     var="MODEL${i}_PARAM"

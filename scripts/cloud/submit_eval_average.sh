@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's "Evaluate an averaged checkpoint" job (eval.py on avg_c${cs}h${hs}_${checkpoint}
+# The original's "Evaluate an averaged checkpoint" job (eval.py on avg_c${cs}h${hs}_${checkpoint}
 # .ckpt-0, as written by submit_avg_range.sh / submit_avg_select.sh), on Vertex AI:
 #
 #   bash scripts/cloud/submit_eval_average.sh [--dry-run] \
@@ -7,7 +7,7 @@
 #
 # Job name yt8m_eval_c${cs}h${hs}_${checkpoint}. Variables (VAR=value, --VAR=value or
 # environment): BUCKET_NAME cs hs batch_size, checkpoint (the average's RANGE_NAME or
-# ${ckpt_start}_${ckpt_end}), EVAL_DATA_PATTERN (default: the seed's validate glob).
+# ${ckpt_start}_${ckpt_end}), EVAL_DATA_PATTERN (default: the original's validate glob).
 set -euo pipefail
 YT8M_VARS="BUCKET_NAME cs hs batch_size checkpoint"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

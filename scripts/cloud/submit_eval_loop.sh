@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
-# The seed's "Evaluate several single checkpoints in a loop": one evaluation job per checkpoint
+# The original's "Evaluate several single checkpoints in a loop": one evaluation job per checkpoint
 # step, each with --checkpoint=model.ckpt-${CKPT}.index, on Vertex AI:
 #
 #   bash scripts/cloud/submit_eval_loop.sh [--dry-run] \
 #       BUCKET_NAME=gs://... cs=10 hs=400 batch_size=160 \
 #       CKPTS="170010 180010 190010 200010 210010 220010"
 #
-# Job names yt8m_eval_c${cs}h${hs}_${CKPT}_<HH>H<MM>M<SS>S (the seed's $(date +%HH%MM%SS)).
+# Job names yt8m_eval_c${cs}h${hs}_${CKPT}_<HH>H<MM>M<SS>S (the original's $(date +%HH%MM%SS)).
 # Variables (VAR=value, --VAR=value or environment): BUCKET_NAME cs hs batch_size (of the
 # train_dir c${cs}h${hs}_${batch_size}), CKPTS (steps separated by spaces or commas),
-# EVAL_DATA_PATTERN (default: the seed's validate glob).
+# EVAL_DATA_PATTERN (default: the original's validate glob).
 set -euo pipefail
 YT8M_VARS="BUCKET_NAME cs hs batch_size CKPTS"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

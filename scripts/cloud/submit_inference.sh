@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The seed's steps 6-7 on Vertex AI: inference.py predicts the test set into a gs:// CSV (the
+# The original's steps 6-7 on Vertex AI: inference.py predicts the test set into a gs:// CSV (the
 # Kaggle submission), either from an ensemble train_dir, also writing the submission tgz
 # (step 6), or from the submission tgz (step 7):
 #
@@ -15,8 +15,8 @@
 # predicted. Every path is a gs:// URL (the job's disk is gone when it ends).
 # Job name yt8m_inference_<ENSEMBLE_DIR or the tgz's name>_<YYYYmmdd_HHMMSS>.
 # Variables (VAR=value, --VAR=value or environment): BUCKET_NAME, ENSEMBLE_DIR or
-# input_model_tgz, output_model_tgz, output_file, batch_size (default 512, the seed's),
-# TEST_DATA_PATTERN (default: the seed's test glob).
+# input_model_tgz, output_model_tgz, output_file, batch_size (default 512, the original's),
+# TEST_DATA_PATTERN (default: the original's test glob).
 set -euo pipefail
 YT8M_VARS="BUCKET_NAME ENSEMBLE_DIR input_model_tgz output_model_tgz output_file batch_size"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

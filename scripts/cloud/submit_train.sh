@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The seed's "Train" job (one Gated NetVLAD model, float32) on Vertex AI:
+# The original's "Train" job (one Gated NetVLAD model, float32) on Vertex AI:
 #
 #   bash scripts/cloud/submit_train.sh [--dry-run] \
 #       BUCKET_NAME=gs://${USER}_yt8m_train_bucket cs=100 hs=800 batch_size=160
 #
 # Job name yt8m_train_c${cs}h${hs}_${batch_size}; train_dir $BUCKET_NAME/c${cs}h${hs}_${batch_size}.
 # Variables (VAR=value, --VAR=value or environment): BUCKET_NAME cs hs batch_size, DATA_PATTERN
-# (default: the seed's train + validate globs).
+# (default: the original's train + validate globs).
 set -euo pipefail
 YT8M_VARS="BUCKET_NAME cs hs batch_size"
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -1,11 +1,12 @@
-"""The seed's model flags (its README's commands), shared by main_job.py and the bench scripts.
+"""The model flags of the original's commands (its README's), shared by main_job.py and the bench
+scripts.
 
-The shell scripts take theirs from common.sh (seed_model_flags).
+The shell scripts take theirs from common.sh (original_model_flags).
 """
 
 
-def seed_model_flags(cluster=None, hidden=None, iterations=300):
-  """The seed's flags for NetVLADModelLF; without cluster/hidden for an ensemble, whose
+def original_model_flags(cluster=None, hidden=None, iterations=300):
+  """The original's flags for NetVLADModelLF; without cluster/hidden for an ensemble, whose
   repeated --netvlad_cluster_size / --netvlad_hidden_size the caller gives per model."""
   flags = ["--frame_features", "--feature_names=rgb,audio", "--feature_sizes=1024,128"]
   if cluster is not None:
