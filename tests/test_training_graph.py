@@ -12,12 +12,15 @@ import signal
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 from absl.testing import flagsaver
 
 from conftest import TINY_NUM_CLASSES, yt8m
 
 tf1 = tf.compat.v1
 train = yt8m("train")
+training_graph = yt8m("training_graph")
+optimization = yt8m("optimization")
 model_graph = yt8m("model_graph")
 losses = yt8m("losses")
 
@@ -66,7 +69,10 @@ def video_file(tmp_path_factory):
 
 
 def build(config, files, towers=1, **flag_values):
-  """train.build_training_graph under the given flags; returns (graph, tensors)."""
+  """training_graph.build_training_graph under the given flags of train.py; returns (graph,
+  tensors)."""
+  if "batch_size" not in flags.FLAGS:  # train.py defines its flags when it runs
+    train.define_flags()
   values = dict(batch_size=VIDEOS // towers, num_epochs=1, num_readers=1, random_seed=3,
                 clip_gradient_norm=0.0, optimizer="GradientDescentOptimizer",
                 base_learning_rate=0.5, learning_rate_decay=0.95,
@@ -75,7 +81,7 @@ def build(config, files, towers=1, **flag_values):
   values.update(flag_values)
   graph = tf.Graph()
   with flagsaver.flagsaver(**values), graph.as_default():
-    tensors = train.build_training_graph(config, files, ["/cpu:0"] * towers)
+    tensors = training_graph.build_training_graph(config, files, ["/cpu:0"] * towers)
   return graph, tensors
 
 
@@ -172,7 +178,7 @@ def test_clip_by_norm_equals_tensorflows():
   graph = tf.Graph()
   with graph.as_default(), tf1.Session() as sess:
     for values in cases:
-      ours, reference = sess.run([train.clip_by_norm(tf.constant(values), 1.0),
+      ours, reference = sess.run([optimization.clip_by_norm(tf.constant(values), 1.0),
                                   tf.clip_by_norm(tf.constant(values), 1.0)])
       np.testing.assert_array_equal(ours, reference)  # bit for bit
       if np.linalg.norm(values) > 1.0:
@@ -241,7 +247,7 @@ def test_training_step_updates_batch_norm_moving_statistics(tiny_data):
 def test_a_second_stop_signal_stops_at_once():
   saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
   try:
-    stop = train.StopRequest()
+    stop = yt8m("training_loop").StopRequest()
     assert stop.signal_name is None
     os.kill(os.getpid(), signal.SIGTERM)  # the first one only asks for a clean stop
     assert stop.signal_name == "SIGTERM"

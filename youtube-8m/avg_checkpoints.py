@@ -23,35 +23,6 @@ from . import storage
 from . import utils
 
 FLAGS = flags.FLAGS
-
-flags.DEFINE_string("checkpoints", None,
-                    "Comma-separated checkpoints to average. Each entry gets --prefix prepended "
-                    "by plain string concatenation (so with --prefix=DIR/model.ckpt- the "
-                    "entries are bare steps); entries may also carry a '.index' (or '.meta', "
-                    "'.data-*') suffix.")
-flags.DEFINE_string("checkpoints_start_end", None,
-                    "'START,END': average every checkpoint '<prefix><step>' found next to "
-                    "--prefix with START <= step <= END (inclusive).")
-flags.DEFINE_integer("num_last_checkpoints", None,
-                     "Average the N newest (highest step) checkpoints '<prefix><step>' found "
-                     "next to --prefix.")
-flags.DEFINE_string("prefix", "",
-                    "Checkpoint prefix, e.g. 'train_dir/model.ckpt-'. Prepended to "
-                    "--checkpoints entries; in range / last-N modes checkpoints named "
-                    "'<prefix><digits>' are listed.")
-flags.DEFINE_string("output_path", "/tmp/averaged.ckpt",
-                    "Output prefix; the average is saved with global step 0 as "
-                    "'<output_path>-0.*'. An existing average with that name is replaced once "
-                    "the new files are complete.")
-flags.DEFINE_string("staging_dir", None,
-                    "Local directory for the temporary copies of gs:// input checkpoints and of "
-                    "a gs:// output before its upload; default: $YT8M_STORAGE_CACHE, else "
-                    "<tmp>/yt8m-storage-cache.")
-flags.DEFINE_bool("exclude_optimizer_slots", False,
-                  "Leave out optimizer state (*/Adam, */Adam_1, beta1_power, beta2_power, "
-                  "*/Momentum, */RMSProp*, ...) for a smaller evaluation-only checkpoint. "
-                  "Default: average it too.")
-
 GLOBAL_STEP = checkpoint_utils.GLOBAL_STEP
 _START_END_RE = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*$")
 # The last name component of optimizer state: TF1 slot variables '<var>/<optimizer>[_<k>]'
@@ -59,6 +30,37 @@ _START_END_RE = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*$")
 _OPTIMIZER_STATE_RE = re.compile(
     r"^(Adam|LazyAdam|AdamW|Momentum|RMSProp|Adagrad|AdagradDA|Adadelta|Ftrl|ProximalAdagrad|"
     r"ProximalGradientDescent|beta1_power|beta2_power)(_\d+)?$")
+
+
+def define_flags():
+  flags.DEFINE_string("checkpoints", None,
+                      "Comma-separated checkpoints to average. Each entry gets --prefix prepended "
+                      "by plain string concatenation (so with --prefix=DIR/model.ckpt- the "
+                      "entries are bare steps); entries may also carry a '.index' (or '.meta', "
+                      "'.data-*') suffix.")
+  flags.DEFINE_string("checkpoints_start_end", None,
+                      "'START,END': average every checkpoint '<prefix><step>' found next to "
+                      "--prefix with START <= step <= END (inclusive).")
+  flags.DEFINE_integer("num_last_checkpoints", None,
+                       "Average the N newest (highest step) checkpoints '<prefix><step>' found "
+                       "next to --prefix.")
+  flags.DEFINE_string("prefix", "",
+                      "Checkpoint prefix, e.g. 'train_dir/model.ckpt-'. Prepended to "
+                      "--checkpoints entries; in range / last-N modes checkpoints named "
+                      "'<prefix><digits>' are listed.")
+  flags.DEFINE_string("output_path", "/tmp/averaged.ckpt",
+                      "Output prefix; the average is saved with global step 0 as "
+                      "'<output_path>-0.*'. An existing average with that name is replaced once "
+                      "the new files are complete.")
+  flags.DEFINE_string("staging_dir", None,
+                      "Local directory for the temporary copies of gs:// input checkpoints and of "
+                      "a gs:// output before its upload; default: $YT8M_STORAGE_CACHE, else "
+                      "<tmp>/yt8m-storage-cache.")
+  flags.DEFINE_bool("exclude_optimizer_slots", False,
+                    "Leave out optimizer state (*/Adam, */Adam_1, beta1_power, beta2_power, "
+                    "*/Momentum, */RMSProp*, ...) for a smaller evaluation-only checkpoint. "
+                    "Default: average it too.")
+
 
 
 class AvgCheckpointsError(ValueError):
@@ -347,4 +349,5 @@ def main(unused_argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -35,7 +35,7 @@ SIZE_LIMIT = 2**30  # the competition's limit on the submission's model files
 
 
 def define_flags():
-  model_graph.define_flags(adopt_into=__name__)
+  utils.define_shared_flags(__name__, model_graph.define_flags)
   flags.DEFINE_string("train_dir", None,
                       "Output directory of the ensemble (created if missing).")
   flags.DEFINE_string("checkpoints", None,

@@ -41,9 +41,8 @@ STEPS = (20, 10, 5, 2, 1)
 
 
 def define_flags():
-  model_graph.define_flags(adopt_into=__name__)
-  fp16_layers.define_compute_dtype_flag()
-  flags.declare_key_flag("compute_dtype")  # listed by --help
+  utils.define_shared_flags(__name__, model_graph.define_flags,
+                            fp16_layers.define_compute_dtype_flag)
   flags.DEFINE_string("train_dir", None,
                       "Ensemble directory with model_flags.json and the checkpoint.")
   flags.DEFINE_string("checkpoint_file", "inference_model",

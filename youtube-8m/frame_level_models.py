@@ -1,9 +1,9 @@
 """Frame-level models: the Gated NetVLAD model of the 10th-place solution (NetVLADModelLF).
 
-Graph and variable names follow the original exactly (behavior.md section 3): 32 variables
-per model, e.g. ``video_VLAD/conv2/cluster_weights``, ``hidden1_weights/hidden1_weights``,
-``gates/weights``, ``gating_prob_weights``. Module flags are defined at import (the
-original's commands pass them); only model_graph reads them, into its ModelConfig.
+Graph and variable names follow the original exactly (docs/original.md): 32 variables per
+model, e.g. ``video_VLAD/conv2/cluster_weights``, ``hidden1_weights/hidden1_weights``,
+``gates/weights``, ``gating_prob_weights``. The settings come as arguments (model_graph's
+ModelConfig).
 """
 
 import math
@@ -16,25 +16,6 @@ from . import models
 from . import video_level_models
 
 tf1 = tf.compat.v1
-flags = tf1.flags
-
-flags.DEFINE_integer("iterations", 30, "Number of frames sampled per video.")
-flags.DEFINE_bool("sample_random_frames", True,
-                  "True: sample frames uniformly with replacement; False: a random window of "
-                  "consecutive frames.")
-flags.DEFINE_bool("netvlad_add_batch_norm", True,
-                  "Batch-normalize the NetVLAD cluster assignments (the original's NetVLAD has "
-                  "no working alternative; False is refused by model_graph).")
-flags.DEFINE_bool("netvlad_relu", True,
-                  "No effect (accepted for the original's commands): relu6 always follows "
-                  "hidden1's batch norm, as in the original.")
-flags.DEFINE_bool("gating", False, "Context gating on the output of hidden2.")
-flags.DEFINE_string("video_level_classifier_model", "MoeModel",
-                    "Classifier on top of the NetVLAD features (a video_level_models class).")
-flags.DEFINE_bool("float16_flag", False,
-                  "Store the four large kernels of each model (hidden1, MoE gates, MoE experts, "
-                  "probability gating) as float16 variables; they are cast to --compute_dtype "
-                  "(float32 by default) for the matmuls.")
 
 
 def netvlad(reshaped_input, feature_size, max_frames, cluster_size, is_training,
