@@ -39,15 +39,14 @@ tf1 = tf.compat.v1
 FLAGS = flags.FLAGS
 
 
-
 def define_flags():
   utils.define_shared_flags(__name__, model_graph.define_flags,
                             fp16_layers.define_compute_dtype_flag, gpu_check.define_device_flag)
   flags.DEFINE_string("train_dir", "/tmp/yt8m_model/",
                       "Directory with model_flags.json and the checkpoints; outputs go here.")
   flags.DEFINE_string("checkpoint_file", "",
-                      "Checkpoint to evaluate, relative to train_dir (prefix, or one of its files), "
-                      "or a comma list of them, evaluated in turn. Empty: the newest "
+                      "Checkpoint to evaluate, relative to train_dir (prefix, or one of its "
+                      "files), or a comma list of them, evaluated in turn. Empty: the newest "
                       "model.ckpt-<step>.")
   flags.DEFINE_string("checkpoint", "",
                       "Same as --checkpoint_file (the original README's spelling, e.g. "
