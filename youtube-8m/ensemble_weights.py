@@ -298,12 +298,16 @@ def run():
                                                      "scored": len(objective.cache),
                                                      "seconds": search_seconds},
   }
-  held_mib = sum(m.nbytes for m in members) / 2.0**20
+  report(config, results, sum(m.nbytes for m in members) / 2.0**20)
+  return results
+
+
+def report(config, results, held_mib):
+  """Prints the report of run()'s results, and writes them to --results_json."""
   print("\n".join(report_lines(config, results, held_mib)), flush=True)
   if FLAGS.results_json:
     storage.makedirs(os.path.dirname(FLAGS.results_json))  # a no-op for gs://
     utils.write_atomically(FLAGS.results_json, json.dumps(results, indent=1) + "\n")
-  return results
 
 
 @utils.tool_main

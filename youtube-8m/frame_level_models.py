@@ -116,35 +116,42 @@ class NetVLADModelLF(models.BaseModel):
                            int(cluster_size / 2), is_training, compute_dtype)
     vlad = tf.concat([vlad_video, vlad_audio], 1)
 
-    vlad_dim = int(vlad.shape[1])
-    with tf1.variable_scope("hidden1_weights"):
-      hidden1_weights = fp16_layers.model_variable(
-          "hidden1_weights", [vlad_dim, hidden_size], dtype=kernel_dtype,
-          initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vlad_dim)))
-    activation = fp16_layers.matmul(vlad, hidden1_weights, compute_dtype)
-    activation = fp16_layers.batch_norm(activation, is_training=is_training, scope="hidden1_bn")
-    activation = tf.nn.relu6(activation)
-
-    with tf1.variable_scope("hidden2_weights"):
-      hidden2_weights = fp16_layers.model_variable(
-          "hidden2_weights", [hidden_size, 2 * hidden_size],
-          initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(hidden_size)))
-    hidden2_biases = fp16_layers.model_variable(
-        "hidden2_biases", [2 * hidden_size],
-        initializer=tf1.random_normal_initializer(stddev=0.01))
-    activation = (fp16_layers.matmul(activation, hidden2_weights, compute_dtype)
-                  + hidden2_biases)
-
-    if gating:
-      with tf1.variable_scope("gating_weights"):
-        gating_weights = fp16_layers.model_variable(
-            "gating_weights", [2 * hidden_size, 2 * hidden_size],
-            initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(2 * hidden_size)))
-      gates = fp16_layers.matmul(activation, gating_weights, compute_dtype)
-      gates = fp16_layers.batch_norm(gates, is_training=is_training, scope="gating_bn")
-      activation = tf.multiply(activation, tf.sigmoid(gates))
-
+    activation = hidden_layers(vlad, hidden_size, gating, kernel_dtype, is_training,
+                               compute_dtype)
     classifier = getattr(video_level_models, classifier_model)()
     return classifier.create_model(model_input=activation, vocab_size=vocab_size,
                                    is_training=is_training, float16_flag=float16_flag,
                                    compute_dtype=compute_dtype, **classifier_params)
+
+
+def hidden_layers(vlad, hidden_size, gating, kernel_dtype, is_training, compute_dtype):
+  """hidden1 (H, batch norm, relu6) -> hidden2 (2H) [-> context gating] of the NetVLAD
+  features."""
+  vlad_dim = int(vlad.shape[1])
+  with tf1.variable_scope("hidden1_weights"):
+    hidden1_weights = fp16_layers.model_variable(
+        "hidden1_weights", [vlad_dim, hidden_size], dtype=kernel_dtype,
+        initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vlad_dim)))
+  activation = fp16_layers.matmul(vlad, hidden1_weights, compute_dtype)
+  activation = fp16_layers.batch_norm(activation, is_training=is_training, scope="hidden1_bn")
+  activation = tf.nn.relu6(activation)
+
+  with tf1.variable_scope("hidden2_weights"):
+    hidden2_weights = fp16_layers.model_variable(
+        "hidden2_weights", [hidden_size, 2 * hidden_size],
+        initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(hidden_size)))
+  hidden2_biases = fp16_layers.model_variable(
+      "hidden2_biases", [2 * hidden_size],
+      initializer=tf1.random_normal_initializer(stddev=0.01))
+  activation = (fp16_layers.matmul(activation, hidden2_weights, compute_dtype)
+                + hidden2_biases)
+
+  if gating:
+    with tf1.variable_scope("gating_weights"):
+      gating_weights = fp16_layers.model_variable(
+          "gating_weights", [2 * hidden_size, 2 * hidden_size],
+          initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(2 * hidden_size)))
+    gates = fp16_layers.matmul(activation, gating_weights, compute_dtype)
+    gates = fp16_layers.batch_norm(gates, is_training=is_training, scope="gating_bn")
+    activation = tf.multiply(activation, tf.sigmoid(gates))
+  return activation
