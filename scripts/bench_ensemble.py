@@ -8,7 +8,7 @@
    initializes it and saves it (33 tensors, ~2.04 GB in all).
 2. build_ensemble (the one-command path) -> the float16 inference model, in a child process.
 3. overwrite_float16_ckpt (seed step 3) with the result as its template, in a child process.
-4. model_size on the result: bytes vs 2**30 and vs float32 (behavior.md "Numbers": 1,069,237,572
+4. model_size on the result: bytes vs 2**30 and vs float32 (docs/original.md: 1,069,237,572
    bytes of tensor data expected).
 5. inference.py on a few synthetic frame-level test videos (youtube-8m.synthetic_data), batch
    --batch_size, 300 frames sampled per video: videos/sec.
@@ -63,7 +63,7 @@ def data_bytes(prefix):
 
 
 def parameters(cluster, hidden, classes=3862):
-  """behavior.md "Numbers": parameters of one model (all 32 variables)."""
+  """docs/original.md: parameters of one model (all 32 variables)."""
   audio = int(cluster / 2)
   dv = 1024 * cluster + 128 * audio
   return (2052 * cluster + 260 * audio + dv * hidden + 6 * hidden**2 + 14 * hidden

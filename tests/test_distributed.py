@@ -144,7 +144,7 @@ def test_multi_tower_training_with_cpu_devices(tiny_data, tmp_path):
   assert step >= 2 * 164 // 15  # every example of both epochs went through a tower
   variables = dict(tf.train.list_variables(os.path.join(train_dir, "model.ckpt-%d" % step)))
   assert len([n for n in variables if not n.endswith(("Adam", "Adam_1"))]) == 32 + 3
-  # The logged learning rate: 0.01 * 0.5^floor(step * 5 * 3 / 110) (behavior.md 5.3). It is
+  # The logged learning rate: 0.01 * 0.5^floor(step * 5 * 3 / 110) (docs/original.md). It is
   # fetched in the run that moves global_step from step - 1 to step; 110 puts no decay
   # boundary between the two at steps 10 and 20 (135..150 and 285..300 examples).
   logged = {}

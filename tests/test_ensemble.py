@@ -392,7 +392,7 @@ def mixture(members, weights):
 
 
 def brute_force_gap(predictions, labels, top_k=20):
-  """GAP@k written out (behavior.md 6.2): pool every video's top-k (score, is_true) pairs,
+  """GAP@k written out (docs/original.md): pool every video's top-k (score, is_true) pairs,
   sort by score, average the precision at each true pair over ALL true labels. Exactly equal
   scores: within a video by class index, in the pool negatives first (README, "GAP ties")."""
   pool = []
@@ -547,7 +547,7 @@ def test_weight_search_beats_equal_weights_and_matches_eval(ens):
 
 
 def expected_tensor_bytes(float16):
-  """Bytes of the 3 tiny models' tensors from behavior.md's formulas (V classes, M=5)."""
+  """Bytes of the 3 tiny models' tensors from the formulas of docs/original.md (V classes, M=5)."""
   v = TINY_NUM_CLASSES
   total = 4  # global_step
   for k, h in SINGLES:

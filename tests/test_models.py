@@ -25,7 +25,7 @@ def seed_config(clusters, hiddens, weights=None, float16=False, num_classes=V):
 
 
 def expected_variables(K, H, scope="tower/", float16=False, num_classes=V):
-  """behavior.md 3.4: the 32 variables of one model: name -> (shape, trainable, fp16)."""
+  """docs/original.md: the 32 variables of one model: name -> (shape, trainable, fp16)."""
   V = num_classes  # pylint: disable=redefined-outer-name,invalid-name
   Ka = int(K / 2)
   Dv = 1024 * K + 128 * Ka
@@ -168,7 +168,7 @@ def sigmoid(x):
 
 @pytest.mark.parametrize("prob_gating", [False, True])
 def test_moe_softmax_over_m_plus_1_with_a_dummy_expert(prob_gating):
-  """behavior.md 3.2 step 7-8, in numpy: class-major columns, softmax over M+1 gates, the
+  """docs/original.md, in numpy: class-major columns, softmax over M+1 gates, the
   (M+1)-th gate's expert contributes 0; prob gating multiplies by sigmoid(BN(p W)), BN with
   the initial moving statistics (0, 1) at inference."""
   video_level_models = yt8m("video_level_models")
@@ -206,7 +206,7 @@ def test_moe_softmax_over_m_plus_1_with_a_dummy_expert(prob_gating):
 
 @pytest.mark.parametrize("seed", [None, (0, 0)])
 def test_frame_sampling_stays_within_each_videos_frames(seed):
-  """Uniform with replacement over [0, num_frames - 1] (behavior.md 3.1); 0 frames -> row 0.
+  """Uniform with replacement over [0, num_frames - 1] (docs/original.md); 0 frames -> row 0.
   Each frame row holds its index + 1, padding rows -1, so a sampled value names its frame."""
   model_utils = yt8m("model_utils")
   num_frames = np.array([1, 7, 300, 0, 150], np.int32)

@@ -2,7 +2,7 @@
 
 The "original" directories here are written with plain TensorFlow (tf.compat.v1 variables and
 a Saver), never with this project's training code: checkpoints ``model.ckpt-N`` holding the
-original's variable names (behavior.md 3.4) with Adam slots, beta powers and an int32
+original's variable names (docs/original.md) with Adam slots, beta powers and an int32
 global_step, an absolute-path ``checkpoint`` state file, and the original's 5-key
 model_flags.json that says ``"model": "LogisticModel"`` for a single model.
 """
@@ -133,7 +133,7 @@ def constant_videos(tmp_path_factory):
 
 
 def numpy_predictions(values, quantized, relu6=True, scope="tower/"):
-  """behavior.md 3.2 in float64, eval mode, for a video whose every frame is `quantized`."""
+  """docs/original.md in float64, eval mode, for a video whose every frame is `quantized`."""
   v = lambda name: values[scope + name].astype(np.float64)
 
   def batch_norm(x, prefix):

@@ -81,7 +81,7 @@ def test_training_exports_on_the_original_cadence(trained):
   assert re.search(r"training step 10 \| Loss: [\d.]+ Examples/sec: [\d.]+ \| Hit@1: [\d.]+ "
                    r"PERR: [\d.]+ GAP: [\d.]+", trained["log"])
   assert "training step 11 | Loss:" in trained["log"]
-  # the 4 train files + the 62 validate files minus the 60 held-out ones (behavior.md 5.1)
+  # the 4 train files + the 62 validate files minus the 60 held-out ones (docs/original.md)
   assert re.search(r"Training .* on 6 files, batch 32 x 1 tower", trained["log"])
   model_flags = json.load(open(os.path.join(trained["dir"], "model_flags.json")))
   assert model_flags["model"] == "NetVLADModelLF"
@@ -219,7 +219,7 @@ def read_csv(path):
 
 def parse_test_videos(pattern):
   """{video id: (raw [300, 1152] float32, num_frames)} read and dequantized in numpy
-  (behavior.md 2.1: q * 4/255 + 4/512 - 2, zero padding after dequantization)."""
+  (docs/original.md: q * 4/255 + 4/512 - 2, zero padding after dequantization)."""
   videos = {}
   for path in sorted(tf.io.gfile.glob(pattern)):
     for record in tf.compat.v1.io.tf_record_iterator(path):

@@ -286,7 +286,8 @@ import importlib, sys
 from absl import app
 train = importlib.import_module("youtube-8m.train")
 staging = importlib.import_module("youtube-8m.staging")
-importlib.import_module("youtube-8m.training_loop").EVENT_UPLOAD_SECS = 0  # every step (the real period is 60 s)
+training_loop = importlib.import_module("youtube-8m.training_loop")
+training_loop.EVENT_UPLOAD_SECS = 0  # every step (the real period is 60 s)
 push = staging.SyncedDir.push
 def logged_push(self, names):
   sys.stderr.write("PUSH %r\\n" % (names,))

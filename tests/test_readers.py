@@ -94,7 +94,7 @@ def test_frame_reader_keeps_bytes_pads_and_truncates_and_the_graph_dequantizes(t
   with tf.Graph().as_default(), tf1.Session() as sess:
     valid = tf.sequence_mask(out["num_frames"], 300)
     features = sess.run(model_utils.dequantize_frames(out["video_matrix"], valid))
-  def dequantized(q):  # behavior.md 2.1, in float64
+  def dequantized(q):  # docs/original.md, in float64
     return q.astype(np.float64) * (4.0 / 255.0) + (4.0 / 512.0 - 2.0)
 
   assert features.dtype == np.float32

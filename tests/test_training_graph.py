@@ -1,7 +1,7 @@
 """train.py's training graph, in-process: learning-rate schedule, gradient clipping, tower
 averaging and batch split, optimizers, losses, batch-norm updates and the stop signal.
 
-Expected values come from the formulas of behavior.md §5.3 / §3.3 and the optimizers'
+Expected values come from the formulas of docs/original.md and the optimizers'
 documented update rules, evaluated in numpy on values fetched from the graph.
 """
 
@@ -121,8 +121,8 @@ def test_learning_rate_is_staircase_with_the_towers_factor(video_file):
 
 
 def test_three_towers_of_five_equal_one_tower_of_fifteen(video_file):
-  """behavior.md §5.3 summed the tower gradients; this project averages them (train.py's
-  average_gradients): one plain-SGD step on 3 towers x 5 moves every variable as one step on
+  """The original (docs/original.md) summed the tower gradients; this project averages them
+  (optimization.average_gradients): one plain-SGD step on 3 towers x 5 moves every variable as one step on
   1 tower x 15 does, and each tower really gets 5 of the 15 videos."""
   graph1, tensors1 = build(video_config(), [video_file], towers=1)
   before1, after1, _ = one_step(graph1, tensors1)
@@ -209,7 +209,7 @@ def test_cross_entropy_epsilon_is_1e_5():
   with graph.as_default(), tf1.Session() as sess:
     loss = sess.run(losses.CrossEntropyLoss().calculate_loss(tf.constant(predictions),
                                                              tf.constant(labels)))
-  e = 1e-5  # behavior.md §5.3 (the original's literal 10e-6)
+  e = 1e-5  # docs/original.md (the original's literal 10e-6)
   row0 = -(math.log(0 + e) + math.log(1 - 1 + e) + math.log(0.25 + e))
   row1 = -(math.log(1 + e) + math.log(1 - 0 + e) + math.log(1 - 0.5 + e))
   np.testing.assert_allclose(loss, (row0 + row1) / 2, rtol=1e-6)
@@ -218,7 +218,7 @@ def test_cross_entropy_epsilon_is_1e_5():
 def test_training_step_updates_batch_norm_moving_statistics(tiny_data):
   """The UPDATE_OPS dependency: one step moves hidden1_bn's moving mean/variance to the
   batch statistics of its input with decay min(0.999, (1+step)/(10+step)) = 0.1 at step 0,
-  the variance Bessel-corrected (n/(n-1)) as TF 1.8's fused kernel (behavior.md §3.3)."""
+  the variance Bessel-corrected (n/(n-1)) as TF 1.8's fused kernel (docs/original.md)."""
   files = yt8m("readers").training_files(tiny_data["train_pattern"])
   graph, tensors = build(frame_config(), files, batch_size=8, optimizer="AdamOptimizer",
                          base_learning_rate=0.01, clip_gradient_norm=1.0)

@@ -4,7 +4,7 @@ r"""One command from single-model checkpoints to the (float16) in-graph ensemble
         [--netvlad_cluster_size=K --netvlad_hidden_size=H --ensemble_wts=W]... --gating=True
 
 writes ``<train_dir>/<output_name>.{data-00000-of-00001,index,meta}`` and model_flags.json, as
-the seed's train 10 steps -> eval --create_meta_only -> overwrite_float16_ckpt -> eval
+the original's commands' train 10 steps -> eval --create_meta_only -> overwrite_float16_ckpt -> eval
 --force_output_model_name would; nothing on error.
 """
 
@@ -204,7 +204,7 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
   model_flags = config.to_json_dict()
   model_flags["ensemble_sources"] = [storage.abspath(c) for c in checkpoints]
   if stored is not None and model_graph.TRAINING_KEY in stored:
-    # e.g. the seed's ensemble dir: keep train.py's record of the dummy training run
+    # e.g. the ensemble dir of the original's commands: keep train.py's record of the dummy training run
     model_flags[model_graph.TRAINING_KEY] = stored[model_graph.TRAINING_KEY]
   utils.write_model_flags(train_dir, model_flags)
   return summary

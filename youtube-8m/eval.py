@@ -164,8 +164,8 @@ def build_eval_graph(config, files):
   global_step = model_graph.create_global_step()
   tensors = {"global_step": global_step}
   if files is not None:
-    # The model runs on one part of a batch at a time: a seed-size model's float32
-    # features of 1024 videos alone are 1.4 GB.
+    # The model runs on one part of a batch at a time: the float32 features of a whole
+    # batch of frame-level videos would dominate the memory.
     iterator, batch = readers.one_pass(config.make_reader(), files, batch_parts()[1],
                                        FLAGS.num_readers, "eval_input")
     model_input_raw, num_frames = batch["video_matrix"], batch["num_frames"]

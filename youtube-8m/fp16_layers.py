@@ -125,7 +125,7 @@ def matmul(inputs, kernel, compute_dtype=tf.float32):
 def recomputed_in_backward(forward, inputs, recompute, *others):
   """forward(inputs, *others), whose gradients w.r.t. others are the ops autodiff builds,
   but on recompute() instead of inputs: inputs is not held from the forward pass to the
-  backward pass (the sampled features, 188 MiB at the seed's batch of 160 x 300 frames).
+  backward pass (e.g. the sampled features).
 
   inputs must need no gradient; recompute() must return the same values (it runs only when
   the gradient arrives, so that the tensor lives only at the end of the backward pass).

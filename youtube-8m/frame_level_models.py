@@ -81,7 +81,7 @@ class NetVLADModelLF(models.BaseModel):
   features are cast to it once.
   recompute_features: in float32 training, the backward pass makes the sampled uint8 frames'
   rgb features anew instead of holding them from the forward pass (the same gradients, bit
-  for bit; 188 MiB less at the seed's batch of 160 x 300 frames, for one more dequantization).
+  for bit; less memory for one more dequantization).
   """
 
   def create_model(self, model_input, vocab_size, num_frames, cluster_size, hidden_size,

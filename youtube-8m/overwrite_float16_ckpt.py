@@ -1,4 +1,5 @@
-r"""Fills an in-graph ensemble checkpoint with the weights of single models (seed step 3).
+r"""Fills an in-graph ensemble checkpoint with the weights of single models (step 3 of the
+original's ensemble commands).
 
     python -m youtube-8m.overwrite_float16_ckpt --train_dir=ENSEMBLE_DIR \
         --inference_model=inference_model_10 --out_name=inference_model_ensemble_YHLS \
@@ -38,7 +39,8 @@ def define_flags():
 
 
 def overwrite(template_prefix, sources, output_prefix):
-  """The seed's step 3: the template's variables filled from sources; returns the summary."""
+  """Step 3 of the original's ensemble commands: the template's variables filled from
+  sources; returns the summary."""
   if not checkpoint_utils.checkpoint_exists(template_prefix):
     raise CheckpointToolError(
         "--inference_model: no template checkpoint %s (missing %s.index); write it with eval.py "
