@@ -78,7 +78,9 @@ from absl import app
 readers = importlib.import_module("youtube-8m.readers")
 full = readers.BaseReader.dataset
 readers.BaseReader.dataset = lambda *args, **kw: full(*args, **kw).take(1).cache().repeat()
-app.run(importlib.import_module("youtube-8m.train").main)
+train = importlib.import_module("youtube-8m.train")
+train.define_flags()
+app.run(train.main)
 """
 
 

@@ -337,13 +337,13 @@ def test_selection_modes_with_digits_in_dir_and_prefix(ws):
     (dict(), "no checkpoints selected"),
 ])
 def test_selection_errors(ws, kwargs, message):
-  with pytest.raises(avg.AvgCheckpointsError) as info:
+  with pytest.raises(checkpoint_utils.CheckpointToolError) as info:
     avg.select_checkpoints(ws.prefix, **kwargs)
   assert message in str(info.value)
 
 
 def test_missing_prefix_directory():
-  with pytest.raises(avg.AvgCheckpointsError, match="does not exist"):
+  with pytest.raises(checkpoint_utils.CheckpointToolError, match="does not exist"):
     avg.select_checkpoints("/nonexistent_dir_xyz/model.ckpt-", num_last_checkpoints=1)
 
 
@@ -387,11 +387,11 @@ def test_failed_write_leaves_no_files_and_keeps_old_output(ws, tmp_path, monkeyp
 @pytest.mark.slow
 def test_incompatible_checkpoints_raise_before_writing(ws, tmp_path):
   out = str(tmp_path / "sub" / "avg.ckpt-0")
-  with pytest.raises(avg.AvgCheckpointsError, match="tower/gates/weights"):
+  with pytest.raises(checkpoint_utils.CheckpointToolError, match="tower/gates/weights"):
     avg.average_checkpoints([ws.bad_prefix + "1", ws.bad_prefix + "2"], out)
-  with pytest.raises(avg.AvgCheckpointsError, match="tower/hidden1_bn/moving_mean"):
+  with pytest.raises(checkpoint_utils.CheckpointToolError, match="tower/hidden1_bn/moving_mean"):
     avg.average_checkpoints([ws.bad_prefix + "1", ws.bad_prefix + "3"], out)
-  with pytest.raises(avg.AvgCheckpointsError, match="one of the input checkpoints"):
+  with pytest.raises(checkpoint_utils.CheckpointToolError, match="one of the input checkpoints"):
     avg.average_checkpoints([ws.bad_prefix + "1"], ws.bad_prefix + "1")
   assert not os.path.exists(tmp_path / "sub")
 

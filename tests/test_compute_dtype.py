@@ -149,7 +149,7 @@ def test_dynamic_loss_scaling_skips_a_step_with_inf_gradients(tiny_data):
     sess.run([tf1.global_variables_initializer(), tf1.local_variables_initializer(),
               tensors["iterator"].initializer])
     variables = tf1.trainable_variables()
-    assert sess.run(loss_scale.scale) == train.LOSS_SCALE_INITIAL
+    assert sess.run(loss_scale.scale) == yt8m("optimization").LOSS_SCALE_INITIAL
     # A scale that overflows float16 in the backward pass: the step is skipped.
     loss_scale.scale.load(1e30, sess)
     step, changed = run_step(sess, tensors, variables)
@@ -157,7 +157,7 @@ def test_dynamic_loss_scaling_skips_a_step_with_inf_gradients(tiny_data):
     assert sess.run(loss_scale.scale) == np.float32(5e29)
     # A finite step applies the gradients; the last of the growth interval doubles the scale.
     loss_scale.scale.load(1024.0, sess)
-    loss_scale.good_steps.load(train.LOSS_SCALE_GROWTH_STEPS - 1, sess)
+    loss_scale.good_steps.load(yt8m("optimization").LOSS_SCALE_GROWTH_STEPS - 1, sess)
     step, changed = run_step(sess, tensors, variables)
     assert (step, changed) == (2, True)
     assert sess.run([loss_scale.scale, loss_scale.good_steps]) == [2048.0, 0]

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from conftest import REPO_ROOT, TINY_FLAGS, run_cli, yt8m
 
-train = yt8m("train")
+cluster = yt8m("cluster")
 
 MODEL = TINY_FLAGS + ["--netvlad_cluster_size=4", "--netvlad_hidden_size=16"]
 
@@ -90,7 +90,7 @@ def test_tf_config_parsing():
   def parse(config):
     os.environ["TF_CONFIG"] = json.dumps(config)
     try:
-      return train.cluster_task()
+      return cluster.cluster_task()
     finally:
       del os.environ["TF_CONFIG"]
 
@@ -123,7 +123,7 @@ def test_tf_config_parsing():
 
   os.environ["TF_CONFIG"] = "{not json"
   try:
-    train.cluster_task()
+    cluster.cluster_task()
   except ValueError as error:
     assert "TF_CONFIG is not valid JSON" in str(error)
   else:

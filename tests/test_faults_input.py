@@ -366,7 +366,7 @@ def test_meta_graph_that_does_not_match_the_checkpoint(model, tiny_data, tmp_pat
 def test_read_model_flags_names_the_key_at_fault(tmp_path, text, message):
   (tmp_path / "model_flags.json").write_text(text)
   with pytest.raises(ValueError) as error:
-    yt8m("utils").read_model_flags(str(tmp_path))
+    yt8m("model_graph").read_model_flags(str(tmp_path))
   assert str(tmp_path / "model_flags.json") in str(error.value) and message in str(error.value)
 
 

@@ -292,13 +292,15 @@ import importlib, sys
 from absl import app
 train = importlib.import_module("youtube-8m.train")
 staging = importlib.import_module("youtube-8m.staging")
-train.EVENT_UPLOAD_SECS = 0  # every step (the real period is 60 s)
+training_loop = importlib.import_module("youtube-8m.training_loop")
+training_loop.EVENT_UPLOAD_SECS = 0  # every step (the real period is 60 s)
 push = staging.SyncedDir.push
 def logged_push(self, names):
   sys.stderr.write("PUSH %r\\n" % (names,))
   return push(self, names)
 staging.SyncedDir.push = logged_push
 sys.argv = ["train"] + sys.argv[1:]
+train.define_flags()
 app.run(train.main)
 """
 

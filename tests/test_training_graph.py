@@ -13,12 +13,15 @@ import signal
 import numpy as np
 import pytest
 import tensorflow as tf
+from absl import flags
 from absl.testing import flagsaver
 
 from conftest import TINY_NUM_CLASSES, yt8m
 
 tf1 = tf.compat.v1
 train = yt8m("train")
+training_graph = yt8m("training_graph")
+optimization = yt8m("optimization")
 model_graph = yt8m("model_graph")
 losses = yt8m("losses")
 
@@ -67,7 +70,10 @@ def video_file(tmp_path_factory):
 
 
 def build(config, files, towers=1, **flag_values):
-  """train.build_training_graph under the given flags; returns (graph, tensors)."""
+  """training_graph.build_training_graph under the given flags of train.py; returns (graph,
+  tensors)."""
+  if "batch_size" not in flags.FLAGS:  # train.py defines its flags when it runs
+    train.define_flags()
   values = dict(batch_size=VIDEOS // towers, num_epochs=1, num_readers=1, random_seed=3,
                 clip_gradient_norm=0.0, optimizer="GradientDescentOptimizer",
                 base_learning_rate=0.5, learning_rate_decay=0.95,
@@ -76,7 +82,7 @@ def build(config, files, towers=1, **flag_values):
   values.update(flag_values)
   graph = tf.Graph()
   with flagsaver.flagsaver(**values), graph.as_default():
-    tensors = train.build_training_graph(config, files, ["/cpu:0"] * towers)
+    tensors = training_graph.build_training_graph(config, files, ["/cpu:0"] * towers)
   return graph, tensors
 
 
@@ -117,7 +123,7 @@ def test_learning_rate_is_staircase_with_the_towers_factor(video_file):
 
 def test_three_towers_of_five_equal_one_tower_of_fifteen(video_file):
   """The original summed the tower gradients (docs/original.md, "Loss and optimizer"); this project
-  averages them (train.py's average_gradients): one plain-SGD step on 3 towers x 5 moves every
+  averages them (optimization.average_gradients): one plain-SGD step on 3 towers x 5 moves every
   variable as one step on 1 tower x 15 does, and each tower really gets 5 of the 15 videos."""
   graph1, tensors1 = build(video_config(), [video_file], towers=1)
   before1, after1, _ = one_step(graph1, tensors1)
@@ -173,7 +179,7 @@ def test_clip_by_norm_equals_tensorflows():
   graph = tf.Graph()
   with graph.as_default(), tf1.Session() as sess:
     for values in cases:
-      ours, reference = sess.run([train.clip_by_norm(tf.constant(values), 1.0),
+      ours, reference = sess.run([optimization.clip_by_norm(tf.constant(values), 1.0),
                                   tf.clip_by_norm(tf.constant(values), 1.0)])
       np.testing.assert_array_equal(ours, reference)  # bit for bit
       if np.linalg.norm(values) > 1.0:
@@ -243,7 +249,7 @@ def test_training_step_updates_batch_norm_moving_statistics(tiny_data):
 def test_a_second_stop_signal_stops_at_once():
   saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
   try:
-    stop = train.StopRequest()
+    stop = yt8m("training_loop").StopRequest()
     assert stop.signal_name is None
     os.kill(os.getpid(), signal.SIGTERM)  # the first one only asks for a clean stop
     assert stop.signal_name == "SIGTERM"

@@ -1,7 +1,7 @@
-"""`python -m youtube-8m`: the seed's workflow, step by step, with the command of each step."""
+"""`python -m youtube-8m`: the original's workflow, step by step, with the command of each step."""
 
 WORKFLOW = """\
-YouTube-8M Gated NetVLAD ensemble (2nd YouTube-8M challenge, 10th place) - the seed workflow.
+YouTube-8M Gated NetVLAD ensemble (2nd YouTube-8M challenge, 10th place) - the original's workflow.
 Run each tool as `python -m youtube-8m.TOOL --flags` (`--help` lists a tool's flags).
 Paths may be local or gs://. DATA = a folder with frame-level train*/validate*/test* TFRecords
 (2018 data, e.g. gs://youtube8m-ml-us-east1/2/frame/...; or synthetic data, step 0).
@@ -25,11 +25,11 @@ First run: `bash scripts/main_job.sh` does steps 0-7 on synthetic data and print
        --prefix=DIR/model.ckpt- --output_path=DIR/avg_START_END.ckpt
      python -m youtube-8m.eval ... --checkpoint=avg_START_END.ckpt-0.index
    (eval.py writes the inference checkpoint DIR/inference_model_avg_START_END.ckpt-0)
-4. pack several single models into ONE float16 graph (the seed's ensemble steps 1-5 in one):
+4. pack several single models into ONE float16 graph (the original's ensemble steps 1-5 in one):
      python -m youtube-8m.build_ensemble --train_dir=ENS --checkpoints=CKPT1,CKPT2 --float16_flag=True \\
        --netvlad_cluster_size=K1 --netvlad_hidden_size=H1 --ensemble_wts=0.5 \\
        --netvlad_cluster_size=K2 --netvlad_hidden_size=H2 --ensemble_wts=0.5
-   or the seed's steps: train --ensemble_num=N --max_steps=10, eval --create_meta_only,
+   or the original's steps: train --ensemble_num=N --max_steps=10, eval --create_meta_only,
    overwrite_float16_ckpt, eval --checkpoint_file=NAME-0 [--force_output_model_name=True]
 5. tune the mixing weights on the validation files, then rebuild with them:
      python -m youtube-8m.ensemble_weights --train_dir=ENS --eval_data_pattern='DATA/frame/validate*.tfrecord'

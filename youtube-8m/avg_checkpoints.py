@@ -18,40 +18,11 @@ from absl import logging
 import numpy as np
 
 from . import checkpoint_utils
-from . import progress as progress_lib
 from . import storage
 from . import utils
 
 FLAGS = flags.FLAGS
-
-flags.DEFINE_string("checkpoints", None,
-                    "Comma-separated checkpoints to average. Each entry gets --prefix prepended "
-                    "by plain string concatenation (so with --prefix=DIR/model.ckpt- the "
-                    "entries are bare steps); entries may also carry a '.index' (or '.meta', "
-                    "'.data-*') suffix.")
-flags.DEFINE_string("checkpoints_start_end", None,
-                    "'START,END': average every checkpoint '<prefix><step>' found next to "
-                    "--prefix with START <= step <= END (inclusive).")
-flags.DEFINE_integer("num_last_checkpoints", None,
-                     "Average the N newest (highest step) checkpoints '<prefix><step>' found "
-                     "next to --prefix.")
-flags.DEFINE_string("prefix", "",
-                    "Checkpoint prefix, e.g. 'train_dir/model.ckpt-'. Prepended to "
-                    "--checkpoints entries; in range / last-N modes checkpoints named "
-                    "'<prefix><digits>' are listed.")
-flags.DEFINE_string("output_path", "/tmp/averaged.ckpt",
-                    "Output prefix; the average is saved with global step 0 as "
-                    "'<output_path>-0.*'. An existing average with that name is replaced once "
-                    "the new files are complete.")
-flags.DEFINE_string("staging_dir", None,
-                    "Local directory for the temporary copies of gs:// input checkpoints and of "
-                    "a gs:// output before its upload; default: $YT8M_STORAGE_CACHE, else "
-                    "<tmp>/yt8m-storage-cache.")
-flags.DEFINE_bool("exclude_optimizer_slots", False,
-                  "Leave out optimizer state (*/Adam, */Adam_1, beta1_power, beta2_power, "
-                  "*/Momentum, */RMSProp*, ...) for a smaller evaluation-only checkpoint. "
-                  "Default: average it too.")
-
+CheckpointToolError = checkpoint_utils.CheckpointToolError
 GLOBAL_STEP = checkpoint_utils.GLOBAL_STEP
 _START_END_RE = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*$")
 # The last name component of optimizer state: TF1 slot variables '<var>/<optimizer>[_<k>]'
@@ -61,8 +32,34 @@ _OPTIMIZER_STATE_RE = re.compile(
     r"ProximalGradientDescent|beta1_power|beta2_power)(_\d+)?$")
 
 
-class AvgCheckpointsError(ValueError):
-  """A user-facing problem with the flags or the input checkpoints (nothing was written)."""
+def define_flags():
+  flags.DEFINE_string("checkpoints", None,
+                      "Comma-separated checkpoints to average. Each entry gets --prefix prepended "
+                      "by plain string concatenation (so with --prefix=DIR/model.ckpt- the "
+                      "entries are bare steps); entries may also carry a '.index' (or '.meta', "
+                      "'.data-*') suffix.")
+  flags.DEFINE_string("checkpoints_start_end", None,
+                      "'START,END': average every checkpoint '<prefix><step>' found next to "
+                      "--prefix with START <= step <= END (inclusive).")
+  flags.DEFINE_integer("num_last_checkpoints", None,
+                       "Average the N newest (highest step) checkpoints '<prefix><step>' found "
+                       "next to --prefix.")
+  flags.DEFINE_string("prefix", "",
+                      "Checkpoint prefix, e.g. 'train_dir/model.ckpt-'. Prepended to "
+                      "--checkpoints entries; in range / last-N modes checkpoints named "
+                      "'<prefix><digits>' are listed.")
+  flags.DEFINE_string("output_path", "/tmp/averaged.ckpt",
+                      "Output prefix; the average is saved with global step 0 as "
+                      "'<output_path>-0.*'. An existing average with that name is replaced once "
+                      "the new files are complete.")
+  flags.DEFINE_string("staging_dir", None,
+                      "Local directory for the temporary copies of gs:// input checkpoints and of "
+                      "a gs:// output before its upload; default: $YT8M_STORAGE_CACHE, else "
+                      "<tmp>/yt8m-storage-cache.")
+  flags.DEFINE_bool("exclude_optimizer_slots", False,
+                    "Leave out optimizer state (*/Adam, */Adam_1, beta1_power, beta2_power, "
+                    "*/Momentum, */RMSProp*, ...) for a smaller evaluation-only checkpoint. "
+                    "Default: average it too.")
 
 
 def find_checkpoints(prefix):
@@ -70,22 +67,22 @@ def find_checkpoints(prefix):
   directory = os.path.dirname(prefix) or "."
   try:
     if not storage.isdir(directory):
-      raise AvgCheckpointsError("--prefix=%r: directory %r does not exist" % (prefix, directory))
+      raise CheckpointToolError("--prefix=%r: directory %r does not exist" % (prefix, directory))
     return checkpoint_utils.list_numbered(prefix)
   except storage.StorageError as e:
-    raise AvgCheckpointsError("--prefix=%r: cannot list %s: %s" % (prefix, directory, e))
+    raise CheckpointToolError("--prefix=%r: cannot list %s: %s" % (prefix, directory, e))
 
 
 def parse_start_end(value):
-  """'START,END' -> (start, end) with 0 <= start <= end; else AvgCheckpointsError."""
+  """'START,END' -> (start, end) with 0 <= start <= end; else CheckpointToolError."""
   match = _START_END_RE.match(value or "")
   if not match:
-    raise AvgCheckpointsError(
+    raise CheckpointToolError(
         "--checkpoints_start_end=%r is malformed: expected 'START,END' with two "
         "non-negative integer steps, e.g. '150010,220010'" % (value,))
   start, end = int(match.group(1)), int(match.group(2))
   if start > end:
-    raise AvgCheckpointsError(
+    raise CheckpointToolError(
         "--checkpoints_start_end=%r is malformed: START (%d) is greater than END (%d)"
         % (value, start, end))
   return start, end
@@ -101,30 +98,30 @@ def _describe_steps(found, limit=20):
 def select_checkpoints(prefix="", checkpoints=None, checkpoints_start_end=None,
                        num_last_checkpoints=None):
   """(mode, [checkpoint prefixes with an index file]) of the one selection mode given (not
-  None), in averaging order; AvgCheckpointsError otherwise."""
+  None), in averaging order; CheckpointToolError otherwise."""
   given = [name for name, value in (("--checkpoints", checkpoints),
                                     ("--checkpoints_start_end", checkpoints_start_end),
                                     ("--num_last_checkpoints", num_last_checkpoints))
            if value is not None]
   if len(given) > 1:
-    raise AvgCheckpointsError("only one selection mode may be given, got %s" % " and ".join(given))
+    raise CheckpointToolError("only one selection mode may be given, got %s" % " and ".join(given))
   if not given:
-    raise AvgCheckpointsError(
+    raise CheckpointToolError(
         "no checkpoints selected: give one of --checkpoints, --checkpoints_start_end "
         "or --num_last_checkpoints")
 
   if checkpoints is not None:
     entries = [entry.strip() for entry in checkpoints.split(",") if entry.strip()]
     if not entries:
-      raise AvgCheckpointsError("--checkpoints=%r selects no checkpoints" % (checkpoints,))
+      raise CheckpointToolError("--checkpoints=%r selects no checkpoints" % (checkpoints,))
     selected = []
     for entry in entries:
       ckpt = prefix + checkpoint_utils.strip_checkpoint_suffix(entry)
       if ckpt in selected:
-        raise AvgCheckpointsError(
+        raise CheckpointToolError(
             "--checkpoints: checkpoint %r is listed twice (entry %r)" % (ckpt, entry))
       if not checkpoint_utils.checkpoint_exists(ckpt):
-        raise AvgCheckpointsError(
+        raise CheckpointToolError(
             "--checkpoints: checkpoint %r (entry %r with --prefix=%r) does not exist: "
             "no file %r" % (ckpt, entry, prefix, ckpt + ".index"))
       selected.append(ckpt)
@@ -135,18 +132,18 @@ def select_checkpoints(prefix="", checkpoints=None, checkpoints_start_end=None,
     found = find_checkpoints(prefix)
     in_range = [ckpt for step, ckpt in found if start <= step <= end]
     if not in_range:
-      raise AvgCheckpointsError(
+      raise CheckpointToolError(
           "--checkpoints_start_end=%r: no checkpoint '%s<step>' with %d <= step <= %d "
           "(steps found next to --prefix: %s)"
           % (checkpoints_start_end, prefix, start, end, _describe_steps(found)))
     return "checkpoints_start_end", in_range
 
   if num_last_checkpoints < 1:
-    raise AvgCheckpointsError(
+    raise CheckpointToolError(
         "--num_last_checkpoints=%d: must be at least 1" % num_last_checkpoints)
   found = find_checkpoints(prefix)
   if len(found) < num_last_checkpoints:
-    raise AvgCheckpointsError(
+    raise CheckpointToolError(
         "--num_last_checkpoints=%d: only %d checkpoint(s) '%s<step>' found (steps: %s)"
         % (num_last_checkpoints, len(found), prefix, _describe_steps(found)))
   return "num_last_checkpoints", [ckpt for _, ckpt in found[-num_last_checkpoints:]]
@@ -164,26 +161,26 @@ def _names_preview(names, limit=5):
 
 
 def check_compatible(checkpoint_prefixes, all_specs):
-  """The {name: (shape, tf.DType)} all checkpoints share; AvgCheckpointsError on mismatch."""
+  """The {name: (shape, tf.DType)} all checkpoints share; CheckpointToolError on mismatch."""
   first, ref = checkpoint_prefixes[0], all_specs[0]
   for ckpt, specs in zip(checkpoint_prefixes[1:], all_specs[1:]):
     for names, problem in ((set(ref) - set(specs), "lacks variable(s) %s present in %r"),
                            (set(specs) - set(ref), "has variable(s) %s absent from %r")):
       if names:
-        raise AvgCheckpointsError("checkpoint %r %s" % (ckpt, problem % (
+        raise CheckpointToolError("checkpoint %r %s" % (ckpt, problem % (
             _names_preview(names), first)))
     for name in sorted(ref):
       for what, value, ref_value in (("shape", list(specs[name][0]), list(ref[name][0])),
                                      ("dtype", specs[name][1].name, ref[name][1].name)):
         if value != ref_value:
-          raise AvgCheckpointsError("variable %r has %s %s in checkpoint %r but %s in %r"
+          raise CheckpointToolError("variable %r has %s %s in checkpoint %r but %s in %r"
                                     % (name, what, value, ckpt, ref_value, first))
   for name, (shape, dtype) in sorted(ref.items()):
     if name != GLOBAL_STEP and not (dtype.is_floating or dtype.is_integer or dtype.is_bool):
-      raise AvgCheckpointsError("variable %r in %r has dtype %s, which cannot be averaged"
+      raise CheckpointToolError("variable %r in %r has dtype %s, which cannot be averaged"
                                 % (name, first, dtype.name))
   if GLOBAL_STEP in ref and ref[GLOBAL_STEP][0] != ():
-    raise AvgCheckpointsError("variable 'global_step' in %r is not a scalar (shape %s)"
+    raise CheckpointToolError("variable 'global_step' in %r is not a scalar (shape %s)"
                               % (first, list(ref[GLOBAL_STEP][0])))
   return ref
 
@@ -230,45 +227,49 @@ def _write_meta(meta_path, specs):
                                          saver_def=saver.as_saver_def(), clear_devices=True)
 
 
-def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_slots=False):
-  """Averages checkpoint prefixes into '<output_prefix>.{data-00000-of-00001,index,meta}' and
-  returns a summary dict; raises AvgCheckpointsError (or an IOError: an unreadable input,
-  storage) before writing anything."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  start_time = time.time()
-  checkpoint_prefixes = list(checkpoint_prefixes)
+def check_inputs(checkpoint_prefixes, output_prefix):
+  """The largest input's data bytes; CheckpointToolError unless every input exists with its
+  data and none is the output, whose bucket or directory must be reachable."""
   if not checkpoint_prefixes:
-    raise AvgCheckpointsError("no checkpoints to average")
+    raise CheckpointToolError("no checkpoints to average")
   if len(set(checkpoint_prefixes)) != len(checkpoint_prefixes):
-    raise AvgCheckpointsError("a checkpoint is listed twice: %s" % checkpoint_prefixes)
+    raise CheckpointToolError("a checkpoint is listed twice: %s" % checkpoint_prefixes)
   input_bytes = []
   for ckpt in checkpoint_prefixes:
     if not checkpoint_utils.checkpoint_exists(ckpt):
-      raise AvgCheckpointsError("checkpoint %r does not exist: no file %r"
+      raise CheckpointToolError("checkpoint %r does not exist: no file %r"
                                 % (ckpt, ckpt + ".index"))
     if checkpoint_utils.same_path(ckpt, output_prefix):
-      raise AvgCheckpointsError(
+      raise CheckpointToolError(
           "output %r is one of the input checkpoints; choose another --output_path"
           % output_prefix)
     files = checkpoint_utils.data_files(ckpt)
     if not files:
-      raise AvgCheckpointsError("checkpoint %r has no data file %r"
+      raise CheckpointToolError("checkpoint %r has no data file %r"
                                 % (ckpt, ckpt + ".data-*"))
     input_bytes.append(sum(storage.size(path) for path in files))
-  largest_input = max(input_bytes)
-  output_dir = os.path.dirname(output_prefix) or "."
   try:  # a missing bucket is reported now, not after the averaging
-    storage.isdir(output_dir)
+    storage.isdir(os.path.dirname(output_prefix) or ".")
   except storage.StorageError as e:
-    raise AvgCheckpointsError("output %s: %s" % (output_prefix, e))
+    raise CheckpointToolError("output %s: %s" % (output_prefix, e))
+  return max(input_bytes)
 
+
+def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_slots=False):
+  """Averages checkpoint prefixes into '<output_prefix>.{data-00000-of-00001,index,meta}' and
+  returns a summary dict; raises CheckpointToolError (or an IOError: an unreadable input,
+  storage) before writing anything."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  start_time = time.time()
+  checkpoint_prefixes = list(checkpoint_prefixes)
+  largest_input = check_inputs(checkpoint_prefixes, output_prefix)
   with checkpoint_utils.LocalCopies() as copies:
     readers = []
     for ckpt in checkpoint_prefixes:
       try:
         readers.append(tf.train.load_checkpoint(copies.local(ckpt)))
       except (tf.errors.OpError, ValueError) as e:
-        raise AvgCheckpointsError("cannot read checkpoint %r: %s" % (ckpt, e)) from e
+        raise CheckpointToolError("cannot read checkpoint %r: %s" % (ckpt, e)) from e
     specs = check_compatible(checkpoint_prefixes,
                              [checkpoint_utils.variable_specs(r) for r in readers])
     averaged = [name for name in specs if name != GLOBAL_STEP and not (
@@ -279,39 +280,23 @@ def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_sl
                  "checkpoint data: %.1f MiB", len(averaged), len(checkpoint_prefixes),
                  len(skipped), " as optimizer slots" if skipped else "",
                  largest_input / 2.0**20)
-
-    # Largest first: a big variable's transient accumulator and input tensor are paid while
-    # few results are held. Progress in bytes (a count of variables would mislead the ETA).
-    tensors = {}
-    by_size = sorted(averaged, key=lambda n: (-checkpoint_utils.nbytes(*specs[n]), n))
-    progress = progress_lib.Progress("averaging %d variables" % len(by_size), sum(
-        checkpoint_utils.nbytes(*specs[n]) for n in by_size), "MiB", scale=2**20)
-    for name in by_size:
-      shape, dtype = specs[name]
-      tensors[name] = _average_variable(name, shape, dtype, readers, checkpoint_prefixes,
-                                        copies)
-      progress.update(checkpoint_utils.nbytes(shape, dtype))
-    progress.finish()
+    sizes = [(name, checkpoint_utils.nbytes(*specs[name])) for name in averaged]
+    tensors = checkpoint_utils.convert_largest_first(
+        [(name, size, size) for name, size in sizes],
+        lambda name: _average_variable(name, *specs[name], readers, checkpoint_prefixes,
+                                       copies), "averaging %d variables" % len(averaged))
     del readers
-  tensors[GLOBAL_STEP] = np.zeros((), global_step_dtype.as_numpy_dtype)
   out_specs = {name: specs[name] for name in averaged}
   out_specs[GLOBAL_STEP] = ((), global_step_dtype)
-  output_bytes = []
-
-  def write(tmp_prefix):
-    checkpoint_utils.write_checkpoint_tensors(tmp_prefix, tensors)
-    output_bytes.append(storage.size(tmp_prefix + checkpoint_utils.DATA_SUFFIX))
-    tensors.clear()
-    _write_meta(tmp_prefix + ".meta", out_specs)
-
   if checkpoint_utils.checkpoint_exists(output_prefix):
     logging.info("replacing the existing checkpoint %s", output_prefix)
-  storage.makedirs(output_dir)
-  checkpoint_utils.write_checkpoint(output_prefix, write)
+  output_bytes = checkpoint_utils.write_tensors(
+      output_prefix, tensors, global_step_dtype,
+      lambda tmp_prefix: _write_meta(tmp_prefix + ".meta", out_specs))
   files = [output_prefix + suffix for suffix in (".index", checkpoint_utils.DATA_SUFFIX, ".meta")]
   return dict(checkpoints=checkpoint_prefixes, output_prefix=output_prefix, files=files,
               averaged=averaged, skipped=skipped, global_step_dtype=global_step_dtype.name,
-              output_data_bytes=output_bytes[0], largest_input_data_bytes=largest_input,
+              output_data_bytes=output_bytes, largest_input_data_bytes=largest_input,
               peak_memory_mib=checkpoint_utils.peak_rss_mib(), seconds=time.time() - start_time)
 
 
@@ -347,4 +332,5 @@ def main(unused_argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

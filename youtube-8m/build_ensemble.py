@@ -4,7 +4,7 @@ r"""One command from single-model checkpoints to the (float16) in-graph ensemble
         [--netvlad_cluster_size=K --netvlad_hidden_size=H --ensemble_wts=W]... --gating=True
 
 writes ``<train_dir>/<output_name>.{data-00000-of-00001,index,meta}`` and model_flags.json, as
-the seed's train 10 steps -> eval --create_meta_only -> overwrite_float16_ckpt -> eval
+the original's commands' train 10 steps -> eval --create_meta_only -> overwrite_float16_ckpt -> eval
 --force_output_model_name would; nothing on error.
 """
 
@@ -22,6 +22,7 @@ from . import storage
 from . import utils
 
 FLAGS = flags.FLAGS
+CheckpointToolError = checkpoint_utils.CheckpointToolError
 
 # Defaults that differ from train.py's: frame-level NetVLAD models with float16 kernels.
 DEFAULTS = {"float16_flag": True, "frame_features": True, "feature_names": "rgb,audio",
@@ -35,7 +36,7 @@ SIZE_LIMIT = 2**30  # the competition's limit on the submission's model files
 
 
 def define_flags():
-  model_graph.define_flags(adopt_into=__name__)
+  utils.define_shared_flags(__name__, model_graph.define_flags)
   flags.DEFINE_string("train_dir", None,
                       "Output directory of the ensemble (created if missing).")
   flags.DEFINE_string("checkpoints", None,
@@ -51,10 +52,6 @@ def define_flags():
                     "2^30 B limit, then stop before writing anything.")
   for name, value in DEFAULTS.items():
     FLAGS.set_default(name, value)
-
-
-class BuildEnsembleError(ValueError):
-  """Bad flags or inputs; nothing has been written."""
 
 
 def member_model_flags(checkpoint):
@@ -75,7 +72,7 @@ def _per_model_values(name, explicit, count, from_shapes):
     return list(from_shapes)
   values = list(explicit[name])
   if len(values) != count:
-    raise BuildEnsembleError(
+    raise CheckpointToolError(
         "--%s was given %d time(s) (%s) but --checkpoints lists %d models: give it once per "
         "model, in model order" % (name, len(values), values, count))
   return values
@@ -90,7 +87,7 @@ def _members_value(name, explicit, member_jsons, default):
   if name in explicit:
     for index, path, value in stored:
       if strict and value != explicit[name]:
-        raise BuildEnsembleError(
+        raise CheckpointToolError(
             "model %d: --%s=%r but %s says %s=%r: the ensemble graph would not be the "
             "network the model was trained as (omit the flag to take the members' value)"
             % (index, name, explicit[name], path, name, value))
@@ -103,7 +100,7 @@ def _members_value(name, explicit, member_jsons, default):
     return distinct[0] if distinct else default
   listed = ", ".join("model %d: %r" % (index, value) for index, _, value in stored)
   if strict:
-    raise BuildEnsembleError("the members disagree on %s (%s, from their model_flags.json); "
+    raise CheckpointToolError("the members disagree on %s (%s, from their model_flags.json); "
                              "one ensemble graph needs one value" % (name, listed))
   logging.warning("the members were trained with different %s (%s); using --%s=%r", name,
                   listed, name, default)
@@ -112,10 +109,10 @@ def _members_value(name, explicit, member_jsons, default):
 
 def assemble_config(checkpoints, explicit, member_jsons, source_specs):
   """The ensemble's ModelConfig from explicit {flag: value}, per model (json path, dict or
-  None) and {variable: (shape, dtype)}; BuildEnsembleError names the model and flag."""
+  None) and {variable: (shape, dtype)}; CheckpointToolError names the model and flag."""
   count = len(checkpoints)
   if "ensemble_num" in explicit and explicit["ensemble_num"] != count:
-    raise BuildEnsembleError("--ensemble_num=%d but --checkpoints lists %d checkpoints (one "
+    raise CheckpointToolError("--ensemble_num=%d but --checkpoints lists %d checkpoints (one "
                              "per model)" % (explicit["ensemble_num"], count))
   values = {"ensemble_num": count, "model": explicit.get("model") or DEFAULTS["model"],
             "float16_flag": explicit.get("float16_flag", DEFAULTS["float16_flag"])}
@@ -124,20 +121,20 @@ def assemble_config(checkpoints, explicit, member_jsons, source_specs):
     from_shapes = []
     for index, (prefix, specs) in enumerate(zip(checkpoints, source_specs)):
       if variable not in specs or len(specs[variable][0]) != 2:
-        raise BuildEnsembleError(
+        raise CheckpointToolError(
             "model %d: checkpoint %s has no 2-D variable %r; is it a single NetVLADModelLF "
             "checkpoint (variables named tower/...)?" % (index, prefix, variable))
       from_shapes.append(specs[variable][0][1])
     values[name] = _per_model_values(name, explicit, count, from_shapes)
     for index, given in enumerate(values[name]):
       if given != from_shapes[index]:
-        raise BuildEnsembleError(
+        raise CheckpointToolError(
             "model %d: --%s=%d (occurrence %d) but checkpoint %s has %s of shape %s, i.e. "
             "%s=%d" % (index, name, given, index + 1, checkpoints[index], variable,
                        list(source_specs[index][variable][0]), name, from_shapes[index]))
       path, stored = member_jsons[index]
       if stored is not None and name in stored and list(stored[name]) != [given]:
-        raise BuildEnsembleError("model %d: %s says %s=%s but the checkpoint %s has %d" % (
+        raise CheckpointToolError("model %d: %s says %s=%s but the checkpoint %s has %d" % (
             index, path, name, stored[name], checkpoints[index], given))
   if "ensemble_wts" in explicit and count > 1:
     values["ensemble_wts"] = _per_model_values("ensemble_wts", explicit, count, None)
@@ -186,7 +183,7 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
     try:
       model_graph.check_same_architecture(stored, config, utils.model_flags_path(train_dir))
     except ValueError as error:
-      raise BuildEnsembleError(
+      raise CheckpointToolError(
           "--train_dir=%s holds another model (its model_flags.json describes %d model(s)): "
           "choose another --train_dir. %s" % (train_dir, int(stored.get("ensemble_num", 1)),
                                                str(error).split(": ", 1)[-1]))
@@ -207,7 +204,7 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
   model_flags = config.to_json_dict()
   model_flags["ensemble_sources"] = [storage.abspath(c) for c in checkpoints]
   if stored is not None and model_graph.TRAINING_KEY in stored:
-    # e.g. the seed's ensemble dir: keep train.py's record of the dummy training run
+    # e.g. the ensemble dir of the original's commands: keep train.py's record of the dummy training run
     model_flags[model_graph.TRAINING_KEY] = stored[model_graph.TRAINING_KEY]
   utils.write_model_flags(train_dir, model_flags)
   return summary
@@ -216,9 +213,9 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
 @utils.tool_main
 def main(argv):
   if not FLAGS.train_dir:
-    raise BuildEnsembleError("--train_dir (the output directory) is required")
+    raise CheckpointToolError("--train_dir (the output directory) is required")
   if not FLAGS.output_name:
-    raise BuildEnsembleError("--output_name is empty")
+    raise CheckpointToolError("--output_name is empty")
   checkpoints = ensemble_checkpoint.parse_checkpoint_list(FLAGS.checkpoints)
   ensemble_checkpoint.check_sources(checkpoints)
   with checkpoint_utils.LocalCopies() as copies:

@@ -16,6 +16,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from . import progress as progress_lib
 from . import storage
 from . import utils
 
@@ -84,6 +85,10 @@ def existing_checkpoint(train_dir, name, flag="checkpoint_file"):
   if not checkpoint_exists(prefix):
     raise IOError("--%s: no checkpoint %s (missing %s.index)" % (flag, prefix, prefix))
   return prefix
+
+
+class CheckpointToolError(ValueError):
+  """A problem with a checkpoint tool's flags or input checkpoints; nothing has been written."""
 
 
 class UnreadableCheckpointError(IOError):
@@ -309,6 +314,36 @@ def write_checkpoint_tensors(prefix, tensors):
                                 shape_and_slices=[""] * len(names), tensors=placeholders)
   with tf.compat.v1.Session(graph=graph) as sess:
     sess.run(save_op, feed_dict={ph: tensors[name] for ph, name in zip(placeholders, names)})
+
+
+def convert_largest_first(items, convert, what):
+  """{name: convert(name)} of items [(name, bytes read, bytes written)], the largest read
+  first (a big tensor's transient inputs are paid while few results are held), with a
+  progress line of the bytes written, in MiB."""
+  tensors = {}
+  progress = progress_lib.Progress(what, sum(item[2] for item in items), "MiB", scale=2**20)
+  for name, _, written in sorted(items, key=lambda item: (-item[1], item[0])):
+    tensors[name] = convert(name)
+    progress.update(written)
+  progress.finish()
+  return tensors
+
+
+def write_tensors(output_prefix, tensors, global_step_dtype, meta_fn):
+  """Writes {name: ndarray} (freed once written) and global_step = 0 as the checkpoint
+  output_prefix (write_checkpoint), meta_fn(tmp_prefix) writing its '<tmp_prefix>.meta'.
+  Returns the bytes of tensor data."""
+  tensors[GLOBAL_STEP] = np.zeros((), global_step_dtype.as_numpy_dtype)
+  data_bytes = sum(int(tensor.nbytes) for tensor in tensors.values())
+
+  def write(tmp_prefix):
+    write_checkpoint_tensors(tmp_prefix, tensors)
+    tensors.clear()
+    meta_fn(tmp_prefix)
+
+  storage.makedirs(os.path.dirname(output_prefix) or ".")
+  write_checkpoint(output_prefix, write)
+  return data_bytes
 
 
 def peak_rss_mib():

@@ -8,7 +8,6 @@ checkpoint_utils.LocalCopies.
 """
 
 import dataclasses
-import os
 import re
 import time
 
@@ -17,15 +16,12 @@ import tensorflow as tf
 from absl import logging
 
 from . import checkpoint_utils
-from . import progress as progress_lib
-from . import storage
 
 GLOBAL_STEP = checkpoint_utils.GLOBAL_STEP
 _MODEL_SCOPE_RE = re.compile(r"^model(\d+)$")
 
 
-class EnsembleCheckpointError(ValueError):
-  """A problem with the template or the source checkpoints; nothing has been written."""
+CheckpointToolError = checkpoint_utils.CheckpointToolError
 
 
 def parse_checkpoint_list(value, flag_name="--checkpoints"):
@@ -33,7 +29,7 @@ def parse_checkpoint_list(value, flag_name="--checkpoints"):
   names = [checkpoint_utils.strip_checkpoint_suffix(part.strip())
            for part in (value or "").split(",") if part.strip()]
   if not names:
-    raise EnsembleCheckpointError("%s is empty: give the single-model checkpoints, one per "
+    raise CheckpointToolError("%s is empty: give the single-model checkpoints, one per "
                                   "model, in model order" % flag_name)
   return names
 
@@ -47,7 +43,7 @@ def model_of(name):
     return 0, name
   digits = _MODEL_SCOPE_RE.match(parts[hits[0]]).group(1)
   if len(hits) > 1 or digits != str(int(digits)) or int(digits) == 0:
-    raise EnsembleCheckpointError(
+    raise CheckpointToolError(
         "template variable %r is not in one model scope of the ensemble graph (model i >= 1 "
         "lives in tower/model{i}/, model 0 directly in tower/)" % name)
   return int(digits), "/".join(parts[:hits[0]] + parts[hits[0] + 1:])
@@ -58,7 +54,7 @@ def specs_from_checkpoint(prefix, copies):
   try:
     return checkpoint_utils.variable_specs(tf.train.load_checkpoint(copies.local(prefix)))
   except (tf.errors.OpError, ValueError) as error:
-    raise EnsembleCheckpointError("cannot read checkpoint %s: %s" % (prefix, error))
+    raise CheckpointToolError("cannot read checkpoint %s: %s" % (prefix, error))
 
 
 def specs_from_graph(graph):
@@ -96,38 +92,38 @@ def check_sources(sources, outputs=()):
   """Raises unless every source exists and none is one of the outputs (nothing is read)."""
   for index, prefix in enumerate(sources):
     if not checkpoint_utils.checkpoint_exists(prefix):
-      raise EnsembleCheckpointError("%s does not exist (no file %s.index)"
+      raise CheckpointToolError("%s does not exist (no file %s.index)"
                                     % (source_label(index, prefix), prefix))
     if any(checkpoint_utils.same_path(prefix, output) for output in outputs):
-      raise EnsembleCheckpointError("%s is also the output; choose another output name"
+      raise CheckpointToolError("%s is also the output; choose another output name"
                                     % source_label(index, prefix))
 
 
 def plan_ensemble(template_specs, sources, copies, template_name="the template", outputs=()):
   """The Plan of the {name: (shape, tf.DType)} template_specs from the source prefixes (one
   per model, in model order), every variable checked before any tensor is read. outputs: the
-  prefixes to be written (never a source). Raises EnsembleCheckpointError."""
+  prefixes to be written (never a source). Raises CheckpointToolError."""
   per_model = {}
   global_step_dtype = tf.int32
   for name, (shape, dtype) in template_specs.items():
     if name == GLOBAL_STEP:
       if shape != ():
-        raise EnsembleCheckpointError("%s: global_step is not a scalar (shape %s)"
+        raise CheckpointToolError("%s: global_step is not a scalar (shape %s)"
                                       % (template_name, list(shape)))
       global_step_dtype = dtype
       continue
     index, source_name = model_of(name)
     per_model.setdefault(index, []).append((name, shape, dtype, source_name))
   if not per_model:
-    raise EnsembleCheckpointError("%s holds no model variables" % template_name)
+    raise CheckpointToolError("%s holds no model variables" % template_name)
   num_models = max(per_model) + 1
   absent = [str(i) for i in range(num_models) if i not in per_model]
   if absent:
-    raise EnsembleCheckpointError(
+    raise CheckpointToolError(
         "%s has variables of model(s) up to %d but none of model(s) %s" % (
             template_name, num_models - 1, ", ".join(absent)))
   if len(sources) != num_models:
-    raise EnsembleCheckpointError(
+    raise CheckpointToolError(
         "--checkpoints gives %d source checkpoint(s) but %s holds %d models (tower/%s): give "
         "exactly one single-model checkpoint per model, in model order" % (
             len(sources), template_name, num_models,
@@ -154,7 +150,7 @@ def plan_ensemble(template_specs, sources, copies, template_name="the template",
       else:
         items.append((name, shape, dtype, index, source_name))
   if problems:
-    raise EnsembleCheckpointError("%d problem(s): %s%s" % (len(problems), "; ".join(problems[:8]),
+    raise CheckpointToolError("%d problem(s): %s%s" % (len(problems), "; ".join(problems[:8]),
                                   " (and %d more)" % (len(problems) - 8) if problems[8:] else ""))
   return Plan(list(sources), items, global_step_dtype, source_specs)
 
@@ -166,12 +162,10 @@ def write_plan(plan, copies, output_prefix, meta_fn):
   start = time.time()
   readers = [tf.train.load_checkpoint(copies.local(prefix)) for prefix in plan.sources]
   stats = {"rounded_tensors": 0, "overflow_values": 0, "by_dtype": {}}
-  tensors = {}
-  order = sorted(plan.items, key=lambda item: (
-      -checkpoint_utils.nbytes(item[1], plan.source_specs[item[3]][item[4]][1]), item[0]))
-  progress = progress_lib.Progress("converting the ensemble tensors", plan.output_bytes(),
-                                   "MiB", scale=2**20)
-  for name, shape, dtype, index, source_name in order:
+  items = {item[0]: item for item in plan.items}
+
+  def convert(name):
+    _, _, dtype, index, source_name = items[name]
     with checkpoint_utils.reading(plan.sources[index], copies.local(plan.sources[index])):
       value = np.asarray(readers[index].get_tensor(source_name))
     out = checkpoint_utils.aligned_empty(value.shape, dtype.as_numpy_dtype)
@@ -184,24 +178,25 @@ def write_plan(plan, copies, output_prefix, meta_fn):
         stats["overflow_values"] += overflow
         logging.warning("%s: %d value(s) of %r overflow %s and became +-inf", name,
                         overflow, source_name, dtype.name)
-    del value
-    tensors[name] = out
     stats["by_dtype"][dtype.name] = stats["by_dtype"].get(dtype.name, 0) + 1
-    progress.update(int(out.nbytes))
-  progress.finish()
-  tensors[GLOBAL_STEP] = np.zeros((), plan.global_step_dtype.as_numpy_dtype)
+    return out
 
-  def write(tmp_prefix):
-    checkpoint_utils.write_checkpoint_tensors(tmp_prefix, tensors)
-    meta_fn(tmp_prefix)
-
-  storage.makedirs(os.path.dirname(output_prefix))
-  checkpoint_utils.write_checkpoint(output_prefix, write)
-  data_bytes = sum(int(t.nbytes) for t in tensors.values())
-  tensors.clear()  # free the arrays before the caller goes on
+  tensors = checkpoint_utils.convert_largest_first(
+      [(name, checkpoint_utils.nbytes(shape, plan.source_specs[index][source][1]),
+        checkpoint_utils.nbytes(shape, dtype))
+       for name, shape, dtype, index, source in plan.items],
+      convert, "converting the ensemble tensors")
+  data_bytes = checkpoint_utils.write_tensors(output_prefix, tensors, plan.global_step_dtype,
+                                              meta_fn)
   summary = dict(stats, output_prefix=output_prefix, tensors=len(plan.items) + 1,
                  parameters=plan.parameters(), data_bytes=data_bytes,
                  peak_rss_mib=checkpoint_utils.peak_rss_mib(), seconds=time.time() - start)
+  log_summary(plan, summary)
+  return summary
+
+
+def log_summary(plan, summary):
+  """Logs what write_plan wrote: each model's variables, the tensors, the peak memory."""
   for index, prefix in enumerate(plan.sources):
     count = sum(1 for item in plan.items if item[3] == index)
     unused = len(set(plan.source_specs[index]) - {GLOBAL_STEP}) - count
@@ -217,4 +212,3 @@ def write_plan(plan, copies, output_prefix, meta_fn):
   logging.info("Peak memory %.1f MiB (%.2f bytes per parameter) in %.1f s",
                summary["peak_rss_mib"], summary["peak_rss_mib"] * 2**20 / max(
                    summary["parameters"], 1), summary["seconds"])
-  return summary

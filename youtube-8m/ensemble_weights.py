@@ -41,9 +41,8 @@ STEPS = (20, 10, 5, 2, 1)
 
 
 def define_flags():
-  model_graph.define_flags(adopt_into=__name__)
-  fp16_layers.define_compute_dtype_flag()
-  flags.declare_key_flag("compute_dtype")  # listed by --help
+  utils.define_shared_flags(__name__, model_graph.define_flags,
+                            fp16_layers.define_compute_dtype_flag)
   flags.DEFINE_string("train_dir", None,
                       "Ensemble directory with model_flags.json and the checkpoint.")
   flags.DEFINE_string("checkpoint_file", "inference_model",
@@ -299,12 +298,16 @@ def run():
                                                      "scored": len(objective.cache),
                                                      "seconds": search_seconds},
   }
-  held_mib = sum(m.nbytes for m in members) / 2.0**20
+  report(config, results, sum(m.nbytes for m in members) / 2.0**20)
+  return results
+
+
+def report(config, results, held_mib):
+  """Prints the report of run()'s results, and writes them to --results_json."""
   print("\n".join(report_lines(config, results, held_mib)), flush=True)
   if FLAGS.results_json:
     storage.makedirs(os.path.dirname(FLAGS.results_json))  # a no-op for gs://
     utils.write_atomically(FLAGS.results_json, json.dumps(results, indent=1) + "\n")
-  return results
 
 
 @utils.tool_main

@@ -19,6 +19,7 @@ import time
 
 import tensorflow as tf
 from absl import app
+from absl import flags
 from absl import logging
 
 from . import checkpoint_utils
@@ -35,50 +36,49 @@ from . import summaries
 from . import utils
 
 tf1 = tf.compat.v1
-flags = tf1.flags
 FLAGS = flags.FLAGS
 
-model_graph.define_flags(adopt_into=__name__)
-fp16_layers.define_compute_dtype_flag()
-flags.declare_key_flag("compute_dtype")  # listed by --help
-gpu_check.define_device_flag()
-flags.declare_key_flag("allow_cpu_on_gpu_machine")
-flags.DEFINE_string("train_dir", "/tmp/yt8m_model/",
-                    "Directory with model_flags.json and the checkpoints; outputs go here.")
-flags.DEFINE_string("checkpoint_file", "",
-                    "Checkpoint to evaluate, relative to train_dir (prefix, or one of its files), "
-                    "or a comma list of them, evaluated in turn. Empty: the newest "
-                    "model.ckpt-<step>.")
-flags.DEFINE_string("checkpoint", "",
-                    "Same as --checkpoint_file (the seed README's spelling, e.g. "
-                    "model.ckpt-170010.index).")
-flags.DEFINE_string("eval_data_pattern", "", "Glob of the validation files.")
-flags.DEFINE_bool("eval_holdout_only", True,
-                  "Evaluate only the 60 held-out validate files named from the pattern (as "
-                  "the original). False: every file the glob matches.")
-flags.DEFINE_integer("batch_size", 1024, "Examples per evaluation batch (of the logged batch "
-                     "metrics).")
-flags.DEFINE_integer("videos_per_run", 256,
-                     "Each batch is read and evaluated in parts of at most this many videos "
-                     "(peak memory grows with it; the metrics do not depend on it). 0: whole "
-                     "batches.")
-flags.DEFINE_integer("num_readers", 8,
-                     "Files read in parallel (interleaved in a fixed order).")
-flags.DEFINE_bool("run_once", False, "Evaluate one checkpoint and exit; else keep polling.")
-flags.DEFINE_integer("eval_interval_secs", 60, "Seconds between polls for new checkpoints.")
-flags.DEFINE_integer("top_k", 20, "k of GAP@k and of the mAP pools.")
-flags.DEFINE_bool("force_output_model_name", False,
-                  "Save the evaluated model as inference_model.{data-00000-of-00001,index,meta} "
-                  "(the names a submission tgz needs).")
-flags.DEFINE_bool("create_meta_only", False,
-                  "Only write the inference checkpoint and its meta graph; read no data.")
-flags.DEFINE_string("results_json", "",
-                    "If set, also write the final metrics of each evaluation to this JSON file "
-                    "(a list of them, in order, for a list of checkpoints).")
-# The seed's eval commands pass these training flags; they cannot change an evaluation, so
-# they are compared with the training run's values (a difference is reported).
-flags.DEFINE_float("base_learning_rate", None, "Training flag; checked, no effect on eval.")
-flags.DEFINE_float("learning_rate_decay", None, "Training flag; checked, no effect on eval.")
+
+def define_flags():
+  utils.define_shared_flags(__name__, model_graph.define_flags,
+                            fp16_layers.define_compute_dtype_flag, gpu_check.define_device_flag)
+  flags.DEFINE_string("train_dir", "/tmp/yt8m_model/",
+                      "Directory with model_flags.json and the checkpoints; outputs go here.")
+  flags.DEFINE_string("checkpoint_file", "",
+                      "Checkpoint to evaluate, relative to train_dir (prefix, or one of its "
+                      "files), or a comma list of them, evaluated in turn. Empty: the newest "
+                      "model.ckpt-<step>.")
+  flags.DEFINE_string("checkpoint", "",
+                      "Same as --checkpoint_file (the original README's spelling, e.g. "
+                      "model.ckpt-170010.index).")
+  flags.DEFINE_string("eval_data_pattern", "", "Glob of the validation files.")
+  flags.DEFINE_bool("eval_holdout_only", True,
+                    "Evaluate only the 60 held-out validate files named from the pattern (as "
+                    "the original). False: every file the glob matches.")
+  flags.DEFINE_integer("batch_size", 1024, "Examples per evaluation batch (of the logged batch "
+                       "metrics).")
+  flags.DEFINE_integer("videos_per_run", 256,
+                       "Each batch is read and evaluated in parts of at most this many videos "
+                       "(peak memory grows with it; the metrics do not depend on it). 0: whole "
+                       "batches.")
+  flags.DEFINE_integer("num_readers", 8,
+                       "Files read in parallel (interleaved in a fixed order).")
+  flags.DEFINE_bool("run_once", False, "Evaluate one checkpoint and exit; else keep polling.")
+  flags.DEFINE_integer("eval_interval_secs", 60, "Seconds between polls for new checkpoints.")
+  flags.DEFINE_integer("top_k", 20, "k of GAP@k and of the mAP pools.")
+  flags.DEFINE_bool("force_output_model_name", False,
+                    "Save the evaluated model as inference_model.{data-00000-of-00001,index,meta} "
+                    "(the names a submission tgz needs).")
+  flags.DEFINE_bool("create_meta_only", False,
+                    "Only write the inference checkpoint and its meta graph; read no data.")
+  flags.DEFINE_string("results_json", "",
+                      "If set, also write the final metrics of each evaluation to this JSON file "
+                      "(a list of them, in order, for a list of checkpoints).")
+  # The original's eval commands pass these training flags; they cannot change an evaluation, so
+  # they are compared with the training run's values (a difference is reported).
+  flags.DEFINE_float("base_learning_rate", None, "Training flag; checked, no effect on eval.")
+  flags.DEFINE_float("learning_rate_decay", None, "Training flag; checked, no effect on eval.")
+
 
 INFERENCE_MODEL = "inference_model"
 
@@ -92,7 +92,7 @@ def weights_tag(ensemble_wts):
 
 
 def inference_checkpoint_name(checkpoint_name, loaded_prefix, config):
-  """Name of the inference checkpoint eval.py saves (behavior.md 4.5), or None."""
+  """Name of the inference checkpoint eval.py saves (docs/original.md), or None."""
   if FLAGS.force_output_model_name:
     return INFERENCE_MODEL
   name = os.path.basename(checkpoint_name) if checkpoint_name else ""
@@ -164,8 +164,8 @@ def build_eval_graph(config, files):
   global_step = model_graph.create_global_step()
   tensors = {"global_step": global_step}
   if files is not None:
-    # The model runs on one part of a batch at a time: a seed-size model's float32
-    # features of 1024 videos alone are 1.4 GB.
+    # The model runs on one part of a batch at a time: the float32 features of a whole
+    # batch of frame-level videos would dominate the memory.
     iterator, batch = readers.one_pass(config.make_reader(), files, batch_parts()[1],
                                        FLAGS.num_readers, "eval_input")
     model_input_raw, num_frames = batch["video_matrix"], batch["num_frames"]
@@ -251,7 +251,7 @@ def evaluate():
   if FLAGS.force_output_model_name and len(requested) > 1:
     raise ValueError("--force_output_model_name saves each checkpoint as %s: give one "
                      "checkpoint, not %d" % (INFERENCE_MODEL, len(requested)))
-  files = None
+  files = total = None
   if not FLAGS.create_meta_only:
     files = readers.eval_files(FLAGS.eval_data_pattern, FLAGS.eval_holdout_only)
     logging.info("Evaluating %s on %d files", config.describe(), len(files))
@@ -260,52 +260,70 @@ def evaluate():
       logging.info("Each batch is evaluated in %d parts of %d videos (--videos_per_run)",
                    parts, size)
     total = progress_lib.count_inputs("eval", files)
+  evaluation = Evaluation(config, files, total, len(requested) > 1)
+  with tf1.Session(graph=evaluation.graph,
+                   config=tf1.ConfigProto(allow_soft_placement=True)) as sess:
+    for name, prefix in requested:
+      evaluation.checkpoint(sess, prefix, name)
+    if not requested:
+      evaluation.poll(sess, train_dir)
+  evaluation.writer.close()
+  return evaluation.results[-1] if evaluation.results else None
 
-  graph = tf.Graph()
-  with graph.as_default():
-    tensors = build_eval_graph(config, files)
-    graph_vars = tf1.global_variables()
-    saver = tf1.train.Saver(graph_vars)
-  synced = staging.SyncedDir(train_dir)  # TF reads and writes local files only
-  # events.out.tfevents.<second>.<host> alone collides for two evals started in the same
-  # second on one host (the later upload to a gs:// train_dir would replace the other).
-  # Also into AIP_TENSORBOARD_LOG_DIR when Vertex AI sets it (a TensorBoard instance reads there).
-  writer = summaries.SummaryWriter(synced.local, filename_suffix=".eval.%d" % os.getpid())
-  all_results = []
 
-  def evaluate_checkpoint(sess, prefix, requested_name):
+class Evaluation(object):
+  """The evaluation graph of config on files (None: --create_meta_only), and the results of
+  the checkpoints evaluated in it, in order. total: (videos in files, exact)."""
+
+  def __init__(self, config, files, total, several):
+    self.config, self.files, self.total, self.several = config, files, total, several
+    self.graph = tf.Graph()
+    with self.graph.as_default():
+      self.tensors = build_eval_graph(config, files)
+      self.graph_vars = tf1.global_variables()
+      self.saver = tf1.train.Saver(self.graph_vars)
+    self.synced = staging.SyncedDir(FLAGS.train_dir)  # TF reads and writes local files only
+    # events.out.tfevents.<second>.<host> alone collides for two evals started in the same
+    # second on one host (the later upload to a gs:// train_dir would replace the other).
+    # Also into AIP_TENSORBOARD_LOG_DIR when Vertex AI sets it (a TensorBoard reads there).
+    self.writer = summaries.SummaryWriter(self.synced.local,
+                                          filename_suffix=".eval.%d" % os.getpid())
+    self.results = []
+
+  def checkpoint(self, sess, prefix, requested_name):
     """Restores prefix, saves its inference checkpoint and, unless --create_meta_only,
     evaluates it (the one_pass iterator re-initialized) and records its results."""
+    config = self.config
     with checkpoint_utils.local_copy(prefix) as local_prefix:
-      checkpoint_utils.check_matches_graph(local_prefix, graph_vars, config.describe(),
+      checkpoint_utils.check_matches_graph(local_prefix, self.graph_vars, config.describe(),
                                            name=prefix)
       with checkpoint_utils.reading(prefix, local_prefix):
-        saver.restore(sess, local_prefix)
+        self.saver.restore(sess, local_prefix)
     step_label = os.path.basename(prefix).rsplit("-", 1)[-1].rsplit("_", 1)[-1]
     logging.info("Restored %s (global step %s)", prefix, step_label)
     name = inference_checkpoint_name(requested_name, prefix, config)
     if name:
-      save_inference_checkpoint(sess, saver, config, name, synced)
+      save_inference_checkpoint(sess, self.saver, config, name, self.synced)
     if FLAGS.create_meta_only:
       return
-    summary = summary_tag_and_step(prefix, int(sess.run(tensors["global_step"])),
+    summary = summary_tag_and_step(prefix, int(sess.run(self.tensors["global_step"])),
                                    config.ensemble_wts if config.ensemble_num > 1 else None)
-    results = evaluate_batches(sess, tensors, config, step_label, writer, files, total,
-                               summary)
+    results = evaluate_batches(sess, self.tensors, config, step_label, self.writer,
+                               self.files, self.total, summary)
     results.update(checkpoint=prefix, global_step=step_label)
-    writer.flush()
-    synced.push_new()
-    all_results.append(results)
+    self.writer.flush()
+    self.synced.push_new()
+    self.results.append(results)
     if FLAGS.results_json:
       # A list of checkpoints: the results of all evaluated so far, in order.
-      written = all_results if len(requested) > 1 else results
+      written = self.results if self.several else results
       utils.write_atomically(FLAGS.results_json, json.dumps(written, indent=1) + "\n")
 
-  with tf1.Session(graph=graph, config=tf1.ConfigProto(allow_soft_placement=True)) as sess:
-    for name, prefix in requested:
-      evaluate_checkpoint(sess, prefix, name)
+  def poll(self, sess, train_dir):
+    """Evaluates the newest training checkpoint of train_dir as it appears (once with
+    --run_once or --create_meta_only)."""
     last_evaluated = None
-    while not requested:  # poll for the newest training checkpoint
+    while True:
       newest = checkpoint_utils.newest_checkpoint(train_dir)
       prefix = newest[1] if newest else None
       if prefix is None or prefix == last_evaluated:
@@ -317,7 +335,7 @@ def evaluate():
         continue
       last_evaluated = prefix
       try:
-        evaluate_checkpoint(sess, prefix, None)
+        self.checkpoint(sess, prefix, None)
       except checkpoint_utils.UnreadableCheckpointError as error:
         if FLAGS.run_once:
           raise
@@ -325,9 +343,7 @@ def evaluate():
         logging.error("%s; waiting for a newer checkpoint", error)
         continue
       if FLAGS.run_once or FLAGS.create_meta_only:
-        break
-  writer.close()
-  return all_results[-1] if all_results else None
+        return
 
 
 @utils.tool_main
@@ -346,4 +362,5 @@ def main(unused_argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

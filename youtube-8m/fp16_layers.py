@@ -17,6 +17,7 @@ as stored by float16 compute and cast to bfloat16 (through float32) by bfloat16 
 """
 
 import tensorflow as tf
+from absl import flags
 from absl import logging
 
 from . import runtime_settings
@@ -66,7 +67,7 @@ COMPUTE_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.
 
 def define_compute_dtype_flag():
   """--compute_dtype of the tools that run the model (train, eval, inference, ensemble_weights)."""
-  tf1.flags.DEFINE_enum(
+  flags.DEFINE_enum(
       "compute_dtype", "float32", list(COMPUTE_DTYPES),
       "dtype of the model's matmuls: float32 (the original), bfloat16 (CPUs with AVX512-BF16 "
       "or AMX, recent GPUs) or float16 (GPUs; training scales the loss dynamically). "
@@ -75,7 +76,7 @@ def define_compute_dtype_flag():
 
 def compute_dtype():
   """The tf dtype of --compute_dtype; bfloat16 on a CPU without it in hardware logs a warning."""
-  dtype = COMPUTE_DTYPES[tf1.flags.FLAGS.compute_dtype]
+  dtype = COMPUTE_DTYPES[flags.FLAGS.compute_dtype]
   if dtype == tf.bfloat16:
     warning = emulated_bfloat16_warning(runtime_settings.HostCpu())
     if warning:
@@ -124,7 +125,7 @@ def matmul(inputs, kernel, compute_dtype=tf.float32):
 def recomputed_in_backward(forward, inputs, recompute, *others):
   """forward(inputs, *others), whose gradients w.r.t. others are the ops autodiff builds,
   but on recompute() instead of inputs: inputs is not held from the forward pass to the
-  backward pass (the sampled features, 188 MiB at the seed's batch of 160 x 300 frames).
+  backward pass (e.g. the sampled features).
 
   inputs must need no gradient; recompute() must return the same values (it runs only when
   the gradient arrives, so that the tensor lives only at the end of the backward pass).

@@ -1,9 +1,9 @@
 """Frame-level models: the Gated NetVLAD model of the 10th-place solution (NetVLADModelLF).
 
-Graph and variable names follow the original exactly (behavior.md section 3): 32 variables
-per model, e.g. ``video_VLAD/conv2/cluster_weights``, ``hidden1_weights/hidden1_weights``,
-``gates/weights``, ``gating_prob_weights``. Module flags are defined at import (the
-original's commands pass them); only model_graph reads them, into its ModelConfig.
+Graph and variable names follow the original exactly (docs/original.md): 32 variables per
+model, e.g. ``video_VLAD/conv2/cluster_weights``, ``hidden1_weights/hidden1_weights``,
+``gates/weights``, ``gating_prob_weights``. The settings come as arguments (model_graph's
+ModelConfig).
 """
 
 import math
@@ -16,25 +16,6 @@ from . import models
 from . import video_level_models
 
 tf1 = tf.compat.v1
-flags = tf1.flags
-
-flags.DEFINE_integer("iterations", 30, "Number of frames sampled per video.")
-flags.DEFINE_bool("sample_random_frames", True,
-                  "True: sample frames uniformly with replacement; False: a random window of "
-                  "consecutive frames.")
-flags.DEFINE_bool("netvlad_add_batch_norm", True,
-                  "Batch-normalize the NetVLAD cluster assignments (the original's NetVLAD has "
-                  "no working alternative; False is refused by model_graph).")
-flags.DEFINE_bool("netvlad_relu", True,
-                  "No effect (accepted for the original's commands): relu6 always follows "
-                  "hidden1's batch norm, as in the original.")
-flags.DEFINE_bool("gating", False, "Context gating on the output of hidden2.")
-flags.DEFINE_string("video_level_classifier_model", "MoeModel",
-                    "Classifier on top of the NetVLAD features (a video_level_models class).")
-flags.DEFINE_bool("float16_flag", False,
-                  "Store the four large kernels of each model (hidden1, MoE gates, MoE experts, "
-                  "probability gating) as float16 variables; they are cast to --compute_dtype "
-                  "(float32 by default) for the matmuls.")
 
 
 def netvlad(reshaped_input, feature_size, max_frames, cluster_size, is_training,
@@ -100,7 +81,7 @@ class NetVLADModelLF(models.BaseModel):
   features are cast to it once.
   recompute_features: in float32 training, the backward pass makes the sampled uint8 frames'
   rgb features anew instead of holding them from the forward pass (the same gradients, bit
-  for bit; 188 MiB less at the seed's batch of 160 x 300 frames, for one more dequantization).
+  for bit; less memory for one more dequantization).
   """
 
   def create_model(self, model_input, vocab_size, num_frames, cluster_size, hidden_size,
@@ -135,35 +116,42 @@ class NetVLADModelLF(models.BaseModel):
                            int(cluster_size / 2), is_training, compute_dtype)
     vlad = tf.concat([vlad_video, vlad_audio], 1)
 
-    vlad_dim = int(vlad.shape[1])
-    with tf1.variable_scope("hidden1_weights"):
-      hidden1_weights = fp16_layers.model_variable(
-          "hidden1_weights", [vlad_dim, hidden_size], dtype=kernel_dtype,
-          initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vlad_dim)))
-    activation = fp16_layers.matmul(vlad, hidden1_weights, compute_dtype)
-    activation = fp16_layers.batch_norm(activation, is_training=is_training, scope="hidden1_bn")
-    activation = tf.nn.relu6(activation)
-
-    with tf1.variable_scope("hidden2_weights"):
-      hidden2_weights = fp16_layers.model_variable(
-          "hidden2_weights", [hidden_size, 2 * hidden_size],
-          initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(hidden_size)))
-    hidden2_biases = fp16_layers.model_variable(
-        "hidden2_biases", [2 * hidden_size],
-        initializer=tf1.random_normal_initializer(stddev=0.01))
-    activation = (fp16_layers.matmul(activation, hidden2_weights, compute_dtype)
-                  + hidden2_biases)
-
-    if gating:
-      with tf1.variable_scope("gating_weights"):
-        gating_weights = fp16_layers.model_variable(
-            "gating_weights", [2 * hidden_size, 2 * hidden_size],
-            initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(2 * hidden_size)))
-      gates = fp16_layers.matmul(activation, gating_weights, compute_dtype)
-      gates = fp16_layers.batch_norm(gates, is_training=is_training, scope="gating_bn")
-      activation = tf.multiply(activation, tf.sigmoid(gates))
-
+    activation = hidden_layers(vlad, hidden_size, gating, kernel_dtype, is_training,
+                               compute_dtype)
     classifier = getattr(video_level_models, classifier_model)()
     return classifier.create_model(model_input=activation, vocab_size=vocab_size,
                                    is_training=is_training, float16_flag=float16_flag,
                                    compute_dtype=compute_dtype, **classifier_params)
+
+
+def hidden_layers(vlad, hidden_size, gating, kernel_dtype, is_training, compute_dtype):
+  """hidden1 (H, batch norm, relu6) -> hidden2 (2H) [-> context gating] of the NetVLAD
+  features."""
+  vlad_dim = int(vlad.shape[1])
+  with tf1.variable_scope("hidden1_weights"):
+    hidden1_weights = fp16_layers.model_variable(
+        "hidden1_weights", [vlad_dim, hidden_size], dtype=kernel_dtype,
+        initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vlad_dim)))
+  activation = fp16_layers.matmul(vlad, hidden1_weights, compute_dtype)
+  activation = fp16_layers.batch_norm(activation, is_training=is_training, scope="hidden1_bn")
+  activation = tf.nn.relu6(activation)
+
+  with tf1.variable_scope("hidden2_weights"):
+    hidden2_weights = fp16_layers.model_variable(
+        "hidden2_weights", [hidden_size, 2 * hidden_size],
+        initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(hidden_size)))
+  hidden2_biases = fp16_layers.model_variable(
+      "hidden2_biases", [2 * hidden_size],
+      initializer=tf1.random_normal_initializer(stddev=0.01))
+  activation = (fp16_layers.matmul(activation, hidden2_weights, compute_dtype)
+                + hidden2_biases)
+
+  if gating:
+    with tf1.variable_scope("gating_weights"):
+      gating_weights = fp16_layers.model_variable(
+          "gating_weights", [2 * hidden_size, 2 * hidden_size],
+          initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(2 * hidden_size)))
+    gates = fp16_layers.matmul(activation, gating_weights, compute_dtype)
+    gates = fp16_layers.batch_norm(gates, is_training=is_training, scope="gating_bn")
+    activation = tf.multiply(activation, tf.sigmoid(gates))
+  return activation

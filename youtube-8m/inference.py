@@ -22,6 +22,7 @@ import time
 import numpy as np
 import tensorflow as tf
 from absl import app
+from absl import flags
 from absl import logging
 from google.protobuf import message
 
@@ -29,6 +30,7 @@ from . import checkpoint_utils
 from . import dataset_layout
 from . import fp16_layers
 from . import gpu_check
+from . import model_graph
 from . import model_utils
 from . import progress as progress_lib
 from . import readers
@@ -37,29 +39,29 @@ from . import storage
 from . import utils
 
 tf1 = tf.compat.v1
-flags = tf1.flags
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("train_dir", "",
-                    "Directory with <inference_model_file>.{meta,index,data-*} and "
-                    "model_flags.json. Leave empty with --input_model_tgz.")
-flags.DEFINE_string("inference_model_file", "inference_model",
-                    "Checkpoint prefix of the inference model inside train_dir / the tgz.")
-flags.DEFINE_string("input_data_pattern", "", "Glob of the TFRecords to predict.")
-flags.DEFINE_string("input_model_tgz", "", "Submission tgz holding the inference model.")
-flags.DEFINE_string("untar_model_dir", "/tmp/yt8m-model",
-                    "Where --input_model_tgz is extracted (into a fresh subdirectory).")
-flags.DEFINE_string("output_file", "", "The CSV file to write.")
-flags.DEFINE_string("output_model_tgz", "",
-                    "If set, also write the inference model + model_flags.json as this tgz.")
-flags.DEFINE_integer("top_k", 20, "Labels (with scores) per video in the CSV.")
-flags.DEFINE_integer("batch_size", 512, "Videos per inference batch.")
-flags.DEFINE_integer("num_readers", 1,
-                     "Files read in parallel; 1 keeps the CSV rows in file order.")
-fp16_layers.define_compute_dtype_flag()
-flags.declare_key_flag("compute_dtype")  # listed by --help
-gpu_check.define_device_flag()
-flags.declare_key_flag("allow_cpu_on_gpu_machine")
+
+def define_flags():
+  utils.define_shared_flags(__name__, fp16_layers.define_compute_dtype_flag,
+                            gpu_check.define_device_flag)
+  flags.DEFINE_string("train_dir", "",
+                      "Directory with <inference_model_file>.{meta,index,data-*} and "
+                      "model_flags.json. Leave empty with --input_model_tgz.")
+  flags.DEFINE_string("inference_model_file", "inference_model",
+                      "Checkpoint prefix of the inference model inside train_dir / the tgz.")
+  flags.DEFINE_string("input_data_pattern", "", "Glob of the TFRecords to predict.")
+  flags.DEFINE_string("input_model_tgz", "", "Submission tgz holding the inference model.")
+  flags.DEFINE_string("untar_model_dir", "/tmp/yt8m-model",
+                      "Where --input_model_tgz is extracted (into a fresh subdirectory).")
+  flags.DEFINE_string("output_file", "", "The CSV file to write.")
+  flags.DEFINE_string("output_model_tgz", "",
+                      "If set, also write the inference model + model_flags.json as this tgz.")
+  flags.DEFINE_integer("top_k", 20, "Labels (with scores) per video in the CSV.")
+  flags.DEFINE_integer("batch_size", 512, "Videos per inference batch.")
+  flags.DEFINE_integer("num_readers", 1,
+                       "Files read in parallel; 1 keeps the CSV rows in file order.")
+
 
 CSV_HEADER = "VideoId,LabelConfidencePairs\n"
 
@@ -142,8 +144,6 @@ def write_model_tgz(output_tgz, prefix, files):
 def rebuild_model(train_dir, prefix, batch, compute_dtype):
   """(saver, predictions): the model of train_dir/model_flags.json on the reader's batch, its
   matmuls in compute_dtype; the saver restores prefix into it."""
-  # Imported here: the model modules define the training flags, which inference.py ignores.
-  from . import model_graph  # pylint: disable=g-import-not-at-top
   stored = model_graph.read_stored_flags(train_dir)
   if not set(stored) - set(model_graph.ORIGINAL_KEYS):
     raise ValueError("--compute_dtype=%s rebuilds the model from %s, but the original code "
@@ -190,7 +190,7 @@ def import_model(prefix, batch, num_classes=None):
 
 
 def predict(train_dir, model_name, files, output_file):
-  model_flags = utils.read_model_flags(train_dir)
+  model_flags = model_graph.read_model_flags(train_dir)
   try:
     feature_names, feature_sizes = utils.parse_feature_flags(model_flags["feature_names"],
                                                              model_flags["feature_sizes"])
@@ -298,4 +298,5 @@ def main(unused_argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

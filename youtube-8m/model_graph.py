@@ -1,8 +1,8 @@
 """The model graph shared by train.py, eval.py and the ensemble tools.
 
-* ``define_flags()``: the model/ensemble flags of train.py and eval.py (not of inference.py).
-* ``ModelConfig``: every setting that shapes the graph (defaults: the flags'), from flags
-  and/or model_flags.json, with the consistency checks; the only reader of the model flags.
+* ``ModelConfig``: every setting that shapes the graph, each declared once as a field from
+  which its flag (``define_flags()``) and its model_flags.json rules derive; built from flags
+  and/or model_flags.json (``read_model_flags()``), with the consistency checks.
 * ``build_model()``: the (ensemble) graph under variable scope ``tower``: model 0 in
   ``tower/``, model i in ``tower/model{i}/``; predictions = sum_i ensemble_wts[i] * p_i.
 * ``build_inference_graph()`` / ``export_inference_meta()``: only the model behind two
@@ -10,10 +10,11 @@
 """
 
 import dataclasses
-import sys
+import json
 from typing import List
 
 import tensorflow as tf
+from absl import flags
 from absl import logging
 
 from . import dataset_layout
@@ -21,11 +22,11 @@ from . import frame_level_models
 from . import losses
 from . import model_utils
 from . import readers
+from . import storage
 from . import utils
 from . import video_level_models
 
 tf1 = tf.compat.v1
-flags = tf1.flags
 FLAGS = flags.FLAGS
 
 FRAME_LEVEL_MODELS = ("NetVLADModelLF",)
@@ -37,78 +38,73 @@ ORIGINAL_KEYS = ("model", "feature_sizes", "feature_names", "frame_features", "l
 # Keys of an original json that describe its reader; its `model` and `label_loss` were
 # dead flags there (the original always trained NetVLADModelLF with cross-entropy).
 ORIGINAL_READER_KEYS = ("feature_sizes", "feature_names", "frame_features")
-# A different value would build different variables or different predictions: refused.
-STRICT_KEYS = ORIGINAL_KEYS + (
-    "num_classes", "ensemble_num", "netvlad_cluster_size", "netvlad_hidden_size",
-    "float16_flag", "gating", "gating_remove_diag", "moe_num_mixtures",
-    "moe_prob_gating", "moe_prob_gating_input", "video_level_classifier_model")
-# May legitimately differ between training and evaluation (e.g. tuning mixing weights).
-SOFT_KEYS = ("iterations", "sample_random_frames", "ensemble_wts", "moe_l2")
 TRAINING_KEY = "training"
-# The repeated flags (one value per model) and the type of their values.
-LIST_FIELDS = {"netvlad_cluster_size": int, "netvlad_hidden_size": int, "ensemble_wts": float}
 MEMBER_PREDICTIONS = "member_predictions"
+# How model_flags.json compares a setting with this run's value (the `key` of a setting).
+STRICT = "strict"  # another value builds other variables or other predictions: refused
+SOFT = "soft"  # may differ between training and evaluation (e.g. tuning mixing weights)
 
 
-def define_flags(adopt_into=None):
-  """Flags shared by train.py and eval.py (the model modules define theirs at import).
-
-  adopt_into: the calling tool's __name__; its --help then lists these and the model modules'
-  flags too (absl lists only the main module's key flags).
-  """
-  flags.DEFINE_string("model", "",
-                      "Model class: NetVLADModelLF (frame level) or LogisticModel / MoeModel "
-                      "(video level). Empty: NetVLADModelLF with --frame_features, else "
-                      "LogisticModel.")
-  flags.DEFINE_bool("frame_features", False,
-                    "True: frame-level SequenceExample data; False: video-level Example data.")
-  flags.DEFINE_string("feature_names", "mean_rgb", "Comma list of feature names.")
-  flags.DEFINE_string("feature_sizes", "1024", "Comma list of feature sizes.")
-  flags.DEFINE_integer("num_classes", dataset_layout.NUM_CLASSES,
-                       "Vocabulary size (3862 in the 2018 data).")
-  flags.DEFINE_string("label_loss", "CrossEntropyLoss",
-                      "Loss: CrossEntropyLoss, HingeLoss or SoftmaxLoss.")
-  flags.DEFINE_integer("ensemble_num", 1, "Number of NetVLADModelLF models in one graph.")
-  flags.DEFINE_multi_integer("netvlad_cluster_size", [64],
-                             "NetVLAD cluster size K; repeat once per model, in model order.")
-  flags.DEFINE_multi_integer("netvlad_hidden_size", [1024],
-                             "Hidden size H; repeat once per model, in model order.")
-  flags.DEFINE_multi_float("ensemble_wts", [1.0],
-                           "Mixing weight of each model (ensembles only); repeat once per "
-                           "model, in model order.")
-  if adopt_into:
-    module = sys.argv[0] if adopt_into == "__main__" else adopt_into  # absl's name of main
-    for source in (__name__, frame_level_models.__name__, video_level_models.__name__):
-      for flag in FLAGS.get_key_flags_for_module(source):
-        FLAGS.register_key_flag_for_module(module, flag)
+def setting(default, help_text, key=None):
+  """A ModelConfig field: its default, its flag's help and its model_flags.json key kind
+  (STRICT, SOFT or None: not compared). The field's type gives the flag's and the json type."""
+  metadata = {"help": help_text, "key": key}
+  if isinstance(default, list):
+    return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+  return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass
 class ModelConfig:
-  """The model settings; the defaults are the flags' (a frame-level config gives only what
-  differs). Built from flags or model_flags.json by from_dict, normalised by __post_init__."""
-  model: str = ""  # empty: NetVLADModelLF with frame_features, else LogisticModel
-  frame_features: bool = False
-  feature_names: str = "mean_rgb"
-  feature_sizes: str = "1024"
-  num_classes: int = dataset_layout.NUM_CLASSES
-  label_loss: str = "CrossEntropyLoss"
-  ensemble_num: int = 1
-  netvlad_cluster_size: List[int] = dataclasses.field(default_factory=lambda: [64])
-  netvlad_hidden_size: List[int] = dataclasses.field(default_factory=lambda: [1024])
-  ensemble_wts: List[float] = dataclasses.field(default_factory=lambda: [1.0])
-  float16_flag: bool = False
-  gating: bool = False
+  """The model settings, each declared once here: its flag, default, help and model_flags.json
+  rule derive from its field. Built from flags or model_flags.json by from_dict, normalised by
+  __post_init__."""
+  model: str = setting(
+      "", "Model class: NetVLADModelLF (frame level) or LogisticModel / MoeModel (video "
+      "level). Empty: NetVLADModelLF with --frame_features, else LogisticModel.", STRICT)
+  frame_features: bool = setting(
+      False, "True: frame-level SequenceExample data; False: video-level Example data.", STRICT)
+  feature_names: str = setting("mean_rgb", "Comma list of feature names.", STRICT)
+  feature_sizes: str = setting("1024", "Comma list of feature sizes.", STRICT)
+  num_classes: int = setting(dataset_layout.NUM_CLASSES,
+                             "Vocabulary size (3862 in the 2018 data).", STRICT)
+  label_loss: str = setting("CrossEntropyLoss",
+                            "Loss: CrossEntropyLoss, HingeLoss or SoftmaxLoss.", STRICT)
+  ensemble_num: int = setting(1, "Number of NetVLADModelLF models in one graph.", STRICT)
+  netvlad_cluster_size: List[int] = setting(
+      [64], "NetVLAD cluster size K; repeat once per model, in model order.", STRICT)
+  netvlad_hidden_size: List[int] = setting(
+      [1024], "Hidden size H; repeat once per model, in model order.", STRICT)
+  ensemble_wts: List[float] = setting(
+      [1.0], "Mixing weight of each model (ensembles only); repeat once per model, in model "
+      "order.", SOFT)
+  float16_flag: bool = setting(
+      False, "Store the four large kernels of each model (hidden1, MoE gates, MoE experts, "
+      "probability gating) as float16 variables; they are cast to --compute_dtype (float32 "
+      "by default) for the matmuls.", STRICT)
+  gating: bool = setting(False, "Context gating on the output of hidden2.", STRICT)
   # Recorded as the original's flag; only True is supported (checked in validate).
-  netvlad_add_batch_norm: bool = True
-  gating_remove_diag: bool = False
-  iterations: int = 30
-  sample_random_frames: bool = True
-  video_level_classifier_model: str = "MoeModel"
-  moe_num_mixtures: int = 5
-  moe_l2: float = 1e-8
-  moe_prob_gating: bool = False
-  moe_prob_gating_input: str = "prob"
+  netvlad_add_batch_norm: bool = setting(
+      True, "Batch-normalize the NetVLAD cluster assignments (the original's NetVLAD has no "
+      "working alternative; False is refused by model_graph).")
+  gating_remove_diag: bool = setting(
+      False, "In 'prob' gating, remove each class's own contribution (diag of the weights).",
+      STRICT)
+  iterations: int = setting(30, "Number of frames sampled per video.", SOFT)
+  sample_random_frames: bool = setting(
+      True, "True: sample frames uniformly with replacement; False: a random window of "
+      "consecutive frames.", SOFT)
+  video_level_classifier_model: str = setting(
+      "MoeModel", "Classifier on top of the NetVLAD features (a video_level_models class).",
+      STRICT)
+  moe_num_mixtures: int = setting(
+      5, "Number of experts per class in MoeModel (excluding the dummy expert).", STRICT)
+  moe_l2: float = setting(1e-8, "L2 penalty on the MoE gate and expert kernels.", SOFT)
+  moe_prob_gating: bool = setting(
+      False, "Probability (label-correlation) gating on the MoE output.", STRICT)
+  moe_prob_gating_input: str = setting(
+      "prob", "Input of the probability gating: 'prob' (the MoE probabilities, V x V "
+      "weights) or 'input' (the MoE input, D x V weights).", STRICT)
 
   def __post_init__(self):
     # The one normalisation of every source: flags (tuples), json (lists), tools, tests.
@@ -132,21 +128,7 @@ class ModelConfig:
 
   def validate(self):
     """Checks that name the flag at fault."""
-    sizes = self.features[1]
-    if self.model not in FRAME_LEVEL_MODELS + VIDEO_LEVEL_MODELS:
-      raise ValueError("--model=%r is not one of %s" % (
-          self.model, ", ".join(FRAME_LEVEL_MODELS + VIDEO_LEVEL_MODELS)))
-    if self.model in FRAME_LEVEL_MODELS and not self.frame_features:
-      raise ValueError("--model=%s is a frame-level model: pass --frame_features (with "
-                       "--feature_names='rgb,audio' --feature_sizes='1024,128')" % self.model)
-    if self.model in VIDEO_LEVEL_MODELS and self.frame_features:
-      raise ValueError("--model=%s is a video-level model: it reads video-level data "
-                       "(--noframe_features, --feature_names='mean_rgb,mean_audio')"
-                       % self.model)
-    if self.model == "NetVLADModelLF" and (len(sizes) < 2 or sizes[0] != 1024):
-      raise ValueError("NetVLADModelLF reads rgb (1024) then audio columns: "
-                       "--feature_names/--feature_sizes are %r/%r, expected 'rgb,audio'/"
-                       "'1024,128'" % (self.feature_names, self.feature_sizes))
+    self._validate_model()
     if self.num_classes < 1:
       raise ValueError("--num_classes must be positive, got %d" % self.num_classes)
     losses.get_loss(self.label_loss)
@@ -163,6 +145,27 @@ class ModelConfig:
                          "per model" % (name, len(values), values, self.ensemble_num))
       if name != "ensemble_wts" and any(v < 1 for v in values):
         raise ValueError("--%s values must be positive, got %s" % (name, values))
+    self._validate_classifier()
+    return self
+
+  def _validate_model(self):
+    sizes = self.features[1]
+    if self.model not in FRAME_LEVEL_MODELS + VIDEO_LEVEL_MODELS:
+      raise ValueError("--model=%r is not one of %s" % (
+          self.model, ", ".join(FRAME_LEVEL_MODELS + VIDEO_LEVEL_MODELS)))
+    if self.model in FRAME_LEVEL_MODELS and not self.frame_features:
+      raise ValueError("--model=%s is a frame-level model: pass --frame_features (with "
+                       "--feature_names='rgb,audio' --feature_sizes='1024,128')" % self.model)
+    if self.model in VIDEO_LEVEL_MODELS and self.frame_features:
+      raise ValueError("--model=%s is a video-level model: it reads video-level data "
+                       "(--noframe_features, --feature_names='mean_rgb,mean_audio')"
+                       % self.model)
+    if self.model == "NetVLADModelLF" and (len(sizes) < 2 or sizes[0] != 1024):
+      raise ValueError("NetVLADModelLF reads rgb (1024) then audio columns: "
+                       "--feature_names/--feature_sizes are %r/%r, expected 'rgb,audio'/"
+                       "'1024,128'" % (self.feature_names, self.feature_sizes))
+
+  def _validate_classifier(self):
     if not self.netvlad_add_batch_norm:
       raise ValueError("--netvlad_add_batch_norm=False is not supported: NetVLADModelLF "
                        "always batch-normalizes the cluster assignments (the original's other "
@@ -173,7 +176,6 @@ class ModelConfig:
     if self.moe_prob_gating_input not in ("prob", "input"):
       raise ValueError("--moe_prob_gating_input must be 'prob' or 'input', got %r"
                        % self.moe_prob_gating_input)
-    return self
 
   def to_json_dict(self):
     return dataclasses.asdict(self)
@@ -194,11 +196,83 @@ class ModelConfig:
     return readers.make_reader(self.frame_features, *self.features, self.num_classes)
 
 
-CONFIG_FIELDS = tuple(field.name for field in dataclasses.fields(ModelConfig))
+FIELDS = dataclasses.fields(ModelConfig)
+CONFIG_FIELDS = tuple(field.name for field in FIELDS)
+STRICT_KEYS = tuple(f.name for f in FIELDS if f.metadata["key"] == STRICT)
+SOFT_KEYS = tuple(f.name for f in FIELDS if f.metadata["key"] == SOFT)
+# The repeated flags (one value per model) and the type of their values.
+LIST_FIELDS = {f.name: f.type.__args__[0] for f in FIELDS if f.type in (List[int], List[float])}
+
+
+def _is_int(value):
+  return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not 1 here
+
+
+def _is_number(value):
+  return _is_int(value) or isinstance(value, float)
+
+
+def _is_list_of(is_item):
+  return lambda value: isinstance(value, list) and value and all(map(is_item, value))
+
+
+# By a field's type: its flag's definer and its model_flags.json rule (what the value must be,
+# checked on every read so that a hand-edited file fails naming its key).
+_TYPES = {
+    str: (flags.DEFINE_string, "a string", lambda value: isinstance(value, str)),
+    bool: (flags.DEFINE_bool, "true or false", lambda value: isinstance(value, bool)),
+    int: (flags.DEFINE_integer, "an integer", _is_int),
+    float: (flags.DEFINE_float, "a number", _is_number),
+    List[int]: (flags.DEFINE_multi_integer, "a list of integers", _is_list_of(_is_int)),
+    List[float]: (flags.DEFINE_multi_float, "a list of numbers", _is_list_of(_is_number)),
+}
+_JSON_RULES = [(expected, is_valid, [f.name for f in FIELDS if f.type == kind])
+               for kind, (_, expected, is_valid) in _TYPES.items()]
+_JSON_RULES.append(("an object", lambda value: isinstance(value, dict), [TRAINING_KEY]))
+# Written by the original code as well as by this project's tools.
+_REQUIRED_JSON_KEYS = ("feature_names", "feature_sizes", "frame_features")
+
+
+def define_flags():
+  """The model flags of the tools that build the model: one per ModelConfig field, and
+  --netvlad_relu (the original's commands pass it; it has no effect)."""
+  for field in FIELDS:
+    default = field.default_factory() if field.default is dataclasses.MISSING else field.default
+    _TYPES[field.type][0](field.name, default, field.metadata["help"])
+  flags.DEFINE_bool("netvlad_relu", True,
+                    "No effect (accepted for the original's commands): relu6 always follows "
+                    "hidden1's batch norm, as in the original.")
+
+
+def read_model_flags(train_dir, required=True):
+  """The dict of train_dir/model_flags.json (None if absent and not required), its values
+  checked: ValueError naming the path and the key of a missing or mistyped value."""
+  path = utils.model_flags_path(train_dir)
+  if not storage.exists(path):
+    if required:
+      raise IOError("Cannot find %s. Did you run train.py (or eval.py) on this train_dir?"
+                    % path)
+    return None
+  try:
+    model_flags = json.loads(storage.read_text(path))
+  except ValueError as error:  # UnicodeDecodeError included
+    raise ValueError("%s is not valid JSON: %s" % (path, error))
+  if not isinstance(model_flags, dict):
+    raise ValueError("%s holds a JSON %s, expected an object of model flags"
+                     % (path, type(model_flags).__name__))
+  missing = [key for key in _REQUIRED_JSON_KEYS if key not in model_flags]
+  if missing:
+    raise ValueError("%s lacks %s" % (path, ", ".join(missing)))
+  for expected, is_valid, keys in _JSON_RULES:
+    for key in keys:
+      if key in model_flags and not is_valid(model_flags[key]):
+        raise ValueError("%s: %s is %s, expected %s"
+                         % (path, key, json.dumps(model_flags[key]), expected))
+  return model_flags
 
 
 def notice_flags_without_effect():
-  """One line for each flag the seed's commands pass that the original ignored."""
+  """One line for each flag the original's commands pass that the original ignored."""
   if FLAGS["netvlad_relu"].present and not FLAGS.netvlad_relu:
     logging.info("--netvlad_relu=False has no effect: relu6 follows hidden1's batch norm, "
                  "as in the original")
@@ -208,7 +282,7 @@ def read_stored_flags(directory, required=True):
   """The model settings recorded in directory/model_flags.json (None if absent and not
   required). An original json yields only its reader keys: the architecture of such a
   train_dir comes from the command's flags, as it did in the original."""
-  stored = utils.read_model_flags(directory, required=required)
+  stored = read_model_flags(directory, required=required)
   if stored is None:
     return None
   path = utils.model_flags_path(directory)

@@ -46,8 +46,7 @@ def sampled_feature_blocks(sampled, num_frames, sizes):
   Float frames are already input features: their columns are sliced. uint8 (quantized)
   frames, which the samplers return as they are, are sliced first and each block dequantized
   on its own (a sampled index is a valid frame unless the video has none): neither the whole
-  float32 features nor their copies of the blocks are made (221 MB each at the seed's batch of
-  160 x 300 frames). Each frame's vector is still normalized as a whole, by the norm from the
+  float32 features nor their copies of the blocks are made. Each frame's vector is still normalized as a whole, by the norm from the
   blocks' sums of squares (reduce_euclidean_norm: no tensor of squares); the values equal
   input_features' up to float32 rounding (the sum of squares is added in another order).
   recompute() works from the sampled uint8 frames and the norms, which are far smaller than

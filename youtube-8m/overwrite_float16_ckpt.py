@@ -1,4 +1,5 @@
-r"""Fills an in-graph ensemble checkpoint with the weights of single models (seed step 3).
+r"""Fills an in-graph ensemble checkpoint with the weights of single models (step 3 of the
+original's ensemble commands).
 
     python -m youtube-8m.overwrite_float16_ckpt --train_dir=ENSEMBLE_DIR \
         --inference_model=inference_model_10 --out_name=inference_model_ensemble_YHLS \
@@ -20,7 +21,7 @@ from . import utils
 
 FLAGS = flags.FLAGS
 
-EnsembleCheckpointError = ensemble_checkpoint.EnsembleCheckpointError
+CheckpointToolError = checkpoint_utils.CheckpointToolError
 
 
 def define_flags():
@@ -38,17 +39,18 @@ def define_flags():
 
 
 def overwrite(template_prefix, sources, output_prefix):
-  """The seed's step 3: the template's variables filled from sources; returns the summary."""
+  """Step 3 of the original's ensemble commands: the template's variables filled from
+  sources; returns the summary."""
   if not checkpoint_utils.checkpoint_exists(template_prefix):
-    raise EnsembleCheckpointError(
+    raise CheckpointToolError(
         "--inference_model: no template checkpoint %s (missing %s.index); write it with eval.py "
         "--create_meta_only on the ensemble train_dir" % (template_prefix, template_prefix))
   if not storage.exists(template_prefix + ".meta"):
-    raise EnsembleCheckpointError(
+    raise CheckpointToolError(
         "--inference_model: the template %s has no .meta (the output's meta graph is a copy "
         "of it); write it with eval.py --create_meta_only" % template_prefix)
   if checkpoint_utils.same_path(output_prefix, template_prefix):
-    raise EnsembleCheckpointError("the output %s would replace the template; choose another "
+    raise CheckpointToolError("the output %s would replace the template; choose another "
                                   "--out_name" % output_prefix)
   with checkpoint_utils.LocalCopies() as copies:
     plan = ensemble_checkpoint.plan_ensemble(
@@ -62,10 +64,10 @@ def overwrite(template_prefix, sources, output_prefix):
 @utils.tool_main
 def main(argv):
   if not FLAGS.inference_model:
-    raise EnsembleCheckpointError("--inference_model is required (the template checkpoint, "
+    raise CheckpointToolError("--inference_model is required (the template checkpoint, "
                                   "e.g. inference_model_10)")
   if not FLAGS.out_name:
-    raise EnsembleCheckpointError("--out_name is empty")
+    raise CheckpointToolError("--out_name is empty")
   sources = ensemble_checkpoint.parse_checkpoint_list(FLAGS.checkpoints)
   template = checkpoint_utils.resolve_checkpoint(FLAGS.train_dir, FLAGS.inference_model)
   output_prefix = checkpoint_utils.resolve_checkpoint(FLAGS.train_dir, FLAGS.out_name + "-0")

@@ -299,10 +299,10 @@ class BaseReader(object):
         lambda filenames, indexed: self.parse(filenames, *indexed))
     if parse_size < batch_size:
       batches = batches.rebatch(batch_size)
-    # One thread reads and parses, ahead of the model: it keeps up (~0.2 ms of CPU per
-    # seed-size video) and takes at most one core from the model's step, and the
-    # sequential interleave buffers no records beyond the shuffle's. Nothing is autotuned,
-    # so no autotuning thread: destroying the iterator waited for its sleep (up to ~30 s).
+    # One thread reads and parses, ahead of the model: it keeps up and takes at most one
+    # core from the model's step, and the sequential interleave buffers no records beyond
+    # the shuffle's. Nothing is autotuned, so no autotuning thread: destroying the iterator
+    # would wait for its sleep.
     options = tf.data.Options()
     options.threading.private_threadpool_size = 1
     options.autotune.enabled = False
@@ -310,7 +310,7 @@ class BaseReader(object):
 
 
 class YT8MFrameFeatureReader(BaseReader):
-  """Frame-level SequenceExample reader (the one every seed command uses)."""
+  """Frame-level SequenceExample reader (the one every command of the original uses)."""
 
   def __init__(self, num_classes=dataset_layout.NUM_CLASSES, feature_names=("rgb", "audio"),
                feature_sizes=(1024, 128), max_frames=dataset_layout.MAX_FRAMES):

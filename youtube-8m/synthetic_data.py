@@ -293,14 +293,10 @@ def _check(cond, flag, message):
     raise ValueError("--%s: %s" % (flag, message))
 
 
-def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_files=2,
-             videos_per_file=50, validate_videos_per_file=None, test_videos_per_file=None,
-             num_classes=NUM_CLASSES, seed=0, difficulty=0.5, min_frames=60, max_frames=360,
-             levels="both", num_threads=None):
-  """Writes a synthetic dataset under `output_dir` (arguments as the flags); returns
-  {"output_dir", "files": {level: {split: [paths]}}, "codes": {split: [codes]},
-  "num_videos": {split: int}}."""
-  num_files = dict(zip(SPLITS, (num_train_files, num_validate_files, num_test_files)))
+def _check_arguments(num_files, videos_per_file, validate_videos_per_file,
+                     test_videos_per_file, num_classes, difficulty, min_frames, max_frames,
+                     levels, num_threads):
+  """generate()'s checks, naming the flag at fault."""
   for split in SPLITS:
     _check(0 <= num_files[split] <= MAX_FILES_PER_SPLIT, "num_%s_files" % split,
            "must be in [0, %d], got %r" % (MAX_FILES_PER_SPLIT, num_files[split]))
@@ -318,6 +314,37 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
   _check(levels in LEVELS, "levels", "must be one of %s, got %r" % ("/".join(LEVELS), levels))
   _check(num_threads is None or num_threads >= 1, "num_threads",
          "must be >= 1, got %r" % num_threads)
+
+
+def _plan_files(output_dir, out_levels, num_files, per_file, ids):
+  """(tasks of _generate_file, {level: {split: [paths]}}, {split: [codes]}): each file's
+  videos are the next per_file[split] of ids."""
+  tasks = []
+  files = {level: {s: [] for s in SPLITS} for level in out_levels}
+  codes = {}
+  pos = 0
+  for split_index, split in enumerate(SPLITS):
+    codes[split] = file_codes(split, num_files[split])
+    for file_index, code in enumerate(codes[split]):
+      paths = {level: os.path.join(output_dir, level, "%s%s.tfrecord" % (split, code))
+               for level in out_levels}
+      for level in out_levels:
+        files[level][split].append(paths[level])
+      tasks.append((split_index, file_index, split, ids[pos:pos + per_file[split]], paths))
+      pos += per_file[split]
+  return tasks, files, codes
+
+
+def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_files=2,
+             videos_per_file=50, validate_videos_per_file=None, test_videos_per_file=None,
+             num_classes=NUM_CLASSES, seed=0, difficulty=0.5, min_frames=60, max_frames=360,
+             levels="both", num_threads=None):
+  """Writes a synthetic dataset under `output_dir` (arguments as the flags); returns
+  {"output_dir", "files": {level: {split: [paths]}}, "codes": {split: [codes]},
+  "num_videos": {split: int}}."""
+  num_files = dict(zip(SPLITS, (num_train_files, num_validate_files, num_test_files)))
+  _check_arguments(num_files, videos_per_file, validate_videos_per_file, test_videos_per_file,
+                   num_classes, difficulty, min_frames, max_frames, levels, num_threads)
   per_file = dict(zip(SPLITS, (videos_per_file, validate_videos_per_file or videos_per_file,
                                test_videos_per_file or videos_per_file)))
   num_videos = {s: num_files[s] * per_file[s] for s in SPLITS}
@@ -337,19 +364,7 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
       "min_frames": min_frames, "max_frames": max_frames}
   ids = make_video_ids(seed, total_videos)
 
-  tasks = []
-  files = {level: {s: [] for s in SPLITS} for level in out_levels}
-  codes = {}
-  pos = 0
-  for split_index, split in enumerate(SPLITS):
-    codes[split] = file_codes(split, num_files[split])
-    for file_index, code in enumerate(codes[split]):
-      paths = {level: os.path.join(output_dir, level, "%s%s.tfrecord" % (split, code))
-               for level in out_levels}
-      for level in out_levels:
-        files[level][split].append(paths[level])
-      tasks.append((split_index, file_index, split, ids[pos:pos + per_file[split]], paths))
-      pos += per_file[split]
+  tasks, files, codes = _plan_files(output_dir, out_levels, num_files, per_file, ids)
 
   for level in out_levels:
     os.makedirs(os.path.join(output_dir, level), exist_ok=True)

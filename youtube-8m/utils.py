@@ -1,10 +1,11 @@
-"""Small helpers shared by the command-line tools: model_flags.json, atomic writes, logging."""
+"""Small helpers shared by the command-line tools: flags, atomic writes, error lines."""
 
 import contextlib
 import gzip
 import json
 import os
 import re
+import sys
 import tarfile
 import zlib
 
@@ -16,37 +17,6 @@ from absl import logging
 from . import storage
 
 MODEL_FLAGS_FILE = "model_flags.json"
-
-
-def _is_int(value):
-  return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not 1 here
-
-
-def _is_number(value):
-  return _is_int(value) or isinstance(value, float)
-
-
-def _is_list_of(is_item):
-  return lambda value: isinstance(value, list) and value and all(map(is_item, value))
-
-
-# The model_flags.json values ModelConfig (model_graph.py) and the readers use, by kind:
-# checked on every read, so that a hand-edited file fails naming its key.
-_MODEL_FLAG_KINDS = (
-    ("a string", lambda value: isinstance(value, str),
-     ("model", "feature_names", "feature_sizes", "label_loss", "video_level_classifier_model",
-      "moe_prob_gating_input")),
-    ("true or false", lambda value: isinstance(value, bool),
-     ("frame_features", "float16_flag", "gating", "gating_remove_diag",
-      "netvlad_add_batch_norm", "sample_random_frames", "moe_prob_gating")),
-    ("an integer", _is_int, ("num_classes", "ensemble_num", "iterations", "moe_num_mixtures")),
-    ("a number", _is_number, ("moe_l2",)),
-    ("a list of integers", _is_list_of(_is_int),
-     ("netvlad_cluster_size", "netvlad_hidden_size")),
-    ("a list of numbers", _is_list_of(_is_number), ("ensemble_wts",)),
-    ("an object", lambda value: isinstance(value, dict), ("training",)))
-# Written by the original code as well as by this project's tools.
-_REQUIRED_MODEL_FLAGS = ("feature_names", "feature_sizes", "frame_features")
 
 
 def parse_feature_flags(feature_names, feature_sizes):
@@ -76,37 +46,6 @@ def write_atomically(path, data):
 
 def model_flags_path(train_dir):
   return os.path.join(train_dir, MODEL_FLAGS_FILE)
-
-
-def read_model_flags(train_dir, required=True):
-  """The dict of train_dir/model_flags.json (None if absent and not required)."""
-  path = model_flags_path(train_dir)
-  if not storage.exists(path):
-    if required:
-      raise IOError("Cannot find %s. Did you run train.py (or eval.py) on this train_dir?"
-                    % path)
-    return None
-  try:
-    model_flags = json.loads(storage.read_text(path))
-  except ValueError as error:  # UnicodeDecodeError included
-    raise ValueError("%s is not valid JSON: %s" % (path, error))
-  _check_model_flags(path, model_flags)
-  return model_flags
-
-
-def _check_model_flags(path, model_flags):
-  """Raises ValueError naming path and the key of a missing or mistyped value."""
-  if not isinstance(model_flags, dict):
-    raise ValueError("%s holds a JSON %s, expected an object of model flags"
-                     % (path, type(model_flags).__name__))
-  missing = [key for key in _REQUIRED_MODEL_FLAGS if key not in model_flags]
-  if missing:
-    raise ValueError("%s lacks %s" % (path, ", ".join(missing)))
-  for expected, is_valid, keys in _MODEL_FLAG_KINDS:
-    for key in keys:
-      if key in model_flags and not is_valid(model_flags[key]):
-        raise ValueError("%s: %s is %s, expected %s"
-                         % (path, key, json.dumps(model_flags[key]), expected))
 
 
 def write_model_flags(train_dir, model_flags):
@@ -153,6 +92,17 @@ def one_line(message):
   # An exception raised in a py_func (e.g. by the readers' file generator) comes as
   # "<ExceptionClass>: <message>".
   return re.sub(r"^\w*Error: ", "", " ".join(message_lines(message)))
+
+
+def define_shared_flags(tool, *definers):
+  """Runs each definer (e.g. model_graph.define_flags) and lists the flags it defines in the
+  --help of tool (the calling tool's __name__): absl lists only the main module's own flags."""
+  before = set(flags.FLAGS)
+  for define in definers:
+    define()
+  module = sys.argv[0] if tool == "__main__" else tool  # absl's name of the main module
+  for name in sorted(set(flags.FLAGS) - before):
+    flags.FLAGS.register_key_flag_for_module(module, flags.FLAGS[name])
 
 
 def tool_main(main_function):

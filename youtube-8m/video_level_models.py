@@ -1,8 +1,7 @@
 """Video-level classifiers: LogisticModel and MoeModel (with probability gating).
 
-MoeModel is also the classifier on top of NetVLADModelLF. Module flags are defined at import,
-as in the original, so every binary importing this module accepts them; only model_graph
-reads them, into its ModelConfig.
+MoeModel is also the classifier on top of NetVLADModelLF. The settings come as arguments
+(model_graph's ModelConfig).
 """
 
 import math
@@ -13,18 +12,6 @@ from . import fp16_layers
 from . import models
 
 tf1 = tf.compat.v1
-flags = tf1.flags
-
-flags.DEFINE_integer("moe_num_mixtures", 5,
-                     "Number of experts per class in MoeModel (excluding the dummy expert).")
-flags.DEFINE_float("moe_l2", 1e-8, "L2 penalty on the MoE gate and expert kernels.")
-flags.DEFINE_bool("moe_prob_gating", False,
-                  "Probability (label-correlation) gating on the MoE output.")
-flags.DEFINE_string("moe_prob_gating_input", "prob",
-                    "Input of the probability gating: 'prob' (the MoE probabilities, V x V "
-                    "weights) or 'input' (the MoE input, D x V weights).")
-flags.DEFINE_bool("gating_remove_diag", False,
-                  "In 'prob' gating, remove each class's own contribution (diag of the weights).")
 
 
 class LogisticModel(models.BaseModel):

@@ -1,0 +1,114 @@
+"""Gradient helpers of the training graph: the batch split over towers and the averaging of
+their gradients, dynamic loss scaling (float16 compute), per-tensor clipping and the loss's
+gradients."""
+
+import tensorflow as tf
+
+tf1 = tf.compat.v1
+
+OPTIMIZERS = ("AdamOptimizer", "GradientDescentOptimizer", "AdagradOptimizer",
+              "RMSPropOptimizer")
+# Dynamic loss scaling of --compute_dtype=float16 (the policy of TF's LossScaleOptimizer).
+LOSS_SCALE_INITIAL = 2.0**15
+LOSS_SCALE_GROWTH_STEPS = 2000
+
+
+def split_batch(batch, num_towers):
+  """Splits every tensor of a batch into num_towers parts whose sizes differ by at most one
+  row (the smaller last batch of an epoch included)."""
+  if num_towers == 1:
+    return [batch]
+  rows = tf.shape(batch["labels"])[0]
+  sizes = rows // num_towers + tf.cast(tf.range(num_towers) < rows % num_towers, tf.int32)
+  parts = {key: tf.split(value, sizes, num=num_towers) for key, value in batch.items()}
+  return [{key: parts[key][i] for key in batch} for i in range(num_towers)]
+
+
+def average_gradients(tower_gradients):
+  """[(mean over towers of each variable's gradient, variable)], None gradients dropped."""
+  averaged = []
+  for pairs in zip(*tower_gradients):
+    grads = [g for g, _ in pairs if g is not None]
+    if grads:
+      averaged.append((tf.add_n(grads) / float(len(grads)) if len(grads) > 1 else grads[0],
+                       pairs[0][1]))
+  return averaged
+
+
+class DynamicLossScale(object):
+  """Loss scaling for float16 compute: the loss is multiplied by `scale` so that small float16
+  gradients do not flush to zero; the gradients are divided by it again. A step whose
+  gradients hold inf/NaN is skipped (global_step still advances) and halves the scale;
+  LOSS_SCALE_GROWTH_STEPS good steps in a row double it. Its variables are local, never in a
+  checkpoint: a resumed run starts again from LOSS_SCALE_INITIAL.
+  """
+
+  def __init__(self):
+    local = [tf1.GraphKeys.LOCAL_VARIABLES]
+    self.scale = tf1.get_variable("loss_scale", initializer=LOSS_SCALE_INITIAL,
+                                  trainable=False, collections=local)
+    self.good_steps = tf1.get_variable("loss_scale_good_steps", initializer=0,
+                                       trainable=False, collections=local)
+
+  def unscale(self, gradients):
+    return [(g / self.scale, v) for g, v in gradients]
+
+  def apply_if_finite(self, optimizer, gradients, global_step):
+    """The train op: applies the (unscaled) gradients if all are finite, then updates the
+    scale."""
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g, _ in gradients])
+
+    def apply():
+      with tf.control_dependencies([optimizer.apply_gradients(gradients, global_step)]):
+        return tf.constant(True)
+
+    def skip():
+      with tf.control_dependencies([global_step.assign_add(1)]):
+        return tf.constant(False)
+
+    applied = tf.cond(finite, apply, skip)
+    with tf.control_dependencies([applied]):
+      good_steps = tf.where(finite, self.good_steps + 1, 0)
+      grow = good_steps >= LOSS_SCALE_GROWTH_STEPS
+      scale = tf.where(finite, tf.where(grow, 2.0 * self.scale, self.scale),
+                       tf.maximum(0.5 * self.scale, 1.0))
+      return tf.group(self.scale.assign(scale),
+                      self.good_steps.assign(tf.where(grow, 0, good_steps)))
+
+
+def clip_by_norm(t, clip_norm):
+  """tf.clip_by_norm(t, clip_norm) (all axes), the same values without its gradient-size
+  temporaries: reduce_euclidean_norm sums the squares as reduce_sum(t * t) does without a
+  tensor of them, then the same sqrt, product and quotient (its where() only guards the
+  gradient of the norm at 0); the product waits for the norm, so that it can write into t's
+  buffer."""
+  with tf1.name_scope("clip_by_norm"):
+    l2norm = tf.math.reduce_euclidean_norm(t, keepdims=True)
+    with tf.control_dependencies([l2norm]):
+      intermediate = t * clip_norm
+    return intermediate / tf.maximum(l2norm, clip_norm)
+
+
+def loss_gradients(optimizer, label_loss, reg_loss, regularization_penalty, loss_scale,
+                   var_list):
+  """optimizer.compute_gradients of (label_loss + regularization_penalty * reg_loss) [x the
+  loss scale]: [(gradient, variable)] for var_list.
+
+  Computed as two parts added per variable, the same sum (bit for bit): the gradient of the
+  regularization depends only on the weights, so TensorFlow would compute it as soon as the
+  step starts and hold it until the label loss's gradient of the variable arrives at the end
+  of its backward pass; here it waits for that gradient (a control dependency).
+  """
+  scale = loss_scale.scale if loss_scale else None
+  data_loss = label_loss * scale if scale is not None else label_loss
+  reg_total = regularization_penalty * reg_loss
+  if scale is not None:
+    reg_total *= scale
+  gradients = []
+  for gradient, variable in optimizer.compute_gradients(data_loss, var_list=var_list):
+    with tf.control_dependencies([] if gradient is None else [gradient]):
+      reg_gradient = tf.gradients(reg_total, [variable], grad_ys=tf.ones_like(reg_total))[0]
+    if reg_gradient is not None:
+      gradient = reg_gradient if gradient is None else tf.add_n([gradient, reg_gradient])
+    gradients.append((gradient, variable))
+  return gradients
