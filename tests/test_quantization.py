@@ -82,3 +82,35 @@ def test_graph_matmul_equals_the_dequantized_kernels(compute_dtype):
   expected = inputs.astype(np.float64) @ quantization.dequantize(codes, codebook)
   tolerance = 1e-4 if compute_dtype == tf.float32 else 0.1
   np.testing.assert_allclose(result, expected, atol=tolerance * np.abs(expected).max())
+
+
+def test_ensemble_checkpoint_writes_codes_and_codebook_from_a_float_kernel(tmp_path):
+  checkpoint_utils = importlib.import_module("youtube-8m.checkpoint_utils")
+  ensemble_checkpoint = importlib.import_module("youtube-8m.ensemble_checkpoint")
+  rng = np.random.default_rng(3)
+  kernel = rng.standard_normal((6, 4)).astype(np.float32)
+  bias = rng.standard_normal(4).astype(np.float32)
+  source = str(tmp_path / "model.ckpt-5")
+  checkpoint_utils.write_checkpoint_tensors(source, {
+      "tower/experts/weights": kernel, "tower/experts/biases": bias,
+      "global_step": np.int64(5)})
+  template = {"tower/experts/weights": ((6, 4), tf.uint8),
+              "tower/experts/weights_quantization": ((2, 4), tf.float32),
+              "tower/experts/biases": ((4,), tf.float32), "global_step": ((), tf.int64)}
+  output = str(tmp_path / "ensemble" / "inference_model-0")
+  with checkpoint_utils.LocalCopies() as copies:
+    plan = ensemble_checkpoint.plan_ensemble(template, [source], copies)
+    summary = ensemble_checkpoint.write_plan(plan, copies, output, lambda prefix: open(
+        prefix + ".meta", "wb").close())
+  assert summary["quantized_tensors"] == 1
+  written = tf.train.load_checkpoint(output)
+  codes, codebook = quantization.quantize(kernel)
+  np.testing.assert_array_equal(written.get_tensor("tower/experts/weights"), codes)
+  np.testing.assert_array_equal(written.get_tensor("tower/experts/weights_quantization"),
+                                codebook)
+  np.testing.assert_array_equal(written.get_tensor("tower/experts/biases"), bias)
+  # A codebook whose kernel has another width is refused before anything is read.
+  template["tower/experts/weights_quantization"] = ((2, 5), tf.float32)
+  with checkpoint_utils.LocalCopies() as copies, pytest.raises(
+      ensemble_checkpoint.EnsembleCheckpointError, match="cannot give .* codebook"):
+    ensemble_checkpoint.plan_ensemble(template, [source], copies)

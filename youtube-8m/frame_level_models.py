@@ -87,8 +87,8 @@ class NetVLADModelLF(models.BaseModel):
   def create_model(self, model_input, vocab_size, num_frames, cluster_size, hidden_size,
                    iterations, sample_random_frames, gating, float16_flag, classifier_model,
                    is_training=True, sampling_seed=None, compute_dtype=tf.float32,
-                   recompute_features=True, **classifier_params):
-    kernel_dtype = tf.float16 if float16_flag else tf.float32
+                   recompute_features=True, kernel_storage=None, **classifier_params):
+    kernel_dtype = fp16_layers.kernel_dtype(kernel_storage, float16_flag)
 
     sampler = (model_utils.sample_random_frames if sample_random_frames
                else model_utils.sample_random_sequence)
@@ -121,7 +121,8 @@ class NetVLADModelLF(models.BaseModel):
     classifier = getattr(video_level_models, classifier_model)()
     return classifier.create_model(model_input=activation, vocab_size=vocab_size,
                                    is_training=is_training, float16_flag=float16_flag,
-                                   compute_dtype=compute_dtype, **classifier_params)
+                                   compute_dtype=compute_dtype, kernel_storage=kernel_storage,
+                                   **classifier_params)
 
 
 def hidden_layers(vlad, hidden_size, gating, kernel_dtype, is_training, compute_dtype):
