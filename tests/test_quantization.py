@@ -112,5 +112,5 @@ def test_ensemble_checkpoint_writes_codes_and_codebook_from_a_float_kernel(tmp_p
   # A codebook whose kernel has another width is refused before anything is read.
   template["tower/experts/weights_quantization"] = ((2, 5), tf.float32)
   with checkpoint_utils.LocalCopies() as copies, pytest.raises(
-      ensemble_checkpoint.EnsembleCheckpointError, match="cannot give .* codebook"):
+      ensemble_checkpoint.CheckpointToolError, match="cannot give .* codebook"):
     ensemble_checkpoint.plan_ensemble(template, [source], copies)

@@ -31,7 +31,7 @@ CLUSTER_VARIABLE = "tower/video_VLAD/conv2/cluster_weights"
 HIDDEN_VARIABLE = "tower/hidden1_weights/hidden1_weights"
 # Set per member / by this tool, not taken from a member's model_flags.json.
 PER_MODEL_KEYS = ("ensemble_num", "netvlad_cluster_size", "netvlad_hidden_size",
-                  "ensemble_wts", "float16_flag", "model")
+                  "ensemble_wts", "float16_flag", "model", "kernel_storage")
 SIZE_LIMIT = 2**30  # the competition's limit on the submission's model files
 
 
@@ -136,6 +136,8 @@ def assemble_config(checkpoints, explicit, member_jsons, source_specs):
       if stored is not None and name in stored and list(stored[name]) != [given]:
         raise CheckpointToolError("model %d: %s says %s=%s but the checkpoint %s has %d" % (
             index, path, name, stored[name], checkpoints[index], given))
+  # Each model's storage (float32, float16, uint8): --kernel_storage, else --float16_flag's.
+  values["kernel_storage"] = _per_model_values("kernel_storage", explicit, count, [])
   if "ensemble_wts" in explicit and count > 1:
     values["ensemble_wts"] = _per_model_values("ensemble_wts", explicit, count, None)
   else:

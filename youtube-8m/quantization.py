@@ -22,7 +22,6 @@ tf1 = tf.compat.v1
 
 LEVELS = 255  # code values 0..255
 SUFFIX = "_quantization"  # the codebook variable: <kernel name> + SUFFIX
-STORAGES = ("float32", "float16", "uint8")
 
 
 def codebook_name(kernel_name):
