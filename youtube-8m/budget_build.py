@@ -17,8 +17,10 @@ r"""build_ensemble on a byte budget: members, storages and weights chosen on hel
 3. ensemble_budget.search picks the members, storages and weights (deterministic for
    --search_seed).
 4. The chosen ensemble is built (build_ensemble.build) into a temporary directory and
-   measured by model_size.measure. If it is over the limit, the search's limit is lowered by
-   the overshoot and the search runs again, so the written ensemble never exceeds the limit.
+   measured by model_size.measure. If it is over the limit, the search's limit is lowered to
+   the limit minus the estimate's shortfall (measured - estimated bytes of that set, which
+   thereby no longer fits) and the search runs again: the written ensemble never exceeds the
+   limit.
 5. The built graph runs once more on the held-out data: its GAP (eval.py's metric, at the
    same --batch_size) is reported beside the search's. They differ a little because an
    ensemble samples member i's frames with seed (0, i), while every option was run as model
@@ -197,7 +199,10 @@ def choose(pool, candidates, options, labels, base, settings, copies, directory)
                  result.total_bytes, report["total_bytes"], settings.limit)
     if report["total_bytes"] <= settings.limit:
       return result, config, built, report, rounds
-    internal -= report["total_bytes"] - settings.limit
+    # The estimate fell short by `under` bytes: search again as if every set's estimate did
+    # (this set's estimate is then over the new limit, so it is not chosen again).
+    under = report["total_bytes"] - result.total_bytes
+    internal = min(internal, settings.limit - under)
   raise CheckpointToolError("no ensemble measured under --size_limit_bytes=%d after %d "
                             "searches (%s)" % (settings.limit, MAX_ROUNDS, rounds))
 
