@@ -50,11 +50,19 @@ def make_candidate(train_dir, cluster, hidden, seed):
   config = tiny_config(netvlad_cluster_size=[cluster], netvlad_hidden_size=[hidden])
   graph, saver = model_graph.build_inference_graph(config)
   with graph.as_default():
-    tf1.set_random_seed(seed)
     init = tf1.global_variables_initializer()
+    variables = tf1.global_variables()
   prefix = os.path.join(train_dir, "model.ckpt-0")
+  rng = np.random.default_rng(seed)
   with tf1.Session(graph=graph) as sess:
     sess.run(init)
+    # Each random initialization drawn again from the seed (the batch-norm statistics and
+    # the zero biases are constant and stay).
+    for variable in variables:
+      value = sess.run(variable)
+      if value.dtype.kind == "f" and value.std() > 0:
+        variable.load((rng.standard_normal(value.shape) * value.std()).astype(value.dtype),
+                      sess)
     saver.save(sess, prefix, write_meta_graph=False, write_state=False)
   utils.write_model_flags(train_dir, config.to_json_dict())
   return prefix

@@ -225,16 +225,19 @@ def log_summary(plan, summary):
   """Logs what write_plan wrote: each model's variables, the tensors, the peak memory."""
   for index, prefix in enumerate(plan.sources):
     count = sum(1 for item in plan.items if item[3] == index)
-    unused = len(set(plan.source_specs[index]) - {GLOBAL_STEP}) - count
+    used = {item[4] for item in plan.items if item[3] == index}  # a kernel gives 2 if 8-bit
+    unused = len(set(plan.source_specs[index]) - {GLOBAL_STEP} - used)
     logging.info("model %d (%s) <- %s: %d variables, %d parameters%s", index,
                  "tower/" if index == 0 else "tower/model%d/" % index, prefix, count,
                  plan.parameters(index),
                  " (%d other variables of the source not used)" % unused if unused else "")
   logging.info("Wrote %s: %d tensors (%s + global_step=0), %d parameters, %d bytes of "
-               "tensor data; %d tensors rounded to a narrower type", summary["output_prefix"],
+               "tensor data; %d tensors rounded to a narrower type, %d kernels quantized to 8 "
+               "bits", summary["output_prefix"],
                summary["tensors"], ", ".join("%d %s" % (n, d) for d, n in
                                              sorted(summary["by_dtype"].items())),
-               summary["parameters"], summary["data_bytes"], summary["rounded_tensors"])
+               summary["parameters"], summary["data_bytes"], summary["rounded_tensors"],
+               summary["quantized_tensors"])
   logging.info("Peak memory %.1f MiB (%.2f bytes per parameter) in %.1f s",
                summary["peak_rss_mib"], summary["peak_rss_mib"] * 2**20 / max(
                    summary["parameters"], 1), summary["seconds"])
