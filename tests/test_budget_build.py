@@ -28,10 +28,10 @@ tf1 = tf.compat.v1
 
 CANDIDATES = ((4, 16, 1), (2, 8, 2), (4, 8, 3))  # (K, H, initialization seed)
 BATCH = 64
-# 8-bit codes round each weight by at most half a step, (max - min) / 510 of its column: ~0.5%
-# of a column's range. Through the tiny model to a probability in (0, 1) we allow 0.03 per
-# class of each video (measured: see test_uint8_member_predictions_are_close_to_float32).
-UINT8_TOLERANCE = 0.03
+# 8-bit codes round each weight by at most half a step, (max - min) / 510 of its column: ~0.2%
+# of a column's range. Through the tiny model to a probability in (0, 1) we allow 5e-3 per
+# class of each video (measured 4.6e-4 at most, 1.3e-4 on average, on 2026-12-07).
+UINT8_TOLERANCE = 5e-3
 EIGHT_BIT_KERNELS = ("hidden1_weights/hidden1_weights", "hidden2_weights/hidden2_weights",
                      "gating_weights/gating_weights", "gates/weights", "experts/weights",
                      "gating_prob_weights")
@@ -120,7 +120,7 @@ def test_kernel_storage_setting():
 def test_uint8_member_predictions_are_close_to_float32(candidates, tiny_data, tmp_path):
   files = readers.eval_files(tiny_data["validate_pattern"])
   single = tiny_config(netvlad_cluster_size=[4], netvlad_hidden_size=[16])
-  p32, labels32, _ = weights_lib.collect_member_predictions(
+  (p32,), labels32, _ = weights_lib.collect_member_predictions(
       single, candidates[0], files, BATCH, 8, 0, np.float32, 20)
   # build_ensemble's library: candidate 0 in 8 bits and candidate 1 in float16, one graph.
   config = build_lib.assemble_config(
@@ -147,6 +147,8 @@ def test_uint8_member_predictions_are_close_to_float32(candidates, tiny_data, tm
   # Model 0 samples its frames with the same seed as the single model: only the kernels
   # differ.
   difference = np.abs(members[0] - p32).max(1)
+  print("8-bit vs float32 member: max |difference| %.5f per class, mean %.6f" % (
+      difference.max(), np.abs(members[0] - p32).mean()))
   assert difference.max() <= UINT8_TOLERANCE, difference.max()
   assert difference.max() > 0
   overlap = [len(set(np.argsort(-a)[:20]) & set(np.argsort(-b)[:20])) / 20.0
@@ -193,9 +195,13 @@ def test_budgeted_build_never_exceeds_the_limit(candidates, tiny_data, tmp_path)
   limit = dry["measured_bytes"] - 1
   out = str(tmp_path / "budget")
   results_json = str(tmp_path / "budget.json")
-  run_cli("build_ensemble", *budget_args(candidates, tiny_data, out, limit,
-                                         "--results_json=" + results_json))
+  result = run_cli("build_ensemble", *budget_args(candidates, tiny_data, out, limit,
+                                                  "--results_json=" + results_json))
   chosen = read_json(results_json)
+  print(result.stdout)
+  print("unconstrained: %s, %d B measured (%d estimated), graph GAP %.5f" % (
+      [(m["candidate"][-14:], m["storage"]) for m in dry["members"]], dry["measured_bytes"],
+      dry["estimated_bytes"], dry["graph_gap"]))
   assert chosen["measured_bytes"] <= limit
   assert ([(m["candidate"], m["storage"]) for m in chosen["members"]]
           != [(m["candidate"], m["storage"]) for m in dry["members"]])
@@ -223,6 +229,6 @@ def test_budgeted_build_never_exceeds_the_limit(candidates, tiny_data, tmp_path)
   result = run_cli("build_ensemble", *budget_args(candidates, tiny_data, small, 10000),
                    check=False)
   assert result.returncode == 1
-  errors = [line for line in result.stderr.splitlines() if "holds no member" in line]
-  assert len(errors) == 1, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR:")]
+  assert len(errors) == 1 and "holds no member" in errors[0], result.stderr[-2000:]
   assert not os.path.exists(small)
