@@ -29,7 +29,8 @@ def test_forked_tools_give_the_results_of_tools_started_anew(tmp_path):
   fresh_out, fresh = main_job(tmp_path / "fresh", "--fresh_processes")
   assert "forked from one that imported TensorFlow once" in forked_out
   assert "forked from" not in fresh_out
-  assert os.path.getsize(tmp_path / "forked" / "logs" / "forkserver.log") >= 0
+  assert (tmp_path / "forked" / "logs" / "forkserver.log").exists()
+  assert not (tmp_path / "fresh" / "logs" / "forkserver.log").exists()
   # The main job passes --random_seed: both runs train, average and mix the same numbers.
   assert forked["gap"] == fresh["gap"]
   for forked_model, fresh_model in zip(forked["models"], fresh["models"]):
