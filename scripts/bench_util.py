@@ -1,15 +1,33 @@
 """What the scripts share: running a tool (or any command) as a child process.
 
 Peak memory is the child's own peak RSS (os.wait4's ru_maxrss), so a benchmark that never
-imports TensorFlow itself reports only what the tool used.
+imports TensorFlow itself reports only what the tool used. After use_forkserver() (the main
+job), tools are forked from a process that imported TensorFlow once (cli_forkserver.py);
+benchmarks start every tool anew.
 """
 
+import collections
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
+import cli_forkserver
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_FORKSERVER = []
+Usage = collections.namedtuple("Usage", "ru_maxrss ru_utime ru_stime")
+
+
+def use_forkserver(server_log=None):
+  """Forks the tools run_child runs from now on (those a fork can run as they are started
+  anew: cli_forkserver.Client.can_serve) from one process that imported TensorFlow; its own
+  output goes to server_log."""
+  if not _FORKSERVER:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    _FORKSERVER.append(cli_forkserver.Client(tempfile.mkdtemp(prefix="yt8m_forkserver_"), env,
+                                             server_log))
 
 
 def yt8m(module, *flags):
@@ -35,18 +53,33 @@ def run_child_usage(command, log_path=None, env=None, echo=None):
   full_env.update(env or {})
   start = time.time()
   lines = []
+  server = _FORKSERVER[0] if _FORKSERVER else None
   with open(log_path or os.devnull, "w") as log:
-    process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
+    if server is not None and server.can_serve(command, REPO_ROOT, full_env):
+      read_end, write_end = os.pipe()
+      try:
+        child = server.spawn(command, REPO_ROOT, full_env, write_end, write_end)
+      finally:
+        os.close(write_end)
+      output = os.fdopen(read_end, "r")
+    else:
+      child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, env=full_env, text=True, bufsize=1)
-    for line in process.stdout:
-      log.write(line)
-      lines.append(line)
-      if echo is not None and echo.search(line):
-        print("    | " + line.split("] ", 1)[-1].rstrip(), flush=True)
-    _, status, usage = os.wait4(process.pid, 0)
+      output = child.stdout
+    with output:
+      for line in output:
+        log.write(line)
+        lines.append(line)
+        if echo is not None and echo.search(line):
+          print("    | " + line.split("] ", 1)[-1].rstrip(), flush=True)
+    if isinstance(child, subprocess.Popen):
+      _, status, usage = os.wait4(child.pid, 0)
+      code = os.waitstatus_to_exitcode(status)
+    else:
+      code, usage = child.wait()
+      usage = Usage(*usage)
   seconds = time.time() - start
   text = "".join(lines)
-  code = os.waitstatus_to_exitcode(status)
   if code != 0:
     sys.exit("FAILED (exit %d): %s (log: %s)\n%s" % (code, " ".join(command[:4]),
                                                      log_path or "-", text[-3000:]))

@@ -8,11 +8,11 @@ import tempfile
 
 import pytest
 
-import cli_forkserver
-
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
+sys.path.append(os.path.join(REPO_ROOT, "scripts"))
+import cli_forkserver  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # Tiny model settings used by CLI tests: few classes, few clusters, small hidden size.
 TINY_NUM_CLASSES = 40
@@ -58,7 +58,7 @@ def run(argv, check=True, timeout=600, env=None):
   the CompletedProcess (text stdout/stderr); check: a non-zero exit fails the test.
 
   `python -m youtube-8m.<tool>` runs as a fork of a process that imported TensorFlow already
-  (tests/cli_forkserver.py) unless env changes what a process reads at start-up."""
+  (scripts/cli_forkserver.py) unless env changes what a process reads at start-up."""
   env = cli_env() if env is None else env
   server = forkserver()
   if server is not None and server.can_serve(argv, REPO_ROOT, env):

@@ -1,4 +1,4 @@
-"""tests/cli_forkserver.py: a tool forked from the server behaves as `python -m` started anew."""
+"""scripts/cli_forkserver.py: a tool forked from the server behaves as `python -m` started anew."""
 
 import filecmp
 import os

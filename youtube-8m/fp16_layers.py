@@ -127,7 +127,7 @@ def as_compute(tensor, compute_dtype):
   return tf.cast(tensor, compute_dtype)
 
 
-def matmul(inputs, kernel, compute_dtype=tf.float32):
+def matmul(inputs, kernel, compute_dtype=tf.float32, transpose_a=False):
   """inputs x kernel with a float32 product, computed in compute_dtype.
 
   float32 is the original's graph (a float16 kernel cast to float32). Otherwise both operands
@@ -137,9 +137,10 @@ def matmul(inputs, kernel, compute_dtype=tf.float32):
   if isinstance(kernel, quantization.QuantizedKernel):
     return kernel.matmul(inputs, compute_dtype)
   if compute_dtype == tf.float32:
-    return tf.matmul(inputs, as_float32(kernel))
+    return tf.matmul(inputs, as_float32(kernel), transpose_a=transpose_a)
   return tf.cast(tf.matmul(as_compute(inputs, compute_dtype),
-                           as_compute(kernel, compute_dtype)), tf.float32)
+                           as_compute(kernel, compute_dtype), transpose_a=transpose_a),
+                 tf.float32)
 
 
 def recomputed_in_backward(forward, inputs, recompute, *others):

@@ -19,45 +19,62 @@ tf1 = tf.compat.v1
 
 
 def netvlad(reshaped_input, feature_size, max_frames, cluster_size, is_training,
-            compute_dtype=tf.float32, recompute_input=None):
+            compute_dtype=tf.float32, recompute_input=None, row_scale=None):
   """NetVLAD pooling of [batch*frames, feature_size] into [batch, feature_size*cluster_size].
 
-  reshaped_input is in compute_dtype; both matmuls run in it, the rest in float32.
-  recompute_input: None, or a function making reshaped_input's values anew, which the
-  gradients of both matmuls then use (fp16_layers.recomputed_in_backward).
+  The frames' features are row_scale [batch*frames, 1] (None: 1) times reshaped_input: the
+  scale is applied to both matmuls' [batch*frames, cluster_size] side, a 1/32 of the data of
+  the input's side. reshaped_input is in compute_dtype; both matmuls run in it, the rest in
+  float32. recompute_input: None, or a function making reshaped_input's values anew, which
+  the gradients of both matmuls then use (fp16_layers.recomputed_in_backward).
   """
   def with_input(forward, *others):
     if recompute_input is None:
       return forward(reshaped_input, *others)
     return fp16_layers.recomputed_in_backward(forward, reshaped_input, recompute_input, *others)
 
+  def scaled(rows):
+    return rows if row_scale is None else rows * row_scale
+
   stddev = 1 / math.sqrt(feature_size)
   with tf1.variable_scope("conv2"):
     cluster_weights = fp16_layers.model_variable(
         "cluster_weights", [feature_size, cluster_size],
         initializer=tf1.random_normal_initializer(stddev=stddev))
-  activation = with_input(
-      lambda inputs, kernel: fp16_layers.matmul(inputs, kernel, compute_dtype), cluster_weights)
+  activation = scaled(with_input(
+      lambda inputs, kernel: fp16_layers.matmul(inputs, kernel, compute_dtype), cluster_weights))
   activation = fp16_layers.batch_norm(activation, is_training=is_training, scope="cluster_bn")
   activation = tf.nn.softmax(activation)
-  activation = tf.reshape(activation, [-1, max_frames, cluster_size])
-  a_sum = tf.reduce_sum(activation, -2, keepdims=True)
+  a_sum = tf.reduce_sum(tf.reshape(activation, [-1, max_frames, cluster_size]), -2,
+                        keepdims=True)
   with tf1.variable_scope("cluster_weights2"):
     cluster_weights2 = fp16_layers.model_variable(
         "cluster_weights2", [1, feature_size, cluster_size],
         initializer=tf1.random_normal_initializer(stddev=stddev))
   anchors = tf.multiply(a_sum, cluster_weights2)
 
-  activation = tf.transpose(activation, perm=[0, 2, 1])
+  # [batch, feature_size, cluster_size] directly: the input's side transposed in the matmul.
+  assignments = tf.reshape(scaled(activation), [-1, max_frames, cluster_size])
   vlad = with_input(
-      lambda inputs, assignments: fp16_layers.matmul(
-          assignments, tf.reshape(inputs, [-1, max_frames, feature_size]), compute_dtype),
-      activation)
-  vlad = tf.transpose(vlad, perm=[0, 2, 1])
+      lambda inputs, weights: fp16_layers.matmul(
+          tf.reshape(inputs, [-1, max_frames, feature_size]), weights, compute_dtype,
+          transpose_a=True),
+      assignments)
   vlad = tf.subtract(vlad, anchors)
-  vlad = tf.nn.l2_normalize(vlad, 1)
-  vlad = tf.reshape(vlad, [-1, cluster_size * feature_size])
-  return tf.nn.l2_normalize(vlad, 1)
+  return tf.reshape(vlad * normalization_scale(vlad), [-1, cluster_size * feature_size])
+
+
+def normalization_scale(vlad):
+  """[batch, 1, clusters]: the factor of l2_normalize(reshape(l2_normalize(vlad, 1)), 1).
+
+  Each cluster's column is normalized, then the whole flattened vector: the second norm
+  follows from the first's sums of squares (sum over clusters of n_k / max(n_k, eps)), so
+  the [batch, features, clusters] tensor is squared and summed once, and scaled once.
+  """
+  square_norm = tf.reduce_sum(tf.square(vlad), 1, keepdims=True)
+  inverse = tf.math.rsqrt(tf.maximum(square_norm, model_utils.L2_EPSILON))
+  total = tf.reduce_sum(square_norm * tf.square(inverse), -1, keepdims=True)
+  return inverse * tf.math.rsqrt(tf.maximum(total, model_utils.L2_EPSILON))
 
 
 def _once(make):
@@ -97,10 +114,11 @@ class NetVLADModelLF(models.BaseModel):
     if feature_size <= 1024:
       raise ValueError("NetVLADModelLF needs rgb (1024) + audio features, got %d columns"
                        % feature_size)
+    blocks, row_scale = model_utils.sampled_feature_blocks(
+        model_input, num_frames, [1024, feature_size - 1024])
     (video_frames, make_video_frames), (audio_frames, _) = [
         (fp16_layers.as_compute(block, compute_dtype), make_block)
-        for block, make_block in model_utils.sampled_feature_blocks(
-            model_input, num_frames, [1024, feature_size - 1024])]
+        for block, make_block in blocks]
     # Only the float32 rgb features are worth recomputing: the audio ones are 8 times smaller,
     # and a narrower compute dtype's copy is smaller and costs a cast more to make again.
     video_again = None
@@ -110,10 +128,11 @@ class NetVLADModelLF(models.BaseModel):
 
     with tf1.variable_scope("video_VLAD"):
       vlad_video = netvlad(video_frames, 1024, iterations, cluster_size, is_training,
-                           compute_dtype, video_again)
+                           compute_dtype, video_again, row_scale)
     with tf1.variable_scope("audio_VLAD"):
       vlad_audio = netvlad(audio_frames, feature_size - 1024, iterations,
-                           int(cluster_size / 2), is_training, compute_dtype)
+                           int(cluster_size / 2), is_training, compute_dtype,
+                           row_scale=row_scale)
     vlad = tf.concat([vlad_video, vlad_audio], 1)
 
     activation = hidden_layers(vlad, hidden_size, gating, kernel_dtype, is_training,

@@ -40,33 +40,35 @@ def input_features(frames, valid):
 
 def sampled_feature_blocks(sampled, num_frames, sizes):
   """The input features of a sampler's frames [batch, num_samples, sum(sizes)] as column blocks
-  (e.g. rgb 1024, audio 128): [(block [batch * num_samples, size], recompute) for size in
-  sizes], recompute() making the block's values anew (None for float frames).
+  (e.g. rgb 1024, audio 128): (blocks, row_scale), blocks [(block [batch * num_samples, size],
+  recompute) for size in sizes], the features being row_scale [batch * num_samples, 1] times
+  the blocks (row_scale None: the blocks are the features); recompute() makes a block's values
+  anew (None for float frames).
 
   Float frames are already input features: their columns are sliced. uint8 (quantized)
   frames, which the samplers return as they are, are sliced first and each block dequantized
   on its own (a sampled index is a valid frame unless the video has none): neither the whole
-  float32 features nor their copies of the blocks are made. Each frame's vector is still normalized as a whole, by the norm from the
-  blocks' sums of squares (reduce_euclidean_norm: no tensor of squares); the values equal
-  input_features' up to float32 rounding (the sum of squares is added in another order).
-  recompute() works from the sampled uint8 frames and the norms, which are far smaller than
-  the block (fp16_layers.recomputed_in_backward).
+  float32 features nor their copies of the blocks are made. Each frame's vector is normalized as a whole, by the norm from the
+  blocks' sums of squares (reduce_euclidean_norm: no tensor of squares); that 1 / norm is
+  row_scale, which the model applies to the products of the blocks with its kernels, [frames,
+  clusters], instead of to the blocks, [frames, features] (the same values up to float32
+  rounding). recompute() works from the sampled uint8 frames, far smaller than the block
+  (fp16_layers.recomputed_in_backward).
   """
   bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
   rows = tf.reshape(sampled, [-1, bounds[-1]])
   columns = [rows[:, start:end] for start, end in zip(bounds[:-1], bounds[1:])]
   if sampled.dtype != tf.uint8:
-    return [(block, None) for block in columns]
+    return [(block, None) for block in columns], None
   blocks = [dequantize(block) for block in columns]
   square_sum = tf.add_n([tf.square(tf.math.reduce_euclidean_norm(block, -1, keepdims=True))
                          for block in blocks])
   inverse_norm = tf.math.rsqrt(tf.maximum(square_sum, L2_EPSILON))  # as tf.nn.l2_normalize
-  # A video without frames samples its zero padding: zero features (-0.0 here, as q = 0
-  # dequantizes to a negative value), by a zero scale instead of a pass over the blocks.
+  # A video without frames samples its zero padding: zero features, by a zero scale.
   valid = tf.broadcast_to(tf.expand_dims(num_frames > 0, 1), tf.shape(sampled)[:2])
   inverse_norm = tf.where(tf.reshape(valid, [-1, 1]), inverse_norm, 0.0)
-  return [(block * inverse_norm, lambda frames=frames: dequantize(frames) * inverse_norm)
-          for block, frames in zip(blocks, columns)]
+  return [(block, lambda frames=frames: dequantize(frames))
+          for block, frames in zip(blocks, columns)], inverse_norm
 
 
 def _uniform(batch_size, num_samples, seed):

@@ -1,21 +1,23 @@
 """Runs `python -m youtube-8m.<tool> ...` as forks of one process that imported TensorFlow.
 
-Every CLI test pays TensorFlow's import (~4 CPU-seconds on an AVX2 host) before the tool
-does anything; the suite runs a few hundred tools. This server imports TensorFlow and the
+Every tool pays TensorFlow's import (~4 CPU-seconds on an AVX2 host) before it does
+anything; the test suite runs a few hundred tools, the main job about fifteen. This server
+imports TensorFlow and the
 package's flag-free modules once, then forks a child per request: the child takes the
 request's stdout/stderr, working directory, environment and argv, and runs the tool's module
 as `__main__` exactly as `python -m` does (own process, own pid, own flags, own exit status).
 
-What a fork cannot honour falls back to a plain subprocess (conftest.run decides, see
+What a fork cannot honour falls back to a plain subprocess (the caller decides, see
 `can_serve`): a different Python, a working directory other than the repo root, or settings
 that TensorFlow, glibc or Python read once at start-up (TF_*, MALLOC_*, LD_*, PYTHON*, ...)
 different from the server's.
 
 Protocol (a Unix socket, one request per connection): the client sends a length-prefixed JSON
 {"argv", "cwd", "env"} with three file descriptors (stdin, stdout, stderr); the server answers
-{"pid"} once the child runs, then {"status"} (an exit code, or -signal as subprocess gives).
+{"pid"} once the child runs, then {"status", "rusage"} (an exit code, or -signal as
+subprocess gives; the child's peak RSS in KiB and user and system CPU seconds).
 
-    python tests/cli_forkserver.py SOCKET_PATH    # serves until its parent exits
+    python scripts/cli_forkserver.py SOCKET_PATH    # serves until its parent exits
 """
 
 import atexit
@@ -140,8 +142,9 @@ def _serve_one(listener, connection):
   for fd in fds:
     os.close(fd)
   _send(connection, {"pid": pid})
-  _, wait_status = os.waitpid(pid, 0)
-  _send(connection, {"status": os.waitstatus_to_exitcode(wait_status)})
+  _, wait_status, usage = os.wait4(pid, 0)
+  _send(connection, {"status": os.waitstatus_to_exitcode(wait_status),
+                     "rusage": [usage.ru_maxrss, usage.ru_utime, usage.ru_stime]})
 
 
 def _exit_with_parent(parent_pid):
@@ -179,17 +182,22 @@ def serve(socket_path):
 class Client(object):
   """Starts the server (lazily, once) and runs requests through it."""
 
-  def __init__(self, socket_dir, env):
+  def __init__(self, socket_dir, env, server_log=None):
     self.socket_path = os.path.join(socket_dir, "cli_forkserver.sock")
     self.env = dict(env)
+    self.server_log = server_log  # the server's own stderr (None: this process's)
     self.process = None
     self.failed = False
 
   def _start(self):
     import subprocess  # pylint: disable=g-import-not-at-top
+    stderr = open(self.server_log, "a") if self.server_log else None
     self.process = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), self.socket_path], cwd=REPO_ROOT,
-        env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+        env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+        text=True)
+    if stderr:
+      stderr.close()
     if self.process.stdout.readline().strip() != "ready":
       self.process.kill()
       self.failed = True
@@ -207,35 +215,63 @@ class Client(object):
             and argv[1] == "-m" and argv[2].startswith("youtube-8m.") and cwd == REPO_ROOT
             and startup_env(env) == startup_env(self.env))
 
+  def spawn(self, argv, cwd, env, stdout, stderr):
+    """Starts argv (can_serve) with stdout/stderr on the given file descriptors; returns its
+    Child."""
+    if self.process is None:
+      self._start()
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+      connection.connect(self.socket_path)
+      with open(os.devnull) as stdin:
+        _send(connection, {"argv": list(argv), "cwd": cwd, "env": dict(env)},
+              fds=(stdin.fileno(), stdout, stderr))
+      started, _ = _receive(connection)
+    except BaseException:
+      connection.close()
+      raise
+    if started is None:
+      connection.close()
+      raise RuntimeError("cli_forkserver: the server died starting %s" % " ".join(argv[:4]))
+    return Child(argv, started["pid"], connection)
+
   def run(self, argv, cwd, env, timeout):
     """Runs argv (can_serve) as subprocess.run(capture_output=True, text=True) would: the
     CompletedProcess, or subprocess.TimeoutExpired (the child killed) after timeout seconds."""
     import locale  # pylint: disable=g-import-not-at-top
     import subprocess  # pylint: disable=g-import-not-at-top
     import tempfile  # pylint: disable=g-import-not-at-top
-    if self.process is None:
-      self._start()
-    with open(os.devnull) as stdin, tempfile.TemporaryFile() as stdout, \
-        tempfile.TemporaryFile() as stderr, \
-        socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-      connection.connect(self.socket_path)
-      _send(connection, {"argv": list(argv), "cwd": cwd, "env": dict(env)},
-            fds=(stdin.fileno(), stdout.fileno(), stderr.fileno()))
-      connection.settimeout(timeout)
-      started, _ = _receive(connection)
-      try:
-        finished, _ = _receive(connection)
-      except socket.timeout:
-        os.kill(started["pid"], signal.SIGKILL)
-        raise subprocess.TimeoutExpired(argv, timeout)
-      if finished is None:
-        raise RuntimeError("cli_forkserver: the server died running %s" % " ".join(argv[:4]))
+    with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+      status = self.spawn(argv, cwd, env, stdout.fileno(), stderr.fileno()).wait(timeout)[0]
       outputs = []
       for stream in (stdout, stderr):  # text as subprocess decodes it (universal newlines)
         stream.seek(0)
         outputs.append(stream.read().decode(locale.getpreferredencoding(False), "replace")
                        .replace("\r\n", "\n"))
-    return subprocess.CompletedProcess(argv, finished["status"], outputs[0], outputs[1])
+    return subprocess.CompletedProcess(argv, status, outputs[0], outputs[1])
+
+
+class Child(object):
+  """A tool the server forked: its pid, and wait() for its end."""
+
+  def __init__(self, argv, pid, connection):
+    self.argv, self.pid, self._connection = argv, pid, connection
+
+  def wait(self, timeout=None):
+    """(exit status, rusage [peak RSS KiB, user s, system s]); after timeout seconds the
+    child is killed and subprocess.TimeoutExpired raised."""
+    import subprocess  # pylint: disable=g-import-not-at-top
+    with self._connection:
+      self._connection.settimeout(timeout)
+      try:
+        finished, _ = _receive(self._connection)
+      except socket.timeout:
+        os.kill(self.pid, signal.SIGKILL)
+        raise subprocess.TimeoutExpired(self.argv, timeout)
+    if finished is None:
+      raise RuntimeError("cli_forkserver: the server died running %s"
+                         % " ".join(self.argv[:4]))
+    return finished["status"], finished["rusage"]
 
 
 if __name__ == "__main__":
