@@ -11,7 +11,10 @@
    of the original's ensemble steps 1-5), float32 and float16, and evaluate both;
 6. search the mixing weights (ensemble_weights.py), build the tuned float16 ensemble;
 7. write the submission: tgz (inference.py --output_model_tgz), its size report
-   (model_size.py), and the CSV from the tgz (inference.py --input_model_tgz).
+   (model_size.py), and the CSV from the tgz (inference.py --input_model_tgz);
+8. (beyond the original; --nobudget_build skips it) the budgeted build: build_ensemble
+   --candidates chooses among the averaged models, each in float32, float16 or 8 bits, under
+   the tuned float16 ensemble's own size, and the two are compared.
 
 Every step is printed as it goes: its number and what it does, the command (so that it can be
 re-run by hand), the tool's progress lines (checkpoint exports, done/total with ETA), and its
@@ -23,6 +26,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import sys
 import time
 
@@ -50,6 +54,8 @@ def parse_args(argv):
   parser.add_argument("--test_videos", type=int, default=100)
   parser.add_argument("--difficulty", type=float, default=0.5)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--budget_build", default=True, action=argparse.BooleanOptionalAction,
+                      help="step 8: the budgeted build under the tuned ensemble's size")
   # Real data (e.g. the 2018 frame-level files, local or gs://) instead of synthetic data.
   parser.add_argument("--train_data_pattern", default="",
                       help="real data: 'TRAIN_GLOB,VALIDATE_GLOB' of frame-level TFRecords "
@@ -172,6 +178,29 @@ def train_single_model(args, data, cluster, hidden, logs):
           "average_name": average, "average_range": (first, last), "averaged": averaged}
 
 
+def budget_build(args, data, models, size, logs):
+  """Step 8: build_ensemble --candidates (the averaged models) under the hand-picked
+  ensemble's bytes; returns its results."""
+  directory = os.path.join(args.work_dir, "ensemble_budget")
+  results = os.path.join(args.work_dir, "ensemble_budget.json")
+  candidates = ",".join(os.path.join(m["dir"], "inference_model_" + m["average_name"] + "-0")
+                        for m in models)
+  begin_step("budgeted build: the averaged models in float32, float16 or 8 bits under %s B "
+             "(the tuned float16 ensemble's size)" % "{:,}".format(size["total_bytes"]))
+  if os.path.exists(directory):  # a re-run: the tool writes only into a new directory
+    shutil.rmtree(directory)
+  seconds = run(yt8m("build_ensemble", "--train_dir=" + directory, "--candidates=" + candidates,
+                     "--eval_data_pattern=" + data["eval_pattern"], "--batch_size=200",
+                     "--size_limit_bytes=%d" % size["total_bytes"], "--results_json=" + results,
+                     *eval_files_flags(args)), os.path.join(logs, "budget_build.log"))
+  budget = json.load(open(results))
+  done(seconds, "GAP %.5f, %s B: %s" % (budget["graph_gap"], "{:,}".format(
+      budget["measured_bytes"]), ", ".join("%s/%s" % (
+          os.path.basename(os.path.dirname(m["candidate"])), m["storage"])
+                                           for m in budget["members"])))
+  return budget
+
+
 def main(argv):
   args = parse_args(argv)
   start = time.time()
@@ -282,6 +311,8 @@ def main(argv):
   rows = sum(1 for _ in open(csv_path)) - 1
   done(seconds, "%s (%d videos)" % (csv_path, rows))
 
+  budget = budget_build(args, data, models, size, logs) if args.budget_build else None
+
   print()
   print("=" * 78)
   print("Main job done in %.1f min. Work folder: %s" % ((time.time() - start) / 60,
@@ -315,6 +346,16 @@ def main(argv):
                                "{:,}".format(size["float32_total_bytes"]), size["ratio"],
                                "fits" if size["fits"] else "DOES NOT FIT",
                                "{:,}".format(size["limit_bytes"])))
+  if budget:
+    print("  budgeted build under the hand-picked ensemble's size (%s B):" % "{:,}".format(
+        size["total_bytes"]))
+    print("    hand-picked float16 ensemble: GAP %.5f, %s B" % (
+        ensembles["ensemble_fp16_tuned"]["eval"]["gap"], "{:,}".format(size["total_bytes"])))
+    print("    budgeted ensemble:            GAP %.5f, %s B: %s" % (
+        budget["graph_gap"], "{:,}".format(budget["measured_bytes"]), ", ".join(
+            "%s in %s (weight %.2f)" % (os.path.basename(os.path.dirname(m["candidate"])),
+                                        m["storage"], m["weight"])
+            for m in budget["members"])))
   print("  submission: %s (%d videos) from %s" % (csv_path, rows, tgz))
   print("  logs:       %s" % logs)
   best_member = max(m["averaged"]["gap"] for m in models)
@@ -323,6 +364,7 @@ def main(argv):
   print("GAP reached: %.5f (tuned float16 ensemble; best member, an average, %.5f; best "
         "single checkpoint %.5f)" % (final, best_member, best_checkpoint))
   summary = {"models": models, "ensembles": ensembles, "weight_search": search,
+             "budget_build": budget,
              "size": size, "submission_csv": csv_path, "submission_tgz": tgz,
              "gap": final, "minutes": (time.time() - start) / 60}
   with open(os.path.join(args.work_dir, "summary.json"), "w") as handle:

@@ -33,6 +33,7 @@ def test_forked_tools_give_the_results_of_tools_started_anew(tmp_path):
   assert not (tmp_path / "fresh" / "logs" / "forkserver.log").exists()
   # The main job passes --random_seed: both runs train, average and mix the same numbers.
   assert forked["gap"] == fresh["gap"]
+  assert forked["budget_build"]["graph_gap"] == fresh["budget_build"]["graph_gap"]
   for forked_model, fresh_model in zip(forked["models"], fresh["models"]):
     assert forked_model["averaged"]["gap"] == fresh_model["averaged"]["gap"]
     assert {k: r["gap"] for k, r in forked_model["singles"].items()} == {
@@ -42,6 +43,8 @@ def test_forked_tools_give_the_results_of_tools_started_anew(tmp_path):
     assert set(summary["ensembles"]) == {"ensemble_fp32_equal", "ensemble_fp16_equal",
                                          "ensemble_fp16_tuned"}
     assert summary["size"]["fits"]
+    # Step 8: the budgeted build fits the hand-picked ensemble's bytes.
+    assert summary["budget_build"]["measured_bytes"] <= summary["size"]["total_bytes"]
     assert 0.0 <= summary["gap"] <= 1.0
   for work_dir in ("forked", "fresh"):
     rows = open(tmp_path / work_dir / "submission" / "submission.csv").read().splitlines()

@@ -31,6 +31,9 @@ First run: `bash scripts/main_job.sh` does steps 0-7 on synthetic data and print
        --netvlad_cluster_size=K2 --netvlad_hidden_size=H2 --ensemble_wts=0.5
    or the original's steps: train --ensemble_num=N --max_steps=10, eval --create_meta_only,
    overwrite_float16_ckpt, eval --checkpoint_file=NAME-0 [--force_output_model_name=True]
+   or let it choose members, storages (float32, float16, 8-bit) and weights under a byte limit:
+     python -m youtube-8m.build_ensemble --train_dir=ENS --candidates=CKPT1,CKPT2,CKPT3 \\
+       --eval_data_pattern='DATA/frame/validate*.tfrecord' [--size_limit_bytes=1073741824] [--dry_run]
 5. tune the mixing weights on the validation files, then rebuild with them:
      python -m youtube-8m.ensemble_weights --train_dir=ENS --eval_data_pattern='DATA/frame/validate*.tfrecord'
 6. the submission model (tgz) and its size against the 1 GiB limit:

@@ -1,11 +1,20 @@
 r"""One command from single-model checkpoints to the (float16) in-graph ensemble inference model.
 
     python -m youtube-8m.build_ensemble --train_dir=ENS --checkpoints=CKPT1,CKPT2 \
-        [--netvlad_cluster_size=K --netvlad_hidden_size=H --ensemble_wts=W]... --gating=True
+        [--netvlad_cluster_size=K --netvlad_hidden_size=H --ensemble_wts=W]... --gating=True \
+        [--kernel_storage=float32|float16|uint8]...
 
 writes ``<train_dir>/<output_name>.{data-00000-of-00001,index,meta}`` and model_flags.json, as
 the original's commands' train 10 steps -> eval --create_meta_only -> overwrite_float16_ckpt -> eval
---force_output_model_name would; nothing on error.
+--force_output_model_name would; nothing on error. --kernel_storage (once per model) stores
+each model's large kernels as float32, float16 or 8-bit codes; without it --float16_flag
+(default True here) says.
+
+    python -m youtube-8m.build_ensemble --train_dir=ENS --candidates=CKPT1,CKPT2,... \
+        --eval_data_pattern=... [--size_limit_bytes=N] [--storages=float32,float16,uint8]
+
+chooses the members among the candidates, their storages and the mixing weights that maximise
+the held-out GAP with the submission under --size_limit_bytes (budget_build.py).
 """
 
 import os
@@ -15,9 +24,12 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from . import budget_build
 from . import checkpoint_utils
+from . import ensemble_budget
 from . import ensemble_checkpoint
 from . import model_graph
+from . import readers
 from . import storage
 from . import utils
 
@@ -31,7 +43,7 @@ CLUSTER_VARIABLE = "tower/video_VLAD/conv2/cluster_weights"
 HIDDEN_VARIABLE = "tower/hidden1_weights/hidden1_weights"
 # Set per member / by this tool, not taken from a member's model_flags.json.
 PER_MODEL_KEYS = ("ensemble_num", "netvlad_cluster_size", "netvlad_hidden_size",
-                  "ensemble_wts", "float16_flag", "model")
+                  "ensemble_wts", "float16_flag", "model", "kernel_storage")
 SIZE_LIMIT = 2**30  # the competition's limit on the submission's model files
 
 
@@ -50,8 +62,35 @@ def define_flags():
   flags.DEFINE_bool("dry_run", False,
                     "Check the inputs and print the planned submission bytes against the "
                     "2^30 B limit, then stop before writing anything.")
+  define_budget_flags()
   for name, value in DEFAULTS.items():
     FLAGS.set_default(name, value)
+
+
+def define_budget_flags():
+  """The flags of the budgeted build (--candidates instead of --checkpoints)."""
+  flags.DEFINE_string("candidates", None,
+                      "Budgeted build: comma list of single-model checkpoints to choose the "
+                      "members from (instead of --checkpoints).")
+  flags.DEFINE_integer("size_limit_bytes", SIZE_LIMIT,
+                       "Budgeted build: limit of the submission's model files as model_size "
+                       "counts them (default 2^30, the competition's).")
+  flags.DEFINE_string("storages", ",".join(model_graph.KERNEL_STORAGES),
+                      "Budgeted build: the kernel storages to consider for each candidate.")
+  flags.DEFINE_string("eval_data_pattern", "", "Budgeted build: glob of the held-out files.")
+  flags.DEFINE_bool("eval_holdout_only", True,
+                    "Budgeted build: only the 60 held-out validate files of the pattern.")
+  flags.DEFINE_integer("batch_size", 256, "Budgeted build: videos per batch on the held-out "
+                       "data (eval.py at this --batch_size reproduces the reported GAP).")
+  flags.DEFINE_integer("num_readers", 8, "Budgeted build: files read in parallel.")
+  flags.DEFINE_integer("max_videos", 0, "Budgeted build: at most this many held-out videos "
+                       "(0: all); each option's predictions take videos x classes x 4 B.")
+  flags.DEFINE_integer("top_k", 20, "Budgeted build: k of GAP@k.")
+  flags.DEFINE_integer("search_seed", 0, "Budgeted build: seed of the weight search.")
+  flags.DEFINE_integer("search_iterations", 5, "Budgeted build: random starting points of "
+                       "the final weight search.")
+  flags.DEFINE_integer("beam_width", 4, "Budgeted build: sets kept per size in the search.")
+  flags.DEFINE_string("results_json", "", "Budgeted build: write every number as JSON here.")
 
 
 def member_model_flags(checkpoint):
@@ -136,6 +175,8 @@ def assemble_config(checkpoints, explicit, member_jsons, source_specs):
       if stored is not None and name in stored and list(stored[name]) != [given]:
         raise CheckpointToolError("model %d: %s says %s=%s but the checkpoint %s has %d" % (
             index, path, name, stored[name], checkpoints[index], given))
+  # Each model's storage (float32, float16, uint8): --kernel_storage, else --float16_flag's.
+  values["kernel_storage"] = _per_model_values("kernel_storage", explicit, count, [])
   if "ensemble_wts" in explicit and count > 1:
     values["ensemble_wts"] = _per_model_values("ensemble_wts", explicit, count, None)
   else:
@@ -210,12 +251,63 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
   return summary
 
 
+def parse_storages(value):
+  storages = [part.strip() for part in value.split(",") if part.strip()]
+  bad = [s for s in storages if s not in model_graph.KERNEL_STORAGES]
+  if not storages or bad or len(set(storages)) != len(storages):
+    raise CheckpointToolError("--storages=%r: give distinct storages among %s" % (
+        value, ",".join(model_graph.KERNEL_STORAGES)))
+  return storages
+
+
+def budgeted_main():
+  """The budgeted build of --candidates (budget_build.run)."""
+  if FLAGS.checkpoints:
+    raise CheckpointToolError("give --checkpoints (the members) or --candidates (to choose "
+                              "from), not both")
+  given = [name for name in ("ensemble_num", "netvlad_cluster_size", "netvlad_hidden_size",
+                             "ensemble_wts", "kernel_storage", "float16_flag")
+           if FLAGS[name].present]
+  if given:
+    raise CheckpointToolError("--candidates chooses the members, their storage and weights: "
+                              "--%s cannot be given" % ", --".join(given))
+  if FLAGS.size_limit_bytes <= 0 or FLAGS.batch_size < 1 or FLAGS.top_k < 1:
+    raise CheckpointToolError("--size_limit_bytes, --batch_size and --top_k must be positive")
+  candidates = ensemble_checkpoint.parse_checkpoint_list(FLAGS.candidates, "--candidates")
+  if len(set(candidates)) != len(candidates):
+    raise CheckpointToolError("--candidates lists a checkpoint twice")
+  ensemble_checkpoint.check_sources(candidates)
+  settings = budget_build.Settings(
+      eval_files=readers.eval_files(FLAGS.eval_data_pattern, FLAGS.eval_holdout_only),
+      limit=FLAGS.size_limit_bytes, storages=parse_storages(FLAGS.storages),
+      batch_size=FLAGS.batch_size, num_readers=FLAGS.num_readers,
+      max_videos=FLAGS.max_videos, top_k=FLAGS.top_k, seed=FLAGS.search_seed,
+      restarts=FLAGS.search_iterations, beam_width=FLAGS.beam_width,
+      output_name=FLAGS.output_name)
+  with checkpoint_utils.LocalCopies() as copies:
+    specs = [ensemble_checkpoint.specs_from_checkpoint(prefix, copies) for prefix in candidates]
+  members = [member_model_flags(prefix) if FLAGS.use_member_model_flags else (None, None)
+             for prefix in candidates]
+  model_graph.notice_flags_without_effect()
+  explicit = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS
+              if FLAGS[name].present}
+  # One config of all candidates: their shared settings must agree (one graph).
+  pool = assemble_config(candidates, explicit, members, specs)
+  try:
+    budget_build.run(pool, candidates, FLAGS.train_dir, settings, FLAGS.dry_run,
+                     FLAGS.results_json)
+  except ensemble_budget.BudgetTooSmall as error:
+    raise CheckpointToolError(str(error))
+
+
 @utils.tool_main
 def main(argv):
   if not FLAGS.train_dir:
     raise CheckpointToolError("--train_dir (the output directory) is required")
   if not FLAGS.output_name:
     raise CheckpointToolError("--output_name is empty")
+  if FLAGS.candidates:
+    return budgeted_main()
   checkpoints = ensemble_checkpoint.parse_checkpoint_list(FLAGS.checkpoints)
   ensemble_checkpoint.check_sources(checkpoints)
   with checkpoint_utils.LocalCopies() as copies:

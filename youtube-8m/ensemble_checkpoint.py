@@ -3,7 +3,8 @@
 Model 0's variables are ``tower/X`` <- ``tower/X`` of source 0; model i >= 1's are
 ``tower/model{i}/X`` <- ``tower/X`` of source i (``model1`` never matches ``model10``);
 ``global_step`` is written as 0. Each value is converted once into the template's dtype
-(float32 -> float16 rounds to nearest even). Sources are read through the caller's
+(float32 -> float16 rounds to nearest even; a uint8 kernel and its ``_quantization`` codebook
+are both made from the source's float kernel by quantization.quantize). Sources are read through the caller's
 checkpoint_utils.LocalCopies.
 """
 
@@ -16,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from . import checkpoint_utils
+from . import quantization
 
 GLOBAL_STEP = checkpoint_utils.GLOBAL_STEP
 _MODEL_SCOPE_RE = re.compile(r"^model(\d+)$")
@@ -135,18 +137,30 @@ def plan_ensemble(template_specs, sources, copies, template_name="the template",
   for index in range(num_models):
     where = source_label(index, sources[index])
     for name, shape, dtype, source_name in sorted(per_model[index]):
+      # An 8-bit kernel's codebook is made from the source's float kernel.
+      source_name = quantization.kernel_of_codebook(source_name) or source_name
       if source_name not in source_specs[index]:
         problems.append("%s has no variable %r (needed for %s variable %r)" % (
             where, source_name, template_name, name))
         continue
       source_shape, source_dtype = source_specs[index][source_name]
-      if source_shape != shape:
+      if quantization.kernel_of_codebook(name):
+        if not (source_dtype.is_floating and len(source_shape) == 2
+                and shape == (2, source_shape[1])):
+          problems.append("variable %r (%s %s) in %s cannot give %s's codebook %r %s" % (
+              source_name, source_dtype.name, list(source_shape), where, template_name,
+              name, list(shape)))
+        else:
+          items.append((name, shape, dtype, index, source_name))
+      elif source_shape != shape:
         problems.append("variable %r has shape %s in %s but %s variable %r needs %s" % (
             source_name, list(source_shape), where, template_name, name, list(shape)))
-      elif source_dtype != dtype and not (source_dtype.is_floating and dtype.is_floating):
+      elif source_dtype != dtype and not (source_dtype.is_floating and (
+          dtype.is_floating or dtype == tf.uint8)):
         problems.append("variable %r is %s in %s but %s variable %r is %s (only floating "
-                        "types are converted)" % (source_name, source_dtype.name, where,
-                                                 template_name, name, dtype.name))
+                        "types are converted, to float or 8-bit codes)" % (
+                            source_name, source_dtype.name, where, template_name, name,
+                            dtype.name))
       else:
         items.append((name, shape, dtype, index, source_name))
   if problems:
@@ -161,13 +175,26 @@ def write_plan(plan, copies, output_prefix, meta_fn):
   summary dict."""
   start = time.time()
   readers = [tf.train.load_checkpoint(copies.local(prefix)) for prefix in plan.sources]
-  stats = {"rounded_tensors": 0, "overflow_values": 0, "by_dtype": {}}
+  stats = {"rounded_tensors": 0, "overflow_values": 0, "quantized_tensors": 0, "by_dtype": {}}
   items = {item[0]: item for item in plan.items}
+  codebooks = {}  # (source index, kernel name) -> the codebook of codes already converted
 
   def convert(name):
     _, _, dtype, index, source_name = items[name]
+    stats["by_dtype"][dtype.name] = stats["by_dtype"].get(dtype.name, 0) + 1
+    is_codebook = quantization.kernel_of_codebook(name) is not None
+    if is_codebook and (index, source_name) in codebooks:
+      return codebooks.pop((index, source_name))
     with checkpoint_utils.reading(plan.sources[index], copies.local(plan.sources[index])):
       value = np.asarray(readers[index].get_tensor(source_name))
+    if dtype == tf.uint8 or is_codebook:
+      # 8-bit storage: the codes and the codebook both come from the source's float kernel.
+      codes, codebook = quantization.quantize(value)
+      stats["quantized_tensors"] += 1
+      if is_codebook:
+        return codebook
+      codebooks[(index, source_name)] = codebook
+      return codes
     out = checkpoint_utils.aligned_empty(value.shape, dtype.as_numpy_dtype)
     with np.errstate(over="ignore"):  # overflows are counted and reported below
       np.copyto(out, value, casting="unsafe")
@@ -178,7 +205,6 @@ def write_plan(plan, copies, output_prefix, meta_fn):
         stats["overflow_values"] += overflow
         logging.warning("%s: %d value(s) of %r overflow %s and became +-inf", name,
                         overflow, source_name, dtype.name)
-    stats["by_dtype"][dtype.name] = stats["by_dtype"].get(dtype.name, 0) + 1
     return out
 
   tensors = checkpoint_utils.convert_largest_first(
@@ -199,16 +225,19 @@ def log_summary(plan, summary):
   """Logs what write_plan wrote: each model's variables, the tensors, the peak memory."""
   for index, prefix in enumerate(plan.sources):
     count = sum(1 for item in plan.items if item[3] == index)
-    unused = len(set(plan.source_specs[index]) - {GLOBAL_STEP}) - count
+    used = {item[4] for item in plan.items if item[3] == index}  # a kernel gives 2 if 8-bit
+    unused = len(set(plan.source_specs[index]) - {GLOBAL_STEP} - used)
     logging.info("model %d (%s) <- %s: %d variables, %d parameters%s", index,
                  "tower/" if index == 0 else "tower/model%d/" % index, prefix, count,
                  plan.parameters(index),
                  " (%d other variables of the source not used)" % unused if unused else "")
   logging.info("Wrote %s: %d tensors (%s + global_step=0), %d parameters, %d bytes of "
-               "tensor data; %d tensors rounded to a narrower type", summary["output_prefix"],
+               "tensor data; %d tensors rounded to a narrower type, %d kernels quantized to 8 "
+               "bits", summary["output_prefix"],
                summary["tensors"], ", ".join("%d %s" % (n, d) for d, n in
                                              sorted(summary["by_dtype"].items())),
-               summary["parameters"], summary["data_bytes"], summary["rounded_tensors"])
+               summary["parameters"], summary["data_bytes"], summary["rounded_tensors"],
+               summary["quantized_tensors"])
   logging.info("Peak memory %.1f MiB (%.2f bytes per parameter) in %.1f s",
                summary["peak_rss_mib"], summary["peak_rss_mib"] * 2**20 / max(
                    summary["parameters"], 1), summary["seconds"])

@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl import flags
 from absl import logging
 
+from . import quantization
 from . import runtime_settings
 
 tf1 = tf.compat.v1
@@ -52,6 +53,8 @@ def model_variable(name, shape, dtype=tf.float32, initializer=None, regularizer=
   The regularization loss is registered here, outside tf1.get_variable, so that a reused
   variable (a second tower) does not add it twice.
   """
+  if dtype == tf.uint8:  # 8-bit storage: codes and codebook, never trained or regularized
+    return quantization.quantized_variable(name, shape)
   collections = list(collections) + [tf1.GraphKeys.GLOBAL_VARIABLES,
                                      tf1.GraphKeys.MODEL_VARIABLES]
   scope_reuse = tf1.get_variable_scope().reuse
@@ -60,6 +63,21 @@ def model_variable(name, shape, dtype=tf.float32, initializer=None, regularizer=
   if regularizer is not None and not scope_reuse:
     tf1.add_to_collection(tf1.GraphKeys.REGULARIZATION_LOSSES, regularizer(variable))
   return variable
+
+
+# Storage of a model's large kernels: the original's float32 and float16 (--float16_flag), and
+# 8 bits (uint8 codes and a per-column uniform codebook: quantization.py).
+KERNEL_STORAGES = {"float32": tf.float32, "float16": tf.float16, "uint8": tf.uint8}
+
+
+def kernel_dtype(kernel_storage=None, float16_flag=False):
+  """The dtype of the large kernels: kernel_storage's, or by default --float16_flag's."""
+  if kernel_storage is None:
+    return tf.float16 if float16_flag else tf.float32
+  if kernel_storage not in KERNEL_STORAGES:
+    raise ValueError("kernel storage %r is not one of %s" % (kernel_storage,
+                                                              ", ".join(KERNEL_STORAGES)))
+  return KERNEL_STORAGES[kernel_storage]
 
 
 COMPUTE_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
@@ -116,6 +134,8 @@ def matmul(inputs, kernel, compute_dtype=tf.float32, transpose_a=False):
   are cast to compute_dtype and the product back to float32: the gradients of the float32
   variables come back float32 through the casts.
   """
+  if isinstance(kernel, quantization.QuantizedKernel):
+    return kernel.matmul(inputs, compute_dtype)
   if compute_dtype == tf.float32:
     return tf.matmul(inputs, as_float32(kernel), transpose_a=transpose_a)
   return tf.cast(tf.matmul(as_compute(inputs, compute_dtype),
@@ -148,8 +168,9 @@ def fully_connected(inputs, num_outputs, activation_fn=tf.nn.relu, normalizer_fn
   """slim.fully_connected for rank-2 inputs: act(norm(x W) or x W + b) (a normalizer replaces
   the bias, as in slim), with Glorot uniform ``weights`` [in, out] stored as ``dtype`` (float32
   or float16) and float32 ``biases`` [out]; x W is computed in compute_dtype (see matmul)."""
-  if dtype not in (tf.float32, tf.float16):
-    raise ValueError("fully_connected kernel dtype must be float32 or float16, got %s" % dtype)
+  if dtype not in (tf.float32, tf.float16, tf.uint8):
+    raise ValueError("fully_connected kernel dtype must be float32, float16 or uint8, got %s"
+                     % dtype)
   with tf1.variable_scope(scope, "fully_connected", [inputs]):
     inputs = tf.convert_to_tensor(inputs)
     input_size = inputs.shape[-1]

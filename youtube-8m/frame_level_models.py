@@ -104,8 +104,8 @@ class NetVLADModelLF(models.BaseModel):
   def create_model(self, model_input, vocab_size, num_frames, cluster_size, hidden_size,
                    iterations, sample_random_frames, gating, float16_flag, classifier_model,
                    is_training=True, sampling_seed=None, compute_dtype=tf.float32,
-                   recompute_features=True, **classifier_params):
-    kernel_dtype = tf.float16 if float16_flag else tf.float32
+                   recompute_features=True, kernel_storage=None, **classifier_params):
+    kernel_dtype = fp16_layers.kernel_dtype(kernel_storage, float16_flag)
 
     sampler = (model_utils.sample_random_frames if sample_random_frames
                else model_utils.sample_random_sequence)
@@ -140,13 +140,17 @@ class NetVLADModelLF(models.BaseModel):
     classifier = getattr(video_level_models, classifier_model)()
     return classifier.create_model(model_input=activation, vocab_size=vocab_size,
                                    is_training=is_training, float16_flag=float16_flag,
-                                   compute_dtype=compute_dtype, **classifier_params)
+                                   compute_dtype=compute_dtype, kernel_storage=kernel_storage,
+                                   **classifier_params)
 
 
 def hidden_layers(vlad, hidden_size, gating, kernel_dtype, is_training, compute_dtype):
   """hidden1 (H, batch norm, relu6) -> hidden2 (2H) [-> context gating] of the NetVLAD
-  features."""
+  features. hidden1's kernel is stored as kernel_dtype; hidden2's and the gating's are float32
+  (as in the original, also with --float16_flag) unless kernel_dtype is uint8 (8-bit storage
+  covers them too: two 8-member ensembles of the original's sizes fit 1 GiB only so)."""
   vlad_dim = int(vlad.shape[1])
+  small_dtype = tf.uint8 if kernel_dtype == tf.uint8 else tf.float32
   with tf1.variable_scope("hidden1_weights"):
     hidden1_weights = fp16_layers.model_variable(
         "hidden1_weights", [vlad_dim, hidden_size], dtype=kernel_dtype,
@@ -157,7 +161,7 @@ def hidden_layers(vlad, hidden_size, gating, kernel_dtype, is_training, compute_
 
   with tf1.variable_scope("hidden2_weights"):
     hidden2_weights = fp16_layers.model_variable(
-        "hidden2_weights", [hidden_size, 2 * hidden_size],
+        "hidden2_weights", [hidden_size, 2 * hidden_size], dtype=small_dtype,
         initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(hidden_size)))
   hidden2_biases = fp16_layers.model_variable(
       "hidden2_biases", [2 * hidden_size],
@@ -168,7 +172,7 @@ def hidden_layers(vlad, hidden_size, gating, kernel_dtype, is_training, compute_
   if gating:
     with tf1.variable_scope("gating_weights"):
       gating_weights = fp16_layers.model_variable(
-          "gating_weights", [2 * hidden_size, 2 * hidden_size],
+          "gating_weights", [2 * hidden_size, 2 * hidden_size], dtype=small_dtype,
           initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(2 * hidden_size)))
     gates = fp16_layers.matmul(activation, gating_weights, compute_dtype)
     gates = fp16_layers.batch_norm(gates, is_training=is_training, scope="gating_bn")

@@ -18,6 +18,7 @@ from absl import flags
 from absl import logging
 
 from . import dataset_layout
+from . import fp16_layers
 from . import frame_level_models
 from . import losses
 from . import model_utils
@@ -82,6 +83,12 @@ class ModelConfig:
       False, "Store the four large kernels of each model (hidden1, MoE gates, MoE experts, "
       "probability gating) as float16 variables; they are cast to --compute_dtype (float32 "
       "by default) for the matmuls.", STRICT)
+  kernel_storage: List[str] = setting(
+      [], "Storage of each model's large kernels: float32, float16 (the four kernels of "
+      "--float16_flag) or uint8 (8 bits: those four plus hidden2 and the context gating, each "
+      "as uint8 codes and a float32 <kernel>_quantization codebook [2, out], made from float "
+      "checkpoints by build_ensemble; quantization.py). Repeat once per model, in model "
+      "order. Empty: every model as --float16_flag says.", STRICT)
   gating: bool = setting(False, "Context gating on the output of hidden2.", STRICT)
   # Recorded as the original's flag; only True is supported (checked in validate).
   netvlad_add_batch_norm: bool = setting(
@@ -114,6 +121,9 @@ class ModelConfig:
       setattr(self, name, _normalized(name, getattr(self, name)))
     if self.ensemble_num == 1:
       self.ensemble_wts = [1.0]
+    # Storages that --float16_flag gives anyway are recorded as [] (the original's json).
+    if all(storage == default_storage(self.float16_flag) for storage in self.kernel_storage):
+      self.kernel_storage = []
 
   @classmethod
   def from_dict(cls, values):
@@ -140,6 +150,16 @@ class ModelConfig:
                        "not %s" % (self.ensemble_num, self.model))
     for name in LIST_FIELDS:  # __post_init__ made ensemble_wts [1.0] for a single model
       values = getattr(self, name)
+      if name == "kernel_storage":
+        if values and len(values) != self.ensemble_num:
+          raise ValueError("--kernel_storage was given %d time(s) (%s) but --ensemble_num=%d: "
+                           "give it once per model, or not at all (--float16_flag's storage)"
+                           % (len(values), values, self.ensemble_num))
+        bad = [v for v in values if v not in KERNEL_STORAGES]
+        if bad:
+          raise ValueError("--kernel_storage values must be %s, got %s"
+                           % (", ".join(KERNEL_STORAGES), bad))
+        continue
       if len(values) != self.ensemble_num:
         raise ValueError("--%s was given %d time(s) (%s) but --ensemble_num=%d: give it once "
                          "per model" % (name, len(values), values, self.ensemble_num))
@@ -176,6 +196,11 @@ class ModelConfig:
     if self.moe_prob_gating_input not in ("prob", "input"):
       raise ValueError("--moe_prob_gating_input must be 'prob' or 'input', got %r"
                        % self.moe_prob_gating_input)
+    if (self.gating_remove_diag and self.moe_prob_gating and self.moe_prob_gating_input ==
+        "prob" and "uint8" in self.kernel_storage):
+      raise ValueError("--gating_remove_diag needs the probability gating's diagonal, which "
+                       "--kernel_storage=uint8 does not keep: store those models in float32 "
+                       "or float16")
 
   def to_json_dict(self):
     return dataclasses.asdict(self)
@@ -188,12 +213,28 @@ class ModelConfig:
     text = "NetVLADModelLF " + "+".join(parts)
     if self.ensemble_num > 1:
       text += " weights %s" % self.ensemble_wts
-    if self.float16_flag:
+    if self.kernel_storage:
+      text += " (kernels %s)" % "+".join(self.kernel_storage)
+    elif self.float16_flag:
       text += " (float16 kernels)"
     return text
 
+  def member_storage(self, index):
+    """The kernel storage of model index: float32, float16 or uint8."""
+    if self.kernel_storage:
+      return self.kernel_storage[index]
+    return default_storage(self.float16_flag)
+
   def make_reader(self):
     return readers.make_reader(self.frame_features, *self.features, self.num_classes)
+
+
+KERNEL_STORAGES = tuple(fp16_layers.KERNEL_STORAGES)  # float32, float16, uint8
+
+
+def default_storage(float16_flag):
+  """The kernel storage of a model without --kernel_storage."""
+  return "float16" if float16_flag else "float32"
 
 
 FIELDS = dataclasses.fields(ModelConfig)
@@ -201,7 +242,8 @@ CONFIG_FIELDS = tuple(field.name for field in FIELDS)
 STRICT_KEYS = tuple(f.name for f in FIELDS if f.metadata["key"] == STRICT)
 SOFT_KEYS = tuple(f.name for f in FIELDS if f.metadata["key"] == SOFT)
 # The repeated flags (one value per model) and the type of their values.
-LIST_FIELDS = {f.name: f.type.__args__[0] for f in FIELDS if f.type in (List[int], List[float])}
+LIST_FIELDS = {f.name: f.type.__args__[0] for f in FIELDS
+               if f.type in (List[int], List[float], List[str])}
 
 
 def _is_int(value):
@@ -225,6 +267,9 @@ _TYPES = {
     float: (flags.DEFINE_float, "a number", _is_number),
     List[int]: (flags.DEFINE_multi_integer, "a list of integers", _is_list_of(_is_int)),
     List[float]: (flags.DEFINE_multi_float, "a list of numbers", _is_list_of(_is_number)),
+    # kernel_storage: [] (as --float16_flag says) or one storage per model.
+    List[str]: (flags.DEFINE_multi_string, "a list of strings", lambda value: isinstance(
+        value, list) and all(isinstance(v, str) for v in value)),
 }
 _JSON_RULES = [(expected, is_valid, [f.name for f in FIELDS if f.type == kind])
                for kind, (_, expected, is_valid) in _TYPES.items()]
@@ -396,7 +441,8 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
               sample_random_frames=config.sample_random_frames, gating=config.gating,
               # Evaluation/inference sample each model's frames with a fixed seed.
               sampling_seed=None if is_training else (0, index),
-              classifier_model=config.video_level_classifier_model, **classifier_params)
+              classifier_model=config.video_level_classifier_model,
+              kernel_storage=config.member_storage(index), **classifier_params)
         predictions.append(result["predictions"])
         # Each member's own predictions, for mixing-weight search.
         tf1.add_to_collection(MEMBER_PREDICTIONS, result["predictions"])
@@ -407,6 +453,7 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
     else:
       model = getattr(video_level_models, config.model)()
       mixed = model.create_model(model_input, config.num_classes, is_training=is_training,
+                                 kernel_storage=config.member_storage(0),
                                  **classifier_params)["predictions"]
   return tf.identity(mixed, name="predictions"), model_input
 

@@ -5,7 +5,7 @@ r"""Reports the size of an inference model (submission files) against a size lim
 
 Prints the bytes of ``<inference_model_file>.data-*``, ``.index``, ``.meta`` and
 ``model_flags.json`` and their total, the tensors by dtype, the size with every floating
-tensor as float32, and "FITS" or "DOES NOT FIT" --limit_bytes (exit status 1 then only with
+tensor (and every 8-bit kernel) as float32, and "FITS" or "DOES NOT FIT" --limit_bytes (exit status 1 then only with
 --fail_if_over). Sizes in a tgz are those of the extracted files; only the .index is read
 (downloaded when gs://, as the tgz).
 """
@@ -20,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from . import quantization
 from . import storage
 from . import utils
 
@@ -42,6 +43,16 @@ def define_flags():
 def _is_model_file(name, model_name):
   return name in (model_name + ".index", model_name + ".meta", utils.MODEL_FLAGS_FILE) or (
       name.startswith(model_name + ".data-"))
+
+
+def float32_size(name, dtypes):
+  """Bytes per value of a tensor had it been float32: a floating tensor 4, an 8-bit kernel's
+  uint8 codes 4 and their codebook 0 (quantization.py), any other tensor its own size."""
+  if quantization.kernel_of_codebook(name) in dtypes:
+    return 0
+  if dtypes[name].is_floating or quantization.codebook_name(name) in dtypes:
+    return 4
+  return dtypes[name].size
 
 
 def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFAULT_LIMIT):
@@ -90,8 +101,7 @@ def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFA
   for name in counts:
     by_dtype[dtypes[name].name] = by_dtype.get(dtypes[name].name, 0) + 1
   tensor_bytes = sum(n * dtypes[name].size for name, n in counts.items())
-  float32_bytes = sum(n * (4 if dtypes[name].is_floating else dtypes[name].size)
-                      for name, n in counts.items())
+  float32_bytes = sum(n * float32_size(name, dtypes) for name, n in counts.items())
   data_bytes = sum(size for name, size in files.items()
                    if name.startswith(model_name + ".data-"))
   total = sum(files.values())

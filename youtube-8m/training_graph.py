@@ -95,6 +95,12 @@ def _towers(config, batch, devices, optimizer, loss_scale, compute_dtype):
         # float16 kernels of packed ensembles are filled from float32 models afterwards.
         logging.warning("--float16_flag: %d float16 kernels are not updated by training",
                         len(frozen))
+      codes = [v for v in tf1.global_variables() if v.dtype.base_dtype == tf.uint8]
+      if codes and index == 0:
+        # 8-bit kernels are made from float checkpoints (build_ensemble), never trained.
+        logging.warning("--kernel_storage=uint8: %d 8-bit kernels are not trained (their "
+                        "codes stay 0; build_ensemble fills them from float32 models)",
+                        len(codes))
       gradients.append(optimization.loss_gradients(
           optimizer, label_loss, reg_loss, FLAGS.regularization_penalty, loss_scale,
           [v for v in trainable if v.dtype.base_dtype != tf.float16]))

@@ -18,11 +18,12 @@ class LogisticModel(models.BaseModel):
   """Logistic regression over the (L2-normalized) video-level features."""
 
   def create_model(self, model_input, vocab_size, l2_penalty=1e-8, float16_flag=False,
-                   compute_dtype=tf.float32, **unused_params):
+                   compute_dtype=tf.float32, kernel_storage=None, **unused_params):
     output = fp16_layers.fully_connected(
         model_input, vocab_size, activation_fn=tf.nn.sigmoid,
         weights_regularizer=fp16_layers.l2_regularizer(l2_penalty),
-        dtype=tf.float16 if float16_flag else tf.float32, compute_dtype=compute_dtype)
+        dtype=fp16_layers.kernel_dtype(kernel_storage, float16_flag),
+        compute_dtype=compute_dtype)
     return {"predictions": output}
 
 
@@ -38,8 +39,11 @@ class MoeModel(models.BaseModel):
 
   def create_model(self, model_input, vocab_size, num_mixtures, l2_penalty, prob_gating,
                    prob_gating_input, remove_diag, is_training=True, float16_flag=False,
-                   compute_dtype=tf.float32, **unused_params):
-    kernel_dtype = tf.float16 if float16_flag else tf.float32
+                   compute_dtype=tf.float32, kernel_storage=None, **unused_params):
+    kernel_dtype = fp16_layers.kernel_dtype(kernel_storage, float16_flag)
+    if kernel_dtype == tf.uint8 and remove_diag and prob_gating and prob_gating_input == "prob":
+      raise ValueError("--gating_remove_diag needs the probability gating's diagonal: "
+                       "store its kernel in float32 or float16, not uint8")
     regularizer = fp16_layers.l2_regularizer(l2_penalty)
 
     gate_activations = fp16_layers.fully_connected(
