@@ -54,8 +54,8 @@ def parse_args(argv):
   parser.add_argument("--test_videos", type=int, default=100)
   parser.add_argument("--difficulty", type=float, default=0.5)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--budget_build", default=True, action=argparse.BooleanOptionalAction,
-                      help="step 8: the budgeted build under the tuned ensemble's size")
+  parser.add_argument("--nobudget_build", dest="budget_build", action="store_false",
+                      help="skip step 8, the budgeted build under the tuned ensemble's size")
   # Real data (e.g. the 2018 frame-level files, local or gs://) instead of synthetic data.
   parser.add_argument("--train_data_pattern", default="",
                       help="real data: 'TRAIN_GLOB,VALIDATE_GLOB' of frame-level TFRecords "

@@ -260,6 +260,18 @@ def parse_storages(value):
   return storages
 
 
+def config_from_flags_and_members(prefixes, copies):
+  """assemble_config of the checkpoints: this run's explicit flags, each member's
+  model_flags.json (--use_member_model_flags) and the checkpoints' variable shapes."""
+  specs = [ensemble_checkpoint.specs_from_checkpoint(prefix, copies) for prefix in prefixes]
+  members = [member_model_flags(prefix) if FLAGS.use_member_model_flags else (None, None)
+             for prefix in prefixes]
+  model_graph.notice_flags_without_effect()
+  explicit = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS
+              if FLAGS[name].present}
+  return assemble_config(prefixes, explicit, members, specs)
+
+
 def budgeted_main():
   """The budgeted build of --candidates (budget_build.run)."""
   if FLAGS.checkpoints:
@@ -285,14 +297,8 @@ def budgeted_main():
       restarts=FLAGS.search_iterations, beam_width=FLAGS.beam_width,
       output_name=FLAGS.output_name)
   with checkpoint_utils.LocalCopies() as copies:
-    specs = [ensemble_checkpoint.specs_from_checkpoint(prefix, copies) for prefix in candidates]
-  members = [member_model_flags(prefix) if FLAGS.use_member_model_flags else (None, None)
-             for prefix in candidates]
-  model_graph.notice_flags_without_effect()
-  explicit = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS
-              if FLAGS[name].present}
-  # One config of all candidates: their shared settings must agree (one graph).
-  pool = assemble_config(candidates, explicit, members, specs)
+    # One config of all candidates: their shared settings must agree (one graph).
+    pool = config_from_flags_and_members(candidates, copies)
   try:
     budget_build.run(pool, candidates, FLAGS.train_dir, settings, FLAGS.dry_run,
                      FLAGS.results_json)
@@ -311,13 +317,7 @@ def main(argv):
   checkpoints = ensemble_checkpoint.parse_checkpoint_list(FLAGS.checkpoints)
   ensemble_checkpoint.check_sources(checkpoints)
   with checkpoint_utils.LocalCopies() as copies:
-    specs = [ensemble_checkpoint.specs_from_checkpoint(prefix, copies) for prefix in checkpoints]
-    members = [member_model_flags(prefix) if FLAGS.use_member_model_flags else (None, None)
-               for prefix in checkpoints]
-    model_graph.notice_flags_without_effect()
-    explicit = {name: FLAGS[name].value for name in model_graph.CONFIG_FIELDS
-                if FLAGS[name].present}
-    config = assemble_config(checkpoints, explicit, members, specs)
+    config = config_from_flags_and_members(checkpoints, copies)
     logging.info("Building %s into %s", config.describe(), FLAGS.train_dir)
     result = build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name, copies,
                    FLAGS.dry_run)
