@@ -8,14 +8,21 @@ the context gating, the MoE gates and experts, the probability gating), with UNT
 (the graph initialized and saved, its inference meta graph and model_flags.json written, in a
 child process), then counts it with model_size (bytes of the submission's files against
 2^30) and compares the tensor bytes with the formula of docs/original.md, "Sizes".
---storage=float16 builds the same 8 members in float16 for comparison. The work directory is
-deleted at the end unless --keep.
+--storage=float16 builds the same 8 members in float16 for comparison.
+
+--inference_rounds=R (R > 0) then builds the same members in the other storage too (uint8 and
+float16), writes --inference_videos synthetic frame-level test videos and runs inference.py on
+them --inference_rounds times per storage, alternating (after wait_quiet.py when --wait_quiet
+names it), at --inference_batch (the original's 512): videos/sec and each run's peak RSS. The
+work directory is deleted at the end unless --keep.
 """
 
 import argparse
 import json
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -80,6 +87,47 @@ def make_ensemble(train_dir, storage, copies):
   print("saved", prefix, config.describe())
 
 
+def inference_rate(log_text):
+  """(overall, steady) videos/sec of inference.py from its progress lines ('num examples
+  processed: N elapsed seconds: S'): overall from the last line, steady after the first batch
+  (which also pays for the session's start and the checkpoint's restore); 0.0 if unknown."""
+  rows = [(int(n), float(s)) for n, s in re.findall(
+      r"num examples processed: (\d+) elapsed seconds: ([\d.]+)", log_text)]
+  if not rows:
+    return 0.0, 0.0
+  overall = rows[-1][0] / max(rows[-1][1], 1e-9)
+  if len(rows) < 2 or rows[-1][1] <= rows[0][1]:
+    return overall, 0.0
+  return overall, (rows[-1][0] - rows[0][0]) / (rows[-1][1] - rows[0][1])
+
+
+def compare_inference(work, ensembles, args):
+  """Runs inference.py on the same synthetic test videos with each ensemble in turn, rounds
+  times; returns {storage: [{videos_per_sec, steady_videos_per_sec, rss_mib}, ...]}."""
+  data_dir = os.path.join(work, "data")
+  run_child(yt8m("synthetic_data", "--output_dir=" + data_dir, "--num_train_files=0",
+                 "--num_validate_files=0", "--num_test_files=2", "--levels=frame",
+                 "--videos_per_file=%d" % max(1, args.inference_videos // 2),
+                 "--min_frames=120", "--max_frames=300"), os.path.join(work, "data.log"))
+  results = {storage: [] for storage in ensembles}
+  for round_index in range(args.inference_rounds):
+    for storage, ensemble_dir in ensembles.items():
+      if args.wait_quiet:
+        subprocess.run([sys.executable, args.wait_quiet], check=True)
+      _, rss, text = run_child(yt8m(
+          "inference", "--train_dir=" + ensemble_dir,
+          "--input_data_pattern=" + os.path.join(data_dir, "frame", "test*.tfrecord"),
+          "--output_file=" + os.path.join(work, "predictions_%s.csv" % storage),
+          "--batch_size=%d" % args.inference_batch),
+                               os.path.join(work, "inference_%s_%d.log" % (storage, round_index)))
+      overall, steady = inference_rate(text)
+      results[storage].append({"videos_per_sec": overall, "steady_videos_per_sec": steady,
+                               "rss_mib": rss})
+      print("round %d, %s: %.1f videos/sec (%.1f after the first batch), peak RSS %.0f MiB"
+            % (round_index + 1, storage, overall, steady, rss), flush=True)
+  return results
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,6 +137,12 @@ def main():
   parser.add_argument("--storage", default="uint8", choices=("uint8", "float16", "float32"))
   parser.add_argument("--copies", type=int, default=2, help="members of each size")
   parser.add_argument("--results_json", default="")
+  parser.add_argument("--inference_rounds", type=int, default=0,
+                      help="> 0: compare inference speed and memory of uint8 and float16")
+  parser.add_argument("--inference_videos", type=int, default=1024)
+  parser.add_argument("--inference_batch", type=int, default=512)
+  parser.add_argument("--wait_quiet", default="",
+                      help="a wait_quiet.py to run before each timed inference")
   parser.add_argument("--_make", nargs=1, metavar="DIR", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args._make:  # pylint: disable=protected-access
@@ -121,11 +175,20 @@ def main():
               "tensor_bytes"] else "MISMATCH", size["total_bytes"], size["total_bytes"] / 2**30,
                         "UNDER" if size["fits"] else "OVER",
                         "{:,}".format(abs(size["headroom_bytes"]))), flush=True)
+    results = {"storage": args.storage, "members": members(args.copies), "size": size,
+               "formula_tensor_bytes": expected, "build_seconds": seconds,
+               "build_rss_mib": rss}
+    if args.inference_rounds > 0:
+      other = "float16" if args.storage == "uint8" else "uint8"
+      other_dir = os.path.join(work, "ensemble_" + other)
+      run_child([sys.executable, os.path.abspath(__file__), "--_make", other_dir,
+                 "--storage=" + other, "--copies=%d" % args.copies],
+                os.path.join(work, "make_%s.log" % other))
+      results["inference"] = compare_inference(
+          work, {args.storage: ensemble_dir, other: other_dir}, args)
     if args.results_json:
       with open(args.results_json, "w") as handle:
-        json.dump({"storage": args.storage, "members": members(args.copies), "size": size,
-                   "formula_tensor_bytes": expected, "build_seconds": seconds,
-                   "build_rss_mib": rss}, handle, indent=1)
+        json.dump(results, handle, indent=1)
   finally:
     if not args.keep:
       shutil.rmtree(work, ignore_errors=True)

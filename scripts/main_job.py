@@ -13,8 +13,8 @@
 7. write the submission: tgz (inference.py --output_model_tgz), its size report
    (model_size.py), and the CSV from the tgz (inference.py --input_model_tgz);
 8. (beyond the original; --nobudget_build skips it) the budgeted build: build_ensemble
-   --candidates chooses among the averaged models, each in float32, float16 or 8 bits, under
-   the tuned float16 ensemble's own size, and the two are compared.
+   --candidates chooses among each model's average and last checkpoint, each in float32,
+   float16 or 8 bits, under the tuned float16 ensemble's own size, and the two are compared.
 
 Every step is printed as it goes: its number and what it does, the command (so that it can be
 re-run by hand), the tool's progress lines (checkpoint exports, done/total with ETA), and its
@@ -178,25 +178,44 @@ def train_single_model(args, data, cluster, hidden, logs):
           "average_name": average, "average_range": (first, last), "averaged": averaged}
 
 
+def budget_candidates(models):
+  """Step 8's candidates: each model's average and its last exported checkpoint (a snapshot
+  of the same run: a second member for the price of no extra training)."""
+  candidates = []
+  for model in models:
+    last = max(model["singles"])
+    candidates += [os.path.join(model["dir"], "inference_model_" + model["average_name"] + "-0"),
+                   os.path.join(model["dir"], "inference_model_%d" % last)]
+  return candidates
+
+
+def candidate_label(path):
+  """'c16h128_160/avg_c16h128_210_300.ckpt-0' for a candidate's inference model path."""
+  return "%s/%s" % (os.path.basename(os.path.dirname(path)),
+                    os.path.basename(path).replace("inference_model_", ""))
+
+
 def budget_build(args, data, models, size, logs):
-  """Step 8: build_ensemble --candidates (the averaged models) under the hand-picked
-  ensemble's bytes; returns its results."""
+  """Step 8: build_ensemble --candidates (each model's average and last checkpoint) under
+  the hand-picked ensemble's bytes; returns its results."""
   directory = os.path.join(args.work_dir, "ensemble_budget")
   results = os.path.join(args.work_dir, "ensemble_budget.json")
-  candidates = ",".join(os.path.join(m["dir"], "inference_model_" + m["average_name"] + "-0")
-                        for m in models)
-  begin_step("budgeted build: the averaged models in float32, float16 or 8 bits under %s B "
-             "(the tuned float16 ensemble's size)" % "{:,}".format(size["total_bytes"]))
+  candidates = budget_candidates(models)
+  begin_step("budgeted build: %d candidates (%s) in float32, float16 or 8 bits under %s B "
+             "(the tuned float16 ensemble's size)" % (
+                 len(candidates), ", ".join(candidate_label(c) for c in candidates),
+                 "{:,}".format(size["total_bytes"])))
   if os.path.exists(directory):  # a re-run: the tool writes only into a new directory
     shutil.rmtree(directory)
-  seconds = run(yt8m("build_ensemble", "--train_dir=" + directory, "--candidates=" + candidates,
+  seconds = run(yt8m("build_ensemble", "--train_dir=" + directory,
+                     "--candidates=" + ",".join(candidates),
                      "--eval_data_pattern=" + data["eval_pattern"], "--batch_size=200",
                      "--size_limit_bytes=%d" % size["total_bytes"], "--results_json=" + results,
                      *eval_files_flags(args)), os.path.join(logs, "budget_build.log"))
   budget = json.load(open(results))
   done(seconds, "GAP %.5f, %s B: %s" % (budget["graph_gap"], "{:,}".format(
-      budget["measured_bytes"]), ", ".join("%s/%s" % (
-          os.path.basename(os.path.dirname(m["candidate"])), m["storage"])
+      budget["measured_bytes"]), ", ".join("%s in %s" % (candidate_label(m["candidate"]),
+                                                         m["storage"])
                                            for m in budget["members"])))
   return budget
 
@@ -353,8 +372,8 @@ def main(argv):
         ensembles["ensemble_fp16_tuned"]["eval"]["gap"], "{:,}".format(size["total_bytes"])))
     print("    budgeted ensemble:            GAP %.5f, %s B: %s" % (
         budget["graph_gap"], "{:,}".format(budget["measured_bytes"]), ", ".join(
-            "%s in %s (weight %.2f)" % (os.path.basename(os.path.dirname(m["candidate"])),
-                                        m["storage"], m["weight"])
+            "%s in %s (weight %.2f)" % (candidate_label(m["candidate"]), m["storage"],
+                                        m["weight"])
             for m in budget["members"])))
   print("  submission: %s (%d videos) from %s" % (csv_path, rows, tgz))
   print("  logs:       %s" % logs)

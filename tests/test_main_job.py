@@ -37,6 +37,10 @@ def test_forked_tools_give_the_results_of_tools_started_anew(tmp_path):
   assert not fresh.get("budget_build")
   # Step 8: the budgeted build fits the hand-picked ensemble's bytes.
   assert forked["budget_build"]["measured_bytes"] <= forked["size"]["total_bytes"]
+  # Its candidates: each model's average and last checkpoint, in each of the three storages.
+  options = forked["budget_build"]["options"]
+  assert len({o["candidate"] for o in options}) == 2 * len(forked["models"])
+  assert {o["storage"] for o in options} == {"float32", "float16", "uint8"}
   for forked_model, fresh_model in zip(forked["models"], fresh["models"]):
     assert forked_model["averaged"]["gap"] == fresh_model["averaged"]["gap"]
     assert {k: r["gap"] for k, r in forked_model["singles"].items()} == {
