@@ -35,19 +35,20 @@ def yt8m(module, *flags):
   return [sys.executable, "-m", "youtube-8m." + module] + list(flags)
 
 
-def run_child(command, log_path=None, env=None, echo=None):
+def run_child(command, log_path=None, env=None, echo=None, cpus=None, tag=""):
   """Runs command from the repo root, its output (stdout and stderr) to log_path; exits
   naming the command and the log if it fails.
 
   env: variables added to this process's environment (TF_CPP_MIN_LOG_LEVEL=2 by default).
-  echo: a compiled regex; output lines it matches are also printed, as "    | line".
+  echo: a compiled regex; output lines it matches are also printed, as "    | line" (with
+  tag: "    | tag line"). cpus: run the child on these CPUs only (sched_setaffinity).
   Returns (wall seconds, the child's peak RSS in MiB, the output's text).
   """
-  seconds, usage, text = run_child_usage(command, log_path, env, echo)
+  seconds, usage, text = run_child_usage(command, log_path, env, echo, cpus, tag)
   return seconds, usage.ru_maxrss / 1024.0, text
 
 
-def run_child_usage(command, log_path=None, env=None, echo=None):
+def run_child_usage(command, log_path=None, env=None, echo=None, cpus=None, tag=""):
   """run_child, returning (wall seconds, the child's os.wait4 rusage, the output's text)."""
   full_env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   full_env.update(env or {})
@@ -58,20 +59,25 @@ def run_child_usage(command, log_path=None, env=None, echo=None):
     if server is not None and server.can_serve(command, REPO_ROOT, full_env):
       read_end, write_end = os.pipe()
       try:
-        child = server.spawn(command, REPO_ROOT, full_env, write_end, write_end)
+        child = server.spawn(command, REPO_ROOT, full_env, write_end, write_end, cpus)
       finally:
         os.close(write_end)
       output = os.fdopen(read_end, "r")
     else:
       child = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, env=full_env, text=True, bufsize=1)
+                               stderr=subprocess.STDOUT, env=full_env, text=True, bufsize=1,
+                               preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus
+                               else None)
       output = child.stdout
     with output:
       for line in output:
         log.write(line)
         lines.append(line)
         if echo is not None and echo.search(line):
-          print("    | " + line.split("] ", 1)[-1].rstrip(), flush=True)
+          # one write per line: tools running side by side (main_job.py) do not mix lines
+          sys.stdout.write("    | %s%s\n" % (tag + " " if tag else "",
+                                              line.split("] ", 1)[-1].rstrip()))
+          sys.stdout.flush()
     if isinstance(child, subprocess.Popen):
       _, status, usage = os.wait4(child.pid, 0)
       code = os.waitstatus_to_exitcode(status)

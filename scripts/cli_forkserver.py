@@ -13,9 +13,11 @@ that TensorFlow, glibc or Python read once at start-up (TF_*, MALLOC_*, LD_*, PY
 different from the server's.
 
 Protocol (a Unix socket, one request per connection): the client sends a length-prefixed JSON
-{"argv", "cwd", "env"} with three file descriptors (stdin, stdout, stderr); the server answers
-{"pid"} once the child runs, then {"status", "rusage"} (an exit code, or -signal as
-subprocess gives; the child's peak RSS in KiB and user and system CPU seconds).
+{"argv", "cwd", "env", "cpus"} with three file descriptors (stdin, stdout, stderr); the server
+forks the child (on those CPUs only if "cpus" lists any) and, from a thread of its own so that
+requests run side by side, answers {"pid"} once the child runs, then {"status", "rusage"} (an
+exit code, or -signal as subprocess gives; the child's peak RSS in KiB and user and system CPU
+seconds).
 
     python scripts/cli_forkserver.py SOCKET_PATH    # serves until its parent exits
 """
@@ -89,6 +91,8 @@ def _run_tool(request, fds):
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.chdir(request["cwd"])
+    if request.get("cpus"):  # before TensorFlow sizes its thread pools (at the first session)
+      os.sched_setaffinity(0, request["cpus"])
     os.environ.clear()
     os.environ.update(request["env"])
     # What importing the package sets in a process started anew (the server imported it once,
@@ -131,6 +135,7 @@ def _serve_one(listener, connection):
   if request is None or len(fds) != 3:
     for fd in fds:
       os.close(fd)
+    connection.close()
     return
   sys.stdout.flush()
   sys.stderr.flush()
@@ -141,10 +146,19 @@ def _serve_one(listener, connection):
     _run_tool(request, fds)
   for fd in fds:
     os.close(fd)
-  _send(connection, {"pid": pid})
-  _, wait_status, usage = os.wait4(pid, 0)
-  _send(connection, {"status": os.waitstatus_to_exitcode(wait_status),
-                     "rusage": [usage.ru_maxrss, usage.ru_utime, usage.ru_stime]})
+  # The child's end is awaited in a thread, so that requests run side by side.
+  threading.Thread(target=_report_end, args=(connection, pid), daemon=True).start()
+
+
+def _report_end(connection, pid):
+  with connection:
+    try:
+      _send(connection, {"pid": pid})
+      _, wait_status, usage = os.wait4(pid, 0)
+      _send(connection, {"status": os.waitstatus_to_exitcode(wait_status),
+                         "rusage": [usage.ru_maxrss, usage.ru_utime, usage.ru_stime]})
+    except OSError:  # the client went away (e.g. it timed out and killed the child)
+      pass
 
 
 def _exit_with_parent(parent_pid):
@@ -172,11 +186,10 @@ def serve(socket_path):
   threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
   while True:
     connection, _ = listener.accept()
-    with connection:
-      try:
-        _serve_one(listener, connection)
-      except OSError:  # the client went away (e.g. it timed out and killed the child)
-        pass
+    try:
+      _serve_one(listener, connection)
+    except OSError:  # the client went away before its child started
+      connection.close()
 
 
 class Client(object):
@@ -188,6 +201,7 @@ class Client(object):
     self.server_log = server_log  # the server's own stderr (None: this process's)
     self.process = None
     self.failed = False
+    self._start_lock = threading.Lock()  # spawn may be called from several threads
 
   def _start(self):
     import subprocess  # pylint: disable=g-import-not-at-top
@@ -215,17 +229,18 @@ class Client(object):
             and argv[1] == "-m" and argv[2].startswith("youtube-8m.") and cwd == REPO_ROOT
             and startup_env(env) == startup_env(self.env))
 
-  def spawn(self, argv, cwd, env, stdout, stderr):
-    """Starts argv (can_serve) with stdout/stderr on the given file descriptors; returns its
-    Child."""
-    if self.process is None:
-      self._start()
+  def spawn(self, argv, cwd, env, stdout, stderr, cpus=None):
+    """Starts argv (can_serve) with stdout/stderr on the given file descriptors (and, given
+    cpus, on those CPUs only); returns its Child."""
+    with self._start_lock:
+      if self.process is None:
+        self._start()
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
       connection.connect(self.socket_path)
       with open(os.devnull) as stdin:
-        _send(connection, {"argv": list(argv), "cwd": cwd, "env": dict(env)},
-              fds=(stdin.fileno(), stdout, stderr))
+        _send(connection, {"argv": list(argv), "cwd": cwd, "env": dict(env),
+                           "cpus": sorted(cpus or ())}, fds=(stdin.fileno(), stdout, stderr))
       started, _ = _receive(connection)
     except BaseException:
       connection.close()

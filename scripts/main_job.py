@@ -22,12 +22,15 @@ duration and result; each tool's full output is kept in WORK_DIR/logs/.
 """
 
 import argparse
+import concurrent.futures
 import json
 import os
+import queue
 import re
 import shlex
 import shutil
 import sys
+import threading
 import time
 
 from bench_util import REPO_ROOT, run_child, use_forkserver, yt8m
@@ -54,6 +57,9 @@ def parse_args(argv):
   parser.add_argument("--test_videos", type=int, default=100)
   parser.add_argument("--difficulty", type=float, default=0.5)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--parallel_models", type=int, default=0,
+                      help="train/average/evaluate this many models side by side, each on its "
+                           "own CPUs (0: as many as there are models and CPUs; 1: in turn)")
   parser.add_argument("--nobudget_build", dest="budget_build", action="store_false",
                       help="skip step 8, the budgeted build under the tuned ensemble's size")
   # Real data (e.g. the 2018 frame-level files, local or gs://) instead of synthetic data.
@@ -76,6 +82,8 @@ def parse_args(argv):
   if any(real) and not all(real):
     parser.error("real data needs --train_data_pattern, --eval_data_pattern and "
                  "--test_data_pattern together")
+  if args.parallel_models < 0:
+    parser.error("--parallel_models must be >= 0 (0: as many as there are models and CPUs)")
   args.models = [tuple(int(v) for v in m.lower().split("x")) for m in args.models.split(",")]
   return args
 
@@ -85,13 +93,30 @@ def parse_args(argv):
 ECHO_RE = re.compile(r"Exported |\| ETA |planned submission|weight search: start")
 _STEPS = [0]
 _JOB_START = [time.time()]
+_CONSOLE = threading.Lock()
+# The model pipeline a thread runs: its tag in the console and the CPUs of its tools.
+_PIPELINE = threading.local()
+
+
+def say(text):
+  """Prints text as one write (lines of side-by-side model pipelines do not mix)."""
+  with _CONSOLE:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _tag():
+  tag = getattr(_PIPELINE, "tag", "")
+  return "[%s] " % tag if tag else ""
 
 
 def begin_step(title):
   """Prints the header of the next step."""
-  _STEPS[0] += 1
-  print("\n[step %d, %s into the job] %s" % (
-      _STEPS[0], _duration(time.time() - _JOB_START[0]), title), flush=True)
+  with _CONSOLE:
+    _STEPS[0] += 1
+    number = _STEPS[0]
+  say("\n[step %d, %s into the job] %s%s" % (
+      number, _duration(time.time() - _JOB_START[0]), _tag(), title))
 
 
 def _duration(seconds):
@@ -99,14 +124,49 @@ def _duration(seconds):
 
 
 def done(seconds, result):
-  print("    done in %s: %s" % (_duration(seconds), result), flush=True)
+  say("    %sdone in %s: %s" % (_tag(), _duration(seconds), result))
 
 
 def run(command, log_path=None):
   """Runs a `python -m youtube-8m.X` command (printed first); its output goes to log_path,
   its progress lines also to the console. Returns the seconds it took."""
-  print("+ " + " ".join(shlex.quote(c) for c in command), flush=True)
-  return run_child(command, log_path, echo=ECHO_RE)[0]
+  say("%s+ %s" % (_tag(), " ".join(shlex.quote(c) for c in command)))
+  return run_child(command, log_path, echo=ECHO_RE, cpus=getattr(_PIPELINE, "cpus", None),
+                   tag=_tag().strip())[0]
+
+
+def cpu_groups(jobs):
+  """This process's CPUs split into `jobs` groups of consecutive CPUs (sizes differ by at
+  most one)."""
+  cpus = sorted(os.sched_getaffinity(0))
+  return [cpus[i * len(cpus) // jobs:(i + 1) * len(cpus) // jobs] for i in range(jobs)]
+
+
+def train_models(args, data, logs):
+  """Trains, averages and evaluates each model (train_single_model): --parallel_models
+  pipelines side by side, each on its own CPUs (one TensorFlow process per core trains
+  faster in all than two processes in turn on both cores: docs/measurements.md)."""
+  jobs = args.parallel_models or min(len(args.models), len(os.sched_getaffinity(0)))
+  jobs = max(1, min(jobs, len(args.models), len(os.sched_getaffinity(0))))
+  if jobs == 1:
+    return [train_single_model(args, data, cluster, hidden, logs)
+            for cluster, hidden in args.models]
+  free = queue.Queue()
+  for group in cpu_groups(jobs):
+    free.put(group)
+
+  def pipeline(model):
+    cluster, hidden = model
+    _PIPELINE.cpus, _PIPELINE.tag = free.get(), "c%dh%d" % (cluster, hidden)
+    try:
+      return train_single_model(args, data, cluster, hidden, logs)
+    finally:
+      free.put(_PIPELINE.cpus)
+
+  say("\nThe %d models' pipelines (train, average, evaluate) run %d at a time, each on its "
+      "own CPUs (--parallel_models)" % (len(args.models), jobs))
+  with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+    return list(pool.map(pipeline, args.models))
 
 
 def eval_files_flags(args):
@@ -190,9 +250,11 @@ def budget_candidates(models):
 
 
 def candidate_label(path):
-  """'c16h128_160/avg_c16h128_210_300.ckpt-0' for a candidate's inference model path."""
+  """'c16h128_160/avg_c16h128_210_300.ckpt-0' or 'c16h128_160/model.ckpt-300' for a
+  candidate's inference model path."""
+  name = os.path.basename(path).replace("inference_model_", "")
   return "%s/%s" % (os.path.basename(os.path.dirname(path)),
-                    os.path.basename(path).replace("inference_model_", ""))
+                    "model.ckpt-" + name if name.isdigit() else name)
 
 
 def budget_build(args, data, models, size, logs):
@@ -257,8 +319,7 @@ def main(argv):
             "eval_pattern": "%s/validate*.tfrecord" % frame,
             "test_pattern": "%s/test*.tfrecord" % frame}
 
-  models = [train_single_model(args, data, cluster, hidden, logs)
-            for cluster, hidden in args.models]
+  models = train_models(args, data, logs)
 
   # The averaged single models (their inference_model_avg_* checkpoints) in one graph.
   members = ",".join(os.path.join(m["dir"], "inference_model_" + m["average_name"] + "-0")

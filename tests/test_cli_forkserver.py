@@ -66,3 +66,28 @@ def test_startup_settings_and_other_pythons_are_not_forked():
   assert not server.can_serve(argv, os.path.dirname(REPO_ROOT), cli_env())
   assert not server.can_serve(["python3"] + argv[1:], REPO_ROOT, cli_env())
   assert not server.can_serve([sys.executable, "scripts/main_job.py"], REPO_ROOT, cli_env())
+
+
+def test_requests_run_side_by_side_each_on_its_cpus(tmp_path):
+  server = forkserver()
+  if server is None:
+    pytest.skip("YT8M_TEST_FORKSERVER=0")
+  cpus = sorted(os.sched_getaffinity(0))
+  children = []
+  for name, cpu in (("a", cpus[0]), ("b", cpus[-1])):
+    argv = [sys.executable, "-m", "youtube-8m.synthetic_data", "--output_dir=%s" % (
+        tmp_path / name), "--levels=frame", "--num_train_files=4", "--num_validate_files=0",
+            "--num_test_files=0", "--videos_per_file=60", "--num_classes=20"]
+    with open(tmp_path / (name + ".log"), "w") as log:
+      children.append(server.spawn(argv, REPO_ROOT, cli_env(), log.fileno(), log.fileno(),
+                                   cpus=[cpu]))
+  # The first child still runs once the second has started (the server did not wait for it),
+  # and runs on the CPU it was given.
+  with open("/proc/%d/status" % children[0].pid) as status:
+    allowed = [line.split(":")[1].strip() for line in status if line.startswith(
+        "Cpus_allowed_list")]
+  assert allowed == [str(cpus[0])]
+  assert [child.wait(300)[0] for child in children] == [0, 0]
+  comparison = filecmp.dircmp(tmp_path / "a" / "frame", tmp_path / "b" / "frame")
+  assert len(comparison.left_list) == 4 and not filecmp.cmpfiles(
+      comparison.left, comparison.right, comparison.common_files, shallow=False)[1]
