@@ -16,6 +16,10 @@
    --candidates chooses among each model's average and last checkpoint, each in float32,
    float16 or 8 bits, under the tuned float16 ensemble's own size, and the two are compared.
 
+Steps that do not depend on each other run side by side, each on CPUs of its own
+(--parallel_jobs): the models' pipelines (2-4); the float32 ensemble beside the float16 one and
+its weight search (5-6); the submission beside the budgeted build (7-8).
+
 Every step is printed as it goes: its number and what it does, the command (so that it can be
 re-run by hand), the tool's progress lines (checkpoint exports, done/total with ETA), and its
 duration and result; each tool's full output is kept in WORK_DIR/logs/.
@@ -23,6 +27,7 @@ duration and result; each tool's full output is kept in WORK_DIR/logs/.
 
 import argparse
 import concurrent.futures
+import functools
 import json
 import os
 import queue
@@ -57,9 +62,10 @@ def parse_args(argv):
   parser.add_argument("--test_videos", type=int, default=100)
   parser.add_argument("--difficulty", type=float, default=0.5)
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--parallel_models", type=int, default=0,
-                      help="train/average/evaluate this many models side by side, each on its "
-                           "own CPUs (0: as many as there are models and CPUs; 1: in turn)")
+  parser.add_argument("--parallel_jobs", type=int, default=0,
+                      help="run up to this many independent steps (the models' pipelines, the "
+                           "ensembles) side by side, each on its own CPUs (0: one per CPU; 1: "
+                           "one step at a time)")
   parser.add_argument("--nobudget_build", dest="budget_build", action="store_false",
                       help="skip step 8, the budgeted build under the tuned ensemble's size")
   # Real data (e.g. the 2018 frame-level files, local or gs://) instead of synthetic data.
@@ -82,8 +88,8 @@ def parse_args(argv):
   if any(real) and not all(real):
     parser.error("real data needs --train_data_pattern, --eval_data_pattern and "
                  "--test_data_pattern together")
-  if args.parallel_models < 0:
-    parser.error("--parallel_models must be >= 0 (0: as many as there are models and CPUs)")
+  if args.parallel_jobs < 0:
+    parser.error("--parallel_jobs must be >= 0 (0: one per CPU)")
   args.models = [tuple(int(v) for v in m.lower().split("x")) for m in args.models.split(",")]
   return args
 
@@ -142,31 +148,36 @@ def cpu_groups(jobs):
   return [cpus[i * len(cpus) // jobs:(i + 1) * len(cpus) // jobs] for i in range(jobs)]
 
 
-def train_models(args, data, logs):
-  """Trains, averages and evaluates each model (train_single_model): --parallel_models
-  pipelines side by side, each on its own CPUs (one TensorFlow process per core trains
-  faster in all than two processes in turn on both cores: docs/measurements.md)."""
-  jobs = args.parallel_models or min(len(args.models), len(os.sched_getaffinity(0)))
-  jobs = max(1, min(jobs, len(args.models), len(os.sched_getaffinity(0))))
+def side_by_side(args, tasks):
+  """Runs tasks [(tag, function)] --parallel_jobs at a time (0: as many as there are tasks and
+  CPUs), each in a thread whose tools run on CPUs of their own (one TensorFlow process per
+  core does more in all than processes in turn on both cores: docs/measurements.md); one at
+  a time, untagged, on one CPU. Returns the functions' results in order."""
+  cpus = len(os.sched_getaffinity(0))
+  jobs = max(1, min(args.parallel_jobs or cpus, len(tasks), cpus))
   if jobs == 1:
-    return [train_single_model(args, data, cluster, hidden, logs)
-            for cluster, hidden in args.models]
+    return [function() for _, function in tasks]
   free = queue.Queue()
   for group in cpu_groups(jobs):
     free.put(group)
 
-  def pipeline(model):
-    cluster, hidden = model
-    _PIPELINE.cpus, _PIPELINE.tag = free.get(), "c%dh%d" % (cluster, hidden)
+  def call(task):
+    _PIPELINE.tag, function = task
+    _PIPELINE.cpus = free.get()
     try:
-      return train_single_model(args, data, cluster, hidden, logs)
+      return function()
     finally:
       free.put(_PIPELINE.cpus)
+      _PIPELINE.tag, _PIPELINE.cpus = "", None
 
-  say("\nThe %d models' pipelines (train, average, evaluate) run %d at a time, each on its "
-      "own CPUs (--parallel_models)" % (len(args.models), jobs))
   with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-    return list(pool.map(pipeline, args.models))
+    return list(pool.map(call, tasks))
+
+
+def train_models(args, data, logs):
+  """Trains, averages and evaluates each model (train_single_model), side by side."""
+  return side_by_side(args, [("c%dh%d" % model, functools.partial(
+      train_single_model, args, data, model[0], model[1], logs)) for model in args.models])
 
 
 def eval_files_flags(args):
@@ -238,6 +249,101 @@ def train_single_model(args, data, cluster, hidden, logs):
           "average_name": average, "average_range": (first, last), "averaged": averaged}
 
 
+class Ensembles(object):
+  """The averaged single models (their inference_model_avg_* checkpoints) in one graph:
+  built with given weights, evaluated, and the weights searched; results[name] keeps each
+  ensemble's directory, weights and evaluation."""
+
+  def __init__(self, args, data, models, logs):
+    self.args, self.data, self.models, self.logs = args, data, models, logs
+    self.members = ",".join(os.path.join(m["dir"], "inference_model_" + m["average_name"]
+                                         + "-0") for m in models)
+    self.results = {}
+
+  def directory(self, name):
+    return os.path.join(self.args.work_dir, name)
+
+  def build(self, name, float16, weights):
+    flags = ["--train_dir=" + self.directory(name), "--checkpoints=" + self.members,
+             "--float16_flag=%s" % float16]
+    for model, weight in zip(self.models, weights):
+      flags += ["--netvlad_cluster_size=%d" % model["cluster"],
+                "--netvlad_hidden_size=%d" % model["hidden"], "--ensemble_wts=%g" % weight]
+    begin_step("build %s: the averaged models in ONE %s graph, weights %s" % (
+        name, "float16" if float16 else "float32", " ".join("%.2f" % w for w in weights)))
+    seconds = run(yt8m("build_ensemble", *flags), os.path.join(self.logs,
+                                                                "build_%s.log" % name))
+    done(seconds, self.directory(name))
+    self.results[name] = {"dir": self.directory(name), "weights": list(weights),
+                          "float16": float16}
+
+  def evaluate(self, name):
+    results = os.path.join(self.directory(name), "eval_results.json")
+    begin_step("evaluate %s" % name)
+    seconds = run(yt8m("eval", "--eval_data_pattern=" + self.data["eval_pattern"],
+                       "--train_dir=" + self.directory(name), "--batch_size=200",
+                       "--run_once=True", "--checkpoint_file=inference_model",
+                       "--results_json=" + results, *eval_files_flags(self.args)),
+                  os.path.join(self.logs, "eval_%s.log" % name))
+    self.results[name]["eval"] = json.load(open(results))
+    done(seconds, "GAP %.5f" % self.results[name]["eval"]["gap"])
+
+  def build_and_evaluate(self, name, float16, weights):
+    self.build(name, float16, weights)
+    self.evaluate(name)
+
+  def search_and_build_tuned(self):
+    """The equal-weight float16 ensemble, ensemble_weights' search on it, and the float16
+    ensemble of the best weights built (not yet evaluated); returns the search's results."""
+    self.build_and_evaluate("ensemble_fp16_equal", True, [1.0 / len(self.models)]
+                            * len(self.models))
+    search_json = os.path.join(self.directory("ensemble_fp16_equal"), "weight_search.json")
+    begin_step("search the mixing weights on the held-out files")
+    seconds = run(yt8m("ensemble_weights", "--train_dir=" + self.directory(
+        "ensemble_fp16_equal"), "--eval_data_pattern=" + self.data["eval_pattern"],
+                       "--results_json=" + search_json, *eval_files_flags(self.args)),
+                  os.path.join(self.logs, "ensemble_weights.log"))
+    search = json.load(open(search_json))
+    done(seconds, "best weights %s: GAP %.5f (equal weights %.5f)" % (
+        search["best_weights"]["weights"], search["best_weights"]["gap"],
+        search["equal_weights"]["gap"]))
+    self.build("ensemble_fp16_tuned", True, search["best_weights"]["weights"])
+    return search
+
+
+def submission(args, data, logs, ensembles):
+  """The tuned float16 ensemble evaluated, then the submission: its tgz, its size and the
+  CSV predicted from the tgz. Returns (size, csv_path, tgz, rows)."""
+  ensembles.evaluate("ensemble_fp16_tuned")
+  tuned_dir = ensembles.directory("ensemble_fp16_tuned")
+  submission_dir = os.path.join(args.work_dir, "submission")
+  os.makedirs(submission_dir, exist_ok=True)
+  tgz = os.path.join(submission_dir, "submission.tgz")
+  csv_path = os.path.join(submission_dir, "submission.csv")
+  begin_step("write the submission tgz (and predict the test file from the model directory)")
+  seconds = run(yt8m("inference", "--train_dir=" + tuned_dir, "--output_model_tgz=" + tgz,
+                     "--input_data_pattern=" + data["test_pattern"],
+                     "--output_file=" + os.path.join(submission_dir, "submission_from_dir.csv"),
+                     "--batch_size=100"), os.path.join(logs, "inference_dir.log"))
+  done(seconds, "%s (%s B)" % (tgz, "{:,}".format(os.path.getsize(tgz))))
+  size_json = os.path.join(submission_dir, "size.json")
+  begin_step("measure the submission model against the 1 GiB limit")
+  seconds = run(yt8m("model_size", "--model_tgz=" + tgz, "--results_json=" + size_json),
+                os.path.join(logs, "model_size.log"))
+  size = json.load(open(size_json))
+  done(seconds, "%s B, %s" % ("{:,}".format(size["total_bytes"]),
+                              "fits" if size["fits"] else "DOES NOT FIT"))
+  begin_step("predict the test file from the tgz (the Kaggle CSV)")
+  seconds = run(yt8m("inference", "--input_model_tgz=" + tgz,
+                     "--untar_model_dir=" + os.path.join(args.work_dir, "untar"),
+                     "--input_data_pattern=" + data["test_pattern"],
+                     "--output_file=" + csv_path, "--batch_size=100"),
+                os.path.join(logs, "inference_tgz.log"))
+  rows = sum(1 for _ in open(csv_path)) - 1
+  done(seconds, "%s (%d videos)" % (csv_path, rows))
+  return size, csv_path, tgz, rows
+
+
 def budget_candidates(models):
   """Step 8's candidates: each model's average and its last exported checkpoint (a snapshot
   of the same run: a second member for the price of no extra training)."""
@@ -257,11 +363,17 @@ def candidate_label(path):
                     "model.ckpt-" + name if name.isdigit() else name)
 
 
-def budget_build(args, data, models, size, logs):
+def budget_build(args, data, models, tuned_dir, logs):
   """Step 8: build_ensemble --candidates (each model's average and last checkpoint) under
-  the hand-picked ensemble's bytes; returns its results."""
+  the bytes of the hand-picked ensemble in tuned_dir (model_size); returns its results."""
   directory = os.path.join(args.work_dir, "ensemble_budget")
   results = os.path.join(args.work_dir, "ensemble_budget.json")
+  size_json = os.path.join(args.work_dir, "ensemble_budget_limit.json")
+  begin_step("measure the tuned float16 ensemble's directory: the budgeted build's limit")
+  seconds = run(yt8m("model_size", "--train_dir=" + tuned_dir, "--results_json=" + size_json),
+                os.path.join(logs, "model_size_budget_limit.log"))
+  size = json.load(open(size_json))
+  done(seconds, "%s B" % "{:,}".format(size["total_bytes"]))
   candidates = budget_candidates(models)
   begin_step("budgeted build: %d candidates (%s) in float32, float16 or 8 bits under %s B "
              "(the tuned float16 ensemble's size)" % (
@@ -321,77 +433,20 @@ def main(argv):
 
   models = train_models(args, data, logs)
 
-  # The averaged single models (their inference_model_avg_* checkpoints) in one graph.
-  members = ",".join(os.path.join(m["dir"], "inference_model_" + m["average_name"] + "-0")
-                     for m in models)
-  ensembles = {}
-
-  def build_and_evaluate(name, float16, weights):
-    directory = os.path.join(args.work_dir, name)
-    flags = ["--train_dir=" + directory, "--checkpoints=" + members,
-             "--float16_flag=%s" % float16]
-    for model, weight in zip(models, weights):
-      flags += ["--netvlad_cluster_size=%d" % model["cluster"],
-                "--netvlad_hidden_size=%d" % model["hidden"], "--ensemble_wts=%g" % weight]
-    begin_step("build %s: the averaged models in ONE %s graph, weights %s" % (
-        name, "float16" if float16 else "float32", " ".join("%.2f" % w for w in weights)))
-    seconds = run(yt8m("build_ensemble", *flags), os.path.join(logs, "build_%s.log" % name))
-    done(seconds, directory)
-    results = os.path.join(directory, "eval_results.json")
-    begin_step("evaluate %s" % name)
-    seconds = run(yt8m("eval", "--eval_data_pattern=" + data["eval_pattern"],
-                       "--train_dir=" + directory, "--batch_size=200", "--run_once=True",
-                       "--checkpoint_file=inference_model", "--results_json=" + results,
-                       *eval_files_flags(args)),
-                  os.path.join(logs, "eval_%s.log" % name))
-    ensembles[name] = {"dir": directory, "weights": list(weights), "float16": float16,
-                       "eval": json.load(open(results))}
-    done(seconds, "GAP %.5f" % ensembles[name]["eval"]["gap"])
-    return directory
-
+  ensembles = Ensembles(args, data, models, logs)
   equal = [1.0 / len(models)] * len(models)
-  build_and_evaluate("ensemble_fp32_equal", False, equal)
-  fp16_dir = build_and_evaluate("ensemble_fp16_equal", True, equal)
-  search_json = os.path.join(fp16_dir, "weight_search.json")
-  begin_step("search the mixing weights on the held-out files")
-  seconds = run(yt8m("ensemble_weights", "--train_dir=" + fp16_dir,
-                     "--eval_data_pattern=" + data["eval_pattern"],
-                     "--results_json=" + search_json, *eval_files_flags(args)),
-                os.path.join(logs, "ensemble_weights.log"))
-  search = json.load(open(search_json))
-  done(seconds, "best weights %s: GAP %.5f (equal weights %.5f)" % (
-      search["best_weights"]["weights"], search["best_weights"]["gap"],
-      search["equal_weights"]["gap"]))
-  tuned_dir = build_and_evaluate("ensemble_fp16_tuned", True,
-                                 search["best_weights"]["weights"])
-
-  submission_dir = os.path.join(args.work_dir, "submission")
-  os.makedirs(submission_dir, exist_ok=True)
-  tgz = os.path.join(submission_dir, "submission.tgz")
-  csv_path = os.path.join(submission_dir, "submission.csv")
-  begin_step("write the submission tgz (and predict the test file from the model directory)")
-  seconds = run(yt8m("inference", "--train_dir=" + tuned_dir, "--output_model_tgz=" + tgz,
-                     "--input_data_pattern=" + data["test_pattern"],
-                     "--output_file=" + os.path.join(submission_dir, "submission_from_dir.csv"),
-                     "--batch_size=100"), os.path.join(logs, "inference_dir.log"))
-  done(seconds, "%s (%s B)" % (tgz, "{:,}".format(os.path.getsize(tgz))))
-  size_json = os.path.join(submission_dir, "size.json")
-  begin_step("measure the submission model against the 1 GiB limit")
-  seconds = run(yt8m("model_size", "--model_tgz=" + tgz, "--results_json=" + size_json),
-                os.path.join(logs, "model_size.log"))
-  size = json.load(open(size_json))
-  done(seconds, "%s B, %s" % ("{:,}".format(size["total_bytes"]),
-                              "fits" if size["fits"] else "DOES NOT FIT"))
-  begin_step("predict the test file from the tgz (the Kaggle CSV)")
-  seconds = run(yt8m("inference", "--input_model_tgz=" + tgz,
-                     "--untar_model_dir=" + os.path.join(args.work_dir, "untar"),
-                     "--input_data_pattern=" + data["test_pattern"],
-                     "--output_file=" + csv_path, "--batch_size=100"),
-                os.path.join(logs, "inference_tgz.log"))
-  rows = sum(1 for _ in open(csv_path)) - 1
-  done(seconds, "%s (%d videos)" % (csv_path, rows))
-
-  budget = budget_build(args, data, models, size, logs) if args.budget_build else None
+  # Side by side: the float32 ensemble, and the float16 one with its weight search and the
+  # tuned build; then the tuned ensemble's evaluation and submission, and the budgeted build
+  # (under the tuned ensemble's size, which model_size counts alike in its directory and tgz).
+  _, search = side_by_side(args, [
+      ("fp32", lambda: ensembles.build_and_evaluate("ensemble_fp32_equal", False, equal)),
+      ("fp16", ensembles.search_and_build_tuned)])
+  tasks = [("submission", lambda: submission(args, data, logs, ensembles))]
+  if args.budget_build:
+    tasks.append(("budget", lambda: budget_build(args, data, models, ensembles.directory(
+        "ensemble_fp16_tuned"), logs)))
+  (size, csv_path, tgz, rows), budget = side_by_side(args, tasks) + [None][:2 - len(tasks)]
+  ensembles = ensembles.results
 
   print()
   print("=" * 78)
