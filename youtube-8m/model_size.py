@@ -12,7 +12,6 @@ tensor (and every 8-bit kernel) as float32, and "FITS" or "DOES NOT FIT" --limit
 
 import json
 import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -59,7 +58,7 @@ def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFA
   """The size report (a dict) of a model in a directory or in a tgz."""
   report = {"model": model_name, "limit_bytes": limit, "source": model_tgz or train_dir}
   index_name = model_name + ".index"
-  with tempfile.TemporaryDirectory(prefix="model_size-") as tmp:
+  with storage.temporary_dir("yt8m-model-size") as tmp:
     if model_tgz:
       report["tgz_bytes"] = storage.size(model_tgz)
       # A gs:// tgz is downloaded (into memory when small, else a temporary file).

@@ -8,6 +8,11 @@ event files written there. When that variable is set, SummaryWriter writes every
 the graph) twice: into the tool's own directory, as before, and into a second event file in
 that directory. TensorFlow writes local files only (see storage.py), so a gs:// location is a
 staging.SyncedDir: its local mirror is uploaded at every flush() and at close().
+
+The event files are created with their first event (train's graph, eval's first summary), so
+an interrupted run leaves no event file without events; until its first flush an event file
+is an interrupts.temporary(), removed if a second signal stops the process at once (its
+events would be lost: TensorBoard would show an empty run).
 """
 
 import os
@@ -15,6 +20,7 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from . import interrupts
 from . import staging
 
 tf1 = tf.compat.v1
@@ -32,22 +38,36 @@ class SummaryWriter(object):
   mirrored into AIP_TENSORBOARD_LOG_DIR when Vertex AI sets it."""
 
   def __init__(self, logdir, graph=None, filename_suffix=None):
-    options = {"filename_suffix": filename_suffix} if filename_suffix else {}
-    self._writers = [tf1.summary.FileWriter(logdir, graph=graph, **options)]
+    self._options = {"filename_suffix": filename_suffix} if filename_suffix else {}
+    self._logdirs, self._writers, self._unflushed = [logdir], [], []
     self.mirror = None
     target = tensorboard_dir()
     if target:
       self.mirror = staging.SyncedDir(target)
-      try:
-        self._writers.append(tf1.summary.FileWriter(self.mirror.local, graph=graph, **options))
-      except BaseException:
-        self._writers[0].close()
-        self.mirror.close()
-        raise
+      self._logdirs.append(self.mirror.local)
       logging.info("Summaries also go to %s (%s, for Vertex AI TensorBoard)", target,
                    TENSORBOARD_DIR_ENV)
+    if graph is not None:
+      self._open(graph)
+
+  def _open(self, graph=None):
+    try:
+      for logdir in self._logdirs:
+        writer = tf1.summary.FileWriter(logdir, **self._options)
+        self._writers.append(writer)
+        # EventsWriter.FileName() creates the file (with its header) if needed.
+        events = getattr(writer.event_writer, "_ev_writer", None)
+        if events is not None:
+          self._unflushed.append(interrupts.temporary(events.FileName()))
+        if graph is not None:
+          writer.add_graph(graph)
+    except BaseException:
+      self.close()
+      raise
 
   def add_summary(self, summary, global_step=None):
+    if not self._writers:
+      self._open()
     for writer in self._writers:
       writer.add_summary(summary, global_step)
 
@@ -55,6 +75,8 @@ class SummaryWriter(object):
     """Writes the pending events; uploads the mirror's new events (a gs:// location)."""
     for writer in self._writers:
       writer.flush()
+    while self._unflushed:
+      interrupts.release(self._unflushed.pop())
     if self.mirror:
       self.mirror.push_new()
 
@@ -62,6 +84,8 @@ class SummaryWriter(object):
     try:
       for writer in self._writers:
         writer.close()
+      while self._unflushed:
+        interrupts.release(self._unflushed.pop())
       if self.mirror:
         self.mirror.push_new()
     finally:
