@@ -222,6 +222,8 @@ def write_checkpoint(prefix, write_fn):
     try:
       with writing(prefix, tmp_prefix):
         write_fn(tmp_prefix)
+      # The last safe point: the checkpoint is complete under its temporary name only.
+      interrupts.check("writing the checkpoint %s" % prefix)
       written = _index_last(storage.glob(tmp_prefix + ".*"))
       if storage.exists(prefix + ".index"):
         storage.remove(prefix + ".index")
@@ -270,7 +272,7 @@ class LocalCopies(contextlib.ExitStack):
   def local(self, prefix):
     """The local prefix to read checkpoint prefix from (prefix itself unless gs://)."""
     if prefix not in self._local:
-      interrupts.check("staging the checkpoint %s" % prefix)
+      interrupts.check("reading the checkpoint %s" % prefix)
       start = time.time()
       local = self.enter_context(local_copy(prefix))
       if local != prefix:

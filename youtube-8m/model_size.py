@@ -19,6 +19,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from . import interrupts
 from . import quantization
 from . import storage
 from . import utils
@@ -64,8 +65,11 @@ def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFA
       # A gs:// tgz is downloaded (into memory when small, else a temporary file).
       with storage.open(model_tgz, "rb") as handle, utils.reading_tgz(
           model_tgz, handle) as archive:
-        members = {os.path.basename(m.name): m for m in archive.getmembers()
-                   if m.isfile() and _is_model_file(os.path.basename(m.name), model_name)}
+        members = {}
+        for member in archive:  # each member is read (decompressed) in turn
+          interrupts.check("reading %s" % model_tgz)
+          if member.isfile() and _is_model_file(os.path.basename(member.name), model_name):
+            members[os.path.basename(member.name)] = member
         if index_name not in members:
           raise IOError("%s holds no %s" % (model_tgz, index_name))
         index_file = os.path.join(tmp, index_name)
