@@ -205,7 +205,7 @@ class Tool(object):
     with open(self.log) as handle:
       return handle.read()
 
-  def wait_until(self, condition, what, timeout=180):
+  def wait_until(self, condition, what, timeout=180, interval=0.002):
     deadline = time.time() + timeout
     while not condition():
       try:
@@ -214,7 +214,7 @@ class Tool(object):
         raise AssertionError("%s exited before %s:\n%s" % (self.module, what,
                                                             self.text()[-3000:]))
       assert time.time() < deadline, "no %s:\n%s" % (what, self.text()[-3000:])
-      time.sleep(0.002)
+      time.sleep(interval)
 
   def wait_for_line(self, pattern):
     self.wait_until(lambda: re.search(pattern, self.text(), re.M), repr(pattern))
@@ -349,7 +349,8 @@ def poll_until_stopped(trained, data, train_dir, signum, steps):
   done = set(state_gaps(train_dir))
   assert steps[0] in done
   second = Tool(trained["root"], "eval", args)
-  second.wait_until(lambda: set(state_gaps(train_dir)) == set(steps), "every step evaluated")
+  second.wait_until(lambda: set(state_gaps(train_dir)) == set(steps), "every step evaluated",
+                    interval=0.2)
   line = check_stopped(second.signal(TERM), TERM, "polling %s for new checkpoints" % train_dir,
                        code=0)
   evaluated = re.findall(r"epoch/eval number (\d+) ", first.text() + second.text())

@@ -85,16 +85,6 @@ def release(path):
     _state.temporaries.pop(path, None)
 
 
-@contextlib.contextmanager
-def registered(path, prefix=False):
-  """temporary(path, prefix) for the with block."""
-  temporary(path, prefix)
-  try:
-    yield path
-  finally:
-    release(path)
-
-
 def kept(description, key=None):
   """Records an output written in full (the line's "kept:"); a later one with the same key
   replaces it (e.g. the newest checkpoint of a run)."""

@@ -57,7 +57,7 @@ class SummaryWriter(object):
         self._writers.append(writer)
         # EventsWriter.FileName() creates the file (with its header) if needed.
         events = getattr(writer.event_writer, "_ev_writer", None)
-        if events is not None:
+        if events is not None and events.FileName():
           self._unflushed.append(interrupts.temporary(events.FileName()))
         if graph is not None:
           writer.add_graph(graph)
