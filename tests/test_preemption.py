@@ -126,17 +126,22 @@ def test_second_signal_or_immediate_mode_stops_at_once(tmp_path, mode):
                      "status 0" % temp]
 
 
-def test_event_files_appear_with_their_first_event(tmp_path, monkeypatch):
+def test_an_event_file_without_events_is_removed(tmp_path, monkeypatch):
   monkeypatch.delenv("AIP_TENSORBOARD_LOG_DIR", raising=False)
-  writer = yt8m("summaries").SummaryWriter(str(tmp_path), filename_suffix=".eval.1")
-  assert os.listdir(str(tmp_path)) == []  # an eval stopped before its first summary
-  writer.add_summary(tf.compat.v1.Summary(value=[tf.compat.v1.Summary.Value(
-      tag="x", simple_value=1.0)]), 3)
-  [name] = os.listdir(str(tmp_path))
-  assert interrupts._state.temporaries.get(str(tmp_path / name)) is False  # until flushed
-  writer.close()
-  assert str(tmp_path / name) not in interrupts._state.temporaries
-  assert summary_steps(str(tmp_path / name)) == [3]
+  summaries = yt8m("summaries")
+  with tf.Graph().as_default():  # FileWriter is graph-mode only, as in the tools
+    for logdir, steps in ((tmp_path / "stopped", []), (tmp_path / "done", [3])):
+      writer = summaries.SummaryWriter(str(logdir), filename_suffix=".eval.1")
+      [name] = [str(logdir / n) for n in os.listdir(str(logdir))]  # created at once
+      assert interrupts._state.temporaries.get(name) is False  # until events are flushed
+      for step in steps:
+        writer.add_summary(tf.compat.v1.Summary(value=[tf.compat.v1.Summary.Value(
+            tag="x", simple_value=1.0)]), step)
+        writer.flush()
+        assert name not in interrupts._state.temporaries
+      writer.close()
+      assert name not in interrupts._state.temporaries
+      assert (summary_steps(name) if steps else os.listdir(str(logdir))) == steps
 
 
 def test_eval_state_is_keyed_on_the_settings(tmp_path):

@@ -9,11 +9,12 @@ the graph) twice: into the tool's own directory, as before, and into a second ev
 that directory. TensorFlow writes local files only (see storage.py), so a gs:// location is a
 staging.SyncedDir: its local mirror is uploaded at every flush() and at close().
 
-The event files are created with their first event (train's graph, eval's first summary), so
-an interrupted run leaves no event file without events; until its first flush an event file
-is an interrupts.temporary(), removed if a second signal stops the process at once (its
-events would be lost: TensorBoard would show an empty run).
+An event file that holds no event at close() (an eval stopped before its first summary) is
+removed, as TensorBoard would show it as an empty run; until its first events are flushed it
+is an interrupts.temporary(), removed if a second signal stops the process at once.
 """
+
+import contextlib
 
 import os
 
@@ -38,22 +39,17 @@ class SummaryWriter(object):
   mirrored into AIP_TENSORBOARD_LOG_DIR when Vertex AI sets it."""
 
   def __init__(self, logdir, graph=None, filename_suffix=None):
-    self._options = {"filename_suffix": filename_suffix} if filename_suffix else {}
-    self._logdirs, self._writers, self._unflushed = [logdir], [], []
+    options = {"filename_suffix": filename_suffix} if filename_suffix else {}
+    self._writers, self._unflushed, self._written = [], [], graph is not None
     self.mirror = None
     target = tensorboard_dir()
     if target:
       self.mirror = staging.SyncedDir(target)
-      self._logdirs.append(self.mirror.local)
       logging.info("Summaries also go to %s (%s, for Vertex AI TensorBoard)", target,
                    TENSORBOARD_DIR_ENV)
-    if graph is not None:
-      self._open(graph)
-
-  def _open(self, graph=None):
     try:
-      for logdir in self._logdirs:
-        writer = tf1.summary.FileWriter(logdir, **self._options)
+      for directory in [logdir] + ([self.mirror.local] if self.mirror else []):
+        writer = tf1.summary.FileWriter(directory, **options)
         self._writers.append(writer)
         # EventsWriter.FileName() creates the file (with its header) if needed.
         events = getattr(writer.event_writer, "_ev_writer", None)
@@ -66,8 +62,7 @@ class SummaryWriter(object):
       raise
 
   def add_summary(self, summary, global_step=None):
-    if not self._writers:
-      self._open()
+    self._written = True
     for writer in self._writers:
       writer.add_summary(summary, global_step)
 
@@ -75,7 +70,7 @@ class SummaryWriter(object):
     """Writes the pending events; uploads the mirror's new events (a gs:// location)."""
     for writer in self._writers:
       writer.flush()
-    while self._unflushed:
+    while self._written and self._unflushed:
       interrupts.release(self._unflushed.pop())
     if self.mirror:
       self.mirror.push_new()
@@ -85,7 +80,11 @@ class SummaryWriter(object):
       for writer in self._writers:
         writer.close()
       while self._unflushed:
-        interrupts.release(self._unflushed.pop())
+        name = self._unflushed.pop()
+        if not self._written:
+          with contextlib.suppress(OSError):
+            os.remove(name)
+        interrupts.release(name)
       if self.mirror:
         self.mirror.push_new()
     finally:
