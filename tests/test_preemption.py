@@ -8,6 +8,7 @@ handlers are installed (SigCgt in /proc/PID/status), before its first safe point
 deterministic, no fixed sleep.
 """
 
+import contextlib
 import glob
 import json
 import logging
@@ -166,8 +167,8 @@ def test_eval_state_is_keyed_on_the_settings(tmp_path):
 
 def stop_lines(text, tool):
   """The interruption lines of tool in a log."""
-  return re.findall(r"\] (%s: (?:interrupted by|(?:second )?SIG\w+: stopping at once).*)$"
-                    % tool, text, re.M)
+  return re.findall(r"^(?:.*\] )?(%s: (?:interrupted by|(?:second )?SIG\w+: stopping at "
+                    r"once).*)$" % tool, text, re.M)
 
 
 def summary_steps(path):
@@ -185,6 +186,20 @@ def leftovers(pid, *directories):
   for directory in (tempfile.gettempdir(), storage.default_cache_dir()):
     found += glob.glob(os.path.join(directory, ".*.tmp-%d-*" % pid))
   return found
+
+
+_started = []  # Tools not finished yet: killed after the test (the fork server runs one at a time)
+
+
+@pytest.fixture(autouse=True)
+def _no_tool_left_running():
+  yield
+  while _started:
+    tool = _started.pop()
+    with contextlib.suppress(ProcessLookupError):
+      os.kill(tool.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+      tool.finish(60)
 
 
 class Tool(object):
@@ -205,6 +220,7 @@ class Tool(object):
                                    stderr=subprocess.STDOUT)
         self.pid, self._wait = process.pid, process.wait
     self.code = None
+    _started.append(self)
 
   def text(self):
     with open(self.log) as handle:
@@ -226,8 +242,12 @@ class Tool(object):
 
   def handlers_installed(self):
     """True once SIGTERM is caught (interrupts.handling has started)."""
-    with open("/proc/%d/status" % self.pid) as handle:
-      caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", handle.read(), re.M).group(1), 16)
+    try:
+      with open("/proc/%d/status" % self.pid) as handle:
+        status = handle.read()
+    except OSError:  # exited: wait_until says so
+      return False
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)", status, re.M).group(1), 16)
     return bool(caught & (1 << (TERM - 1)))
 
   def signal(self, *signums, when="handlers"):
@@ -241,6 +261,8 @@ class Tool(object):
     return self
 
   def finish(self, timeout=300):
+    if self in _started:
+      _started.remove(self)
     self.code = self._wait(timeout)
     return self.code, self.text()
 
