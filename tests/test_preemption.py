@@ -56,6 +56,7 @@ def signal_self(signum):
 def test_first_signal_stops_at_the_next_safe_point(tmp_path, absl_records):
   temp_file = str(tmp_path / ".out.tmp-1-ab")
   open(temp_file, "w").close()
+  handler = signal.getsignal(TERM)
   with pytest.raises(SystemExit) as stopped:
     with interrupts.handling("tool"):
       interrupts.temporary(temp_file)
@@ -71,7 +72,7 @@ def test_first_signal_stops_at_the_next_safe_point(tmp_path, absl_records):
   assert not os.path.exists(temp_file)
   assert absl_records()[-1] == ("tool: interrupted by SIGTERM during step 2; kept: out-1; "
                                 "removed: %s; exit status 143" % temp_file)
-  assert signal.getsignal(TERM) == signal.SIG_DFL  # restored
+  assert signal.getsignal(TERM) == handler  # restored
 
 
 def test_resumable_tool_exits_0_and_a_completed_one_says_so(absl_records):
@@ -297,22 +298,16 @@ def assert_same_tensors(a, b):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-  output_dir = str(tmp_path_factory.mktemp("preempt_data"))
-  yt8m("synthetic_data").generate(
-      output_dir, num_train_files=2, num_validate_files=2, num_test_files=2,
-      videos_per_file=40, validate_videos_per_file=40, test_videos_per_file=200,
-      num_classes=40, seed=3, difficulty=0.2, min_frames=20, max_frames=60, levels="frame",
-      num_threads=1)
-  frame = os.path.join(output_dir, "frame")
-  return {"train": "--train_data_pattern=%s/train*.tfrecord" % frame,
-          "validate": "--eval_data_pattern=%s/validate*.tfrecord" % frame,
-          "test": "--input_data_pattern=%s/test*.tfrecord" % frame}
+def data(tiny_data):
+  """conftest's tiny dataset; inference reads its 248 validate videos (long enough to be
+  stopped mid-way in batches of 2)."""
+  return {"train": "--train_data_pattern=" + tiny_data["train_pattern"],
+          "validate": "--eval_data_pattern=" + tiny_data["validate_pattern"],
+          "test": "--input_data_pattern=" + tiny_data["validate_pattern"]}
 
 
 def eval_flags(data, train_dir):
-  return ["--train_dir=" + train_dir, data["validate"], "--noeval_holdout_only",
-          "--batch_size=8", "--num_readers=1"]
+  return ["--train_dir=" + train_dir, data["validate"], "--batch_size=8", "--num_readers=1"]
 
 
 @pytest.fixture(scope="module")
@@ -470,7 +465,7 @@ def test_ensemble_weights_sigterm(ensemble, data, tmp_path):
   results = str(tmp_path / "weights.json")
   tool = Tool(tmp_path, "ensemble_weights", [
       "--train_dir=" + ensemble["dir"], "--checkpoint_file=inference_model", data["validate"],
-      "--noeval_holdout_only", "--batch_size=8", "--results_json=" + results]).signal(TERM)
+      "--batch_size=8", "--results_json=" + results]).signal(TERM)
   check_stopped(tool, TERM, "member predictions: 0/")
   assert not os.path.exists(results) and leftovers(tool.pid, str(tmp_path)) == []
 
