@@ -26,7 +26,7 @@ import threading
 
 from absl import logging
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGINT, signal.SIGTERM)  # installed in this order: SIGTERM caught, both are
 _SHOWN = 3  # kept outputs and removed temporaries named in the line
 
 
@@ -200,8 +200,8 @@ def _watch(read_fd):
 def _installed():
   read_fd, write_fd = os.pipe()
   os.set_blocking(write_fd, False)
+  old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)  # before the handlers
   previous = {signum: signal.signal(signum, lambda *unused: None) for signum in SIGNALS}
-  old_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
   signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
   watcher = threading.Thread(target=_watch, args=(read_fd,), name="interrupts", daemon=True)
   watcher.start()
@@ -234,11 +234,14 @@ def handling(tool):
   completed is reported in one line, and the status stays 0."""
   global _state
   _state = _State(tool)
-  with _installed():
-    try:
-      yield
-    except Interrupted as stop:
-      raise SystemExit(_finish(stop.during, stop.signum)) from None
-    if _state.signum:
-      logging.warning("%s: %s came as the work completed: nothing was interrupted; kept: %s",
-                      tool, requested(), _describe(_state.kept.values()))
+  try:
+    with _installed():
+      try:
+        yield
+      except Interrupted as stop:
+        raise SystemExit(_finish(stop.during, stop.signum)) from None
+      if _state.signum:
+        logging.warning("%s: %s came as the work completed: nothing was interrupted; kept: "
+                        "%s", tool, requested(), _describe(_state.kept.values()))
+  finally:
+    _state = _State()  # outside a tool's run (in-process use), nothing is interrupted
