@@ -324,8 +324,7 @@ def eval_flags(data, train_dir):
 @pytest.fixture(scope="module")
 def trained(data, tmp_path_factory):
   """A train_dir whose training was stopped by SIGINT a few steps after its first export
-  (train.py's resuming is test_pipeline's); the reference GAPs of its two checkpoints (one
-  eval of the list)."""
+  (train.py's resuming is test_pipeline's): two checkpoints."""
   root = tmp_path_factory.mktemp("preempt_train")
   train_dir = str(root / "train")
   args = [data["train"], "--train_dir=" + train_dir, "--batch_size=8", "--max_steps=1000",
@@ -334,13 +333,27 @@ def trained(data, tmp_path_factory):
   stopped = Tool(root, "train", args).signal(INT, when=r"training step 12 \|")
   line = check_stopped(stopped, INT, "training at step", code=0)
   steps = [step for step, _ in yt8m("checkpoint_utils").list_checkpoints(train_dir)]
-  results = str(root / "reference.json")
-  run_cli("eval", *eval_flags(data, train_dir), "--results_json=" + results,
-          "--checkpoint=" + ",".join("model.ckpt-%d" % step for step in steps))
+  return {"dir": train_dir, "root": root, "line": line, "steps": steps,
+          "leftovers": leftovers(stopped.pid, train_dir)}
+
+
+@pytest.fixture(scope="module")
+def reference(trained, data):
+  """eval of the list of the trained checkpoints, stopped by SIGTERM once the first is
+  evaluated, then the same command: the GAPs of every step, the polling test's reference."""
+  results = str(trained["root"] / "reference.json")
+  args = eval_flags(data, trained["dir"]) + ["--results_json=" + results, "--checkpoint=" +
+                                             ",".join("model.ckpt-%d" % s for s in trained["steps"])]
+  stopped = Tool(trained["root"], "eval", args).signal(
+      TERM, when=r"epoch/eval number %d " % trained["steps"][0])
+  line = check_stopped(stopped, TERM, "")
+  with open(results) as handle:
+    first = json.load(handle)
+  run_cli("eval", *args)
   with open(results) as handle:
     gaps = {int(r["global_step"]): r["gap"] for r in json.load(handle)}
-  return {"dir": train_dir, "root": root, "line": line, "steps": steps, "gaps": gaps,
-          "leftovers": leftovers(stopped.pid, train_dir)}
+  return {"line": line, "first": first, "gaps": gaps,
+          "leftovers": leftovers(stopped.pid, trained["dir"])}
 
 
 @pytest.mark.slow
@@ -350,7 +363,18 @@ def test_train_sigint_exports_the_step_and_exits_0(trained):
   assert trained["line"].endswith("exit status 0 (the same command goes on from there)")
   assert trained["steps"] == [10, stop] and stop >= 12
   assert trained["leftovers"] == []
-  for path in glob.glob(os.path.join(trained["dir"], "events.out.tfevents.*")):
+
+
+@pytest.mark.slow
+def test_eval_of_a_list_sigterm_keeps_what_it_evaluated(trained, reference):
+  first, train_dir = trained["steps"][0], trained["dir"]
+  assert [int(r["global_step"]) for r in reference["first"]] == [first]
+  assert re.search(r"kept: %s/inference_model_%d, \S+/reference\.json(, |;)" % (
+      re.escape(train_dir), first), reference["line"]), reference["line"]
+  assert reference["leftovers"] == []
+  assert sorted(reference["gaps"]) == trained["steps"]
+  assert reference["gaps"][first] == reference["first"][0]["gap"]
+  for path in glob.glob(os.path.join(train_dir, "events.out.tfevents.*")):
     assert summary_steps(path), path  # no event file without events
 
 
@@ -368,49 +392,32 @@ def state_gaps(train_dir):
   return {entry["step"]: entry["gap"] for entry in run["evaluated"]}
 
 
-def poll_until_stopped(trained, data, train_dir, signum, steps):
-  """Polling eval, stopped by signum once the first checkpoint is evaluated (exit 0); then
-  the same command, stopped once every step is in the state: the GAPs of an uninterrupted
-  eval, no checkpoint evaluated twice."""
+@pytest.mark.slow
+def test_eval_polling_on_gcs_goes_on_after_sigint(trained, reference, data, gcs_bucket):
+  """Polling eval of a gs:// train_dir, stopped by SIGINT once the first checkpoint is
+  evaluated (exit 0); then the same command, stopped once every step is in the state: the
+  GAPs of an uninterrupted eval, no checkpoint evaluated twice."""
+  train_dir, steps = gcs_bucket + "/poll", trained["steps"]
+  copy_checkpoints(trained["dir"], steps, train_dir)
   args = eval_flags(data, train_dir) + ["--eval_interval_secs=1"]
-  first = Tool(trained["root"], "eval", args).signal(signum, when=r"epoch/eval number %d "
+  first = Tool(trained["root"], "eval", args).signal(INT, when=r"epoch/eval number %d "
                                                      % steps[0])
-  line = check_stopped(first, signum, "", code=0)
+  line = check_stopped(first, INT, "", code=0)
   assert re.search(r"kept: .*%s/eval_state\.json \(\d checkpoint\(s\), step %d" % (
       re.escape(train_dir), steps[0]), line), line
-  done = set(state_gaps(train_dir))
-  assert steps[0] in done
+  assert steps[0] in state_gaps(train_dir)
   second = Tool(trained["root"], "eval", args)
   second.wait_until(lambda: set(state_gaps(train_dir)) == set(steps), "every step evaluated",
                     interval=0.2)
-  line = check_stopped(second.signal(TERM), TERM, "polling %s for new checkpoints" % train_dir,
-                       code=0)
+  check_stopped(second.signal(TERM), TERM, "polling %s for new checkpoints" % train_dir, code=0)
   evaluated = re.findall(r"epoch/eval number (\d+) ", first.text() + second.text())
-  assert sorted(map(int, evaluated)) == sorted(steps), evaluated
-  assert state_gaps(train_dir) == {step: trained["gaps"][step] for step in steps}
-  return first, second
-
-
-@pytest.mark.slow
-def test_eval_polling_goes_on_after_sigterm(trained, data, tmp_path):
-  train_dir = str(tmp_path / "poll")
-  os.makedirs(train_dir)
-  copy_checkpoints(trained["dir"], trained["steps"], train_dir)
-  first, second = poll_until_stopped(trained, data, train_dir, TERM, trained["steps"])
-  assert leftovers(first.pid, train_dir) == leftovers(second.pid, train_dir) == []
-  events = glob.glob(os.path.join(train_dir, "events.out.tfevents.*"))
-  assert sorted(step for path in events for step in summary_steps(path)) == trained["steps"]
-
-
-@pytest.mark.slow
-def test_eval_polling_on_gcs_goes_on_after_sigint(trained, data, gcs_bucket):
-  train_dir = gcs_bucket + "/poll"
-  steps = trained["steps"][:2]
-  copy_checkpoints(trained["dir"], steps, train_dir)
-  poll_until_stopped(trained, data, train_dir, INT, steps)
+  assert sorted(map(int, evaluated)) == steps, evaluated
+  assert state_gaps(train_dir) == reference["gaps"]
   events = storage.glob(train_dir + "/events.out.tfevents.*")
-  assert events and all(summary_steps(storage.stage_file(path)) for path in events)
+  assert sorted(step for path in events for step in summary_steps(storage.stage_file(path))) \
+      == steps  # each evaluation's summary once, no event file without one
   assert not [p for p in storage.list_files(gcs_bucket) if ".tmp" in p]
+  assert leftovers(first.pid) == leftovers(second.pid) == []
 
 
 @pytest.fixture(scope="module")
@@ -445,7 +452,7 @@ def test_overwrite_float16_ckpt_sigterm_then_the_same_tensors(ensemble, trained,
   args = ["--train_dir=" + ens, "--inference_model=inference_model", "--out_name=filled",
           "--checkpoints=" + ensemble["args"][1].split("=", 1)[1]]
   tool = Tool(tmp_path, "overwrite_float16_ckpt", args).signal(TERM)
-  check_stopped(tool, TERM, "reading the checkpoint %s/inference_model" % ens)
+  check_stopped(tool, TERM, "reading the checkpoint ")
   assert sorted(os.listdir(ens)) == sorted(os.listdir(ensemble["dir"]))
   assert leftovers(tool.pid, ens) == []
   run_cli("overwrite_float16_ckpt", *args)
@@ -481,10 +488,12 @@ def test_ensemble_weights_sigterm(ensemble, data, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def submission(ensemble, data):
-  """The uninterrupted inference of the ensemble: CSV and submission tgz."""
-  root = os.path.dirname(ensemble["dir"])
-  args = ["--train_dir=" + ensemble["dir"], data["test"], "--batch_size=2"]
+def submission(trained, reference, data):
+  """The uninterrupted inference of the single model the reference eval exported as
+  inference_model_<first step> (a small graph: the tool starts fast): CSV and tgz."""
+  root = str(trained["root"])
+  args = ["--train_dir=" + trained["dir"], data["test"], "--batch_size=2",
+          "--inference_model_file=inference_model_%d" % trained["steps"][0]]
   run_cli("inference", *args, "--output_file=%s/reference.csv" % root,
           "--output_model_tgz=%s/reference.tgz" % root)
   with open(root + "/reference.csv", "rb") as handle:
@@ -497,7 +506,7 @@ def test_inference_stopped_mid_way_then_the_same_csv(submission, tmp_path):
   os.makedirs(out)
   args = submission["args"] + ["--output_file=%s/sub.csv" % out,
                                "--output_model_tgz=%s/sub.tgz" % out]
-  for signums in ((TERM,), (INT,), (TERM, TERM)):
+  for signums in ((TERM,), (TERM, TERM)):  # SIGINT: train's, eval's and model_size's tests
     tool = Tool(tmp_path, "inference", args).signal(
         *signums, when=r"num examples processed: [1-9]")
     line = check_stopped(tool, signums[0], "inference: ", second=len(signums) > 1)
