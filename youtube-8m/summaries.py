@@ -10,8 +10,9 @@ that directory. TensorFlow writes local files only (see storage.py), so a gs:// 
 staging.SyncedDir: its local mirror is uploaded at every flush() and at close().
 
 An event file that holds no event at close() (an eval stopped before its first summary) is
-removed, as TensorBoard would show it as an empty run; until its first events are flushed it
-is an interrupts.temporary(), removed if a second signal stops the process at once.
+removed, as TensorBoard would show it as an empty run; until its first summary is flushed
+such a file (of a writer without a graph) is an interrupts.temporary(), removed if a second
+signal stops the process at once.
 """
 
 import contextlib
@@ -49,14 +50,12 @@ class SummaryWriter(object):
                    TENSORBOARD_DIR_ENV)
     try:
       for directory in [logdir] + ([self.mirror.local] if self.mirror else []):
-        writer = tf1.summary.FileWriter(directory, **options)
+        # With a graph, the writer's thread writes it (and its meta graph) at once.
+        writer = tf1.summary.FileWriter(directory, graph=graph, **options)
         self._writers.append(writer)
-        # EventsWriter.FileName() creates the file (with its header) if needed.
         events = getattr(writer.event_writer, "_ev_writer", None)
-        if events is not None and events.FileName():
+        if graph is None and events is not None and events.FileName():
           self._unflushed.append(interrupts.temporary(events.FileName()))
-        if graph is not None:
-          writer.add_graph(graph)
     except BaseException:
       self.close()
       raise
