@@ -291,6 +291,25 @@ def _generate_file(seed, model, task):
   return num_frames, sum(os.path.getsize(paths[level]) for level in levels)
 
 
+def _write_files(tasks, seed, model, num_threads):
+  """({split: frames}, bytes) of the files of tasks, written by num_threads threads; after an
+  error or a signal (interrupts), the files not started are not."""
+  num_frames = dict.fromkeys(SPLITS, 0)
+  num_bytes = 0
+  with concurrent.futures.ThreadPoolExecutor(num_threads or min(4, os.cpu_count() or 1)) as ex:
+    futures = [ex.submit(_generate_file, seed, model, task) for task in tasks]
+    try:
+      for done, (task, future) in enumerate(zip(tasks, futures)):
+        frames, size = future.result()
+        num_frames[task[2]] += frames
+        num_bytes += size
+        interrupts.kept("%d of %d files" % (done + 1, len(tasks)), key="files")
+    finally:
+      for future in futures:
+        future.cancel()
+  return num_frames, num_bytes
+
+
 def _check(cond, flag, message):
   if not cond:
     raise ValueError("--%s: %s" % (flag, message))
@@ -378,19 +397,7 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
       logging.warning("%s/%s already holds %d other .tfrecord files (e.g. %s) that glob "
                       "patterns will also match.", output_dir, level, len(stale), stale[0])
 
-  num_frames = dict.fromkeys(SPLITS, 0)
-  num_bytes = 0
-  with concurrent.futures.ThreadPoolExecutor(num_threads or min(4, os.cpu_count() or 1)) as ex:
-    futures = [ex.submit(_generate_file, seed, model, task) for task in tasks]
-    try:
-      for done, (task, future) in enumerate(zip(tasks, futures)):
-        frames, size = future.result()
-        num_frames[task[2]] += frames
-        num_bytes += size
-        interrupts.kept("%d of %d files" % (done + 1, len(tasks)), key="files")
-    finally:
-      for future in futures:  # after an error or a signal: the files not started
-        future.cancel()
+  num_frames, num_bytes = _write_files(tasks, seed, model, num_threads)
   seconds = time.time() - start_time
   logging.info(
       "Wrote %d files (%s level) to %s: %d videos (train=%d, validate=%d, test=%d), "
