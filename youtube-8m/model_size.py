@@ -55,6 +55,13 @@ def float32_size(name, dtypes):
   return dtypes[name].size
 
 
+def _checked(archive, tgz_path):
+  """The members of a tarfile, each read (decompressed) in turn: a safe point before each."""
+  for member in archive:
+    interrupts.check("reading %s" % tgz_path)
+    yield member
+
+
 def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFAULT_LIMIT):
   """The size report (a dict) of a model in a directory or in a tgz."""
   report = {"model": model_name, "limit_bytes": limit, "source": model_tgz or train_dir}
@@ -65,11 +72,8 @@ def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFA
       # A gs:// tgz is downloaded (into memory when small, else a temporary file).
       with storage.open(model_tgz, "rb") as handle, utils.reading_tgz(
           model_tgz, handle) as archive:
-        members = {}
-        for member in archive:  # each member is read (decompressed) in turn
-          interrupts.check("reading %s" % model_tgz)
-          if member.isfile() and _is_model_file(os.path.basename(member.name), model_name):
-            members[os.path.basename(member.name)] = member
+        members = {os.path.basename(m.name): m for m in _checked(archive, model_tgz)
+                   if m.isfile() and _is_model_file(os.path.basename(m.name), model_name)}
         if index_name not in members:
           raise IOError("%s holds no %s" % (model_tgz, index_name))
         index_file = os.path.join(tmp, index_name)
