@@ -1,5 +1,6 @@
 """train.py's training graph, in-process: learning-rate schedule, gradient clipping, tower
-averaging and batch split, optimizers, losses, batch-norm updates and the stop signal.
+averaging and batch split, optimizers, losses and batch-norm updates (the stop signal:
+test_preemption.py).
 
 Expected values come from the formulas of docs/original.md ("Loss and optimizer", "Batch
 normalization") and the optimizers' documented update rules, evaluated in numpy on values
@@ -7,8 +8,6 @@ fetched from the graph.
 """
 
 import math
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -247,19 +246,3 @@ def test_training_step_updates_batch_norm_moving_statistics(tiny_data):
   # atol: the float32 moving variance (~1) carries ~1e-7 absolute error into `moved`
   np.testing.assert_allclose(moved, x.var(0, ddof=1), rtol=2e-3, atol=1e-6)
   assert not np.allclose(moved, x.var(0), rtol=2e-2)  # not the biased variance (8/7 apart)
-
-
-def test_a_second_stop_signal_stops_at_once():
-  saved = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-  try:
-    stop = yt8m("training_loop").StopRequest()
-    assert stop.signal_name is None
-    os.kill(os.getpid(), signal.SIGTERM)  # the first one only asks for a clean stop
-    assert stop.signal_name == "SIGTERM"
-    with pytest.raises(KeyboardInterrupt):
-      os.kill(os.getpid(), signal.SIGTERM)
-      for _ in range(1000):  # the handler runs at the next bytecode boundary
-        pass
-  finally:
-    for signum, handler in saved.items():
-      signal.signal(signum, handler)

@@ -33,7 +33,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 import time
 
 import numpy as np
@@ -254,8 +253,8 @@ def run(pool, candidates, train_dir, settings, dry_run=False, results_json=""):
     raise CheckpointToolError("--train_dir=%s already holds a model (%s): the budgeted build "
                               "writes a new ensemble, give a new --train_dir" % (
                                   train_dir, utils.model_flags_path(train_dir)))
-  with checkpoint_utils.LocalCopies() as copies, tempfile.TemporaryDirectory(
-      prefix="yt8m-budget-") as directory:
+  with checkpoint_utils.LocalCopies() as copies, storage.temporary_dir(
+      "yt8m-budget") as directory:
     sizes, base = option_sizes(pool, candidates, settings.storages, copies, directory)
     check_fits(sizes, base, settings.limit, candidates)
     logging.info("%d options (%d candidates x %s); base %d bytes; limit %d", len(sizes),

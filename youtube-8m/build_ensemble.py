@@ -18,7 +18,6 @@ the held-out GAP with the submission under --size_limit_bytes (budget_build.py).
 """
 
 import os
-import tempfile
 
 from absl import app
 from absl import flags
@@ -193,7 +192,7 @@ def assemble_config(checkpoints, explicit, member_jsons, source_specs):
 def planned_size(plan, config):
   """Bytes of the submission files: tensor data and meta graph exact (the meta graph exported
   to a temporary file), the .index and model_flags.json estimated."""
-  with tempfile.TemporaryDirectory(prefix="yt8m-plan-") as directory:
+  with storage.temporary_dir("yt8m-plan") as directory:
     meta = os.path.getsize(model_graph.export_inference_meta(
         os.path.join(directory, "plan.meta"), config))
   data = plan.output_bytes()

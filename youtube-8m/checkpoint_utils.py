@@ -8,7 +8,6 @@ import glob
 import os
 import re
 import resource
-import shutil
 import sys
 import time
 
@@ -16,6 +15,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from . import interrupts
 from . import progress as progress_lib
 from . import storage
 from . import utils
@@ -217,10 +217,13 @@ def write_checkpoint(prefix, write_fn):
         contextlib.nullcontext(os.path.dirname(prefix))) as directory:
     if not remote:
       storage.remove_orphans(directory, name)
-    tmp_prefix = os.path.join(directory, storage.temp_name(name))
+    tmp_prefix = interrupts.temporary(os.path.join(directory, storage.temp_name(name)),
+                                      prefix=True)
     try:
       with writing(prefix, tmp_prefix):
         write_fn(tmp_prefix)
+      # The last safe point: the checkpoint is complete under its temporary name only.
+      interrupts.check("writing the checkpoint %s" % prefix)
       written = _index_last(storage.glob(tmp_prefix + ".*"))
       if storage.exists(prefix + ".index"):
         storage.remove(prefix + ".index")
@@ -237,6 +240,7 @@ def write_checkpoint(prefix, write_fn):
     finally:
       for path in storage.glob(glob.escape(tmp_prefix) + "*"):
         storage.remove(path)
+      interrupts.release(tmp_prefix)
   return prefix
 
 
@@ -268,6 +272,7 @@ class LocalCopies(contextlib.ExitStack):
   def local(self, prefix):
     """The local prefix to read checkpoint prefix from (prefix itself unless gs://)."""
     if prefix not in self._local:
+      interrupts.check("reading the checkpoint %s" % prefix)
       start = time.time()
       local = self.enter_context(local_copy(prefix))
       if local != prefix:
@@ -278,15 +283,10 @@ class LocalCopies(contextlib.ExitStack):
     return self._local[prefix]
 
 
-@contextlib.contextmanager
 def _temp_dir(name):
   """A temporary local directory under storage.default_cache_dir(), removed on exit (or by a
   later one if this process is killed)."""
-  directory = storage.temp_dir(name, storage.default_cache_dir())
-  try:
-    yield directory
-  finally:
-    shutil.rmtree(directory, ignore_errors=True)
+  return storage.temporary_dir(name, storage.default_cache_dir())
 
 
 def aligned_empty(shape, dtype):
@@ -319,10 +319,11 @@ def write_checkpoint_tensors(prefix, tensors):
 def convert_largest_first(items, convert, what):
   """{name: convert(name)} of items [(name, bytes read, bytes written)], the largest read
   first (a big tensor's transient inputs are paid while few results are held), with a
-  progress line of the bytes written, in MiB."""
+  progress line of the bytes written, in MiB; a safe point (interrupts) before each."""
   tensors = {}
   progress = progress_lib.Progress(what, sum(item[2] for item in items), "MiB", scale=2**20)
   for name, _, written in sorted(items, key=lambda item: (-item[1], item[0])):
+    interrupts.check("%s, %d of %d tensors done" % (what, len(tensors), len(items)))
     tensors[name] = convert(name)
     progress.update(written)
   progress.finish()

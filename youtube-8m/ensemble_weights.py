@@ -27,6 +27,7 @@ from absl import logging
 from . import checkpoint_utils
 from . import eval_util
 from . import fp16_layers
+from . import interrupts
 from . import model_graph
 from . import progress as progress_lib
 from . import readers
@@ -134,6 +135,8 @@ def search(objective, num_models, seed=0, restarts=5):
   progress = progress_lib.Progress("weight search", len(starts), "starting points",
                                    interval=0)
   for start in starts:
+    interrupts.check("the weight search, %d of %d starting points done" % (len(trace),
+                                                                           len(starts)))
     units, gap = coordinate_ascent(objective, start)
     trace.append({"start": [u / RESOLUTION for u in start],
                   "end": [u / RESOLUTION for u in units], "gap": gap})

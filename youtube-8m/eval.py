@@ -10,6 +10,10 @@ inference_checkpoint_name) whose meta graph holds only the model. A comma list
 (``--checkpoint=model.ckpt-10.index,model.ckpt-20.index``) evaluates each checkpoint in turn
 in one graph and session, restoring it and re-reading the data: the outputs of each are those
 of a run on it alone.
+
+Without a checkpoint and --run_once, eval polls DIR: it evaluates every model.ckpt-<step>, in
+step order, as they appear, and records each in DIR/eval_state.json (EvalState). Stopped by
+SIGTERM/SIGINT (exit status 0), the same command goes on with the checkpoints not evaluated.
 """
 
 import json
@@ -26,6 +30,7 @@ from . import checkpoint_utils
 from . import eval_util
 from . import fp16_layers
 from . import gpu_check
+from . import interrupts
 from . import losses
 from . import model_graph
 from . import progress as progress_lib
@@ -63,7 +68,9 @@ def define_flags():
                        "batches.")
   flags.DEFINE_integer("num_readers", 8,
                        "Files read in parallel (interleaved in a fixed order).")
-  flags.DEFINE_bool("run_once", False, "Evaluate one checkpoint and exit; else keep polling.")
+  flags.DEFINE_bool("run_once", False,
+                    "Evaluate one checkpoint and exit; else keep polling (each new checkpoint, "
+                    "recorded in eval_state.json: a restarted poll goes on with the others).")
   flags.DEFINE_integer("eval_interval_secs", 60, "Seconds between polls for new checkpoints.")
   flags.DEFINE_integer("top_k", 20, "k of GAP@k and of the mAP pools.")
   flags.DEFINE_bool("force_output_model_name", False,
@@ -147,7 +154,50 @@ def save_inference_checkpoint(sess, saver, config, name, synced):
   prefix = checkpoint_utils.write_checkpoint(os.path.join(synced.local, name), write)
   synced.push([name + ".*"])
   logging.info("Saved inference checkpoint %s (+ .meta)", synced.remote_path(name))
+  interrupts.kept(synced.remote_path(name))
   return prefix
+
+
+class EvalState(object):
+  """train_dir/eval_state.json: the training checkpoints the polling mode evaluated, with
+  their metrics, for each set of evaluation settings (data, flags, model: other settings
+  start their own list); rewritten atomically after each evaluation."""
+
+  def __init__(self, train_dir, settings):
+    self.path = os.path.join(train_dir, utils.EVAL_STATE_FILE)
+    self.runs = []
+    if storage.exists(self.path):
+      try:
+        self.runs = list(json.loads(storage.read_text(self.path))["runs"])
+        others = [run for run in self.runs if run["settings"] != settings]
+      except (ValueError, KeyError, TypeError) as error:
+        raise ValueError("%s is not eval.py's state file (%s): move it away to evaluate "
+                         "every checkpoint again" % (self.path, error))
+      if others:
+        logging.info("%s also lists %d evaluation(s) with other data, flags or model: not "
+                     "taken into account", self.path, len(others))
+    matching = [run for run in self.runs if run["settings"] == settings]
+    if not matching:
+      matching = [{"settings": settings, "evaluated": []}]
+      self.runs.append(matching[0])
+    self.evaluated = matching[0]["evaluated"]
+    if self.evaluated:
+      logging.info("%s: %s already evaluated with these settings; polling goes on with the "
+                   "others", self.path, self.describe())
+
+  def steps(self):
+    return {entry["step"] for entry in self.evaluated}
+
+  def describe(self):
+    steps = sorted(self.steps())
+    shown = steps if len(steps) <= 5 else steps[:2] + ["..."] + steps[-2:]
+    return "%d checkpoint(s), step %s" % (len(steps), ", ".join(map(str, shown)))
+
+  def add(self, step, results):
+    self.evaluated.append(dict({key: results[key] for key in (
+        "gap", "hit_at_one", "perr", "map", "loss", "examples")}, step=step))
+    utils.write_atomically(self.path, json.dumps({"runs": self.runs}, indent=1) + "\n")
+    interrupts.kept("%s (%s)" % (self.path, self.describe()), key=self.path)
 
 
 def batch_parts():
@@ -261,13 +311,15 @@ def evaluate():
                    parts, size)
     total = progress_lib.count_inputs("eval", files)
   evaluation = Evaluation(config, files, total, len(requested) > 1)
-  with tf1.Session(graph=evaluation.graph,
-                   config=tf1.ConfigProto(allow_soft_placement=True)) as sess:
-    for name, prefix in requested:
-      evaluation.checkpoint(sess, prefix, name)
-    if not requested:
-      evaluation.poll(sess, train_dir)
-  evaluation.writer.close()
+  try:
+    with tf1.Session(graph=evaluation.graph,
+                     config=tf1.ConfigProto(allow_soft_placement=True)) as sess:
+      for name, prefix in requested:
+        evaluation.checkpoint(sess, prefix, name)
+      if not requested:
+        evaluation.poll(sess, train_dir)
+  finally:
+    evaluation.writer.close()
   return evaluation.results[-1] if evaluation.results else None
 
 
@@ -305,7 +357,7 @@ class Evaluation(object):
     if name:
       save_inference_checkpoint(sess, self.saver, config, name, self.synced)
     if FLAGS.create_meta_only:
-      return
+      return None
     summary = summary_tag_and_step(prefix, int(sess.run(self.tensors["global_step"])),
                                    config.ensemble_wts if config.ensemble_num > 1 else None)
     results = evaluate_batches(sess, self.tensors, config, step_label, self.writer,
@@ -318,32 +370,50 @@ class Evaluation(object):
       # A list of checkpoints: the results of all evaluated so far, in order.
       written = self.results if self.several else results
       utils.write_atomically(FLAGS.results_json, json.dumps(written, indent=1) + "\n")
+      interrupts.kept(FLAGS.results_json)
+    return results
+
+  def state_settings(self):
+    """What the metrics of a checkpoint depend on (EvalState's key), as JSON holds it."""
+    return json.loads(json.dumps({
+        "eval_data_pattern": FLAGS.eval_data_pattern, "files": len(self.files),
+        "eval_holdout_only": FLAGS.eval_holdout_only, "top_k": FLAGS.top_k,
+        "compute_dtype": FLAGS.compute_dtype, "model": self.config.to_json_dict()}))
 
   def poll(self, sess, train_dir):
-    """Evaluates the newest training checkpoint of train_dir as it appears (once with
-    --run_once or --create_meta_only)."""
-    last_evaluated = None
+    """--run_once or --create_meta_only: the newest training checkpoint of train_dir (waited
+    for without --run_once). Else every training checkpoint not in EvalState, in step order,
+    as they appear, until a signal (exit status 0: the same command goes on)."""
+    once = FLAGS.run_once or FLAGS.create_meta_only
+    state = None if once else EvalState(train_dir, self.state_settings())
+    if state:
+      interrupts.set_resumable()
+    unreadable = set()  # named once, not retried by this run
     while True:
-      newest = checkpoint_utils.newest_checkpoint(train_dir)
-      prefix = newest[1] if newest else None
-      if prefix is None or prefix == last_evaluated:
-        if prefix is None:
+      interrupts.check("polling %s for new checkpoints" % train_dir)
+      found = checkpoint_utils.list_checkpoints(train_dir)
+      pending = [item for item in (found[-1:] if once else found) if item[1] not in unreadable
+                 and (once or item[0] not in state.steps())]
+      if not pending:
+        if not found:
           logging.info("No checkpoint file found.")
           if FLAGS.run_once:
             raise IOError("No model.ckpt-<step> checkpoint in %s" % train_dir)
-        time.sleep(FLAGS.eval_interval_secs)
+        interrupts.sleep(FLAGS.eval_interval_secs)
         continue
-      last_evaluated = prefix
+      step, prefix = pending[0]
       try:
-        self.checkpoint(sess, prefix, None)
+        results = self.checkpoint(sess, prefix, None)
       except checkpoint_utils.UnreadableCheckpointError as error:
         if FLAGS.run_once:
           raise
         # Training goes on: a later checkpoint may read, so polling goes on too.
         logging.error("%s; waiting for a newer checkpoint", error)
+        unreadable.add(prefix)
         continue
-      if FLAGS.run_once or FLAGS.create_meta_only:
+      if once:
         return
+      state.add(step, results)
 
 
 @utils.tool_main

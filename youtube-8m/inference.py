@@ -9,14 +9,15 @@ with model_flags.json next to it, from --train_dir or from a submission tgz; wit
 --compute_dtype=bfloat16|float16 the model is rebuilt from model_flags.json instead (the meta
 graph computes in float32) and the checkpoint restored into it. The CSV is written under a
 temporary name and renamed when complete. --output_model_tgz packs the
-model files and model_flags.json (at the archive root) into a submission tgz.
+model files and model_flags.json (at the archive root) into a submission tgz. Stopped by
+SIGTERM/SIGINT (exit status 143/130), it removes its temporary files and writes nothing
+incomplete; the same command writes everything again.
 """
 
 import contextlib
 import os
 import shutil
 import tarfile
-import tempfile
 import time
 
 import numpy as np
@@ -30,6 +31,7 @@ from . import checkpoint_utils
 from . import dataset_layout
 from . import fp16_layers
 from . import gpu_check
+from . import interrupts
 from . import model_graph
 from . import model_utils
 from . import progress as progress_lib
@@ -95,8 +97,7 @@ def extracted_model_tgz(tgz_path, untar_model_dir):
   untar_model_dir that is removed afterwards."""
   if not storage.exists(tgz_path):
     raise IOError("--input_model_tgz: %s does not exist" % tgz_path)
-  os.makedirs(untar_model_dir, exist_ok=True)
-  directory = tempfile.mkdtemp(prefix="model-", dir=untar_model_dir)
+  directory = storage.temp_dir("model", untar_model_dir)
   try:
     with open(storage.stage_file(tgz_path), "rb") as handle, utils.reading_tgz(
         "--input_model_tgz " + tgz_path, handle) as archive:
@@ -240,6 +241,7 @@ def predict(train_dir, model_name, files, output_file):
       if not count:
         raise IOError("--input_data_pattern: the %d file(s) hold no videos" % len(files))
   logging.info("Wrote %d predictions to %s", count, output_file)
+  interrupts.kept(output_file)
   return count
 
 
@@ -286,6 +288,7 @@ def predict_and_pack(train_dir, files):
   """The CSV, then (a model that worked) the tgz."""
   count = predict(train_dir, FLAGS.inference_model_file, files, FLAGS.output_file)
   if FLAGS.output_model_tgz:
+    interrupts.check("the CSV, before writing --output_model_tgz")
     prefix, checkpoint_files = model_files(train_dir, FLAGS.inference_model_file)
     write_model_tgz(FLAGS.output_model_tgz, prefix,
                     checkpoint_files + [utils.model_flags_path(train_dir)])

@@ -12,7 +12,6 @@ tensor (and every 8-bit kernel) as float32, and "FITS" or "DOES NOT FIT" --limit
 
 import json
 import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -20,6 +19,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from . import interrupts
 from . import quantization
 from . import storage
 from . import utils
@@ -55,17 +55,24 @@ def float32_size(name, dtypes):
   return dtypes[name].size
 
 
+def _checked(archive, tgz_path):
+  """The members of a tarfile, each read (decompressed) in turn: a safe point before each."""
+  for member in archive:
+    interrupts.check("reading %s" % tgz_path)
+    yield member
+
+
 def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFAULT_LIMIT):
   """The size report (a dict) of a model in a directory or in a tgz."""
   report = {"model": model_name, "limit_bytes": limit, "source": model_tgz or train_dir}
   index_name = model_name + ".index"
-  with tempfile.TemporaryDirectory(prefix="model_size-") as tmp:
+  with storage.temporary_dir("yt8m-model-size") as tmp:
     if model_tgz:
       report["tgz_bytes"] = storage.size(model_tgz)
       # A gs:// tgz is downloaded (into memory when small, else a temporary file).
       with storage.open(model_tgz, "rb") as handle, utils.reading_tgz(
           model_tgz, handle) as archive:
-        members = {os.path.basename(m.name): m for m in archive.getmembers()
+        members = {os.path.basename(m.name): m for m in _checked(archive, model_tgz)
                    if m.isfile() and _is_model_file(os.path.basename(m.name), model_name)}
         if index_name not in members:
           raise IOError("%s holds no %s" % (model_tgz, index_name))

@@ -15,6 +15,7 @@ import tensorflow as tf
 from absl import logging
 
 from . import dataset_layout
+from . import interrupts
 from . import progress as progress_lib
 from . import staging
 from . import storage
@@ -141,10 +142,12 @@ def run_batches(sess, fetches, files, progress, limit=0, count_key="labels"):
   """Yields sess.run(fetches) batch after batch until the input ends (OutOfRangeError),
   counting fetches[count_key]'s rows in `progress` (finished at the end). A malformed record
   raises InputDataError naming its file and record. limit > 0: at most that many videos, the
-  last batch cut (every fetch must then be batched)."""
+  last batch cut (every fetch must then be batched). A safe point (interrupts) before each
+  batch."""
   done = 0
   try:
     while not limit or done < limit:
+      interrupts.check(progress.line().split(" | ")[0])
       try:
         result = sess.run(fetches)
       except tf.errors.OutOfRangeError:

@@ -25,6 +25,8 @@ import threading
 
 from absl import logging
 
+from . import interrupts
+
 GCS_SCHEME = "gs://"
 _READ_IN_MEMORY_BYTES = 64 << 20  # open(gs, 'rb') buffers up to this much in memory
 # Failed writes: a full disk, a quota, no write permission, a read-only file system.
@@ -507,7 +509,17 @@ def temp_dir(name, parent=None):
   parent = parent or tempfile.gettempdir()
   os.makedirs(parent, exist_ok=True)
   remove_orphans(parent, name)
-  return tempfile.mkdtemp(prefix=temp_name(name), dir=parent)
+  return interrupts.temporary(tempfile.mkdtemp(prefix=temp_name(name), dir=parent))
+
+
+@contextlib.contextmanager
+def temporary_dir(name, parent=None):
+  """temp_dir(name, parent), removed when the with block ends."""
+  directory = temp_dir(name, parent)
+  try:
+    yield directory
+  finally:
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def _running(pid):
@@ -591,6 +603,7 @@ def local_output(path):
   try:
     try:
       os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+      interrupts.temporary(tmp)
       yield tmp
       if remote:
         upload(tmp, path)
@@ -603,5 +616,6 @@ def local_output(path):
   finally:
     with contextlib.suppress(OSError):
       os.remove(tmp)
+    interrupts.release(tmp)
     if remote:
       shutil.rmtree(directory, ignore_errors=True)

@@ -8,13 +8,21 @@ event files written there. When that variable is set, SummaryWriter writes every
 the graph) twice: into the tool's own directory, as before, and into a second event file in
 that directory. TensorFlow writes local files only (see storage.py), so a gs:// location is a
 staging.SyncedDir: its local mirror is uploaded at every flush() and at close().
+
+An event file that holds no event at close() (an eval stopped before its first summary) is
+removed, as TensorBoard would show it as an empty run; until its first summary is flushed
+such a file (of a writer without a graph) is an interrupts.temporary(), removed if a second
+signal stops the process at once.
 """
+
+import contextlib
 
 import os
 
 import tensorflow as tf
 from absl import logging
 
+from . import interrupts
 from . import staging
 
 tf1 = tf.compat.v1
@@ -33,21 +41,27 @@ class SummaryWriter(object):
 
   def __init__(self, logdir, graph=None, filename_suffix=None):
     options = {"filename_suffix": filename_suffix} if filename_suffix else {}
-    self._writers = [tf1.summary.FileWriter(logdir, graph=graph, **options)]
+    self._writers, self._unflushed, self._written = [], [], graph is not None
     self.mirror = None
     target = tensorboard_dir()
     if target:
       self.mirror = staging.SyncedDir(target)
-      try:
-        self._writers.append(tf1.summary.FileWriter(self.mirror.local, graph=graph, **options))
-      except BaseException:
-        self._writers[0].close()
-        self.mirror.close()
-        raise
       logging.info("Summaries also go to %s (%s, for Vertex AI TensorBoard)", target,
                    TENSORBOARD_DIR_ENV)
+    try:
+      for directory in [logdir] + ([self.mirror.local] if self.mirror else []):
+        # With a graph, the writer's thread writes it (and its meta graph) at once.
+        writer = tf1.summary.FileWriter(directory, graph=graph, **options)
+        self._writers.append(writer)
+        events = getattr(writer.event_writer, "_ev_writer", None)
+        if graph is None and events is not None and events.FileName():
+          self._unflushed.append(interrupts.temporary(events.FileName()))
+    except BaseException:
+      self.close()
+      raise
 
   def add_summary(self, summary, global_step=None):
+    self._written = True
     for writer in self._writers:
       writer.add_summary(summary, global_step)
 
@@ -55,6 +69,8 @@ class SummaryWriter(object):
     """Writes the pending events; uploads the mirror's new events (a gs:// location)."""
     for writer in self._writers:
       writer.flush()
+    while self._written and self._unflushed:
+      interrupts.release(self._unflushed.pop())
     if self.mirror:
       self.mirror.push_new()
 
@@ -62,6 +78,12 @@ class SummaryWriter(object):
     try:
       for writer in self._writers:
         writer.close()
+      while self._unflushed:
+        name = self._unflushed.pop()
+        if not self._written:
+          with contextlib.suppress(OSError):
+            os.remove(name)
+        interrupts.release(name)
       if self.mirror:
         self.mirror.push_new()
     finally:

@@ -19,7 +19,6 @@ default_rng([seed, split_index, file_index]): output bytes do not depend on --nu
 """
 import concurrent.futures
 import csv
-import functools
 import inspect
 import os
 import statistics
@@ -30,6 +29,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from . import interrupts
+from . import storage
 from .dataset_layout import (HOLDOUT_VALIDATE_CODES, NUM_CLASSES, QUANT_BIAS, QUANT_SCALE,
                              dequantize)
 
@@ -258,14 +259,15 @@ def _generate_file(seed, model, task):
   split_index, file_index, split, ids, paths = task
   rng = np.random.default_rng([seed, split_index, file_index])
   levels = sorted(paths)
-  temps = {level: os.path.join(os.path.dirname(path), ".%s.partial-%d" % (
-      os.path.basename(path), os.getpid())) for level, path in paths.items()}
+  temps = {level: interrupts.temporary(os.path.join(os.path.dirname(path), storage.temp_name(
+      os.path.basename(path)))) for level, path in paths.items()}
   writers = {}
   num_frames = 0
   try:
     for level in levels:
       writers[level] = _tf().io.TFRecordWriter(temps[level])
     for vid in ids:
+      interrupts.check("writing %s" % paths[levels[0]])
       labels, q = _generate_video(rng, **model)
       stored_labels = [] if split == "test" else labels
       num_frames += q.shape[0]
@@ -285,7 +287,27 @@ def _generate_file(seed, model, task):
     for level in levels:
       if os.path.exists(temps[level]):
         os.remove(temps[level])
+      interrupts.release(temps[level])
   return num_frames, sum(os.path.getsize(paths[level]) for level in levels)
+
+
+def _write_files(tasks, seed, model, num_threads):
+  """({split: frames}, bytes) of the files of tasks, written by num_threads threads; after an
+  error or a signal (interrupts), the files not started are not."""
+  num_frames = dict.fromkeys(SPLITS, 0)
+  num_bytes = 0
+  with concurrent.futures.ThreadPoolExecutor(num_threads or min(4, os.cpu_count() or 1)) as ex:
+    futures = [ex.submit(_generate_file, seed, model, task) for task in tasks]
+    try:
+      for done, (task, future) in enumerate(zip(tasks, futures)):
+        frames, size = future.result()
+        num_frames[task[2]] += frames
+        num_bytes += size
+        interrupts.kept("%d of %d files" % (done + 1, len(tasks)), key="files")
+    finally:
+      for future in futures:
+        future.cancel()
+  return num_frames, num_bytes
 
 
 def _check(cond, flag, message):
@@ -375,13 +397,7 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
       logging.warning("%s/%s already holds %d other .tfrecord files (e.g. %s) that glob "
                       "patterns will also match.", output_dir, level, len(stale), stale[0])
 
-  num_frames = dict.fromkeys(SPLITS, 0)
-  num_bytes = 0
-  with concurrent.futures.ThreadPoolExecutor(num_threads or min(4, os.cpu_count() or 1)) as ex:
-    for task, (frames, size) in zip(tasks, ex.map(functools.partial(_generate_file, seed, model),
-                                                  tasks)):
-      num_frames[task[2]] += frames
-      num_bytes += size
+  num_frames, num_bytes = _write_files(tasks, seed, model, num_threads)
   seconds = time.time() - start_time
   logging.info(
       "Wrote %d files (%s level) to %s: %d videos (train=%d, validate=%d, test=%d), "
@@ -428,7 +444,8 @@ def main(argv):
     raise app.UsageError("Unexpected positional arguments: %r" % (argv[1:],))
   names = list(inspect.signature(generate).parameters)[1:]  # a flag for each but output_dir
   try:
-    generate(FLAGS.output_dir, **{name: FLAGS[name].value for name in names})
+    with interrupts.handling("synthetic_data"):  # SIGTERM/SIGINT: exit status 143/130
+      generate(FLAGS.output_dir, **{name: FLAGS[name].value for name in names})
   except (ValueError, OSError) as e:  # a bad flag, an unwritable --output_dir: one line
     raise SystemExit("ERROR: %s" % e)
 

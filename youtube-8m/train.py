@@ -6,8 +6,9 @@
 
 Checkpoints ``DIR/model.ckpt-<step>`` are exported at steps 10, 10+E, 10+2E, ... (E =
 --export_model_steps), every --save_model_secs, and when training ends or is interrupted
-(SIGTERM/SIGINT). Running the same command again resumes from the newest model.ckpt-<step>
-(weights, optimizer state and global_step); a changed architecture is refused.
+(SIGTERM/SIGINT: exit status 0; a second signal stops at once). Running the same command
+again resumes from the newest model.ckpt-<step> (weights, optimizer state and global_step);
+a changed architecture is refused.
 """
 
 import contextlib
@@ -24,6 +25,7 @@ from . import checkpoint_utils
 from . import cluster
 from . import fp16_layers
 from . import gpu_check
+from . import interrupts
 from . import model_graph
 from . import optimization
 from . import progress as progress_lib
@@ -58,8 +60,8 @@ def define_flags():
                       "one) instead of the newest model.ckpt-<step>; variables it lacks (e.g. "
                       "optimizer slots) start fresh.")
   flags.DEFINE_bool("start_new_model", False,
-                    "Delete this train_dir's checkpoints, events and model_flags.json and start "
-                    "over (other files in train_dir are kept).")
+                    "Delete this train_dir's checkpoints, events, model_flags.json and "
+                    "eval_state.json and start over (other files in train_dir are kept).")
   flags.DEFINE_integer("num_gpu", 1,
                        "Maximum number of GPUs (towers) to use; the batch is batch_size x towers.")
   flags.DEFINE_bool("cpu_towers", False,
@@ -125,7 +127,7 @@ def remove_training_artifacts(train_dir):
   removed = [name for name in map(lambda n: n.rstrip("/"), storage.listdir(train_dir))
              if name.startswith((checkpoint_utils.TRAIN_CHECKPOINT_BASENAME + "-",
                                  "events.out.tfevents"))
-             or name in ("checkpoint", utils.MODEL_FLAGS_FILE)]
+             or name in ("checkpoint", utils.MODEL_FLAGS_FILE, utils.EVAL_STATE_FILE)]
   for name in removed:
     storage.remove(os.path.join(train_dir, name))
   logging.info("--start_new_model: removed %d files of the previous run in %s", len(removed),
@@ -212,7 +214,8 @@ def train(config, task):
     server = tf1.train.Server(tf.train.ClusterSpec(task.cluster), job_name=task.task_type,
                               task_index=task.task_index)
     if task.task_type == "ps":
-      cluster.run_parameter_server(task, server)
+      with interrupts.immediate():  # nothing to save: a signal stops it at once
+        cluster.run_parameter_server(task, server)
       return None
   files = readers.training_files(FLAGS.train_data_pattern)
   if task.distributed and len(files) >= len(task.trainers):
@@ -225,15 +228,14 @@ def train(config, task):
   # The records of this process's files: the epoch of the progress line (--num_epochs).
   epoch_examples = progress_lib.count_inputs("training", files)
   graph, tensors, saver, ready_op, signal_done = build_graph(config, files, devices, task)
-  stop = training_loop.StopRequest()
   # Also into AIP_TENSORBOARD_LOG_DIR when Vertex AI sets it (a TensorBoard instance reads there).
   writer = summaries.SummaryWriter(train_dir, graph=graph) if task.is_chief else None
   with graph.as_default():
     sess = open_session(graph, saver, task, server, ready_op, synced, len(devices))
     sess.run(tensors["local_init"])
     try:
-      step = training_loop.train_loop(sess, tensors, saver, writer, task, files, stop,
-                                      train_dir, synced, epoch_examples)
+      step = training_loop.train_loop(sess, tensors, saver, writer, task, files, train_dir,
+                                      synced, epoch_examples)
       if writer:
         writer.flush()
       return step
@@ -315,15 +317,19 @@ def open_session(graph, saver, task, server, ready_op, synced, num_devices):
     sess = tf1.Session(target, graph=graph, config=config)
     restore_or_initialize(sess, saver, tf1.global_variables(), synced)
   else:
-    sess = tf1.train.SessionManager(ready_op=ready_op, graph=graph,
-                                    recovery_wait_secs=1).wait_for_session(target,
-                                                                           config=config)
+    with interrupts.immediate():  # waiting for the chief: nothing to save yet
+      sess = tf1.train.SessionManager(ready_op=ready_op, graph=graph,
+                                      recovery_wait_secs=1).wait_for_session(target,
+                                                                             config=config)
   return sess
 
 
 @utils.tool_main
 def main(unused_argv):
   check_flags()
+  # Stopped by SIGTERM/SIGINT (a Spot VM's preemption), it exports the step and exits 0: the
+  # same command resumes from that checkpoint.
+  interrupts.set_resumable()
   task = cluster.cluster_task()
   config = model_graph.config_from_flags()
   with storage.event_file_errors():

@@ -2,7 +2,6 @@
 chief's training metrics and checkpoint exports."""
 
 import os
-import signal
 import time
 
 import numpy as np
@@ -12,6 +11,7 @@ from absl import logging
 
 from . import checkpoint_utils
 from . import eval_util
+from . import interrupts
 from . import progress as progress_lib
 from . import readers
 
@@ -25,20 +25,6 @@ EVENT_UPLOAD_SECS = 60
 
 class TrainingDiverged(ValueError):
   """The loss or the weights became NaN or inf."""
-
-
-class StopRequest(object):
-  """Turns SIGTERM/SIGINT into a clean stop after the current step (then a checkpoint)."""
-
-  def __init__(self):
-    self.signal_name = None
-    for signum in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(signum, self._handle)
-
-  def _handle(self, signum, unused_frame):
-    if self.signal_name is not None:  # a second signal: stop now
-      raise KeyboardInterrupt()
-    self.signal_name = signal.Signals(signum).name
 
 
 class Exporter(object):
@@ -74,6 +60,8 @@ class Exporter(object):
       self.writer.flush()
       self.synced.push_new()
     logging.info("Exported %s", path)
+    interrupts.kept("%s/%s-%d" % (FLAGS.train_dir.rstrip("/"),
+                                  checkpoint_utils.TRAIN_CHECKPOINT_BASENAME, step), "export")
     self.saved = step
 
   def export_unsaved(self, step):
@@ -96,12 +84,13 @@ class Exporter(object):
       self.events = time.time()
 
 
-def train_loop(sess, tensors, saver, writer, task, files, stop, train_dir, synced,
+def train_loop(sess, tensors, saver, writer, task, files, train_dir, synced,
                epoch_examples=(None, False)):
-  """Runs training steps until the input ends, --max_steps or a stop signal; the chief logs
-  metrics every 10 steps and exports checkpoints; every process logs its progress (step of
-  --max_steps or epoch of --num_epochs, examples/sec, ETA). epoch_examples: (records of
-  files or None, exact). Returns the last global step."""
+  """Runs training steps until the input ends, --max_steps or a stop signal (SIGTERM/SIGINT:
+  after the step, the chief exports it, then interrupts.Interrupted); the chief logs metrics
+  every 10 steps and exports checkpoints; every process logs its progress (step of
+  --max_steps or epoch of --num_epochs, examples/sec, ETA). epoch_examples: (records of files
+  or None, exact). Returns the last global step."""
   sess.run(tensors["iterator"].initializer)
   step = first_step = int(sess.run(tensors["global_step"]))
   progress = progress_lib.TrainingProgress(first_step, FLAGS.max_steps, epoch_examples[0],
@@ -112,8 +101,8 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, train_dir, synce
   reason = "max_steps reached"
   try:
     while FLAGS.max_steps is None or step < FLAGS.max_steps:
-      if stop.signal_name:
-        reason = "stopped by %s" % stop.signal_name
+      if interrupts.requested():
+        reason = "stopped by %s" % interrupts.requested()
         break
       step, metrics_step = run_step(sess, tensors, task.is_chief and (step + 1) % 10 == 0,
                                     progress, writer, exporter)
@@ -134,6 +123,7 @@ def train_loop(sess, tensors, saver, writer, task, files, stop, train_dir, synce
   progress.finish()
   if task.is_chief:
     exporter.export_unsaved(step)
+  interrupts.check("training at step %d" % step)
   return step
 
 

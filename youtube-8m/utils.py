@@ -14,9 +14,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from . import interrupts
 from . import storage
 
 MODEL_FLAGS_FILE = "model_flags.json"
+EVAL_STATE_FILE = "eval_state.json"  # eval.py's polling: the checkpoints it evaluated
 
 
 def parse_feature_flags(feature_names, feature_sizes):
@@ -63,7 +65,7 @@ def reading_tgz(tgz_path, fileobj):
     with tarfile.open(fileobj=fileobj, mode="r:gz") as archive:
       yield archive
       while archive.fileobj.read(1 << 20):
-        pass
+        interrupts.check("reading %s" % tgz_path)
   except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:
     raise ValueError("%s is truncated or not a tgz: %s" % (tgz_path, one_line(str(error))))
 
@@ -107,8 +109,11 @@ def define_shared_flags(tool, *definers):
 
 def tool_main(main_function):
   """Wraps a command-line tool's main: positional arguments refused, graph mode
-  (tf.compat.v1), INFO logging, and expected input errors and TensorFlow runtime errors
+  (tf.compat.v1), INFO logging, SIGTERM/SIGINT handled (interrupts.handling: a clean stop at
+  the next safe point, one line), and expected input errors and TensorFlow runtime errors
   printed as one clear line with exit status 1 (the traceback at --verbosity=1)."""
+  spec = main_function.__globals__.get("__spec__")
+  tool = (spec.name if spec else main_function.__module__).rsplit(".", 1)[-1]
 
   def wrapped(argv):
     if len(argv) > 1:
@@ -117,7 +122,8 @@ def tool_main(main_function):
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.INFO)
     try:
-      return main_function(argv)
+      with interrupts.handling(tool):
+        return main_function(argv)
     # StorageError is an OSError; tf.errors.OpError: e.g. a checkpoint that fails to restore.
     except (ValueError, IOError, OSError, KeyError, tf.errors.OpError) as error:
       logging.debug("%s", error, exc_info=True)
