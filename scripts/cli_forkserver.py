@@ -15,7 +15,8 @@ different from the server's.
 Protocol (a Unix socket, one request per connection): the client sends a length-prefixed JSON
 {"argv", "cwd", "env"} with three file descriptors (stdin, stdout, stderr); the server answers
 {"pid"} once the child runs, then {"status", "rusage"} (an exit code, or -signal as
-subprocess gives; the child's peak RSS in KiB and user and system CPU seconds).
+subprocess gives; the child's peak RSS in KiB and user and system CPU seconds). Requests
+run concurrently: the server forks each child at once and a thread of it waits for the exit.
 
     python scripts/cli_forkserver.py SOCKET_PATH    # serves until its parent exits
 """
@@ -126,25 +127,45 @@ def _run_tool(request, fds):
     os._exit(status)  # pylint: disable=protected-access
 
 
-def _serve_one(listener, connection):
+def _serve_one(listener, connection, open_connections):
+  """Forks the request's child and hands its connection to a thread that reports the exit:
+  the server accepts the next request at once (concurrent requests run concurrently)."""
   request, fds = _receive(connection, max_fds=3)
   if request is None or len(fds) != 3:
     for fd in fds:
       os.close(fd)
+    connection.close()
     return
   sys.stdout.flush()
   sys.stderr.flush()
   pid = os.fork()
   if pid == 0:
-    connection.close()
-    listener.close()
+    # The child keeps none of the server's sockets (other requests' connections included).
+    for other in list(open_connections) + [connection, listener]:
+      other.close()
     _run_tool(request, fds)
   for fd in fds:
     os.close(fd)
-  _send(connection, {"pid": pid})
+  open_connections.add(connection)
+  try:
+    _send(connection, {"pid": pid})
+  except OSError:  # the client went away; the child is still reaped and reported to nobody
+    pass
+  threading.Thread(target=_report_exit, args=(connection, pid, open_connections),
+                   daemon=True).start()
+
+
+def _report_exit(connection, pid, open_connections):
+  """In a thread of the server: waits for the child, sends {"status", "rusage"}."""
   _, wait_status, usage = os.wait4(pid, 0)
-  _send(connection, {"status": os.waitstatus_to_exitcode(wait_status),
-                     "rusage": [usage.ru_maxrss, usage.ru_utime, usage.ru_stime]})
+  try:
+    _send(connection, {"status": os.waitstatus_to_exitcode(wait_status),
+                       "rusage": [usage.ru_maxrss, usage.ru_utime, usage.ru_stime]})
+  except OSError:  # the client went away (e.g. it timed out and killed the child)
+    pass
+  finally:
+    open_connections.discard(connection)
+    connection.close()
 
 
 def _exit_with_parent(parent_pid):
@@ -170,13 +191,14 @@ def serve(socket_path):
   print("ready", flush=True)
   # The watcher is a thread of the server only: a fork copies just the forking thread.
   threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+  open_connections = set()  # connections of running children (closed in every new child)
   while True:
     connection, _ = listener.accept()
-    with connection:
-      try:
-        _serve_one(listener, connection)
-      except OSError:  # the client went away (e.g. it timed out and killed the child)
-        pass
+    try:
+      _serve_one(listener, connection, open_connections)
+    except OSError:  # the client went away before its child started
+      open_connections.discard(connection)
+      connection.close()
 
 
 class Client(object):

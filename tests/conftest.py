@@ -2,9 +2,11 @@
 
 import importlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 
 import pytest
 
@@ -91,6 +93,96 @@ def start_cli(module, *args, env=None, **popen_kwargs):
   """Starts `python -m youtube-8m.<module> args...` in the background; returns the Popen."""
   return subprocess.Popen([sys.executable, "-m", "youtube-8m." + module] + list(args),
                           cwd=REPO_ROOT, env=cli_env(env), **popen_kwargs)
+
+
+class ForkedProcess(object):
+  """A tool the fork server runs in the background, with what the tests use of a Popen:
+  pid, args, returncode, poll, wait, communicate, send_signal, terminate, kill.
+
+  stdout/stderr: None (this process's), subprocess.DEVNULL, subprocess.PIPE (read by
+  communicate), subprocess.STDOUT (stderr only) or a file object."""
+
+  def __init__(self, server, argv, env, stdout=None, stderr=None, text=False):
+    self.args, self.returncode, self._text = argv, None, text
+    self._pipes, opened, fds = {}, [], []
+    for index, target in enumerate((stdout, stderr)):
+      if target is None:
+        fds.append(index + 1)
+      elif target == subprocess.STDOUT and index == 1:
+        fds.append(fds[0])
+      elif target == subprocess.DEVNULL:
+        opened.append(open(os.devnull, "wb"))
+        fds.append(opened[-1].fileno())
+      elif target == subprocess.PIPE:
+        self._pipes[index] = tempfile.TemporaryFile()
+        fds.append(self._pipes[index].fileno())
+      else:
+        fds.append(target.fileno())
+    try:
+      self._child = server.spawn(argv, REPO_ROOT, env, fds[0], fds[1])
+    finally:
+      for handle in opened:
+        handle.close()
+    self.pid = self._child.pid
+    self._done = threading.Event()
+    threading.Thread(target=self._wait_for_exit, daemon=True).start()
+
+  def _wait_for_exit(self):
+    try:
+      self.returncode = self._child.wait()[0]
+    except Exception:  # pylint: disable=broad-except (the server died: reported as a failure)
+      self.returncode = 255
+    self._done.set()
+
+  def poll(self):
+    return self.returncode if self._done.is_set() else None
+
+  def wait(self, timeout=None):
+    if not self._done.wait(timeout):
+      raise subprocess.TimeoutExpired(self.args, timeout)
+    return self.returncode
+
+  def communicate(self, timeout=None):
+    self.wait(timeout)
+    outputs = []
+    for index in (0, 1):
+      pipe = self._pipes.get(index)
+      if pipe is None:
+        outputs.append(None)
+        continue
+      pipe.seek(0)
+      data = pipe.read()
+      pipe.close()
+      outputs.append(data.decode(errors="replace").replace("\r\n", "\n") if self._text
+                     else data)
+    self._pipes = {}
+    return tuple(outputs)
+
+  def send_signal(self, signum):
+    if not self._done.is_set():
+      try:
+        os.kill(self.pid, signum)
+      except ProcessLookupError:
+        pass
+
+  def terminate(self):
+    self.send_signal(signal.SIGTERM)
+
+  def kill(self):
+    self.send_signal(signal.SIGKILL)
+
+
+def spawn_cli(module, *args, env=None, stdout=None, stderr=None, text=False):
+  """start_cli through the fork server (a ForkedProcess; a Popen where the server cannot
+  run it): `python -m youtube-8m.<module> args...` in the background, without a TensorFlow
+  import of its own."""
+  argv = [sys.executable, "-m", "youtube-8m." + module] + list(args)
+  full_env = cli_env(env)
+  server = forkserver()
+  if server is not None and server.can_serve(argv, REPO_ROOT, full_env):
+    return ForkedProcess(server, argv, full_env, stdout=stdout, stderr=stderr, text=text)
+  return subprocess.Popen(argv, cwd=REPO_ROOT, env=full_env, stdout=stdout, stderr=stderr,
+                          text=text)
 
 
 @pytest.fixture(scope="session")

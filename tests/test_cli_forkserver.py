@@ -4,10 +4,11 @@ import filecmp
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
-from conftest import REPO_ROOT, cli_env, forkserver
+from conftest import REPO_ROOT, ForkedProcess, cli_env, forkserver
 
 # Every test here starts tool processes: `pytest -m "not slow"` leaves them out.
 pytestmark = pytest.mark.slow
@@ -66,3 +67,31 @@ def test_startup_settings_and_other_pythons_are_not_forked():
   assert not server.can_serve(argv, os.path.dirname(REPO_ROOT), cli_env())
   assert not server.can_serve(["python3"] + argv[1:], REPO_ROOT, cli_env())
   assert not server.can_serve([sys.executable, "scripts/main_job.py"], REPO_ROOT, cli_env())
+
+
+def test_requests_run_concurrently(tmp_path):
+  """A tool that waits (model_size reading a named pipe nobody writes yet) does not hold up
+  the next request: it starts and ends meanwhile."""
+  server = forkserver()
+  if server is None:
+    pytest.skip("YT8M_TEST_FORKSERVER=0")
+  fifo = str(tmp_path / "submission.tgz")
+  os.mkfifo(fifo)
+  blocked = ForkedProcess(server, [sys.executable, "-m", "youtube-8m.model_size",
+                                   "--model_tgz=" + fifo], cli_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    later = []
+    thread = threading.Thread(target=lambda: later.append(server.run(
+        [sys.executable, "-m", "youtube-8m.model_size", "--helpshort"], REPO_ROOT, cli_env(),
+        timeout=120)))
+    thread.start()
+    thread.join(timeout=120)
+    assert later, "the second request waited for the first"
+    assert "--model_tgz" in later[0].stdout
+    assert blocked.poll() is None
+  finally:
+    with open(fifo, "wb"):  # the first one reads an empty "tgz": one error line, exit 1
+      pass
+  _, stderr = blocked.communicate(timeout=120)
+  assert blocked.returncode == 1, stderr[-2000:]
