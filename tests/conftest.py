@@ -1,7 +1,9 @@
 """Shared fixtures: the package importer, CLI runner and tiny synthetic datasets."""
 
+import fcntl
 import importlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -185,16 +187,38 @@ def spawn_cli(module, *args, env=None, stdout=None, stderr=None, text=False):
                           text=text)
 
 
+def shared_dir(tmp_path_factory, name, make):
+  """A directory that make(path) fills once per test run: under pytest-xdist, the first
+  worker to ask makes it in the run's shared temporary directory (a file lock keeps the
+  others waiting) and every worker gets the same one; without xdist, a new one. Tests only
+  read it (a test that changes such files works on a copy)."""
+  if "PYTEST_XDIST_WORKER" not in os.environ:
+    path = str(tmp_path_factory.mktemp(name))
+    make(path)
+    return path
+  root = tmp_path_factory.getbasetemp().parent  # shared by this run's workers
+  path, done = root / name, root / (name + ".done")
+  with open(str(root / (name + ".lock")), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not done.exists():
+      shutil.rmtree(str(path), ignore_errors=True)  # a worker that failed making it
+      path.mkdir()
+      make(str(path))
+      done.touch()
+  return str(path)
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
   """A small frame-level dataset: 4 train files, the 60 held-out validate files + 2 more,
-  2 test files, labels among the first TINY_NUM_CLASSES classes, some videos > 300 frames."""
-  output_dir = str(tmp_path_factory.mktemp("yt8m_data"))
-  yt8m("synthetic_data").generate(
-      output_dir, num_train_files=4, num_validate_files=62, num_test_files=2,
-      videos_per_file=40, validate_videos_per_file=4, test_videos_per_file=10,
-      num_classes=TINY_NUM_CLASSES, seed=7, difficulty=0.2, min_frames=40, max_frames=330,
-      levels="both")
+  2 test files, labels among the first TINY_NUM_CLASSES classes, some videos > 300 frames.
+  Made once per test run (shared_dir): tests only read it."""
+  output_dir = shared_dir(tmp_path_factory, "yt8m_data", lambda path: yt8m(
+      "synthetic_data").generate(
+          path, num_train_files=4, num_validate_files=62, num_test_files=2,
+          videos_per_file=40, validate_videos_per_file=4, test_videos_per_file=10,
+          num_classes=TINY_NUM_CLASSES, seed=7, difficulty=0.2, min_frames=40, max_frames=330,
+          levels="both"))
   frame = os.path.join(output_dir, "frame")
   return {"dir": output_dir,
           "train_pattern": "%s/train*.tfrecord,%s/validate*.tfrecord" % (frame, frame),
@@ -215,6 +239,26 @@ def pytest_configure(config):
   for module in ("frame_level_models", "video_level_models", "model_graph"):
     yt8m(module)
   flags.FLAGS.mark_as_parsed()
+  # pytest-xdist's --dist loadfile hands out modules in collection order (below: the longest
+  # first), not by their number of tests: reordered that way, a module of one long test
+  # (the main job) would start last and run alone at the end.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
+
+
+# Seconds each slow module takes on the AVX2 host (the latest figures of docs/measurements.md,
+# roughly): the modules run the longest first, so that two workers end at about the same time.
+# A module not listed comes after them, in file order; a stale figure costs balance only.
+MODULE_SECONDS = {
+    "test_main_job.py": 200, "test_ensemble.py": 150, "test_gcs_pipeline.py": 120,
+    "test_cloud_scripts.py": 150, "test_pipeline.py": 120, "test_budget_build.py": 110,
+    "test_faults.py": 80, "test_original_compat.py": 60,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  items.sort(key=lambda item: -MODULE_SECONDS.get(item.path.name, 0))
 
 
 # GCS emulator fixtures (a real gcp-storage-emulator process on 127.0.0.1).
