@@ -210,6 +210,15 @@ class Client(object):
     self.server_log = server_log  # the server's own stderr (None: this process's)
     self.process = None
     self.failed = False
+    self.attached = False  # the server is another process's (attach)
+
+  @classmethod
+  def attach(cls, socket_path, env):
+    """A client of the running server another Client started (socket_path from its start(),
+    env its environment)."""
+    client = cls(os.path.dirname(socket_path), env)
+    client.attached = True
+    return client
 
   def _start(self):
     import subprocess  # pylint: disable=g-import-not-at-top
@@ -224,6 +233,13 @@ class Client(object):
       self.process.kill()
       self.failed = True
     atexit.register(self.stop)
+
+  def start(self):
+    """Starts the server now (spawn starts it otherwise); returns the socket's path, which
+    clients in other processes may use (python_shim)."""
+    if self.process is None:
+      self._start()
+    return self.socket_path
 
   def stop(self):
     if self.process and self.process.poll() is None:
@@ -240,7 +256,7 @@ class Client(object):
   def spawn(self, argv, cwd, env, stdout, stderr):
     """Starts argv (can_serve) with stdout/stderr on the given file descriptors; returns its
     Child."""
-    if self.process is None:
+    if self.process is None and not self.attached:
       self._start()
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -271,6 +287,38 @@ class Client(object):
         outputs.append(stream.read().decode(locale.getpreferredencoding(False), "replace")
                        .replace("\r\n", "\n"))
     return subprocess.CompletedProcess(argv, status, outputs[0], outputs[1])
+
+
+PYTHON_SHIM = """#!%(python)s
+# %(python)s, but `-m youtube-8m.<tool> ...` from the repo root is forked by the fork server
+# at %(socket)s when it can (cli_forkserver.py); anything else runs in %(python)s itself.
+import os
+import sys
+
+sys.path.insert(0, %(scripts)r)
+import cli_forkserver
+
+argv = [%(python)r] + sys.argv[1:]
+env = dict(os.environ)
+client = cli_forkserver.Client.attach(%(socket)r, %(env)r)
+if client.can_serve(argv, os.getcwd(), env):
+  status = client.spawn(argv, os.getcwd(), env, 1, 2).wait()[0]
+  sys.exit(status if status >= 0 else 128 - status)  # killed by signal N: 128 + N, as a shell
+os.execv(%(python)r, argv)
+"""
+
+
+def python_shim(client, path):
+  """Writes an executable at path that a script can run as its Python (e.g. PYTHON=path):
+  `path -m youtube-8m.<tool> ...` is forked by client's server (started now), with the exit
+  status of the tool; other command lines run in this Python unchanged."""
+  socket_path = client.start()
+  with open(path, "w") as handle:
+    handle.write(PYTHON_SHIM % {"python": sys.executable, "socket": socket_path,
+                                "scripts": os.path.dirname(os.path.abspath(__file__)),
+                                "env": startup_env(client.env)})
+  os.chmod(path, 0o755)
+  return path
 
 
 class Child(object):

@@ -57,6 +57,21 @@ def forkserver():
   return _forkserver
 
 
+_shim = []
+
+
+def script_python():
+  """The Python for a script's PYTHON=...: one whose `-m youtube-8m.<tool>` runs are forked
+  by the session's fork server (cli_forkserver.python_shim); sys.executable without it."""
+  server = forkserver()
+  if server is None:
+    return sys.executable
+  if not _shim:
+    _shim.append(cli_forkserver.python_shim(
+        server, os.path.join(os.path.dirname(server.socket_path), "python")))
+  return _shim[0]
+
+
 def run(argv, check=True, timeout=600, env=None):
   """Runs argv from the repo root (env: the whole environment, default cli_env()) and returns
   the CompletedProcess (text stdout/stderr); check: a non-zero exit fails the test.

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from conftest import REPO_ROOT, ForkedProcess, cli_env, forkserver
+from conftest import REPO_ROOT, ForkedProcess, cli_env, forkserver, script_python
 
 # Every test here starts tool processes: `pytest -m "not slow"` leaves them out.
 pytestmark = pytest.mark.slow
@@ -95,3 +95,22 @@ def test_requests_run_concurrently(tmp_path):
       pass
   _, stderr = blocked.communicate(timeout=120)
   assert blocked.returncode == 1, stderr[-2000:]
+
+
+def test_python_shim_forks_tools_and_runs_the_rest(tmp_path):
+  """script_python(): `-m youtube-8m.<tool>` forked (its exit status and output as started
+  anew), any other command line run by the real Python."""
+  if forkserver() is None:
+    pytest.skip("YT8M_TEST_FORKSERVER=0")
+  python = script_python()
+  assert python != sys.executable
+  argv = ["-m", "youtube-8m.synthetic_data", "--netvlad_cluster_size=4"]
+  shimmed = subprocess.run([python] + argv, cwd=REPO_ROOT, env=cli_env(), capture_output=True,
+                           text=True, timeout=300)
+  plain = subprocess.run([sys.executable] + argv, cwd=REPO_ROOT, env=cli_env(),
+                         capture_output=True, text=True, timeout=300)
+  assert shimmed.returncode == plain.returncode == 1
+  assert shimmed.stderr.splitlines()[-2:] == plain.stderr.splitlines()[-2:]
+  other = subprocess.run([python, "-c", "import sys; print(sys.executable); sys.exit(3)"],
+                         cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+  assert other.returncode == 3 and other.stdout.strip() == sys.executable

@@ -6,7 +6,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 
@@ -15,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import (REPO_ROOT, TINY_FLAGS, TINY_NUM_CLASSES, cli_env, corrupt, run, run_cli,
-                      spawn_cli, yt8m)
+                      script_python, spawn_cli, yt8m)
 
 # Every test here starts tool processes: `pytest -m "not slow"` leaves them out.
 pytestmark = pytest.mark.slow
@@ -519,7 +518,7 @@ def test_eval_polling_loop_evaluates_each_new_checkpoint_once(trained, tiny_data
 def run_script(name, *args):
   return run(["bash", os.path.join(REPO_ROOT, "scripts", name)] + list(args),
              env=cli_env({"EXTRA_FLAGS": "--num_classes=%d --iterations=20" % TINY_NUM_CLASSES,
-                          "PYTHON": sys.executable}))
+                          "PYTHON": script_python()}))
 
 
 def test_original_checkpoint_workflow_scripts(trained, tiny_data, tmp_path):
