@@ -261,13 +261,16 @@ def pytest_configure(config):
     config.option.loadscopereorder = False
 
 
-# Seconds each slow module takes on the AVX2 host (the latest figures of docs/measurements.md,
-# roughly): the modules run the longest first, so that two workers end at about the same time.
-# A module not listed comes after them, in file order; a stale figure costs balance only.
+# Seconds each slow module takes on the AVX2 host (measured one module at a time, `-n 0`, on a
+# shared machine, 2026-12-07; see docs/measurements.md): the modules run the longest first, so
+# that two workers end at about the same time. A module not listed comes after them, in file
+# order; a stale figure costs balance only.
 MODULE_SECONDS = {
-    "test_main_job.py": 200, "test_ensemble.py": 150, "test_gcs_pipeline.py": 120,
-    "test_cloud_scripts.py": 150, "test_pipeline.py": 120, "test_budget_build.py": 110,
-    "test_faults.py": 80, "test_original_compat.py": 60,
+    "test_main_job.py": 365, "test_cloud_scripts.py": 200, "test_pipeline.py": 200,
+    "test_budget_build.py": 180, "test_faults_input.py": 170, "test_gcs_pipeline.py": 150,
+    "test_faults.py": 150, "test_ensemble.py": 145, "test_original_compat.py": 80,
+    "test_gpu_check.py": 80, "test_progress.py": 60, "test_compute_dtype.py": 60,
+    "test_distributed.py": 60, "test_avg_checkpoints.py": 40, "test_cli_forkserver.py": 34,
 }
 
 
