@@ -266,11 +266,11 @@ def pytest_configure(config):
 # that two workers end at about the same time. A module not listed comes after them, in file
 # order; a stale figure costs balance only.
 MODULE_SECONDS = {
-    "test_main_job.py": 365, "test_cloud_scripts.py": 200, "test_pipeline.py": 200,
-    "test_budget_build.py": 180, "test_faults_input.py": 170, "test_gcs_pipeline.py": 150,
-    "test_faults.py": 150, "test_ensemble.py": 145, "test_original_compat.py": 80,
-    "test_gpu_check.py": 80, "test_progress.py": 60, "test_compute_dtype.py": 60,
-    "test_distributed.py": 60, "test_avg_checkpoints.py": 40, "test_cli_forkserver.py": 34,
+    "test_main_job.py": 365, "test_cloud_scripts.py": 160, "test_pipeline.py": 160,
+    "test_budget_build.py": 120, "test_faults_input.py": 170, "test_gcs_pipeline.py": 150,
+    "test_faults.py": 110, "test_ensemble.py": 145, "test_original_compat.py": 46,
+    "test_gpu_check.py": 115, "test_progress.py": 55, "test_compute_dtype.py": 58,
+    "test_distributed.py": 56, "test_avg_checkpoints.py": 15, "test_cli_forkserver.py": 34,
 }
 
 
