@@ -13,11 +13,11 @@ that TensorFlow, glibc or Python read once at start-up (TF_*, MALLOC_*, LD_*, PY
 different from the server's.
 
 Protocol (a Unix socket, one request per connection): the client sends a length-prefixed JSON
-{"argv", "cwd", "env", "cpus"} with three file descriptors (stdin, stdout, stderr); the server
-forks the child (on those CPUs only if "cpus" lists any) and, from a thread of its own so that
-requests run side by side, answers {"pid"} once the child runs, then {"status", "rusage"} (an
-exit code, or -signal as subprocess gives; the child's peak RSS in KiB and user and system CPU
-seconds).
+{"argv", "cwd", "env", "cpus"} with three file descriptors (stdin, stdout, stderr) and the
+server forks the child (on those CPUs only, if "cpus" lists any); it answers
+{"pid"} once the child runs, then {"status", "rusage"} (an exit code, or -signal as
+subprocess gives; the child's peak RSS in KiB and user and system CPU seconds). Requests
+run concurrently: the server forks each child at once and a thread of it waits for the exit.
 
     python scripts/cli_forkserver.py SOCKET_PATH    # serves until its parent exits
 """
@@ -130,7 +130,9 @@ def _run_tool(request, fds):
     os._exit(status)  # pylint: disable=protected-access
 
 
-def _serve_one(listener, connection):
+def _serve_one(listener, connection, open_connections):
+  """Forks the request's child and hands its connection to a thread that reports the exit:
+  the server accepts the next request at once (concurrent requests run concurrently)."""
   request, fds = _receive(connection, max_fds=3)
   if request is None or len(fds) != 3:
     for fd in fds:
@@ -141,24 +143,32 @@ def _serve_one(listener, connection):
   sys.stderr.flush()
   pid = os.fork()
   if pid == 0:
-    connection.close()
-    listener.close()
+    # The child keeps none of the server's sockets (other requests' connections included).
+    for other in list(open_connections) + [connection, listener]:
+      other.close()
     _run_tool(request, fds)
   for fd in fds:
     os.close(fd)
-  # The child's end is awaited in a thread, so that requests run side by side.
-  threading.Thread(target=_report_end, args=(connection, pid), daemon=True).start()
+  open_connections.add(connection)
+  try:
+    _send(connection, {"pid": pid})
+  except OSError:  # the client went away; the child is still reaped and reported to nobody
+    pass
+  threading.Thread(target=_report_exit, args=(connection, pid, open_connections),
+                   daemon=True).start()
 
 
-def _report_end(connection, pid):
-  with connection:
-    try:
-      _send(connection, {"pid": pid})
-      _, wait_status, usage = os.wait4(pid, 0)
-      _send(connection, {"status": os.waitstatus_to_exitcode(wait_status),
-                         "rusage": [usage.ru_maxrss, usage.ru_utime, usage.ru_stime]})
-    except OSError:  # the client went away (e.g. it timed out and killed the child)
-      pass
+def _report_exit(connection, pid, open_connections):
+  """In a thread of the server: waits for the child, sends {"status", "rusage"}."""
+  _, wait_status, usage = os.wait4(pid, 0)
+  try:
+    _send(connection, {"status": os.waitstatus_to_exitcode(wait_status),
+                       "rusage": [usage.ru_maxrss, usage.ru_utime, usage.ru_stime]})
+  except OSError:  # the client went away (e.g. it timed out and killed the child)
+    pass
+  finally:
+    open_connections.discard(connection)
+    connection.close()
 
 
 def _exit_with_parent(parent_pid):
@@ -184,11 +194,13 @@ def serve(socket_path):
   print("ready", flush=True)
   # The watcher is a thread of the server only: a fork copies just the forking thread.
   threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+  open_connections = set()  # connections of running children (closed in every new child)
   while True:
     connection, _ = listener.accept()
     try:
-      _serve_one(listener, connection)
+      _serve_one(listener, connection, open_connections)
     except OSError:  # the client went away before its child started
+      open_connections.discard(connection)
       connection.close()
 
 
@@ -201,7 +213,16 @@ class Client(object):
     self.server_log = server_log  # the server's own stderr (None: this process's)
     self.process = None
     self.failed = False
+    self.attached = False  # the server is another process's (attach)
     self._start_lock = threading.Lock()  # spawn may be called from several threads
+
+  @classmethod
+  def attach(cls, socket_path, env):
+    """A client of the running server another Client started (socket_path from its start(),
+    env its environment)."""
+    client = cls(os.path.dirname(socket_path), env)
+    client.attached = True
+    return client
 
   def _start(self):
     import subprocess  # pylint: disable=g-import-not-at-top
@@ -216,6 +237,13 @@ class Client(object):
       self.process.kill()
       self.failed = True
     atexit.register(self.stop)
+
+  def start(self):
+    """Starts the server now (spawn starts it otherwise); returns the socket's path, which
+    clients in other processes may use (python_shim)."""
+    if self.process is None:
+      self._start()
+    return self.socket_path
 
   def stop(self):
     if self.process and self.process.poll() is None:
@@ -233,7 +261,7 @@ class Client(object):
     """Starts argv (can_serve) with stdout/stderr on the given file descriptors (and, given
     cpus, on those CPUs only); returns its Child."""
     with self._start_lock:
-      if self.process is None:
+      if self.process is None and not self.attached:
         self._start()
     connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -264,6 +292,38 @@ class Client(object):
         outputs.append(stream.read().decode(locale.getpreferredencoding(False), "replace")
                        .replace("\r\n", "\n"))
     return subprocess.CompletedProcess(argv, status, outputs[0], outputs[1])
+
+
+PYTHON_SHIM = """#!%(python)s
+# %(python)s, but `-m youtube-8m.<tool> ...` from the repo root is forked by the fork server
+# at %(socket)s when it can (cli_forkserver.py); anything else runs in %(python)s itself.
+import os
+import sys
+
+sys.path.insert(0, %(scripts)r)
+import cli_forkserver
+
+argv = [%(python)r] + sys.argv[1:]
+env = dict(os.environ)
+client = cli_forkserver.Client.attach(%(socket)r, %(env)r)
+if client.can_serve(argv, os.getcwd(), env):
+  status = client.spawn(argv, os.getcwd(), env, 1, 2).wait()[0]
+  sys.exit(status if status >= 0 else 128 - status)  # killed by signal N: 128 + N, as a shell
+os.execv(%(python)r, argv)
+"""
+
+
+def python_shim(client, path):
+  """Writes an executable at path that a script can run as its Python (e.g. PYTHON=path):
+  `path -m youtube-8m.<tool> ...` is forked by client's server (started now), with the exit
+  status of the tool; other command lines run in this Python unchanged."""
+  socket_path = client.start()
+  with open(path, "w") as handle:
+    handle.write(PYTHON_SHIM % {"python": sys.executable, "socket": socket_path,
+                                "scripts": os.path.dirname(os.path.abspath(__file__)),
+                                "env": startup_env(client.env)})
+  os.chmod(path, 0o755)
+  return path
 
 
 class Child(object):

@@ -20,7 +20,7 @@ if REPO_ROOT not in sys.path:
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-from conftest import start_cli  # pylint: disable=g-import-not-at-top
+from conftest import spawn_cli  # pylint: disable=g-import-not-at-top
 
 avg = importlib.import_module("youtube-8m.avg_checkpoints")
 checkpoint_utils = importlib.import_module("youtube-8m.checkpoint_utils")
@@ -159,7 +159,7 @@ def ws(tmp_path_factory):
     w.error_outputs[key] = os.path.join(w.root, "out_" + key, "avg.ckpt")
     runs[key] = ["--prefix=" + w.prefix, "--output_path=" + w.error_outputs[key]] + args
   w.procs = {
-      key: start_cli("avg_checkpoints", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      key: spawn_cli("avg_checkpoints", *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                      text=True)
       for key, args in runs.items()}
   w.results = {}

@@ -4,10 +4,11 @@ import filecmp
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
-from conftest import REPO_ROOT, cli_env, forkserver
+from conftest import REPO_ROOT, ForkedProcess, cli_env, forkserver, script_python
 
 # Every test here starts tool processes: `pytest -m "not slow"` leaves them out.
 pytestmark = pytest.mark.slow
@@ -68,26 +69,67 @@ def test_startup_settings_and_other_pythons_are_not_forked():
   assert not server.can_serve([sys.executable, "scripts/main_job.py"], REPO_ROOT, cli_env())
 
 
-def test_requests_run_side_by_side_each_on_its_cpus(tmp_path):
+def test_requests_run_concurrently(tmp_path):
+  """A tool that waits (model_size reading a named pipe nobody writes yet) does not hold up
+  the next request: it starts and ends meanwhile."""
   server = forkserver()
   if server is None:
     pytest.skip("YT8M_TEST_FORKSERVER=0")
-  cpus = sorted(os.sched_getaffinity(0))
-  children = []
-  for name, cpu in (("a", cpus[0]), ("b", cpus[-1])):
-    argv = [sys.executable, "-m", "youtube-8m.synthetic_data", "--output_dir=%s" % (
-        tmp_path / name), "--levels=frame", "--num_train_files=4", "--num_validate_files=0",
-            "--num_test_files=0", "--videos_per_file=60", "--num_classes=20"]
-    with open(tmp_path / (name + ".log"), "w") as log:
-      children.append(server.spawn(argv, REPO_ROOT, cli_env(), log.fileno(), log.fileno(),
-                                   cpus=[cpu]))
-  # The first child still runs once the second has started (the server did not wait for it),
-  # and runs on the CPU it was given.
-  with open("/proc/%d/status" % children[0].pid) as status:
-    allowed = [line.split(":")[1].strip() for line in status if line.startswith(
-        "Cpus_allowed_list")]
-  assert allowed == [str(cpus[0])]
-  assert [child.wait(300)[0] for child in children] == [0, 0]
-  comparison = filecmp.dircmp(tmp_path / "a" / "frame", tmp_path / "b" / "frame")
-  assert len(comparison.left_list) == 4 and not filecmp.cmpfiles(
-      comparison.left, comparison.right, comparison.common_files, shallow=False)[1]
+  fifo = str(tmp_path / "submission.tgz")
+  os.mkfifo(fifo)
+  blocked = ForkedProcess(server, [sys.executable, "-m", "youtube-8m.model_size",
+                                   "--model_tgz=" + fifo], cli_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    later = []
+    thread = threading.Thread(target=lambda: later.append(server.run(
+        [sys.executable, "-m", "youtube-8m.model_size", "--helpshort"], REPO_ROOT, cli_env(),
+        timeout=120)))
+    thread.start()
+    thread.join(timeout=120)
+    assert later, "the second request waited for the first"
+    assert "--model_tgz" in later[0].stdout
+    assert blocked.poll() is None
+  finally:
+    with open(fifo, "wb"):  # the first one reads an empty "tgz": one error line, exit 1
+      pass
+  _, stderr = blocked.communicate(timeout=120)
+  assert blocked.returncode == 1, stderr[-2000:]
+
+
+def test_python_shim_forks_tools_and_runs_the_rest(tmp_path):
+  """script_python(): `-m youtube-8m.<tool>` forked (its exit status and output as started
+  anew), any other command line run by the real Python."""
+  if forkserver() is None:
+    pytest.skip("YT8M_TEST_FORKSERVER=0")
+  python = script_python()
+  assert python != sys.executable
+  argv = ["-m", "youtube-8m.synthetic_data", "--netvlad_cluster_size=4"]
+  shimmed = subprocess.run([python] + argv, cwd=REPO_ROOT, env=cli_env(), capture_output=True,
+                           text=True, timeout=300)
+  plain = subprocess.run([sys.executable] + argv, cwd=REPO_ROOT, env=cli_env(),
+                         capture_output=True, text=True, timeout=300)
+  assert shimmed.returncode == plain.returncode == 1
+  assert shimmed.stderr.splitlines()[-2:] == plain.stderr.splitlines()[-2:]
+  other = subprocess.run([python, "-c", "import sys; print(sys.executable); sys.exit(3)"],
+                         cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+  assert other.returncode == 3 and other.stdout.strip() == sys.executable
+
+
+def test_a_child_runs_on_the_cpus_asked_for(tmp_path):
+  server = forkserver()
+  if server is None:
+    pytest.skip("YT8M_TEST_FORKSERVER=0")
+  cpu = sorted(os.sched_getaffinity(0))[-1]
+  fifo = str(tmp_path / "submission.tgz")
+  os.mkfifo(fifo)  # model_size waits on it: the child is alive while its CPUs are read
+  with open(tmp_path / "log", "w") as log:
+    child = server.spawn([sys.executable, "-m", "youtube-8m.model_size", "--model_tgz=" + fifo],
+                         REPO_ROOT, cli_env(), log.fileno(), log.fileno(), cpus=[cpu])
+  with open(fifo, "wb") as writer:  # open() returns once the child has opened the pipe
+    with open("/proc/%d/status" % child.pid) as status:
+      allowed = [line.split(":")[1].strip() for line in status
+                 if line.startswith("Cpus_allowed_list")]
+    writer.write(b"")
+  assert allowed == [str(cpu)]
+  assert child.wait(120)[0] == 1  # an empty "tgz": one error line

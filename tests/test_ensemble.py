@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_FLAGS, TINY_NUM_CLASSES, start_cli, yt8m
+from conftest import TINY_FLAGS, TINY_NUM_CLASSES, spawn_cli, yt8m
 
 checkpoint_utils = yt8m("checkpoint_utils")
 overwrite_lib = yt8m("overwrite_float16_ckpt")
@@ -61,7 +61,8 @@ class Result(object):
 
 
 class Stage(object):
-  """Command lines {name: (module, args)} started concurrently in the background."""
+  """Command lines {name: (module, args)} started concurrently in the background (forked by
+  the fork server)."""
 
   def __init__(self, log_dir, jobs):
     self.start = time.time()
@@ -69,7 +70,7 @@ class Stage(object):
     for name, (module, args) in jobs.items():
       log_path = os.path.join(log_dir, name + ".log")
       log = open(log_path, "w")
-      process = start_cli(module, *args, stdout=log, stderr=subprocess.STDOUT)
+      process = spawn_cli(module, *args, stdout=log, stderr=subprocess.STDOUT)
       self.running[name] = (process, log, log_path)
 
   def finish(self, must_succeed=None):

@@ -53,6 +53,26 @@ def leftovers(directory):
                 if ".tmp" in name or "tempstate" in name)
 
 
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+  """One train.py run of train_args to step 30 (model.ckpt-10, -20, -30) for the tests that
+  start from a trained train_dir; each gets a copy (trained_copy)."""
+  train_dir = str(tmp_path_factory.mktemp("faults_trained") / "run")
+  run_cli("train", *train_args(tiny_data, train_dir, "--max_steps=30"))
+  return train_dir
+
+
+def trained_copy(trained, train_dir, step):
+  """train_dir as train.py with train_args and --max_steps=step leaves it (its checkpoints
+  up to step and model_flags.json: what the tools read of it); returns train_dir."""
+  os.makedirs(train_dir)
+  for name in os.listdir(trained):
+    kept = re.match(r"model\.ckpt-(\d+)\.", name)
+    if name == "model_flags.json" or (kept and int(kept.group(1)) <= step):
+      shutil.copy(os.path.join(trained, name), train_dir)
+  return train_dir
+
+
 def dead_pid():
   """The pid of a process that has exited."""
   process = subprocess.Popen(["true"])
@@ -60,14 +80,14 @@ def dead_pid():
   return process.pid
 
 
-def test_divergence_stops_training_without_exporting_nan(tiny_data, tmp_path):
+def test_divergence_stops_training_without_exporting_nan(tiny_data, trained, tmp_path):
   """A loss that becomes NaN stops training at that step, names the last good checkpoint,
   and no checkpoint holding NaN/inf is written (Adam's step size is the learning rate, so
   1e30 overflows the weights at once)."""
   train_dir = str(tmp_path / "run")
   common = ["--train_data_pattern=" + tiny_data["train_pattern"], "--train_dir=" + train_dir,
             "--batch_size=8", "--export_model_steps=10", "--num_epochs=100"] + MODEL_FLAGS
-  run_cli("train", *common, "--max_steps=10")
+  trained_copy(trained, train_dir, 10)
   result = run_cli("train", *common, "--max_steps=40", "--base_learning_rate=1e30",
                    "--clip_gradient_norm=0", check=False)
   assert result.returncode == 1
@@ -160,14 +180,15 @@ def test_kill_9_mid_checkpoint_write_then_same_command_resumes(tiny_data, tmp_pa
   assert_restorable(os.path.join(train_dir, "avg-0"), 0)
 
 
-def test_leftovers_of_killed_writes_are_removed_and_live_ones_kept(tiny_data, tmp_path):
+def test_leftovers_of_killed_writes_are_removed_and_live_ones_kept(tiny_data, trained,
+                                                                  tmp_path):
   """Simulated leftovers of a kill -9 (a kill at the right moment of these small writes is not
   deterministic): temporary files named with a dead pid, as build_ensemble,
   overwrite_float16_ckpt (checkpoint_utils.write_checkpoint) and model_flags.json
   (storage.local_output) name theirs, plus a Saver's data file without its index. The next
   run removes them, keeps a temporary file of a live process, and writes complete outputs."""
   train_dir = str(tmp_path / "run")
-  run_cli("train", *train_args(tiny_data, train_dir, "--max_steps=20"))
+  trained_copy(trained, train_dir, 20)
   ens_dir = str(tmp_path / "ens")
   os.makedirs(ens_dir)
   dead = dead_pid()
@@ -196,13 +217,13 @@ def test_leftovers_of_killed_writes_are_removed_and_live_ones_kept(tiny_data, tm
   assert not os.path.exists(os.path.join(train_dir, "model.ckpt-30.data-00000-of-00001"))
 
 
-def test_broken_newest_checkpoint(tiny_data, tmp_path):
+def test_broken_newest_checkpoint(tiny_data, trained, tmp_path):
   """A truncated newest checkpoint (index present): training resumes from the newest one that
   reads, saying which it skipped and why, and exports over it. A corrupt one (flipped bytes:
   TF's CRC check) is named in one line by eval, avg_checkpoints, build_ensemble and
   overwrite_float16_ckpt, which write nothing."""
   train_dir = str(tmp_path / "run")
-  run_cli("train", *train_args(tiny_data, train_dir, "--max_steps=30"))
+  trained_copy(trained, train_dir, 30)
   data = os.path.join(train_dir, "model.ckpt-30.data-00000-of-00001")
   broken_dir = str(tmp_path / "broken")
   os.makedirs(broken_dir)
@@ -267,13 +288,12 @@ def fill(directory, leave_bytes):
     handle.write(b"\0" * max(stat.f_bavail * stat.f_frsize - leave_bytes, 0))
 
 
-def test_disk_full(tiny_data, tmp_path):
+def test_disk_full(tiny_data, trained, tmp_path):
   """A real 3 MiB tmpfs: train.py fills it with its event file and model.ckpt-10, then
   cannot write model.ckpt-20; avg_checkpoints cannot write its average (into a directory it
   creates), eval its inference checkpoint, nor --results_json. Each exits 1 with one line
   naming the user's path; model.ckpt-10 stays restorable; no partial or temporary file."""
-  train_dir = str(tmp_path / "run")
-  run_cli("train", *train_args(tiny_data, train_dir, "--max_steps=10"))
+  train_dir = trained_copy(trained, str(tmp_path / "run"), 10)
   with small_filesystem(str(tmp_path / "disk"), "3m") as disk:
     full_dir = os.path.join(disk, "run")
     error = one_error_line(run_cli("train", *train_args(tiny_data, full_dir, "--max_steps=40"),
@@ -319,12 +339,11 @@ def run_without_root_permissions(module, *args):
   return run(argv, check=False, env=cli_env())
 
 
-def test_permission_denied(tiny_data, tmp_path):
+def test_permission_denied(tiny_data, trained, tmp_path):
   """A read-only train_dir (as root: a process without CAP_DAC_OVERRIDE, so the mode bits
   apply): train.py cannot write model_flags.json, eval its event file, avg_checkpoints the
   directory of its output; one line naming the path, nothing changed."""
-  train_dir = str(tmp_path / "run")
-  run_cli("train", *train_args(tiny_data, train_dir, "--max_steps=10"))
+  train_dir = trained_copy(trained, str(tmp_path / "run"), 10)
   os.chmod(train_dir, 0o555)
   before = sorted(os.listdir(train_dir))
   try:
@@ -347,11 +366,10 @@ def test_permission_denied(tiny_data, tmp_path):
   assert_restorable(os.path.join(train_dir, "model.ckpt-10"), 10)
 
 
-def test_broken_newest_checkpoint_on_gcs(tiny_data, tmp_path, gcs_bucket):
+def test_broken_newest_checkpoint_on_gcs(tiny_data, trained, tmp_path, gcs_bucket):
   """The same on a gs:// train_dir (the emulator): the truncated newest checkpoint is skipped,
   the previous one downloaded and restored, and the re-exported one uploaded over it."""
-  local_dir = str(tmp_path / "run")
-  run_cli("train", *train_args(tiny_data, local_dir, "--max_steps=30"))
+  local_dir = trained_copy(trained, str(tmp_path / "run"), 30)
   data = os.path.join(local_dir, "model.ckpt-30.data-00000-of-00001")
   with open(data, "r+b") as handle:
     handle.truncate(100)

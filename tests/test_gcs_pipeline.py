@@ -2,9 +2,9 @@
 commands on local paths.
 
 The tiny frame-level dataset is uploaded to gs://BUCKET/data/ with storage.copy; then, as
-real subprocesses (STORAGE_EMULATOR_HOST / GOOGLE_CLOUD_PROJECT in their environment, set as
-the `gcs_bucket` fixture sets them), each job starting as soon as the jobs it needs are done
-(at most 3 at a time; gs:// and local jobs interleaved):
+tool processes forked by the fork server (STORAGE_EMULATOR_HOST / GOOGLE_CLOUD_PROJECT in
+their environment, set as the `gcs_bucket` fixture sets them), each job starting as soon as
+the jobs it needs are done (at most 3 at a time; gs:// and local jobs interleaved):
 
   * train (seeded, one reader: deterministic) -- twice on local paths, once on gs://;
   * eval --run_once of the newest checkpoint; avg_checkpoints --checkpoints_start_end=10,30;
@@ -39,7 +39,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, TINY_FLAGS, yt8m
+from conftest import TINY_FLAGS, spawn_cli, yt8m
 from gcs_emulator import EMULATOR_PROJECT
 
 # Every test here starts tool processes: `pytest -m "not slow"` leaves them out.
@@ -64,16 +64,15 @@ CKPT_SUFFIXES = (".index", ".data-00000-of-00001", ".meta")
 
 class Job(object):
 
-  def __init__(self, name, module, args, log_dir, env):
+  def __init__(self, name, module, args, log_dir):
     self.name = name
     self.module = module
     self.log_path = os.path.join(log_dir, name + ".log")
     self._log = open(self.log_path, "w")
     self.start = time.time()
     self.end = None
-    self.process = subprocess.Popen(
-        [sys.executable, "-m", "youtube-8m." + module] + list(args), cwd=REPO_ROOT,
-        stdout=self._log, stderr=subprocess.STDOUT, env=env)
+    # Forked by the fork server (the emulator's variables are not start-up settings).
+    self.process = spawn_cli(module, *args, stdout=self._log, stderr=subprocess.STDOUT)
 
   def poll(self):
     if self.end is None and self.process.poll() is not None:
@@ -98,7 +97,6 @@ class Job(object):
 def run_jobs(log_dir, jobs, timings, max_parallel=3, must_succeed=True, timeout=400):
   """Runs {name: (module, args, [names it depends on])}: each job starts once its
   dependencies have succeeded, at most max_parallel at a time; records wall times."""
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
   started = time.time()
   pending = dict(jobs)
   running, done = {}, {}
@@ -113,7 +111,7 @@ def run_jobs(log_dir, jobs, timings, max_parallel=3, must_succeed=True, timeout=
                                                                 job.output[-3000:]))
       for name, (module, args, deps) in sorted(pending.items()):
         if len(running) < max_parallel and all(d in done for d in deps):
-          running[name] = Job(name, module, args, log_dir, env)
+          running[name] = Job(name, module, args, log_dir)
           del pending[name]
       if time.time() - started > timeout:
         raise AssertionError("jobs %s did not finish within %d s" % (

@@ -6,7 +6,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 
@@ -15,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import (REPO_ROOT, TINY_FLAGS, TINY_NUM_CLASSES, cli_env, corrupt, run, run_cli,
-                      yt8m)
+                      script_python, spawn_cli, yt8m)
 
 # Every test here starts tool processes: `pytest -m "not slow"` leaves them out.
 pytestmark = pytest.mark.slow
@@ -345,9 +344,8 @@ def checkpoint_steps(train_dir):
 def test_resume_after_kill_and_architecture_check(tiny_data, tmp_path):
   train_dir = str(tmp_path / "run")
   args = train_args(tiny_data, train_dir)
-  process = subprocess.Popen([sys.executable, "-m", "youtube-8m.train", "--max_steps=100000"]
-                             + args, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+  process = spawn_cli("train", "--max_steps=100000", *args, stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL)
   try:
     wait_for(os.path.join(train_dir, "model.ckpt-30.index"))
   finally:
@@ -393,9 +391,8 @@ def test_resume_after_kill_and_architecture_check(tiny_data, tmp_path):
   # the log goes to a file: a pipe nobody reads while waiting would fill up and block it
   log_path = str(tmp_path / "sigterm.log")
   log = open(log_path, "w")
-  process = subprocess.Popen([sys.executable, "-m", "youtube-8m.train", "--max_steps=100000"]
-                             + args + ["--save_model_secs=1"], cwd=REPO_ROOT,
-                             stdout=subprocess.DEVNULL, stderr=log)
+  process = spawn_cli("train", "--max_steps=100000", *args, "--save_model_secs=1",
+                      stdout=subprocess.DEVNULL, stderr=log)
   # the export cadence continues E=20 steps after the newest checkpoint (at a multiple of 10)
   resumed_at = newest + steps
   next_export = (resumed_at + 20 + 9) // 10 * 10
@@ -477,9 +474,8 @@ def test_eval_polling_loop_evaluates_each_new_checkpoint_once(trained, tiny_data
       shutil.copy(os.path.join(trained["dir"], name), poll_dir)
   log_path = str(tmp_path / "eval.log")
   with open(log_path, "w") as log:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "youtube-8m.eval", "--eval_interval_secs=1", "--run_once=False"]
-        + eval_args(tiny_data, poll_dir)[:-1], cwd=REPO_ROOT, stdout=log, stderr=log)
+    process = spawn_cli("eval", "--eval_interval_secs=1", "--run_once=False",
+                        *eval_args(tiny_data, poll_dir)[:-1], stdout=log, stderr=log)
   try:
     deadline = time.time() + 240
 
@@ -522,7 +518,7 @@ def test_eval_polling_loop_evaluates_each_new_checkpoint_once(trained, tiny_data
 def run_script(name, *args):
   return run(["bash", os.path.join(REPO_ROOT, "scripts", name)] + list(args),
              env=cli_env({"EXTRA_FLAGS": "--num_classes=%d --iterations=20" % TINY_NUM_CLASSES,
-                          "PYTHON": sys.executable}))
+                          "PYTHON": script_python()}))
 
 
 def test_original_checkpoint_workflow_scripts(trained, tiny_data, tmp_path):

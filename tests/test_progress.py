@@ -12,7 +12,7 @@ import sys
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, TINY_FLAGS, run, run_cli, start_cli, yt8m
+from conftest import REPO_ROOT, TINY_FLAGS, run, run_cli, spawn_cli, yt8m
 
 progress = yt8m("progress")
 readers = yt8m("readers")
@@ -154,12 +154,11 @@ def test_help_lists_every_flag_a_tool_accepts():
   """absl's --help shows only the main module's key flags: each tool adopts the flags of the
   project modules it uses (model flags included), so every project flag it parses is listed."""
   runs = {}
-  for start in range(0, len(TOOLS), 3):  # 3 at a time (TensorFlow imports on 2 cores)
-    batch = {tool: start_cli(tool, "--helpxml", env={"TF_CPP_MIN_LOG_LEVEL": "3"},
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for tool in TOOLS[start:start + 3]}
-    for tool, process in batch.items():
-      runs[tool] = process.communicate(timeout=300)[0]
+  # Forked by the fork server: no TensorFlow import each, all at once.
+  started = {tool: spawn_cli(tool, "--helpxml", stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for tool in TOOLS}
+  for tool, process in started.items():
+    runs[tool] = process.communicate(timeout=300)[0]
   package_dir = os.path.join(REPO_ROOT, "youtube-8m")
   for tool, xml in runs.items():
     flags = re.findall(r"<flag>\s*(<key>yes</key>\s*)?<file>([^<]+)</file>\s*<name>([^<]+)</name>",

@@ -90,9 +90,9 @@ def ensemble_config(pool, chosen, weights):
       kernel_storage=[s for _, s in chosen]).validate()
 
 
-def _meta_bytes(config, directory):
+def _meta_bytes(config, directory, built=None):
   path = os.path.join(directory, "size.meta")
-  model_graph.export_inference_meta(path, config)
+  model_graph.export_inference_meta(path, config, built)
   size = os.path.getsize(path)
   os.remove(path)
   return size
@@ -104,14 +104,14 @@ def option_sizes(pool, candidates, storages, copies, directory):
   for index, source in enumerate(candidates):
     for storage_name in storages:
       config = member_config(pool, index, storage_name)
-      template = ensemble_checkpoint.specs_from_graph(
-          model_graph.build_inference_graph(config)[0])
+      built = model_graph.build_inference_graph(config)  # the template and its meta graph
+      template = ensemble_checkpoint.specs_from_graph(built[0])
       plan = ensemble_checkpoint.plan_ensemble(
           template, [source], copies, "candidate %d (%s) in %s" % (
               index, config.describe(), storage_name))
       data = plan.output_bytes() - plan.global_step_dtype.size
       index_bytes = sum(len(item[0]) + INDEX_ENTRY_BYTES for item in plan.items)
-      one = _meta_bytes(config, directory)
+      one = _meta_bytes(config, directory, built)
       two = _meta_bytes(ensemble_config(pool, [(index, storage_name)] * 2, [0.5, 0.5]),
                         directory)
       member_meta = two - one

@@ -189,12 +189,13 @@ def assemble_config(checkpoints, explicit, member_jsons, source_specs):
   return model_graph.ModelConfig.from_dict(values).validate()
 
 
-def planned_size(plan, config):
+def planned_size(plan, config, built=None):
   """Bytes of the submission files: tensor data and meta graph exact (the meta graph exported
-  to a temporary file), the .index and model_flags.json estimated."""
+  to a temporary file), the .index and model_flags.json estimated. built: config's inference
+  (graph, saver), if already built."""
   with storage.temporary_dir("yt8m-plan") as directory:
     meta = os.path.getsize(model_graph.export_inference_meta(
-        os.path.join(directory, "plan.meta"), config))
+        os.path.join(directory, "plan.meta"), config, built))
   data = plan.output_bytes()
   # An index entry holds the name, dtype, shape and offsets (~40 B besides the name).
   other = sum(len(item[0]) + 40 for item in plan.items) + 4096
@@ -227,12 +228,13 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
           "--train_dir=%s holds another model (its model_flags.json describes %d model(s)): "
           "choose another --train_dir. %s" % (train_dir, int(stored.get("ensemble_num", 1)),
                                                str(error).split(": ", 1)[-1]))
-  template_specs = ensemble_checkpoint.specs_from_graph(
-      model_graph.build_inference_graph(config)[0])
+  # One inference graph for the template, the planned size and the written meta graph.
+  built = model_graph.build_inference_graph(config)
+  template_specs = ensemble_checkpoint.specs_from_graph(built[0])
   plan = ensemble_checkpoint.plan_ensemble(
       template_specs, checkpoints, copies, "the %d-model ensemble graph (%s)" % (
           config.ensemble_num, config.describe()), outputs=[output_prefix])
-  size = planned_size(plan, config)
+  size = planned_size(plan, config, built)
   logging.info("%s", format_planned_size(size))
   if dry_run:
     print(format_planned_size(size))
@@ -240,7 +242,7 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
         output_prefix, utils.model_flags_path(train_dir)))
     return dict(size, dry_run=True)
   summary = ensemble_checkpoint.write_plan(plan, copies, output_prefix, lambda tmp: (
-      model_graph.export_inference_meta(tmp + ".meta", config)))
+      model_graph.export_inference_meta(tmp + ".meta", config, built)))
   model_flags = config.to_json_dict()
   model_flags["ensemble_sources"] = [storage.abspath(c) for c in checkpoints]
   if stored is not None and model_graph.TRAINING_KEY in stored:

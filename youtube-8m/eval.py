@@ -144,12 +144,12 @@ def requested_checkpoints():
   return [(flag, name) for name in lists.get(flag, [])]
 
 
-def save_inference_checkpoint(sess, saver, config, name, synced):
+def save_inference_checkpoint(sess, saver, config, name, synced, built=None):
   """Saves the restored model as train_dir/name (files renamed into place at the end, then
-  uploaded if train_dir is on gs://)."""
+  uploaded if train_dir is on gs://). built: config's inference (graph, saver), if built."""
   def write(tmp_prefix):
     saver.save(sess, tmp_prefix, write_meta_graph=False, write_state=False)
-    model_graph.export_inference_meta(tmp_prefix + ".meta", config)
+    model_graph.export_inference_meta(tmp_prefix + ".meta", config, built)
 
   prefix = checkpoint_utils.write_checkpoint(os.path.join(synced.local, name), write)
   synced.push([name + ".*"])
@@ -341,6 +341,7 @@ class Evaluation(object):
     self.writer = summaries.SummaryWriter(self.synced.local,
                                           filename_suffix=".eval.%d" % os.getpid())
     self.results = []
+    self.inference_graph = None  # (graph, saver) of the inference meta graph, once needed
 
   def checkpoint(self, sess, prefix, requested_name):
     """Restores prefix, saves its inference checkpoint and, unless --create_meta_only,
@@ -355,7 +356,10 @@ class Evaluation(object):
     logging.info("Restored %s (global step %s)", prefix, step_label)
     name = inference_checkpoint_name(requested_name, prefix, config)
     if name:
-      save_inference_checkpoint(sess, self.saver, config, name, self.synced)
+      if self.inference_graph is None:  # built once for every checkpoint of the run
+        self.inference_graph = model_graph.build_inference_graph(config)
+      save_inference_checkpoint(sess, self.saver, config, name, self.synced,
+                                self.inference_graph)
     if FLAGS.create_meta_only:
       return None
     summary = summary_tag_and_step(prefix, int(sess.run(self.tensors["global_step"])),

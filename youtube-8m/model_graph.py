@@ -487,9 +487,11 @@ def build_inference_graph(config):
   return graph, saver
 
 
-def export_inference_meta(meta_path, config):
-  """Writes the inference graph's MetaGraphDef (with its saver_def) to meta_path."""
-  graph, saver = build_inference_graph(config)
+def export_inference_meta(meta_path, config, built=None):
+  """Writes the inference graph's MetaGraphDef (with its saver_def) to meta_path. built: the
+  (graph, saver) build_inference_graph(config) returned, if the caller has it (the export
+  does not change it: the same bytes as a graph built anew)."""
+  graph, saver = built or build_inference_graph(config)
   with graph.as_default():
     tf1.train.export_meta_graph(filename=meta_path, graph=graph,
                                 saver_def=saver.as_saver_def(), clear_devices=True)

@@ -285,10 +285,17 @@ class BaseReader(object):
         _StagedFiles(files, num_epochs, shuffle, seed, num_readers),
         output_signature=(spec, spec))
 
+    # The dataset's functions are graph code as written (no Python control flow on tensors):
+    # AutoGraph would only re-write them, ~4 s of every tool's start-up.
+    @tf.autograph.experimental.do_not_convert
     def records_of(local_name, filename):
       # (filename, (index, record)) by zip: no function call per record.
       return tf.data.Dataset.zip((tf.data.Dataset.from_tensors(filename).repeat(),
                                   tf.data.TFRecordDataset(local_name).enumerate()))
+
+    @tf.autograph.experimental.do_not_convert
+    def parse(filenames, indexed):
+      return self.parse(filenames, *indexed)
 
     if num_readers > 1:
       records = file_names.interleave(records_of, cycle_length=num_readers, block_length=1)
@@ -298,8 +305,7 @@ class BaseReader(object):
       records = records.shuffle(shuffle_buffer or 5 * batch_size, seed=seed)
     # Parsing a batch holds a few copies of it: larger batches are parsed in parts.
     parse_size = min(batch_size, MAX_PARSE_BATCH)
-    batches = records.batch(parse_size).map(
-        lambda filenames, indexed: self.parse(filenames, *indexed))
+    batches = records.batch(parse_size).map(parse)
     if parse_size < batch_size:
       batches = batches.rebatch(batch_size)
     # One thread reads and parses, ahead of the model: it keeps up and takes at most one
