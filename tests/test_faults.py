@@ -289,12 +289,12 @@ def fill(directory, leave_bytes):
 
 
 def test_disk_full(tiny_data, trained, tmp_path):
-  """A real 3 MiB tmpfs: train.py fills it with its event file and model.ckpt-10, then
+  """A real 3.6 MiB tmpfs (3700k): train.py fills it with its event file and model.ckpt-10, then
   cannot write model.ckpt-20; avg_checkpoints cannot write its average (into a directory it
   creates), eval its inference checkpoint, nor --results_json. Each exits 1 with one line
   naming the user's path; model.ckpt-10 stays restorable; no partial or temporary file."""
   train_dir = trained_copy(trained, str(tmp_path / "run"), 10)
-  with small_filesystem(str(tmp_path / "disk"), "3m") as disk:
+  with small_filesystem(str(tmp_path / "disk"), "3700k") as disk:
     full_dir = os.path.join(disk, "run")
     error = one_error_line(run_cli("train", *train_args(tiny_data, full_dir, "--max_steps=40"),
                                    check=False))
