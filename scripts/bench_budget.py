@@ -20,12 +20,12 @@ work directory is deleted at the end unless --keep.
 import argparse
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 
+from bench_ensemble import inference_rate
 from bench_util import REPO_ROOT, host_setting, run_child, yt8m
 
 ORIGINAL_MODELS = ((24, 1440), (32, 1024), (16, 800), (32, 512))
@@ -87,20 +87,6 @@ def make_ensemble(train_dir, storage, copies):
   print("saved", prefix, config.describe())
 
 
-def inference_rate(log_text):
-  """(overall, steady) videos/sec of inference.py from its progress lines ('num examples
-  processed: N elapsed seconds: S'): overall from the last line, steady after the first batch
-  (which also pays for the session's start and the checkpoint's restore); 0.0 if unknown."""
-  rows = [(int(n), float(s)) for n, s in re.findall(
-      r"num examples processed: (\d+) elapsed seconds: ([\d.]+)", log_text)]
-  if not rows:
-    return 0.0, 0.0
-  overall = rows[-1][0] / max(rows[-1][1], 1e-9)
-  if len(rows) < 2 or rows[-1][1] <= rows[0][1]:
-    return overall, 0.0
-  return overall, (rows[-1][0] - rows[0][0]) / (rows[-1][1] - rows[0][1])
-
-
 def compare_inference(work, ensembles, args):
   """Runs inference.py on the same synthetic test videos with each ensemble in turn, rounds
   times; returns {storage: [{videos_per_sec, steady_videos_per_sec, rss_mib}, ...]}."""
@@ -120,7 +106,7 @@ def compare_inference(work, ensembles, args):
           "--output_file=" + os.path.join(work, "predictions_%s.csv" % storage),
           "--batch_size=%d" % args.inference_batch),
                                os.path.join(work, "inference_%s_%d.log" % (storage, round_index)))
-      overall, steady = inference_rate(text)
+      _, overall, steady = inference_rate(text)
       results[storage].append({"videos_per_sec": overall, "steady_videos_per_sec": steady,
                                "rss_mib": rss})
       print("round %d, %s: %.1f videos/sec (%.1f after the first batch), peak RSS %.0f MiB"

@@ -445,7 +445,9 @@ def main(argv):
   if args.budget_build:
     tasks.append(("budget", lambda: budget_build(args, data, models, ensembles.directory(
         "ensemble_fp16_tuned"), logs)))
-  (size, csv_path, tgz, rows), budget = side_by_side(args, tasks) + [None][:2 - len(tasks)]
+  results = side_by_side(args, tasks)
+  size, csv_path, tgz, rows = results[0]
+  budget = results[1] if args.budget_build else None
   ensembles = ensembles.results
 
   print()
