@@ -75,18 +75,16 @@ def _mixture_probabilities(gate_activations, expert_activations, vocab_size, num
   """sum over m < M of softmax(gates over M+1)[m] * sigmoid(experts)[m], per class: [B, V].
 
   The original's graph takes the softmax of a [B*V, M+1] reshape, slices, multiplies and
-  sums; this computes the same values (up to float32 rounding) on M+1 planes [B, V], where
-  every op is element-wise or a sum over the outer axis: oneDNN's softmax and sums over a
-  last axis of M+1 = 3 run at a fraction of that speed. The planes are summed by reduce_sum
-  over a stack, not by additions, which grappler would merge into an AddN whose summation
-  order (and so the last bit) varies from run to run.
+  sums. This computes the same values (the forward pass bit for bit) on the mixtures moved to
+  the outer axis, [M+1, B, V]: one transpose in, and every op after it element-wise or a sum
+  over that outer axis. oneDNN's softmax and sums over a last axis of M+1 run at a fraction
+  of that speed, and unstacking into M+1 planes costs a Pack per plane set in the backward
+  pass. The shift by the maximum needs no gradient: the softmax does not depend on it.
   """
-  gates = tf.unstack(tf.reshape(gate_activations, [-1, vocab_size, num_mixtures + 1]), axis=2)
-  experts = tf.unstack(tf.sigmoid(tf.reshape(expert_activations,
-                                             [-1, vocab_size, num_mixtures])), axis=2)
-  largest = gates[0]
-  for gate in gates[1:]:
-    largest = tf.maximum(largest, gate)
-  weights = [tf.exp(gate - largest) for gate in gates]
-  mixed = tf.reduce_sum(tf.stack([w * e for w, e in zip(weights, experts)]), axis=0)
-  return mixed / tf.reduce_sum(tf.stack(weights), axis=0)
+  gates = tf.transpose(tf.reshape(gate_activations, [-1, vocab_size, num_mixtures + 1]),
+                       [2, 0, 1])
+  experts = tf.sigmoid(tf.transpose(tf.reshape(expert_activations,
+                                               [-1, vocab_size, num_mixtures]), [2, 0, 1]))
+  weights = tf.exp(gates - tf.stop_gradient(tf.reduce_max(gates, 0)))
+  expert_weights, _ = tf.split(weights, [num_mixtures, 1], 0)
+  return tf.reduce_sum(expert_weights * experts, 0) / tf.reduce_sum(weights, 0)
