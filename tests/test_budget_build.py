@@ -160,6 +160,55 @@ def test_uint8_member_predictions_are_close_to_float32(candidates, tiny_data, tm
   assert report["float32_tensor_bytes"] > report["tensor_bytes"]
 
 
+def test_options_of_a_group_are_the_single_models_in_one_pass(candidates, tiny_data,
+                                                              tmp_path):
+  """group_predictions runs several options in one graph: each option's predictions are its
+  candidate's own as a single model (sampling with seed (0, 0)), and the storages of one
+  candidate differ by their kernels only."""
+  files = readers.eval_files(tiny_data["validate_pattern"])
+  pool = tiny_config(ensemble_num=2, netvlad_cluster_size=[4, 2], netvlad_hidden_size=[16, 8],
+                     ensemble_wts=[0.5, 0.5])
+  settings = budget_lib.Settings(eval_files=files, limit=2**30,
+                                 storages=["float32", "uint8"], batch_size=BATCH)
+  group = [(0, "float32"), (1, "float32"), (0, "uint8")]
+  with checkpoint_utils.LocalCopies() as copies:
+    predictions, labels, info = budget_lib.group_predictions(
+        pool, group, candidates[:2], settings, copies, str(tmp_path))
+  assert os.listdir(str(tmp_path)) == []  # the temporary checkpoint is gone
+  assert len(predictions) == 3 and info["videos"] == len(labels)
+  for index, (cluster, hidden, _) in enumerate(CANDIDATES[:2]):
+    single = tiny_config(netvlad_cluster_size=[cluster], netvlad_hidden_size=[hidden])
+    (alone,), alone_labels, _ = weights_lib.collect_member_predictions(
+        single, candidates[index], files, BATCH, 8, 0, np.float32, 20)
+    np.testing.assert_array_equal(alone_labels, labels)
+    np.testing.assert_allclose(predictions[index], alone, rtol=0, atol=1e-5)
+    if index == 1:  # as the second model of an ensemble it would sample other frames
+      (second,), _, _ = weights_lib.collect_member_predictions(
+          single, candidates[index], files, BATCH, 8, 0, np.float32, 20,
+          sampling_seeds=[(0, 1)])
+      # (Random tiny models barely depend on the frames: 1.9e-4 at most, measured on
+      # 2026-12-07, against the 1e-5 above.)
+      assert np.abs(second - alone).max() > 5e-5
+  difference = np.abs(predictions[2] - predictions[0]).max()
+  assert 0 < difference <= UINT8_TOLERANCE, difference
+
+
+def test_option_groups_bound_the_tensor_bytes_of_a_pass():
+  class Plan(object):
+    def __init__(self, size):
+      self.size = size
+
+    def output_bytes(self):
+      return self.size
+
+  sizes = {(0, "float32"): (Plan(400), 0), (0, "uint8"): (Plan(100), 0),
+           (1, "float32"): (Plan(700), 0), (2, "float32"): (Plan(1200), 0),
+           (2, "uint8"): (Plan(300), 0)}
+  assert budget_lib.option_groups(sizes, limit_bytes=1000) == [
+      [(0, "float32"), (0, "uint8")], [(1, "float32")], [(2, "float32")], [(2, "uint8")]]
+  assert budget_lib.option_groups(sizes, limit_bytes=10**6) == [list(sizes)]
+
+
 # ---------------------------------------------------------------------------------------
 # The budgeted build (tool processes).
 

@@ -10,9 +10,11 @@ r"""build_ensemble on a byte budget: members, storages and weights chosen on hel
    (the meta graph of two copies of it minus that of one), plus the model_flags.json entry.
    The rest of the submission (meta graph without members, index header, json) is the base.
    A limit that holds no option fails here, before any data is read.
-2. Each option's held-out predictions are computed once: the candidate converted into that
-   storage (ensemble_checkpoint's conversion, into a temporary checkpoint removed after use)
-   and run by ensemble_weights.collect_member_predictions; they stay in memory (options x
+2. Each option's held-out predictions are computed once, many options in one pass over the
+   data: the options (up to GROUP_TENSOR_BYTES of tensors) converted into their storages as
+   the members of one temporary ensemble checkpoint (ensemble_checkpoint's conversion,
+   removed after use), run by ensemble_weights.collect_member_predictions, each option
+   sampling frames with seed (0, 0) as a single model does; they stay in memory (options x
    videos x classes x 4 bytes: --max_videos caps it).
 3. ensemble_budget.search picks the members, storages and weights (deterministic for
    --search_seed).
@@ -22,9 +24,10 @@ r"""build_ensemble on a byte budget: members, storages and weights chosen on hel
    thereby no longer fits) and the search runs again: the written ensemble never exceeds the
    limit.
 5. The built graph runs once more on the held-out data: its GAP (eval.py's metric, at the
-   same --batch_size) is reported beside the search's. They differ a little because an
-   ensemble samples member i's frames with seed (0, i), while every option was run as model
-   0 (and an ensemble of several models samples normalized frames).
+   same --batch_size) is reported beside the search's. They differ because the ensemble
+   samples member i's frames with seed (0, i), while every option was scored with seed
+   (0, 0): the members of the written graph see different frames, which the search does not
+   credit.
 6. Unless --dry_run: the files are copied into --train_dir (the .index last, then
    model_flags.json) with the table as budget_table.txt; --results_json gets every number.
 """
@@ -54,6 +57,9 @@ JSON_MEMBER_BYTES = 64  # a member's values in model_flags.json besides its sour
 BASE_EXTRA_BYTES = 4096  # index header and footer, global_step, the json's other keys
 TABLE_FILE = "budget_table.txt"
 MAX_ROUNDS = 8
+# Options whose tensors add up to at most this many bytes share one graph and one pass over
+# the held-out data (the graph holds their variables, each in its storage).
+GROUP_TENSOR_BYTES = 3 * 2**30
 
 
 @dataclasses.dataclass
@@ -99,22 +105,25 @@ def _meta_bytes(config, directory, built=None):
 
 
 def option_sizes(pool, candidates, storages, copies, directory):
-  """{(index, storage): (plan, estimated bytes)} and the base bytes (see the module doc)."""
-  sizes, base = {}, 0
+  """{(index, storage): (plan, estimated bytes)} and the base bytes (see the module doc).
+  Candidates of the same sizes share their graph template and meta graph shares."""
+  sizes, base, by_config = {}, 0, {}
   for index, source in enumerate(candidates):
     for storage_name in storages:
       config = member_config(pool, index, storage_name)
-      built = model_graph.build_inference_graph(config)  # the template and its meta graph
-      template = ensemble_checkpoint.specs_from_graph(built[0])
+      key = (pool.netvlad_cluster_size[index], pool.netvlad_hidden_size[index], storage_name)
+      if key not in by_config:
+        built = model_graph.build_inference_graph(config)  # the template and its meta graph
+        one = _meta_bytes(config, directory, built)
+        two = _meta_bytes(ensemble_config(pool, [(index, storage_name)] * 2, [0.5, 0.5]),
+                          directory)
+        by_config[key] = (ensemble_checkpoint.specs_from_graph(built[0]), one, two - one)
+      template, one, member_meta = by_config[key]
       plan = ensemble_checkpoint.plan_ensemble(
           template, [source], copies, "candidate %d (%s) in %s" % (
               index, config.describe(), storage_name))
       data = plan.output_bytes() - plan.global_step_dtype.size
       index_bytes = sum(len(item[0]) + INDEX_ENTRY_BYTES for item in plan.items)
-      one = _meta_bytes(config, directory, built)
-      two = _meta_bytes(ensemble_config(pool, [(index, storage_name)] * 2, [0.5, 0.5]),
-                        directory)
-      member_meta = two - one
       base = max(base, one - member_meta)
       sizes[(index, storage_name)] = (plan, data + index_bytes + member_meta + len(
           storage.abspath(source)) + JSON_MEMBER_BYTES)
@@ -132,39 +141,61 @@ def check_fits(sizes, base, limit, candidates):
             limit, candidates[index], storage_name, base + size, size, base))
 
 
-def option_predictions(pool, index, storage_name, plan, source, settings, copies, directory):
-  """(predictions [videos, classes] float32, labels, info) of one option on the held-out
-  files, through a temporary checkpoint of the candidate in that storage."""
-  config = member_config(pool, index, storage_name)
-  prefix = os.path.join(directory, "option-%d-%s" % (index, storage_name), "model")
+def option_groups(sizes, limit_bytes=GROUP_TENSOR_BYTES):
+  """The options [(index, storage)] in groups run by one graph each: consecutive options
+  while their tensors' bytes stay within limit_bytes (a larger option runs alone)."""
+  groups, total = [], 0
+  for key, (plan, _) in sizes.items():
+    size = plan.output_bytes()
+    if not groups or total + size > limit_bytes:
+      groups.append([])
+      total = 0
+    groups[-1].append(key)
+    total += size
+  return groups
+
+
+def group_predictions(pool, group, candidates, settings, copies, directory):
+  """(predictions [[videos, classes] float32 per option], labels, info) of the options of
+  group on the held-out files: one temporary ensemble checkpoint of them, run once (one pass
+  over the data for all of them). Every option samples its frames with seed (0, 0), as a
+  single model does: they differ by their weights only, whatever place the search gives them
+  (a member's own seed in the written graph follows from its place)."""
+  config = ensemble_config(pool, group, [1.0 / len(group)] * len(group))
+  sources = [candidates[index] for index, _ in group]
+  template = ensemble_checkpoint.specs_from_graph(model_graph.build_inference_graph(config)[0])
+  plan = ensemble_checkpoint.plan_ensemble(template, sources, copies, config.describe())
+  prefix = os.path.join(directory, "options", "model")
   ensemble_checkpoint.write_plan(plan, copies, prefix, lambda tmp: None)
   try:
-    members, labels, info = ensemble_weights.collect_member_predictions(
+    return ensemble_weights.collect_member_predictions(
         config, prefix, settings.eval_files, settings.batch_size, settings.num_readers,
         settings.max_videos, np.dtype(np.float32), settings.top_k,
-        checkpoint_name="%s in %s" % (source, storage_name))
+        checkpoint_name="options %s" % ", ".join(
+            "%s in %s" % (candidates[index], storage_name) for index, storage_name in group),
+        sampling_seeds=[(0, 0)] * len(group))
   finally:
     shutil.rmtree(os.path.dirname(prefix), ignore_errors=True)
-  return members[0], labels, info
 
 
 def collect_options(pool, candidates, sizes, settings, copies, directory):
   """The ensemble_budget.Options of every (candidate, storage) and the held-out labels."""
   options, labels = [], None
-  for (index, storage_name), (plan, size) in sizes.items():
+  for group in option_groups(sizes):
     start = time.time()
-    predictions, option_labels, info = option_predictions(
-        pool, index, storage_name, plan, candidates[index], settings, copies, directory)
+    predictions, group_labels, info = group_predictions(pool, group, candidates, settings,
+                                                        copies, directory)
     if labels is None:
-      labels = option_labels
-    elif not np.array_equal(labels, option_labels):
-      raise CheckpointToolError("the held-out videos came in another order for %s in %s: "
-                                "the options' predictions cannot be mixed" % (
-                                    candidates[index], storage_name))
-    options.append(ensemble_budget.Option(index, candidates[index], storage_name, size,
-                                          predictions))
-    logging.info("option %s in %s: %d bytes, GAP %.5f (%d videos in %.1f s)",
-                 candidates[index], storage_name, size, info["configured_gap_graph"],
+      labels = group_labels
+    elif not np.array_equal(labels, group_labels):
+      raise CheckpointToolError("the held-out videos came in another order for options %s: "
+                                "the options' predictions cannot be mixed" % group)
+    for (index, storage_name), option_predictions in zip(group, predictions):
+      options.append(ensemble_budget.Option(index, candidates[index], storage_name,
+                                            sizes[(index, storage_name)][1],
+                                            option_predictions))
+    logging.info("%d option(s) in one pass: %s (%d videos in %.1f s)", len(group), ", ".join(
+        "%s in %s" % (candidates[index], storage_name) for index, storage_name in group),
                  info["videos"], time.time() - start)
   return options, labels
 

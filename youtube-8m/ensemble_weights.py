@@ -154,9 +154,9 @@ def search(objective, num_models, seed=0, restarts=5):
 
 def collect_member_predictions(config, prefix, files, batch_size, num_readers, max_videos,
                                member_dtype, top_k, checkpoint_name=None,
-                               compute_dtype=tf.float32):
-  """Runs the eval graph once (matmuls in compute_dtype); returns (members [n][N, C], labels
-  [N, C] bool, info).
+                               compute_dtype=tf.float32, sampling_seeds=None):
+  """Runs the eval graph once (matmuls in compute_dtype; sampling_seeds as
+  model_graph.build_model's); returns (members [n][N, C], labels [N, C] bool, info).
 
   prefix is a local checkpoint (a staged copy of checkpoint_name, which errors name);
   files may be local or gs:// (the reader stages them).
@@ -168,7 +168,8 @@ def collect_member_predictions(config, prefix, files, batch_size, num_readers, m
                                        "eval_input")
     predictions, _ = model_graph.build_model(config, batch["video_matrix"],
                                              batch["num_frames"], is_training=False,
-                                             compute_dtype=compute_dtype)
+                                             compute_dtype=compute_dtype,
+                                             sampling_seeds=sampling_seeds)
     members = tf1.get_collection(model_graph.MEMBER_PREDICTIONS)
     graph_vars = tf1.global_variables()
     saver = tf1.train.Saver(graph_vars)

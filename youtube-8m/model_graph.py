@@ -402,7 +402,7 @@ def create_global_step():
 
 
 def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
-                compute_dtype=tf.float32):
+                compute_dtype=tf.float32, sampling_seeds=None):
   """Builds the (ensemble) model under scope `tower`; returns (predictions, model_input).
 
   model_input_raw: the reader's video_matrix (frame level: uint8-quantized frames, zero bytes
@@ -413,7 +413,8 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
   (model_utils.sampled_feature_blocks): the same values up to float32 rounding, for far less
   memory, and less work when it samples fewer frames than the video holds.
   compute_dtype (from --compute_dtype, not part of the config: the variables do not depend on
-  it) is the dtype of the matmuls; predictions are float32.
+  it) is the dtype of the matmuls; predictions are float32. Evaluation and inference sample
+  model i's frames with the fixed seed sampling_seeds[i] (default (0, i)).
   """
   quantized = model_input_raw.dtype == tf.uint8
   valid = tf.sequence_mask(num_frames, tf.shape(model_input_raw)[1]) if quantized else None
@@ -439,8 +440,8 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
               hidden_size=config.netvlad_hidden_size[index], is_training=is_training,
               iterations=config.iterations,
               sample_random_frames=config.sample_random_frames, gating=config.gating,
-              # Evaluation/inference sample each model's frames with a fixed seed.
-              sampling_seed=None if is_training else (0, index),
+              sampling_seed=None if is_training else (
+                  sampling_seeds[index] if sampling_seeds else (0, index)),
               classifier_model=config.video_level_classifier_model,
               kernel_storage=config.member_storage(index), **classifier_params)
         predictions.append(result["predictions"])
