@@ -19,6 +19,7 @@ from conftest import TINY_FLAGS, cli_env, corrupt, run, run_cli, start_cli, yt8m
 pytestmark = pytest.mark.slow
 
 storage = yt8m("storage")
+tf1 = tf.compat.v1
 
 MODEL_FLAGS = TINY_FLAGS + ["--netvlad_cluster_size=4", "--netvlad_hidden_size=8"]
 
@@ -327,6 +328,38 @@ def test_disk_full(tiny_data, trained, tmp_path):
     assert error == "ERROR: cannot write %s: No space left on device" % results
     assert os.listdir(os.path.dirname(results)) == []
     assert_restorable(os.path.join(full_dir, "model.ckpt-10"), 10)
+
+
+def test_failed_meta_write_keeps_the_previous_checkpoint_newest(tmp_path):
+  """A Saver writes the data and the index, then the `checkpoint` state file, then the .meta:
+  when the .meta fails (a full disk; here a directory in its place, so that its rename fails
+  at the same point every time), train.py's export of that step is undone: no file of
+  model.ckpt-20, no temporary, and the state file as it was, naming model.ckpt-10."""
+  training_loop = yt8m("training_loop")
+  train_dir = str(tmp_path / "run")
+  prefix = os.path.join(train_dir, "model.ckpt")
+  graph = tf.Graph()
+  with graph.as_default():
+    tf1.train.create_global_step()
+    tf1.get_variable("weights", [64, 64])
+    saver = tf1.train.Saver()
+    with tf1.Session(graph=graph) as sess:
+      sess.run(tf1.global_variables_initializer())
+      saver.save(sess, prefix, global_step=10)
+      state = os.path.join(train_dir, "checkpoint")
+      before = open(state).read()
+      os.makedirs(prefix + "-20.meta")
+      exporter = training_loop.Exporter(sess, saver, tf.constant(True), train_dir, None, None,
+                                        10)
+      with pytest.raises(IOError, match=r"^cannot write checkpoint %s-20: .*Is a directory"
+                         % re.escape(prefix)):
+        exporter.export(20)
+  assert exporter.saved == 10
+  assert [name for name in os.listdir(train_dir) if "ckpt-20" in name] == ["model.ckpt-20.meta"]
+  assert os.path.isdir(prefix + "-20.meta")
+  assert leftovers(train_dir) == []
+  assert open(state).read() == before
+  assert tf.train.latest_checkpoint(train_dir) == prefix + "-10"
 
 
 def run_without_root_permissions(module, *args):

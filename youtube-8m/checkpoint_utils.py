@@ -118,13 +118,16 @@ def reading(name, local_prefix=None):
 
 @contextlib.contextmanager
 def writing(prefix, tmp_prefix=None):
-  """Raises TensorFlow's errors writing checkpoint ``prefix`` (as tmp_prefix) - a full disk,
-  a permission denied - as one IOError naming prefix."""
+  """Raises TensorFlow's and the OS's errors writing checkpoint ``prefix`` (as tmp_prefix) - a
+  full disk, a permission denied - as one IOError naming prefix."""
   try:
     yield
   except tf.errors.OpError as error:
     raise IOError("cannot write checkpoint %s: %s" % (
         prefix, tf_error_line(error, [(tmp_prefix or prefix, prefix)]))) from error
+  except OSError as error:  # e.g. the Saver's .meta, written by Python's file API
+    raise IOError("cannot write checkpoint %s: %s" % (prefix, utils.one_line(str(error)))
+                  ) from error
 
 
 # What a tf.compat.v1.train.Saver killed while saving leaves: BundleWriter's
@@ -145,6 +148,30 @@ def remove_interrupted_saves(directory, basename=TRAIN_CHECKPOINT_BASENAME):
                                        parse_step(prefix, basename) is not None):
       logging.info("Removing %s, left by an interrupted save", path)
       storage.remove(path)
+
+
+@contextlib.contextmanager
+def saving(directory, prefix):
+  """A context for a Saver.save of checkpoint prefix in the local directory: if it fails (a
+  full disk, say, even in the .meta written after the data, the index and the `checkpoint`
+  state file), everything of prefix is removed, temporaries included, and the state file is
+  put back as it was, so that the previous checkpoint stays the newest; then the error goes
+  on."""
+  state_path = os.path.join(directory, "checkpoint")
+  state_before = open(state_path, "rb").read() if os.path.isfile(state_path) else None
+  try:
+    yield
+  except BaseException:
+    for path in glob.glob(glob.escape(prefix) + ".*") + glob.glob(
+        os.path.join(glob.escape(directory), "checkpoint.tmp*")):
+      if os.path.isfile(path):
+        os.remove(path)
+    if state_before is None:
+      if os.path.isfile(state_path):
+        os.remove(state_path)
+    elif not os.path.isfile(state_path) or open(state_path, "rb").read() != state_before:
+      utils.write_atomically(state_path, state_before)
+    raise
 
 
 def variable_specs(reader):

@@ -54,7 +54,9 @@ class Exporter(object):
     if not self.sess.run(self.weights_finite):
       raise self.diverged(step, "the weights hold NaN or inf")
     prefix = os.path.join(self.train_dir, checkpoint_utils.TRAIN_CHECKPOINT_BASENAME)
-    with checkpoint_utils.writing("%s-%d" % (prefix, step)):
+    step_prefix = "%s-%d" % (prefix, step)
+    with checkpoint_utils.saving(self.train_dir, step_prefix), checkpoint_utils.writing(
+        step_prefix):
       path = self.saver.save(self.sess, prefix, global_step=step)
     if self.synced:
       self.writer.flush()
