@@ -16,9 +16,10 @@
    --candidates chooses among each model's average and last checkpoint, each in float32,
    float16 or 8 bits, under the tuned float16 ensemble's own size, and the two are compared.
 
-Steps that do not depend on each other run side by side, each on CPUs of its own
-(--parallel_jobs): the models' pipelines (2-4); the float32 ensemble beside the float16 one and
-its weight search (5-6); the submission beside the budgeted build (7-8).
+Steps that do not depend on each other run side by side (--parallel_jobs): the models'
+pipelines (2-4), each on CPUs of its own; the float32 ensemble beside the float16 one and its
+weight search (5-6), and the submission beside the budgeted build (7-8), sharing the CPUs (the
+longer one gets them all when the shorter one is done).
 
 Every step is printed as it goes: its number and what it does, the command (so that it can be
 re-run by hand), the tool's progress lines (checkpoint exports, done/total with ETA), and its
@@ -63,9 +64,9 @@ def parse_args(argv):
   parser.add_argument("--difficulty", type=float, default=0.5)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--parallel_jobs", type=int, default=0,
-                      help="run up to this many independent steps (the models' pipelines, the "
-                           "ensembles) side by side, each on its own CPUs (0: one per CPU; 1: "
-                           "one step at a time)")
+                      help="run up to this many independent steps (the models' pipelines, "
+                           "each on its own CPUs; the ensembles) side by side (0: one per CPU; "
+                           "1: one step at a time)")
   parser.add_argument("--nobudget_build", dest="budget_build", action="store_false",
                       help="skip step 8, the budgeted build under the tuned ensemble's size")
   # Real data (e.g. the 2018 frame-level files, local or gs://) instead of synthetic data.
@@ -148,11 +149,13 @@ def cpu_groups(jobs):
   return [cpus[i * len(cpus) // jobs:(i + 1) * len(cpus) // jobs] for i in range(jobs)]
 
 
-def side_by_side(args, tasks):
+def side_by_side(args, tasks, pin=True):
   """Runs tasks [(tag, function)] --parallel_jobs at a time (0: as many as there are tasks and
-  CPUs), each in a thread whose tools run on CPUs of their own (one TensorFlow process per
-  core does more in all than processes in turn on both cores: docs/measurements.md); one at
-  a time, untagged, on one CPU. Returns the functions' results in order."""
+  CPUs), each in a thread; one at a time, untagged, if that is 1. pin: each thread's tools run
+  on CPUs of their own (for tasks of equal length, e.g. the models' trainings: one TensorFlow
+  process per core does more in all than processes sharing both cores, docs/measurements.md);
+  otherwise they share every CPU, so that the longer task gets all of them once the shorter
+  one is done. Returns the functions' results in order."""
   cpus = len(os.sched_getaffinity(0))
   jobs = max(1, min(args.parallel_jobs or cpus, len(tasks), cpus))
   if jobs == 1:
@@ -163,11 +166,12 @@ def side_by_side(args, tasks):
 
   def call(task):
     _PIPELINE.tag, function = task
-    _PIPELINE.cpus = free.get()
+    _PIPELINE.cpus = free.get() if pin else None
     try:
       return function()
     finally:
-      free.put(_PIPELINE.cpus)
+      if pin:
+        free.put(_PIPELINE.cpus)
       _PIPELINE.tag, _PIPELINE.cpus = "", None
 
   with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
@@ -440,12 +444,12 @@ def main(argv):
   # (under the tuned ensemble's size, which model_size counts alike in its directory and tgz).
   _, search = side_by_side(args, [
       ("fp32", lambda: ensembles.build_and_evaluate("ensemble_fp32_equal", False, equal)),
-      ("fp16", ensembles.search_and_build_tuned)])
+      ("fp16", ensembles.search_and_build_tuned)], pin=False)
   tasks = [("submission", lambda: submission(args, data, logs, ensembles))]
   if args.budget_build:
     tasks.append(("budget", lambda: budget_build(args, data, models, ensembles.directory(
         "ensemble_fp16_tuned"), logs)))
-  results = side_by_side(args, tasks)
+  results = side_by_side(args, tasks, pin=False)
   size, csv_path, tgz, rows = results[0]
   budget = results[1] if args.budget_build else None
   ensembles = ensembles.results
