@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_FLAGS, cli_env, corrupt, run, run_cli, start_cli, yt8m
+from conftest import TINY_FLAGS, cli_env, corrupt, run, run_cli, spawn_cli, yt8m
 
 # Every test here starts tool processes: `pytest -m "not slow"` leaves them out.
 pytestmark = pytest.mark.slow
@@ -149,7 +149,9 @@ def test_kill_9_mid_checkpoint_write_then_same_command_resumes(tiny_data, tmp_pa
   args = train_args(tiny_data, train_dir, "--max_steps=20", model_flags=TINY_FLAGS + [
       "--netvlad_cluster_size=64", "--netvlad_hidden_size=256"])
   with open(str(tmp_path / "train.log"), "w") as log:
-    process = start_cli("train", *args, stdout=subprocess.DEVNULL, stderr=log)
+    # Forked by the fork server (no TensorFlow import of its own): still a process of its
+    # own, which kill_when SIGKILLs by its pid.
+    process = spawn_cli("train", *args, stdout=subprocess.DEVNULL, stderr=log)
     try:
       kill_when(process, os.path.join(train_dir, "model.ckpt-20.data-*.tempstate*"))
     finally:
@@ -166,7 +168,7 @@ def test_kill_9_mid_checkpoint_write_then_same_command_resumes(tiny_data, tmp_pa
 
   avg_args = ["--prefix=%s/model.ckpt-" % train_dir, "--checkpoints=10,20",
               "--output_path=%s/avg" % train_dir]
-  process = start_cli("avg_checkpoints", *avg_args, stdout=subprocess.DEVNULL,
+  process = spawn_cli("avg_checkpoints", *avg_args, stdout=subprocess.DEVNULL,
                       stderr=subprocess.DEVNULL)
   try:
     killed = kill_when(process, os.path.join(train_dir, ".avg-0.tmp-*"))
