@@ -105,12 +105,11 @@ def test_divergence_stops_training_without_exporting_nan(tiny_data, trained, tmp
       assert np.isfinite(reader.get_tensor(name)).all(), name
 
 
-def test_missing_checkpoint_is_one_line_naming_it(tiny_data, tmp_path):
+def test_missing_checkpoint_is_one_line_naming_it(tiny_data, trained, tmp_path):
   """eval's --checkpoint and train's --checkpoint_file (warm start) name a checkpoint that is
   not there: exit 1, one line naming the flag and the missing index."""
-  train_dir = str(tmp_path / "run")
-  run_cli("train", "--train_data_pattern=" + tiny_data["train_pattern"],
-          "--train_dir=" + train_dir, "--batch_size=8", "--max_steps=1", *MODEL_FLAGS)
+  # a trained train_dir (a copy of the module's run, not a train.py run of its own)
+  train_dir = trained_copy(trained, str(tmp_path / "run"), 10)
   missing = os.path.join(train_dir, "model.ckpt-999")
   for flag, result in (
       ("checkpoint", run_cli("eval", "--train_dir=" + train_dir,
