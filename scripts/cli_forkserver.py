@@ -40,6 +40,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STARTUP_ENV_PREFIXES = ("TF_", "MALLOC_", "LD_", "PYTHON", "OMP_", "KMP_", "ONEDNN_", "DNNL_",
                         "OPENBLAS", "MKL_", "XLA_", "GRPC_", "GLIBC_")
 EMPTY_IS_UNSET = ("LD_LIBRARY_PATH", "LD_PRELOAD", "PYTHONPATH")
+# TF_* variables read when the tool runs (after the fork), not at start-up: TF_CONFIG, the
+# distributed job's cluster, which youtube-8m/cluster.py reads when train.py builds its graph.
+READ_AFTER_STARTUP = ("TF_CONFIG",)
 # Flag-free modules every tool imports: their import is the start-up cost saved. A module that
 # defines absl flags at import must not be here (a tool that never imports it would then accept
 # its flags); the server checks this.
@@ -51,7 +54,7 @@ PRELOAD = ("youtube-8m", "tensorflow", "numpy", "google.cloud.storage", "youtube
 
 def startup_env(env):
   return {name: value for name, value in env.items()
-          if name.startswith(STARTUP_ENV_PREFIXES)
+          if name.startswith(STARTUP_ENV_PREFIXES) and name not in READ_AFTER_STARTUP
           and (value or name not in EMPTY_IS_UNSET)}
 
 

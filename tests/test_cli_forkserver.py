@@ -59,6 +59,8 @@ def test_startup_settings_and_other_pythons_are_not_forked():
     pytest.skip("YT8M_TEST_FORKSERVER=0")
   argv = [sys.executable, "-m", "youtube-8m.train", "--helpfull"]
   assert server.can_serve(argv, REPO_ROOT, cli_env({"STORAGE_EMULATOR_HOST": "x"}))
+  # TF_CONFIG (a distributed job's cluster) is read when train.py builds its graph
+  assert server.can_serve(argv, REPO_ROOT, cli_env({"TF_CONFIG": '{"cluster": {}}'}))
   assert not server.can_serve(argv, REPO_ROOT, cli_env({"TF_ENABLE_ONEDNN_OPTS": "0"}))
   assert not server.can_serve(argv, REPO_ROOT, cli_env({"MALLOC_ARENA_MAX": "1"}))
   assert not server.can_serve(argv, REPO_ROOT, cli_env({"LD_LIBRARY_PATH": "/opt/lib"}))

@@ -1128,11 +1128,15 @@ def test_container_install_step_in_a_fresh_venv(tmp_path):
   pyproject = open(os.path.join(REPO_ROOT, "pyproject.toml")).read()
   [oldest] = re.findall(r'^requires = \["setuptools>=([0-9.]+)"\]$', pyproject, re.M)
   build_venv = tmp_path / "build-venv"
-  _run([sys.executable, "-m", "venv", str(build_venv)], timeout=120)
+  # A venv without pip of its own (ensurepip's install takes seconds): this process's pip
+  # installs into it and builds with it (pip --python), so only setuptools, wheel and their
+  # requirements are there.
+  _run([sys.executable, "-m", "venv", "--without-pip", str(build_venv)], timeout=120)
   build_python = str(build_venv / "bin" / "python")
+  build_pip = [sys.executable, "-m", "pip", "--python", build_python]
   # wheel: bdist_wheel of setuptools < 70.1 (pinned to the version of this project's .venv)
-  _run([build_python, "-m", "pip", "install", "--quiet", "setuptools==" + oldest,
-        "wheel==0.48.0"], timeout=300)
+  _run(build_pip + ["install", "--quiet", "setuptools==" + oldest, "wheel==0.48.0"],
+       timeout=300)
   assert _run([build_python, "-c", "import setuptools; print(setuptools.__version__)"]
               ).stdout.split(".")[:2] == (oldest + ".0").split(".")[:2]
   source = tmp_path / "source"
@@ -1141,8 +1145,8 @@ def test_container_install_step_in_a_fresh_venv(tmp_path):
     shutil.copy(os.path.join(REPO_ROOT, name), str(source / name))
   shutil.copytree(os.path.join(REPO_ROOT, "youtube-8m"), str(source / "youtube-8m"),
                   ignore=shutil.ignore_patterns("__pycache__"))
-  _run([build_python, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "--wheel-dir",
-        str(tmp_path / "oldest"), str(source)], timeout=300)
+  _run(build_pip + ["wheel", "--no-build-isolation", "--no-deps", "--wheel-dir",
+                    str(tmp_path / "oldest"), str(source)], timeout=300)
   assert os.listdir(str(tmp_path / "oldest")) == [wheel]
   with zipfile.ZipFile(str(tmp_path / "oldest" / wheel)) as archive:
     assert sorted(archive.namelist()) == sorted(names)

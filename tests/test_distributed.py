@@ -6,14 +6,12 @@ import math
 import os
 import re
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 import tensorflow as tf
 
-from conftest import REPO_ROOT, TINY_FLAGS, run_cli, yt8m
+from conftest import TINY_FLAGS, run_cli, spawn_cli, yt8m
 
 cluster = yt8m("cluster")
 
@@ -43,13 +41,10 @@ def test_cluster_of_ps_chief_and_worker_trains_and_exits(tiny_data, tmp_path):
   start = time.time()
 
   def launch(task_type):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2",
-               TF_CONFIG=json.dumps({"cluster": cluster,
-                                     "task": {"type": task_type, "index": 0}}))
+    # Each task its own process, forked by the fork server (TF_CONFIG is read after the fork).
+    env = {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": task_type, "index": 0}})}
     log = open(str(tmp_path / (task_type + ".log")), "w")
-    processes[task_type] = (subprocess.Popen(
-        [sys.executable, "-m", "youtube-8m.train"] + args, cwd=REPO_ROOT, env=env,
-        stdout=log, stderr=log), log)
+    processes[task_type] = (spawn_cli("train", *args, env=env, stdout=log, stderr=log), log)
 
   try:
     # The chief trains the 150 tiny steps in a few seconds: it starts only once the worker

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_FLAGS, cli_env, corrupt, run, run_cli, start_cli, yt8m
+from conftest import TINY_FLAGS, cli_env, corrupt, run, run_cli, spawn_cli, yt8m
 
 # Every test here starts tool processes: `pytest -m "not slow"` leaves them out.
 pytestmark = pytest.mark.slow
@@ -106,12 +106,11 @@ def test_divergence_stops_training_without_exporting_nan(tiny_data, trained, tmp
       assert np.isfinite(reader.get_tensor(name)).all(), name
 
 
-def test_missing_checkpoint_is_one_line_naming_it(tiny_data, tmp_path):
+def test_missing_checkpoint_is_one_line_naming_it(tiny_data, trained, tmp_path):
   """eval's --checkpoint and train's --checkpoint_file (warm start) name a checkpoint that is
   not there: exit 1, one line naming the flag and the missing index."""
-  train_dir = str(tmp_path / "run")
-  run_cli("train", "--train_data_pattern=" + tiny_data["train_pattern"],
-          "--train_dir=" + train_dir, "--batch_size=8", "--max_steps=1", *MODEL_FLAGS)
+  # a trained train_dir (a copy of the module's run, not a train.py run of its own)
+  train_dir = trained_copy(trained, str(tmp_path / "run"), 10)
   missing = os.path.join(train_dir, "model.ckpt-999")
   for flag, result in (
       ("checkpoint", run_cli("eval", "--train_dir=" + train_dir,
@@ -150,7 +149,9 @@ def test_kill_9_mid_checkpoint_write_then_same_command_resumes(tiny_data, tmp_pa
   args = train_args(tiny_data, train_dir, "--max_steps=20", model_flags=TINY_FLAGS + [
       "--netvlad_cluster_size=64", "--netvlad_hidden_size=256"])
   with open(str(tmp_path / "train.log"), "w") as log:
-    process = start_cli("train", *args, stdout=subprocess.DEVNULL, stderr=log)
+    # Forked by the fork server (no TensorFlow import of its own): still a process of its
+    # own, which kill_when SIGKILLs by its pid.
+    process = spawn_cli("train", *args, stdout=subprocess.DEVNULL, stderr=log)
     try:
       kill_when(process, os.path.join(train_dir, "model.ckpt-20.data-*.tempstate*"))
     finally:
@@ -167,7 +168,7 @@ def test_kill_9_mid_checkpoint_write_then_same_command_resumes(tiny_data, tmp_pa
 
   avg_args = ["--prefix=%s/model.ckpt-" % train_dir, "--checkpoints=10,20",
               "--output_path=%s/avg" % train_dir]
-  process = start_cli("avg_checkpoints", *avg_args, stdout=subprocess.DEVNULL,
+  process = spawn_cli("avg_checkpoints", *avg_args, stdout=subprocess.DEVNULL,
                       stderr=subprocess.DEVNULL)
   try:
     killed = kill_when(process, os.path.join(train_dir, ".avg-0.tmp-*"))
