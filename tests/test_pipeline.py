@@ -260,8 +260,10 @@ def check_csv_against_graph(rows, prefix, data, count=6):
     labels, csv_scores = [int(t) for t in tokens[::2]], [float(t) for t in tokens[1::2]]
     top = np.argsort(-scores, kind="stable")[:20]
     assert labels == [int(label) for label in top], row
-    # %g keeps 6 significant digits
-    np.testing.assert_allclose(csv_scores, scores[top], rtol=1e-5, err_msg=row)
+    # %g keeps 6 significant digits (2e-6 relative at most); this graph runs a batch of
+    # `count` videos where inference ran 7, so oneDNN's matmuls sum in another order (1.06e-5
+    # relative seen once on an AVX2 host, 2026-12-07).
+    np.testing.assert_allclose(csv_scores, scores[top], rtol=5e-5, err_msg=row)
 
 
 def test_inference_csv_tgz_and_inference_from_tgz(exported, tiny_data, tmp_path):
