@@ -106,12 +106,6 @@ def run_cli(module, *args, check=True, timeout=600, env=None):
              timeout=timeout, env=cli_env(env))
 
 
-def start_cli(module, *args, env=None, **popen_kwargs):
-  """Starts `python -m youtube-8m.<module> args...` in the background; returns the Popen."""
-  return subprocess.Popen([sys.executable, "-m", "youtube-8m." + module] + list(args),
-                          cwd=REPO_ROOT, env=cli_env(env), **popen_kwargs)
-
-
 class ForkedProcess(object):
   """A tool the fork server runs in the background, with what the tests use of a Popen:
   pid, args, returncode, poll, wait, communicate, send_signal, terminate, kill.
@@ -190,9 +184,9 @@ class ForkedProcess(object):
 
 
 def spawn_cli(module, *args, env=None, stdout=None, stderr=None, text=False):
-  """start_cli through the fork server (a ForkedProcess; a Popen where the server cannot
-  run it): `python -m youtube-8m.<module> args...` in the background, without a TensorFlow
-  import of its own."""
+  """`python -m youtube-8m.<module> args...` in the background, through the fork server (a
+  ForkedProcess, without a TensorFlow import of its own; a Popen where the server cannot run
+  it)."""
   argv = [sys.executable, "-m", "youtube-8m." + module] + list(args)
   full_env = cli_env(env)
   server = forkserver()
@@ -243,7 +237,7 @@ def tiny_data(tmp_path_factory):
 
 
 def pytest_configure(config):
-  # Tests that start processes (a tool through run/run_cli/start_cli, a script, a cluster,
+  # Tests that start processes (a tool through run/run_cli/spawn_cli, a script, a cluster,
   # the fork server) or build the package in a fresh venv: `pytest -m "not slow"` leaves them
   # out (fast feedback, under two minutes on 2 cores); the full suite runs them all.
   config.addinivalue_line(
