@@ -155,6 +155,12 @@ def option_groups(sizes, limit_bytes=GROUP_TENSOR_BYTES):
   return groups
 
 
+def describe_group(group, candidates):
+  """'CANDIDATE in STORAGE, ...' of the options [(index, storage)] of group."""
+  return ", ".join("%s in %s" % (candidates[index], storage_name)
+                   for index, storage_name in group)
+
+
 def group_predictions(pool, group, candidates, settings, copies, directory):
   """(predictions [[videos, classes] float32 per option], labels, info) of the options of
   group on the held-out files: one temporary ensemble checkpoint of them, run once (one pass
@@ -171,8 +177,7 @@ def group_predictions(pool, group, candidates, settings, copies, directory):
     return ensemble_weights.collect_member_predictions(
         config, prefix, settings.eval_files, settings.batch_size, settings.num_readers,
         settings.max_videos, np.dtype(np.float32), settings.top_k,
-        checkpoint_name="options %s" % ", ".join(
-            "%s in %s" % (candidates[index], storage_name) for index, storage_name in group),
+        checkpoint_name="options " + describe_group(group, candidates),
         sampling_seeds=[(0, 0)] * len(group))
   finally:
     shutil.rmtree(os.path.dirname(prefix), ignore_errors=True)
@@ -194,9 +199,8 @@ def collect_options(pool, candidates, sizes, settings, copies, directory):
       options.append(ensemble_budget.Option(index, candidates[index], storage_name,
                                             sizes[(index, storage_name)][1],
                                             option_predictions))
-    logging.info("%d option(s) in one pass: %s (%d videos in %.1f s)", len(group), ", ".join(
-        "%s in %s" % (candidates[index], storage_name) for index, storage_name in group),
-                 info["videos"], time.time() - start)
+    logging.info("%d option(s) in one pass: %s (%d videos in %.1f s)", len(group),
+                 describe_group(group, candidates), info["videos"], time.time() - start)
   return options, labels
 
 

@@ -75,8 +75,8 @@ def _mixture_probabilities(gate_activations, expert_activations, vocab_size, num
   """sum over m < M of softmax(gates over M+1)[m] * sigmoid(experts)[m], per class: [B, V].
 
   The original's graph takes the softmax of a [B*V, M+1] reshape, slices, multiplies and
-  sums. This computes the same values (the forward pass bit for bit) on the mixtures moved to
-  the outer axis, [M+1, B, V]: one transpose in, and every op after it element-wise or a sum
+  sums. This computes the same values (up to float32 rounding) on the mixtures moved to the
+  outer axis, [M+1, B, V]: one transpose in, and every op after it element-wise or a sum
   over that outer axis. oneDNN's softmax and sums over a last axis of M+1 run at a fraction
   of that speed, and unstacking into M+1 planes costs a Pack per plane set in the backward
   pass. The shift by the maximum needs no gradient: the softmax does not depend on it.
