@@ -29,7 +29,7 @@ BATCH_NORM_DECAY = 0.999
 BATCH_NORM_EPSILON = 0.001
 # A training graph may add its step counter to this collection: batch_norm then uses the
 # decay min(decay, (1 + step) / (10 + step)) (ExponentialMovingAverage's num_updates rule),
-# so short runs get usable moving statistics (README, "Training").
+# so short runs get usable moving statistics (docs/differences.md, "Training").
 BATCH_NORM_WARMUP_STEP = "batch_norm_warmup_step"
 
 
@@ -107,8 +107,8 @@ def emulated_bfloat16_warning(cpu):
   if cpu.has_native_bfloat16 or tf.config.list_physical_devices("GPU"):
     return None
   return ("--compute_dtype=bfloat16: this CPU, %s, has no bfloat16 in hardware (AVX512_BF16 "
-          "or AMX): its bfloat16 matmuls are emulated, slower than float32 (README, \"CPU "
-          "hosts\"), and their products rounded; --compute_dtype=float32 is faster here"
+          "or AMX): its bfloat16 matmuls are emulated, slower than float32 (docs/hardware.md, "
+          "\"CPU hosts\"), and their products rounded; --compute_dtype=float32 is faster here"
           % cpu.describe())
 
 

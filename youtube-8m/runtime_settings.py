@@ -2,7 +2,7 @@
 
 Applied by the package's __init__ before TensorFlow is imported (nothing here imports it at
 module level): TensorFlow reads these variables when it starts. An explicit setting in the
-environment always wins. Measurements behind each choice: README, "CPU hosts".
+environment always wins. Measurements behind each choice: docs/hardware.md, "CPU hosts".
 
 * TF_CPU_ALLOCATOR_USE_BFC=true: TensorFlow's default CPU allocator returns every large buffer
   to the OS and page-faults it back at the next step; its BFC pool keeps them.
