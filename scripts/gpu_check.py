@@ -36,22 +36,25 @@ def median_speed(log):
 
 
 def library_check():
-  """Step 1, python -m youtube-8m.gpu_check: its output, and its exit status if it fails on
-  a machine with NVIDIA GPUs (then nothing else is worth running); else None."""
+  """Step 1, python -m youtube-8m.gpu_check, its output shown: (exit status to stop with, or
+  None; the number of GPUs TensorFlow lists). A failure stops the script on a machine with
+  NVIDIA GPUs (nothing else is worth running there); elsewhere it means no GPU."""
   command = yt8m("gpu_check")
   print("1. + " + " ".join(command), flush=True)
-  status = subprocess.call(command, cwd=REPO_ROOT)
-  if status == 0:
-    return None
+  result = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+  print(result.stdout, end="", flush=True)
+  if result.returncode == 0:
+    listed = re.search(r"TensorFlow lists (\d+) GPU", result.stdout)
+    return None, int(listed.group(1)) if listed else 0
   sys.path.insert(0, REPO_ROOT)
   signs = importlib.import_module("youtube-8m.gpu_check").nvidia_machine_signs()
   if signs:
     print("GPU check FAILED at step 1 (exit %d): this machine has NVIDIA GPUs (%s) that "
-          "TensorFlow cannot use; see the ERROR line above." % (status, ", ".join(signs)),
-          flush=True)
-    return status
+          "TensorFlow cannot use; see the ERROR line above." % (result.returncode,
+                                                               ", ".join(signs)), flush=True)
+    return result.returncode, 0
   print("   (no NVIDIA GPU on this machine: expected)", flush=True)
-  return None
+  return None, 0
 
 
 def main(argv):
@@ -63,20 +66,17 @@ def main(argv):
   args = parser.parse_args(argv)
   if (args.num_gpu is not None and args.num_gpu < 1) or args.steps < 1:
     parser.error("--num_gpu and --steps must be >= 1")
-  status = library_check()
+  status, gpus = library_check()
   if status is not None:
     sys.exit(status)
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel (after step 1's output)
-  gpus = tf.config.list_physical_devices("GPU")
-  args.num_gpu = args.num_gpu or max(len(gpus), 1)
+  args.num_gpu = args.num_gpu or max(gpus, 1)
   towers = ["--num_gpu=%d" % args.num_gpu]
   if not gpus:
     print("   NO GPU visible to TensorFlow: running on CPU towers (--cpu_towers), which checks "
           "the script, not a GPU.")
     towers.append("--cpu_towers")
-  elif args.num_gpu > len(gpus):
-    print("   --num_gpu=%d but %d GPU(s): train.py uses %d tower(s)" % (
-        args.num_gpu, len(gpus), len(gpus)))
+  elif args.num_gpu > gpus:
+    print("   --num_gpu=%d but %d GPU(s): train.py uses %d tower(s)" % (args.num_gpu, gpus, gpus))
 
   work = args.work_dir or tempfile.mkdtemp(prefix="yt8m-gpu-check-")
   try:

@@ -18,12 +18,18 @@
 # PATH, else the repo's .venv, whose TensorFlow is the CPU build).
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# Whether a Python has TensorFlow is asked without importing it (seconds each): step 1 imports it
+# and names what fails.
+has_tensorflow() {
+  "$1" -c "import importlib.util, sys; sys.exit(not importlib.util.find_spec('tensorflow'))" \
+    2> /dev/null
+}
 if [ -z "${PYTHON:-}" ]; then
   PYTHON=python3
-  "$PYTHON" -c "import tensorflow" 2> /dev/null || PYTHON=$REPO_ROOT/.venv/bin/python
+  has_tensorflow "$PYTHON" || PYTHON=$REPO_ROOT/.venv/bin/python
 fi
-"$PYTHON" -c "import tensorflow" 2> /dev/null || { echo "gpu_check.sh: $PYTHON cannot import" \
-  "tensorflow: pip install '.[gpu]' first (or set PYTHON=...)" >&2; exit 2; }
+has_tensorflow "$PYTHON" || { echo "gpu_check.sh: $PYTHON has no tensorflow: pip install" \
+  "'.[gpu]' first (or set PYTHON=...)" >&2; exit 2; }
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 cd "$REPO_ROOT"
 exec "$PYTHON" scripts/gpu_check.py "$@"
