@@ -4,17 +4,15 @@ r"""One command from single-model checkpoints to the (float16) in-graph ensemble
         [--netvlad_cluster_size=K --netvlad_hidden_size=H --ensemble_wts=W]... --gating=True \
         [--kernel_storage=float32|float16|uint8]...
 
-writes ``<train_dir>/<output_name>.{data-00000-of-00001,index,meta}`` and model_flags.json, as
-the original's commands' train 10 steps -> eval --create_meta_only -> overwrite_float16_ckpt -> eval
---force_output_model_name would; nothing on error. --kernel_storage (once per model) stores
-each model's large kernels as float32, float16 or 8-bit codes; without it --float16_flag
-(default True here) says.
+writes ``<train_dir>/<output_name>.{data-00000-of-00001,index,meta}`` and model_flags.json as
+the original's four ensemble commands would; nothing on error. --kernel_storage (once per
+model) stores its large kernels as float32, float16 or 8-bit codes (default: --float16_flag's).
 
     python -m youtube-8m.build_ensemble --train_dir=ENS --candidates=CKPT1,CKPT2,... \
         --eval_data_pattern=... [--size_limit_bytes=N] [--storages=float32,float16,uint8]
 
-chooses the members among the candidates, their storages and the mixing weights that maximise
-the held-out GAP with the submission under --size_limit_bytes (budget_build.py).
+chooses the members, their storages and weights that maximise the held-out GAP under
+--size_limit_bytes (budget_build.py).
 """
 
 import os
@@ -27,6 +25,7 @@ from . import budget_build
 from . import checkpoint_utils
 from . import ensemble_budget
 from . import ensemble_checkpoint
+from . import ensemble_weights
 from . import model_graph
 from . import readers
 from . import storage
@@ -47,7 +46,8 @@ SIZE_LIMIT = 2**30  # the competition's limit on the submission's model files
 
 
 def define_flags():
-  utils.define_shared_flags(__name__, model_graph.define_flags)
+  utils.define_shared_flags(__name__, model_graph.define_flags, lambda: (
+      ensemble_weights.define_held_out_flags("Budgeted build: ")))
   flags.DEFINE_string("train_dir", None,
                       "Output directory of the ensemble (created if missing).")
   flags.DEFINE_string("checkpoints", None,
@@ -61,13 +61,6 @@ def define_flags():
   flags.DEFINE_bool("dry_run", False,
                     "Check the inputs and print the planned submission bytes against the "
                     "2^30 B limit, then stop before writing anything.")
-  define_budget_flags()
-  for name, value in DEFAULTS.items():
-    FLAGS.set_default(name, value)
-
-
-def define_budget_flags():
-  """The flags of the budgeted build (--candidates instead of --checkpoints)."""
   flags.DEFINE_string("candidates", None,
                       "Budgeted build: comma list of single-model checkpoints to choose the "
                       "members from (instead of --checkpoints).")
@@ -76,20 +69,9 @@ def define_budget_flags():
                        "counts them (default 2^30, the competition's).")
   flags.DEFINE_string("storages", ",".join(model_graph.KERNEL_STORAGES),
                       "Budgeted build: the kernel storages to consider for each candidate.")
-  flags.DEFINE_string("eval_data_pattern", "", "Budgeted build: glob of the held-out files.")
-  flags.DEFINE_bool("eval_holdout_only", True,
-                    "Budgeted build: only the 60 held-out validate files of the pattern.")
-  flags.DEFINE_integer("batch_size", 256, "Budgeted build: videos per batch on the held-out "
-                       "data (eval.py at this --batch_size reproduces the reported GAP).")
-  flags.DEFINE_integer("num_readers", 8, "Budgeted build: files read in parallel.")
-  flags.DEFINE_integer("max_videos", 0, "Budgeted build: at most this many held-out videos "
-                       "(0: all); each option's predictions take videos x classes x 4 B.")
-  flags.DEFINE_integer("top_k", 20, "Budgeted build: k of GAP@k.")
-  flags.DEFINE_integer("search_seed", 0, "Budgeted build: seed of the weight search.")
-  flags.DEFINE_integer("search_iterations", 5, "Budgeted build: random starting points of "
-                       "the final weight search.")
   flags.DEFINE_integer("beam_width", 4, "Budgeted build: sets kept per size in the search.")
-  flags.DEFINE_string("results_json", "", "Budgeted build: write every number as JSON here.")
+  for name, value in DEFAULTS.items():
+    FLAGS.set_default(name, value)
 
 
 def member_model_flags(checkpoint):
@@ -105,7 +87,7 @@ def member_model_flags(checkpoint):
 
 
 def _per_model_values(name, explicit, count, from_shapes):
-  """The per-model list of a repeated flag: explicit (checked count) or from the shapes."""
+  """The per-model list of a repeated flag: explicit (count checked), else from_shapes."""
   if name not in explicit:
     return list(from_shapes)
   values = list(explicit[name])
@@ -117,8 +99,8 @@ def _per_model_values(name, explicit, count, from_shapes):
 
 
 def _members_value(name, explicit, member_jsons, default):
-  """A shared flag's value: explicit (a strict key checked against every member's json), else
-  the members' one value, else the default (with a warning when the members disagree)."""
+  """A shared flag's value: explicit (a strict key checked against the members' jsons), else
+  the members' one value, else the default (with a warning if they disagree)."""
   stored = [(index, path, values[name]) for index, (path, values) in enumerate(member_jsons)
             if values is not None and name in values]
   strict = name in model_graph.STRICT_KEYS
@@ -146,7 +128,7 @@ def _members_value(name, explicit, member_jsons, default):
 
 
 def assemble_config(checkpoints, explicit, member_jsons, source_specs):
-  """The ensemble's ModelConfig from explicit {flag: value}, per model (json path, dict or
+  """The ensemble's ModelConfig from explicit {flag: value} and per model (json path, dict or
   None) and {variable: (shape, dtype)}; CheckpointToolError names the model and flag."""
   count = len(checkpoints)
   if "ensemble_num" in explicit and explicit["ensemble_num"] != count:
@@ -190,12 +172,10 @@ def assemble_config(checkpoints, explicit, member_jsons, source_specs):
 
 
 def planned_size(plan, config, built=None):
-  """Bytes of the submission files: tensor data and meta graph exact (the meta graph exported
-  to a temporary file), the .index and model_flags.json estimated. built: config's inference
-  (graph, saver), if already built."""
+  """Bytes of the submission files: tensor data and meta graph exact, the .index and
+  model_flags.json estimated. built: config's inference (graph, saver), if already built."""
   with storage.temporary_dir("yt8m-plan") as directory:
-    meta = os.path.getsize(model_graph.export_inference_meta(
-        os.path.join(directory, "plan.meta"), config, built))
+    meta = budget_build.meta_bytes(config, directory, built)
   data = plan.output_bytes()
   # An index entry holds the name, dtype, shape and offsets (~40 B besides the name).
   other = sum(len(item[0]) + 40 for item in plan.items) + 4096
@@ -215,8 +195,7 @@ def format_planned_size(size):
 
 def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
   """Writes the ensemble checkpoint, its inference meta and model_flags.json, reading the
-  checkpoints through copies (a checkpoint_utils.LocalCopies); returns a summary dict.
-  dry_run: print the planned size and write nothing."""
+  checkpoints through copies (a LocalCopies); returns a summary dict (dry_run: the size)."""
   output_prefix = checkpoint_utils.resolve_checkpoint(train_dir, output_name)
   stored = model_graph.read_stored_flags(train_dir, required=False) if storage.isdir(
       train_dir) else None
@@ -246,7 +225,7 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
   model_flags = config.to_json_dict()
   model_flags["ensemble_sources"] = [storage.abspath(c) for c in checkpoints]
   if stored is not None and model_graph.TRAINING_KEY in stored:
-    # e.g. the ensemble dir of the original's commands: keep train.py's record of the dummy training run
+    # e.g. the original's ensemble dir: keep train.py's record of its dummy training run
     model_flags[model_graph.TRAINING_KEY] = stored[model_graph.TRAINING_KEY]
   utils.write_model_flags(train_dir, model_flags)
   return summary

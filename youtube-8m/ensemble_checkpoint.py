@@ -2,10 +2,9 @@
 
 Model 0's variables are ``tower/X`` <- ``tower/X`` of source 0; model i >= 1's are
 ``tower/model{i}/X`` <- ``tower/X`` of source i (``model1`` never matches ``model10``);
-``global_step`` is written as 0. Each value is converted once into the template's dtype
-(float32 -> float16 rounds to nearest even; a uint8 kernel and its ``_quantization`` codebook
-are both made from the source's float kernel by quantization.quantize). Sources are read through the caller's
-checkpoint_utils.LocalCopies.
+``global_step`` is written as 0. Each value is converted into the template's dtype (float16
+rounds to nearest even; a uint8 kernel and its ``_quantization`` codebook are both made from
+the source's float kernel by quantization.quantize).
 """
 
 import dataclasses
@@ -20,10 +19,8 @@ from . import checkpoint_utils
 from . import quantization
 
 GLOBAL_STEP = checkpoint_utils.GLOBAL_STEP
-_MODEL_SCOPE_RE = re.compile(r"^model(\d+)$")
-
-
 CheckpointToolError = checkpoint_utils.CheckpointToolError
+_MODEL_SCOPE_RE = re.compile(r"^model(\d+)$")
 
 
 def parse_checkpoint_list(value, flag_name="--checkpoints"):
@@ -32,7 +29,7 @@ def parse_checkpoint_list(value, flag_name="--checkpoints"):
            for part in (value or "").split(",") if part.strip()]
   if not names:
     raise CheckpointToolError("%s is empty: give the single-model checkpoints, one per "
-                                  "model, in model order" % flag_name)
+                              "model, in model order" % flag_name)
   return names
 
 
@@ -52,11 +49,8 @@ def model_of(name):
 
 
 def specs_from_checkpoint(prefix, copies):
-  """{name: (shape tuple, tf.DType)} of a checkpoint's variables, read through copies."""
-  try:
-    return checkpoint_utils.variable_specs(tf.train.load_checkpoint(copies.local(prefix)))
-  except (tf.errors.OpError, ValueError) as error:
-    raise CheckpointToolError("cannot read checkpoint %s: %s" % (prefix, error))
+  """{name: (shape tuple, tf.DType)} of a checkpoint's variables (copies: a LocalCopies)."""
+  return checkpoint_utils.variable_specs(checkpoint_utils.load_reader(prefix, copies))
 
 
 def specs_from_graph(graph):
@@ -95,10 +89,10 @@ def check_sources(sources, outputs=()):
   for index, prefix in enumerate(sources):
     if not checkpoint_utils.checkpoint_exists(prefix):
       raise CheckpointToolError("%s does not exist (no file %s.index)"
-                                    % (source_label(index, prefix), prefix))
+                                % (source_label(index, prefix), prefix))
     if any(checkpoint_utils.same_path(prefix, output) for output in outputs):
       raise CheckpointToolError("%s is also the output; choose another output name"
-                                    % source_label(index, prefix))
+                                % source_label(index, prefix))
 
 
 def plan_ensemble(template_specs, sources, copies, template_name="the template", outputs=()):
@@ -111,7 +105,7 @@ def plan_ensemble(template_specs, sources, copies, template_name="the template",
     if name == GLOBAL_STEP:
       if shape != ():
         raise CheckpointToolError("%s: global_step is not a scalar (shape %s)"
-                                      % (template_name, list(shape)))
+                                  % (template_name, list(shape)))
       global_step_dtype = dtype
       continue
     index, source_name = model_of(name)
@@ -164,17 +158,16 @@ def plan_ensemble(template_specs, sources, copies, template_name="the template",
       else:
         items.append((name, shape, dtype, index, source_name))
   if problems:
-    raise CheckpointToolError("%d problem(s): %s%s" % (len(problems), "; ".join(problems[:8]),
-                                  " (and %d more)" % (len(problems) - 8) if problems[8:] else ""))
+    raise CheckpointToolError("%d problem(s): %s" % (
+        len(problems), checkpoint_utils.join_problems(problems, 8)))
   return Plan(list(sources), items, global_step_dtype, source_specs)
 
 
 def write_plan(plan, copies, output_prefix, meta_fn):
-  """Reads and converts the plan's tensors (one source tensor at a time, largest first) and
-  writes them atomically, meta_fn(tmp_prefix) the local '<tmp_prefix>.meta'; returns a
-  summary dict."""
+  """Converts the plan's tensors (one source tensor at a time, largest first) and writes them
+  atomically, meta_fn(tmp_prefix) the local '<tmp_prefix>.meta'; returns a summary dict."""
   start = time.time()
-  readers = [tf.train.load_checkpoint(copies.local(prefix)) for prefix in plan.sources]
+  readers = [checkpoint_utils.load_reader(prefix, copies) for prefix in plan.sources]
   stats = {"rounded_tensors": 0, "overflow_values": 0, "quantized_tensors": 0, "by_dtype": {}}
   items = {item[0]: item for item in plan.items}
   codebooks = {}  # (source index, kernel name) -> the codebook of codes already converted
