@@ -35,10 +35,9 @@ _OPTIMIZER_STATE_RE = re.compile(
 
 def define_flags():
   flags.DEFINE_string("checkpoints", None,
-                      "Comma-separated checkpoints to average. Each entry gets --prefix prepended "
-                      "by plain string concatenation (so with --prefix=DIR/model.ckpt- the "
-                      "entries are bare steps); entries may also carry a '.index' (or '.meta', "
-                      "'.data-*') suffix.")
+                      "Comma-separated checkpoints to average, each appended to --prefix (so "
+                      "with --prefix=DIR/model.ckpt- bare steps); a '.index' (or '.meta', "
+                      "'.data-*') suffix is accepted.")
   flags.DEFINE_string("checkpoints_start_end", None,
                       "'START,END': average every checkpoint '<prefix><step>' found next to "
                       "--prefix with START <= step <= END (inclusive).")
@@ -51,16 +50,14 @@ def define_flags():
                       "'<prefix><digits>' are listed.")
   flags.DEFINE_string("output_path", "/tmp/averaged.ckpt",
                       "Output prefix; the average is saved with global step 0 as "
-                      "'<output_path>-0.*'. An existing average with that name is replaced once "
-                      "the new files are complete.")
+                      "'<output_path>-0.*' (replacing an existing one once complete).")
   flags.DEFINE_string("staging_dir", None,
                       "Local directory for the temporary copies of gs:// input checkpoints and of "
                       "a gs:// output before its upload; default: $YT8M_STORAGE_CACHE, else "
                       "<tmp>/yt8m-storage-cache.")
   flags.DEFINE_bool("exclude_optimizer_slots", False,
-                    "Leave out optimizer state (*/Adam, */Adam_1, beta1_power, beta2_power, "
-                    "*/Momentum, */RMSProp*, ...) for a smaller evaluation-only checkpoint. "
-                    "Default: average it too.")
+                    "Leave out optimizer state (*/Adam, */Adam_1, beta1_power, */Momentum, ...) "
+                    "for a smaller evaluation-only checkpoint.")
 
 
 def find_checkpoints(prefix):
@@ -83,8 +80,7 @@ def _describe_steps(found):
 
 def select_checkpoints(prefix="", checkpoints=None, checkpoints_start_end=None,
                        num_last_checkpoints=None):
-  """(mode, [checkpoint prefixes]) of the one selection mode given (not None), in averaging
-  order; CheckpointToolError otherwise."""
+  """(mode, [checkpoint prefixes in averaging order]) of the one selection mode given."""
   given = [name for name, value in (("--checkpoints", checkpoints),
                                     ("--checkpoints_start_end", checkpoints_start_end),
                                     ("--num_last_checkpoints", num_last_checkpoints))
@@ -95,7 +91,6 @@ def select_checkpoints(prefix="", checkpoints=None, checkpoints_start_end=None,
     raise CheckpointToolError(
         "no checkpoints selected: give one of --checkpoints, --checkpoints_start_end "
         "or --num_last_checkpoints")
-
   if checkpoints is not None:
     entries = [entry.strip() for entry in checkpoints.split(",") if entry.strip()]
     if not entries:
@@ -112,7 +107,6 @@ def select_checkpoints(prefix="", checkpoints=None, checkpoints_start_end=None,
             "no file %r" % (ckpt, entry, prefix, ckpt + ".index"))
       selected.append(ckpt)
     return "checkpoints", selected
-
   if checkpoints_start_end is not None:
     match = _START_END_RE.match(checkpoints_start_end)
     if not match:
@@ -132,7 +126,6 @@ def select_checkpoints(prefix="", checkpoints=None, checkpoints_start_end=None,
           "(steps found next to --prefix: %s)"
           % (checkpoints_start_end, prefix, start, end, _describe_steps(found)))
     return "checkpoints_start_end", in_range
-
   if num_last_checkpoints < 1:
     raise CheckpointToolError(
         "--num_last_checkpoints=%d: must be at least 1" % num_last_checkpoints)
@@ -149,20 +142,17 @@ def is_optimizer_slot(name):
   return bool(_OPTIMIZER_STATE_RE.match(name.rsplit("/", 1)[-1]))
 
 
-def _names_preview(names):
-  names = sorted(names)
-  return ", ".join(map(repr, names[:5])) + (", ... (%d in all)" % len(names) if names[5:] else "")
-
-
 def check_compatible(checkpoint_prefixes, all_specs):
   """The {name: (shape, tf.DType)} all checkpoints share; CheckpointToolError on mismatch."""
   first, ref = checkpoint_prefixes[0], all_specs[0]
   for ckpt, specs in zip(checkpoint_prefixes[1:], all_specs[1:]):
     for names, problem in ((set(ref) - set(specs), "lacks variable(s) %s present in %r"),
                            (set(specs) - set(ref), "has variable(s) %s absent from %r")):
+      names = sorted(names)
       if names:
-        raise CheckpointToolError("checkpoint %r %s" % (ckpt, problem % (
-            _names_preview(names), first)))
+        preview = ", ".join(map(repr, names[:5])) + (
+            ", ... (%d in all)" % len(names) if names[5:] else "")
+        raise CheckpointToolError("checkpoint %r %s" % (ckpt, problem % (preview, first)))
     for name in sorted(ref):
       for what, value, ref_value in (("shape", list(specs[name][0]), list(ref[name][0])),
                                      ("dtype", specs[name][1].name, ref[name][1].name)):
@@ -199,8 +189,7 @@ def _average_variable(name, shape, dtype, readers, checkpoint_prefixes, copies):
 
 
 def _write_meta(meta_path, specs):
-  """Exports a MetaGraphDef with one variable per {name: (shape, tf.DType)} and a saver_def
-  (zeros initializers: the graph holds no tensor data)."""
+  """Exports a MetaGraphDef of zero-initialized variables {name: (shape, dtype)} and a saver."""
   graph = tf.Graph()
   with graph.as_default():
     var_list = {}
@@ -220,8 +209,7 @@ def _write_meta(meta_path, specs):
 
 
 def check_inputs(checkpoint_prefixes, output_prefix):
-  """The largest input's data bytes; CheckpointToolError unless every input exists with its
-  data and is not the output, whose directory must be reachable."""
+  """The largest input's data bytes; CheckpointToolError if an input is missing or the output."""
   if not checkpoint_prefixes:
     raise CheckpointToolError("no checkpoints to average")
   if len(set(checkpoint_prefixes)) != len(checkpoint_prefixes):
@@ -248,8 +236,8 @@ def check_inputs(checkpoint_prefixes, output_prefix):
 
 
 def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_slots=False):
-  """Averages checkpoint prefixes into '<output_prefix>.{data-*,index,meta}'; returns a
-  summary dict. Errors (CheckpointToolError, IOError) come before anything is written."""
+  """Averages checkpoint prefixes into '<output_prefix>.*'; returns a summary dict (errors
+  before anything is written)."""
   start_time = time.time()
   checkpoint_prefixes = list(checkpoint_prefixes)
   largest_input = check_inputs(checkpoint_prefixes, output_prefix)

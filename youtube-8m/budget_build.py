@@ -4,21 +4,18 @@ r"""build_ensemble on a byte budget: members, storages and weights chosen on hel
         --eval_data_pattern='.../validate*.tfrecord' [--size_limit_bytes=1073741824] \
         [--storages=float32,float16,uint8] [--search_seed=0] [--dry_run] [--results_json=F]
 
-1. Every candidate (a single NetVLADModelLF checkpoint) in every storage is an option. Its
-   bytes are estimated: its tensor data exactly, its .index entries (name + 48 B each), its
-   share of the meta graph (that of two copies of it minus that of one) and its
-   model_flags.json entry. The rest (meta graph without members, index header, json) is the
-   base. A limit that holds no option fails here, before any data is read.
-2. Each option's held-out predictions are computed once, options of up to GROUP_TENSOR_BYTES
-   as the members of one temporary ensemble checkpoint run in one pass, each sampling frames
-   with seed (0, 0) as a single model does (options x videos x classes x 4 bytes in memory).
+1. Every candidate in every storage is an option, its bytes estimated: tensor data exact,
+   .index entries (name + 48 B each), its share of the meta graph (that of two copies of it
+   minus that of one) and its model_flags.json entry. The rest is the base.
+2. Each option's held-out predictions are computed once, groups of options run as the members
+   of one temporary ensemble, each sampling frames with seed (0, 0) as a single model does.
 3. ensemble_budget.search picks the members, storages and weights.
-4. The chosen ensemble is built (build_ensemble.build) and measured (model_size.measure);
-   if over the limit, the search runs again under the limit minus the estimate's shortfall.
-5. The built graph runs once more: its GAP (eval.py's at the same --batch_size) differs from
-   the search's as its member i samples frames with seed (0, i).
-6. Unless --dry_run: the files are copied into --train_dir (the .index last, then
-   model_flags.json) with the table as budget_table.txt; --results_json gets every number.
+4. The chosen ensemble is built and measured (model_size); if over the limit, the search runs
+   again under the limit minus the estimate's shortfall.
+5. Its GAP is measured (eval.py's): it differs from the search's as member i samples frames
+   with seed (0, i).
+6. Unless --dry_run: the files go into --train_dir (the .index last, then model_flags.json)
+   with the table as budget_table.txt.
 """
 
 import dataclasses
@@ -122,8 +119,7 @@ def check_fits(sizes, base, limit, candidates):
 
 
 def option_groups(sizes, limit_bytes=GROUP_TENSOR_BYTES):
-  """The options [(index, storage)] in groups run by one graph each: consecutive options
-  while their tensors' bytes stay within limit_bytes (a larger option runs alone)."""
+  """The options [(index, storage)] in consecutive groups of at most limit_bytes of tensors."""
   groups, total = [], 0
   for key, (plan, _) in sizes.items():
     size = plan.output_bytes()
@@ -142,9 +138,8 @@ def describe_group(group, candidates):
 
 
 def group_predictions(pool, group, candidates, settings, copies, directory):
-  """(predictions [[videos, classes] float32 per option], labels, info) of the options of
-  group on the held-out files, as the members of one temporary ensemble run once; each
-  samples its frames with seed (0, 0), as a single model does."""
+  """(predictions per option, labels, info) of group's options run as one ensemble, each
+  sampling frames with seed (0, 0) as a single model does."""
   config = ensemble_config(pool, group, [1.0 / len(group)] * len(group))
   sources = [candidates[index] for index, _ in group]
   template = ensemble_checkpoint.specs_from_graph(model_graph.build_inference_graph(config)[0])
@@ -212,17 +207,14 @@ def choose(pool, candidates, options, labels, base, settings, copies, directory)
                             "searches (%s)" % (settings.limit, MAX_ROUNDS, rounds))
 
 
-def options_table(options):
-  lines = ["%-3s %-48s %-8s %14s %9s" % ("#", "candidate", "storage", "bytes (est.)",
-                                          "own GAP")]
-  for option in options:
-    lines.append("%-3d %-48s %-8s %14d %9.5f" % (
-        option.candidate, option.name[-48:], option.storage, option.bytes, option.gap))
-  return lines
-
-
-def table_lines(result, report, graph_gap, settings, rounds):
-  lines = ensemble_budget.report_lines(result, settings.limit)
+def table_lines(options, config, result, report, graph_gap, settings, rounds):
+  """The printed table: the options, then the chosen ensemble."""
+  lines = ["Options (candidate x storage): bytes and own held-out GAP",
+           "%-3s %-48s %-8s %14s %9s" % ("#", "candidate", "storage", "bytes (est.)", "own GAP")]
+  lines += ["%-3d %-48s %-8s %14d %9.5f" % (o.candidate, o.name[-48:], o.storage, o.bytes, o.gap)
+            for o in options]
+  lines += ["", "Chosen (%s)" % config.describe()]
+  lines += ensemble_budget.report_lines(result, settings.limit)
   lines.append("written graph: %d bytes measured by model_size (%d estimated) of the limit %d "
                "(%s B to spare); its GAP on the held-out data %.5f (eval.py's, at --batch_size"
                "=%d; the search's %.5f)" % (
@@ -271,9 +263,7 @@ def run(pool, candidates, train_dir, settings, dry_run=False, results_json=""):
         settings.batch_size, settings.num_readers, settings.max_videos, np.dtype(np.float32),
         settings.top_k, checkpoint_name="the built ensemble")
     graph_gap = info["configured_gap_graph"]
-    lines = (["Options (candidate x storage): bytes and own held-out GAP"]
-             + options_table(options) + ["", "Chosen (%s)" % config.describe()]
-             + table_lines(result, report, graph_gap, settings, rounds))
+    lines = table_lines(options, config, result, report, graph_gap, settings, rounds)
     print("\n".join(lines), flush=True)
     results = {
         "limit_bytes": settings.limit, "base_bytes": base, "videos": info["videos"],

@@ -99,8 +99,8 @@ def _per_model_values(name, explicit, count, from_shapes):
 
 
 def _members_value(name, explicit, member_jsons, default):
-  """A shared flag's value: explicit (a strict key checked against the members' jsons), else
-  the members' one value, else the default (with a warning if they disagree)."""
+  """A shared flag's value: explicit (checked against the members' jsons if strict), else
+  the members' one value, else default (with a warning if they disagree)."""
   stored = [(index, path, values[name]) for index, (path, values) in enumerate(member_jsons)
             if values is not None and name in values]
   strict = name in model_graph.STRICT_KEYS
@@ -172,20 +172,17 @@ def assemble_config(checkpoints, explicit, member_jsons, source_specs):
 
 
 def planned_size(plan, config, built=None):
-  """Bytes of the submission files: tensor data and meta graph exact, the .index and
-  model_flags.json estimated. built: config's inference (graph, saver), if already built."""
+  """({bytes of the submission}, a line of them): data and meta graph exact, .index and
+  model_flags.json estimated."""
   with storage.temporary_dir("yt8m-plan") as directory:
     meta = budget_build.meta_bytes(config, directory, built)
   data = plan.output_bytes()
   # An index entry holds the name, dtype, shape and offsets (~40 B besides the name).
   other = sum(len(item[0]) + 40 for item in plan.items) + 4096
   total = data + meta + other
-  return {"data_bytes": data, "meta_bytes": meta, "other_bytes_estimate": other,
+  size = {"data_bytes": data, "meta_bytes": meta, "other_bytes_estimate": other,
           "total_bytes": total, "limit_bytes": SIZE_LIMIT, "fits": total <= SIZE_LIMIT}
-
-
-def format_planned_size(size):
-  return ("planned submission: {total_bytes:,} B = tensor data {data_bytes:,} B + meta graph "
+  return size, ("planned submission: {total_bytes:,} B = tensor data {data_bytes:,} B + meta graph "
           "{meta_bytes:,} B + ~{other_bytes_estimate:,} B (.index, model_flags.json) vs the "
           "limit 2^30 = {limit_bytes:,} B: {verdict} ({margin:,} B {side})").format(
               verdict="FITS" if size["fits"] else "DOES NOT FIT", **size,
@@ -194,8 +191,8 @@ def format_planned_size(size):
 
 
 def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
-  """Writes the ensemble checkpoint, its inference meta and model_flags.json, reading the
-  checkpoints through copies (a LocalCopies); returns a summary dict (dry_run: the size)."""
+  """Writes the ensemble checkpoint, its inference meta and model_flags.json (dry_run: only
+  prints the planned size); returns a summary dict."""
   output_prefix = checkpoint_utils.resolve_checkpoint(train_dir, output_name)
   stored = model_graph.read_stored_flags(train_dir, required=False) if storage.isdir(
       train_dir) else None
@@ -213,10 +210,10 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
   plan = ensemble_checkpoint.plan_ensemble(
       template_specs, checkpoints, copies, "the %d-model ensemble graph (%s)" % (
           config.ensemble_num, config.describe()), outputs=[output_prefix])
-  size = planned_size(plan, config, built)
-  logging.info("%s", format_planned_size(size))
+  size, line = planned_size(plan, config, built)
+  logging.info("%s", line)
   if dry_run:
-    print(format_planned_size(size))
+    print(line)
     print("dry run: nothing written (would write %s.* and %s)" % (
         output_prefix, utils.model_flags_path(train_dir)))
     return dict(size, dry_run=True)
@@ -231,18 +228,8 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
   return summary
 
 
-def parse_storages(value):
-  storages = [part.strip() for part in value.split(",") if part.strip()]
-  bad = [s for s in storages if s not in model_graph.KERNEL_STORAGES]
-  if not storages or bad or len(set(storages)) != len(storages):
-    raise CheckpointToolError("--storages=%r: give distinct storages among %s" % (
-        value, ",".join(model_graph.KERNEL_STORAGES)))
-  return storages
-
-
 def config_from_flags_and_members(prefixes, copies):
-  """assemble_config of the checkpoints: this run's explicit flags, each member's
-  model_flags.json (--use_member_model_flags) and the checkpoints' variable shapes."""
+  """assemble_config from this run's flags, the members' model_flags.json and checkpoints."""
   specs = [ensemble_checkpoint.specs_from_checkpoint(prefix, copies) for prefix in prefixes]
   members = [member_model_flags(prefix) if FLAGS.use_member_model_flags else (None, None)
              for prefix in prefixes]
@@ -269,9 +256,14 @@ def budgeted_main():
   if len(set(candidates)) != len(candidates):
     raise CheckpointToolError("--candidates lists a checkpoint twice")
   ensemble_checkpoint.check_sources(candidates)
+  storages = [part.strip() for part in FLAGS.storages.split(",") if part.strip()]
+  if not storages or len(set(storages)) != len(storages) or not set(storages) <= set(
+      model_graph.KERNEL_STORAGES):
+    raise CheckpointToolError("--storages=%r: give distinct storages among %s" % (
+        FLAGS.storages, ",".join(model_graph.KERNEL_STORAGES)))
   settings = budget_build.Settings(
       eval_files=readers.eval_files(FLAGS.eval_data_pattern, FLAGS.eval_holdout_only),
-      limit=FLAGS.size_limit_bytes, storages=parse_storages(FLAGS.storages),
+      limit=FLAGS.size_limit_bytes, storages=storages,
       batch_size=FLAGS.batch_size, num_readers=FLAGS.num_readers,
       max_videos=FLAGS.max_videos, top_k=FLAGS.top_k, seed=FLAGS.search_seed,
       restarts=FLAGS.search_iterations, beam_width=FLAGS.beam_width,

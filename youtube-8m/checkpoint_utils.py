@@ -35,8 +35,7 @@ def strip_checkpoint_suffix(name):
 
 
 def parse_step(prefix, basename=None):
-  """The step of '.../model.ckpt-5010' (digits after the basename's LAST '-'), else None;
-  with ``basename`` (e.g. 'model.ckpt') only '<basename>-<digits>' matches."""
+  """The step of '.../<basename>-<step>' (any basename if None), else None."""
   match = _STEP_RE.match(os.path.basename(strip_checkpoint_suffix(prefix)))
   if not match or basename not in (None, match.group("base")):
     return None
@@ -49,8 +48,7 @@ def checkpoint_exists(prefix):
 
 
 def list_numbered(prefix):
-  """[(step, prefix + digits)] of every checkpoint '<prefix><digits>' with an index file, by
-  step."""
+  """[(step, prefix + digits)] of the checkpoints '<prefix><digits>' with an index, by step."""
   pattern = re.compile(re.escape(os.path.basename(prefix)) + r"(\d+)\.index$")
   matches = [pattern.match(os.path.basename(path)) for path in storage.glob(prefix + "*.index")]
   return sorted((int(match.group(1)), prefix + match.group(1)) for match in matches if match)
@@ -62,15 +60,13 @@ def list_checkpoints(directory):
 
 
 def newest_checkpoint(directory):
-  """(step, prefix) of the highest-step training checkpoint in directory, or None (not the
-  'checkpoint' state file, which the original's tools re-point at their outputs)."""
+  """(step, prefix) of the newest model.ckpt-<step> in directory, or None."""
   found = list_checkpoints(directory)
   return found[-1] if found else None
 
 
 def resolve_checkpoint(train_dir, name):
-  """The prefix of a checkpoint (or of one of its files) relative to train_dir, unless absolute
-  or gs://."""
+  """The prefix of checkpoint (or checkpoint file) name: under train_dir unless absolute."""
   name = strip_checkpoint_suffix(name)
   if os.path.isabs(name) or "://" in name:
     return name
@@ -103,8 +99,7 @@ def tf_error_line(error, path, users_path):
 
 @contextlib.contextmanager
 def reading(name, local_prefix=None):
-  """Raises TensorFlow's errors reading checkpoint name (through its local copy local_prefix)
-  as one UnreadableCheckpointError naming it."""
+  """Raises TF's errors reading checkpoint name (at local_prefix) as UnreadableCheckpointError."""
   try:
     yield
   except (tf.errors.OpError, IndexError) as error:  # IndexError: CheckpointReader's short read
@@ -114,8 +109,7 @@ def reading(name, local_prefix=None):
 
 @contextlib.contextmanager
 def writing(prefix, tmp_prefix=None):
-  """Raises TensorFlow's and the OS's errors writing checkpoint prefix (as tmp_prefix) as one
-  IOError naming prefix."""
+  """Raises TF's and the OS's errors writing checkpoint prefix (at tmp_prefix) as one IOError."""
   try:
     yield
   except tf.errors.OpError as error:
@@ -189,8 +183,8 @@ def nbytes(shape, dtype):
 
 
 def check_matches_graph(prefix, variables, model_description, name=None, allow_missing=False):
-  """Raises ValueError naming each graph variable the checkpoint lacks (unless allow_missing)
-  or stores with another shape or dtype. name: the checkpoint prefix is a local copy of."""
+  """ValueError naming each graph variable the checkpoint (a local copy of name) lacks
+  (unless allow_missing) or stores with another shape or dtype."""
   with reading(name or prefix, prefix):
     specs = variable_specs(tf.train.load_checkpoint(prefix))
   problems = []
@@ -277,8 +271,7 @@ def write_checkpoint(prefix, write_fn):
 
 @contextlib.contextmanager
 def local_copy(prefix):
-  """Yields a local prefix of the checkpoint: prefix itself, or a temporary download of a gs://
-  checkpoint's files."""
+  """Yields prefix itself, or a temporary local download of a gs:// checkpoint."""
   if not storage.is_gcs(prefix):
     yield prefix
     return
@@ -314,8 +307,7 @@ class LocalCopies(contextlib.ExitStack):
 
 
 def aligned_empty(shape, dtype):
-  """np.empty(shape, dtype) with FEED_ALIGNMENT-byte aligned data, which TensorFlow feeds
-  without a copy."""
+  """np.empty with FEED_ALIGNMENT-aligned data, which TensorFlow feeds without a copy."""
   dtype = np.dtype(dtype)
   nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
   buf = np.empty(nbytes + FEED_ALIGNMENT, dtype=np.uint8)
@@ -324,8 +316,7 @@ def aligned_empty(shape, dtype):
 
 
 def write_checkpoint_tensors(prefix, tensors):
-  """Saves {name: ndarray} as the single-shard checkpoint '<prefix>.{index,data-*}' with one
-  SaveV2 op (not atomic: see write_checkpoint)."""
+  """Saves {name: ndarray} as the checkpoint prefix with one SaveV2 op (not atomic)."""
   names = sorted(tensors)
   graph = tf.Graph()
   with graph.as_default():

@@ -96,9 +96,8 @@ def check_sources(sources, outputs=()):
 
 
 def plan_ensemble(template_specs, sources, copies, template_name="the template", outputs=()):
-  """The Plan of the {name: (shape, tf.DType)} template_specs from the source prefixes (one
-  per model, in model order), every variable checked before any tensor is read. outputs: the
-  prefixes to be written (never a source). Raises CheckpointToolError."""
+  """The checked Plan of template_specs {name: (shape, dtype)} from sources (one per model, in
+  order), none of them one of outputs (the prefixes to write); reads no tensor."""
   per_model = {}
   global_step_dtype = tf.int32
   for name, (shape, dtype) in template_specs.items():
@@ -126,7 +125,6 @@ def plan_ensemble(template_specs, sources, copies, template_name="the template",
             "".join(", tower/model%d/" % i for i in range(1, num_models))))
   check_sources(sources, outputs)
   source_specs = [specs_from_checkpoint(prefix, copies) for prefix in sources]
-
   items, problems = [], []
   for index in range(num_models):
     where = source_label(index, sources[index])
@@ -138,18 +136,16 @@ def plan_ensemble(template_specs, sources, copies, template_name="the template",
             where, source_name, template_name, name))
         continue
       source_shape, source_dtype = source_specs[index][source_name]
-      if quantization.kernel_of_codebook(name):
-        if not (source_dtype.is_floating and len(source_shape) == 2
-                and shape == (2, source_shape[1])):
-          problems.append("variable %r (%s %s) in %s cannot give %s's codebook %r %s" % (
-              source_name, source_dtype.name, list(source_shape), where, template_name,
-              name, list(shape)))
-        else:
-          items.append((name, shape, dtype, index, source_name))
-      elif source_shape != shape:
+      is_codebook = quantization.kernel_of_codebook(name) is not None
+      if is_codebook and not (source_dtype.is_floating and len(source_shape) == 2
+                              and shape == (2, source_shape[1])):
+        problems.append("variable %r (%s %s) in %s cannot give %s's codebook %r %s" % (
+            source_name, source_dtype.name, list(source_shape), where, template_name,
+            name, list(shape)))
+      elif not is_codebook and source_shape != shape:
         problems.append("variable %r has shape %s in %s but %s variable %r needs %s" % (
             source_name, list(source_shape), where, template_name, name, list(shape)))
-      elif source_dtype != dtype and not (source_dtype.is_floating and (
+      elif not is_codebook and source_dtype != dtype and not (source_dtype.is_floating and (
           dtype.is_floating or dtype == tf.uint8)):
         problems.append("variable %r is %s in %s but %s variable %r is %s (only floating "
                         "types are converted, to float or 8-bit codes)" % (
@@ -164,8 +160,8 @@ def plan_ensemble(template_specs, sources, copies, template_name="the template",
 
 
 def write_plan(plan, copies, output_prefix, meta_fn):
-  """Converts the plan's tensors (one source tensor at a time, largest first) and writes them
-  atomically, meta_fn(tmp_prefix) the local '<tmp_prefix>.meta'; returns a summary dict."""
+  """Writes the plan's converted tensors (largest first) atomically, meta_fn(tmp_prefix) the
+  '<tmp_prefix>.meta'; returns a summary dict."""
   start = time.time()
   readers = [checkpoint_utils.load_reader(prefix, copies) for prefix in plan.sources]
   stats = {"rounded_tensors": 0, "overflow_values": 0, "quantized_tensors": 0, "by_dtype": {}}
@@ -210,12 +206,6 @@ def write_plan(plan, copies, output_prefix, meta_fn):
   summary = dict(stats, output_prefix=output_prefix, tensors=len(plan.items) + 1,
                  parameters=plan.parameters(), data_bytes=data_bytes,
                  peak_rss_mib=checkpoint_utils.peak_rss_mib(), seconds=time.time() - start)
-  log_summary(plan, summary)
-  return summary
-
-
-def log_summary(plan, summary):
-  """Logs what write_plan wrote: each model's variables, the tensors, the peak memory."""
   for index, prefix in enumerate(plan.sources):
     count = sum(1 for item in plan.items if item[3] == index)
     used = {item[4] for item in plan.items if item[3] == index}  # a kernel gives 2 if 8-bit
@@ -226,11 +216,11 @@ def log_summary(plan, summary):
                  " (%d other variables of the source not used)" % unused if unused else "")
   logging.info("Wrote %s: %d tensors (%s + global_step=0), %d parameters, %d bytes of "
                "tensor data; %d tensors rounded to a narrower type, %d kernels quantized to 8 "
-               "bits", summary["output_prefix"],
-               summary["tensors"], ", ".join("%d %s" % (n, d) for d, n in
-                                             sorted(summary["by_dtype"].items())),
-               summary["parameters"], summary["data_bytes"], summary["rounded_tensors"],
-               summary["quantized_tensors"])
+               "bits", output_prefix, summary["tensors"], ", ".join(
+                   "%d %s" % (n, d) for d, n in sorted(stats["by_dtype"].items())),
+               summary["parameters"], data_bytes, stats["rounded_tensors"],
+               stats["quantized_tensors"])
   logging.info("Peak memory %.1f MiB (%.2f bytes per parameter) in %.1f s",
                summary["peak_rss_mib"], summary["peak_rss_mib"] * 2**20 / max(
                    summary["parameters"], 1), summary["seconds"])
+  return summary

@@ -55,8 +55,7 @@ def define_flags():
 
 
 def define_held_out_flags(what=""):
-  """The flags of a run over held-out data and a weight search (also build_ensemble's, what:
-  the start of their help there)."""
+  """Flags of a run over held-out data and a weight search (also build_ensemble's)."""
   flags.DEFINE_string("eval_data_pattern", "", what + "Glob of the held-out files.")
   flags.DEFINE_bool("eval_holdout_only", True,
                     what + "Only the 60 held-out validate files of the pattern (as eval.py).")
@@ -159,9 +158,8 @@ def search(objective, num_models, seed=0, restarts=5):
 def collect_member_predictions(config, prefix, files, batch_size, num_readers, max_videos,
                                member_dtype, top_k, checkpoint_name=None,
                                compute_dtype=tf.float32, sampling_seeds=None):
-  """Runs the eval graph once (sampling_seeds as model_graph.build_model's) on the local
-  checkpoint prefix (a copy of checkpoint_name, which errors name); returns (members
-  [n][videos, classes], labels [videos, classes] bool, info)."""
+  """(members [n][videos, classes], labels [videos, classes] bool, info) of the eval graph run
+  once on the local checkpoint prefix (a copy of checkpoint_name, which errors name)."""
   graph = tf.Graph()
   with graph.as_default():
     model_graph.create_global_step()

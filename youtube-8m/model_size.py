@@ -46,8 +46,7 @@ def _is_model_file(name, model_name):
 
 
 def float32_size(name, dtypes):
-  """Bytes per value of a tensor had it been float32: a floating tensor 4, an 8-bit kernel's
-  uint8 codes 4 and their codebook 0 (quantization.py), any other tensor its own size."""
+  """Bytes per value of tensor name with floats as float32 (8-bit codes 4, their codebook 0)."""
   if quantization.kernel_of_codebook(name) in dtypes:
     return 0
   if dtypes[name].is_floating or quantization.codebook_name(name) in dtypes:

@@ -39,8 +39,7 @@ def define_flags():
 
 
 def overwrite(template_prefix, sources, output_prefix):
-  """Step 3 of the original's ensemble commands: the template's variables filled from
-  sources; returns the summary."""
+  """The template's variables filled from sources, written as output_prefix; the summary."""
   if not checkpoint_utils.checkpoint_exists(template_prefix):
     raise CheckpointToolError(
         "--inference_model: no template checkpoint %s (missing %s.index); write it with eval.py "

@@ -77,8 +77,7 @@ class QuantizedKernel(object):
 
 
 def quantized_variable(name, shape):
-  """A QuantizedKernel of new variables `name` (uint8) and `name`_quantization (float32 [2,
-  out]); both are model variables, neither is trainable."""
+  """QuantizedKernel of new non-trainable model variables name (uint8 codes) and its codebook."""
   collections = [tf1.GraphKeys.GLOBAL_VARIABLES, tf1.GraphKeys.MODEL_VARIABLES]
   codes = tf1.get_variable(name, shape=shape, dtype=tf.uint8, trainable=False,
                            initializer=tf1.zeros_initializer(), collections=collections)
