@@ -112,12 +112,9 @@ def _members_value(name, explicit, member_jsons, default):
             "network the model was trained as (omit the flag to take the members' value)"
             % (index, name, explicit[name], path, name, value))
     return explicit[name]
-  distinct = []
-  for _, _, value in stored:
-    if value not in distinct:
-      distinct.append(value)
-  if len(distinct) <= 1:
-    return distinct[0] if distinct else default
+  values = [value for _, _, value in stored]
+  if all(value == values[0] for value in values):
+    return values[0] if values else default
   listed = ", ".join("model %d: %r" % (index, value) for index, _, value in stored)
   if strict:
     raise CheckpointToolError("the members disagree on %s (%s, from their model_flags.json); "

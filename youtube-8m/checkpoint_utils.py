@@ -178,7 +178,6 @@ def variable_specs(reader):
 
 
 def nbytes(shape, dtype):
-  """Bytes of a tensor of shape and tf.DType dtype."""
   return int(np.prod(shape, dtype=np.int64)) * dtype.size
 
 
@@ -360,6 +359,5 @@ def write_tensors(output_prefix, tensors, global_step_dtype, meta_fn):
 
 
 def peak_rss_mib():
-  """Peak resident set size of this process in MiB."""
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0

@@ -124,10 +124,8 @@ def _replacements(scorer, state, options, limit):
     total = sum(rest) or 1.0
     rest = [w / total for w in rest]
     for option in options:
-      if option is member or any(o.candidate == option.candidate for o in others):
-        continue
       size = state.bytes - member.bytes + option.bytes
-      if size > limit:
+      if option is member or size > limit or option.candidate in {o.candidate for o in others}:
         continue
       gap, weights = _join(scorer, others, rest, option)
       if gap > state.gap and (best is None or gap > best.gap):

@@ -267,11 +267,9 @@ def run():
         config, local_prefix, files, FLAGS.batch_size, FLAGS.num_readers, FLAGS.max_videos,
         np.dtype(FLAGS.member_dtype), FLAGS.top_k, checkpoint_name=prefix,
         compute_dtype=fp16_layers.compute_dtype())
-  notes = []
-  if info["truncated"]:
-    notes.append("NOTE: --max_videos=%d: only the first %d videos were used (the files hold "
-                 "more); the weights are tuned on this subset and the GAPs below differ from "
-                 "eval.py's on the whole data." % (FLAGS.max_videos, info["videos"]))
+  notes = ["NOTE: --max_videos=%d: only the first %d videos were used (the files hold more); "
+           "the weights are tuned on this subset and the GAPs below differ from eval.py's on "
+           "the whole data." % (FLAGS.max_videos, info["videos"])] if info["truncated"] else []
   objective = GapObjective(members, labels, FLAGS.top_k)
   equal = [1.0 / num_models] * num_models
   equal_gap, configured_gap = objective(equal), objective(config.ensemble_wts)

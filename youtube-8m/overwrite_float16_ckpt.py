@@ -5,9 +5,8 @@ original's ensemble commands).
         --inference_model=inference_model_10 --out_name=inference_model_ensemble_YHLS \
         --checkpoints="single/c24h1440-inference_model_0,single/c32h1024-inference_model_0"
 
-fills the template (from ``eval.py --create_meta_only`` on the ensemble graph) from the
-checkpoints, one per model in model order, into ``<out_name>-0.*`` with the template's meta
-graph; nothing is written on error.
+writes the template (eval.py --create_meta_only's) filled from the checkpoints, one per model
+in model order, as ``<out_name>-0.*``; nothing on error.
 """
 
 from absl import app
@@ -20,7 +19,6 @@ from . import storage
 from . import utils
 
 FLAGS = flags.FLAGS
-
 CheckpointToolError = checkpoint_utils.CheckpointToolError
 
 
