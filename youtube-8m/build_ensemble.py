@@ -179,12 +179,13 @@ def planned_size(plan, config, built=None):
   total = data + meta + other
   size = {"data_bytes": data, "meta_bytes": meta, "other_bytes_estimate": other,
           "total_bytes": total, "limit_bytes": SIZE_LIMIT, "fits": total <= SIZE_LIMIT}
-  return size, ("planned submission: {total_bytes:,} B = tensor data {data_bytes:,} B + meta graph "
-          "{meta_bytes:,} B + ~{other_bytes_estimate:,} B (.index, model_flags.json) vs the "
-          "limit 2^30 = {limit_bytes:,} B: {verdict} ({margin:,} B {side})").format(
-              verdict="FITS" if size["fits"] else "DOES NOT FIT", **size,
-              margin=abs(size["limit_bytes"] - size["total_bytes"]),
-              side="to spare" if size["fits"] else "over")
+  return size, (
+      "planned submission: {total_bytes:,} B = tensor data {data_bytes:,} B + meta graph "
+      "{meta_bytes:,} B + ~{other_bytes_estimate:,} B (.index, model_flags.json) vs the "
+      "limit 2^30 = {limit_bytes:,} B: {verdict} ({margin:,} B {side})").format(
+          verdict="FITS" if size["fits"] else "DOES NOT FIT", **size,
+          margin=abs(size["limit_bytes"] - size["total_bytes"]),
+          side="to spare" if size["fits"] else "over")
 
 
 def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):

@@ -60,7 +60,8 @@ def list_checkpoints(directory):
 
 
 def newest_checkpoint(directory):
-  """(step, prefix) of the newest model.ckpt-<step> in directory, or None."""
+  """(step, prefix) of the newest model.ckpt-<step> in directory, or None (not the 'checkpoint'
+  state file, which the original's tools re-point at their outputs)."""
   found = list_checkpoints(directory)
   return found[-1] if found else None
 
