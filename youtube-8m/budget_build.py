@@ -66,11 +66,10 @@ class Settings:
 def ensemble_config(pool, chosen, weights):
   """The config of the ensemble of chosen [(candidate index of pool, storage)] with weights."""
   return dataclasses.replace(
-      pool, ensemble_num=len(chosen),
+      pool, ensemble_num=len(chosen), ensemble_wts=[float(w) for w in weights],
       netvlad_cluster_size=[pool.netvlad_cluster_size[i] for i, _ in chosen],
       netvlad_hidden_size=[pool.netvlad_hidden_size[i] for i, _ in chosen],
-      ensemble_wts=[float(w) for w in weights], float16_flag=False,
-      kernel_storage=[s for _, s in chosen]).validate()
+      float16_flag=False, kernel_storage=[s for _, s in chosen]).validate()
 
 
 def meta_bytes(config, directory, built=None):
@@ -92,8 +91,7 @@ def option_sizes(pool, candidates, storages, copies, directory):
       if key not in by_config:
         built = model_graph.build_inference_graph(config)  # the template and its meta graph
         one = meta_bytes(config, directory, built)
-        two = meta_bytes(ensemble_config(pool, [(index, storage_name)] * 2, [0.5, 0.5]),
-                         directory)
+        two = meta_bytes(ensemble_config(pool, [(index, storage_name)] * 2, [0.5, 0.5]), directory)
         by_config[key] = (ensemble_checkpoint.specs_from_graph(built[0]), one, two - one)
       template, one, member_meta = by_config[key]
       plan = ensemble_checkpoint.plan_ensemble(
@@ -249,8 +247,7 @@ def run(pool, candidates, train_dir, settings, dry_run=False, results_json=""):
     raise CheckpointToolError("--train_dir=%s already holds a model (%s): the budgeted build "
                               "writes a new ensemble, give a new --train_dir" % (
                                   train_dir, utils.model_flags_path(train_dir)))
-  with checkpoint_utils.LocalCopies() as copies, storage.temporary_dir(
-      "yt8m-budget") as directory:
+  with checkpoint_utils.LocalCopies() as copies, storage.temporary_dir("yt8m-budget") as directory:
     sizes, base = option_sizes(pool, candidates, settings.storages, copies, directory)
     check_fits(sizes, base, settings.limit, candidates)
     logging.info("%d options (%d candidates x %s); base %d bytes; limit %d", len(sizes),
@@ -267,8 +264,8 @@ def run(pool, candidates, train_dir, settings, dry_run=False, results_json=""):
     print("\n".join(lines), flush=True)
     results = {
         "limit_bytes": settings.limit, "base_bytes": base, "videos": info["videos"],
-        "options": [{"candidate": o.name, "storage": o.storage, "bytes": o.bytes,
-                     "gap": o.gap} for o in options],
+        "options": [{"candidate": o.name, "storage": o.storage, "bytes": o.bytes, "gap": o.gap}
+                    for o in options],
         "members": [{"candidate": j["option"].name, "storage": j["option"].storage,
                      "bytes": j["option"].bytes, "gap": j["option"].gap,
                      "ensemble_gap_once_in": j["gap"], "weight": w}
@@ -276,9 +273,8 @@ def run(pool, candidates, train_dir, settings, dry_run=False, results_json=""):
         "weights": result.weights, "search_gap": result.gap, "graph_gap": graph_gap,
         "estimated_bytes": result.total_bytes, "measured_bytes": report["total_bytes"],
         "rounds": rounds, "gaps_computed": result.scored, "dry_run": dry_run,
-        "batch_size": settings.batch_size, "seed": settings.seed,
-        "model": config.describe(), "output": None if dry_run else os.path.join(
-            train_dir, settings.output_name)}
+        "batch_size": settings.batch_size, "seed": settings.seed, "model": config.describe(),
+        "output": None if dry_run else os.path.join(train_dir, settings.output_name)}
     if dry_run:
       print("dry run: nothing written (would write %s.* and %s)" % (
           os.path.join(train_dir, settings.output_name), utils.model_flags_path(train_dir)))

@@ -48,8 +48,7 @@ SIZE_LIMIT = 2**30  # the competition's limit on the submission's model files
 def define_flags():
   utils.define_shared_flags(__name__, model_graph.define_flags, lambda: (
       ensemble_weights.define_held_out_flags("Budgeted build: ")))
-  flags.DEFINE_string("train_dir", None,
-                      "Output directory of the ensemble (created if missing).")
+  flags.DEFINE_string("train_dir", None, "Output directory of the ensemble (created if missing).")
   flags.DEFINE_string("checkpoints", None,
                       "Comma list of the single-model checkpoint prefixes (a '.index' suffix is "
                       "accepted), one per model, in model order.")
@@ -261,17 +260,15 @@ def budgeted_main():
         FLAGS.storages, ",".join(model_graph.KERNEL_STORAGES)))
   settings = budget_build.Settings(
       eval_files=readers.eval_files(FLAGS.eval_data_pattern, FLAGS.eval_holdout_only),
-      limit=FLAGS.size_limit_bytes, storages=storages,
-      batch_size=FLAGS.batch_size, num_readers=FLAGS.num_readers,
-      max_videos=FLAGS.max_videos, top_k=FLAGS.top_k, seed=FLAGS.search_seed,
-      restarts=FLAGS.search_iterations, beam_width=FLAGS.beam_width,
+      limit=FLAGS.size_limit_bytes, storages=storages, batch_size=FLAGS.batch_size,
+      num_readers=FLAGS.num_readers, max_videos=FLAGS.max_videos, top_k=FLAGS.top_k,
+      seed=FLAGS.search_seed, restarts=FLAGS.search_iterations, beam_width=FLAGS.beam_width,
       output_name=FLAGS.output_name)
   with checkpoint_utils.LocalCopies() as copies:
     # One config of all candidates: their shared settings must agree (one graph).
     pool = config_from_flags_and_members(candidates, copies)
   try:
-    budget_build.run(pool, candidates, FLAGS.train_dir, settings, FLAGS.dry_run,
-                     FLAGS.results_json)
+    budget_build.run(pool, candidates, FLAGS.train_dir, settings, FLAGS.dry_run, FLAGS.results_json)
   except ensemble_budget.BudgetTooSmall as error:
     raise CheckpointToolError(str(error))
 
@@ -289,8 +286,7 @@ def main(argv):
   with checkpoint_utils.LocalCopies() as copies:
     config = config_from_flags_and_members(checkpoints, copies)
     logging.info("Building %s into %s", config.describe(), FLAGS.train_dir)
-    result = build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name, copies,
-                   FLAGS.dry_run)
+    result = build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name, copies, FLAGS.dry_run)
   if not result.get("dry_run"):
     logging.info("Evaluate it with: python -m youtube-8m.eval --train_dir=%s "
                  "--checkpoint_file=%s --eval_data_pattern=... --run_once", FLAGS.train_dir,

@@ -242,8 +242,7 @@ def write_checkpoint(prefix, write_fn):
         contextlib.nullcontext(os.path.dirname(prefix))) as directory:
     if not remote:
       storage.remove_orphans(directory, name)
-    tmp_prefix = interrupts.temporary(os.path.join(directory, storage.temp_name(name)),
-                                      prefix=True)
+    tmp_prefix = interrupts.temporary(os.path.join(directory, storage.temp_name(name)), prefix=True)
     try:
       with writing(prefix, tmp_prefix):
         write_fn(tmp_prefix)
@@ -320,10 +319,8 @@ def write_checkpoint_tensors(prefix, tensors):
   names = sorted(tensors)
   graph = tf.Graph()
   with graph.as_default():
-    placeholders = [
-        tf.compat.v1.placeholder(tf.as_dtype(tensors[name].dtype), shape=tensors[name].shape,
-                                 name="value_%d" % i)
-        for i, name in enumerate(names)]
+    placeholders = [tf.compat.v1.placeholder(tf.as_dtype(tensors[name].dtype), tensors[name].shape,
+                                             "value_%d" % i) for i, name in enumerate(names)]
     save_op = tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
                                 shape_and_slices=[""] * len(names), tensors=placeholders)
   with tf.compat.v1.Session(graph=graph) as sess:

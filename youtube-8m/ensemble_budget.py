@@ -157,8 +157,7 @@ def search(options, labels, limit, base_bytes=0, top_k=20, beam_width=4, seed=0,
     state = better
   weights, gap = state.weights, state.gap
   if len(state.members) > 1:
-    objective = ensemble_weights.GapObjective([m.predictions for m in state.members], labels,
-                                              top_k)
+    objective = ensemble_weights.GapObjective([m.predictions for m in state.members], labels, top_k)
     searched, searched_gap, _ = ensemble_weights.search(objective, len(state.members), seed,
                                                         restarts)
     scorer.count += len(objective.cache)

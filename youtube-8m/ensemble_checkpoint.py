@@ -196,11 +196,10 @@ def write_plan(plan, copies, output_prefix, meta_fn):
                         overflow, source_name, dtype.name)
     return out
 
-  tensors = checkpoint_utils.convert_largest_first(
-      [(name, checkpoint_utils.nbytes(shape, plan.source_specs[index][source][1]),
-        checkpoint_utils.nbytes(shape, dtype))
-       for name, shape, dtype, index, source in plan.items],
-      convert, "converting the ensemble tensors")
+  tensors = checkpoint_utils.convert_largest_first([
+      (name, checkpoint_utils.nbytes(shape, plan.source_specs[index][source][1]),
+       checkpoint_utils.nbytes(shape, dtype)) for name, shape, dtype, index, source in plan.items
+  ], convert, "converting the ensemble tensors")
   data_bytes = checkpoint_utils.write_tensors(output_prefix, tensors, plan.global_step_dtype,
                                               meta_fn)
   summary = dict(stats, output_prefix=output_prefix, tensors=len(plan.items) + 1,

@@ -135,11 +135,9 @@ def search(objective, num_models, seed=0, restarts=5):
   trace = []
   best_units, best_gap = None, -1.0
   # Each start is a whole hill climb (seconds to minutes): report every one.
-  progress = progress_lib.Progress("weight search", len(starts), "starting points",
-                                   interval=0)
+  progress = progress_lib.Progress("weight search", len(starts), "starting points", interval=0)
   for start in starts:
-    interrupts.check("the weight search, %d of %d starting points done" % (len(trace),
-                                                                           len(starts)))
+    interrupts.check("the weight search, %d of %d starting points done" % (len(trace), len(starts)))
     units, gap = coordinate_ascent(objective, start)
     trace.append({"start": [u / RESOLUTION for u in start],
                   "end": [u / RESOLUTION for u in units], "gap": gap})
@@ -165,15 +163,13 @@ def collect_member_predictions(config, prefix, files, batch_size, num_readers, m
     model_graph.create_global_step()
     iterator, batch = readers.one_pass(config.make_reader(), files, batch_size, num_readers,
                                        "eval_input")
-    predictions, _ = model_graph.build_model(config, batch["video_matrix"],
-                                             batch["num_frames"], is_training=False,
-                                             compute_dtype=compute_dtype,
-                                             sampling_seeds=sampling_seeds)
+    predictions, _ = model_graph.build_model(
+        config, batch["video_matrix"], batch["num_frames"], is_training=False,
+        compute_dtype=compute_dtype, sampling_seeds=sampling_seeds)
     members = tf1.get_collection(model_graph.MEMBER_PREDICTIONS)
     graph_vars = tf1.global_variables()
     saver = tf1.train.Saver(graph_vars)
-  checkpoint_utils.check_matches_graph(prefix, graph_vars, config.describe(),
-                                       name=checkpoint_name)
+  checkpoint_utils.check_matches_graph(prefix, graph_vars, config.describe(), name=checkpoint_name)
   chunks = [[] for _ in members]
   label_chunks = []
   configured = eval_util.EvaluationMetrics(config.num_classes, top_k)
@@ -274,8 +270,7 @@ def run():
   equal = [1.0 / num_models] * num_models
   equal_gap, configured_gap = objective(equal), objective(config.ensemble_wts)
   search_start = time.time()
-  best, best_gap, trace = search(objective, num_models, FLAGS.search_seed,
-                                 FLAGS.search_iterations)
+  best, best_gap, trace = search(objective, num_models, FLAGS.search_seed, FLAGS.search_iterations)
   search_seconds = time.time() - search_start
   if abs(configured_gap - info["configured_gap_graph"]) > 1e-4 and FLAGS.member_dtype == (
       "float32"):

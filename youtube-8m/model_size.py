@@ -62,8 +62,7 @@ def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFA
     if model_tgz:
       report["tgz_bytes"] = storage.size(model_tgz)
       # A gs:// tgz is downloaded (into memory when small, else a temporary file).
-      with storage.open(model_tgz, "rb") as handle, utils.reading_tgz(
-          model_tgz, handle) as archive:
+      with storage.open(model_tgz, "rb") as handle, utils.reading_tgz(model_tgz, handle) as archive:
         members = {}
         for member in archive:  # each read (decompressed) in turn
           interrupts.check("reading %s" % model_tgz)
@@ -147,8 +146,7 @@ def main(argv):
     raise ValueError("Give either --train_dir or --model_tgz, not both")
   if FLAGS.limit_bytes <= 0:
     raise ValueError("--limit_bytes must be positive")
-  report = measure(FLAGS.train_dir, FLAGS.inference_model_file, FLAGS.model_tgz,
-                   FLAGS.limit_bytes)
+  report = measure(FLAGS.train_dir, FLAGS.inference_model_file, FLAGS.model_tgz, FLAGS.limit_bytes)
   print(format_report(report), flush=True)
   if FLAGS.results_json:
     storage.makedirs(os.path.dirname(FLAGS.results_json))  # a no-op for gs://

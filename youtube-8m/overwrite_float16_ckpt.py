@@ -31,9 +31,8 @@ def define_flags():
   flags.DEFINE_string("out_name", "inference_model_float16_mean_ensemble",
                       "Output prefix relative to train_dir; '-0' is appended.")
   flags.DEFINE_string("checkpoints", "",
-                      "Comma list of the single-model checkpoint prefixes (full paths, a "
-                      "'.index' suffix is accepted), one per model of the template, in model "
-                      "order.")
+                      "Comma list of the single-model checkpoint prefixes (full paths, a '.index' "
+                      "suffix is accepted), one per model of the template, in model order.")
 
 
 def overwrite(template_prefix, sources, output_prefix):
