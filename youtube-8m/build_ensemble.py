@@ -241,9 +241,7 @@ def budgeted_main():
   if FLAGS.checkpoints:
     raise CheckpointToolError("give --checkpoints (the members) or --candidates (to choose "
                               "from), not both")
-  given = [name for name in ("ensemble_num", "netvlad_cluster_size", "netvlad_hidden_size",
-                             "ensemble_wts", "kernel_storage", "float16_flag")
-           if FLAGS[name].present]
+  given = [name for name in PER_MODEL_KEYS if name != "model" and FLAGS[name].present]
   if given:
     raise CheckpointToolError("--candidates chooses the members, their storage and weights: "
                               "--%s cannot be given" % ", --".join(given))

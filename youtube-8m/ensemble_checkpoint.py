@@ -177,7 +177,6 @@ def write_plan(plan, copies, output_prefix, meta_fn):
     with checkpoint_utils.reading(plan.sources[index], copies.local(plan.sources[index])):
       value = np.asarray(readers[index].get_tensor(source_name))
     if dtype == tf.uint8 or is_codebook:
-      # 8-bit storage: the codes and the codebook both come from the source's float kernel.
       codes, codebook = quantization.quantize(value)
       stats["quantized_tensors"] += 1
       if is_codebook:
