@@ -150,10 +150,7 @@ def search(options, labels, limit, base_bytes=0, top_k=20, beam_width=4, seed=0,
         "(%d with the rest of the submission)" % (limit, smallest.name, smallest.storage,
                                                    smallest.bytes, base_bytes + smallest.bytes))
   state = _beam(scorer, fitting, limit, base_bytes, beam_width)
-  while True:
-    better = _replacements(scorer, state, fitting, limit)
-    if better is None:
-      break
+  while (better := _replacements(scorer, state, fitting, limit)) is not None:
     state = better
   weights, gap = state.weights, state.gap
   if len(state.members) > 1:
