@@ -42,19 +42,16 @@ def define_flags():
                       "'START,END': average every checkpoint '<prefix><step>' found next to "
                       "--prefix with START <= step <= END (inclusive).")
   flags.DEFINE_integer("num_last_checkpoints", None,
-                       "Average the N newest (highest step) checkpoints '<prefix><step>' found "
-                       "next to --prefix.")
+                       "Average the N newest checkpoints '<prefix><step>' next to --prefix.")
   flags.DEFINE_string("prefix", "",
-                      "Checkpoint prefix, e.g. 'train_dir/model.ckpt-'. Prepended to "
-                      "--checkpoints entries; in range / last-N modes checkpoints named "
-                      "'<prefix><digits>' are listed.")
+                      "Checkpoint prefix, e.g. 'train_dir/model.ckpt-': of the --checkpoints "
+                      "entries, or of the '<prefix><digits>' range / last-N modes list.")
   flags.DEFINE_string("output_path", "/tmp/averaged.ckpt",
                       "Output prefix; the average is saved with global step 0 as "
                       "'<output_path>-0.*' (replacing an existing one once complete).")
   flags.DEFINE_string("staging_dir", None,
-                      "Local directory for the temporary copies of gs:// input checkpoints and of "
-                      "a gs:// output before its upload; default: $YT8M_STORAGE_CACHE, else "
-                      "<tmp>/yt8m-storage-cache.")
+                      "Local directory for temporary copies of gs:// checkpoints (input or output; "
+                      "default: $YT8M_STORAGE_CACHE, else <tmp>/yt8m-storage-cache).")
   flags.DEFINE_bool("exclude_optimizer_slots", False,
                     "Leave out optimizer state (*/Adam, */Adam_1, beta1_power, */Momentum, ...) "
                     "for a smaller evaluation-only checkpoint.")

@@ -127,9 +127,8 @@ _SAVER_TEMP_RE = re.compile(r"\.(tempstate\d+|tmp[0-9a-f]{32})$")
 
 
 def remove_interrupted_saves(directory):
-  """Removes what a Saver killed while saving '<directory>/model.ckpt-<step>' left behind:
-  its temporary files, and the data or meta files of a step without its index. Only for a
-  directory whose Saver is not running (train.py's chief at start)."""
+  """Removes a killed Saver's temporary files and the data or meta files of steps without an
+  index in directory; only while its Saver is not running (train.py's chief at start)."""
   paths = (storage.glob(os.path.join(directory, TRAIN_CHECKPOINT_BASENAME + "-*")) +
            storage.glob(os.path.join(directory, "checkpoint.tmp*")))
   indexed = {path[:-len(".index")] for path in paths if path.endswith(".index")}
@@ -143,9 +142,8 @@ def remove_interrupted_saves(directory):
 
 @contextlib.contextmanager
 def saving(directory, prefix):
-  """A context for a Saver.save of checkpoint prefix in the local directory: if it fails (even
-  in the .meta written last), every file of prefix is removed and the `checkpoint` state file
-  put back as it was, so the previous checkpoint stays the newest; then the error goes on."""
+  """A context for a Saver.save of prefix in the local directory: if it fails (even in the last
+  .meta), prefix's files go and the `checkpoint` state file is restored, then the error goes on."""
   state_path = os.path.join(directory, "checkpoint")
   state_before = open(state_path, "rb").read() if os.path.isfile(state_path) else None
   try:
@@ -233,9 +231,8 @@ def _index_last(paths):
 
 
 def write_checkpoint(prefix, write_fn):
-  """Writes a checkpoint that appears under prefix only when complete; returns prefix.
-  write_fn(tmp_prefix) writes <tmp>.index, .data-* (and .meta) on local disk. An existing
-  checkpoint loses its index first, so no reader pairs an old index with new data."""
+  """Writes a checkpoint (write_fn(tmp_prefix) on local disk) that appears under prefix only when
+  complete (an old index goes first: no reader pairs it with new data); returns prefix."""
   remote = storage.is_gcs(prefix)
   name = os.path.basename(prefix)
   with (storage.temporary_dir("yt8m-write", storage.default_cache_dir()) if remote else
