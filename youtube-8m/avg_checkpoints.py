@@ -42,7 +42,8 @@ def define_flags():
                       "'START,END': average every checkpoint '<prefix><step>' found next to "
                       "--prefix with START <= step <= END (inclusive).")
   flags.DEFINE_integer("num_last_checkpoints", None,
-                       "Average the N newest checkpoints '<prefix><step>' next to --prefix.")
+                       "Average the N newest (highest step) checkpoints '<prefix><step>' found "
+                       "next to --prefix.")
   flags.DEFINE_string("prefix", "",
                       "Checkpoint prefix, e.g. 'train_dir/model.ckpt-': of the --checkpoints "
                       "entries, or of the '<prefix><digits>' range / last-N modes list.")
