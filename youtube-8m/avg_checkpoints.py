@@ -4,8 +4,8 @@ r"""Averages training checkpoints into one (equal weights), one variable at a ti
         --checkpoints_start_end=150010,220010 --output_path="$DIR/avg_150010_220010.ckpt"
     (or --checkpoints=122304,125397,... or --num_last_checkpoints=5)
 
-writes ``<output_path>-0.{index,data-00000-of-00001,meta}`` (global_step 0, every other
-variable averaged in float64 and cast back to its dtype), or nothing on error (exit 1).
+writes ``<output_path>-0.{index,data-00000-of-00001,meta}`` (global_step 0, the other variables
+averaged in float64 and cast back), or nothing on error (exit 1).
 """
 
 import os
@@ -16,6 +16,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
+import tensorflow as tf
 
 from . import checkpoint_utils
 from . import storage
@@ -34,10 +35,9 @@ _OPTIMIZER_STATE_RE = re.compile(
 
 def define_flags():
   flags.DEFINE_string("checkpoints", None,
-                      "Comma-separated checkpoints to average. Each entry gets --prefix prepended "
-                      "by plain string concatenation (so with --prefix=DIR/model.ckpt- the "
-                      "entries are bare steps); entries may also carry a '.index' (or '.meta', "
-                      "'.data-*') suffix.")
+                      "Comma-separated checkpoints to average, each appended to --prefix (so "
+                      "with --prefix=DIR/model.ckpt- bare steps); a '.index' (or '.meta', "
+                      "'.data-*') suffix is accepted.")
   flags.DEFINE_string("checkpoints_start_end", None,
                       "'START,END': average every checkpoint '<prefix><step>' found next to "
                       "--prefix with START <= step <= END (inclusive).")
@@ -45,21 +45,17 @@ def define_flags():
                        "Average the N newest (highest step) checkpoints '<prefix><step>' found "
                        "next to --prefix.")
   flags.DEFINE_string("prefix", "",
-                      "Checkpoint prefix, e.g. 'train_dir/model.ckpt-'. Prepended to "
-                      "--checkpoints entries; in range / last-N modes checkpoints named "
-                      "'<prefix><digits>' are listed.")
+                      "Checkpoint prefix, e.g. 'train_dir/model.ckpt-': of the --checkpoints "
+                      "entries, or of the '<prefix><digits>' range / last-N modes list.")
   flags.DEFINE_string("output_path", "/tmp/averaged.ckpt",
                       "Output prefix; the average is saved with global step 0 as "
-                      "'<output_path>-0.*'. An existing average with that name is replaced once "
-                      "the new files are complete.")
+                      "'<output_path>-0.*' (replacing an existing one once complete).")
   flags.DEFINE_string("staging_dir", None,
-                      "Local directory for the temporary copies of gs:// input checkpoints and of "
-                      "a gs:// output before its upload; default: $YT8M_STORAGE_CACHE, else "
-                      "<tmp>/yt8m-storage-cache.")
+                      "Local directory for temporary copies of gs:// checkpoints (input or output; "
+                      "default: $YT8M_STORAGE_CACHE, else <tmp>/yt8m-storage-cache).")
   flags.DEFINE_bool("exclude_optimizer_slots", False,
-                    "Leave out optimizer state (*/Adam, */Adam_1, beta1_power, beta2_power, "
-                    "*/Momentum, */RMSProp*, ...) for a smaller evaluation-only checkpoint. "
-                    "Default: average it too.")
+                    "Leave out optimizer state (*/Adam, */Adam_1, beta1_power, */Momentum, ...) "
+                    "for a smaller evaluation-only checkpoint.")
 
 
 def find_checkpoints(prefix):
@@ -73,32 +69,16 @@ def find_checkpoints(prefix):
     raise CheckpointToolError("--prefix=%r: cannot list %s: %s" % (prefix, directory, e))
 
 
-def parse_start_end(value):
-  """'START,END' -> (start, end) with 0 <= start <= end; else CheckpointToolError."""
-  match = _START_END_RE.match(value or "")
-  if not match:
-    raise CheckpointToolError(
-        "--checkpoints_start_end=%r is malformed: expected 'START,END' with two "
-        "non-negative integer steps, e.g. '150010,220010'" % (value,))
-  start, end = int(match.group(1)), int(match.group(2))
-  if start > end:
-    raise CheckpointToolError(
-        "--checkpoints_start_end=%r is malformed: START (%d) is greater than END (%d)"
-        % (value, start, end))
-  return start, end
-
-
-def _describe_steps(found, limit=20):
+def _describe_steps(found):
   steps = [str(step) for step, _ in found]
-  if len(steps) > limit:
-    steps = steps[:limit // 2] + ["..."] + steps[-limit // 2:]
-  return ", ".join(steps) if steps else "none"
+  if len(steps) > 20:
+    steps = steps[:10] + ["..."] + steps[-10:]
+  return ", ".join(steps) or "none"
 
 
 def select_checkpoints(prefix="", checkpoints=None, checkpoints_start_end=None,
                        num_last_checkpoints=None):
-  """(mode, [checkpoint prefixes with an index file]) of the one selection mode given (not
-  None), in averaging order; CheckpointToolError otherwise."""
+  """(mode, [checkpoint prefixes in averaging order]) of the one selection mode given."""
   given = [name for name, value in (("--checkpoints", checkpoints),
                                     ("--checkpoints_start_end", checkpoints_start_end),
                                     ("--num_last_checkpoints", num_last_checkpoints))
@@ -109,7 +89,6 @@ def select_checkpoints(prefix="", checkpoints=None, checkpoints_start_end=None,
     raise CheckpointToolError(
         "no checkpoints selected: give one of --checkpoints, --checkpoints_start_end "
         "or --num_last_checkpoints")
-
   if checkpoints is not None:
     entries = [entry.strip() for entry in checkpoints.split(",") if entry.strip()]
     if not entries:
@@ -126,9 +105,17 @@ def select_checkpoints(prefix="", checkpoints=None, checkpoints_start_end=None,
             "no file %r" % (ckpt, entry, prefix, ckpt + ".index"))
       selected.append(ckpt)
     return "checkpoints", selected
-
   if checkpoints_start_end is not None:
-    start, end = parse_start_end(checkpoints_start_end)
+    match = _START_END_RE.match(checkpoints_start_end)
+    if not match:
+      raise CheckpointToolError(
+          "--checkpoints_start_end=%r is malformed: expected 'START,END' with two "
+          "non-negative integer steps, e.g. '150010,220010'" % (checkpoints_start_end,))
+    start, end = int(match.group(1)), int(match.group(2))
+    if start > end:
+      raise CheckpointToolError(
+          "--checkpoints_start_end=%r is malformed: START (%d) is greater than END (%d)"
+          % (checkpoints_start_end, start, end))
     found = find_checkpoints(prefix)
     in_range = [ckpt for step, ckpt in found if start <= step <= end]
     if not in_range:
@@ -137,7 +124,6 @@ def select_checkpoints(prefix="", checkpoints=None, checkpoints_start_end=None,
           "(steps found next to --prefix: %s)"
           % (checkpoints_start_end, prefix, start, end, _describe_steps(found)))
     return "checkpoints_start_end", in_range
-
   if num_last_checkpoints < 1:
     raise CheckpointToolError(
         "--num_last_checkpoints=%d: must be at least 1" % num_last_checkpoints)
@@ -154,21 +140,17 @@ def is_optimizer_slot(name):
   return bool(_OPTIMIZER_STATE_RE.match(name.rsplit("/", 1)[-1]))
 
 
-def _names_preview(names, limit=5):
-  names = sorted(names)
-  shown = ", ".join(repr(n) for n in names[:limit])
-  return shown + (", ... (%d in all)" % len(names) if len(names) > limit else "")
-
-
 def check_compatible(checkpoint_prefixes, all_specs):
   """The {name: (shape, tf.DType)} all checkpoints share; CheckpointToolError on mismatch."""
   first, ref = checkpoint_prefixes[0], all_specs[0]
   for ckpt, specs in zip(checkpoint_prefixes[1:], all_specs[1:]):
     for names, problem in ((set(ref) - set(specs), "lacks variable(s) %s present in %r"),
                            (set(specs) - set(ref), "has variable(s) %s absent from %r")):
+      names = sorted(names)
       if names:
-        raise CheckpointToolError("checkpoint %r %s" % (ckpt, problem % (
-            _names_preview(names), first)))
+        preview = ", ".join(map(repr, names[:5])) + (
+            ", ... (%d in all)" % len(names) if names[5:] else "")
+        raise CheckpointToolError("checkpoint %r %s" % (ckpt, problem % (preview, first)))
     for name in sorted(ref):
       for what, value, ref_value in (("shape", list(specs[name][0]), list(ref[name][0])),
                                      ("dtype", specs[name][1].name, ref[name][1].name)):
@@ -186,8 +168,7 @@ def check_compatible(checkpoint_prefixes, all_specs):
 
 
 def _average_variable(name, shape, dtype, readers, checkpoint_prefixes, copies):
-  """Mean of one variable over all readers (of checkpoint_prefixes' copies) in its stored
-  dtype (one input tensor at a time)."""
+  """Mean of one variable over all readers (of checkpoint_prefixes), in its dtype."""
   acc = np.zeros(shape, dtype=np.float64)
   for ckpt, reader in zip(checkpoint_prefixes, readers):
     with checkpoint_utils.reading(ckpt, copies.local(ckpt)):
@@ -206,9 +187,7 @@ def _average_variable(name, shape, dtype, readers, checkpoint_prefixes, copies):
 
 
 def _write_meta(meta_path, specs):
-  """Exports a MetaGraphDef with one variable per {name: (shape, tf.DType)} and a saver_def
-  (initializers are Fill ops: the graph holds no tensor data)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  """Exports a MetaGraphDef of zero-initialized variables {name: (shape, dtype)} and a saver."""
   graph = tf.Graph()
   with graph.as_default():
     var_list = {}
@@ -228,8 +207,7 @@ def _write_meta(meta_path, specs):
 
 
 def check_inputs(checkpoint_prefixes, output_prefix):
-  """The largest input's data bytes; CheckpointToolError unless every input exists with its
-  data and none is the output, whose bucket or directory must be reachable."""
+  """The largest input's data bytes; CheckpointToolError if an input is missing or the output."""
   if not checkpoint_prefixes:
     raise CheckpointToolError("no checkpoints to average")
   if len(set(checkpoint_prefixes)) != len(checkpoint_prefixes):
@@ -256,20 +234,13 @@ def check_inputs(checkpoint_prefixes, output_prefix):
 
 
 def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_slots=False):
-  """Averages checkpoint prefixes into '<output_prefix>.{data-00000-of-00001,index,meta}' and
-  returns a summary dict; raises CheckpointToolError (or an IOError: an unreadable input,
-  storage) before writing anything."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  """Averages checkpoint prefixes into '<output_prefix>.*'; returns a summary dict (errors
+  before anything is written)."""
   start_time = time.time()
   checkpoint_prefixes = list(checkpoint_prefixes)
   largest_input = check_inputs(checkpoint_prefixes, output_prefix)
   with checkpoint_utils.LocalCopies() as copies:
-    readers = []
-    for ckpt in checkpoint_prefixes:
-      try:
-        readers.append(tf.train.load_checkpoint(copies.local(ckpt)))
-      except (tf.errors.OpError, ValueError) as e:
-        raise CheckpointToolError("cannot read checkpoint %r: %s" % (ckpt, e)) from e
+    readers = [checkpoint_utils.load_reader(ckpt, copies) for ckpt in checkpoint_prefixes]
     specs = check_compatible(checkpoint_prefixes,
                              [checkpoint_utils.variable_specs(r) for r in readers])
     averaged = [name for name in specs if name != GLOBAL_STEP and not (
@@ -280,9 +251,8 @@ def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_sl
                  "checkpoint data: %.1f MiB", len(averaged), len(checkpoint_prefixes),
                  len(skipped), " as optimizer slots" if skipped else "",
                  largest_input / 2.0**20)
-    sizes = [(name, checkpoint_utils.nbytes(*specs[name])) for name in averaged]
     tensors = checkpoint_utils.convert_largest_first(
-        [(name, size, size) for name, size in sizes],
+        [(name,) + (checkpoint_utils.nbytes(*specs[name]),) * 2 for name in averaged],
         lambda name: _average_variable(name, *specs[name], readers, checkpoint_prefixes,
                                        copies), "averaging %d variables" % len(averaged))
     del readers

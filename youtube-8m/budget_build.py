@@ -4,32 +4,18 @@ r"""build_ensemble on a byte budget: members, storages and weights chosen on hel
         --eval_data_pattern='.../validate*.tfrecord' [--size_limit_bytes=1073741824] \
         [--storages=float32,float16,uint8] [--search_seed=0] [--dry_run] [--results_json=F]
 
-1. Every candidate (a single NetVLADModelLF checkpoint) in every storage is an option. Its
-   bytes in the submission are estimated: its tensor data exactly (the plan of its variables
-   in that storage), its .index entries (name + 48 B each) and its share of the meta graph
-   (the meta graph of two copies of it minus that of one), plus the model_flags.json entry.
-   The rest of the submission (meta graph without members, index header, json) is the base.
-   A limit that holds no option fails here, before any data is read.
-2. Each option's held-out predictions are computed once, many options in one pass over the
-   data: the options (up to GROUP_TENSOR_BYTES of tensors) converted into their storages as
-   the members of one temporary ensemble checkpoint (ensemble_checkpoint's conversion,
-   removed after use), run by ensemble_weights.collect_member_predictions, each option
-   sampling frames with seed (0, 0) as a single model does; they stay in memory (options x
-   videos x classes x 4 bytes: --max_videos caps it).
-3. ensemble_budget.search picks the members, storages and weights (deterministic for
-   --search_seed).
-4. The chosen ensemble is built (build_ensemble.build) into a temporary directory and
-   measured by model_size.measure. If it is over the limit, the search's limit is lowered to
-   the limit minus the estimate's shortfall (measured - estimated bytes of that set, which
-   thereby no longer fits) and the search runs again: the written ensemble never exceeds the
-   limit.
-5. The built graph runs once more on the held-out data: its GAP (eval.py's metric, at the
-   same --batch_size) is reported beside the search's. They differ because the ensemble
-   samples member i's frames with seed (0, i), while every option was scored with seed
-   (0, 0): the members of the written graph see different frames, which the search does not
-   credit.
-6. Unless --dry_run: the files are copied into --train_dir (the .index last, then
-   model_flags.json) with the table as budget_table.txt; --results_json gets every number.
+1. Every candidate in every storage is an option, its bytes estimated: tensor data exact,
+   .index entries (name + 48 B each), its share of the meta graph (that of two copies of it
+   minus that of one) and its model_flags.json entry. The rest is the base.
+2. Each option's held-out predictions are computed once, groups of options run as the members
+   of one temporary ensemble, each sampling frames with seed (0, 0) as a single model does.
+3. ensemble_budget.search picks the members, storages and weights.
+4. The chosen ensemble is built and measured (model_size); if over the limit, the search runs
+   again under the limit minus the estimate's shortfall.
+5. Its GAP is measured (eval.py's): it differs from the search's as member i samples frames
+   with seed (0, i).
+6. Unless --dry_run: the files go into --train_dir (the .index last, then model_flags.json)
+   with the table as budget_table.txt.
 """
 
 import dataclasses
@@ -47,7 +33,6 @@ from . import ensemble_checkpoint
 from . import ensemble_weights
 from . import model_graph
 from . import model_size
-from . import readers
 from . import storage
 from . import utils
 
@@ -64,7 +49,7 @@ GROUP_TENSOR_BYTES = 3 * 2**30
 
 @dataclasses.dataclass
 class Settings:
-  """What the budgeted build needs besides the candidates (build_ensemble's flags)."""
+  """The budgeted build's settings besides the candidates (build_ensemble's flags)."""
   eval_files: list
   limit: int
   storages: list
@@ -78,25 +63,17 @@ class Settings:
   output_name: str = "inference_model"
 
 
-def member_config(pool, index, storage_name):
-  """The single-model config of candidate index (of the pool config) in storage_name."""
-  return dataclasses.replace(
-      pool, ensemble_num=1, netvlad_cluster_size=[pool.netvlad_cluster_size[index]],
-      netvlad_hidden_size=[pool.netvlad_hidden_size[index]], ensemble_wts=[1.0],
-      float16_flag=False, kernel_storage=[storage_name]).validate()
-
-
 def ensemble_config(pool, chosen, weights):
-  """The config of the ensemble of chosen [(candidate index, storage)] with weights."""
+  """The config of the ensemble of chosen [(candidate index of pool, storage)] with weights."""
   return dataclasses.replace(
-      pool, ensemble_num=len(chosen),
+      pool, ensemble_num=len(chosen), ensemble_wts=[float(w) for w in weights],
       netvlad_cluster_size=[pool.netvlad_cluster_size[i] for i, _ in chosen],
       netvlad_hidden_size=[pool.netvlad_hidden_size[i] for i, _ in chosen],
-      ensemble_wts=[float(w) for w in weights], float16_flag=False,
-      kernel_storage=[s for _, s in chosen]).validate()
+      float16_flag=False, kernel_storage=[s for _, s in chosen]).validate()
 
 
-def _meta_bytes(config, directory, built=None):
+def meta_bytes(config, directory, built=None):
+  """Bytes of config's inference meta graph, exported into directory (built: its graph)."""
   path = os.path.join(directory, "size.meta")
   model_graph.export_inference_meta(path, config, built)
   size = os.path.getsize(path)
@@ -105,18 +82,16 @@ def _meta_bytes(config, directory, built=None):
 
 
 def option_sizes(pool, candidates, storages, copies, directory):
-  """{(index, storage): (plan, estimated bytes)} and the base bytes (see the module doc).
-  Candidates of the same sizes share their graph template and meta graph shares."""
+  """{(index, storage): (plan, estimated bytes)} and the base bytes (see the module doc)."""
   sizes, base, by_config = {}, 0, {}
   for index, source in enumerate(candidates):
     for storage_name in storages:
-      config = member_config(pool, index, storage_name)
+      config = ensemble_config(pool, [(index, storage_name)], [1.0])
       key = (pool.netvlad_cluster_size[index], pool.netvlad_hidden_size[index], storage_name)
       if key not in by_config:
         built = model_graph.build_inference_graph(config)  # the template and its meta graph
-        one = _meta_bytes(config, directory, built)
-        two = _meta_bytes(ensemble_config(pool, [(index, storage_name)] * 2, [0.5, 0.5]),
-                          directory)
+        one = meta_bytes(config, directory, built)
+        two = meta_bytes(ensemble_config(pool, [(index, storage_name)] * 2, [0.5, 0.5]), directory)
         by_config[key] = (ensemble_checkpoint.specs_from_graph(built[0]), one, two - one)
       template, one, member_meta = by_config[key]
       plan = ensemble_checkpoint.plan_ensemble(
@@ -142,8 +117,7 @@ def check_fits(sizes, base, limit, candidates):
 
 
 def option_groups(sizes, limit_bytes=GROUP_TENSOR_BYTES):
-  """The options [(index, storage)] in groups run by one graph each: consecutive options
-  while their tensors' bytes stay within limit_bytes (a larger option runs alone)."""
+  """The options [(index, storage)] in consecutive groups of at most limit_bytes of tensors."""
   groups, total = [], 0
   for key, (plan, _) in sizes.items():
     size = plan.output_bytes()
@@ -162,11 +136,8 @@ def describe_group(group, candidates):
 
 
 def group_predictions(pool, group, candidates, settings, copies, directory):
-  """(predictions [[videos, classes] float32 per option], labels, info) of the options of
-  group on the held-out files: one temporary ensemble checkpoint of them, run once (one pass
-  over the data for all of them). Every option samples its frames with seed (0, 0), as a
-  single model does: they differ by their weights only, whatever place the search gives them
-  (a member's own seed in the written graph follows from its place)."""
+  """(predictions per option, labels, info) of group's options run as one ensemble, each
+  sampling frames with seed (0, 0) as a single model does."""
   config = ensemble_config(pool, group, [1.0 / len(group)] * len(group))
   sources = [candidates[index] for index, _ in group]
   template = ensemble_checkpoint.specs_from_graph(model_graph.build_inference_graph(config)[0])
@@ -204,29 +175,22 @@ def collect_options(pool, candidates, sizes, settings, copies, directory):
   return options, labels
 
 
-def build_and_measure(pool, result, candidates, settings, copies, directory):
-  """(config, built directory, model_size report) of the search result built in directory."""
-  chosen = [(o.candidate, o.storage) for o in result.options]
-  config = ensemble_config(pool, chosen, result.weights)
-  built = os.path.join(directory, "built")
-  shutil.rmtree(built, ignore_errors=True)
-  from . import build_ensemble  # pylint: disable=g-import-not-at-top (it imports this module)
-  build_ensemble.build(config, [candidates[i] for i, _ in chosen], built,
-                       settings.output_name, copies)
-  report = model_size.measure(built, settings.output_name, limit=settings.limit)
-  return config, built, report
-
-
 def choose(pool, candidates, options, labels, base, settings, copies, directory):
-  """The search, built and measured until it fits: (result, config, built dir, report,
-  rounds [{limit, estimated, measured}])."""
+  """The search, built (into directory/built) and measured until it fits: (result, config,
+  built dir, model_size report, rounds)."""
+  from . import build_ensemble  # pylint: disable=g-import-not-at-top (it imports this module)
   internal = settings.limit
   rounds = []
+  built = os.path.join(directory, "built")
   for _ in range(MAX_ROUNDS):
     result = ensemble_budget.search(options, labels, internal, base, settings.top_k,
                                     settings.beam_width, settings.seed, settings.restarts)
-    config, built, report = build_and_measure(pool, result, candidates, settings, copies,
-                                              directory)
+    chosen = [(o.candidate, o.storage) for o in result.options]
+    config = ensemble_config(pool, chosen, result.weights)
+    shutil.rmtree(built, ignore_errors=True)
+    build_ensemble.build(config, [candidates[i] for i, _ in chosen], built,
+                         settings.output_name, copies)
+    report = model_size.measure(built, settings.output_name, limit=settings.limit)
     rounds.append({"search_limit": internal, "estimated_bytes": result.total_bytes,
                    "measured_bytes": report["total_bytes"]})
     logging.info("search under %d bytes: estimated %d, measured %d (limit %d)", internal,
@@ -241,18 +205,14 @@ def choose(pool, candidates, options, labels, base, settings, copies, directory)
                             "searches (%s)" % (settings.limit, MAX_ROUNDS, rounds))
 
 
-def options_table(options, sizes_only=False):
-  lines = ["%-3s %-48s %-8s %14s %9s" % ("#", "candidate", "storage", "bytes (est.)",
-                                          "own GAP")]
-  for option in options:
-    lines.append("%-3d %-48s %-8s %14d %9s" % (
-        option.candidate, option.name[-48:], option.storage, option.bytes,
-        "" if sizes_only else "%.5f" % option.gap))
-  return lines
-
-
-def table_lines(result, report, graph_gap, settings, rounds):
-  lines = ensemble_budget.report_lines(result, settings.limit)
+def table_lines(options, config, result, report, graph_gap, settings, rounds):
+  """The printed table: the options, then the chosen ensemble."""
+  lines = ["Options (candidate x storage): bytes and own held-out GAP",
+           "%-3s %-48s %-8s %14s %9s" % ("#", "candidate", "storage", "bytes (est.)", "own GAP")]
+  lines += ["%-3d %-48s %-8s %14d %9.5f" % (o.candidate, o.name[-48:], o.storage, o.bytes, o.gap)
+            for o in options]
+  lines += ["", "Chosen (%s)" % config.describe()]
+  lines += ensemble_budget.report_lines(result, settings.limit)
   lines.append("written graph: %d bytes measured by model_size (%d estimated) of the limit %d "
                "(%s B to spare); its GAP on the held-out data %.5f (eval.py's, at --batch_size"
                "=%d; the search's %.5f)" % (
@@ -266,8 +226,7 @@ def table_lines(result, report, graph_gap, settings, rounds):
 
 
 def copy_into(built, train_dir, output_name):
-  """Copies the built checkpoint (index last, atomically) and model_flags.json into
-  train_dir."""
+  """Copies the built checkpoint (atomically) and model_flags.json into train_dir."""
   source_prefix = os.path.join(built, output_name)
   suffixes = [path[len(source_prefix):] for path in storage.glob(source_prefix + ".*")]
 
@@ -288,8 +247,7 @@ def run(pool, candidates, train_dir, settings, dry_run=False, results_json=""):
     raise CheckpointToolError("--train_dir=%s already holds a model (%s): the budgeted build "
                               "writes a new ensemble, give a new --train_dir" % (
                                   train_dir, utils.model_flags_path(train_dir)))
-  with checkpoint_utils.LocalCopies() as copies, storage.temporary_dir(
-      "yt8m-budget") as directory:
+  with checkpoint_utils.LocalCopies() as copies, storage.temporary_dir("yt8m-budget") as directory:
     sizes, base = option_sizes(pool, candidates, settings.storages, copies, directory)
     check_fits(sizes, base, settings.limit, candidates)
     logging.info("%d options (%d candidates x %s); base %d bytes; limit %d", len(sizes),
@@ -302,14 +260,12 @@ def run(pool, candidates, train_dir, settings, dry_run=False, results_json=""):
         settings.batch_size, settings.num_readers, settings.max_videos, np.dtype(np.float32),
         settings.top_k, checkpoint_name="the built ensemble")
     graph_gap = info["configured_gap_graph"]
-    lines = (["Options (candidate x storage): bytes and own held-out GAP"]
-             + options_table(options) + ["", "Chosen (%s)" % config.describe()]
-             + table_lines(result, report, graph_gap, settings, rounds))
+    lines = table_lines(options, config, result, report, graph_gap, settings, rounds)
     print("\n".join(lines), flush=True)
     results = {
         "limit_bytes": settings.limit, "base_bytes": base, "videos": info["videos"],
-        "options": [{"candidate": o.name, "storage": o.storage, "bytes": o.bytes,
-                     "gap": o.gap} for o in options],
+        "options": [{"candidate": o.name, "storage": o.storage, "bytes": o.bytes, "gap": o.gap}
+                    for o in options],
         "members": [{"candidate": j["option"].name, "storage": j["option"].storage,
                      "bytes": j["option"].bytes, "gap": j["option"].gap,
                      "ensemble_gap_once_in": j["gap"], "weight": w}
@@ -317,9 +273,8 @@ def run(pool, candidates, train_dir, settings, dry_run=False, results_json=""):
         "weights": result.weights, "search_gap": result.gap, "graph_gap": graph_gap,
         "estimated_bytes": result.total_bytes, "measured_bytes": report["total_bytes"],
         "rounds": rounds, "gaps_computed": result.scored, "dry_run": dry_run,
-        "batch_size": settings.batch_size, "seed": settings.seed,
-        "model": config.describe(), "output": None if dry_run else os.path.join(
-            train_dir, settings.output_name)}
+        "batch_size": settings.batch_size, "seed": settings.seed, "model": config.describe(),
+        "output": None if dry_run else os.path.join(train_dir, settings.output_name)}
     if dry_run:
       print("dry run: nothing written (would write %s.* and %s)" % (
           os.path.join(train_dir, settings.output_name), utils.model_flags_path(train_dir)))

@@ -4,17 +4,15 @@ r"""One command from single-model checkpoints to the (float16) in-graph ensemble
         [--netvlad_cluster_size=K --netvlad_hidden_size=H --ensemble_wts=W]... --gating=True \
         [--kernel_storage=float32|float16|uint8]...
 
-writes ``<train_dir>/<output_name>.{data-00000-of-00001,index,meta}`` and model_flags.json, as
-the original's commands' train 10 steps -> eval --create_meta_only -> overwrite_float16_ckpt -> eval
---force_output_model_name would; nothing on error. --kernel_storage (once per model) stores
-each model's large kernels as float32, float16 or 8-bit codes; without it --float16_flag
-(default True here) says.
+writes ``<train_dir>/<output_name>.{data-00000-of-00001,index,meta}`` and model_flags.json as
+the original's four ensemble commands would; nothing on error. --kernel_storage (once per
+model) stores its large kernels as float32, float16 or 8-bit codes (default: --float16_flag's).
 
     python -m youtube-8m.build_ensemble --train_dir=ENS --candidates=CKPT1,CKPT2,... \
         --eval_data_pattern=... [--size_limit_bytes=N] [--storages=float32,float16,uint8]
 
-chooses the members among the candidates, their storages and the mixing weights that maximise
-the held-out GAP with the submission under --size_limit_bytes (budget_build.py).
+chooses the members, their storages and weights that maximise the held-out GAP under
+--size_limit_bytes (budget_build.py).
 """
 
 import os
@@ -27,6 +25,7 @@ from . import budget_build
 from . import checkpoint_utils
 from . import ensemble_budget
 from . import ensemble_checkpoint
+from . import ensemble_weights
 from . import model_graph
 from . import readers
 from . import storage
@@ -47,9 +46,9 @@ SIZE_LIMIT = 2**30  # the competition's limit on the submission's model files
 
 
 def define_flags():
-  utils.define_shared_flags(__name__, model_graph.define_flags)
-  flags.DEFINE_string("train_dir", None,
-                      "Output directory of the ensemble (created if missing).")
+  utils.define_shared_flags(__name__, model_graph.define_flags, lambda: (
+      ensemble_weights.define_held_out_flags("Budgeted build: ")))
+  flags.DEFINE_string("train_dir", None, "Output directory of the ensemble (created if missing).")
   flags.DEFINE_string("checkpoints", None,
                       "Comma list of the single-model checkpoint prefixes (a '.index' suffix is "
                       "accepted), one per model, in model order.")
@@ -61,13 +60,6 @@ def define_flags():
   flags.DEFINE_bool("dry_run", False,
                     "Check the inputs and print the planned submission bytes against the "
                     "2^30 B limit, then stop before writing anything.")
-  define_budget_flags()
-  for name, value in DEFAULTS.items():
-    FLAGS.set_default(name, value)
-
-
-def define_budget_flags():
-  """The flags of the budgeted build (--candidates instead of --checkpoints)."""
   flags.DEFINE_string("candidates", None,
                       "Budgeted build: comma list of single-model checkpoints to choose the "
                       "members from (instead of --checkpoints).")
@@ -76,20 +68,9 @@ def define_budget_flags():
                        "counts them (default 2^30, the competition's).")
   flags.DEFINE_string("storages", ",".join(model_graph.KERNEL_STORAGES),
                       "Budgeted build: the kernel storages to consider for each candidate.")
-  flags.DEFINE_string("eval_data_pattern", "", "Budgeted build: glob of the held-out files.")
-  flags.DEFINE_bool("eval_holdout_only", True,
-                    "Budgeted build: only the 60 held-out validate files of the pattern.")
-  flags.DEFINE_integer("batch_size", 256, "Budgeted build: videos per batch on the held-out "
-                       "data (eval.py at this --batch_size reproduces the reported GAP).")
-  flags.DEFINE_integer("num_readers", 8, "Budgeted build: files read in parallel.")
-  flags.DEFINE_integer("max_videos", 0, "Budgeted build: at most this many held-out videos "
-                       "(0: all); each option's predictions take videos x classes x 4 B.")
-  flags.DEFINE_integer("top_k", 20, "Budgeted build: k of GAP@k.")
-  flags.DEFINE_integer("search_seed", 0, "Budgeted build: seed of the weight search.")
-  flags.DEFINE_integer("search_iterations", 5, "Budgeted build: random starting points of "
-                       "the final weight search.")
   flags.DEFINE_integer("beam_width", 4, "Budgeted build: sets kept per size in the search.")
-  flags.DEFINE_string("results_json", "", "Budgeted build: write every number as JSON here.")
+  for name, value in DEFAULTS.items():
+    FLAGS.set_default(name, value)
 
 
 def member_model_flags(checkpoint):
@@ -105,7 +86,7 @@ def member_model_flags(checkpoint):
 
 
 def _per_model_values(name, explicit, count, from_shapes):
-  """The per-model list of a repeated flag: explicit (checked count) or from the shapes."""
+  """The per-model list of a repeated flag: explicit (count checked), else from_shapes."""
   if name not in explicit:
     return list(from_shapes)
   values = list(explicit[name])
@@ -117,8 +98,8 @@ def _per_model_values(name, explicit, count, from_shapes):
 
 
 def _members_value(name, explicit, member_jsons, default):
-  """A shared flag's value: explicit (a strict key checked against every member's json), else
-  the members' one value, else the default (with a warning when the members disagree)."""
+  """A shared flag's value: explicit (checked against the members' jsons if strict), else
+  the members' one value, else default (with a warning if they disagree)."""
   stored = [(index, path, values[name]) for index, (path, values) in enumerate(member_jsons)
             if values is not None and name in values]
   strict = name in model_graph.STRICT_KEYS
@@ -130,12 +111,9 @@ def _members_value(name, explicit, member_jsons, default):
             "network the model was trained as (omit the flag to take the members' value)"
             % (index, name, explicit[name], path, name, value))
     return explicit[name]
-  distinct = []
-  for _, _, value in stored:
-    if value not in distinct:
-      distinct.append(value)
-  if len(distinct) <= 1:
-    return distinct[0] if distinct else default
+  values = [value for _, _, value in stored]
+  if all(value == values[0] for value in values):
+    return values[0] if values else default
   listed = ", ".join("model %d: %r" % (index, value) for index, _, value in stored)
   if strict:
     raise CheckpointToolError("the members disagree on %s (%s, from their model_flags.json); "
@@ -146,7 +124,7 @@ def _members_value(name, explicit, member_jsons, default):
 
 
 def assemble_config(checkpoints, explicit, member_jsons, source_specs):
-  """The ensemble's ModelConfig from explicit {flag: value}, per model (json path, dict or
+  """The ensemble's ModelConfig from explicit {flag: value} and per model (json path, dict or
   None) and {variable: (shape, dtype)}; CheckpointToolError names the model and flag."""
   count = len(checkpoints)
   if "ensemble_num" in explicit and explicit["ensemble_num"] != count:
@@ -190,33 +168,28 @@ def assemble_config(checkpoints, explicit, member_jsons, source_specs):
 
 
 def planned_size(plan, config, built=None):
-  """Bytes of the submission files: tensor data and meta graph exact (the meta graph exported
-  to a temporary file), the .index and model_flags.json estimated. built: config's inference
-  (graph, saver), if already built."""
+  """({bytes of the submission}, a line of them): data and meta graph exact, .index and
+  model_flags.json estimated."""
   with storage.temporary_dir("yt8m-plan") as directory:
-    meta = os.path.getsize(model_graph.export_inference_meta(
-        os.path.join(directory, "plan.meta"), config, built))
+    meta = budget_build.meta_bytes(config, directory, built)
   data = plan.output_bytes()
   # An index entry holds the name, dtype, shape and offsets (~40 B besides the name).
   other = sum(len(item[0]) + 40 for item in plan.items) + 4096
   total = data + meta + other
-  return {"data_bytes": data, "meta_bytes": meta, "other_bytes_estimate": other,
+  size = {"data_bytes": data, "meta_bytes": meta, "other_bytes_estimate": other,
           "total_bytes": total, "limit_bytes": SIZE_LIMIT, "fits": total <= SIZE_LIMIT}
-
-
-def format_planned_size(size):
-  return ("planned submission: {total_bytes:,} B = tensor data {data_bytes:,} B + meta graph "
-          "{meta_bytes:,} B + ~{other_bytes_estimate:,} B (.index, model_flags.json) vs the "
-          "limit 2^30 = {limit_bytes:,} B: {verdict} ({margin:,} B {side})").format(
-              verdict="FITS" if size["fits"] else "DOES NOT FIT", **size,
-              margin=abs(size["limit_bytes"] - size["total_bytes"]),
-              side="to spare" if size["fits"] else "over")
+  return size, (
+      "planned submission: {total_bytes:,} B = tensor data {data_bytes:,} B + meta graph "
+      "{meta_bytes:,} B + ~{other_bytes_estimate:,} B (.index, model_flags.json) vs the "
+      "limit 2^30 = {limit_bytes:,} B: {verdict} ({margin:,} B {side})").format(
+          verdict="FITS" if size["fits"] else "DOES NOT FIT", **size,
+          margin=abs(size["limit_bytes"] - size["total_bytes"]),
+          side="to spare" if size["fits"] else "over")
 
 
 def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
-  """Writes the ensemble checkpoint, its inference meta and model_flags.json, reading the
-  checkpoints through copies (a checkpoint_utils.LocalCopies); returns a summary dict.
-  dry_run: print the planned size and write nothing."""
+  """Writes the ensemble checkpoint, its inference meta and model_flags.json (dry_run: only
+  prints the planned size); returns a summary dict."""
   output_prefix = checkpoint_utils.resolve_checkpoint(train_dir, output_name)
   stored = model_graph.read_stored_flags(train_dir, required=False) if storage.isdir(
       train_dir) else None
@@ -234,10 +207,10 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
   plan = ensemble_checkpoint.plan_ensemble(
       template_specs, checkpoints, copies, "the %d-model ensemble graph (%s)" % (
           config.ensemble_num, config.describe()), outputs=[output_prefix])
-  size = planned_size(plan, config, built)
-  logging.info("%s", format_planned_size(size))
+  size, line = planned_size(plan, config, built)
+  logging.info("%s", line)
   if dry_run:
-    print(format_planned_size(size))
+    print(line)
     print("dry run: nothing written (would write %s.* and %s)" % (
         output_prefix, utils.model_flags_path(train_dir)))
     return dict(size, dry_run=True)
@@ -246,24 +219,14 @@ def build(config, checkpoints, train_dir, output_name, copies, dry_run=False):
   model_flags = config.to_json_dict()
   model_flags["ensemble_sources"] = [storage.abspath(c) for c in checkpoints]
   if stored is not None and model_graph.TRAINING_KEY in stored:
-    # e.g. the ensemble dir of the original's commands: keep train.py's record of the dummy training run
+    # e.g. the original's ensemble dir: keep train.py's record of its dummy training run
     model_flags[model_graph.TRAINING_KEY] = stored[model_graph.TRAINING_KEY]
   utils.write_model_flags(train_dir, model_flags)
   return summary
 
 
-def parse_storages(value):
-  storages = [part.strip() for part in value.split(",") if part.strip()]
-  bad = [s for s in storages if s not in model_graph.KERNEL_STORAGES]
-  if not storages or bad or len(set(storages)) != len(storages):
-    raise CheckpointToolError("--storages=%r: give distinct storages among %s" % (
-        value, ",".join(model_graph.KERNEL_STORAGES)))
-  return storages
-
-
 def config_from_flags_and_members(prefixes, copies):
-  """assemble_config of the checkpoints: this run's explicit flags, each member's
-  model_flags.json (--use_member_model_flags) and the checkpoints' variable shapes."""
+  """assemble_config from this run's flags, the members' model_flags.json and checkpoints."""
   specs = [ensemble_checkpoint.specs_from_checkpoint(prefix, copies) for prefix in prefixes]
   members = [member_model_flags(prefix) if FLAGS.use_member_model_flags else (None, None)
              for prefix in prefixes]
@@ -278,9 +241,7 @@ def budgeted_main():
   if FLAGS.checkpoints:
     raise CheckpointToolError("give --checkpoints (the members) or --candidates (to choose "
                               "from), not both")
-  given = [name for name in ("ensemble_num", "netvlad_cluster_size", "netvlad_hidden_size",
-                             "ensemble_wts", "kernel_storage", "float16_flag")
-           if FLAGS[name].present]
+  given = [name for name in PER_MODEL_KEYS if name != "model" and FLAGS[name].present]
   if given:
     raise CheckpointToolError("--candidates chooses the members, their storage and weights: "
                               "--%s cannot be given" % ", --".join(given))
@@ -290,19 +251,22 @@ def budgeted_main():
   if len(set(candidates)) != len(candidates):
     raise CheckpointToolError("--candidates lists a checkpoint twice")
   ensemble_checkpoint.check_sources(candidates)
+  storages = [part.strip() for part in FLAGS.storages.split(",") if part.strip()]
+  if not storages or len(set(storages)) != len(storages) or not set(storages) <= set(
+      model_graph.KERNEL_STORAGES):
+    raise CheckpointToolError("--storages=%r: give distinct storages among %s" % (
+        FLAGS.storages, ",".join(model_graph.KERNEL_STORAGES)))
   settings = budget_build.Settings(
       eval_files=readers.eval_files(FLAGS.eval_data_pattern, FLAGS.eval_holdout_only),
-      limit=FLAGS.size_limit_bytes, storages=parse_storages(FLAGS.storages),
-      batch_size=FLAGS.batch_size, num_readers=FLAGS.num_readers,
-      max_videos=FLAGS.max_videos, top_k=FLAGS.top_k, seed=FLAGS.search_seed,
-      restarts=FLAGS.search_iterations, beam_width=FLAGS.beam_width,
+      limit=FLAGS.size_limit_bytes, storages=storages, batch_size=FLAGS.batch_size,
+      num_readers=FLAGS.num_readers, max_videos=FLAGS.max_videos, top_k=FLAGS.top_k,
+      seed=FLAGS.search_seed, restarts=FLAGS.search_iterations, beam_width=FLAGS.beam_width,
       output_name=FLAGS.output_name)
   with checkpoint_utils.LocalCopies() as copies:
     # One config of all candidates: their shared settings must agree (one graph).
     pool = config_from_flags_and_members(candidates, copies)
   try:
-    budget_build.run(pool, candidates, FLAGS.train_dir, settings, FLAGS.dry_run,
-                     FLAGS.results_json)
+    budget_build.run(pool, candidates, FLAGS.train_dir, settings, FLAGS.dry_run, FLAGS.results_json)
   except ensemble_budget.BudgetTooSmall as error:
     raise CheckpointToolError(str(error))
 
@@ -320,8 +284,7 @@ def main(argv):
   with checkpoint_utils.LocalCopies() as copies:
     config = config_from_flags_and_members(checkpoints, copies)
     logging.info("Building %s into %s", config.describe(), FLAGS.train_dir)
-    result = build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name, copies,
-                   FLAGS.dry_run)
+    result = build(config, checkpoints, FLAGS.train_dir, FLAGS.output_name, copies, FLAGS.dry_run)
   if not result.get("dry_run"):
     logging.info("Evaluate it with: python -m youtube-8m.eval --train_dir=%s "
                  "--checkpoint_file=%s --eval_data_pattern=... --run_once", FLAGS.train_dir,

@@ -1,7 +1,5 @@
-"""Checkpoints (a V2 prefix such as ``train_dir/model.ckpt-5010`` with ``.index``,
-``.data-00000-of-00001`` and usually ``.meta`` files): naming, discovery, reading through local
-copies and writing atomically, local or gs://.
-"""
+"""V2 checkpoints (a prefix such as ``train_dir/model.ckpt-5010`` with ``.index``, ``.data-*``
+and usually ``.meta`` files), local or gs://: naming, discovery, local copies, atomic writes."""
 
 import contextlib
 import glob
@@ -32,13 +30,12 @@ FEED_ALIGNMENT = 64
 
 
 def strip_checkpoint_suffix(name):
-  """'model.ckpt-10.index' -> 'model.ckpt-10' (also .meta and .data-*); other names unchanged."""
+  """'model.ckpt-10.index' -> 'model.ckpt-10' (also .meta and .data-*)."""
   return SUFFIX_RE.sub("", name)
 
 
 def parse_step(prefix, basename=None):
-  """The step of '.../model.ckpt-5010' (digits after the basename's LAST '-'), else None;
-  with ``basename`` (e.g. 'model.ckpt') only '<basename>-<digits>' matches."""
+  """The step of '.../<basename>-<step>' (any basename if None), else None."""
   match = _STEP_RE.match(os.path.basename(strip_checkpoint_suffix(prefix)))
   if not match or basename not in (None, match.group("base")):
     return None
@@ -46,33 +43,31 @@ def parse_step(prefix, basename=None):
 
 
 def checkpoint_exists(prefix):
-  """True if the V2 checkpoint's index file exists (the file TF writes last)."""
+  """True if the checkpoint's index file (written last) exists."""
   return storage.exists(prefix + ".index")
 
 
 def list_numbered(prefix):
-  """[(step, prefix + digits)] of every checkpoint '<prefix><digits>' with an index file, by
-  step. Only names exactly basename(prefix) + digits + '.index' count."""
+  """[(step, prefix + digits)] of the checkpoints '<prefix><digits>' with an index, by step."""
   pattern = re.compile(re.escape(os.path.basename(prefix)) + r"(\d+)\.index$")
   matches = [pattern.match(os.path.basename(path)) for path in storage.glob(prefix + "*.index")]
   return sorted((int(match.group(1)), prefix + match.group(1)) for match in matches if match)
 
 
-def list_checkpoints(directory, basename=TRAIN_CHECKPOINT_BASENAME):
-  """[(step, prefix)] of every '<directory>/<basename>-<step>' with an index file, by step."""
-  return list_numbered(os.path.join(directory, basename + "-"))
+def list_checkpoints(directory):
+  """[(step, prefix)] of every '<directory>/model.ckpt-<step>' with an index file, by step."""
+  return list_numbered(os.path.join(directory, TRAIN_CHECKPOINT_BASENAME + "-"))
 
 
-def newest_checkpoint(directory, basename=TRAIN_CHECKPOINT_BASENAME):
-  """(step, prefix) of the highest-step training checkpoint in directory, or None (not the
-  'checkpoint' state file, which the original's tools re-point at their outputs)."""
-  found = list_checkpoints(directory, basename)
+def newest_checkpoint(directory):
+  """(step, prefix) of the newest model.ckpt-<step> in directory, or None (not the 'checkpoint'
+  state file, which the original's tools re-point at their outputs)."""
+  found = list_checkpoints(directory)
   return found[-1] if found else None
 
 
 def resolve_checkpoint(train_dir, name):
-  """The prefix of a checkpoint (or of one of its files) relative to train_dir; an absolute
-  or gs:// name is kept."""
+  """The prefix of checkpoint (or checkpoint file) name: under train_dir unless absolute."""
   name = strip_checkpoint_suffix(name)
   if os.path.isabs(name) or "://" in name:
     return name
@@ -95,36 +90,32 @@ class UnreadableCheckpointError(IOError):
   """TensorFlow cannot read a checkpoint's files (e.g. a truncated or corrupt data file)."""
 
 
-def tf_error_line(error, replacements=()):
+def tf_error_line(error, path, users_path):
   """The first line of a TensorFlow error that says what went wrong (utils.message_lines),
-  with each (temporary path, user's path) of replacements substituted."""
+  path (a temporary or local copy) replaced by users_path."""
   lines = utils.message_lines(str(getattr(error, "message", error)))
-  text = lines[0] if lines else type(error).__name__
-  for old, new in replacements:
-    text = text.replace(old, new)
+  text = (lines[0] if lines else type(error).__name__).replace(path, users_path)
   return re.sub(r"\.tempstate\d+", "", text)  # TF's BundleWriter's temporary names
 
 
 @contextlib.contextmanager
 def reading(name, local_prefix=None):
-  """Raises TensorFlow's errors reading checkpoint ``name`` (through local_prefix, its local
-  copy) as one UnreadableCheckpointError naming it."""
+  """Raises TF's errors reading checkpoint name (at local_prefix) as UnreadableCheckpointError."""
   try:
     yield
   except (tf.errors.OpError, IndexError) as error:  # IndexError: CheckpointReader's short read
     raise UnreadableCheckpointError("cannot read checkpoint %s (truncated or corrupt?): %s" % (
-        name, tf_error_line(error, [(local_prefix or name, name)]))) from error
+        name, tf_error_line(error, local_prefix or name, name))) from error
 
 
 @contextlib.contextmanager
 def writing(prefix, tmp_prefix=None):
-  """Raises TensorFlow's and the OS's errors writing checkpoint ``prefix`` (as tmp_prefix) - a
-  full disk, a permission denied - as one IOError naming prefix."""
+  """Raises TF's and the OS's errors writing checkpoint prefix (at tmp_prefix) as one IOError."""
   try:
     yield
   except tf.errors.OpError as error:
     raise IOError("cannot write checkpoint %s: %s" % (
-        prefix, tf_error_line(error, [(tmp_prefix or prefix, prefix)]))) from error
+        prefix, tf_error_line(error, tmp_prefix or prefix, prefix))) from error
   except OSError as error:  # e.g. the Saver's .meta, written by Python's file API
     raise IOError("cannot write checkpoint %s: %s" % (prefix, utils.one_line(str(error)))
                   ) from error
@@ -135,28 +126,24 @@ def writing(prefix, tmp_prefix=None):
 _SAVER_TEMP_RE = re.compile(r"\.(tempstate\d+|tmp[0-9a-f]{32})$")
 
 
-def remove_interrupted_saves(directory, basename=TRAIN_CHECKPOINT_BASENAME):
-  """Removes what a Saver killed while saving '<directory>/<basename>-<step>' left behind:
-  its temporary files, and the data or meta files of a step whose index (written last) is
-  missing. Only for a directory whose Saver is not running (train.py's chief at start)."""
-  paths = (storage.glob(os.path.join(directory, basename + "-*")) +
+def remove_interrupted_saves(directory):
+  """Removes a killed Saver's temporary files and the data or meta files of steps without an
+  index in directory; only while its Saver is not running (train.py's chief at start)."""
+  paths = (storage.glob(os.path.join(directory, TRAIN_CHECKPOINT_BASENAME + "-*")) +
            storage.glob(os.path.join(directory, "checkpoint.tmp*")))
   indexed = {path[:-len(".index")] for path in paths if path.endswith(".index")}
   for path in paths:
     prefix = strip_checkpoint_suffix(path)
     if _SAVER_TEMP_RE.search(path) or (prefix != path and prefix not in indexed and
-                                       parse_step(prefix, basename) is not None):
+                                       parse_step(prefix, TRAIN_CHECKPOINT_BASENAME) is not None):
       logging.info("Removing %s, left by an interrupted save", path)
       storage.remove(path)
 
 
 @contextlib.contextmanager
 def saving(directory, prefix):
-  """A context for a Saver.save of checkpoint prefix in the local directory: if it fails (a
-  full disk, say, even in the .meta written after the data, the index and the `checkpoint`
-  state file), everything of prefix is removed, temporaries included, and the state file is
-  put back as it was, so that the previous checkpoint stays the newest; then the error goes
-  on."""
+  """A context for a Saver.save of prefix in the local directory: if it fails (even in the last
+  .meta), prefix's files go and the `checkpoint` state file is restored, then the error goes on."""
   state_path = os.path.join(directory, "checkpoint")
   state_before = open(state_path, "rb").read() if os.path.isfile(state_path) else None
   try:
@@ -174,6 +161,14 @@ def saving(directory, prefix):
     raise
 
 
+def load_reader(prefix, copies):
+  """tf.train.load_checkpoint of prefix's copy in copies (a LocalCopies)."""
+  try:
+    return tf.train.load_checkpoint(copies.local(prefix))
+  except (tf.errors.OpError, ValueError) as error:
+    raise CheckpointToolError("cannot read checkpoint %s: %s" % (prefix, error)) from error
+
+
 def variable_specs(reader):
   """{name: (shape tuple, tf.DType)} of the variables of a tf.train.load_checkpoint reader."""
   dtypes = reader.get_variable_to_dtype_map()
@@ -182,20 +177,18 @@ def variable_specs(reader):
 
 
 def nbytes(shape, dtype):
-  """Bytes of a tensor of shape and tf.DType dtype."""
   return int(np.prod(shape, dtype=np.int64)) * dtype.size
 
 
 def check_matches_graph(prefix, variables, model_description, name=None, allow_missing=False):
-  """Raises ValueError naming each graph variable the checkpoint lacks (unless allow_missing)
-  or stores with another shape or dtype. ``name``: the checkpoint as the user gave it (prefix
-  may be a local copy)."""
+  """ValueError naming each graph variable the checkpoint (a local copy of name) lacks
+  (unless allow_missing) or stores with another shape or dtype."""
   with reading(name or prefix, prefix):
     specs = variable_specs(tf.train.load_checkpoint(prefix))
   problems = []
   for variable in variables:
-    key = variable.op.name
-    want_shape, want_dtype = variable.shape.as_list(), variable.dtype.base_dtype
+    key, want_shape, want_dtype = (variable.op.name, variable.shape.as_list(),
+                                   variable.dtype.base_dtype)
     if key not in specs:
       if not allow_missing:
         problems.append("%s missing" % key)
@@ -206,13 +199,18 @@ def check_matches_graph(prefix, variables, model_description, name=None, allow_m
       problems.append("%s is %s there, the model needs %s" % (key, specs[key][1].name,
                                                               want_dtype.name))
   if problems:
-    raise ValueError("Checkpoint %s does not match the model %s: %s%s" % (
-        name or prefix, model_description, "; ".join(problems[:5]),
-        " (and %d more)" % (len(problems) - 5) if len(problems) > 5 else ""))
+    raise ValueError("Checkpoint %s does not match the model %s: %s" % (
+        name or prefix, model_description, join_problems(problems, 5)))
+
+
+def join_problems(problems, limit):
+  """The first limit problems, '; '-separated, and how many more there are."""
+  more = len(problems) - limit
+  return "; ".join(problems[:limit]) + (" (and %d more)" % more if more > 0 else "")
 
 
 def _checkpoint_files(prefix):
-  """The files of a checkpoint prefix: <prefix>.index, .meta and .data-*."""
+  """<prefix>.index, .meta and .data-* (those that exist)."""
   return [path for path in storage.glob(prefix + ".*")
           if SUFFIX_RE.search(path) and SUFFIX_RE.sub("", path) == prefix]
 
@@ -233,19 +231,15 @@ def _index_last(paths):
 
 
 def write_checkpoint(prefix, write_fn):
-  """Writes a checkpoint that appears under ``prefix`` only when complete; returns prefix.
-  write_fn(tmp_prefix) writes <tmp>.index, .data-* (and .meta) on local disk. An existing
-  checkpoint loses its index first, so no reader pairs an old index with new data. What an
-  earlier write of prefix that was killed left is removed; a full disk or a denied permission
-  raises an IOError naming prefix."""
+  """Writes a checkpoint (write_fn(tmp_prefix) on local disk) that appears under prefix only when
+  complete (an old index goes first: no reader pairs it with new data); returns prefix."""
   remote = storage.is_gcs(prefix)
   name = os.path.basename(prefix)
-  with (_temp_dir("yt8m-write") if remote else
+  with (storage.temporary_dir("yt8m-write", storage.default_cache_dir()) if remote else
         contextlib.nullcontext(os.path.dirname(prefix))) as directory:
     if not remote:
       storage.remove_orphans(directory, name)
-    tmp_prefix = interrupts.temporary(os.path.join(directory, storage.temp_name(name)),
-                                      prefix=True)
+    tmp_prefix = interrupts.temporary(os.path.join(directory, storage.temp_name(name)), prefix=True)
     try:
       with writing(prefix, tmp_prefix):
         write_fn(tmp_prefix)
@@ -273,15 +267,14 @@ def write_checkpoint(prefix, write_fn):
 
 @contextlib.contextmanager
 def local_copy(prefix):
-  """Yields a local prefix of the checkpoint for TensorFlow to read: prefix itself, or a
-  temporary download of a gs:// checkpoint's files (removed on exit)."""
+  """Yields prefix itself, or a temporary local download of a gs:// checkpoint."""
   if not storage.is_gcs(prefix):
     yield prefix
     return
   files = _checkpoint_files(prefix)
   if not any(path.endswith(".index") for path in files):
     raise IOError("checkpoint %s not found (no %s.index)" % (prefix, prefix))
-  with _temp_dir("yt8m-ckpt") as directory:
+  with storage.temporary_dir("yt8m-ckpt", storage.default_cache_dir()) as directory:
     local_prefix = os.path.join(directory, os.path.basename(prefix))
     for path in _index_last(files):
       storage.copy(path, local_prefix + path[len(prefix):])
@@ -289,15 +282,14 @@ def local_copy(prefix):
 
 
 class LocalCopies(contextlib.ExitStack):
-  """Local copies of several checkpoints, each made once (local_copy) and all removed when
-  the with block ends: ``with LocalCopies() as copies: reader_of(copies.local(prefix))``."""
+  """Local copies of several checkpoints, each made once (local_copy), all removed on exit:
+  ``with LocalCopies() as copies: reader_of(copies.local(prefix))``."""
 
   def __init__(self):
     super().__init__()
     self._local = {}
 
   def local(self, prefix):
-    """The local prefix to read checkpoint prefix from (prefix itself unless gs://)."""
     if prefix not in self._local:
       interrupts.check("reading the checkpoint %s" % prefix)
       start = time.time()
@@ -310,15 +302,8 @@ class LocalCopies(contextlib.ExitStack):
     return self._local[prefix]
 
 
-def _temp_dir(name):
-  """A temporary local directory under storage.default_cache_dir(), removed on exit (or by a
-  later one if this process is killed)."""
-  return storage.temporary_dir(name, storage.default_cache_dir())
-
-
 def aligned_empty(shape, dtype):
-  """np.empty(shape, dtype) with FEED_ALIGNMENT-byte aligned data, which TensorFlow wraps
-  when fed (an unaligned array is copied): write_checkpoint_tensors holds it only once."""
+  """np.empty with FEED_ALIGNMENT-aligned data, which TensorFlow feeds without a copy."""
   dtype = np.dtype(dtype)
   nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
   buf = np.empty(nbytes + FEED_ALIGNMENT, dtype=np.uint8)
@@ -327,16 +312,12 @@ def aligned_empty(shape, dtype):
 
 
 def write_checkpoint_tensors(prefix, tensors):
-  """Saves {name: ndarray} as the single-shard V2 checkpoint '<prefix>.{index,data-*}' with
-  one SaveV2 op (peak memory: the arrays + the runtime when aligned). Not atomic: see
-  write_checkpoint."""
+  """Saves {name: ndarray} as the checkpoint prefix with one SaveV2 op (not atomic)."""
   names = sorted(tensors)
   graph = tf.Graph()
   with graph.as_default():
-    placeholders = [
-        tf.compat.v1.placeholder(tf.as_dtype(tensors[name].dtype), shape=tensors[name].shape,
-                                 name="value_%d" % i)
-        for i, name in enumerate(names)]
+    placeholders = [tf.compat.v1.placeholder(tf.as_dtype(tensors[name].dtype), tensors[name].shape,
+                                             "value_%d" % i) for i, name in enumerate(names)]
     save_op = tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names,
                                 shape_and_slices=[""] * len(names), tensors=placeholders)
   with tf.compat.v1.Session(graph=graph) as sess:
@@ -345,8 +326,7 @@ def write_checkpoint_tensors(prefix, tensors):
 
 def convert_largest_first(items, convert, what):
   """{name: convert(name)} of items [(name, bytes read, bytes written)], the largest read
-  first (a big tensor's transient inputs are paid while few results are held), with a
-  progress line of the bytes written, in MiB; a safe point (interrupts) before each."""
+  first (its transient inputs are paid while few results are held), with a progress line."""
   tensors = {}
   progress = progress_lib.Progress(what, sum(item[2] for item in items), "MiB", scale=2**20)
   for name, _, written in sorted(items, key=lambda item: (-item[1], item[0])):
@@ -359,8 +339,7 @@ def convert_largest_first(items, convert, what):
 
 def write_tensors(output_prefix, tensors, global_step_dtype, meta_fn):
   """Writes {name: ndarray} (freed once written) and global_step = 0 as the checkpoint
-  output_prefix (write_checkpoint), meta_fn(tmp_prefix) writing its '<tmp_prefix>.meta'.
-  Returns the bytes of tensor data."""
+  output_prefix, meta_fn(tmp_prefix) writing '<tmp_prefix>.meta'; returns the data bytes."""
   tensors[GLOBAL_STEP] = np.zeros((), global_step_dtype.as_numpy_dtype)
   data_bytes = sum(int(tensor.nbytes) for tensor in tensors.values())
 
@@ -375,6 +354,5 @@ def write_tensors(output_prefix, tensors, global_step_dtype, meta_fn):
 
 
 def peak_rss_mib():
-  """Peak resident set size of this process in MiB."""
   rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return rss / (1024.0 * 1024.0) if sys.platform == "darwin" else rss / 1024.0

@@ -1,13 +1,10 @@
 """The members, their storage and mixing weights of the best ensemble under a byte limit.
 
-Each option is one candidate model in one storage (float32, float16 or uint8) with the bytes
-it adds to the submission and its held-out predictions. The search is a beam search over sets
-(at most one option per candidate): every set of the beam is extended by every option that
-fits, the new member's weight found by a line search against the set's mix; the best
-`beam_width` sets go on. Then single replacements (another storage of a member, or an unused
-candidate in its place) are tried while one improves the GAP, and last the weights of the
-chosen set are searched on ensemble_weights' 0.01 grid. Ties keep the earlier option, so the
-result depends only on the inputs and the seed of the final weight search.
+An option is one candidate model in one storage with its bytes and held-out predictions. A
+beam search over sets (one option per candidate at most) extends every set by every option
+that fits, the new member's weight found by a line search; the best `beam_width` sets go on.
+Then single replacements are tried while one improves the GAP, and last the chosen set's
+weights are searched on ensemble_weights' grid. Ties keep the earlier option (deterministic).
 """
 
 import dataclasses
@@ -53,18 +50,17 @@ class _Scorer(object):
     self.labels, self.top_k, self.count = labels, top_k, 0
     self._out = None
 
-  def mixed(self, arrays, weights):
-    self._out = ensemble_weights.mix(arrays, weights, out=self._out)
-    return self._out
-
   def __call__(self, arrays, weights):
     self.count += 1
-    return eval_util.calculate_gap(self.mixed(arrays, weights), self.labels, self.top_k)
+    self._out = ensemble_weights.mix(arrays, weights, out=self._out)
+    return eval_util.calculate_gap(self._out, self.labels, self.top_k)
 
 
 def _join(scorer, members, weights, option):
   """(gap, weights) of members + option, the option's share searched, the others' ratios
   kept."""
+  if not members:
+    return option.gap, [1.0]
   arrays = [m.predictions for m in members] + [option.predictions]
 
   def score(share):
@@ -97,10 +93,7 @@ def _extensions(scorer, state, options, limit):
   for option in options:
     if option.candidate in taken or state.bytes + option.bytes > limit:
       continue
-    if state.members:
-      gap, weights = _join(scorer, state.members, state.weights, option)
-    else:
-      gap, weights = option.gap, [1.0]
+    gap, weights = _join(scorer, state.members, state.weights, option)
     yield _State(state.members + [option], weights, gap, state.bytes + option.bytes,
                  state.joins + [{"option": option, "gap": gap}])
 
@@ -131,13 +124,10 @@ def _replacements(scorer, state, options, limit):
     total = sum(rest) or 1.0
     rest = [w / total for w in rest]
     for option in options:
-      if option is member or any(o.candidate == option.candidate for o in others):
-        continue
       size = state.bytes - member.bytes + option.bytes
-      if size > limit:
+      if option is member or size > limit or option.candidate in {o.candidate for o in others}:
         continue
-      gap, weights = (_join(scorer, others, rest, option) if others
-                      else (option.gap, [1.0]))
+      gap, weights = _join(scorer, others, rest, option)
       if gap > state.gap and (best is None or gap > best.gap):
         best = _State(others + [option], weights, gap, size,
                       [j for j in state.joins if j["option"] is not member]
@@ -160,15 +150,11 @@ def search(options, labels, limit, base_bytes=0, top_k=20, beam_width=4, seed=0,
         "(%d with the rest of the submission)" % (limit, smallest.name, smallest.storage,
                                                    smallest.bytes, base_bytes + smallest.bytes))
   state = _beam(scorer, fitting, limit, base_bytes, beam_width)
-  while True:
-    better = _replacements(scorer, state, fitting, limit)
-    if better is None:
-      break
+  while (better := _replacements(scorer, state, fitting, limit)) is not None:
     state = better
   weights, gap = state.weights, state.gap
   if len(state.members) > 1:
-    objective = ensemble_weights.GapObjective([m.predictions for m in state.members], labels,
-                                              top_k)
+    objective = ensemble_weights.GapObjective([m.predictions for m in state.members], labels, top_k)
     searched, searched_gap, _ = ensemble_weights.search(objective, len(state.members), seed,
                                                         restarts)
     scorer.count += len(objective.cache)

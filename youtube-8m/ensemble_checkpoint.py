@@ -2,10 +2,9 @@
 
 Model 0's variables are ``tower/X`` <- ``tower/X`` of source 0; model i >= 1's are
 ``tower/model{i}/X`` <- ``tower/X`` of source i (``model1`` never matches ``model10``);
-``global_step`` is written as 0. Each value is converted once into the template's dtype
-(float32 -> float16 rounds to nearest even; a uint8 kernel and its ``_quantization`` codebook
-are both made from the source's float kernel by quantization.quantize). Sources are read through the caller's
-checkpoint_utils.LocalCopies.
+``global_step`` is written as 0. Each value is converted into the template's dtype (float16
+rounds to nearest even; a uint8 kernel and its ``_quantization`` codebook are both made from
+the source's float kernel by quantization.quantize).
 """
 
 import dataclasses
@@ -20,10 +19,8 @@ from . import checkpoint_utils
 from . import quantization
 
 GLOBAL_STEP = checkpoint_utils.GLOBAL_STEP
-_MODEL_SCOPE_RE = re.compile(r"^model(\d+)$")
-
-
 CheckpointToolError = checkpoint_utils.CheckpointToolError
+_MODEL_SCOPE_RE = re.compile(r"^model(\d+)$")
 
 
 def parse_checkpoint_list(value, flag_name="--checkpoints"):
@@ -32,7 +29,7 @@ def parse_checkpoint_list(value, flag_name="--checkpoints"):
            for part in (value or "").split(",") if part.strip()]
   if not names:
     raise CheckpointToolError("%s is empty: give the single-model checkpoints, one per "
-                                  "model, in model order" % flag_name)
+                              "model, in model order" % flag_name)
   return names
 
 
@@ -52,11 +49,8 @@ def model_of(name):
 
 
 def specs_from_checkpoint(prefix, copies):
-  """{name: (shape tuple, tf.DType)} of a checkpoint's variables, read through copies."""
-  try:
-    return checkpoint_utils.variable_specs(tf.train.load_checkpoint(copies.local(prefix)))
-  except (tf.errors.OpError, ValueError) as error:
-    raise CheckpointToolError("cannot read checkpoint %s: %s" % (prefix, error))
+  """{name: (shape tuple, tf.DType)} of a checkpoint's variables (copies: a LocalCopies)."""
+  return checkpoint_utils.variable_specs(checkpoint_utils.load_reader(prefix, copies))
 
 
 def specs_from_graph(graph):
@@ -95,23 +89,22 @@ def check_sources(sources, outputs=()):
   for index, prefix in enumerate(sources):
     if not checkpoint_utils.checkpoint_exists(prefix):
       raise CheckpointToolError("%s does not exist (no file %s.index)"
-                                    % (source_label(index, prefix), prefix))
+                                % (source_label(index, prefix), prefix))
     if any(checkpoint_utils.same_path(prefix, output) for output in outputs):
       raise CheckpointToolError("%s is also the output; choose another output name"
-                                    % source_label(index, prefix))
+                                % source_label(index, prefix))
 
 
 def plan_ensemble(template_specs, sources, copies, template_name="the template", outputs=()):
-  """The Plan of the {name: (shape, tf.DType)} template_specs from the source prefixes (one
-  per model, in model order), every variable checked before any tensor is read. outputs: the
-  prefixes to be written (never a source). Raises CheckpointToolError."""
+  """The checked Plan of template_specs {name: (shape, dtype)} from sources (one per model, in
+  order), none of them one of outputs (the prefixes to write); reads no tensor."""
   per_model = {}
   global_step_dtype = tf.int32
   for name, (shape, dtype) in template_specs.items():
     if name == GLOBAL_STEP:
       if shape != ():
         raise CheckpointToolError("%s: global_step is not a scalar (shape %s)"
-                                      % (template_name, list(shape)))
+                                  % (template_name, list(shape)))
       global_step_dtype = dtype
       continue
     index, source_name = model_of(name)
@@ -132,7 +125,6 @@ def plan_ensemble(template_specs, sources, copies, template_name="the template",
             "".join(", tower/model%d/" % i for i in range(1, num_models))))
   check_sources(sources, outputs)
   source_specs = [specs_from_checkpoint(prefix, copies) for prefix in sources]
-
   items, problems = [], []
   for index in range(num_models):
     where = source_label(index, sources[index])
@@ -144,18 +136,16 @@ def plan_ensemble(template_specs, sources, copies, template_name="the template",
             where, source_name, template_name, name))
         continue
       source_shape, source_dtype = source_specs[index][source_name]
-      if quantization.kernel_of_codebook(name):
-        if not (source_dtype.is_floating and len(source_shape) == 2
-                and shape == (2, source_shape[1])):
-          problems.append("variable %r (%s %s) in %s cannot give %s's codebook %r %s" % (
-              source_name, source_dtype.name, list(source_shape), where, template_name,
-              name, list(shape)))
-        else:
-          items.append((name, shape, dtype, index, source_name))
-      elif source_shape != shape:
+      is_codebook = quantization.kernel_of_codebook(name) is not None
+      if is_codebook and not (source_dtype.is_floating and len(source_shape) == 2
+                              and shape == (2, source_shape[1])):
+        problems.append("variable %r (%s %s) in %s cannot give %s's codebook %r %s" % (
+            source_name, source_dtype.name, list(source_shape), where, template_name,
+            name, list(shape)))
+      elif not is_codebook and source_shape != shape:
         problems.append("variable %r has shape %s in %s but %s variable %r needs %s" % (
             source_name, list(source_shape), where, template_name, name, list(shape)))
-      elif source_dtype != dtype and not (source_dtype.is_floating and (
+      elif not is_codebook and source_dtype != dtype and not (source_dtype.is_floating and (
           dtype.is_floating or dtype == tf.uint8)):
         problems.append("variable %r is %s in %s but %s variable %r is %s (only floating "
                         "types are converted, to float or 8-bit codes)" % (
@@ -164,17 +154,16 @@ def plan_ensemble(template_specs, sources, copies, template_name="the template",
       else:
         items.append((name, shape, dtype, index, source_name))
   if problems:
-    raise CheckpointToolError("%d problem(s): %s%s" % (len(problems), "; ".join(problems[:8]),
-                                  " (and %d more)" % (len(problems) - 8) if problems[8:] else ""))
+    raise CheckpointToolError("%d problem(s): %s" % (
+        len(problems), checkpoint_utils.join_problems(problems, 8)))
   return Plan(list(sources), items, global_step_dtype, source_specs)
 
 
 def write_plan(plan, copies, output_prefix, meta_fn):
-  """Reads and converts the plan's tensors (one source tensor at a time, largest first) and
-  writes them atomically, meta_fn(tmp_prefix) the local '<tmp_prefix>.meta'; returns a
-  summary dict."""
+  """Writes the plan's converted tensors (largest first) atomically, meta_fn(tmp_prefix) the
+  '<tmp_prefix>.meta'; returns a summary dict."""
   start = time.time()
-  readers = [tf.train.load_checkpoint(copies.local(prefix)) for prefix in plan.sources]
+  readers = [checkpoint_utils.load_reader(prefix, copies) for prefix in plan.sources]
   stats = {"rounded_tensors": 0, "overflow_values": 0, "quantized_tensors": 0, "by_dtype": {}}
   items = {item[0]: item for item in plan.items}
   codebooks = {}  # (source index, kernel name) -> the codebook of codes already converted
@@ -188,7 +177,6 @@ def write_plan(plan, copies, output_prefix, meta_fn):
     with checkpoint_utils.reading(plan.sources[index], copies.local(plan.sources[index])):
       value = np.asarray(readers[index].get_tensor(source_name))
     if dtype == tf.uint8 or is_codebook:
-      # 8-bit storage: the codes and the codebook both come from the source's float kernel.
       codes, codebook = quantization.quantize(value)
       stats["quantized_tensors"] += 1
       if is_codebook:
@@ -207,22 +195,15 @@ def write_plan(plan, copies, output_prefix, meta_fn):
                         overflow, source_name, dtype.name)
     return out
 
-  tensors = checkpoint_utils.convert_largest_first(
-      [(name, checkpoint_utils.nbytes(shape, plan.source_specs[index][source][1]),
-        checkpoint_utils.nbytes(shape, dtype))
-       for name, shape, dtype, index, source in plan.items],
-      convert, "converting the ensemble tensors")
+  tensors = checkpoint_utils.convert_largest_first([
+      (name, checkpoint_utils.nbytes(shape, plan.source_specs[index][source][1]),
+       checkpoint_utils.nbytes(shape, dtype)) for name, shape, dtype, index, source in plan.items
+  ], convert, "converting the ensemble tensors")
   data_bytes = checkpoint_utils.write_tensors(output_prefix, tensors, plan.global_step_dtype,
                                               meta_fn)
   summary = dict(stats, output_prefix=output_prefix, tensors=len(plan.items) + 1,
                  parameters=plan.parameters(), data_bytes=data_bytes,
                  peak_rss_mib=checkpoint_utils.peak_rss_mib(), seconds=time.time() - start)
-  log_summary(plan, summary)
-  return summary
-
-
-def log_summary(plan, summary):
-  """Logs what write_plan wrote: each model's variables, the tensors, the peak memory."""
   for index, prefix in enumerate(plan.sources):
     count = sum(1 for item in plan.items if item[3] == index)
     used = {item[4] for item in plan.items if item[3] == index}  # a kernel gives 2 if 8-bit
@@ -233,11 +214,11 @@ def log_summary(plan, summary):
                  " (%d other variables of the source not used)" % unused if unused else "")
   logging.info("Wrote %s: %d tensors (%s + global_step=0), %d parameters, %d bytes of "
                "tensor data; %d tensors rounded to a narrower type, %d kernels quantized to 8 "
-               "bits", summary["output_prefix"],
-               summary["tensors"], ", ".join("%d %s" % (n, d) for d, n in
-                                             sorted(summary["by_dtype"].items())),
-               summary["parameters"], summary["data_bytes"], summary["rounded_tensors"],
-               summary["quantized_tensors"])
+               "bits", output_prefix, summary["tensors"], ", ".join(
+                   "%d %s" % (n, d) for d, n in sorted(stats["by_dtype"].items())),
+               summary["parameters"], data_bytes, stats["rounded_tensors"],
+               stats["quantized_tensors"])
   logging.info("Peak memory %.1f MiB (%.2f bytes per parameter) in %.1f s",
                summary["peak_rss_mib"], summary["peak_rss_mib"] * 2**20 / max(
                    summary["parameters"], 1), summary["seconds"])
+  return summary

@@ -4,12 +4,11 @@ r"""Searches the mixing weights of an in-graph ensemble that maximise GAP on hel
         --checkpoint_file=inference_model_ensemble_YHLS-0 \
         --eval_data_pattern='.../validate*.tfrecord' --results_json=weights.json
 
-The ensemble runs once over the evaluation data (eval.py's files), its members' predictions
-(model_graph.MEMBER_PREDICTIONS) kept in memory: n_models x videos x classes x 4 bytes (2
-with --member_dtype=float16). Mixtures are scored as the graph mixes them (float32, member
-order), so a weight vector scores what eval.py reports for it. The search (README.md) moves
-weight between two members on a 0.01 grid. Prints (and --results_json writes) each member's
-GAP, the equal-weight, configured and best GAPs and the eval.py command with the best weights.
+The ensemble runs once over eval.py's files, its members' predictions kept in memory
+(n_models x videos x classes x 4 bytes, 2 with --member_dtype=float16) and mixed as the graph
+mixes them, so a weight vector scores what eval.py reports for it. The search moves weight
+between two members on a 0.01 grid. Prints (and --results_json writes) the GAPs and the eval.py
+command with the best weights.
 """
 
 import itertools
@@ -49,29 +48,33 @@ def define_flags():
   flags.DEFINE_string("checkpoint_file", "inference_model",
                       "Ensemble checkpoint prefix relative to train_dir (e.g. "
                       "inference_model_ensemble_YHLS-0; a '.index' suffix is accepted).")
-  flags.DEFINE_string("eval_data_pattern", "", "Glob of the validation files.")
-  flags.DEFINE_bool("eval_holdout_only", True,
-                    "Only the 60 held-out validate files of the pattern (as eval.py).")
-  flags.DEFINE_integer("batch_size", 256, "Videos per batch when running the graph.")
-  flags.DEFINE_integer("num_readers", 8, "Files read in parallel (as eval.py).")
-  flags.DEFINE_integer("max_videos", 0,
-                       "Keep at most this many videos (0: all). The weights are then tuned on "
-                       "a subset and the GAPs differ from eval.py's on the whole data.")
   flags.DEFINE_enum("member_dtype", "float32", ["float32", "float16"],
                     "Storage of the members' predictions: float16 halves the memory but "
                     "mixtures then only approximate the graph's (GAP may differ ~1e-4).")
-  flags.DEFINE_integer("search_seed", 0, "Seed of the random starting points.")
-  flags.DEFINE_integer("search_iterations", 5,
-                       "Random starting points of the coordinate ascent (after the "
-                       "equal-weight start).")
-  flags.DEFINE_integer("top_k", 20, "k of GAP@k.")
-  flags.DEFINE_string("results_json", "", "If set, write the results to this JSON file.")
+  define_held_out_flags()
+
+
+def define_held_out_flags(what=""):
+  """Flags of a run over held-out data and a weight search (also build_ensemble's)."""
+  flags.DEFINE_string("eval_data_pattern", "", what + "Glob of the held-out files.")
+  flags.DEFINE_bool("eval_holdout_only", True,
+                    what + "Only the 60 held-out validate files of the pattern (as eval.py).")
+  flags.DEFINE_integer("batch_size", 256, what + "Videos per batch (eval.py at this "
+                       "--batch_size reproduces the reported GAPs).")
+  flags.DEFINE_integer("num_readers", 8, what + "Files read in parallel (as eval.py).")
+  flags.DEFINE_integer("max_videos", 0, what + "Keep at most this many videos (0: all), each "
+                       "taking classes x 4 B per member; the GAPs then differ from eval.py's.")
+  flags.DEFINE_integer("search_seed", 0, what + "Seed of the weight search.")
+  flags.DEFINE_integer("search_iterations", 5, what + "Random starting points of the weight "
+                       "search (after the equal-weight start).")
+  flags.DEFINE_integer("top_k", 20, what + "k of GAP@k.")
+  flags.DEFINE_string("results_json", "", what + "If set, write the results to this JSON file.")
 
 
 def mix(members, weights, out=None, scratch=None):
   """sum_i weights[i] * members[i] in float32, summed in member order (as tf.add_n)."""
   out = np.empty(members[0].shape, np.float32) if out is None else out
-  scratch = np.empty(members[0].shape, np.float32) if scratch is None else scratch
+  scratch = np.empty_like(out) if scratch is None else scratch
   np.multiply(members[0], np.float32(weights[0]), out=out, dtype=np.float32)
   for member, weight in zip(members[1:], weights[1:]):
     np.multiply(member, np.float32(weight), out=scratch, dtype=np.float32)
@@ -132,11 +135,9 @@ def search(objective, num_models, seed=0, restarts=5):
   trace = []
   best_units, best_gap = None, -1.0
   # Each start is a whole hill climb (seconds to minutes): report every one.
-  progress = progress_lib.Progress("weight search", len(starts), "starting points",
-                                   interval=0)
+  progress = progress_lib.Progress("weight search", len(starts), "starting points", interval=0)
   for start in starts:
-    interrupts.check("the weight search, %d of %d starting points done" % (len(trace),
-                                                                           len(starts)))
+    interrupts.check("the weight search, %d of %d starting points done" % (len(trace), len(starts)))
     units, gap = coordinate_ascent(objective, start)
     trace.append({"start": [u / RESOLUTION for u in start],
                   "end": [u / RESOLUTION for u in units], "gap": gap})
@@ -155,26 +156,20 @@ def search(objective, num_models, seed=0, restarts=5):
 def collect_member_predictions(config, prefix, files, batch_size, num_readers, max_videos,
                                member_dtype, top_k, checkpoint_name=None,
                                compute_dtype=tf.float32, sampling_seeds=None):
-  """Runs the eval graph once (matmuls in compute_dtype; sampling_seeds as
-  model_graph.build_model's); returns (members [n][N, C], labels [N, C] bool, info).
-
-  prefix is a local checkpoint (a staged copy of checkpoint_name, which errors name);
-  files may be local or gs:// (the reader stages them).
-  """
+  """(members [n][videos, classes], labels [videos, classes] bool, info) of the eval graph run
+  once on the local checkpoint prefix (a copy of checkpoint_name, which errors name)."""
   graph = tf.Graph()
   with graph.as_default():
     model_graph.create_global_step()
     iterator, batch = readers.one_pass(config.make_reader(), files, batch_size, num_readers,
                                        "eval_input")
-    predictions, _ = model_graph.build_model(config, batch["video_matrix"],
-                                             batch["num_frames"], is_training=False,
-                                             compute_dtype=compute_dtype,
-                                             sampling_seeds=sampling_seeds)
+    predictions, _ = model_graph.build_model(
+        config, batch["video_matrix"], batch["num_frames"], is_training=False,
+        compute_dtype=compute_dtype, sampling_seeds=sampling_seeds)
     members = tf1.get_collection(model_graph.MEMBER_PREDICTIONS)
     graph_vars = tf1.global_variables()
     saver = tf1.train.Saver(graph_vars)
-  checkpoint_utils.check_matches_graph(prefix, graph_vars, config.describe(),
-                                       name=checkpoint_name)
+  checkpoint_utils.check_matches_graph(prefix, graph_vars, config.describe(), name=checkpoint_name)
   chunks = [[] for _ in members]
   label_chunks = []
   configured = eval_util.EvaluationMetrics(config.num_classes, top_k)
@@ -268,18 +263,14 @@ def run():
         config, local_prefix, files, FLAGS.batch_size, FLAGS.num_readers, FLAGS.max_videos,
         np.dtype(FLAGS.member_dtype), FLAGS.top_k, checkpoint_name=prefix,
         compute_dtype=fp16_layers.compute_dtype())
-  notes = []
-  if info["truncated"]:
-    notes.append("NOTE: --max_videos=%d: only the first %d videos were used (the files hold "
-                 "more); the weights are tuned on this subset and the GAPs below differ from "
-                 "eval.py's on the whole data." % (FLAGS.max_videos, info["videos"]))
+  notes = ["NOTE: --max_videos=%d: only the first %d videos were used (the files hold more); "
+           "the weights are tuned on this subset and the GAPs below differ from eval.py's on "
+           "the whole data." % (FLAGS.max_videos, info["videos"])] if info["truncated"] else []
   objective = GapObjective(members, labels, FLAGS.top_k)
-  member_gaps = [objective(np.eye(num_models)[index]) for index in range(num_models)]
   equal = [1.0 / num_models] * num_models
   equal_gap, configured_gap = objective(equal), objective(config.ensemble_wts)
   search_start = time.time()
-  best, best_gap, trace = search(objective, num_models, FLAGS.search_seed,
-                                 FLAGS.search_iterations)
+  best, best_gap, trace = search(objective, num_models, FLAGS.search_seed, FLAGS.search_iterations)
   search_seconds = time.time() - search_start
   if abs(configured_gap - info["configured_gap_graph"]) > 1e-4 and FLAGS.member_dtype == (
       "float32"):
@@ -290,28 +281,22 @@ def run():
       "files": len(files), "truncated": info["truncated"], "notes": notes,
       "member_dtype": FLAGS.member_dtype, "top_k": FLAGS.top_k,
       "members": [{"index": i, "cluster_size": config.netvlad_cluster_size[i],
-                   "hidden_size": config.netvlad_hidden_size[i], "gap": member_gaps[i]}
-                  for i in range(num_models)],
+                   "hidden_size": config.netvlad_hidden_size[i],
+                   "gap": objective(np.eye(num_models)[i])} for i in range(num_models)],
       "equal_weights": {"weights": equal, "gap": equal_gap},
       "configured_weights": {"weights": list(config.ensemble_wts), "gap": configured_gap,
                              "gap_graph": info["configured_gap_graph"]},
       "best_weights": {"weights": best, "gap": best_gap,
                        "flags": ["--ensemble_wts=" + w for w in format_weights(best)]},
-      "eval_command": eval_command(best), "search": {"seed": FLAGS.search_seed,
-                                                     "starts": trace,
-                                                     "scored": len(objective.cache),
-                                                     "seconds": search_seconds},
-  }
-  report(config, results, sum(m.nbytes for m in members) / 2.0**20)
-  return results
-
-
-def report(config, results, held_mib):
-  """Prints the report of run()'s results, and writes them to --results_json."""
+      "eval_command": eval_command(best),
+      "search": {"seed": FLAGS.search_seed, "starts": trace, "scored": len(objective.cache),
+                 "seconds": search_seconds}}
+  held_mib = sum(m.nbytes for m in members) / 2.0**20
   print("\n".join(report_lines(config, results, held_mib)), flush=True)
   if FLAGS.results_json:
     storage.makedirs(os.path.dirname(FLAGS.results_json))  # a no-op for gs://
     utils.write_atomically(FLAGS.results_json, json.dumps(results, indent=1) + "\n")
+  return results
 
 
 @utils.tool_main

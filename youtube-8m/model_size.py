@@ -4,12 +4,12 @@ r"""Reports the size of an inference model (submission files) against a size lim
     python -m youtube-8m.model_size --model_tgz=submission.tgz [--fail_if_over]
 
 Prints the bytes of ``<inference_model_file>.data-*``, ``.index``, ``.meta`` and
-``model_flags.json`` and their total, the tensors by dtype, the size with every floating
-tensor (and every 8-bit kernel) as float32, and "FITS" or "DOES NOT FIT" --limit_bytes (exit status 1 then only with
---fail_if_over). Sizes in a tgz are those of the extracted files; only the .index is read
-(downloaded when gs://, as the tgz).
+``model_flags.json``, the tensors by dtype, the size were they all float32, and "FITS" or
+"DOES NOT FIT" --limit_bytes (exit status 1 then only with --fail_if_over). Sizes in a tgz are
+those of the extracted files; only the .index is read.
 """
 
+import collections
 import json
 import os
 
@@ -46,20 +46,12 @@ def _is_model_file(name, model_name):
 
 
 def float32_size(name, dtypes):
-  """Bytes per value of a tensor had it been float32: a floating tensor 4, an 8-bit kernel's
-  uint8 codes 4 and their codebook 0 (quantization.py), any other tensor its own size."""
+  """Bytes per value of tensor name with floats as float32 (8-bit codes 4, their codebook 0)."""
   if quantization.kernel_of_codebook(name) in dtypes:
     return 0
   if dtypes[name].is_floating or quantization.codebook_name(name) in dtypes:
     return 4
   return dtypes[name].size
-
-
-def _checked(archive, tgz_path):
-  """The members of a tarfile, each read (decompressed) in turn: a safe point before each."""
-  for member in archive:
-    interrupts.check("reading %s" % tgz_path)
-    yield member
 
 
 def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFAULT_LIMIT):
@@ -70,10 +62,12 @@ def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFA
     if model_tgz:
       report["tgz_bytes"] = storage.size(model_tgz)
       # A gs:// tgz is downloaded (into memory when small, else a temporary file).
-      with storage.open(model_tgz, "rb") as handle, utils.reading_tgz(
-          model_tgz, handle) as archive:
-        members = {os.path.basename(m.name): m for m in _checked(archive, model_tgz)
-                   if m.isfile() and _is_model_file(os.path.basename(m.name), model_name)}
+      with storage.open(model_tgz, "rb") as handle, utils.reading_tgz(model_tgz, handle) as archive:
+        members = {}
+        for member in archive:  # each read (decompressed) in turn
+          interrupts.check("reading %s" % model_tgz)
+          if member.isfile() and _is_model_file(os.path.basename(member.name), model_name):
+            members[os.path.basename(member.name)] = member
         if index_name not in members:
           raise IOError("%s holds no %s" % (model_tgz, index_name))
         index_file = os.path.join(tmp, index_name)
@@ -104,9 +98,7 @@ def measure(train_dir="", model_name="inference_model", model_tgz="", limit=DEFA
     dtypes = reader.get_variable_to_dtype_map()
     counts = {name: int(np.prod(shape, dtype=np.int64))
               for name, shape in reader.get_variable_to_shape_map().items()}
-  by_dtype = {}
-  for name in counts:
-    by_dtype[dtypes[name].name] = by_dtype.get(dtypes[name].name, 0) + 1
+  by_dtype = dict(collections.Counter(dtypes[name].name for name in counts))
   tensor_bytes = sum(n * dtypes[name].size for name, n in counts.items())
   float32_bytes = sum(n * float32_size(name, dtypes) for name, n in counts.items())
   data_bytes = sum(size for name, size in files.items()
@@ -154,8 +146,7 @@ def main(argv):
     raise ValueError("Give either --train_dir or --model_tgz, not both")
   if FLAGS.limit_bytes <= 0:
     raise ValueError("--limit_bytes must be positive")
-  report = measure(FLAGS.train_dir, FLAGS.inference_model_file, FLAGS.model_tgz,
-                   FLAGS.limit_bytes)
+  report = measure(FLAGS.train_dir, FLAGS.inference_model_file, FLAGS.model_tgz, FLAGS.limit_bytes)
   print(format_report(report), flush=True)
   if FLAGS.results_json:
     storage.makedirs(os.path.dirname(FLAGS.results_json))  # a no-op for gs://

@@ -5,9 +5,8 @@ original's ensemble commands).
         --inference_model=inference_model_10 --out_name=inference_model_ensemble_YHLS \
         --checkpoints="single/c24h1440-inference_model_0,single/c32h1024-inference_model_0"
 
-fills the template (from ``eval.py --create_meta_only`` on the ensemble graph) from the
-checkpoints, one per model in model order, into ``<out_name>-0.*`` with the template's meta
-graph; nothing is written on error.
+writes the template (eval.py --create_meta_only's) filled from the checkpoints, one per model
+in model order, as ``<out_name>-0.*``; nothing on error.
 """
 
 from absl import app
@@ -20,7 +19,6 @@ from . import storage
 from . import utils
 
 FLAGS = flags.FLAGS
-
 CheckpointToolError = checkpoint_utils.CheckpointToolError
 
 
@@ -33,14 +31,12 @@ def define_flags():
   flags.DEFINE_string("out_name", "inference_model_float16_mean_ensemble",
                       "Output prefix relative to train_dir; '-0' is appended.")
   flags.DEFINE_string("checkpoints", "",
-                      "Comma list of the single-model checkpoint prefixes (full paths, a "
-                      "'.index' suffix is accepted), one per model of the template, in model "
-                      "order.")
+                      "Comma list of the single-model checkpoint prefixes (full paths, a '.index' "
+                      "suffix is accepted), one per model of the template, in model order.")
 
 
 def overwrite(template_prefix, sources, output_prefix):
-  """Step 3 of the original's ensemble commands: the template's variables filled from
-  sources; returns the summary."""
+  """The template's variables filled from sources, written as output_prefix; the summary."""
   if not checkpoint_utils.checkpoint_exists(template_prefix):
     raise CheckpointToolError(
         "--inference_model: no template checkpoint %s (missing %s.index); write it with eval.py "

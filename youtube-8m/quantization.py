@@ -1,18 +1,11 @@
 """8-bit storage of a model's large kernels: uint8 codes and a uniform codebook per column.
 
-A kernel W [in, out] is stored as codes C (uint8, [in, out], under W's own variable name)
-and a float32 variable ``<W's name>_quantization`` [2, out]: row 0 the offset (the column's
-minimum), row 1 the step ((maximum - minimum) / 255). Column j's codebook is thus the 256
-values offset[j] + i * step[j], and W[:, j] is stored as the nearest of them.
-
-In the graph the codes are not dequantized to a float kernel: x @ W is computed as
-(x @ C) * step + sum(x) * offset (per column, exact in real arithmetic), so the only pass over
-the kernel is C's cast to the compute dtype (integers 0..255 are exact in float16 and
-bfloat16 too).
-
-``per_column=False`` gives one codebook for the whole kernel (the rule of the 2018 winning
-solution: 256 values between the kernel's minimum and maximum), stored the same way with the
-offset and step repeated in every column, so the graph does not depend on the rule.
+A kernel W [in, out] is stored as codes C (uint8 [in, out], under W's name) and a float32
+``<W's name>_quantization`` [2, out]: row 0 each column's minimum (offset), row 1 its step
+((maximum - minimum) / 255). The graph computes x @ W as (x @ C) * step + sum(x) * offset, so
+the only pass over the kernel is C's cast to the compute dtype (0..255 are exact in float16).
+``per_column=False`` gives one codebook for the whole kernel (the 2018 winning solution's
+rule), stored the same way.
 """
 
 import numpy as np
@@ -34,11 +27,8 @@ def kernel_of_codebook(name):
 
 
 def quantize(kernel, per_column=True):
-  """(codes uint8 [in, out], codebook float32 [2, out]) of a float kernel [in, out].
-
-  Codes are round((w - offset) / step), computed in float64 so that the code of every value
-  is the nearest codebook entry's. A constant column (step 0) gets codes 0.
-  """
+  """(codes uint8 [in, out], codebook float32 [2, out]) of a float kernel [in, out]: each
+  value's nearest codebook entry (computed in float64); a constant column gets codes 0."""
   kernel = np.asarray(kernel)
   if kernel.ndim != 2 or not np.issubdtype(kernel.dtype, np.floating):
     raise ValueError("only float matrices are quantized, got %s %s" % (kernel.dtype,
@@ -48,8 +38,8 @@ def quantize(kernel, per_column=True):
                      % int(np.count_nonzero(~np.isfinite(kernel))))
   values = kernel.astype(np.float64)
   axis = 0 if per_column else None
-  low = np.broadcast_to(values.min(axis=axis), (kernel.shape[1],)).astype(np.float32)
-  high = np.broadcast_to(values.max(axis=axis), (kernel.shape[1],)).astype(np.float32)
+  low, high = (np.broadcast_to(f(axis=axis), (kernel.shape[1],)).astype(np.float32)
+               for f in (values.min, values.max))
   step = ((high.astype(np.float64) - low) / LEVELS).astype(np.float32)
   safe_step = np.where(step > 0, step, 1).astype(np.float64)
   codes = np.rint((values - low) / safe_step)
@@ -73,8 +63,7 @@ class QuantizedKernel(object):
   """The codes and codebook variables of one 8-bit kernel, used by fp16_layers.matmul."""
 
   def __init__(self, codes, codebook):
-    self.codes, self.codebook = codes, codebook
-    self.shape = codes.shape
+    self.codes, self.codebook, self.shape = codes, codebook, codes.shape
 
   def matmul(self, inputs, compute_dtype):
     """inputs [batch, in] x the kernel -> [batch, out] float32."""
@@ -88,8 +77,7 @@ class QuantizedKernel(object):
 
 
 def quantized_variable(name, shape):
-  """A QuantizedKernel of new variables `name` (uint8) and `name`_quantization (float32 [2,
-  out]); both are model variables, neither is trainable."""
+  """QuantizedKernel of new non-trainable model variables name (uint8 codes) and its codebook."""
   collections = [tf1.GraphKeys.GLOBAL_VARIABLES, tf1.GraphKeys.MODEL_VARIABLES]
   codes = tf1.get_variable(name, shape=shape, dtype=tf.uint8, trainable=False,
                            initializer=tf1.zeros_initializer(), collections=collections)
