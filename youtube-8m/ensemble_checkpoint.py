@@ -135,28 +135,37 @@ def plan_ensemble(template_specs, sources, copies, template_name="the template",
         problems.append("%s has no variable %r (needed for %s variable %r)" % (
             where, source_name, template_name, name))
         continue
-      source_shape, source_dtype = source_specs[index][source_name]
-      is_codebook = quantization.kernel_of_codebook(name) is not None
-      if is_codebook and not (source_dtype.is_floating and len(source_shape) == 2
-                              and shape == (2, source_shape[1])):
-        problems.append("variable %r (%s %s) in %s cannot give %s's codebook %r %s" % (
-            source_name, source_dtype.name, list(source_shape), where, template_name,
-            name, list(shape)))
-      elif not is_codebook and source_shape != shape:
-        problems.append("variable %r has shape %s in %s but %s variable %r needs %s" % (
-            source_name, list(source_shape), where, template_name, name, list(shape)))
-      elif not is_codebook and source_dtype != dtype and not (source_dtype.is_floating and (
-          dtype.is_floating or dtype == tf.uint8)):
-        problems.append("variable %r is %s in %s but %s variable %r is %s (only floating "
-                        "types are converted, to float or 8-bit codes)" % (
-                            source_name, source_dtype.name, where, template_name, name,
-                            dtype.name))
+      problem = _conversion_problem(name, shape, dtype, source_name,
+                                    source_specs[index][source_name], where, template_name)
+      if problem:
+        problems.append(problem)
       else:
         items.append((name, shape, dtype, index, source_name))
   if problems:
     raise CheckpointToolError("%d problem(s): %s" % (
         len(problems), checkpoint_utils.join_problems(problems, 8)))
   return Plan(list(sources), items, global_step_dtype, source_specs)
+
+
+def _conversion_problem(name, shape, dtype, source_name, source_spec, where, template_name):
+  """Why the source variable (source_spec: (shape, dtype)) cannot give the template's
+  variable name (shape, dtype), or None."""
+  source_shape, source_dtype = source_spec
+  if quantization.kernel_of_codebook(name) is not None:
+    if not (source_dtype.is_floating and len(source_shape) == 2
+            and shape == (2, source_shape[1])):
+      return "variable %r (%s %s) in %s cannot give %s's codebook %r %s" % (
+          source_name, source_dtype.name, list(source_shape), where, template_name, name,
+          list(shape))
+  elif source_shape != shape:
+    return "variable %r has shape %s in %s but %s variable %r needs %s" % (
+        source_name, list(source_shape), where, template_name, name, list(shape))
+  elif source_dtype != dtype and not (source_dtype.is_floating and (
+      dtype.is_floating or dtype == tf.uint8)):
+    return ("variable %r is %s in %s but %s variable %r is %s (only floating types are "
+            "converted, to float or 8-bit codes)" % (source_name, source_dtype.name, where,
+                                                     template_name, name, dtype.name))
+  return None
 
 
 def write_plan(plan, copies, output_prefix, meta_fn):
@@ -204,6 +213,12 @@ def write_plan(plan, copies, output_prefix, meta_fn):
   summary = dict(stats, output_prefix=output_prefix, tensors=len(plan.items) + 1,
                  parameters=plan.parameters(), data_bytes=data_bytes,
                  peak_rss_mib=checkpoint_utils.peak_rss_mib(), seconds=time.time() - start)
+  _log_written(plan, summary)
+  return summary
+
+
+def _log_written(plan, summary):
+  """Logs what write_plan wrote: per member, then the totals and the peak memory."""
   for index, prefix in enumerate(plan.sources):
     count = sum(1 for item in plan.items if item[3] == index)
     used = {item[4] for item in plan.items if item[3] == index}  # a kernel gives 2 if 8-bit
@@ -214,11 +229,10 @@ def write_plan(plan, copies, output_prefix, meta_fn):
                  " (%d other variables of the source not used)" % unused if unused else "")
   logging.info("Wrote %s: %d tensors (%s + global_step=0), %d parameters, %d bytes of "
                "tensor data; %d tensors rounded to a narrower type, %d kernels quantized to 8 "
-               "bits", output_prefix, summary["tensors"], ", ".join(
-                   "%d %s" % (n, d) for d, n in sorted(stats["by_dtype"].items())),
-               summary["parameters"], data_bytes, stats["rounded_tensors"],
-               stats["quantized_tensors"])
+               "bits", summary["output_prefix"], summary["tensors"], ", ".join(
+                   "%d %s" % (n, d) for d, n in sorted(summary["by_dtype"].items())),
+               summary["parameters"], summary["data_bytes"], summary["rounded_tensors"],
+               summary["quantized_tensors"])
   logging.info("Peak memory %.1f MiB (%.2f bytes per parameter) in %.1f s",
                summary["peak_rss_mib"], summary["peak_rss_mib"] * 2**20 / max(
                    summary["parameters"], 1), summary["seconds"])
-  return summary
