@@ -214,10 +214,9 @@ def device_line(gpus, towers):
 
 
 def model_devices(allow_cpu_on_gpu_machine, max_gpus=1, cpu_towers=0):
-  """The devices the model runs on, one a tower: min(max_gpus, GPUs) GPUs, else /cpu:0 (as
-  the original: no GPU, no error); cpu_towers > 0: that many CPU devices. Logs device_line.
-  On a machine with NVIDIA GPUs where TensorFlow lists none: GpuCheckError saying why and how
-  to fix it, or with allow_cpu_on_gpu_machine a warning."""
+  """The devices the model runs on, one a tower: min(max_gpus, GPUs) GPUs, else /cpu:0;
+  cpu_towers > 0: that many CPU devices. On a machine with NVIDIA GPUs where TensorFlow lists
+  none: GpuCheckError saying why, or with allow_cpu_on_gpu_machine a warning."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   gpus = tf.config.list_physical_devices("GPU")
   signs = [] if gpus else nvidia_machine_signs()

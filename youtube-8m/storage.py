@@ -117,16 +117,13 @@ def _client(path):
   clients = _thread_state.__dict__.setdefault("clients", {})
   if host not in clients:
     from google.cloud import storage as gcs  # pylint: disable=g-import-not-at-top
-    clients[host] = _call("connecting to access", path, lambda _: gcs.Client(project=None))
+    clients[host] = _call("connecting to access", path, lambda retry: gcs.Client(project=None))
   return clients[host]
 
 
 def _retry(what, path):
-  """The library's DEFAULT_RETRY with RETRY_OPTIONS, logging each retry with the path.
-
-  The library wraps every request as `retry(func)`, and api_core's Retry.__call__(func,
-  on_error) takes the callback (DEFAULT_RETRY's predicate has no public accessor).
-  """
+  """The library's DEFAULT_RETRY with RETRY_OPTIONS, logging each retry with the path (the
+  library wraps every request as `retry(func)`; api_core's Retry takes on_error there)."""
   from google.cloud.storage.retry import DEFAULT_RETRY  # pylint: disable=g-import-not-at-top
   options = dict(RETRY_OPTIONS)
   unknown = set(options) - {"initial", "maximum", "multiplier", "timeout"}
@@ -151,10 +148,10 @@ def _describe(error):  # one line, at most ~300 characters
 
 
 def _call(what, path, fn):
-  """fn(_retry(what, path)), its 404 raised by _missing(path), other API and auth errors as
-  StorageError."""
+  """fn(retry=_retry(what, path)), its 404 raised by _missing(path), other API and auth errors
+  as StorageError."""
   try:
-    return fn(_retry(what, path))
+    return fn(retry=_retry(what, path))
   except Exception as error:  # pylint: disable=broad-except
     from google.api_core import exceptions as gapi  # pylint: disable=g-import-not-at-top
     from google.auth import exceptions as auth  # pylint: disable=g-import-not-at-top
@@ -199,8 +196,7 @@ def stat(path):
   bucket, name = split_gcs(path)
   if not name or name.endswith("/"):
     raise IsADirectoryError(errno.EISDIR, "Is a directory (not an object)", path)
-  blob = _call("stat", path, lambda retry: _client(path).bucket(bucket).get_blob(
-      name, retry=retry))
+  blob = _call("stat", path, functools.partial(_client(path).bucket(bucket).get_blob, name))
   if blob is None:
     _missing(path)
   return int(blob.size or 0), blob.generation
@@ -236,9 +232,8 @@ class _CancellableSink(object):
 
 
 def _download(path, file_obj, generation=None, cancel=None, what="download"):
-  blob = _blob(path, generation=generation)
   sink = file_obj if cancel is None else _CancellableSink(file_obj, cancel)
-  _call(what, path, lambda retry: blob.download_to_file(sink, retry=retry))
+  _call(what, path, functools.partial(_blob(path, generation).download_to_file, sink))
 
 
 def download(path, local_path, generation=None, cancel=None):
@@ -252,8 +247,8 @@ def download(path, local_path, generation=None, cancel=None):
 def upload(local_path, path):
   """Uploads a local file as one gs:// object; returns the object's new generation."""
   blob = _blob(path)
-  _call("upload", path, lambda retry: blob.upload_from_filename(
-      local_path, content_type="application/octet-stream", retry=retry))
+  _call("upload", path, functools.partial(blob.upload_from_filename, local_path,
+                                          content_type="application/octet-stream"))
   return blob.generation
 
 
@@ -292,10 +287,8 @@ def exists(path):
   if not remote:
     return os.path.exists(path)
   name = split_gcs(path)[1]
-  if name and not name.endswith("/"):
-    blob = _blob(path)
-    if _call("stat", path, lambda retry: blob.exists(retry=retry)):
-      return True
+  if name and not name.endswith("/") and _call("stat", path, _blob(path).exists):
+    return True
   return isdir(path)
 
 
@@ -349,8 +342,7 @@ def remove(path):
   name = split_gcs(path)[1]
   if not name or name.endswith("/"):
     raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-  blob = _blob(path)
-  _call("delete", path, lambda retry: blob.delete(retry=retry))
+  _call("delete", path, _blob(path).delete)
 
 
 def size(path):
@@ -370,7 +362,7 @@ def _copy_gcs_to_gcs(src, dst):
       while token is not None:
         token, _, _ = target.rewrite(source, token=token, retry=retry)
     except gapi.NotFound:
-      if _call("stat", src, lambda retry: source.exists(retry=retry)):
+      if _call("stat", src, source.exists):
         _missing(dst)  # the source exists: the target bucket does not
       raise
 
