@@ -4,23 +4,13 @@
     python -m youtube-8m.gpu_check --libraries_only   # no GPU needed (the image build runs it)
     python -m youtube-8m.gpu_check --print_library_dirs
 
-It reads what the installed TensorFlow was built against (tf.sysconfig.get_build_info():
-is_cuda_build, cuda_version, cudnn_version) and loads (dlopen) each CUDA library that build
-needs, by the name TensorFlow asks the dynamic loader for (e.g. libcudnn.so.9), so that a
-library the loader cannot find is named here instead of TensorFlow silently listing no GPU.
-Without --libraries_only it then lists the GPUs TensorFlow sees (name, compute capability).
---print_library_dirs prints the lib/ directories of the installed NVIDIA wheels (nvidia/*/lib),
-the ones to give the loader (cloud/container/install.sh --cuda writes them to
-/etc/ld.so.conf.d).
+It loads (dlopen) each CUDA library the installed TensorFlow's build needs, by the name
+TensorFlow asks the loader for, so that a missing one is named instead of TensorFlow silently
+listing no GPU. Exit status: 0 passed; 1 bad usage; 2 TensorFlow is not a CUDA build; 3 a CUDA
+library cannot be loaded; 4 TensorFlow lists no GPU. Every failure is one "ERROR: " line.
 
-Exit status: 0 passed; 1 bad usage (flags); 2 TensorFlow is not a CUDA build (CPU-only);
-3 a CUDA library cannot be loaded; 4 the libraries load but TensorFlow lists no GPU. Every
-failure is one line starting with "ERROR: ".
-
-train.py, eval.py and inference.py use check_devices() and device_line() of this module: one
-line naming the devices they use, and exit 1 with one line saying why when the machine has
-NVIDIA GPUs (device nodes in $YT8M_NVIDIA_DEVICE_DIR, default /dev, or NVIDIA_VISIBLE_DEVICES
-of a GPU container) but TensorFlow lists none, unless --allow_cpu_on_gpu_machine.
+model_devices() of train, eval and inference exits 1 with one line saying why when the machine
+has NVIDIA GPUs but TensorFlow lists none, unless --allow_cpu_on_gpu_machine.
 """
 
 import collections
@@ -39,7 +29,6 @@ from . import runtime_settings
 
 FLAGS = flags.FLAGS
 
-# Where the NVIDIA device nodes are looked for (tests point it at a fake directory).
 DEVICE_DIR_ENV = "YT8M_NVIDIA_DEVICE_DIR"
 DEFAULT_DEVICE_DIR = "/dev"
 
@@ -48,11 +37,9 @@ EXIT_NOT_CUDA_BUILD = 2
 EXIT_LIBRARY_MISSING = 3
 EXIT_NO_GPU = 4
 
-# TensorFlow's CUDA build dlopens lib<name>.so.<version> (xla/tsl dso_loader), the versions
-# fixed at build time by the CUDA release it was built with; cudnn's is the build info's
-# cudnn_version. NCCL and nvJitLink are loaded as dependencies (NCCL for multi-GPU
-# collectives, nvJitLink by cuSPARSE/cuSOLVER). Ordered dependencies first, so that the first
-# library that fails is the missing one, not a library that needs it.
+# TensorFlow's CUDA build dlopens lib<name>.so.<version> (xla/tsl dso_loader), cudnn's version
+# from the build info. Dependencies first, so that the first library that fails is the missing
+# one, not a library that needs it.
 CUDA_LIBRARY_VERSIONS = {
     "12": (("nvJitLink", "12"), ("cudart", "12"), ("cublasLt", "12"), ("cublas", "12"),
            ("cufft", "11"), ("cusparse", "12"), ("cusolver", "11"), ("nccl", "2")),
@@ -77,7 +64,6 @@ class GpuCheckError(OSError):
 
 
 def define_device_flag():
-  """--allow_cpu_on_gpu_machine of the tools that run the model (train, eval, inference)."""
   flags.DEFINE_bool(
       "allow_cpu_on_gpu_machine", False,
       "Run on the CPU even though this machine has NVIDIA GPUs (device nodes in "
@@ -87,7 +73,6 @@ def define_device_flag():
 
 
 def tensorflow_build():
-  """(TensorFlow's version, its build info dict)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel (tests inject build info)
   return tf.__version__, dict(tf.sysconfig.get_build_info())
 
@@ -143,27 +128,17 @@ def loaded_path(soname):
   return next((path for path in paths if os.path.basename(path).startswith(soname)), None)
 
 
-def load_libraries(sonames):
-  """{soname: path it loaded from} and {soname: dlerror} of the ones that did not load."""
-  loaded, failed = collections.OrderedDict(), collections.OrderedDict()
-  for soname in sonames:
+def check_libraries(version, build_info):
+  """{soname: path} of every CUDA library TensorFlow's build needs, all loaded; else raises
+  GpuCheckError naming the ones that cannot be loaded."""
+  loaded, failed = {}, {}  # failed: {soname: dlerror}
+  for soname in required_libraries(version, build_info):
     try:
       # RTLD_GLOBAL as TensorFlow's loader: a later library finds the symbols of an earlier one.
       ctypes.CDLL(soname, mode=ctypes.RTLD_GLOBAL)
+      loaded[soname] = loaded_path(soname) or "(loaded)"
     except OSError as error:
       failed[soname] = str(error)
-      continue
-    loaded[soname] = loaded_path(soname) or "(loaded)"
-  return loaded, failed
-
-
-def check_libraries(version=None, build_info=None):
-  """{soname: path} of every CUDA library TensorFlow's build needs, all loaded; else raises
-  GpuCheckError naming the ones that cannot be loaded. version/build_info: the installed
-  TensorFlow's unless given (tests)."""
-  if build_info is None:
-    version, build_info = tensorflow_build()
-  loaded, failed = load_libraries(required_libraries(version, build_info))
   if not failed:
     return loaded
   error = next(iter(failed.values()))  # names the file, e.g. "libcudnn.so.9: cannot open ..."
@@ -173,18 +148,13 @@ def check_libraries(version=None, build_info=None):
   where = ("; found in %s, which the loader does not search" % ", ".join(found_in)
            if found_in else "")
   raise GpuCheckError("%s cannot load %s (%s)%s; %s" % (
-      describe_build(version, build_info), ", ".join(failed), one_line(error), where,
+      describe_build(version, build_info), ", ".join(failed), " ".join(error.split()), where,
       LOADER_HINT), EXIT_LIBRARY_MISSING)
 
 
-def one_line(text):
-  return " ".join(text.split())
-
-
 def nvidia_machine_signs(environ=None):
-  """What says this machine has NVIDIA GPUs: its device nodes (nvidia0, nvidia1, ...,
-  nvidiactl in $YT8M_NVIDIA_DEVICE_DIR, default /dev) and NVIDIA_VISIBLE_DEVICES set by a GPU
-  container runtime (not void/none). [] if none."""
+  """What says this machine has NVIDIA GPUs ([] if nothing): its device nodes (nvidia0, ...,
+  nvidiactl in $YT8M_NVIDIA_DEVICE_DIR) and NVIDIA_VISIBLE_DEVICES of a GPU container."""
   environ = os.environ if environ is None else environ
   device_dir = environ.get(DEVICE_DIR_ENV) or DEFAULT_DEVICE_DIR
   if not os.path.isdir(device_dir):
@@ -201,9 +171,8 @@ def nvidia_machine_signs(environ=None):
 
 
 def why_no_gpu(version=None, build_info=None):
-  """Why TensorFlow lists no GPU, as far as its build info and the loader tell: not a CUDA
-  build, no driver (a machine or container without GPU access), or a CUDA library that
-  cannot be loaded."""
+  """Why TensorFlow lists no GPU: not a CUDA build, no driver, or a CUDA library that cannot
+  be loaded."""
   if build_info is None:
     version, build_info = tensorflow_build()
   try:
@@ -213,33 +182,14 @@ def why_no_gpu(version=None, build_info=None):
     except OSError as error:
       return ("%s cannot load the NVIDIA driver's %s (%s): the container was started without "
               "GPU access, or the driver is not installed (check nvidia-smi)" % (
-                  describe_build(version, build_info), DRIVER_LIBRARY, one_line(str(error))))
+                  describe_build(version, build_info), DRIVER_LIBRARY,
+                  " ".join(str(error).split())))
     check_libraries(version, build_info)
   except GpuCheckError as error:
     return str(error)
   return ("TensorFlow's CUDA libraries and the driver's %s load, yet TensorFlow lists no GPU "
           "(CUDA_VISIBLE_DEVICES=%r; TensorFlow's log above says more, and nvidia-smi)"
           % (DRIVER_LIBRARY, os.environ.get("CUDA_VISIBLE_DEVICES", "")))
-
-
-def check_devices(allow_cpu_on_gpu_machine):
-  """The GPUs TensorFlow lists ([]: CPU only). On a machine with NVIDIA GPUs where TensorFlow
-  lists none: GpuCheckError saying why and how to fix it, or with allow_cpu_on_gpu_machine a
-  warning."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  gpus = tf.config.list_physical_devices("GPU")
-  if gpus:
-    return gpus
-  signs = nvidia_machine_signs()
-  if not signs:
-    return []
-  message = "this machine has NVIDIA GPUs (%s) but TensorFlow lists none: %s" % (
-      ", ".join(signs), why_no_gpu())
-  if not allow_cpu_on_gpu_machine:
-    raise GpuCheckError(message + "; or pass --allow_cpu_on_gpu_machine to run on the CPU "
-                        "anyway")
-  logging.warning("--allow_cpu_on_gpu_machine: running on the CPU; %s", message)
-  return []
 
 
 def gpu_name(gpu):
@@ -264,10 +214,19 @@ def device_line(gpus, towers):
 
 
 def model_devices(allow_cpu_on_gpu_machine, max_gpus=1, cpu_towers=0):
-  """The devices the model runs on, one a tower: min(max_gpus, GPUs) GPUs, else /cpu:0 (as
-  the original: no GPU, no error); cpu_towers > 0: that many CPU devices. Logs device_line;
-  raises GpuCheckError as check_devices."""
-  gpus = check_devices(allow_cpu_on_gpu_machine)
+  """The devices the model runs on, one a tower: min(max_gpus, GPUs) GPUs, else /cpu:0;
+  cpu_towers > 0: that many CPU devices. On a machine with NVIDIA GPUs where TensorFlow lists
+  none: GpuCheckError saying why, or with allow_cpu_on_gpu_machine a warning."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  gpus = tf.config.list_physical_devices("GPU")
+  signs = [] if gpus else nvidia_machine_signs()
+  if signs:
+    message = "this machine has NVIDIA GPUs (%s) but TensorFlow lists none: %s" % (
+        ", ".join(signs), why_no_gpu())
+    if not allow_cpu_on_gpu_machine:
+      raise GpuCheckError(message + "; or pass --allow_cpu_on_gpu_machine to run on the CPU "
+                          "anyway")
+    logging.warning("--allow_cpu_on_gpu_machine: running on the CPU; %s", message)
   if cpu_towers:
     towers = ["/cpu:%d" % i for i in range(cpu_towers)]
   else:
@@ -286,21 +245,8 @@ def define_flags():
                     "CUDA build), and nothing else.")
 
 
-def list_gpus():
-  """[(name, details)] of the GPUs TensorFlow lists."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  found = []
-  for gpu in tf.config.list_physical_devices("GPU"):
-    details = tf.config.experimental.get_device_details(gpu)
-    capability = details.get("compute_capability")
-    found.append((gpu.name, "%s, compute capability %s" % (
-        details.get("device_name", "?"),
-        ".".join(map(str, capability)) if capability else "?")))
-  return found
-
-
 def run(version=None, build_info=None):
-  """The check of the command line (flags parsed); returns the exit status."""
+  """The check of the command line; returns the exit status."""
   if FLAGS.libraries_only and FLAGS.print_library_dirs:
     raise app.UsageError("--libraries_only and --print_library_dirs exclude each other")
   if build_info is None:
@@ -318,13 +264,18 @@ def run(version=None, build_info=None):
   if FLAGS.libraries_only:
     print("gpu_check passed (libraries only)")
     return EXIT_PASSED
-  gpus = list_gpus()
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  gpus = tf.config.list_physical_devices("GPU")
   if not gpus:
     raise GpuCheckError("TensorFlow lists no GPU: %s" % why_no_gpu(version, build_info),
                         EXIT_NO_GPU)
   print("gpu_check: TensorFlow lists %d GPU%s:" % (len(gpus), "s" if len(gpus) > 1 else ""))
-  for name, details in gpus:
-    print("  %s  %s" % (name, details))
+  for gpu in gpus:
+    details = tf.config.experimental.get_device_details(gpu)
+    capability = details.get("compute_capability")
+    print("  %s  %s, compute capability %s" % (
+        gpu.name, details.get("device_name", "?"),
+        ".".join(map(str, capability)) if capability else "?"))
   print("gpu_check passed")
   return EXIT_PASSED
 

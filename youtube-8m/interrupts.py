@@ -1,19 +1,10 @@
-"""SIGTERM and SIGINT in every tool: the first signal stops the work cleanly at the next safe
-point, a second one stops the process at once.
+"""SIGTERM and SIGINT in every tool (handling(tool), run by utils.tool_main).
 
-handling(tool) (utils.tool_main runs each tool's main in it) installs the handlers. A first
-SIGTERM/SIGINT only records the signal; the tool goes on to its next safe point (check():
-between batches, tensors, files, polls), where Interrupted unwinds the work, so that the
-try/finally blocks remove the temporary files and nothing incomplete gets a final name.
-handling() then removes what is still registered as temporary() and logs one line
-
-    <tool>: interrupted by SIGTERM during <what>; kept: <outputs>; removed: <temporaries>; ...
-
-and exits with 128 + the signal's number (143 SIGTERM, 130 SIGINT), or with 0 once the tool
-called set_resumable() (train, eval's polling: the same command goes on from what was kept).
-A second signal, or the first inside immediate(), removes the registered temporaries and
-exits at once (os._exit) with one line. The signals are seen by a thread woken through
-signal.set_wakeup_fd, so a main thread busy in a long TensorFlow call stops too.
+A first signal is recorded; the tool's next check() raises Interrupted, which unwinds the work
+(its finally blocks remove temporary files); handling() then removes what is still registered
+as temporary(), logs one line and exits 128 + the signal's number, or 0 after set_resumable().
+A second signal, or the first inside immediate(), removes the temporaries and exits at once. A
+thread woken through signal.set_wakeup_fd sees the signals, so a busy main thread stops too.
 """
 
 import contextlib
@@ -26,13 +17,13 @@ import threading
 
 from absl import logging
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)  # installed in this order: SIGTERM caught, both are
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _SHOWN = 3  # kept outputs and removed temporaries named in the line
 
 
 class Interrupted(BaseException):
-  """Raised at a safe point after a SIGTERM/SIGINT. A BaseException, as KeyboardInterrupt:
-  the tools' `except Exception` and error handlers let it through."""
+  """Raised at a safe point after a signal; a BaseException so that `except Exception` lets it
+  through."""
 
   def __init__(self, signum, during):
     super().__init__("interrupted by %s during %s" % (signal.Signals(signum).name, during))
@@ -54,23 +45,25 @@ class _State(object):
 _state = _State()
 
 
-def _exists(path, prefix):
-  return bool(glob.glob(glob.escape(path) + "*")) if prefix else os.path.lexists(path)
+def _found(path, prefix):
+  """The existing paths of a registered temporary."""
+  if prefix:
+    return glob.glob(glob.escape(path) + "*")
+  return [path] if os.path.lexists(path) else []
 
 
-def _remove(path, prefix):
-  for found in glob.glob(glob.escape(path) + "*") if prefix else [path]:
-    if os.path.isdir(found) and not os.path.islink(found):
-      shutil.rmtree(found, ignore_errors=True)
-    else:
-      with contextlib.suppress(OSError):
-        os.remove(found)
+def remove_path(path):
+  """Removes a file, link or directory tree, if it is there."""
+  if os.path.isdir(path) and not os.path.islink(path):
+    shutil.rmtree(path, ignore_errors=True)
+  else:
+    with contextlib.suppress(OSError):
+      os.remove(path)
 
 
 def temporary(path, prefix=False):
   """Registers a local temporary file or directory (prefix: every path starting with it) that
-  an interruption removes if its owner has not; returns path. Registered paths that no
-  longer exist are forgotten."""
+  an interruption removes if its owner has not; returns path."""
   with _state.lock:
     for known, is_prefix in list(_state.temporaries.items()):
       if not is_prefix and not os.path.lexists(known):
@@ -94,8 +87,7 @@ def kept(description, key=None):
 
 
 def set_resumable():
-  """An interruption of this tool exits 0: what it kept lets the same command go on (a
-  preempted job restarted by Vertex AI is not a failed one)."""
+  """An interruption of this tool exits 0: what it kept lets the same command go on."""
   _state.resumable = True
 
 
@@ -117,8 +109,8 @@ def sleep(seconds):
 
 @contextlib.contextmanager
 def immediate():
-  """In the with block, the first signal already stops the process at once (e.g. a
-  parameter server, or a worker waiting for its chief: nothing to save)."""
+  """In the with block, the first signal already stops the process at once (nothing to
+  save)."""
   with _state.lock:
     _state.immediate += 1
     pending = _state.signum
@@ -133,25 +125,24 @@ def immediate():
 
 def _describe(items):
   items = list(items)
-  if not items:
-    return "nothing"
   shown = items[-_SHOWN:]
   more = len(items) - len(shown)
-  return ", ".join(shown) + (" (and %d more)" % more if more else "")
+  return ", ".join(shown) + (" (and %d more)" % more if more else "") if items else "nothing"
 
 
-def _remove_temporaries():
-  """Removes the registered temporaries still there; returns those removed since the signal
-  (by their owners or here)."""
+def _outcome():
+  """'kept: ...; removed: ...' after removing the registered temporaries still there; removed
+  are those gone since the signal (by their owners or here)."""
   with _state.lock:
     left = list(_state.temporaries.items())
     _state.temporaries.clear()
     removed = dict.fromkeys(_state.at_signal)
   for path, prefix in left:
-    if _exists(path, prefix):
-      _remove(path, prefix)
+    for found in _found(path, prefix):
+      remove_path(found)
       removed[path] = None
-  return [path for path in removed if not os.path.lexists(path)]
+  removed = [path for path in removed if not os.path.lexists(path)]
+  return "kept: %s; removed: %s" % (_describe(_state.kept.values()), _describe(removed))
 
 
 def exit_code(signum):
@@ -159,10 +150,8 @@ def exit_code(signum):
 
 
 def _stop_now(signum, code, second=False):
-  removed = _remove_temporaries()
-  logging.warning("%s: %s%s: stopping at once; kept: %s; removed: %s; exit status %d",
-                  _state.tool, "second " if second else "", signal.Signals(signum).name,
-                  _describe(_state.kept.values()), _describe(removed), code)
+  logging.warning("%s: %s%s: stopping at once; %s; exit status %d", _state.tool,
+                  "second " if second else "", signal.Signals(signum).name, _outcome(), code)
   for stream in (sys.stderr, sys.stdout):
     with contextlib.suppress(Exception):
       stream.flush()
@@ -175,7 +164,7 @@ def _on_signal(signum):
     if first:
       _state.signum = signum
       _state.at_signal = [path for path, prefix in _state.temporaries.items()
-                          if _exists(path, prefix)]
+                          if _found(path, prefix)]
       _state.wake.set()
     if first and not _state.immediate:
       return
@@ -184,16 +173,11 @@ def _on_signal(signum):
 
 def _watch(read_fd):
   """The wakeup fd's reader: each byte is a signal number."""
-  while True:
-    try:
-      data = os.read(read_fd, 64)
-    except OSError:
-      return
-    if not data:
-      return
-    for signum in data:
-      if signum in SIGNALS:
-        _on_signal(signum)
+  with contextlib.suppress(OSError):
+    for data in iter(lambda: os.read(read_fd, 64), b""):
+      for signum in data:
+        if signum in SIGNALS:
+          _on_signal(signum)
 
 
 @contextlib.contextmanager
@@ -216,17 +200,6 @@ def _installed():
     os.close(read_fd)
 
 
-def _finish(during, signum):
-  """The line of an interrupted run; returns its exit status."""
-  removed = _remove_temporaries()
-  code = exit_code(signum)
-  logging.warning("%s: interrupted by %s during %s; kept: %s; removed: %s; exit status %d%s",
-                  _state.tool, signal.Signals(signum).name, during,
-                  _describe(_state.kept.values()), _describe(removed), code,
-                  " (the same command goes on from there)" if _state.resumable else "")
-  return code
-
-
 @contextlib.contextmanager
 def handling(tool):
   """Runs the with block (a tool's work) with the handlers installed; an interruption ends
@@ -239,7 +212,11 @@ def handling(tool):
       try:
         yield
       except Interrupted as stop:
-        raise SystemExit(_finish(stop.during, stop.signum)) from None
+        code = exit_code(stop.signum)
+        logging.warning("%s: interrupted by %s during %s; %s; exit status %d%s", tool,
+                        signal.Signals(stop.signum).name, stop.during, _outcome(), code,
+                        " (the same command goes on from there)" if _state.resumable else "")
+        raise SystemExit(code) from None
       if _state.signum:
         logging.warning("%s: %s came as the work completed: nothing was interrupted; kept: "
                         "%s", tool, requested(), _describe(_state.kept.values()))

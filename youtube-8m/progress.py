@@ -1,12 +1,9 @@
-"""Progress lines of the tools' long loops: Progress.update(n) logs at the first call, then at
-most every 10 s, finish() the final line, e.g.
+"""Progress lines of the tools' long loops, logged at the first update, then at most every
+10 s, and at finish(), e.g.
     eval: 4,800/12,000 videos (40.0%) | 52.3 videos/s | elapsed 1m32s | ETA 2m18s
-TrainingProgress does the same for train.py's steps, e.g.
-    training: step 1,200/500,000 (0.2%) | 412.3 examples/s | elapsed 3m02s | ETA 2h01m
     training: epoch 1.25/10 (12.5%) | 412.3 examples/s | elapsed 3m02s | ETA 21m14s
-count_records(files) supplies TFRecord totals: exact for up to 200 local files (a scan of
-the record headers), else estimated, flagged by a '~': for more local files from a spread
-sample's headers, for gs:// ones from one file's first MiBs, each times the files' total size.
+count_records(files) supplies TFRecord totals: exact from the record headers, or estimated
+(flagged by a '~') from a sample's bytes per record times the files' total size.
 """
 
 import concurrent.futures
@@ -22,9 +19,8 @@ from . import storage
 LOG_INTERVAL_SECS = 10.0
 _SAMPLE_BYTES = 32 << 20  # read of one gs:// file to estimate bytes per record
 _SIZE_SAMPLE_FILES = 100  # gs:// files whose sizes are read for the estimate
-# Local files whose record headers are all read; beyond that many, a spread sample of them is
-# and the rest is estimated from the files' sizes (a header read per record, ~1000 a file,
-# would take minutes on a full local copy of the data's 3844 training files).
+# Local files whose record headers are all read; beyond that many, a spread sample's are (a
+# header read per record would take minutes on a full copy of the 3844 training files).
 _LOCAL_EXACT_FILES = 200
 
 
@@ -41,21 +37,20 @@ class Progress(object):
   """done/total of one loop; total may be None (unknown) or approximate."""
 
   def __init__(self, what, total=None, unit="items", approximate=False,
-               interval=LOG_INTERVAL_SECS, log=None, scale=1):
+               interval=LOG_INTERVAL_SECS, log=None, scale=1, clock=time.time):
     """scale: counts are divided by it for display (e.g. bytes shown as MiB: 2**20)."""
     self.what, self.total, self.unit, self.scale = what, total, unit, scale
-    self.approximate, self.interval = approximate, interval
+    self.approximate, self.interval, self.clock = approximate, interval, clock
     self.done = 0
-    self.start = time.time()
-    self._last_log = None
-    self._logged_done = None
+    self.start = clock()
+    self._last_log = self._logged = None
     self._log = log or (lambda line: logging.info("%s", line))
 
   def _number(self, value):
     return "{:,}".format(value) if self.scale == 1 else "{:,.1f}".format(value / self.scale)
 
   def line(self):
-    elapsed = time.time() - self.start
+    elapsed = self.clock() - self.start
     rate = self.done / elapsed if elapsed > 0 else 0.0
     text = "%s: %s" % (self.what, self._number(self.done))
     if self.total:
@@ -70,37 +65,43 @@ class Progress(object):
       text += " | ETA %s%s" % ("~" if self.approximate else "", format_duration(remaining))
     return text
 
+  def _position(self):
+    return self.done
+
   def update(self, count=1):
     self.done += count
-    now = time.time()
+    self._log_if_due()
+
+  def _log_if_due(self):
+    """Logs at the first update, then at most every `interval` seconds."""
+    now = self.clock()
     if self._last_log is None or now - self._last_log >= self.interval:
-      self._last_log, self._logged_done = now, self.done
+      self._last_log, self._logged = now, self._position()
       self._log(self.line())
 
   def finish(self):
     """Logs the final line (unless the last update logged it already)."""
-    if self._logged_done != self.done:
-      self._last_log, self._logged_done = time.time(), self.done
+    if self._logged != self._position():
+      self._last_log, self._logged = self.clock(), self._position()
       self._log(self.line())
 
 
-class TrainingProgress(object):
+class TrainingProgress(Progress):
   """Training's progress: the global step out of max_steps, or the epoch (this process's
   examples over its files' records) out of num_epochs when that ends the run sooner; the
   examples/sec of this run and the ETA of whichever bound comes first."""
 
   def __init__(self, first_step, max_steps=None, epoch_examples=None, num_epochs=None,
-               approximate=False, interval=LOG_INTERVAL_SECS, log=None, clock=time.time):
+               approximate=False, log=None, clock=time.time):
     """first_step: the global step this run starts from; epoch_examples: the records of this
     process's training files (None: unknown), approximate if estimated."""
+    super().__init__("training", approximate=approximate, log=log, clock=clock)
     self.first_step = self.step = first_step
     self.max_steps, self.epoch_examples, self.num_epochs = max_steps, epoch_examples, num_epochs
-    self.approximate, self.interval, self.clock = approximate, interval, clock
     self.examples = 0
-    self.start = clock()
-    self._last_log = None
-    self._logged_step = None
-    self._log = log or (lambda line: logging.info("%s", line))
+
+  def _position(self):
+    return self.step
 
   def _bounds(self, elapsed):
     """[(eta seconds or None, text)] of the bounds that apply."""
@@ -132,20 +133,11 @@ class TrainingProgress(object):
       text += " | ETA %s%s" % (mark, format_duration(eta))
     return text
 
-  def update(self, step, examples):
+  def update(self, step, examples):  # pylint: disable=arguments-differ
     """After a training step: the global step it reached and the examples it read here."""
     self.step = step
     self.examples += examples
-    now = self.clock()
-    if self._last_log is None or now - self._last_log >= self.interval:
-      self._last_log, self._logged_step = now, step
-      self._log(self.line())
-
-  def finish(self):
-    """Logs the final line (unless the last update logged it already)."""
-    if self._logged_step != self.step:
-      self._last_log, self._logged_step = self.clock(), self.step
-      self._log(self.line())
+    self._log_if_due()
 
 
 def scan_records(f, limit=None):
@@ -212,20 +204,20 @@ def count_records(files):
     return None, False
 
 
-def count_inputs(what, files, unit="videos", max_items=0):
-  """count_records with a log line; max_items > 0 caps the total."""
+def count_inputs(what, files, max_items=0):
+  """count_records (videos) with a log line; max_items > 0 caps the total."""
   start = time.time()
   total, exact = count_records(files)
   if total is not None and max_items > 0 and max_items < total:
     total, exact = max_items, True
   if total is not None:
-    logging.info("%s: %s%s %s in %d file(s) (%s in %.1f s)", what, "" if exact else "~",
-                 "{:,}".format(total), unit, len(files), "counted" if exact else "estimated",
+    logging.info("%s: %s%s videos in %d file(s) (%s in %.1f s)", what, "" if exact else "~",
+                 "{:,}".format(total), len(files), "counted" if exact else "estimated",
                  time.time() - start)
   return total, exact
 
 
-def input_progress(what, files, unit="videos", max_items=0):
+def input_progress(what, files, max_items=0):
   """A Progress over TFRecord files (one record per video)."""
-  total, exact = count_inputs(what, files, unit, max_items)
-  return Progress(what, total, unit, approximate=not exact)
+  total, exact = count_inputs(what, files, max_items)
+  return Progress(what, total, "videos", approximate=not exact)

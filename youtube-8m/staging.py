@@ -1,8 +1,8 @@
 """Local copies of gs:// data for TensorFlow, which reads and writes local files only:
 ShardStager(paths) downloads shards ahead into a bounded cache, SyncedDir(remote_dir) mirrors
-a local working directory to a gs:// one. Both pass local (and /gcs/ FUSE) paths untouched.
-"""
+a local working directory to a gs:// one. Both pass local paths untouched."""
 
+import contextlib
 import errno
 import fnmatch
 import os
@@ -32,10 +32,10 @@ class _Staging(object):
   """A ShardStager's state, shared with its download thread (which references only this, so
   dropping the ShardStager lets its finalizer close it)."""
 
-  def __init__(self, paths, remote, max_cache_bytes, prefetch, keep_yielded):
-    self.paths, self.remote = paths, remote
-    self.max_cache_bytes, self.prefetch, self.keep_yielded = (max_cache_bytes, prefetch,
-                                                              keep_yielded)
+  def __init__(self, paths, max_cache_bytes, prefetch, keep_yielded):
+    self.paths, self.remote = paths, [storage.is_gcs(path) for path in paths]
+    self.max_cache_bytes, self.prefetch, self.keep_yielded = (int(max_cache_bytes),
+                                                              int(prefetch), int(keep_yielded))
     self.cond = threading.Condition()
     self.close_lock = threading.Lock()
     self.cancel = threading.Event()
@@ -44,8 +44,7 @@ class _Staging(object):
     self.ready = {}  # index -> (local path, size), or ("error", exception)
     self.yielded = []  # [(local path, size)] handed out, still on disk
     self.bytes_on_disk = 0  # staged + downloading + handed out and kept
-    self.stats = {"downloaded_files": 0, "downloaded_bytes": 0, "peak_bytes": 0,
-                  "peak_files_ahead": 0}
+    self.stats = {"downloaded_files": 0, "peak_bytes": 0, "peak_files_ahead": 0}
     self.stage_dir = self.worker = None
 
   def may_fetch(self, index, length):
@@ -64,6 +63,7 @@ class _Staging(object):
 
   def fetch(self, index, path):
     """Downloads paths[index] into ready[index]; False to stop (closed or failed)."""
+    reserved = 0  # bytes counted in bytes_on_disk for this file
     try:
       length, generation = storage.stat(path)
       with self.cond:
@@ -72,25 +72,22 @@ class _Staging(object):
         if self.closed:
           return False
         self.bytes_on_disk += length
+        reserved = length
         self.stats["peak_bytes"] = max(self.stats["peak_bytes"], self.bytes_on_disk)
         self.stats["peak_files_ahead"] = max(self.stats["peak_files_ahead"],
                                              index + 1 - self.requested)
       local = os.path.join(self.stage_dir, "%05d-%s" % (index, os.path.basename(path)))
-      try:
-        storage.download(path, local, generation=generation, cancel=self.cancel)
-      except BaseException:
-        with self.cond:
-          self.bytes_on_disk -= length
-        raise
+      storage.download(path, local, generation=generation, cancel=self.cancel)
       with self.cond:
         self.stats["downloaded_files"] += 1
-        self.stats["downloaded_bytes"] += length
         self.ready[index] = (local, length)
         self.cond.notify_all()
       return not self.closed
-    except storage.Cancelled:
-      return False
     except BaseException as error:  # pylint: disable=broad-except
+      with self.cond:
+        self.bytes_on_disk -= reserved
+      if isinstance(error, storage.Cancelled):
+        return False
       if not isinstance(error, (FileNotFoundError, storage.StorageError)) or (
           path not in str(error)):
         wrapped = storage.StorageError("staging %s failed: %s: %s" % (
@@ -109,13 +106,11 @@ class _Staging(object):
       while len(self.yielded) >= self.keep_yielded:  # the oldest handed-out file goes
         local, length = self.yielded.pop(0)
         self.bytes_on_disk -= length
-        try:
+        with contextlib.suppress(OSError):
           os.remove(local)
-        except OSError:
-          pass
       index = self.requested
       if index >= len(self.paths):
-        item = None
+        item = ("end", StopIteration())
       else:
         self.requested += 1
         self.cond.notify_all()
@@ -134,8 +129,6 @@ class _Staging(object):
           self.yielded.append(item)
           return item[0]
     self.close()
-    if item is None:
-      raise StopIteration
     raise item[1]
 
   def close(self):
@@ -157,14 +150,13 @@ class _Staging(object):
 class ShardStager(_ClosedByWith):
   """Iterates over `paths`, yielding LOCAL paths in the same order (local ones pass through).
 
-  gs:// objects are downloaded by a background thread into a private temporary directory
-  (under cache_dir if given), at most `prefetch` files ahead of the consumer and
-  `max_cache_bytes` on disk (a file the consumer waits for is always fetched). A staged file
-  is deleted once `keep_yielded` newer ones were handed out (an interleave's cycle length;
-  on POSIX a deleted open file stays readable), or by close() (thread-safe, idempotent, also
-  at garbage collection or exit). A download error is raised at that file's turn and closes
-  the stager. stage_dir is None if every path is local; stats counts downloaded_files,
-  downloaded_bytes, peak_bytes, peak_files_ahead.
+  A background thread downloads gs:// objects into a private temporary directory (under
+  cache_dir if given), at most `prefetch` files ahead of the consumer and `max_cache_bytes` on
+  disk (a file the consumer waits for is always fetched). A staged file is deleted once
+  `keep_yielded` newer ones were handed out (a deleted open file stays readable), or by
+  close() (idempotent, also at garbage collection). A download error is raised at that file's
+  turn and closes the stager. stage_dir is None if every path is local; stats counts
+  downloaded_files, peak_bytes, peak_files_ahead.
   """
 
   def __init__(self, paths, cache_dir=None, max_cache_bytes=DEFAULT_MAX_CACHE_BYTES,
@@ -173,14 +165,12 @@ class ShardStager(_ClosedByWith):
       raise ValueError("prefetch must be >= 0, got %r" % (prefetch,))
     if keep_yielded < 1:
       raise ValueError("keep_yielded must be >= 1, got %r" % (keep_yielded,))
-    paths = [os.fspath(p) for p in paths]
-    remote = [storage.is_gcs(p) for p in paths]
-    for path in paths:
-      if storage.is_gcs(path):
+    self._state = _Staging([os.fspath(p) for p in paths], max_cache_bytes, prefetch,
+                           keep_yielded)
+    for path, remote in zip(self._state.paths, self._state.remote):
+      if remote:
         storage.split_gcs(path)
-    self._state = _Staging(paths, remote, int(max_cache_bytes), int(prefetch),
-                           int(keep_yielded))
-    if any(remote):
+    if any(self._state.remote):
       self._state.stage_dir = storage.temp_dir("yt8m-stage", cache_dir)
       self._state.worker = threading.Thread(target=self._state.work, name="ShardStager",
                                             daemon=True)

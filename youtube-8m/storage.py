@@ -1,18 +1,16 @@
 """One file-system layer for local paths and gs:// URLs, on google-cloud-storage.
 
-Every function accepts local paths (also `/gcs/<bucket>/...` FUSE paths, which are local) and
-gs:// URLs; TensorFlow ops only ever see local paths (see staging.py for shard read-ahead and
-mirrored train_dirs, `stage_file` and `local_output` for single files). A missing bucket
-raises StorageError, a missing object FileNotFoundError naming the gs:// path. Transient
-failures are retried by the library's policy (DEFAULT_RETRY's predicate, exponential backoff,
-120 s deadline; downloads resume), each retry logged at WARNING; after the deadline a
+TensorFlow ops only ever see local paths (staging.py, stage_file, local_output). A missing
+bucket raises StorageError, a missing object FileNotFoundError naming the gs:// path.
+Transient failures are retried by the library's DEFAULT_RETRY (logged at WARNING), then a
 StorageError names the operation, the path and the last error. STORAGE_EMULATOR_HOST selects
-an emulator. Neither TensorFlow nor google.cloud.storage is imported before first use.
+an emulator; google.cloud.storage is imported at first use.
 """
 
 import builtins
 import contextlib
 import errno
+import functools
 import glob as _pyglob
 import hashlib
 import io
@@ -108,7 +106,7 @@ def _dir_prefix(name):
   return name + "/" if name else ""
 
 
-# The library: clients, retries and error translation (imported lazily).
+# The library: clients, retries and error translation.
 
 _thread_state = threading.local()
 
@@ -119,46 +117,29 @@ def _client(path):
   clients = _thread_state.__dict__.setdefault("clients", {})
   if host not in clients:
     from google.cloud import storage as gcs  # pylint: disable=g-import-not-at-top
-    clients[host] = _call("connecting to access", path, lambda: gcs.Client(project=None))
+    clients[host] = _call("connecting to access", path, lambda retry: gcs.Client(project=None))
   return clients[host]
 
 
-class _LoggedRetry(object):
-  """The library's DEFAULT_RETRY (its predicate says which errors are transient) with
-  RETRY_OPTIONS' delays and timeout, calling on_error(exception) before each retry.
-
-  Public API only: google-cloud-storage (>= 3.0) wraps every request as `retry(func)`, and
-  api_core's Retry.__call__(func, on_error) takes the callback; the predicate has no public
-  accessor, so a new Retry could not be built from it.
-  """
-
-  def __init__(self, on_error):
-    from google.cloud.storage.retry import DEFAULT_RETRY  # pylint: disable=g-import-not-at-top
-    options = dict(RETRY_OPTIONS)
-    retry = DEFAULT_RETRY
-    if "timeout" in options:
-      retry = retry.with_timeout(options.pop("timeout"))
-    delay = {key: options.pop(key) for key in ("initial", "maximum", "multiplier")
-             if key in options}
-    if delay:
-      retry = retry.with_delay(**delay)
-    if options:
-      raise ValueError("storage.RETRY_OPTIONS: unknown option(s) %s (known: initial, "
-                       "maximum, multiplier, timeout)" % ", ".join(sorted(options)))
-    self._retry, self._on_error = retry, on_error
-
-  def __call__(self, func, on_error=None):
-    del on_error  # the library passes none; ours logs
-    return self._retry(func, on_error=self._on_error)
-
-
 def _retry(what, path):
-  """The library's retry policy, logging each retry with the path."""
+  """The library's DEFAULT_RETRY with RETRY_OPTIONS, logging each retry with the path (the
+  library wraps every request as `retry(func)`; api_core's Retry takes on_error there)."""
+  from google.cloud.storage.retry import DEFAULT_RETRY  # pylint: disable=g-import-not-at-top
+  options = dict(RETRY_OPTIONS)
+  unknown = set(options) - {"initial", "maximum", "multiplier", "timeout"}
+  if unknown:
+    raise ValueError("storage.RETRY_OPTIONS: unknown option(s) %s (known: initial, "
+                     "maximum, multiplier, timeout)" % ", ".join(sorted(unknown)))
+  retry = DEFAULT_RETRY
+  if "timeout" in options:
+    retry = retry.with_timeout(options.pop("timeout"))
+  if options:
+    retry = retry.with_delay(**options)
 
   def log(error):
     logging.warning("storage: %s %s failed (%s); retrying", what, path, _describe(error))
 
-  return _LoggedRetry(log)
+  return functools.partial(retry, on_error=log)
 
 
 def _describe(error):  # one line, at most ~300 characters
@@ -167,9 +148,10 @@ def _describe(error):  # one line, at most ~300 characters
 
 
 def _call(what, path, fn):
-  """fn(), its 404 raised by _missing(path), other API and auth errors as StorageError."""
+  """fn(retry=_retry(what, path)), its 404 raised by _missing(path), other API and auth errors
+  as StorageError."""
   try:
-    return fn()
+    return fn(retry=_retry(what, path))
   except Exception as error:  # pylint: disable=broad-except
     from google.api_core import exceptions as gapi  # pylint: disable=g-import-not-at-top
     from google.auth import exceptions as auth  # pylint: disable=g-import-not-at-top
@@ -193,9 +175,9 @@ def _missing(path):
   from google.api_core import exceptions as gapi  # pylint: disable=g-import-not-at-top
   bucket = split_gcs(path)[0]
 
-  def bucket_exists():
+  def bucket_exists(retry):
     try:
-      return _client(path).bucket(bucket).exists(retry=_retry("checking bucket of", path))
+      return _client(path).bucket(bucket).exists(retry=retry)
     except gapi.GoogleAPICallError:  # e.g. 403 without storage.buckets.get: it exists
       return True
 
@@ -214,8 +196,7 @@ def stat(path):
   bucket, name = split_gcs(path)
   if not name or name.endswith("/"):
     raise IsADirectoryError(errno.EISDIR, "Is a directory (not an object)", path)
-  blob = _call("stat", path, lambda: _client(path).bucket(bucket).get_blob(
-      name, retry=_retry("stat", path)))
+  blob = _call("stat", path, functools.partial(_client(path).bucket(bucket).get_blob, name))
   if blob is None:
     _missing(path)
   return int(blob.size or 0), blob.generation
@@ -224,9 +205,9 @@ def stat(path):
 def _list(path, prefix, **options):
   """([blob], [prefix]) under prefix in path's bucket (list_blobs options), retried."""
 
-  def do_list():
-    pages = _client(path).list_blobs(split_gcs(path)[0], prefix=prefix or None,
-                                     retry=_retry("listing", path), **options)
+  def do_list(retry):
+    pages = _client(path).list_blobs(split_gcs(path)[0], prefix=prefix or None, retry=retry,
+                                     **options)
     return list(pages), sorted(pages.prefixes)
 
   return _call("listing", path, do_list)
@@ -251,9 +232,8 @@ class _CancellableSink(object):
 
 
 def _download(path, file_obj, generation=None, cancel=None, what="download"):
-  blob = _blob(path, generation=generation)
   sink = file_obj if cancel is None else _CancellableSink(file_obj, cancel)
-  _call(what, path, lambda: blob.download_to_file(sink, retry=_retry(what, path)))
+  _call(what, path, functools.partial(_blob(path, generation).download_to_file, sink))
 
 
 def download(path, local_path, generation=None, cancel=None):
@@ -267,8 +247,8 @@ def download(path, local_path, generation=None, cancel=None):
 def upload(local_path, path):
   """Uploads a local file as one gs:// object; returns the object's new generation."""
   blob = _blob(path)
-  _call("upload", path, lambda: blob.upload_from_filename(
-      local_path, content_type="application/octet-stream", retry=_retry("upload", path)))
+  _call("upload", path, functools.partial(blob.upload_from_filename, local_path,
+                                          content_type="application/octet-stream"))
   return blob.generation
 
 
@@ -307,10 +287,8 @@ def exists(path):
   if not remote:
     return os.path.exists(path)
   name = split_gcs(path)[1]
-  if name and not name.endswith("/"):
-    blob = _blob(path)
-    if _call("stat", path, lambda: blob.exists(retry=_retry("stat", path))):
-      return True
+  if name and not name.endswith("/") and _call("stat", path, _blob(path).exists):
+    return True
   return isdir(path)
 
 
@@ -364,8 +342,7 @@ def remove(path):
   name = split_gcs(path)[1]
   if not name or name.endswith("/"):
     raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
-  blob = _blob(path)
-  _call("delete", path, lambda: blob.delete(retry=_retry("delete", path)))
+  _call("delete", path, _blob(path).delete)
 
 
 def size(path):
@@ -377,20 +354,19 @@ def size(path):
 def _copy_gcs_to_gcs(src, dst):
   """A server-side rewrite (in as many calls as the service asks for)."""
   from google.api_core import exceptions as gapi  # pylint: disable=g-import-not-at-top
-  what = "copy to %s from" % dst
   source, target = _blob(src), _blob(dst)
 
-  def rewrite():
+  def rewrite(retry):
     try:
-      token, _, _ = target.rewrite(source, retry=_retry(what, src))
+      token, _, _ = target.rewrite(source, retry=retry)
       while token is not None:
-        token, _, _ = target.rewrite(source, token=token, retry=_retry(what, src))
+        token, _, _ = target.rewrite(source, token=token, retry=retry)
     except gapi.NotFound:
-      if _call("stat", src, lambda: source.exists(retry=_retry("stat", src))):
+      if _call("stat", src, source.exists):
         _missing(dst)  # the source exists: the target bucket does not
       raise
 
-  _call(what, src, rewrite)
+  _call("copy to %s from" % dst, src, rewrite)
 
 
 def copy(src, dst):
@@ -498,8 +474,8 @@ def stage_file(path, cache_dir=None):
 
 
 def temp_name(name):
-  """'.<name>.tmp-<pid>-<random>': a hidden temporary name for name that carries this
-  process's id, so that remove_orphans can tell a live write from a killed one."""
+  """'.<name>.tmp-<pid>-<random>': a hidden temporary name carrying this process's id, so
+  that remove_orphans can tell a live write from a killed one."""
   return ".%s.tmp-%d-%s" % (name[:100], os.getpid(), os.urandom(4).hex())
 
 
@@ -533,8 +509,8 @@ def _running(pid):
 
 
 def remove_orphans(directory, name):
-  """Removes the files and directories temp_name(name) named in a local directory for a
-  process no longer running on this machine (what a kill -9 mid-write leaves)."""
+  """Removes the temp_name(name) files and directories in a local directory of processes no
+  longer running (what a kill -9 mid-write leaves)."""
   stem = ".%s.tmp-" % name[:100]
   try:
     entries = [entry for entry in os.listdir(directory) if entry.startswith(stem)]
@@ -545,11 +521,7 @@ def remove_orphans(directory, name):
     if pid.isdigit() and not _running(int(pid)):
       path = os.path.join(directory, entry)
       logging.info("Removing %s, left by an interrupted write", path)
-      if os.path.isdir(path):
-        shutil.rmtree(path, ignore_errors=True)
-      else:
-        with contextlib.suppress(OSError):
-          os.remove(path)
+      interrupts.remove_path(path)
 
 
 def _skip_event_thread_traceback(args):

@@ -18,6 +18,7 @@ ground truth. Global quantities come from default_rng([seed, K]), each file from
 default_rng([seed, split_index, file_index]): output bytes do not depend on --num_threads.
 """
 import concurrent.futures
+import contextlib
 import csv
 import inspect
 import os
@@ -133,16 +134,12 @@ class _LabelSampler(object):
     self.num_classes = num_classes
     w = counts[:num_classes].astype(np.float64)
     self.weights = w / w.sum()
-    groups = {}
-    for i, v in enumerate(verticals[:num_classes]):
-      if v and v != "(Unknown)":
-        groups.setdefault(v, []).append(i)
+    verticals = np.array(verticals[:num_classes])
+    self.groups = [np.flatnonzero(verticals == v).astype(np.int64)
+                   for v in sorted(set(verticals) - {"", "(Unknown)"})]
     self.group_of = np.full(num_classes, -1, dtype=np.int64)
-    self.groups = []
-    for gi, v in enumerate(sorted(groups)):
-      members = np.array(groups[v], dtype=np.int64)
+    for gi, members in enumerate(self.groups):
       self.group_of[members] = gi
-      self.groups.append(members)
     self.max_labels = min(MAX_LABELS_PER_VIDEO, num_classes)
 
   @staticmethod
@@ -254,18 +251,15 @@ def _generate_video(rng, sampler, prototypes_q, offset_q, params, noise_table, m
 
 def _generate_file(seed, model, task):
   """Writes one file per level of `task` = (split_index, file_index, split, ids, {level: path})
-  (hidden temporary names, renamed when complete); returns (frames, bytes) written. `model`:
+  (storage.local_output: renamed when complete); returns (frames, bytes) written. `model`:
   the keyword arguments of _generate_video but rng."""
   split_index, file_index, split, ids, paths = task
   rng = np.random.default_rng([seed, split_index, file_index])
   levels = sorted(paths)
-  temps = {level: interrupts.temporary(os.path.join(os.path.dirname(path), storage.temp_name(
-      os.path.basename(path)))) for level, path in paths.items()}
-  writers = {}
   num_frames = 0
-  try:
-    for level in levels:
-      writers[level] = _tf().io.TFRecordWriter(temps[level])
+  with contextlib.ExitStack() as stack:  # each writer closes before its file is renamed
+    writers = {level: stack.enter_context(_tf().io.TFRecordWriter(
+        stack.enter_context(storage.local_output(paths[level])))) for level in levels}
     for vid in ids:
       interrupts.check("writing %s" % paths[levels[0]])
       labels, q = _generate_video(rng, **model)
@@ -278,16 +272,6 @@ def _generate_file(seed, model, task):
             np.float32)
         writers["video"].write(
             _video_record(vid, stored_labels, means[:RGB_DIM], means[RGB_DIM:]))
-    for level in levels:
-      writers.pop(level).close()
-      os.replace(temps[level], paths[level])
-  finally:
-    for writer in writers.values():
-      writer.close()
-    for level in levels:
-      if os.path.exists(temps[level]):
-        os.remove(temps[level])
-      interrupts.release(temps[level])
   return num_frames, sum(os.path.getsize(paths[level]) for level in levels)
 
 
@@ -315,10 +299,14 @@ def _check(cond, flag, message):
     raise ValueError("--%s: %s" % (flag, message))
 
 
-def _check_arguments(num_files, videos_per_file, validate_videos_per_file,
-                     test_videos_per_file, num_classes, difficulty, min_frames, max_frames,
-                     levels, num_threads):
-  """generate()'s checks, naming the flag at fault."""
+def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_files=2,
+             videos_per_file=50, validate_videos_per_file=None, test_videos_per_file=None,
+             num_classes=NUM_CLASSES, seed=0, difficulty=0.5, min_frames=60, max_frames=360,
+             levels="both", num_threads=None):
+  """Writes a synthetic dataset under `output_dir` (arguments as the flags); returns
+  {"output_dir", "files": {level: {split: [paths]}}, "codes": {split: [codes]},
+  "num_videos": {split: int}}."""
+  num_files = dict(zip(SPLITS, (num_train_files, num_validate_files, num_test_files)))
   for split in SPLITS:
     _check(0 <= num_files[split] <= MAX_FILES_PER_SPLIT, "num_%s_files" % split,
            "must be in [0, %d], got %r" % (MAX_FILES_PER_SPLIT, num_files[split]))
@@ -336,37 +324,6 @@ def _check_arguments(num_files, videos_per_file, validate_videos_per_file,
   _check(levels in LEVELS, "levels", "must be one of %s, got %r" % ("/".join(LEVELS), levels))
   _check(num_threads is None or num_threads >= 1, "num_threads",
          "must be >= 1, got %r" % num_threads)
-
-
-def _plan_files(output_dir, out_levels, num_files, per_file, ids):
-  """(tasks of _generate_file, {level: {split: [paths]}}, {split: [codes]}): each file's
-  videos are the next per_file[split] of ids."""
-  tasks = []
-  files = {level: {s: [] for s in SPLITS} for level in out_levels}
-  codes = {}
-  pos = 0
-  for split_index, split in enumerate(SPLITS):
-    codes[split] = file_codes(split, num_files[split])
-    for file_index, code in enumerate(codes[split]):
-      paths = {level: os.path.join(output_dir, level, "%s%s.tfrecord" % (split, code))
-               for level in out_levels}
-      for level in out_levels:
-        files[level][split].append(paths[level])
-      tasks.append((split_index, file_index, split, ids[pos:pos + per_file[split]], paths))
-      pos += per_file[split]
-  return tasks, files, codes
-
-
-def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_files=2,
-             videos_per_file=50, validate_videos_per_file=None, test_videos_per_file=None,
-             num_classes=NUM_CLASSES, seed=0, difficulty=0.5, min_frames=60, max_frames=360,
-             levels="both", num_threads=None):
-  """Writes a synthetic dataset under `output_dir` (arguments as the flags); returns
-  {"output_dir", "files": {level: {split: [paths]}}, "codes": {split: [codes]},
-  "num_videos": {split: int}}."""
-  num_files = dict(zip(SPLITS, (num_train_files, num_validate_files, num_test_files)))
-  _check_arguments(num_files, videos_per_file, validate_videos_per_file, test_videos_per_file,
-                   num_classes, difficulty, min_frames, max_frames, levels, num_threads)
   per_file = dict(zip(SPLITS, (videos_per_file, validate_videos_per_file or videos_per_file,
                                test_videos_per_file or videos_per_file)))
   num_videos = {s: num_files[s] * per_file[s] for s in SPLITS}
@@ -385,8 +342,17 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
       "noise_table": gaussian_noise_table(params["frame_noise_std"]),
       "min_frames": min_frames, "max_frames": max_frames}
   ids = make_video_ids(seed, total_videos)
-
-  tasks, files, codes = _plan_files(output_dir, out_levels, num_files, per_file, ids)
+  # Tasks of _generate_file; each file's videos are the next per_file[split] of ids.
+  codes = {split: file_codes(split, num_files[split]) for split in SPLITS}
+  tasks, pos = [], 0
+  for split_index, split in enumerate(SPLITS):
+    for file_index, code in enumerate(codes[split]):
+      paths = {level: os.path.join(output_dir, level, "%s%s.tfrecord" % (split, code))
+               for level in out_levels}
+      tasks.append((split_index, file_index, split, ids[pos:pos + per_file[split]], paths))
+      pos += per_file[split]
+  files = {level: {split: [task[4][level] for task in tasks if task[2] == split]
+                   for split in SPLITS} for level in out_levels}
 
   for level in out_levels:
     os.makedirs(os.path.join(output_dir, level), exist_ok=True)
