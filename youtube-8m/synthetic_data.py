@@ -299,6 +299,30 @@ def _check(cond, flag, message):
     raise ValueError("--%s: %s" % (flag, message))
 
 
+def _plan_files(output_dir, out_levels, codes, per_file, ids):
+  """(tasks of _generate_file, {level: {split: [paths]}}): each file's videos are the next
+  per_file[split] of ids. Creates the level directories and warns about other .tfrecord files
+  there (glob patterns would match them too)."""
+  tasks, pos = [], 0
+  for split_index, split in enumerate(SPLITS):
+    for file_index, code in enumerate(codes[split]):
+      paths = {level: os.path.join(output_dir, level, "%s%s.tfrecord" % (split, code))
+               for level in out_levels}
+      tasks.append((split_index, file_index, split, ids[pos:pos + per_file[split]], paths))
+      pos += per_file[split]
+  files = {level: {split: [task[4][level] for task in tasks if task[2] == split]
+                   for split in SPLITS} for level in out_levels}
+  for level in out_levels:
+    os.makedirs(os.path.join(output_dir, level), exist_ok=True)
+    expected = set(os.path.basename(p) for v in files[level].values() for p in v)
+    stale = sorted(n for n in os.listdir(os.path.join(output_dir, level))
+                   if n.endswith(".tfrecord") and n not in expected)
+    if stale:
+      logging.warning("%s/%s already holds %d other .tfrecord files (e.g. %s) that glob "
+                      "patterns will also match.", output_dir, level, len(stale), stale[0])
+  return tasks, files
+
+
 def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_files=2,
              videos_per_file=50, validate_videos_per_file=None, test_videos_per_file=None,
              num_classes=NUM_CLASSES, seed=0, difficulty=0.5, min_frames=60, max_frames=360,
@@ -341,28 +365,9 @@ def generate(output_dir, num_train_files=20, num_validate_files=60, num_test_fil
       "offset_q": (global_offset(seed) - np.float32(QUANT_BIAS)) / np.float32(QUANT_SCALE),
       "noise_table": gaussian_noise_table(params["frame_noise_std"]),
       "min_frames": min_frames, "max_frames": max_frames}
-  ids = make_video_ids(seed, total_videos)
-  # Tasks of _generate_file; each file's videos are the next per_file[split] of ids.
   codes = {split: file_codes(split, num_files[split]) for split in SPLITS}
-  tasks, pos = [], 0
-  for split_index, split in enumerate(SPLITS):
-    for file_index, code in enumerate(codes[split]):
-      paths = {level: os.path.join(output_dir, level, "%s%s.tfrecord" % (split, code))
-               for level in out_levels}
-      tasks.append((split_index, file_index, split, ids[pos:pos + per_file[split]], paths))
-      pos += per_file[split]
-  files = {level: {split: [task[4][level] for task in tasks if task[2] == split]
-                   for split in SPLITS} for level in out_levels}
-
-  for level in out_levels:
-    os.makedirs(os.path.join(output_dir, level), exist_ok=True)
-    expected = set(os.path.basename(p) for v in files[level].values() for p in v)
-    stale = sorted(n for n in os.listdir(os.path.join(output_dir, level))
-                   if n.endswith(".tfrecord") and n not in expected)
-    if stale:
-      logging.warning("%s/%s already holds %d other .tfrecord files (e.g. %s) that glob "
-                      "patterns will also match.", output_dir, level, len(stale), stale[0])
-
+  tasks, files = _plan_files(output_dir, out_levels, codes, per_file,
+                             make_video_ids(seed, total_videos))
   num_frames, num_bytes = _write_files(tasks, seed, model, num_threads)
   seconds = time.time() - start_time
   logging.info(
