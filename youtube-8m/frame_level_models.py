@@ -1,18 +1,16 @@
-"""Frame-level models: the Gated NetVLAD model of the 10th-place solution (NetVLADModelLF).
+"""The Gated NetVLAD model of the 10th-place solution (NetVLADModelLF).
 
 Graph and variable names follow the original exactly (docs/original.md): 32 variables per
-model, e.g. ``video_VLAD/conv2/cluster_weights``, ``hidden1_weights/hidden1_weights``,
-``gates/weights``, ``gating_prob_weights``. The settings come as arguments (model_graph's
-ModelConfig).
+model, e.g. ``video_VLAD/conv2/cluster_weights``, ``hidden1_weights/hidden1_weights``.
 """
 
+import functools
 import math
 
 import tensorflow as tf
 
 from . import fp16_layers
 from . import model_utils
-from . import models
 from . import video_level_models
 
 tf1 = tf.compat.v1
@@ -22,11 +20,10 @@ def netvlad(reshaped_input, feature_size, max_frames, cluster_size, is_training,
             compute_dtype=tf.float32, recompute_input=None, row_scale=None):
   """NetVLAD pooling of [batch*frames, feature_size] into [batch, feature_size*cluster_size].
 
-  The frames' features are row_scale [batch*frames, 1] (None: 1) times reshaped_input: the
-  scale is applied to both matmuls' [batch*frames, cluster_size] side, a 1/32 of the data of
-  the input's side. reshaped_input is in compute_dtype; both matmuls run in it, the rest in
-  float32. recompute_input: None, or a function making reshaped_input's values anew, which
-  the gradients of both matmuls then use (fp16_layers.recomputed_in_backward).
+  The features are row_scale [batch*frames, 1] (None: 1) times reshaped_input (in
+  compute_dtype, as both matmuls): the scale is applied to the matmuls' [batch*frames,
+  cluster_size] side. recompute_input: None, or a function making reshaped_input anew for
+  both matmuls' gradients (fp16_layers.recomputed_in_backward).
   """
   def with_input(forward, *others):
     if recompute_input is None:
@@ -77,28 +74,15 @@ def normalization_scale(vlad):
   return inverse * tf.math.rsqrt(tf.maximum(total, model_utils.L2_EPSILON))
 
 
-def _once(make):
-  """make(), built on the first call only: both matmuls' gradients share one recomputed input."""
-  made = []
-
-  def tensor():
-    if not made:
-      made.append(make())
-    return made[0]
-  return tensor
-
-
-class NetVLADModelLF(models.BaseModel):
+class NetVLADModelLF(object):
   """Gated NetVLAD: video and audio NetVLAD -> hidden1 (BN, relu6) -> hidden2 (2H) ->
   context gating -> MoE with probability gating.
 
   model_input: [batch, max_frames, 1024 + 128] (rgb columns first, then audio): the input
   features, or the uint8-quantized frames (only the sampled ones are dequantized).
-  compute_dtype: the dtype of the matmuls (fp16_layers.matmul); the sampled rgb and audio
-  features are cast to it once.
+  compute_dtype: the dtype of the matmuls (fp16_layers.matmul).
   recompute_features: in float32 training, the backward pass makes the sampled uint8 frames'
-  rgb features anew instead of holding them from the forward pass (the same gradients, bit
-  for bit; less memory for one more dequantization).
+  rgb features anew instead of holding them (the same gradients, bit for bit; less memory).
   """
 
   def create_model(self, model_input, vocab_size, num_frames, cluster_size, hidden_size,
@@ -106,14 +90,10 @@ class NetVLADModelLF(models.BaseModel):
                    is_training=True, sampling_seed=None, compute_dtype=tf.float32,
                    recompute_features=True, kernel_storage=None, **classifier_params):
     kernel_dtype = fp16_layers.kernel_dtype(kernel_storage, float16_flag)
-
     sampler = (model_utils.sample_random_frames if sample_random_frames
                else model_utils.sample_random_sequence)
     model_input = sampler(model_input, num_frames, iterations, seed=sampling_seed)
-    feature_size = int(model_input.shape[2])
-    if feature_size <= 1024:
-      raise ValueError("NetVLADModelLF needs rgb (1024) + audio features, got %d columns"
-                       % feature_size)
+    feature_size = int(model_input.shape[2])  # rgb (1024) then audio: ModelConfig.validate
     blocks, row_scale = model_utils.sampled_feature_blocks(
         model_input, num_frames, [1024, feature_size - 1024])
     (video_frames, make_video_frames), (audio_frames, _) = [
@@ -124,7 +104,9 @@ class NetVLADModelLF(models.BaseModel):
     video_again = None
     if (is_training and recompute_features and make_video_frames
         and compute_dtype == tf.float32):
-      video_again = _once(lambda: fp16_layers.as_compute(make_video_frames(), compute_dtype))
+      # Built once, when the first of both matmuls' gradients needs it.
+      video_again = functools.cache(
+          lambda: fp16_layers.as_compute(make_video_frames(), compute_dtype))
 
     with tf1.variable_scope("video_VLAD"):
       vlad_video = netvlad(video_frames, 1024, iterations, cluster_size, is_training,
@@ -147,8 +129,7 @@ class NetVLADModelLF(models.BaseModel):
 def hidden_layers(vlad, hidden_size, gating, kernel_dtype, is_training, compute_dtype):
   """hidden1 (H, batch norm, relu6) -> hidden2 (2H) [-> context gating] of the NetVLAD
   features. hidden1's kernel is stored as kernel_dtype; hidden2's and the gating's are float32
-  (as in the original, also with --float16_flag) unless kernel_dtype is uint8 (8-bit storage
-  covers them too: two 8-member ensembles of the original's sizes fit 1 GiB only so)."""
+  (as in the original, also with --float16_flag) unless kernel_dtype is uint8."""
   vlad_dim = int(vlad.shape[1])
   small_dtype = tf.uint8 if kernel_dtype == tf.uint8 else tf.float32
   with tf1.variable_scope("hidden1_weights"):

@@ -1,13 +1,6 @@
-"""The model graph shared by train.py, eval.py and the ensemble tools.
-
-* ``ModelConfig``: every setting that shapes the graph, each declared once as a field from
-  which its flag (``define_flags()``) and its model_flags.json rules derive; built from flags
-  and/or model_flags.json (``read_model_flags()``), with the consistency checks.
-* ``build_model()``: the (ensemble) graph under variable scope ``tower``: model 0 in
-  ``tower/``, model i in ``tower/model{i}/``; predictions = sum_i ensemble_wts[i] * p_i.
-* ``build_inference_graph()`` / ``export_inference_meta()``: only the model behind two
-  placeholders (``input_batch_raw``, ``num_frames``), the meta graph of inference checkpoints.
-"""
+"""The model graph shared by train.py, eval.py and the ensemble tools: ``ModelConfig`` (every
+setting that shapes the graph: its flag and its model_flags.json rules), ``build_model()`` (the
+ensemble under scope ``tower``) and the inference checkpoints' meta graph."""
 
 import dataclasses
 import json
@@ -36,9 +29,9 @@ VIDEO_LEVEL_MODELS = ("LogisticModel", "MoeModel")
 # model_flags.json keys. The first five are the original's; the rest record the
 # architecture so that eval.py and resumed training rebuild exactly the trained graph.
 ORIGINAL_KEYS = ("model", "feature_sizes", "feature_names", "frame_features", "label_loss")
-# Keys of an original json that describe its reader; its `model` and `label_loss` were
-# dead flags there (the original always trained NetVLADModelLF with cross-entropy).
-ORIGINAL_READER_KEYS = ("feature_sizes", "feature_names", "frame_features")
+# Keys of an original json that describe its reader, required in every json; its `model` and
+# `label_loss` were dead flags there (the original always trained NetVLADModelLF, cross-entropy).
+ORIGINAL_READER_KEYS = ("feature_names", "feature_sizes", "frame_features")
 TRAINING_KEY = "training"
 MEMBER_PREDICTIONS = "member_predictions"
 # How model_flags.json compares a setting with this run's value (the `key` of a setting).
@@ -57,8 +50,7 @@ def setting(default, help_text, key=None):
 
 @dataclasses.dataclass
 class ModelConfig:
-  """The model settings, each declared once here: its flag, default, help and model_flags.json
-  rule derive from its field. Built from flags or model_flags.json by from_dict, normalised by
+  """The model settings, from flags or model_flags.json (from_dict), normalised by
   __post_init__."""
   model: str = setting(
       "", "Model class: NetVLADModelLF (frame level) or LogisticModel / MoeModel (video "
@@ -148,23 +140,22 @@ class ModelConfig:
     if self.ensemble_num > 1 and self.model != "NetVLADModelLF":
       raise ValueError("--ensemble_num=%d: ensembles are built of NetVLADModelLF models, "
                        "not %s" % (self.ensemble_num, self.model))
-    for name in LIST_FIELDS:  # __post_init__ made ensemble_wts [1.0] for a single model
+    # __post_init__ made ensemble_wts [1.0] for a single model.
+    for name in ("netvlad_cluster_size", "netvlad_hidden_size", "ensemble_wts"):
       values = getattr(self, name)
-      if name == "kernel_storage":
-        if values and len(values) != self.ensemble_num:
-          raise ValueError("--kernel_storage was given %d time(s) (%s) but --ensemble_num=%d: "
-                           "give it once per model, or not at all (--float16_flag's storage)"
-                           % (len(values), values, self.ensemble_num))
-        bad = [v for v in values if v not in KERNEL_STORAGES]
-        if bad:
-          raise ValueError("--kernel_storage values must be %s, got %s"
-                           % (", ".join(KERNEL_STORAGES), bad))
-        continue
       if len(values) != self.ensemble_num:
         raise ValueError("--%s was given %d time(s) (%s) but --ensemble_num=%d: give it once "
                          "per model" % (name, len(values), values, self.ensemble_num))
       if name != "ensemble_wts" and any(v < 1 for v in values):
         raise ValueError("--%s values must be positive, got %s" % (name, values))
+    if self.kernel_storage and len(self.kernel_storage) != self.ensemble_num:
+      raise ValueError("--kernel_storage was given %d time(s) (%s) but --ensemble_num=%d: "
+                       "give it once per model, or not at all (--float16_flag's storage)"
+                       % (len(self.kernel_storage), self.kernel_storage, self.ensemble_num))
+    bad = [v for v in self.kernel_storage if v not in KERNEL_STORAGES]
+    if bad:
+      raise ValueError("--kernel_storage values must be %s, got %s"
+                       % (", ".join(KERNEL_STORAGES), bad))
     self._validate_classifier()
     return self
 
@@ -208,9 +199,8 @@ class ModelConfig:
   def describe(self):
     if self.model != "NetVLADModelLF":
       return self.model
-    parts = ["c%dh%d" % (c, h) for c, h in zip(self.netvlad_cluster_size,
-                                               self.netvlad_hidden_size)]
-    text = "NetVLADModelLF " + "+".join(parts)
+    text = "NetVLADModelLF " + "+".join("c%dh%d" % sizes for sizes in zip(
+        self.netvlad_cluster_size, self.netvlad_hidden_size))
     if self.ensemble_num > 1:
       text += " weights %s" % self.ensemble_wts
     if self.kernel_storage:
@@ -274,8 +264,6 @@ _TYPES = {
 _JSON_RULES = [(expected, is_valid, [f.name for f in FIELDS if f.type == kind])
                for kind, (_, expected, is_valid) in _TYPES.items()]
 _JSON_RULES.append(("an object", lambda value: isinstance(value, dict), [TRAINING_KEY]))
-# Written by the original code as well as by this project's tools.
-_REQUIRED_JSON_KEYS = ("feature_names", "feature_sizes", "frame_features")
 
 
 def define_flags():
@@ -305,7 +293,7 @@ def read_model_flags(train_dir, required=True):
   if not isinstance(model_flags, dict):
     raise ValueError("%s holds a JSON %s, expected an object of model flags"
                      % (path, type(model_flags).__name__))
-  missing = [key for key in _REQUIRED_JSON_KEYS if key not in model_flags]
+  missing = [key for key in ORIGINAL_READER_KEYS if key not in model_flags]
   if missing:
     raise ValueError("%s lacks %s" % (path, ", ".join(missing)))
   for expected, is_valid, keys in _JSON_RULES:
@@ -369,10 +357,8 @@ def check_same_architecture(stored, config, source):
 def config_for_evaluation(train_dir, explicit_checks=()):
   """The configuration of the model stored in train_dir, with this run's explicit flags.
 
-  Flags not given on the command line come from model_flags.json (an original json gives
-  only the reader; the rest comes from the flags). A given flag must match a strict key of
-  the json; soft keys (iterations, ensemble_wts, ...) may differ. Training-only flags in
-  ``explicit_checks`` (base_learning_rate, ...) are compared and only warned about.
+  Flags not given come from model_flags.json. A given flag must match a strict key of the
+  json; soft keys may differ. Training-only flags in ``explicit_checks`` are only warned about.
   """
   notice_flags_without_effect()
   stored = read_stored_flags(train_dir)
@@ -405,16 +391,12 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
                 compute_dtype=tf.float32, sampling_seeds=None):
   """Builds the (ensemble) model under scope `tower`; returns (predictions, model_input).
 
-  model_input_raw: the reader's video_matrix (frame level: uint8-quantized frames, zero bytes
-  past num_frames) or dequantized float32 features (the inference graph's placeholder).
-  model_input = the L2-normalized features (each frame's rgb+audio vector as a whole), the
-  original's `input_batch`. Quantized frames of a single model are instead dequantized and
-  normalized after its frame sampling, rgb and audio columns apart
-  (model_utils.sampled_feature_blocks): the same values up to float32 rounding, for far less
-  memory, and less work when it samples fewer frames than the video holds.
-  compute_dtype (from --compute_dtype, not part of the config: the variables do not depend on
-  it) is the dtype of the matmuls; predictions are float32. Evaluation and inference sample
-  model i's frames with the fixed seed sampling_seeds[i] (default (0, i)).
+  Model 0 in ``tower/``, model i in ``tower/model{i}/``; predictions = sum_i ensemble_wts[i] *
+  p_i, float32. model_input_raw: the reader's uint8 frames (zero bytes past num_frames) or
+  float32 features (the inference graph's placeholder). model_input: the L2-normalized
+  features, the original's `input_batch`; a single model samples the uint8 frames instead
+  (model_utils.sampled_feature_blocks). compute_dtype: the matmuls' dtype. Evaluation and
+  inference sample model i's frames with the fixed seed sampling_seeds[i] (default (0, i)).
   """
   quantized = model_input_raw.dtype == tf.uint8
   valid = tf.sequence_mask(num_frames, tf.shape(model_input_raw)[1]) if quantized else None
@@ -461,18 +443,14 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
 
 def input_shape(config):
   """Shape of one raw input batch: [None, 300, D] (frame level) or [None, D]."""
-  feature_dim = sum(config.features[1])
-  if config.frame_features:
-    return [None, dataset_layout.MAX_FRAMES, feature_dim]
-  return [None, feature_dim]
+  frames = [dataset_layout.MAX_FRAMES] if config.frame_features else []
+  return [None] + frames + [sum(config.features[1])]
 
 
 def build_inference_graph(config):
-  """(graph, saver): the model behind placeholders, for inference checkpoints' meta graphs.
-
-  Collections as the original's submission meta: global_step, input_batch_raw, input_batch,
-  num_frames, predictions (and the standard variable collections).
-  """
+  """(graph, saver): the model behind placeholders, for inference checkpoints' meta graphs,
+  with the original's collections: global_step, input_batch_raw, input_batch, num_frames,
+  predictions."""
   graph = tf.Graph()
   with graph.as_default():
     global_step = create_global_step()
@@ -490,8 +468,7 @@ def build_inference_graph(config):
 
 def export_inference_meta(meta_path, config, built=None):
   """Writes the inference graph's MetaGraphDef (with its saver_def) to meta_path. built: the
-  (graph, saver) build_inference_graph(config) returned, if the caller has it (the export
-  does not change it: the same bytes as a graph built anew)."""
+  (graph, saver) of build_inference_graph(config), if the caller has it (left unchanged)."""
   graph, saver = built or build_inference_graph(config)
   with graph.as_default():
     tf1.train.export_meta_graph(filename=meta_path, graph=graph,
