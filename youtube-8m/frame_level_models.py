@@ -16,6 +16,13 @@ from . import video_level_models
 tf1 = tf.compat.v1
 
 
+def _normal_kernel(name, shape, stddev, dtype=tf.float32, scope=None):
+  """The original's variable (scope or name)/name, initialized from N(0, stddev^2)."""
+  with tf1.variable_scope(scope or name):
+    return fp16_layers.model_variable(
+        name, shape, dtype=dtype, initializer=tf1.random_normal_initializer(stddev=stddev))
+
+
 def netvlad(reshaped_input, feature_size, max_frames, cluster_size, is_training,
             compute_dtype=tf.float32, recompute_input=None, row_scale=None):
   """NetVLAD pooling of [batch*frames, feature_size] into [batch, feature_size*cluster_size].
@@ -34,20 +41,15 @@ def netvlad(reshaped_input, feature_size, max_frames, cluster_size, is_training,
     return rows if row_scale is None else rows * row_scale
 
   stddev = 1 / math.sqrt(feature_size)
-  with tf1.variable_scope("conv2"):
-    cluster_weights = fp16_layers.model_variable(
-        "cluster_weights", [feature_size, cluster_size],
-        initializer=tf1.random_normal_initializer(stddev=stddev))
+  cluster_weights = _normal_kernel("cluster_weights", [feature_size, cluster_size], stddev,
+                                   scope="conv2")
   activation = scaled(with_input(
       lambda inputs, kernel: fp16_layers.matmul(inputs, kernel, compute_dtype), cluster_weights))
   activation = fp16_layers.batch_norm(activation, is_training=is_training, scope="cluster_bn")
   activation = tf.nn.softmax(activation)
   a_sum = tf.reduce_sum(tf.reshape(activation, [-1, max_frames, cluster_size]), -2,
                         keepdims=True)
-  with tf1.variable_scope("cluster_weights2"):
-    cluster_weights2 = fp16_layers.model_variable(
-        "cluster_weights2", [1, feature_size, cluster_size],
-        initializer=tf1.random_normal_initializer(stddev=stddev))
+  cluster_weights2 = _normal_kernel("cluster_weights2", [1, feature_size, cluster_size], stddev)
   anchors = tf.multiply(a_sum, cluster_weights2)
 
   # [batch, feature_size, cluster_size] directly: the input's side transposed in the matmul.
@@ -132,18 +134,14 @@ def hidden_layers(vlad, hidden_size, gating, kernel_dtype, is_training, compute_
   (as in the original, also with --float16_flag) unless kernel_dtype is uint8."""
   vlad_dim = int(vlad.shape[1])
   small_dtype = tf.uint8 if kernel_dtype == tf.uint8 else tf.float32
-  with tf1.variable_scope("hidden1_weights"):
-    hidden1_weights = fp16_layers.model_variable(
-        "hidden1_weights", [vlad_dim, hidden_size], dtype=kernel_dtype,
-        initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vlad_dim)))
+  hidden1_weights = _normal_kernel("hidden1_weights", [vlad_dim, hidden_size],
+                                   1 / math.sqrt(vlad_dim), kernel_dtype)
   activation = fp16_layers.matmul(vlad, hidden1_weights, compute_dtype)
   activation = fp16_layers.batch_norm(activation, is_training=is_training, scope="hidden1_bn")
   activation = tf.nn.relu6(activation)
 
-  with tf1.variable_scope("hidden2_weights"):
-    hidden2_weights = fp16_layers.model_variable(
-        "hidden2_weights", [hidden_size, 2 * hidden_size], dtype=small_dtype,
-        initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(hidden_size)))
+  hidden2_weights = _normal_kernel("hidden2_weights", [hidden_size, 2 * hidden_size],
+                                   1 / math.sqrt(hidden_size), small_dtype)
   hidden2_biases = fp16_layers.model_variable(
       "hidden2_biases", [2 * hidden_size],
       initializer=tf1.random_normal_initializer(stddev=0.01))
@@ -151,10 +149,8 @@ def hidden_layers(vlad, hidden_size, gating, kernel_dtype, is_training, compute_
                 + hidden2_biases)
 
   if gating:
-    with tf1.variable_scope("gating_weights"):
-      gating_weights = fp16_layers.model_variable(
-          "gating_weights", [2 * hidden_size, 2 * hidden_size], dtype=small_dtype,
-          initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(2 * hidden_size)))
+    gating_weights = _normal_kernel("gating_weights", [2 * hidden_size, 2 * hidden_size],
+                                    1 / math.sqrt(2 * hidden_size), small_dtype)
     gates = fp16_layers.matmul(activation, gating_weights, compute_dtype)
     gates = fp16_layers.batch_norm(gates, is_training=is_training, scope="gating_bn")
     activation = tf.multiply(activation, tf.sigmoid(gates))

@@ -383,8 +383,7 @@ def create_global_step():
   """The original's int32 `global_step` variable (non-trainable, GLOBAL_STEP collection)."""
   return tf1.get_variable(
       "global_step", shape=[], dtype=tf.int32, initializer=tf.zeros_initializer(),
-      trainable=False,
-      collections=[tf1.GraphKeys.GLOBAL_VARIABLES, tf1.GraphKeys.GLOBAL_STEP])
+      trainable=False, collections=[tf1.GraphKeys.GLOBAL_VARIABLES, tf1.GraphKeys.GLOBAL_STEP])
 
 
 def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
@@ -394,14 +393,16 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
   Model 0 in ``tower/``, model i in ``tower/model{i}/``; predictions = sum_i ensemble_wts[i] *
   p_i, float32. model_input_raw: the reader's uint8 frames (zero bytes past num_frames) or
   float32 features (the inference graph's placeholder). model_input: the L2-normalized
-  features, the original's `input_batch`; a single model samples the uint8 frames instead
-  (model_utils.sampled_feature_blocks). compute_dtype: the matmuls' dtype. Evaluation and
+  features, the original's `input_batch`. compute_dtype: the matmuls' dtype. Evaluation and
   inference sample model i's frames with the fixed seed sampling_seeds[i] (default (0, i)).
   """
   quantized = model_input_raw.dtype == tf.uint8
   valid = tf.sequence_mask(num_frames, tf.shape(model_input_raw)[1]) if quantized else None
-  model_input = model_utils.input_features(model_input_raw, valid)
-  # An ensemble's models sample one normalized tensor, instead of normalizing n samples.
+  # Each frame's vector L2-normalized as a whole.
+  model_input = tf.nn.l2_normalize(model_utils.dequantize_frames(model_input_raw, valid)
+                                   if quantized else model_input_raw, -1)
+  # The models sample the uint8 frames unless they sample more frames in all than a video
+  # holds: then they sample one normalized tensor, instead of normalizing n samples.
   model_frames = model_input
   if quantized and config.ensemble_num * config.iterations <= model_input_raw.shape[1]:
     model_frames = model_input_raw
@@ -429,10 +430,8 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
         predictions.append(result["predictions"])
         # Each member's own predictions, for mixing-weight search.
         tf1.add_to_collection(MEMBER_PREDICTIONS, result["predictions"])
-      if config.ensemble_num == 1:
-        mixed = predictions[0]
-      else:
-        mixed = tf.add_n([weight * p for weight, p in zip(config.ensemble_wts, predictions)])
+      mixed = predictions[0] if config.ensemble_num == 1 else tf.add_n(
+          [weight * p for weight, p in zip(config.ensemble_wts, predictions)])
     else:
       model = getattr(video_level_models, config.model)()
       mixed = model.create_model(model_input, config.num_classes, is_training=is_training,

@@ -24,13 +24,6 @@ def dequantize_frames(quantized, valid):
   return tf.where(tf.expand_dims(valid, -1), dequantize(quantized), 0.0)
 
 
-def input_features(frames, valid):
-  """Each frame's vector L2-normalized as a whole (uint8 frames dequantized first)."""
-  if frames.dtype == tf.uint8:
-    frames = dequantize_frames(frames, valid)
-  return tf.nn.l2_normalize(frames, -1)
-
-
 def sampled_feature_blocks(sampled, num_frames, sizes):
   """The input features of sampled frames [batch, samples, sum(sizes)] as column blocks.
 

@@ -47,9 +47,6 @@ class DynamicLossScale(object):
     self.good_steps = tf1.get_variable("loss_scale_good_steps", initializer=0,
                                        trainable=False, collections=local)
 
-  def unscale(self, gradients):
-    return [(g / self.scale, v) for g, v in gradients]
-
   def apply_if_finite(self, optimizer, gradients, global_step):
     """The train op: applies the (unscaled) gradients if all are finite; updates the scale."""
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g, _ in gradients])

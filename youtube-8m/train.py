@@ -109,15 +109,6 @@ def check_flags():
     raise ValueError("--train_data_pattern is required")
 
 
-def tower_devices():
-  """min(--num_gpu, GPUs) GPUs, else one CPU; with --cpu_towers, --num_gpu CPU devices
-  (gpu_check.model_devices)."""
-  if FLAGS.num_gpu < 0:
-    raise ValueError("--num_gpu must be >= 0, got %d" % FLAGS.num_gpu)
-  return gpu_check.model_devices(FLAGS.allow_cpu_on_gpu_machine, FLAGS.num_gpu,
-                                 max(FLAGS.num_gpu, 1) if FLAGS.cpu_towers else 0)
-
-
 def remove_training_artifacts(train_dir):
   """--start_new_model: delete what train.py wrote (not the whole directory)."""
   if not storage.isdir(train_dir):
@@ -190,8 +181,14 @@ def warm_start(sess, graph_vars, prefix):
 def train(config, task):
   """Trains on this process's share; the chief alone writes model_flags.json, checkpoints
   and summaries. Returns the last global step."""
+  # The towers: min(--num_gpu, GPUs) GPUs, else one CPU; with --cpu_towers, --num_gpu CPUs.
   # First: a GPU machine whose GPUs TensorFlow cannot use stops here, before any output.
-  devices = tower_devices() if task.task_type != "ps" else None
+  devices = None
+  if task.task_type != "ps":  # parameter servers use no tower
+    if FLAGS.num_gpu < 0:
+      raise ValueError("--num_gpu must be >= 0, got %d" % FLAGS.num_gpu)
+    devices = gpu_check.model_devices(FLAGS.allow_cpu_on_gpu_machine, FLAGS.num_gpu,
+                                      max(FLAGS.num_gpu, 1) if FLAGS.cpu_towers else 0)
   server = None
   if task.distributed:
     server = tf1.train.Server(tf.train.ClusterSpec(task.cluster), job_name=task.task_type,

@@ -107,7 +107,7 @@ def _train_op(optimizer, tower_gradients, loss_scale, global_step):
   skipped if not finite, with loss scaling)."""
   gradients = optimization.average_gradients(tower_gradients)
   if loss_scale:
-    gradients = loss_scale.unscale(gradients)
+    gradients = [(g / loss_scale.scale, v) for g, v in gradients]
   if FLAGS.clip_gradient_norm > 0:
     gradients = [(optimization.clip_by_norm(g, FLAGS.clip_gradient_norm), v)
                  for g, v in gradients]
