@@ -1,8 +1,5 @@
-"""The Gated NetVLAD model of the 10th-place solution (NetVLADModelLF).
-
-Graph and variable names follow the original exactly (docs/original.md): 32 variables per
-model, e.g. ``video_VLAD/conv2/cluster_weights``, ``hidden1_weights/hidden1_weights``.
-"""
+"""The Gated NetVLAD model of the 10th-place solution (NetVLADModelLF): graph and variable names
+as the original's (docs/original.md), e.g. ``video_VLAD/conv2/cluster_weights``."""
 
 import functools
 import math
@@ -64,12 +61,9 @@ def netvlad(reshaped_input, feature_size, max_frames, cluster_size, is_training,
 
 
 def normalization_scale(vlad):
-  """[batch, 1, clusters]: the factor of l2_normalize(reshape(l2_normalize(vlad, 1)), 1).
-
-  Each cluster's column is normalized, then the whole flattened vector: the second norm
-  follows from the first's sums of squares (sum over clusters of n_k / max(n_k, eps)), so
-  the [batch, features, clusters] tensor is squared and summed once, and scaled once.
-  """
+  """[batch, 1, clusters]: the factor of l2_normalize(reshape(l2_normalize(vlad, 1)), 1), the
+  second norm from the first's sums of squares (sum over clusters of n_k / max(n_k, eps)):
+  the [batch, features, clusters] tensor is squared and summed once, and scaled once."""
   square_norm = tf.reduce_sum(tf.square(vlad), 1, keepdims=True)
   inverse = tf.math.rsqrt(tf.maximum(square_norm, model_utils.L2_EPSILON))
   total = tf.reduce_sum(square_norm * tf.square(inverse), -1, keepdims=True)

@@ -73,11 +73,9 @@ def _gather_frames(model_input, num_frames, frame_index):
 
 
 def sample_random_frames(model_input, num_frames, num_samples, seed=None):
-  """num_samples frames per video, uniform with replacement among its valid frames.
-
-  model_input: [batch, max_frames, features], the input features or the uint8 frames (sampled
-  as they are); num_frames: [batch] int32. Returns [batch, num_samples, features].
-  """
+  """num_samples frames per video, uniform with replacement among its valid frames, of
+  model_input [batch, max_frames, features] (features or uint8 frames): [batch, num_samples,
+  features]. num_frames: [batch] int32."""
   return _gather_frames(model_input, num_frames, lambda batch_size, frames: tf.cast(
       _uniform(batch_size, num_samples, seed) * frames, tf.int32))
 

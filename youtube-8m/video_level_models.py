@@ -1,7 +1,5 @@
-"""Video-level classifiers: LogisticModel and MoeModel (also NetVLADModelLF's classifier).
-
-Each create_model returns {"predictions": [batch, vocab_size] in (0, 1)}.
-"""
+"""Video-level classifiers LogisticModel and MoeModel (also NetVLADModelLF's classifier): their
+create_model returns {"predictions": [batch, vocab_size] in (0, 1)}."""
 
 import math
 
