@@ -72,8 +72,7 @@ class Exporter(object):
 
   def after_step(self, step, metrics_step):
     """The exports and uploads due after step (metrics_step: its metrics were logged)."""
-    if metrics_step and (self.cadence is None or
-                         step - self.cadence >= FLAGS.export_model_steps):
+    if metrics_step and (self.cadence is None or step - self.cadence >= FLAGS.export_model_steps):
       self.export(step)
       self.cadence = step
     if FLAGS.save_model_secs and time.time() - self.timer >= FLAGS.save_model_secs:
