@@ -29,9 +29,9 @@ VIDEO_LEVEL_MODELS = ("LogisticModel", "MoeModel")
 # model_flags.json keys. The first five are the original's; the rest record the
 # architecture so that eval.py and resumed training rebuild exactly the trained graph.
 ORIGINAL_KEYS = ("model", "feature_sizes", "feature_names", "frame_features", "label_loss")
-# Keys of an original json that describe its reader, required in every json; its `model` and
-# `label_loss` were dead flags there (the original always trained NetVLADModelLF, cross-entropy).
-ORIGINAL_READER_KEYS = ("feature_names", "feature_sizes", "frame_features")
+# Keys of an original json that describe its reader; its `model` and `label_loss` were
+# dead flags there (the original always trained NetVLADModelLF with cross-entropy).
+ORIGINAL_READER_KEYS = ("feature_sizes", "feature_names", "frame_features")
 TRAINING_KEY = "training"
 MEMBER_PREDICTIONS = "member_predictions"
 # How model_flags.json compares a setting with this run's value (the `key` of a setting).
@@ -264,6 +264,8 @@ _TYPES = {
 _JSON_RULES = [(expected, is_valid, [f.name for f in FIELDS if f.type == kind])
                for kind, (_, expected, is_valid) in _TYPES.items()]
 _JSON_RULES.append(("an object", lambda value: isinstance(value, dict), [TRAINING_KEY]))
+# Written by the original code as well as by this project's tools.
+_REQUIRED_JSON_KEYS = ("feature_names", "feature_sizes", "frame_features")
 
 
 def define_flags():
@@ -293,7 +295,7 @@ def read_model_flags(train_dir, required=True):
   if not isinstance(model_flags, dict):
     raise ValueError("%s holds a JSON %s, expected an object of model flags"
                      % (path, type(model_flags).__name__))
-  missing = [key for key in ORIGINAL_READER_KEYS if key not in model_flags]
+  missing = [key for key in _REQUIRED_JSON_KEYS if key not in model_flags]
   if missing:
     raise ValueError("%s lacks %s" % (path, ", ".join(missing)))
   for expected, is_valid, keys in _JSON_RULES:
@@ -343,11 +345,9 @@ def _normalized(name, value):
 
 def check_same_architecture(stored, config, source):
   """Raises naming every strict key whose stored value differs from config's."""
-  differences = []
-  for name in STRICT_KEYS:
-    if name in stored and _normalized(name, stored[name]) != getattr(config, name):
-      differences.append("--%s: %r in %s, %r now" % (name, stored[name], source,
-                                                     getattr(config, name)))
+  differences = ["--%s: %r in %s, %r now" % (name, stored[name], source, getattr(config, name))
+                 for name in STRICT_KEYS
+                 if name in stored and _normalized(name, stored[name]) != getattr(config, name)]
   if differences:
     raise ValueError("The model configuration differs from %s (use another --train_dir, or "
                      "--start_new_model to start over): %s"
