@@ -73,9 +73,8 @@ def done_queues(task):
   queues = []
   for index in range(task.num_ps):
     with tf.device("/job:ps/task:%d" % index):
-      queues.append(tf1.FIFOQueue(len(task.trainers), tf.int32,
-                                  shared_name="done_queue_%d" % index,
-                                  name="done_queue_%d" % index))
+      name = "done_queue_%d" % index
+      queues.append(tf1.FIFOQueue(len(task.trainers), tf.int32, shared_name=name, name=name))
   return queues
 
 

@@ -1,19 +1,10 @@
-"""fully_connected / batch_norm for tf.compat.v1 graphs, with float16 kernel storage.
+"""fully_connected / batch_norm for tf.compat.v1 graphs, with float16 or uint8 kernel storage.
 
 Variable names, shapes, initial values and collections follow tf.contrib.slim (which the
-original vendored with a dtype switch), so checkpoints stay name-compatible:
-
-* fully_connected(scope="gates") -> ``gates/weights`` [in, out], ``gates/biases`` [out]
-* batch_norm(scope="cluster_bn") -> ``cluster_bn/{beta,gamma,moving_mean,moving_variance}``
-
-With ``dtype=tf.float16`` only the kernel is stored in float16; it is cast to float32 right
-before the matmul, so all compute (activations, losses) stays float32. Biases and every
-batch-norm variable stay float32 (as in the original's float16 mode).
-
-Mixed precision (``compute_dtype`` bfloat16 or float16, --compute_dtype): only the matmuls run
-in that dtype (operands cast, product cast back to float32); variables, batch norm, softmax,
-sigmoid and losses stay float32, so checkpoints do not depend on it. A float16 kernel is used
-as stored by float16 compute and cast to bfloat16 (through float32) by bfloat16 compute.
+original vendored), so checkpoints stay name-compatible: fully_connected(scope="gates") ->
+``gates/weights``, ``gates/biases``; batch_norm(scope="bn") -> ``bn/beta`` ... Only kernels
+may be stored narrower, and only the matmuls run in --compute_dtype (docs/differences.md,
+"Mixed precision"): biases, batch norm and everything else stay float32.
 """
 
 import tensorflow as tf
@@ -42,25 +33,20 @@ def l2_regularizer(scale):
     with tf1.name_scope("l2_regularizer"):
       return tf.multiply(float(scale), tf.nn.l2_loss(tf.cast(weights, tf.float32)),
                          name="value")
-
   return regularizer
 
 
 def model_variable(name, shape, dtype=tf.float32, initializer=None, regularizer=None,
                    trainable=True, collections=()):
-  """tf1.get_variable that also lands in MODEL_VARIABLES (slim.model_variable semantics).
-
-  The regularization loss is registered here, outside tf1.get_variable, so that a reused
-  variable (a second tower) does not add it twice.
-  """
+  """tf1.get_variable that also lands in MODEL_VARIABLES (slim.model_variable); a reused
+  variable (a second tower) does not add its regularization loss again."""
   if dtype == tf.uint8:  # 8-bit storage: codes and codebook, never trained or regularized
     return quantization.quantized_variable(name, shape)
   collections = list(collections) + [tf1.GraphKeys.GLOBAL_VARIABLES,
                                      tf1.GraphKeys.MODEL_VARIABLES]
-  scope_reuse = tf1.get_variable_scope().reuse
   variable = tf1.get_variable(name, shape=shape, dtype=dtype, initializer=initializer,
                               trainable=trainable, collections=collections)
-  if regularizer is not None and not scope_reuse:
+  if regularizer is not None and not tf1.get_variable_scope().reuse:
     tf1.add_to_collection(tf1.GraphKeys.REGULARIZATION_LOSSES, regularizer(variable))
   return variable
 
@@ -74,10 +60,7 @@ def kernel_dtype(kernel_storage=None, float16_flag=False):
   """The dtype of the large kernels: kernel_storage's, or by default --float16_flag's."""
   if kernel_storage is None:
     return tf.float16 if float16_flag else tf.float32
-  if kernel_storage not in KERNEL_STORAGES:
-    raise ValueError("kernel storage %r is not one of %s" % (kernel_storage,
-                                                              ", ".join(KERNEL_STORAGES)))
-  return KERNEL_STORAGES[kernel_storage]
+  return KERNEL_STORAGES[kernel_storage]  # checked by ModelConfig.validate
 
 
 COMPUTE_DTYPES = {"float32": tf.float32, "bfloat16": tf.bfloat16, "float16": tf.float16}
@@ -112,11 +95,6 @@ def emulated_bfloat16_warning(cpu):
           % cpu.describe())
 
 
-def as_float32(tensor):
-  """Cast a float16 kernel for float32 compute; float32 passes through unchanged."""
-  return tensor if tensor.dtype == tf.float32 else tf.cast(tensor, tf.float32)
-
-
 def as_compute(tensor, compute_dtype):
   """A matmul operand in compute_dtype (no op when it already is)."""
   if tensor.dtype == compute_dtype:
@@ -128,29 +106,19 @@ def as_compute(tensor, compute_dtype):
 
 
 def matmul(inputs, kernel, compute_dtype=tf.float32, transpose_a=False):
-  """inputs x kernel with a float32 product, computed in compute_dtype.
-
-  float32 is the original's graph (a float16 kernel cast to float32). Otherwise both operands
-  are cast to compute_dtype and the product back to float32: the gradients of the float32
-  variables come back float32 through the casts.
-  """
+  """inputs x kernel (a float16 kernel cast to float32, as the original), computed in
+  compute_dtype: both operands cast to it and the product back to float32."""
   if isinstance(kernel, quantization.QuantizedKernel):
     return kernel.matmul(inputs, compute_dtype)
-  if compute_dtype == tf.float32:
-    return tf.matmul(inputs, as_float32(kernel), transpose_a=transpose_a)
-  return tf.cast(tf.matmul(as_compute(inputs, compute_dtype),
-                           as_compute(kernel, compute_dtype), transpose_a=transpose_a),
-                 tf.float32)
+  product = tf.matmul(as_compute(inputs, compute_dtype), as_compute(kernel, compute_dtype),
+                      transpose_a=transpose_a)
+  return product if compute_dtype == tf.float32 else tf.cast(product, tf.float32)
 
 
 def recomputed_in_backward(forward, inputs, recompute, *others):
-  """forward(inputs, *others), whose gradients w.r.t. others are the ops autodiff builds,
-  but on recompute() instead of inputs: inputs is not held from the forward pass to the
-  backward pass (e.g. the sampled features).
-
-  inputs must need no gradient; recompute() must return the same values (it runs only when
-  the gradient arrives, so that the tensor lives only at the end of the backward pass).
-  """
+  """forward(inputs, *others), whose gradients w.r.t. others are autodiff's on recompute()
+  instead of inputs, which is then not held until the backward pass. inputs needs no gradient;
+  recompute() returns the same values (built after the gradient arrives)."""
   @tf.custom_gradient
   def call(*args):
     def grad(output_gradient):
@@ -166,18 +134,11 @@ def fully_connected(inputs, num_outputs, activation_fn=tf.nn.relu, normalizer_fn
                     biases_initializer=tf.zeros_initializer(), scope=None, dtype=tf.float32,
                     compute_dtype=tf.float32):
   """slim.fully_connected for rank-2 inputs: act(norm(x W) or x W + b) (a normalizer replaces
-  the bias, as in slim), with Glorot uniform ``weights`` [in, out] stored as ``dtype`` (float32
-  or float16) and float32 ``biases`` [out]; x W is computed in compute_dtype (see matmul)."""
-  if dtype not in (tf.float32, tf.float16, tf.uint8):
-    raise ValueError("fully_connected kernel dtype must be float32, float16 or uint8, got %s"
-                     % dtype)
+  the bias, as in slim), with Glorot uniform ``weights`` [in, out] stored as ``dtype`` and
+  float32 ``biases`` [out]; x W is computed in compute_dtype (see matmul)."""
   with tf1.variable_scope(scope, "fully_connected", [inputs]):
     inputs = tf.convert_to_tensor(inputs)
-    input_size = inputs.shape[-1]
-    if input_size is None:
-      raise ValueError("fully_connected needs a known last input dimension, got shape %s"
-                       % inputs.shape)
-    weights = model_variable("weights", [int(input_size), num_outputs], dtype=dtype,
+    weights = model_variable("weights", [int(inputs.shape[-1]), num_outputs], dtype=dtype,
                              initializer=tf1.glorot_uniform_initializer(),
                              regularizer=weights_regularizer)
     outputs = matmul(inputs, weights, compute_dtype)
@@ -194,11 +155,9 @@ def fully_connected(inputs, num_outputs, activation_fn=tf.nn.relu, normalizer_fn
 def batch_norm(inputs, is_training=True, scope=None, reuse=None):
   """slim.batch_norm (TF 1.8 fused-kernel semantics, center and scale) over all but the last axis.
 
-  Training normalizes with the batch mean and the biased batch variance, and adds to
-  UPDATE_OPS (the caller makes the loss depend on them) the updates of moving_mean /
-  moving_variance with BATCH_NORM_DECAY (no zero-debias), the variance update using the
-  Bessel-corrected n/(n-1) batch variance as the fused kernel did. Inference
-  (is_training=False) normalizes with the moving statistics.
+  Training normalizes with the batch statistics and adds to UPDATE_OPS the moving averages'
+  updates (no zero-debias; the variance's with the Bessel-corrected batch variance, as the
+  fused kernel). Inference (is_training=False) normalizes with the moving statistics.
   """
   with tf1.variable_scope(scope, "BatchNorm", [inputs], reuse=reuse):
     inputs = tf.convert_to_tensor(inputs)
@@ -206,13 +165,11 @@ def batch_norm(inputs, is_training=True, scope=None, reuse=None):
     reduction_axes = list(range(inputs.shape.ndims - 1))
     beta = model_variable("beta", params_shape, initializer=tf.zeros_initializer())
     gamma = model_variable("gamma", params_shape, initializer=tf.ones_initializer())
-    moving_collections = [tf1.GraphKeys.MOVING_AVERAGE_VARIABLES]
-    moving_mean = model_variable("moving_mean", params_shape,
-                                 initializer=tf.zeros_initializer(), trainable=False,
-                                 collections=moving_collections)
-    moving_variance = model_variable("moving_variance", params_shape,
-                                     initializer=tf.ones_initializer(), trainable=False,
-                                     collections=moving_collections)
+    moving_mean, moving_variance = [
+        model_variable(name, params_shape, initializer=initializer, trainable=False,
+                       collections=[tf1.GraphKeys.MOVING_AVERAGE_VARIABLES])
+        for name, initializer in (("moving_mean", tf.zeros_initializer()),
+                                  ("moving_variance", tf.ones_initializer()))]
     if not is_training:
       return tf.nn.batch_normalization(inputs, moving_mean, moving_variance, beta, gamma,
                                        BATCH_NORM_EPSILON)
@@ -226,8 +183,7 @@ def batch_norm(inputs, is_training=True, scope=None, reuse=None):
     count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(inputs), reduction_axes)), tf.float32)
     unbiased_variance = variance * count / tf.maximum(count - 1.0, 1.0)
     with tf1.name_scope("AssignMovingAvg"):
-      tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign_sub(
-          moving_mean, (moving_mean - mean) * (1.0 - decay)))
-      tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign_sub(
-          moving_variance, (moving_variance - unbiased_variance) * (1.0 - decay)))
+      for moving, batch_value in ((moving_mean, mean), (moving_variance, unbiased_variance)):
+        tf1.add_to_collection(tf1.GraphKeys.UPDATE_OPS, tf1.assign_sub(
+            moving, (moving - batch_value) * (1.0 - decay)))
     return tf.nn.batch_normalization(inputs, mean, variance, beta, gamma, BATCH_NORM_EPSILON)

@@ -1,32 +1,33 @@
-"""Frame-level models: the Gated NetVLAD model of the 10th-place solution (NetVLADModelLF).
+"""The Gated NetVLAD model of the 10th-place solution (NetVLADModelLF): graph and variable names
+as the original's (docs/original.md), e.g. ``video_VLAD/conv2/cluster_weights``."""
 
-Graph and variable names follow the original exactly (docs/original.md): 32 variables per
-model, e.g. ``video_VLAD/conv2/cluster_weights``, ``hidden1_weights/hidden1_weights``,
-``gates/weights``, ``gating_prob_weights``. The settings come as arguments (model_graph's
-ModelConfig).
-"""
-
+import functools
 import math
 
 import tensorflow as tf
 
 from . import fp16_layers
 from . import model_utils
-from . import models
 from . import video_level_models
 
 tf1 = tf.compat.v1
+
+
+def _normal_kernel(name, shape, stddev, dtype=tf.float32, scope=None):
+  """The original's variable (scope or name)/name, initialized from N(0, stddev^2)."""
+  with tf1.variable_scope(scope or name):
+    return fp16_layers.model_variable(
+        name, shape, dtype=dtype, initializer=tf1.random_normal_initializer(stddev=stddev))
 
 
 def netvlad(reshaped_input, feature_size, max_frames, cluster_size, is_training,
             compute_dtype=tf.float32, recompute_input=None, row_scale=None):
   """NetVLAD pooling of [batch*frames, feature_size] into [batch, feature_size*cluster_size].
 
-  The frames' features are row_scale [batch*frames, 1] (None: 1) times reshaped_input: the
-  scale is applied to both matmuls' [batch*frames, cluster_size] side, a 1/32 of the data of
-  the input's side. reshaped_input is in compute_dtype; both matmuls run in it, the rest in
-  float32. recompute_input: None, or a function making reshaped_input's values anew, which
-  the gradients of both matmuls then use (fp16_layers.recomputed_in_backward).
+  The features are row_scale [batch*frames, 1] (None: 1) times reshaped_input (in
+  compute_dtype, as both matmuls): the scale is applied to the matmuls' [batch*frames,
+  cluster_size] side. recompute_input: None, or a function making reshaped_input anew for
+  both matmuls' gradients (fp16_layers.recomputed_in_backward).
   """
   def with_input(forward, *others):
     if recompute_input is None:
@@ -37,20 +38,15 @@ def netvlad(reshaped_input, feature_size, max_frames, cluster_size, is_training,
     return rows if row_scale is None else rows * row_scale
 
   stddev = 1 / math.sqrt(feature_size)
-  with tf1.variable_scope("conv2"):
-    cluster_weights = fp16_layers.model_variable(
-        "cluster_weights", [feature_size, cluster_size],
-        initializer=tf1.random_normal_initializer(stddev=stddev))
+  cluster_weights = _normal_kernel("cluster_weights", [feature_size, cluster_size], stddev,
+                                   scope="conv2")
   activation = scaled(with_input(
       lambda inputs, kernel: fp16_layers.matmul(inputs, kernel, compute_dtype), cluster_weights))
   activation = fp16_layers.batch_norm(activation, is_training=is_training, scope="cluster_bn")
   activation = tf.nn.softmax(activation)
   a_sum = tf.reduce_sum(tf.reshape(activation, [-1, max_frames, cluster_size]), -2,
                         keepdims=True)
-  with tf1.variable_scope("cluster_weights2"):
-    cluster_weights2 = fp16_layers.model_variable(
-        "cluster_weights2", [1, feature_size, cluster_size],
-        initializer=tf1.random_normal_initializer(stddev=stddev))
+  cluster_weights2 = _normal_kernel("cluster_weights2", [1, feature_size, cluster_size], stddev)
   anchors = tf.multiply(a_sum, cluster_weights2)
 
   # [batch, feature_size, cluster_size] directly: the input's side transposed in the matmul.
@@ -65,40 +61,24 @@ def netvlad(reshaped_input, feature_size, max_frames, cluster_size, is_training,
 
 
 def normalization_scale(vlad):
-  """[batch, 1, clusters]: the factor of l2_normalize(reshape(l2_normalize(vlad, 1)), 1).
-
-  Each cluster's column is normalized, then the whole flattened vector: the second norm
-  follows from the first's sums of squares (sum over clusters of n_k / max(n_k, eps)), so
-  the [batch, features, clusters] tensor is squared and summed once, and scaled once.
-  """
+  """[batch, 1, clusters]: the factor of l2_normalize(reshape(l2_normalize(vlad, 1)), 1), the
+  second norm from the first's sums of squares (sum over clusters of n_k / max(n_k, eps)):
+  the [batch, features, clusters] tensor is squared and summed once, and scaled once."""
   square_norm = tf.reduce_sum(tf.square(vlad), 1, keepdims=True)
   inverse = tf.math.rsqrt(tf.maximum(square_norm, model_utils.L2_EPSILON))
   total = tf.reduce_sum(square_norm * tf.square(inverse), -1, keepdims=True)
   return inverse * tf.math.rsqrt(tf.maximum(total, model_utils.L2_EPSILON))
 
 
-def _once(make):
-  """make(), built on the first call only: both matmuls' gradients share one recomputed input."""
-  made = []
-
-  def tensor():
-    if not made:
-      made.append(make())
-    return made[0]
-  return tensor
-
-
-class NetVLADModelLF(models.BaseModel):
+class NetVLADModelLF(object):
   """Gated NetVLAD: video and audio NetVLAD -> hidden1 (BN, relu6) -> hidden2 (2H) ->
   context gating -> MoE with probability gating.
 
   model_input: [batch, max_frames, 1024 + 128] (rgb columns first, then audio): the input
   features, or the uint8-quantized frames (only the sampled ones are dequantized).
-  compute_dtype: the dtype of the matmuls (fp16_layers.matmul); the sampled rgb and audio
-  features are cast to it once.
+  compute_dtype: the dtype of the matmuls (fp16_layers.matmul).
   recompute_features: in float32 training, the backward pass makes the sampled uint8 frames'
-  rgb features anew instead of holding them from the forward pass (the same gradients, bit
-  for bit; less memory for one more dequantization).
+  rgb features anew instead of holding them (the same gradients, bit for bit; less memory).
   """
 
   def create_model(self, model_input, vocab_size, num_frames, cluster_size, hidden_size,
@@ -106,14 +86,10 @@ class NetVLADModelLF(models.BaseModel):
                    is_training=True, sampling_seed=None, compute_dtype=tf.float32,
                    recompute_features=True, kernel_storage=None, **classifier_params):
     kernel_dtype = fp16_layers.kernel_dtype(kernel_storage, float16_flag)
-
     sampler = (model_utils.sample_random_frames if sample_random_frames
                else model_utils.sample_random_sequence)
     model_input = sampler(model_input, num_frames, iterations, seed=sampling_seed)
-    feature_size = int(model_input.shape[2])
-    if feature_size <= 1024:
-      raise ValueError("NetVLADModelLF needs rgb (1024) + audio features, got %d columns"
-                       % feature_size)
+    feature_size = int(model_input.shape[2])  # rgb (1024) then audio: ModelConfig.validate
     blocks, row_scale = model_utils.sampled_feature_blocks(
         model_input, num_frames, [1024, feature_size - 1024])
     (video_frames, make_video_frames), (audio_frames, _) = [
@@ -124,7 +100,9 @@ class NetVLADModelLF(models.BaseModel):
     video_again = None
     if (is_training and recompute_features and make_video_frames
         and compute_dtype == tf.float32):
-      video_again = _once(lambda: fp16_layers.as_compute(make_video_frames(), compute_dtype))
+      # Built once, when the first of both matmuls' gradients needs it.
+      video_again = functools.cache(
+          lambda: fp16_layers.as_compute(make_video_frames(), compute_dtype))
 
     with tf1.variable_scope("video_VLAD"):
       vlad_video = netvlad(video_frames, 1024, iterations, cluster_size, is_training,
@@ -147,22 +125,17 @@ class NetVLADModelLF(models.BaseModel):
 def hidden_layers(vlad, hidden_size, gating, kernel_dtype, is_training, compute_dtype):
   """hidden1 (H, batch norm, relu6) -> hidden2 (2H) [-> context gating] of the NetVLAD
   features. hidden1's kernel is stored as kernel_dtype; hidden2's and the gating's are float32
-  (as in the original, also with --float16_flag) unless kernel_dtype is uint8 (8-bit storage
-  covers them too: two 8-member ensembles of the original's sizes fit 1 GiB only so)."""
+  (as in the original, also with --float16_flag) unless kernel_dtype is uint8."""
   vlad_dim = int(vlad.shape[1])
   small_dtype = tf.uint8 if kernel_dtype == tf.uint8 else tf.float32
-  with tf1.variable_scope("hidden1_weights"):
-    hidden1_weights = fp16_layers.model_variable(
-        "hidden1_weights", [vlad_dim, hidden_size], dtype=kernel_dtype,
-        initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vlad_dim)))
+  hidden1_weights = _normal_kernel("hidden1_weights", [vlad_dim, hidden_size],
+                                   1 / math.sqrt(vlad_dim), kernel_dtype)
   activation = fp16_layers.matmul(vlad, hidden1_weights, compute_dtype)
   activation = fp16_layers.batch_norm(activation, is_training=is_training, scope="hidden1_bn")
   activation = tf.nn.relu6(activation)
 
-  with tf1.variable_scope("hidden2_weights"):
-    hidden2_weights = fp16_layers.model_variable(
-        "hidden2_weights", [hidden_size, 2 * hidden_size], dtype=small_dtype,
-        initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(hidden_size)))
+  hidden2_weights = _normal_kernel("hidden2_weights", [hidden_size, 2 * hidden_size],
+                                   1 / math.sqrt(hidden_size), small_dtype)
   hidden2_biases = fp16_layers.model_variable(
       "hidden2_biases", [2 * hidden_size],
       initializer=tf1.random_normal_initializer(stddev=0.01))
@@ -170,10 +143,8 @@ def hidden_layers(vlad, hidden_size, gating, kernel_dtype, is_training, compute_
                 + hidden2_biases)
 
   if gating:
-    with tf1.variable_scope("gating_weights"):
-      gating_weights = fp16_layers.model_variable(
-          "gating_weights", [2 * hidden_size, 2 * hidden_size], dtype=small_dtype,
-          initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(2 * hidden_size)))
+    gating_weights = _normal_kernel("gating_weights", [2 * hidden_size, 2 * hidden_size],
+                                    1 / math.sqrt(2 * hidden_size), small_dtype)
     gates = fp16_layers.matmul(activation, gating_weights, compute_dtype)
     gates = fp16_layers.batch_norm(gates, is_training=is_training, scope="gating_bn")
     activation = tf.multiply(activation, tf.sigmoid(gates))

@@ -1,13 +1,6 @@
-"""The model graph shared by train.py, eval.py and the ensemble tools.
-
-* ``ModelConfig``: every setting that shapes the graph, each declared once as a field from
-  which its flag (``define_flags()``) and its model_flags.json rules derive; built from flags
-  and/or model_flags.json (``read_model_flags()``), with the consistency checks.
-* ``build_model()``: the (ensemble) graph under variable scope ``tower``: model 0 in
-  ``tower/``, model i in ``tower/model{i}/``; predictions = sum_i ensemble_wts[i] * p_i.
-* ``build_inference_graph()`` / ``export_inference_meta()``: only the model behind two
-  placeholders (``input_batch_raw``, ``num_frames``), the meta graph of inference checkpoints.
-"""
+"""The model graph shared by train.py, eval.py and the ensemble tools: ``ModelConfig`` (every
+setting that shapes the graph: its flag and its model_flags.json rules), ``build_model()`` (the
+ensemble under scope ``tower``) and the inference checkpoints' meta graph."""
 
 import dataclasses
 import json
@@ -57,8 +50,7 @@ def setting(default, help_text, key=None):
 
 @dataclasses.dataclass
 class ModelConfig:
-  """The model settings, each declared once here: its flag, default, help and model_flags.json
-  rule derive from its field. Built from flags or model_flags.json by from_dict, normalised by
+  """The model settings, from flags or model_flags.json (from_dict), normalised by
   __post_init__."""
   model: str = setting(
       "", "Model class: NetVLADModelLF (frame level) or LogisticModel / MoeModel (video "
@@ -148,23 +140,22 @@ class ModelConfig:
     if self.ensemble_num > 1 and self.model != "NetVLADModelLF":
       raise ValueError("--ensemble_num=%d: ensembles are built of NetVLADModelLF models, "
                        "not %s" % (self.ensemble_num, self.model))
-    for name in LIST_FIELDS:  # __post_init__ made ensemble_wts [1.0] for a single model
+    # __post_init__ made ensemble_wts [1.0] for a single model.
+    for name in ("netvlad_cluster_size", "netvlad_hidden_size", "ensemble_wts"):
       values = getattr(self, name)
-      if name == "kernel_storage":
-        if values and len(values) != self.ensemble_num:
-          raise ValueError("--kernel_storage was given %d time(s) (%s) but --ensemble_num=%d: "
-                           "give it once per model, or not at all (--float16_flag's storage)"
-                           % (len(values), values, self.ensemble_num))
-        bad = [v for v in values if v not in KERNEL_STORAGES]
-        if bad:
-          raise ValueError("--kernel_storage values must be %s, got %s"
-                           % (", ".join(KERNEL_STORAGES), bad))
-        continue
       if len(values) != self.ensemble_num:
         raise ValueError("--%s was given %d time(s) (%s) but --ensemble_num=%d: give it once "
                          "per model" % (name, len(values), values, self.ensemble_num))
       if name != "ensemble_wts" and any(v < 1 for v in values):
         raise ValueError("--%s values must be positive, got %s" % (name, values))
+    if self.kernel_storage and len(self.kernel_storage) != self.ensemble_num:
+      raise ValueError("--kernel_storage was given %d time(s) (%s) but --ensemble_num=%d: "
+                       "give it once per model, or not at all (--float16_flag's storage)"
+                       % (len(self.kernel_storage), self.kernel_storage, self.ensemble_num))
+    bad = [v for v in self.kernel_storage if v not in KERNEL_STORAGES]
+    if bad:
+      raise ValueError("--kernel_storage values must be %s, got %s"
+                       % (", ".join(KERNEL_STORAGES), bad))
     self._validate_classifier()
     return self
 
@@ -208,9 +199,8 @@ class ModelConfig:
   def describe(self):
     if self.model != "NetVLADModelLF":
       return self.model
-    parts = ["c%dh%d" % (c, h) for c, h in zip(self.netvlad_cluster_size,
-                                               self.netvlad_hidden_size)]
-    text = "NetVLADModelLF " + "+".join(parts)
+    text = "NetVLADModelLF " + "+".join("c%dh%d" % sizes for sizes in zip(
+        self.netvlad_cluster_size, self.netvlad_hidden_size))
     if self.ensemble_num > 1:
       text += " weights %s" % self.ensemble_wts
     if self.kernel_storage:
@@ -355,11 +345,9 @@ def _normalized(name, value):
 
 def check_same_architecture(stored, config, source):
   """Raises naming every strict key whose stored value differs from config's."""
-  differences = []
-  for name in STRICT_KEYS:
-    if name in stored and _normalized(name, stored[name]) != getattr(config, name):
-      differences.append("--%s: %r in %s, %r now" % (name, stored[name], source,
-                                                     getattr(config, name)))
+  differences = ["--%s: %r in %s, %r now" % (name, stored[name], source, getattr(config, name))
+                 for name in STRICT_KEYS
+                 if name in stored and _normalized(name, stored[name]) != getattr(config, name)]
   if differences:
     raise ValueError("The model configuration differs from %s (use another --train_dir, or "
                      "--start_new_model to start over): %s"
@@ -369,10 +357,8 @@ def check_same_architecture(stored, config, source):
 def config_for_evaluation(train_dir, explicit_checks=()):
   """The configuration of the model stored in train_dir, with this run's explicit flags.
 
-  Flags not given on the command line come from model_flags.json (an original json gives
-  only the reader; the rest comes from the flags). A given flag must match a strict key of
-  the json; soft keys (iterations, ensemble_wts, ...) may differ. Training-only flags in
-  ``explicit_checks`` (base_learning_rate, ...) are compared and only warned about.
+  Flags not given come from model_flags.json. A given flag must match a strict key of the
+  json; soft keys may differ. Training-only flags in ``explicit_checks`` are only warned about.
   """
   notice_flags_without_effect()
   stored = read_stored_flags(train_dir)
@@ -397,29 +383,26 @@ def create_global_step():
   """The original's int32 `global_step` variable (non-trainable, GLOBAL_STEP collection)."""
   return tf1.get_variable(
       "global_step", shape=[], dtype=tf.int32, initializer=tf.zeros_initializer(),
-      trainable=False,
-      collections=[tf1.GraphKeys.GLOBAL_VARIABLES, tf1.GraphKeys.GLOBAL_STEP])
+      trainable=False, collections=[tf1.GraphKeys.GLOBAL_VARIABLES, tf1.GraphKeys.GLOBAL_STEP])
 
 
 def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
                 compute_dtype=tf.float32, sampling_seeds=None):
   """Builds the (ensemble) model under scope `tower`; returns (predictions, model_input).
 
-  model_input_raw: the reader's video_matrix (frame level: uint8-quantized frames, zero bytes
-  past num_frames) or dequantized float32 features (the inference graph's placeholder).
-  model_input = the L2-normalized features (each frame's rgb+audio vector as a whole), the
-  original's `input_batch`. Quantized frames of a single model are instead dequantized and
-  normalized after its frame sampling, rgb and audio columns apart
-  (model_utils.sampled_feature_blocks): the same values up to float32 rounding, for far less
-  memory, and less work when it samples fewer frames than the video holds.
-  compute_dtype (from --compute_dtype, not part of the config: the variables do not depend on
-  it) is the dtype of the matmuls; predictions are float32. Evaluation and inference sample
-  model i's frames with the fixed seed sampling_seeds[i] (default (0, i)).
+  Model 0 in ``tower/``, model i in ``tower/model{i}/``; predictions = sum_i ensemble_wts[i] *
+  p_i, float32. model_input_raw: the reader's uint8 frames (zero bytes past num_frames) or
+  float32 features (the inference graph's placeholder). model_input: the L2-normalized
+  features, the original's `input_batch`. compute_dtype: the matmuls' dtype. Evaluation and
+  inference sample model i's frames with the fixed seed sampling_seeds[i] (default (0, i)).
   """
   quantized = model_input_raw.dtype == tf.uint8
   valid = tf.sequence_mask(num_frames, tf.shape(model_input_raw)[1]) if quantized else None
-  model_input = model_utils.input_features(model_input_raw, valid)
-  # An ensemble's models sample one normalized tensor, instead of normalizing n samples.
+  # Each frame's vector L2-normalized as a whole.
+  model_input = tf.nn.l2_normalize(model_utils.dequantize_frames(model_input_raw, valid)
+                                   if quantized else model_input_raw, -1)
+  # The models sample the uint8 frames unless they sample more frames in all than a video
+  # holds: then they sample one normalized tensor, instead of normalizing n samples.
   model_frames = model_input
   if quantized and config.ensemble_num * config.iterations <= model_input_raw.shape[1]:
     model_frames = model_input_raw
@@ -447,10 +430,8 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
         predictions.append(result["predictions"])
         # Each member's own predictions, for mixing-weight search.
         tf1.add_to_collection(MEMBER_PREDICTIONS, result["predictions"])
-      if config.ensemble_num == 1:
-        mixed = predictions[0]
-      else:
-        mixed = tf.add_n([weight * p for weight, p in zip(config.ensemble_wts, predictions)])
+      mixed = predictions[0] if config.ensemble_num == 1 else tf.add_n(
+          [weight * p for weight, p in zip(config.ensemble_wts, predictions)])
     else:
       model = getattr(video_level_models, config.model)()
       mixed = model.create_model(model_input, config.num_classes, is_training=is_training,
@@ -461,18 +442,14 @@ def build_model(config, model_input_raw, num_frames, is_training, reuse=None,
 
 def input_shape(config):
   """Shape of one raw input batch: [None, 300, D] (frame level) or [None, D]."""
-  feature_dim = sum(config.features[1])
-  if config.frame_features:
-    return [None, dataset_layout.MAX_FRAMES, feature_dim]
-  return [None, feature_dim]
+  frames = [dataset_layout.MAX_FRAMES] if config.frame_features else []
+  return [None] + frames + [sum(config.features[1])]
 
 
 def build_inference_graph(config):
-  """(graph, saver): the model behind placeholders, for inference checkpoints' meta graphs.
-
-  Collections as the original's submission meta: global_step, input_batch_raw, input_batch,
-  num_frames, predictions (and the standard variable collections).
-  """
+  """(graph, saver): the model behind placeholders, for inference checkpoints' meta graphs,
+  with the original's collections: global_step, input_batch_raw, input_batch, num_frames,
+  predictions."""
   graph = tf.Graph()
   with graph.as_default():
     global_step = create_global_step()
@@ -490,8 +467,7 @@ def build_inference_graph(config):
 
 def export_inference_meta(meta_path, config, built=None):
   """Writes the inference graph's MetaGraphDef (with its saver_def) to meta_path. built: the
-  (graph, saver) build_inference_graph(config) returned, if the caller has it (the export
-  does not change it: the same bytes as a graph built anew)."""
+  (graph, saver) of build_inference_graph(config), if the caller has it (left unchanged)."""
   graph, saver = built or build_inference_graph(config)
   with graph.as_default():
     tf1.train.export_meta_graph(filename=meta_path, graph=graph,

@@ -1,6 +1,4 @@
-"""Gradient helpers of the training graph: the batch split over towers and the averaging of
-their gradients, dynamic loss scaling (float16 compute), per-tensor clipping and the loss's
-gradients."""
+"""Gradient helpers of the training graph: tower batches and gradients, loss scaling, clipping."""
 
 import tensorflow as tf
 
@@ -36,11 +34,10 @@ def average_gradients(tower_gradients):
 
 
 class DynamicLossScale(object):
-  """Loss scaling for float16 compute: the loss is multiplied by `scale` so that small float16
-  gradients do not flush to zero; the gradients are divided by it again. A step whose
-  gradients hold inf/NaN is skipped (global_step still advances) and halves the scale;
-  LOSS_SCALE_GROWTH_STEPS good steps in a row double it. Its variables are local, never in a
-  checkpoint: a resumed run starts again from LOSS_SCALE_INITIAL.
+  """Loss scaling for float16 compute, so that small gradients do not flush to zero. A step
+  whose gradients hold inf/NaN is skipped (global_step still advances) and halves the scale;
+  LOSS_SCALE_GROWTH_STEPS good steps in a row double it. Its variables are local: a resumed
+  run starts again from LOSS_SCALE_INITIAL.
   """
 
   def __init__(self):
@@ -50,12 +47,8 @@ class DynamicLossScale(object):
     self.good_steps = tf1.get_variable("loss_scale_good_steps", initializer=0,
                                        trainable=False, collections=local)
 
-  def unscale(self, gradients):
-    return [(g / self.scale, v) for g, v in gradients]
-
   def apply_if_finite(self, optimizer, gradients, global_step):
-    """The train op: applies the (unscaled) gradients if all are finite, then updates the
-    scale."""
+    """The train op: applies the (unscaled) gradients if all are finite; updates the scale."""
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g, _ in gradients])
 
     def apply():
@@ -77,9 +70,8 @@ class DynamicLossScale(object):
 
 
 def clip_by_norm(t, clip_norm):
-  """tf.clip_by_norm(t, clip_norm) (all axes) as one product: t * (clip_norm / max(norm,
-  clip_norm)), the norm from reduce_euclidean_norm (no tensor of squares). The same values
-  up to float32 rounding, one pass over t fewer than tf.clip_by_norm's product and quotient."""
+  """tf.clip_by_norm(t, clip_norm) (all axes) as one product, t * (clip_norm / max(norm,
+  clip_norm)): the same values up to float32 rounding, in one pass over t fewer."""
   with tf1.name_scope("clip_by_norm"):
     l2norm = tf.math.reduce_euclidean_norm(t)
     return t * (clip_norm / tf.maximum(l2norm, clip_norm))
@@ -90,16 +82,13 @@ def loss_gradients(optimizer, label_loss, reg_loss, regularization_penalty, loss
   """optimizer.compute_gradients of (label_loss + regularization_penalty * reg_loss) [x the
   loss scale]: [(gradient, variable)] for var_list.
 
-  Computed as two parts added per variable, the same sum (bit for bit): the gradient of the
-  regularization depends only on the weights, so TensorFlow would compute it as soon as the
-  step starts and hold it until the label loss's gradient of the variable arrives at the end
-  of its backward pass; here it waits for that gradient (a control dependency).
+  Computed as two parts added per variable (the same sum, bit for bit), the regularization's
+  after the label loss's (a control dependency), so that it is not held all the backward pass.
   """
-  scale = loss_scale.scale if loss_scale else None
-  data_loss = label_loss * scale if scale is not None else label_loss
+  data_loss = label_loss * loss_scale.scale if loss_scale else label_loss
   reg_total = regularization_penalty * reg_loss
-  if scale is not None:
-    reg_total *= scale
+  if loss_scale:
+    reg_total *= loss_scale.scale
   gradients = []
   for gradient, variable in optimizer.compute_gradients(data_loss, var_list=var_list):
     with tf.control_dependencies([] if gradient is None else [gradient]):

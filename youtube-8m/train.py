@@ -109,17 +109,6 @@ def check_flags():
     raise ValueError("--train_data_pattern is required")
 
 
-
-def tower_devices():
-  """min(--num_gpu, GPUs) GPUs, else one CPU; with --cpu_towers, --num_gpu CPU devices. Logs
-  one line naming them; on a machine with NVIDIA GPUs that TensorFlow cannot use, raises
-  gpu_check.GpuCheckError saying why (unless --allow_cpu_on_gpu_machine)."""
-  if FLAGS.num_gpu < 0:
-    raise ValueError("--num_gpu must be >= 0, got %d" % FLAGS.num_gpu)
-  return gpu_check.model_devices(FLAGS.allow_cpu_on_gpu_machine, FLAGS.num_gpu,
-                                 max(FLAGS.num_gpu, 1) if FLAGS.cpu_towers else 0)
-
-
 def remove_training_artifacts(train_dir):
   """--start_new_model: delete what train.py wrote (not the whole directory)."""
   if not storage.isdir(train_dir):
@@ -134,21 +123,9 @@ def remove_training_artifacts(train_dir):
                train_dir)
 
 
-def record_model_flags(train_dir, config):
-  """Writes model_flags.json, or checks the architecture against an existing one."""
-  stored = model_graph.read_stored_flags(train_dir, required=False)
-  if stored is not None:
-    model_graph.check_same_architecture(stored, config, utils.model_flags_path(train_dir))
-  model_flags = config.to_json_dict()
-  model_flags[model_graph.TRAINING_KEY] = {name: FLAGS[name].value for name in TRAINING_FLAGS}
-  utils.write_model_flags(train_dir, model_flags)
-
-
-
 def restore_or_initialize(sess, saver, graph_vars, synced):
-  """Restores the newest model.ckpt-<step> of synced.remote that can be read (a truncated or
-  corrupt newer one is skipped, with a warning), or warm-starts from --checkpoint_file
-  (variables it lacks start fresh), else initializes."""
+  """Restores the newest readable model.ckpt-<step> of synced.remote (skipping unreadable
+  newer ones, with a warning), or warm-starts from --checkpoint_file, else initializes."""
   found = checkpoint_utils.list_checkpoints(synced.remote)
   if FLAGS.checkpoint_file:
     prefix = checkpoint_utils.existing_checkpoint(FLAGS.train_dir, FLAGS.checkpoint_file)
@@ -201,14 +178,17 @@ def warm_start(sess, graph_vars, prefix):
                len(present), len(graph_vars) - len(present))
 
 
-
-
 def train(config, task):
   """Trains on this process's share; the chief alone writes model_flags.json, checkpoints
   and summaries. Returns the last global step."""
-  # Before anything is started or written: a GPU machine whose GPUs TensorFlow cannot use
-  # stops here instead of training on its CPUs (parameter servers use no tower).
-  devices = tower_devices() if task.task_type != "ps" else None
+  # The towers: min(--num_gpu, GPUs) GPUs, else one CPU; with --cpu_towers, --num_gpu CPUs.
+  # First: a GPU machine whose GPUs TensorFlow cannot use stops here, before any output.
+  devices = None
+  if task.task_type != "ps":  # parameter servers use no tower
+    if FLAGS.num_gpu < 0:
+      raise ValueError("--num_gpu must be >= 0, got %d" % FLAGS.num_gpu)
+    devices = gpu_check.model_devices(FLAGS.allow_cpu_on_gpu_machine, FLAGS.num_gpu,
+                                      max(FLAGS.num_gpu, 1) if FLAGS.cpu_towers else 0)
   server = None
   if task.distributed:
     server = tf1.train.Server(tf.train.ClusterSpec(task.cluster), job_name=task.task_type,
@@ -251,15 +231,20 @@ def train(config, task):
 
 
 def prepare_train_dir(config):
-  """The chief's (synced, local train_dir): --start_new_model done, model_flags.json
-  written or checked. TF writes locally; for a gs:// train_dir, a local mirror holds what is
-  needed to resume and every new file is uploaded after each export."""
+  """The chief's (synced, local train_dir): --start_new_model done, model_flags.json written,
+  or checked against the architecture. TF writes locally: a gs:// train_dir is worked on
+  through a mirror."""
   if FLAGS.start_new_model:
     remove_training_artifacts(FLAGS.train_dir)
   checkpoint_utils.remove_interrupted_saves(FLAGS.train_dir)
   synced = staging.SyncedDir(FLAGS.train_dir)
   synced.pull([utils.MODEL_FLAGS_FILE])
-  record_model_flags(synced.local, config)
+  stored = model_graph.read_stored_flags(synced.local, required=False)
+  if stored is not None:
+    model_graph.check_same_architecture(stored, config, utils.model_flags_path(synced.local))
+  model_flags = config.to_json_dict()
+  model_flags[model_graph.TRAINING_KEY] = {name: FLAGS[name].value for name in TRAINING_FLAGS}
+  utils.write_model_flags(synced.local, model_flags)
   synced.push([utils.MODEL_FLAGS_FILE])
   return synced, synced.local
 
@@ -273,16 +258,15 @@ def build_graph(config, files, devices, task):
   with graph.as_default():
     if FLAGS.random_seed is not None:
       tf1.set_random_seed(FLAGS.random_seed)
+    placement = contextlib.nullcontext() if not task.distributed else tf1.device(
+        tf1.train.replica_device_setter(ps_tasks=task.num_ps, worker_device=task.device,
+                                        cluster=tf.train.ClusterSpec(task.cluster)))
+    with placement:
+      tensors = training_graph.build_training_graph(config, files, devices)
     if task.distributed:
-      with tf1.device(tf1.train.replica_device_setter(
-          ps_tasks=task.num_ps, worker_device=task.device,
-          cluster=tf.train.ClusterSpec(task.cluster))):
-        tensors = training_graph.build_training_graph(config, files, devices)
       signal_done = [queue.enqueue(1) for queue in cluster.done_queues(task)]
       if not task.is_chief:
         ready_op = tf1.report_uninitialized_variables(tf1.global_variables())
-    else:
-      tensors = training_graph.build_training_graph(config, files, devices)
     graph_vars = tf1.global_variables()
     # Relative paths in the `checkpoint` state file: it stays valid when a gs:// train_dir
     # is worked on through a local mirror (and when a directory is copied or moved).
@@ -293,35 +277,26 @@ def build_graph(config, files, devices, task):
   return graph, tensors, saver, ready_op, signal_done
 
 
-def session_config(num_devices, task):
+def open_session(graph, saver, task, server, ready_op, synced, num_devices):
+  """The session, its variables restored or initialized by the chief (workers wait until the
+  chief has done so)."""
   config = tf1.ConfigProto(allow_soft_placement=True,
                            log_device_placement=FLAGS.log_device_placement)
-  # Grappler's constant folding turns each optimizer slot's zeros initializer into a Const
-  # whose tensor the session keeps for the whole run, a dead copy of every slot; the step's
-  # speed does not depend on it.
-  config.graph_options.rewrite_options.constant_folding = (
-      rewriter_config_pb2.RewriterConfig.OFF)
+  # Grappler's constant folding would make each optimizer slot's zeros initializer a Const
+  # that the session keeps for the whole run, a dead copy of every slot.
+  config.graph_options.rewrite_options.constant_folding = rewriter_config_pb2.RewriterConfig.OFF
   if FLAGS.cpu_towers:
     config.device_count["CPU"] = num_devices
   if task.distributed:
     config.device_filters.extend(["/job:ps", task.device])
-  return config
-
-
-def open_session(graph, saver, task, server, ready_op, synced, num_devices):
-  """The session, its variables restored or initialized by the chief (workers wait until the
-  chief has done so)."""
   target = server.target if server else ""
-  config = session_config(num_devices, task)
   if task.is_chief:
     sess = tf1.Session(target, graph=graph, config=config)
     restore_or_initialize(sess, saver, tf1.global_variables(), synced)
-  else:
-    with interrupts.immediate():  # waiting for the chief: nothing to save yet
-      sess = tf1.train.SessionManager(ready_op=ready_op, graph=graph,
-                                      recovery_wait_secs=1).wait_for_session(target,
-                                                                             config=config)
-  return sess
+    return sess
+  with interrupts.immediate():  # waiting for the chief: nothing to save yet
+    return tf1.train.SessionManager(ready_op=ready_op, graph=graph, recovery_wait_secs=1
+                                    ).wait_for_session(target, config=config)
 
 
 @utils.tool_main

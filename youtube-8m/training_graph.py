@@ -17,10 +17,8 @@ FLAGS = flags.FLAGS
 def build_training_graph(config, files, devices):
   """The input pipeline, the model on each tower device, the loss and the train op.
 
-  Towers share variables (scope `tower` reused); each gets 1/len(devices) of the batch
-  of batch_size * towers examples; gradients are averaged over towers, then each gradient
-  tensor is clipped to --clip_gradient_norm. The matmuls run in --compute_dtype (float16 with
-  DynamicLossScale). Returns a dict of the tensors to run.
+  Towers share variables (scope `tower` reused); each gets 1/len(devices) of the batch of
+  batch_size * towers examples. Returns a dict of the tensors to run.
   """
   towers = len(devices)
   compute_dtype = fp16_layers.compute_dtype()
@@ -28,7 +26,14 @@ def build_training_graph(config, files, devices):
   global_step = model_graph.create_global_step()
   if FLAGS.batch_norm_warmup:
     tf1.add_to_collection(fp16_layers.BATCH_NORM_WARMUP_STEP, global_step)
-  iterator, batch = _input_batch(config, files, towers)
+  with tf.device("/cpu:0"), tf1.name_scope("train_input"):
+    dataset = config.make_reader().dataset(
+        files, FLAGS.batch_size * towers, num_epochs=FLAGS.num_epochs, shuffle=True,
+        num_readers=FLAGS.num_readers, seed=FLAGS.random_seed)
+    if towers > 1:  # every tower needs at least one example
+      dataset = dataset.filter(lambda batch: tf.shape(batch["labels"])[0] >= towers)
+    iterator = tf1.data.make_initializable_iterator(dataset)
+    batch = iterator.get_next()
   learning_rate = tf1.train.exponential_decay(
       FLAGS.base_learning_rate, tf.cast(global_step, tf.float32) * FLAGS.batch_size * towers,
       FLAGS.learning_rate_decay_examples, FLAGS.learning_rate_decay, staircase=True)
@@ -57,18 +62,6 @@ def build_training_graph(config, files, devices):
           "labels": batch["labels"], "iterator": iterator}
 
 
-def _input_batch(config, files, towers):
-  """(iterator, batch) of the shuffled training input, batch_size * towers examples."""
-  with tf.device("/cpu:0"), tf1.name_scope("train_input"):
-    dataset = config.make_reader().dataset(
-        files, FLAGS.batch_size * towers, num_epochs=FLAGS.num_epochs, shuffle=True,
-        num_readers=FLAGS.num_readers, seed=FLAGS.random_seed)
-    if towers > 1:  # every tower needs at least one example
-      dataset = dataset.filter(lambda batch: tf.shape(batch["labels"])[0] >= towers)
-    iterator = tf1.data.make_initializable_iterator(dataset)
-    return iterator, iterator.get_next()
-
-
 def _towers(config, batch, devices, optimizer, loss_scale, compute_dtype):
   """The model on each device with its part of the batch: ([gradients], [predictions],
   [label loss], [model input]) per tower, and the regularization loss."""
@@ -90,14 +83,13 @@ def _towers(config, batch, devices, optimizer, loss_scale, compute_dtype):
         label_loss = tf.identity(label_loss, name="label_loss")
       trainable = tf1.trainable_variables()
       frozen = [v for v in trainable if v.dtype.base_dtype == tf.float16]
+      codes = [v for v in tf1.global_variables() if v.dtype.base_dtype == tf.uint8]
+      # Both are filled from float32 models (build_ensemble), not trained: Adam's epsilon
+      # (1e-8) underflows in float16 and turns the kernels into NaN.
       if frozen and index == 0:
-        # Adam's epsilon (1e-8) underflows in float16 and turns the kernels into NaN; the
-        # float16 kernels of packed ensembles are filled from float32 models afterwards.
         logging.warning("--float16_flag: %d float16 kernels are not updated by training",
                         len(frozen))
-      codes = [v for v in tf1.global_variables() if v.dtype.base_dtype == tf.uint8]
       if codes and index == 0:
-        # 8-bit kernels are made from float checkpoints (build_ensemble), never trained.
         logging.warning("--kernel_storage=uint8: %d 8-bit kernels are not trained (their "
                         "codes stay 0; build_ensemble fills them from float32 models)",
                         len(codes))
@@ -115,7 +107,7 @@ def _train_op(optimizer, tower_gradients, loss_scale, global_step):
   skipped if not finite, with loss scaling)."""
   gradients = optimization.average_gradients(tower_gradients)
   if loss_scale:
-    gradients = loss_scale.unscale(gradients)
+    gradients = [(g / loss_scale.scale, v) for g, v in gradients]
   if FLAGS.clip_gradient_norm > 0:
     gradients = [(optimization.clip_by_norm(g, FLAGS.clip_gradient_norm), v)
                  for g, v in gradients]

@@ -29,9 +29,8 @@ class TrainingDiverged(ValueError):
 
 class Exporter(object):
   """The chief's exports of model.ckpt-<step>: at steps 10, 10+E, ... (E =
-  --export_model_steps), every --save_model_secs and on request; a model whose weights hold
-  NaN or inf is never exported. With a gs:// train_dir (synced), every export and, every
-  EVENT_UPLOAD_SECS, the event files are uploaded."""
+  --export_model_steps), every --save_model_secs and on request, never of NaN or inf weights;
+  with a gs:// train_dir (synced), each export and the event files are uploaded."""
 
   def __init__(self, sess, saver, weights_finite, train_dir, synced, writer, saved_step):
     self.sess, self.saver, self.weights_finite = sess, saver, weights_finite
@@ -73,8 +72,7 @@ class Exporter(object):
 
   def after_step(self, step, metrics_step):
     """The exports and uploads due after step (metrics_step: its metrics were logged)."""
-    if metrics_step and (self.cadence is None or
-                         step - self.cadence >= FLAGS.export_model_steps):
+    if metrics_step and (self.cadence is None or step - self.cadence >= FLAGS.export_model_steps):
       self.export(step)
       self.cadence = step
     if FLAGS.save_model_secs and time.time() - self.timer >= FLAGS.save_model_secs:
@@ -88,11 +86,10 @@ class Exporter(object):
 
 def train_loop(sess, tensors, saver, writer, task, files, train_dir, synced,
                epoch_examples=(None, False)):
-  """Runs training steps until the input ends, --max_steps or a stop signal (SIGTERM/SIGINT:
-  after the step, the chief exports it, then interrupts.Interrupted); the chief logs metrics
-  every 10 steps and exports checkpoints; every process logs its progress (step of
-  --max_steps or epoch of --num_epochs, examples/sec, ETA). epoch_examples: (records of files
-  or None, exact). Returns the last global step."""
+  """Runs training steps until the input ends, --max_steps or a stop signal (then the chief
+  exports the step and interrupts.Interrupted is raised); the chief logs metrics every 10 steps
+  and exports checkpoints. epoch_examples: (records of files or None, exact). Returns the last
+  global step."""
   sess.run(tensors["iterator"].initializer)
   step = first_step = int(sess.run(tensors["global_step"]))
   progress = progress_lib.TrainingProgress(first_step, FLAGS.max_steps, epoch_examples[0],
@@ -130,8 +127,8 @@ def train_loop(sess, tensors, saver, writer, task, files, train_dir, synced,
 
 
 def run_step(sess, tensors, with_metrics, progress, writer, exporter):
-  """Runs one step and logs it (with_metrics: the training metrics too, if its step is a
-  multiple of 10); returns (the step after it, whether its metrics were logged)."""
+  """Runs and logs one step (with_metrics: its training metrics too, at a multiple of 10);
+  returns (the step after it, whether its metrics were logged)."""
   fetches = {"step": tensors["step_after"], "loss": tensors["label_loss"],
              "examples": tensors["batch_examples"]}
   if with_metrics:

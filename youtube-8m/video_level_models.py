@@ -1,20 +1,16 @@
-"""Video-level classifiers: LogisticModel and MoeModel (with probability gating).
-
-MoeModel is also the classifier on top of NetVLADModelLF. The settings come as arguments
-(model_graph's ModelConfig).
-"""
+"""Video-level classifiers LogisticModel and MoeModel (also NetVLADModelLF's classifier): their
+create_model returns {"predictions": [batch, vocab_size] in (0, 1)}."""
 
 import math
 
 import tensorflow as tf
 
 from . import fp16_layers
-from . import models
 
 tf1 = tf.compat.v1
 
 
-class LogisticModel(models.BaseModel):
+class LogisticModel(object):
   """Logistic regression over the (L2-normalized) video-level features."""
 
   def create_model(self, model_input, vocab_size, l2_penalty=1e-8, float16_flag=False,
@@ -27,7 +23,7 @@ class LogisticModel(models.BaseModel):
     return {"predictions": output}
 
 
-class MoeModel(models.BaseModel):
+class MoeModel(object):
   """Mixture of (num_mixtures + 1 dummy) logistic experts per class, optionally followed by
   probability gating: predictions = p * sigmoid(BN(p W)).
 
@@ -41,9 +37,6 @@ class MoeModel(models.BaseModel):
                    prob_gating_input, remove_diag, is_training=True, float16_flag=False,
                    compute_dtype=tf.float32, kernel_storage=None, **unused_params):
     kernel_dtype = fp16_layers.kernel_dtype(kernel_storage, float16_flag)
-    if kernel_dtype == tf.uint8 and remove_diag and prob_gating and prob_gating_input == "prob":
-      raise ValueError("--gating_remove_diag needs the probability gating's diagonal: "
-                       "store its kernel in float32 or float16, not uint8")
     regularizer = fp16_layers.l2_regularizer(l2_penalty)
 
     gate_activations = fp16_layers.fully_connected(
@@ -54,10 +47,8 @@ class MoeModel(models.BaseModel):
         model_input, vocab_size * num_mixtures, activation_fn=None,
         weights_regularizer=regularizer, scope="experts", dtype=kernel_dtype,
         compute_dtype=compute_dtype)
-
     probabilities = _mixture_probabilities(gate_activations, expert_activations, vocab_size,
                                            num_mixtures)
-
     if prob_gating:
       gating_input = probabilities if prob_gating_input == "prob" else model_input
       gating_weights = fp16_layers.model_variable(
@@ -65,7 +56,8 @@ class MoeModel(models.BaseModel):
           initializer=tf1.random_normal_initializer(stddev=1 / math.sqrt(vocab_size)))
       gates = fp16_layers.matmul(gating_input, gating_weights, compute_dtype)
       if remove_diag and prob_gating_input == "prob":
-        gates -= probabilities * fp16_layers.as_float32(tf.linalg.diag_part(gating_weights))
+        gates -= probabilities * fp16_layers.as_compute(
+            tf.linalg.diag_part(gating_weights), tf.float32)
       gates = fp16_layers.batch_norm(gates, is_training=is_training, scope="gating_prob_bn")
       probabilities = tf.multiply(probabilities, tf.sigmoid(gates))
     return {"predictions": probabilities}
@@ -74,12 +66,10 @@ class MoeModel(models.BaseModel):
 def _mixture_probabilities(gate_activations, expert_activations, vocab_size, num_mixtures):
   """sum over m < M of softmax(gates over M+1)[m] * sigmoid(experts)[m], per class: [B, V].
 
-  The original's graph takes the softmax of a [B*V, M+1] reshape, slices, multiplies and
-  sums. This computes the same values (up to float32 rounding) on the mixtures moved to the
-  outer axis, [M+1, B, V]: one transpose in, and every op after it element-wise or a sum
-  over that outer axis. oneDNN's softmax and sums over a last axis of M+1 run at a fraction
-  of that speed, and unstacking into M+1 planes costs a Pack per plane set in the backward
-  pass. The shift by the maximum needs no gradient: the softmax does not depend on it.
+  The original's softmax of a [B*V, M+1] reshape, computed (the same values up to float32
+  rounding) on the mixtures moved to the outer axis, [M+1, B, V]: every op after the transpose
+  is element-wise or a sum over that axis, much faster on CPUs than over a last axis of M+1.
+  The shift by the maximum needs no gradient: the softmax does not depend on it.
   """
   gates = tf.transpose(tf.reshape(gate_activations, [-1, vocab_size, num_mixtures + 1]),
                        [2, 0, 1])
