@@ -238,10 +238,12 @@ def tiny_data(tmp_path_factory):
 
 def pytest_configure(config):
   # Tests that start processes (a tool through run/run_cli/spawn_cli, a script, a cluster,
-  # the fork server) or build the package in a fresh venv: `pytest -m "not slow"` leaves them
-  # out (fast feedback, under two minutes on 2 cores); the full suite runs them all.
+  # the fork server), build the package in a fresh venv, or do a tool's work in-process (models
+  # over the held-out files): `pytest -m "not slow"` leaves them out (fast feedback, under two
+  # minutes on 2 cores); the full suite runs them all.
   config.addinivalue_line(
-      "markers", "slow: starts tool or script processes (or builds the package in a venv)")
+      "markers", "slow: starts tool or script processes, builds the package in a venv, or does "
+      "a tool's work in-process")
   # In-process tests build graphs from explicit configs; flags keep their defaults and must
   # not try to parse pytest's own command line.
   from absl import flags

@@ -117,6 +117,7 @@ def test_kernel_storage_setting():
 # An 8-bit member against its float32 self (in-process, on the tiny held-out data).
 
 
+@pytest.mark.slow  # several models over the held-out files: a tool's run in-process
 def test_uint8_member_predictions_are_close_to_float32(candidates, tiny_data, tmp_path):
   files = readers.eval_files(tiny_data["validate_pattern"])
   single = tiny_config(netvlad_cluster_size=[4], netvlad_hidden_size=[16])
@@ -160,6 +161,7 @@ def test_uint8_member_predictions_are_close_to_float32(candidates, tiny_data, tm
   assert report["float32_tensor_bytes"] > report["tensor_bytes"]
 
 
+@pytest.mark.slow  # several models over the held-out files: a tool's run in-process
 def test_options_of_a_group_are_the_single_models_in_one_pass(candidates, tiny_data,
                                                               tmp_path):
   """group_predictions runs several options in one graph: each option's predictions are its
