@@ -251,8 +251,9 @@ def average_checkpoints(checkpoint_prefixes, output_prefix, exclude_optimizer_sl
                  "checkpoint data: %.1f MiB", len(averaged), len(checkpoint_prefixes),
                  len(skipped), " as optimizer slots" if skipped else "",
                  largest_input / 2.0**20)
+    sizes = {name: checkpoint_utils.nbytes(*specs[name]) for name in averaged}
     tensors = checkpoint_utils.convert_largest_first(
-        [(name,) + (checkpoint_utils.nbytes(*specs[name]),) * 2 for name in averaged],
+        [(name, size, size) for name, size in sizes.items()],  # read and written: the same
         lambda name: _average_variable(name, *specs[name], readers, checkpoint_prefixes,
                                        copies), "averaging %d variables" % len(averaged))
     del readers

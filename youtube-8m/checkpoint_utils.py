@@ -145,7 +145,7 @@ def saving(directory, prefix):
   """A context for a Saver.save of prefix in the local directory: if it fails (even in the last
   .meta), prefix's files go and the `checkpoint` state file is restored, then the error goes on."""
   state_path = os.path.join(directory, "checkpoint")
-  state_before = open(state_path, "rb").read() if os.path.isfile(state_path) else None
+  state_before = storage.read_bytes(state_path) if os.path.isfile(state_path) else None
   try:
     yield
   except BaseException:
@@ -156,7 +156,7 @@ def saving(directory, prefix):
     if state_before is None:
       if os.path.isfile(state_path):
         os.remove(state_path)
-    elif not os.path.isfile(state_path) or open(state_path, "rb").read() != state_before:
+    elif not os.path.isfile(state_path) or storage.read_bytes(state_path) != state_before:
       utils.write_atomically(state_path, state_before)
     raise
 

@@ -123,9 +123,10 @@ def _replacements(scorer, state, options, limit):
     rest = [w for k, w in enumerate(state.weights) if k != index]
     total = sum(rest) or 1.0
     rest = [w / total for w in rest]
+    taken = {o.candidate for o in others}
     for option in options:
       size = state.bytes - member.bytes + option.bytes
-      if option is member or size > limit or option.candidate in {o.candidate for o in others}:
+      if option is member or size > limit or option.candidate in taken:
         continue
       gap, weights = _join(scorer, others, rest, option)
       if gap > state.gap and (best is None or gap > best.gap):

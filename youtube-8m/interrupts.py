@@ -125,9 +125,11 @@ def immediate():
 
 def _describe(items):
   items = list(items)
+  if not items:
+    return "nothing"
   shown = items[-_SHOWN:]
   more = len(items) - len(shown)
-  return ", ".join(shown) + (" (and %d more)" % more if more else "") if items else "nothing"
+  return ", ".join(shown) + (" (and %d more)" % more if more else "")
 
 
 def _outcome():

@@ -38,8 +38,8 @@ def quantize(kernel, per_column=True):
                      % int(np.count_nonzero(~np.isfinite(kernel))))
   values = kernel.astype(np.float64)
   axis = 0 if per_column else None
-  low, high = (np.broadcast_to(f(axis=axis), (kernel.shape[1],)).astype(np.float32)
-               for f in (values.min, values.max))
+  low = np.broadcast_to(values.min(axis=axis), (kernel.shape[1],)).astype(np.float32)
+  high = np.broadcast_to(values.max(axis=axis), (kernel.shape[1],)).astype(np.float32)
   step = ((high.astype(np.float64) - low) / LEVELS).astype(np.float32)
   safe_step = np.where(step > 0, step, 1).astype(np.float64)
   codes = np.rint((values - low) / safe_step)
