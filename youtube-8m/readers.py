@@ -224,16 +224,23 @@ def _check_video_ids(checks, ids):
 def _check_labels(checks, labels, num_classes):
   """Label ids ([B, None] ragged int64) are within the vocabulary."""
   ids = labels.flat_values
-  checks.items(tf.logical_or(ids < 0, ids >= num_classes), labels.value_rowids(), lambda i: [
+  checks.items(tf.logical_or(ids < 0, ids >= num_classes), _value_rowids(labels), lambda i: [
       "label id ", tf.strings.as_string(ids[i]), " outside the vocabulary [0, %d)" % num_classes])
 
 
 def _dense_labels(labels, num_classes):
   """[B, num_classes] bool of each record's label ids ([B, None] ragged int64, checked)."""
   ids = labels.flat_values
-  positions = tf.stack([labels.value_rowids(), ids], 1)
+  positions = tf.stack([_value_rowids(labels), ids], 1)
   shape = tf.stack([labels.nrows(), num_classes])
   return tf.scatter_nd(positions, tf.ones_like(ids, tf.int32), shape) > 0
+
+
+def _value_rowids(ragged):
+  """ragged.value_rowids() (the row of each value, [values] int64) in a few ops: TensorFlow's
+  builds ~30, a noticeable part of every tool's start-up (the reader calls it 4 times)."""
+  ends = ragged.row_splits[1:]
+  return tf.searchsorted(ends, tf.range(ragged.row_splits[-1]), side="right", out_type=tf.int64)
 
 
 def _ragged(dtype):
@@ -364,13 +371,13 @@ class YT8MFrameFeatureReader(BaseReader):
 def _check_frames(checks, frames, name, size):
   """Each frame of a feature ([B, frames, values] ragged strings) is one string of `size`
   bytes."""
-  rows = frames.value_rowids()
+  rows = _value_rowids(frames)
   values_per_frame = frames.values.row_lengths()
   checks.items(tf.not_equal(values_per_frame, 1), rows, lambda i: [
       "feature '%s' has a frame of " % name, tf.strings.as_string(values_per_frame[i]),
       " values, expected 1"])
   lengths = tf.strings.length(frames.flat_values)
-  checks.items(tf.not_equal(lengths, size), tf.gather(rows, frames.values.value_rowids()),
+  checks.items(tf.not_equal(lengths, size), tf.gather(rows, _value_rowids(frames.values)),
                lambda i: ["feature '%s' has a frame of " % name,
                           tf.strings.as_string(lengths[i]), " bytes, expected %d" % size])
 
