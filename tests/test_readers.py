@@ -164,6 +164,17 @@ def test_a_batch_of_frameless_videos(tmp_path):
   assert [list(np.nonzero(row)[0]) for row in out["labels"]] == [[0], [1], [2], [1]]
 
 
+def test_value_rowids_equal_tensorflows():
+  """readers._value_rowids on ragged tensors with empty rows (first, middle, last, all)."""
+  cases = [[[]], [[], []], [[1, 2], [], [3]], [[], [1], [], [2, 3, 4], []],
+           [[5]] * 7 + [[]] * 3 + [[6, 7, 8, 9]]]
+  for rows in cases:
+    ragged = tf.ragged.constant(rows, dtype=tf.int64, row_splits_dtype=tf.int64)
+    ours = readers._value_rowids(ragged)  # pylint: disable=protected-access
+    assert ours.dtype == tf.int64
+    np.testing.assert_array_equal(ours.numpy(), ragged.value_rowids().numpy(), err_msg=rows)
+
+
 def test_batches_larger_than_the_parse_batch_are_the_same(tmp_path, monkeypatch):
   path = write_records(str(tmp_path / "a.tfrecord"), [good(i) for i in range(7)])
   whole = read_all(readers.YT8MFrameFeatureReader(), [path], batch_size=5)
