@@ -140,16 +140,19 @@ def group_predictions(pool, group, candidates, settings, copies, directory):
   sampling frames with seed (0, 0) as a single model does."""
   config = ensemble_config(pool, group, [1.0 / len(group)] * len(group))
   sources = [candidates[index] for index, _ in group]
-  template = ensemble_checkpoint.specs_from_graph(model_graph.build_inference_graph(config)[0])
-  plan = ensemble_checkpoint.plan_ensemble(template, sources, copies, config.describe())
   prefix = os.path.join(directory, "options", "model")
-  ensemble_checkpoint.write_plan(plan, copies, prefix, lambda tmp: None)
+
+  def write_options(graph):
+    template = ensemble_checkpoint.specs_from_graph(graph)
+    plan = ensemble_checkpoint.plan_ensemble(template, sources, copies, config.describe())
+    ensemble_checkpoint.write_plan(plan, copies, prefix, lambda tmp: None)
+
   try:
     return ensemble_weights.collect_member_predictions(
         config, prefix, settings.eval_files, settings.batch_size, settings.num_readers,
         settings.max_videos, np.dtype(np.float32), settings.top_k,
         checkpoint_name="options " + describe_group(group, candidates),
-        sampling_seeds=[(0, 0)] * len(group))
+        sampling_seeds=[(0, 0)] * len(group), write_prefix=write_options)
   finally:
     shutil.rmtree(os.path.dirname(prefix), ignore_errors=True)
 

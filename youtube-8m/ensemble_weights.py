@@ -155,9 +155,12 @@ def search(objective, num_models, seed=0, restarts=5):
 
 def collect_member_predictions(config, prefix, files, batch_size, num_readers, max_videos,
                                member_dtype, top_k, checkpoint_name=None,
-                               compute_dtype=tf.float32, sampling_seeds=None):
+                               compute_dtype=tf.float32, sampling_seeds=None, write_prefix=None):
   """(members [n][videos, classes], labels [videos, classes] bool, info) of the eval graph run
-  once on the local checkpoint prefix (a copy of checkpoint_name, which errors name)."""
+  once on the local checkpoint prefix (a copy of checkpoint_name, which errors name).
+
+  write_prefix: None, or a function of the eval graph that writes the checkpoint at prefix
+  before it is read (its variables are the inference graph's: no second graph to build)."""
   graph = tf.Graph()
   with graph.as_default():
     model_graph.create_global_step()
@@ -169,6 +172,8 @@ def collect_member_predictions(config, prefix, files, batch_size, num_readers, m
     members = tf1.get_collection(model_graph.MEMBER_PREDICTIONS)
     graph_vars = tf1.global_variables()
     saver = tf1.train.Saver(graph_vars)
+  if write_prefix:
+    write_prefix(graph)
   checkpoint_utils.check_matches_graph(prefix, graph_vars, config.describe(), name=checkpoint_name)
   chunks = [[] for _ in members]
   label_chunks = []
