@@ -255,6 +255,29 @@ def test_the_first_bad_record_of_a_batch_is_named(tmp_path):
       path)
 
 
+def test_checks_of_batches_without_frames_or_labels(tmp_path):
+  """A batch in which a check has no items at all (no frames, no labels) reads, and a fault of
+  another check in it is named: every batch makes each check's message from padded items."""
+  no_frames = np.zeros((0, 1024), np.uint8), np.zeros((0, 128), np.uint8)
+  frameless = write_records(str(tmp_path / "f.tfrecord"), [
+      frame_example("f0", [1], *no_frames), frame_example("f1", [2, 4000], *no_frames)])
+  with pytest.raises(readers.InputDataError) as error:
+    read_all(readers.YT8MFrameFeatureReader(), [frameless], batch_size=2)
+  assert str(error.value) == "%s: record 1: label id 4000 outside the vocabulary [0, 3862)" % (
+      frameless)
+  frames = np.ones((2, 1024), np.uint8), np.ones((2, 128), np.uint8)
+  unlabelled = write_records(str(tmp_path / "u.tfrecord"), [
+      frame_example("u0", [], *frames),
+      frame_example("u1", [], np.ones((2, 1000), np.uint8), frames[1])])
+  with pytest.raises(readers.InputDataError) as error:
+    read_all(readers.YT8MFrameFeatureReader(), [unlabelled], batch_size=2)
+  assert str(error.value) == (
+      "%s: record 1: feature 'rgb' has a frame of 1000 bytes, expected 1024" % unlabelled)
+  empty = write_records(str(tmp_path / "e.tfrecord"), [frame_example("e0", [], *no_frames)])
+  out = read_all(readers.YT8MFrameFeatureReader(), [empty], batch_size=2)
+  assert list(out["num_frames"]) == [0] and not out["labels"].any()
+
+
 def test_corrupted_tfrecord_names_file_and_record(tmp_path):
   path = write_records(str(tmp_path / "c.tfrecord"), [good(i) for i in range(5)])
   data = bytearray(open(path, "rb").read())
