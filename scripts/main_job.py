@@ -17,9 +17,10 @@
    float16 or 8 bits, under the tuned float16 ensemble's own size, and the two are compared.
 
 Steps that do not depend on each other run side by side (--parallel_jobs): the models'
-pipelines (2-4), each on CPUs of its own; the float32 ensemble beside the float16 one and its
-weight search (5-6), and the submission beside the budgeted build (7-8), sharing the CPUs (the
-longer one gets them all when the shorter one is done).
+pipelines (2-4), each on CPUs of its own while another one trains (the last to finish
+training evaluates on all); once the float16 ensemble is built, the float32 one and both
+evaluations (5) beside the weight search and tuned build (6), which the budgeted build (8)
+follows beside the submission (7), all sharing the CPUs.
 
 Every step is printed as it goes: its number and what it does, the command (so that it can be
 re-run by hand), the tool's progress lines (checkpoint exports, done/total with ETA), and its
@@ -103,6 +104,8 @@ _JOB_START = [time.time()]
 _CONSOLE = threading.Lock()
 # The model pipeline a thread runs: its tag in the console and the CPUs of its tools.
 _PIPELINE = threading.local()
+# The tags of the model pipelines still training (guarded by _CONSOLE).
+_TRAINING = set()
 
 
 def say(text):
@@ -166,12 +169,13 @@ def side_by_side(args, tasks, pin=True):
 
   def call(task):
     _PIPELINE.tag, function = task
-    _PIPELINE.cpus = free.get() if pin else None
+    group = free.get() if pin else None
+    _PIPELINE.cpus = group
     try:
       return function()
     finally:
       if pin:
-        free.put(_PIPELINE.cpus)
+        free.put(group)
       _PIPELINE.tag, _PIPELINE.cpus = "", None
 
   with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
@@ -180,6 +184,7 @@ def side_by_side(args, tasks, pin=True):
 
 def train_models(args, data, logs):
   """Trains, averages and evaluates each model (train_single_model), side by side."""
+  _TRAINING.update("c%dh%d" % model for model in args.models)
   return side_by_side(args, [("c%dh%d" % model, functools.partial(
       train_single_model, args, data, model[0], model[1], logs)) for model in args.models])
 
@@ -226,6 +231,11 @@ def train_single_model(args, data, cluster, hidden, logs):
                      "--learning_rate_decay=0.8", "--max_steps=%d" % args.max_steps,
                      "--export_model_steps=%d" % args.export_model_steps,
                      "--num_epochs=1000", "--random_seed=%d" % args.seed), log)
+  with _CONSOLE:
+    _TRAINING.discard("c%dh%d" % (cluster, hidden))
+    last = not _TRAINING
+  if last:  # the other pipelines' CPUs are free now, or will be when their evaluations end
+    _PIPELINE.cpus = None
   speeds = [float(line.split("Examples/sec: ")[1].split()[0]) for line in open(log)
             if "Examples/sec: " in line]
   steps = sorted(int(n[len("model.ckpt-"):-len(".index")]) for n in os.listdir(train_dir)
@@ -297,10 +307,8 @@ class Ensembles(object):
     self.evaluate(name)
 
   def search_and_build_tuned(self):
-    """The equal-weight float16 ensemble, ensemble_weights' search on it, and the float16
+    """ensemble_weights' search on the equal-weight float16 ensemble (built), and the float16
     ensemble of the best weights built (not yet evaluated); returns the search's results."""
-    self.build_and_evaluate("ensemble_fp16_equal", True, [1.0 / len(self.models)]
-                            * len(self.models))
     search_json = os.path.join(self.directory("ensemble_fp16_equal"), "weight_search.json")
     begin_step("search the mixing weights on the held-out files")
     seconds = run(yt8m("ensemble_weights", "--train_dir=" + self.directory(
@@ -439,17 +447,26 @@ def main(argv):
 
   ensembles = Ensembles(args, data, models, logs)
   equal = [1.0 / len(models)] * len(models)
-  # Side by side: the float32 ensemble, and the float16 one with its weight search and the
-  # tuned build; then the tuned ensemble's evaluation and submission, and the budgeted build
-  # (under the tuned ensemble's size, which model_size counts alike in its directory and tgz).
-  _, search = side_by_side(args, [
-      ("fp32", lambda: ensembles.build_and_evaluate("ensemble_fp32_equal", False, equal)),
-      ("fp16", ensembles.search_and_build_tuned)], pin=False)
-  tasks = [("submission", lambda: submission(args, data, logs, ensembles))]
-  if args.budget_build:
-    tasks.append(("budget", lambda: budget_build(args, data, models, ensembles.directory(
-        "ensemble_fp16_tuned"), logs)))
-  results = side_by_side(args, tasks, pin=False)
+  ensembles.build("ensemble_fp16_equal", True, equal)
+  # Side by side, sharing the CPUs: the float32 ensemble and both equal-weight evaluations;
+  # and the weight search, the tuned build, then the tuned ensemble's evaluation and
+  # submission beside the budgeted build (under the tuned ensemble's size, which model_size
+  # counts alike in its directory and tgz), the longest chain, started as early as it can.
+  def tuned_then_submission_and_budget():
+    search = ensembles.search_and_build_tuned()
+    tasks = [("submission", lambda: submission(args, data, logs, ensembles))]
+    if args.budget_build:
+      tasks.append(("budget", lambda: budget_build(args, data, models, ensembles.directory(
+          "ensemble_fp16_tuned"), logs)))
+    return search, side_by_side(args, tasks, pin=False)
+
+  def equal_weights():
+    ensembles.build_and_evaluate("ensemble_fp32_equal", False, equal)
+    ensembles.evaluate("ensemble_fp16_equal")
+
+  _, (search, results) = side_by_side(args, [("equal", equal_weights),
+                                             ("tuned", tuned_then_submission_and_budget)],
+                                      pin=False)
   size, csv_path, tgz, rows = results[0]
   budget = results[1] if args.budget_build else None
   ensembles = ensembles.results
@@ -475,7 +492,8 @@ def main(argv):
   print("  ensembles (one graph, the averaged single models above; GAP on the 60 held-out "
         "files):")
   print("    %-22s %-26s %8s %8s" % ("name", "weights", "GAP", "Hit@1"))
-  for name, ensemble in ensembles.items():
+  for name in ("ensemble_fp32_equal", "ensemble_fp16_equal", "ensemble_fp16_tuned"):
+    ensemble = ensembles[name]
     print("    %-22s %-26s %8.5f %8.4f" % (
         name, " ".join("%.2f" % w for w in ensemble["weights"]), ensemble["eval"]["gap"],
         ensemble["eval"]["hit_at_one"]))
