@@ -6,7 +6,8 @@ r"""build_ensemble on a byte budget: members, storages and weights chosen on hel
 
 1. Every candidate in every storage is an option, its bytes estimated: tensor data exact,
    .index entries (name + 48 B each), its share of the meta graph (that of two copies of it
-   minus that of one) and its model_flags.json entry. The rest is the base.
+   minus that of one; the rest is the same for every member of a storage, measured once) and
+   its model_flags.json entry. The rest is the base.
 2. Each option's held-out predictions are computed once, groups of options run as the members
    of one temporary ensemble, each sampling frames with seed (0, 0) as a single model does.
 3. ensemble_budget.search picks the members, storages and weights.
@@ -83,7 +84,7 @@ def meta_bytes(config, directory, built=None):
 
 def option_sizes(pool, candidates, storages, copies, directory):
   """{(index, storage): (plan, estimated bytes)} and the base bytes (see the module doc)."""
-  sizes, base, by_config = {}, 0, {}
+  sizes, base, by_config, rest_of_graph = {}, 0, {}, {}
   for index, source in enumerate(candidates):
     for storage_name in storages:
       config = ensemble_config(pool, [(index, storage_name)], [1.0])
@@ -91,8 +92,14 @@ def option_sizes(pool, candidates, storages, copies, directory):
       if key not in by_config:
         built = model_graph.build_inference_graph(config)  # the template and its meta graph
         one = meta_bytes(config, directory, built)
-        two = meta_bytes(ensemble_config(pool, [(index, storage_name)] * 2, [0.5, 0.5]), directory)
-        by_config[key] = (ensemble_checkpoint.specs_from_graph(built[0]), one, two - one)
+        # Only a member's own part depends on its sizes: the rest of a one-member graph (one
+        # less a second copy's share) is measured once per storage.
+        if storage_name not in rest_of_graph:
+          two = meta_bytes(ensemble_config(pool, [(index, storage_name)] * 2, [0.5, 0.5]),
+                           directory)
+          rest_of_graph[storage_name] = 2 * one - two
+        by_config[key] = (ensemble_checkpoint.specs_from_graph(built[0]), one,
+                          one - rest_of_graph[storage_name])
       template, one, member_meta = by_config[key]
       plan = ensemble_checkpoint.plan_ensemble(
           template, [source], copies, "candidate %d (%s) in %s" % (
