@@ -8,6 +8,7 @@ import pytest
 
 ensemble_budget = importlib.import_module("youtube-8m.ensemble_budget")
 eval_util = importlib.import_module("youtube-8m.eval_util")
+ensemble_weights = importlib.import_module("youtube-8m.ensemble_weights")
 
 VIDEOS, CLASSES = 200, 50
 
@@ -111,3 +112,26 @@ def test_a_budget_too_small_for_any_member_is_one_clear_error():
   lines = ensemble_budget.report_lines(
       ensemble_budget.search(options, labels, limit=130, base_bytes=30), 130)
   assert "model0" in lines[1] and "uint8" in lines[1] and "130 bytes of 130" in lines[-1]
+
+
+def test_every_gap_is_calculate_gap_of_the_mixture_to_the_bit(monkeypatch):
+  created = []
+
+  class RecordedMixtureGap(ensemble_weights.MixtureGap):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      created.append(self)
+
+  monkeypatch.setattr(ensemble_weights, "MixtureGap", RecordedMixtureGap)
+  labels, rng = labels_and_noise(3)
+  values = [predictions(labels, rng, slice(k * 50, k * 50 + 70), 0.4) for k in range(4)]
+  options = [option(k, "float32", 10, v) for k, v in enumerate(values)]
+  result = ensemble_budget.search(options, labels, limit=30, top_k=5)
+  assert len(result.options) == 3
+  for entry in options:
+    assert entry.gap == eval_util.calculate_gap(entry.predictions, labels, 5)
+  mixed = ensemble_weights.mix([o.predictions for o in result.options], result.weights)
+  assert result.gap == eval_util.calculate_gap(mixed, labels, 5)
+  # one MixtureGap scored the beam search and the weight search, from candidates
+  assert len(created) == 1 and created[0].full_calls == 0
+  assert created[0].rows_scored == result.scored * VIDEOS

@@ -5,6 +5,7 @@ beam search over sets (one option per candidate at most) extends every set by ev
 that fits, the new member's weight found by a line search; the best `beam_width` sets go on.
 Then single replacements are tried while one improves the GAP, and last the chosen set's
 weights are searched on ensemble_weights' grid. Ties keep the earlier option (deterministic).
+Every GAP is ensemble_weights.MixtureGap's: calculate_gap's of the mixture, to the bit.
 """
 
 import dataclasses
@@ -12,7 +13,6 @@ from typing import List
 
 import numpy as np
 
-from . import eval_util
 from . import ensemble_weights
 
 # The new member's share of the mix tried when it joins; the best is refined once around.
@@ -46,14 +46,15 @@ class BudgetTooSmall(ValueError):
 
 
 class _Scorer(object):
+  """GAPs of mixtures of options' predictions, counted."""
+
   def __init__(self, labels, top_k):
-    self.labels, self.top_k, self.count = labels, top_k, 0
-    self._out = None
+    self.mixture_gap = ensemble_weights.MixtureGap(labels, top_k)
+    self.count = 0
 
   def __call__(self, arrays, weights):
     self.count += 1
-    self._out = ensemble_weights.mix(arrays, weights, out=self._out)
-    return eval_util.calculate_gap(self._out, self.labels, self.top_k)
+    return self.mixture_gap(arrays, weights)
 
 
 def _join(scorer, members, weights, option):
@@ -155,7 +156,8 @@ def search(options, labels, limit, base_bytes=0, top_k=20, beam_width=4, seed=0,
     state = better
   weights, gap = state.weights, state.gap
   if len(state.members) > 1:
-    objective = ensemble_weights.GapObjective([m.predictions for m in state.members], labels, top_k)
+    objective = ensemble_weights.GapObjective([m.predictions for m in state.members], labels,
+                                              top_k, mixture_gap=scorer.mixture_gap)
     searched, searched_gap, _ = ensemble_weights.search(objective, len(state.members), seed,
                                                         restarts)
     scorer.count += len(objective.cache)

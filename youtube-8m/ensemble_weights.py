@@ -6,9 +6,10 @@ r"""Searches the mixing weights of an in-graph ensemble that maximise GAP on hel
 
 The ensemble runs once over eval.py's files, its members' predictions kept in memory
 (n_models x videos x classes x 4 bytes, 2 with --member_dtype=float16) and mixed as the graph
-mixes them, so a weight vector scores what eval.py reports for it. The search moves weight
-between two members on a 0.01 grid. Prints (and --results_json writes) the GAPs and the eval.py
-command with the best weights.
+mixes them, so a weight vector scores what eval.py reports for it (its GAP computed exactly from
+a few candidate classes per video, MixtureGap). The search moves weight between two members on a
+0.01 grid. Prints (and --results_json writes) the GAPs and the eval.py command with the best
+weights.
 """
 
 import itertools
@@ -82,19 +83,152 @@ def mix(members, weights, out=None, scratch=None):
   return out
 
 
-class GapObjective(object):
-  """GAP of mixtures of fixed member predictions; caches every weight vector scored."""
+class MixtureGap(object):
+  """GAP@top_k of weighted mixtures of fixed member predictions: exactly (to the bit)
+  eval_util.calculate_gap(mix(members, weights), labels, top_k), from a few candidate classes
+  per video instead of all of them.
 
-  def __init__(self, members, labels, top_k=20):
+  A member's candidates are, per video, its `candidates_per_member` best classes; their
+  smallest value is its bound. They are found once per member array and kept (with the array)
+  by its identity: members must not change once scored. A mixture scores the union of its
+  members' candidates with mix() itself. float32 rounding is monotone, so with weights >= 0 no
+  other class scores above mix() of the members' bounds: a video whose k-th best candidate is
+  above that (strictly) has all of its top k, ties at the k-th score included, among its
+  candidates, and they rank as in calculate_gap (tie rule 1 holds among candidates kept in class
+  order). Other videos are mixed in full and ranked by eval_util's own top-k. Mixtures the check
+  cannot cover take calculate_gap(mix(...)) itself: a weight < 0 or not finite, a member not
+  float16 or float32 or not finite, scores that could overflow, k above the members'
+  candidates, shapes calculate_gap refuses.
+  """
+
+  def __init__(self, labels, top_k=20, candidates_per_member=None):
+    self.top_k = eval_util._positive_int(top_k, "top_k")  # pylint: disable=protected-access
+    self.labels = np.asarray(labels)
+    self._bool_labels = self.labels if self.labels.dtype == np.bool_ else self.labels > 0
+    self._total_positives = int(np.count_nonzero(self._bool_labels))
+    self.candidates_per_member = (max(32, 2 * self.top_k) if candidates_per_member is None
+                                  else eval_util._positive_int(  # pylint: disable=protected-access
+                                      candidates_per_member, "candidates_per_member"))
+    self._members = {}  # id(array) -> (array, candidates [N, M], bound [N, 1], max |value|)
+    self._union_key, self._union = None, None  # the last member tuple's candidate union
+    self.rows_scored = 0  # videos ranked from candidates or in full, over all fast calls
+    self.fallback_rows = 0  # of those, videos whose top k needed their full mix
+    self.full_calls = 0  # mixtures scored by calculate_gap(mix(...)) on every video
+
+  def __call__(self, members, weights):
+    if not self._fast_path_applies(members, weights):
+      self.full_calls += 1
+      return eval_util.calculate_gap(mix(members, weights), self.labels, self.top_k)
+    if self._total_positives == 0:
+      return 0.0
+    num_videos, num_classes = self.labels.shape
+    top_k = min(self.top_k, num_classes)
+    classes, gathered = self._candidate_union(members)
+    scores = mix(gathered, weights)
+    ranked = eval_util._top_k_indices(scores, top_k)  # pylint: disable=protected-access
+    top_scores = np.take_along_axis(scores, ranked, axis=1)
+    top_classes = np.take_along_axis(classes, ranked, axis=1)
+    bound = mix([self._members[id(m)][2] for m in members], weights)[:, 0]
+    fallback = np.flatnonzero(~(bound < top_scores[:, -1]))  # also: < k distinct candidates
+    if fallback.size:
+      full = mix([m[fallback] for m in members], weights)
+      top_classes[fallback] = eval_util._top_k_indices(  # pylint: disable=protected-access
+          full, top_k)
+      top_scores[fallback] = np.take_along_axis(full, top_classes[fallback], axis=1)
+    self.rows_scored += num_videos
+    self.fallback_rows += fallback.size
+    top_labels = np.take_along_axis(self._bool_labels, top_classes, axis=1)
+    return float(eval_util._pooled_average_precision(  # pylint: disable=protected-access
+        top_scores.ravel(), top_labels.ravel(), self._total_positives)[0])
+
+  def _fast_path_applies(self, members, weights):
+    """Whether candidates give the exact GAP: float members of the labels' 2-D shape, all
+    finite, weights >= 0 and finite, and no mixed score can overflow to inf."""
+    shape = self.labels.shape
+    if (not members or len(members) != len(weights) or len(shape) != 2 or shape[0] == 0
+        or self.candidates_per_member >= shape[1]
+        or min(self.top_k, shape[1]) > len(members) * self.candidates_per_member):
+      return False
+    float_weights = [float(np.float32(w)) for w in weights]
+    if not all(np.isfinite(w) and w >= 0 for w in float_weights):
+      return False
+    largest_sum = 0.0
+    for member, weight in zip(members, float_weights):
+      if (not isinstance(member, np.ndarray) or member.shape != shape
+          or member.dtype not in (np.float16, np.float32)):
+        return False
+      largest = self._member_candidates(member)[3]
+      if not np.isfinite(largest):
+        return False
+      largest_sum += weight * largest
+    # float32 rounding adds at most a few ulps to the exact sum: far below the float32 max.
+    return largest_sum < np.finfo(np.float32).max / 4
+
+  def _member_candidates(self, member):
+    """(member, candidates [N, M] as flat indices row * classes + class, bound [N, 1] in the
+    member's dtype, max |value| as float64, inf if any is not finite), once per array."""
+    entry = self._members.get(id(member))
+    if entry is None:
+      largest = float(np.maximum(member.max(), -member.min()))  # NaN if any is NaN
+      if not np.isfinite(largest):  # NaN or inf: candidates are never used
+        entry = (member, None, None, np.inf)
+      else:
+        num_videos, num_classes = member.shape
+        keep = self.candidates_per_member
+        candidates = np.argpartition(member, num_classes - keep, axis=1)[:, num_classes - keep:]
+        index_type = np.int32 if member.size <= np.iinfo(np.int32).max else np.int64
+        candidates = (candidates.astype(index_type)
+                      + (np.arange(num_videos, dtype=index_type) * num_classes)[:, None])
+        bound = np.take(member.reshape(-1), candidates).min(axis=1, keepdims=True)
+        entry = (member, candidates, bound, largest)
+      self._members[id(member)] = entry  # the array is held: its id stays its own
+    return entry
+
+  def _candidate_union(self, members):
+    """(classes [N, U], each member's values there [N, U]), kept for the last member tuple.
+
+    A video's distinct candidates come first, in ascending class order; the columns after
+    them (rows with fewer distinct candidates than U) hold each member's bound, so they mix to
+    exactly the video's bound: never above it, so never in a top k that passes the check."""
+    key = tuple(id(m) for m in members)
+    if key != self._union_key:
+      self._union_key, self._union = None, None  # the last tuple's arrays freed first
+      num_videos, num_classes = self.labels.shape
+      # Sorted flat indices: by video, then by class; each repeat dropped.
+      candidates = np.sort(np.concatenate([self._members[id(m)][1] for m in members], axis=1),
+                           axis=None)
+      candidates = candidates[np.concatenate(([True], candidates[1:] != candidates[:-1]))]
+      rows = candidates // num_classes
+      counts = np.bincount(rows, minlength=num_videos)
+      width = max(int(counts.max()), min(self.top_k, num_classes))
+      columns = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+      flat = np.zeros((num_videos, width), candidates.dtype)
+      flat[rows, columns] = candidates
+      padding = np.arange(width) >= counts[:, None]
+      gathered = []
+      for member in members:
+        values = np.take(member.reshape(-1), flat)
+        np.copyto(values, self._members[id(member)][2], where=padding)
+        gathered.append(values)
+      self._union_key, self._union = key, ((flat % num_classes).astype(np.intp), gathered)
+    return self._union
+
+
+class GapObjective(object):
+  """GAP of mixtures of fixed member predictions; caches every weight vector scored.
+
+  mixture_gap: the MixtureGap to score with (one shared with other searches over the same
+  labels and top_k reuses its members' candidates); by default a new one."""
+
+  def __init__(self, members, labels, top_k=20, mixture_gap=None):
     self.members, self.labels, self.top_k = members, labels, top_k
-    self._buffers = [np.empty(members[0].shape, np.float32) for _ in range(2)]
+    self.mixture_gap = MixtureGap(labels, top_k) if mixture_gap is None else mixture_gap
     self.cache = {}
 
   def __call__(self, weights):
     key = tuple(float(w) for w in weights)
     if key not in self.cache:
-      mixed = mix(self.members, key, *self._buffers)
-      self.cache[key] = eval_util.calculate_gap(mixed, self.labels, top_k=self.top_k)
+      self.cache[key] = self.mixture_gap(self.members, key)
     return self.cache[key]
 
 
