@@ -42,8 +42,13 @@ def quantize(kernel, per_column=True):
   high = np.broadcast_to(values.max(axis=axis), (kernel.shape[1],)).astype(np.float32)
   step = ((high.astype(np.float64) - low) / LEVELS).astype(np.float32)
   safe_step = np.where(step > 0, step, 1).astype(np.float64)
-  codes = np.rint((values - low) / safe_step)
-  codes = np.where(step > 0, np.clip(codes, 0, LEVELS), 0).astype(np.uint8)
+  # In place: a large kernel's float64 copy is the only temporary.
+  values -= low
+  values /= safe_step
+  np.rint(values, out=values)
+  np.clip(values, 0, LEVELS, out=values)
+  codes = values.astype(np.uint8)
+  codes[:, step <= 0] = 0
   return codes, np.stack([low, step]).astype(np.float32)
 
 
