@@ -72,10 +72,10 @@ def define_held_out_flags(what=""):
   flags.DEFINE_string("results_json", "", what + "If set, write the results to this JSON file.")
 
 
-def mix(members, weights, out=None, scratch=None):
+def mix(members, weights):
   """sum_i weights[i] * members[i] in float32, summed in member order (as tf.add_n)."""
-  out = np.empty(members[0].shape, np.float32) if out is None else out
-  scratch = np.empty_like(out) if scratch is None else scratch
+  out = np.empty(members[0].shape, np.float32)
+  scratch = np.empty_like(out)
   np.multiply(members[0], np.float32(weights[0]), out=out, dtype=np.float32)
   for member, weight in zip(members[1:], weights[1:]):
     np.multiply(member, np.float32(weight), out=scratch, dtype=np.float32)
@@ -221,7 +221,7 @@ class GapObjective(object):
   labels and top_k reuses its members' candidates); by default a new one."""
 
   def __init__(self, members, labels, top_k=20, mixture_gap=None):
-    self.members, self.labels, self.top_k = members, labels, top_k
+    self.members = members
     self.mixture_gap = MixtureGap(labels, top_k) if mixture_gap is None else mixture_gap
     self.cache = {}
 
